@@ -1,0 +1,317 @@
+//! The node agent's config file (`configs/node.toml`): strict, versioned TOML.
+//!
+//! Every section and key is optional except `version`; unknown keys are errors that name
+//! the key, so a typo never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::manifest::ManifestLimits;
+use crate::units::{duration_str, ByteSize};
+
+/// The config format this build reads.
+pub const CONFIG_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub version: u32,
+    #[serde(default)]
+    pub node: NodeSection,
+    #[serde(default)]
+    pub http: HttpSection,
+    #[serde(default)]
+    pub wasm: WasmSection,
+    #[serde(default, rename = "async")]
+    pub async_calls: AsyncSection,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Stable name of this node in the mesh; defaults to the host name.
+    pub id: Option<String>,
+    /// Where functions, modules, compiled artifacts, the call queue and the admin token live.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Address of the OpenFaaS-compatible gateway; port 0 picks a free port.
+    #[serde(default = "default_http")]
+    pub listen: SocketAddr,
+    /// Largest request body accepted (413 beyond).
+    #[serde(default = "default_max_body")]
+    pub max_body: ByteSize,
+    /// Largest Wasm module accepted at deploy.
+    #[serde(default = "default_max_module")]
+    pub max_module: ByteSize,
+    /// Whether invoking a function also needs the admin token.
+    #[serde(default)]
+    pub invoke_requires_token: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WasmSection {
+    /// `auto` tries the pooling allocator and falls back to on-demand allocation when the
+    /// machine cannot reserve its address space; `on` insists; `off` never pools.
+    #[serde(default)]
+    pub pooling: Pooling,
+    /// Instances the pool holds: the most Wasm invocations running at once on this node.
+    #[serde(default = "default_pool_instances")]
+    pub instances: u32,
+    /// Largest memory a function may ask for; also the size of each pool slot.
+    #[serde(default = "default_max_memory")]
+    pub max_memory: ByteSize,
+    /// Longest timeout a function may ask for.
+    #[serde(default = "default_max_timeout", with = "duration_str")]
+    pub max_timeout: Duration,
+    /// Most stdout kept per invocation; more is cut and marked.
+    #[serde(default = "default_max_output")]
+    pub max_output: ByteSize,
+    /// Most stderr kept per invocation for the function's log.
+    #[serde(default = "default_max_stderr")]
+    pub max_stderr: ByteSize,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AsyncSection {
+    /// Async calls run at once.
+    #[serde(default = "default_async_workers")]
+    pub workers: u32,
+    /// Calls accepted but not yet finished; beyond it `/async-function` answers 429.
+    #[serde(default = "default_async_queue")]
+    pub max_queued: u64,
+    /// How long results stay retrievable by call id.
+    #[serde(default = "default_result_ttl", with = "duration_str")]
+    pub result_ttl: Duration,
+}
+
+/// A config file that cannot be used, with the file and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error(
+        "{file}: unsupported config version {version}; this build reads version {CONFIG_VERSION}"
+    )]
+    Version { file: String, version: u32 },
+    #[error("{file}: `{key}`: {problem}")]
+    Invalid {
+        file: String,
+        key: &'static str,
+        problem: String,
+    },
+}
+
+impl NodeConfig {
+    /// Parses and checks a config file's text; `file` names it in errors.
+    pub fn from_toml(file: &str, text: &str) -> Result<Self, ConfigError> {
+        let cfg: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_string(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        cfg.check(file)?;
+        Ok(cfg)
+    }
+
+    /// The zero-configuration local node of `fogline up`.
+    pub fn local(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        NodeConfig {
+            version: CONFIG_VERSION,
+            node: NodeSection { id: None, data_dir },
+            http: HttpSection {
+                listen,
+                ..HttpSection::default()
+            },
+            wasm: WasmSection::default(),
+            async_calls: AsyncSection::default(),
+        }
+    }
+
+    fn check(&self, file: &str) -> Result<(), ConfigError> {
+        let invalid = |key, problem: String| ConfigError::Invalid {
+            file: file.to_string(),
+            key,
+            problem,
+        };
+        if self.version != CONFIG_VERSION {
+            return Err(ConfigError::Version {
+                file: file.to_string(),
+                version: self.version,
+            });
+        }
+        if self.wasm.instances == 0 || self.wasm.instances > 100_000 {
+            return Err(invalid(
+                "wasm.instances",
+                format!("{} is outside 1..=100000", self.wasm.instances),
+            ));
+        }
+        if self.wasm.max_memory < ByteSize::mib(1) || self.wasm.max_memory > ByteSize(4 << 30) {
+            return Err(invalid(
+                "wasm.max_memory",
+                format!("{} is outside 1Mi..=4Gi", self.wasm.max_memory),
+            ));
+        }
+        if self.http.max_body < ByteSize(1024) {
+            return Err(invalid(
+                "http.max_body",
+                format!("{} is below 1Ki", self.http.max_body),
+            ));
+        }
+        if self.async_calls.workers == 0 || self.async_calls.workers > 1024 {
+            return Err(invalid(
+                "async.workers",
+                format!("{} is outside 1..=1024", self.async_calls.workers),
+            ));
+        }
+        if let Some(id) = &self.node.id {
+            if id.is_empty()
+                || id.len() > 64
+                || id.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(invalid(
+                    "node.id",
+                    format!("{id:?} must be 1 to 64 characters without spaces"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The manifest limits this node enforces.
+    pub fn manifest_limits(&self) -> ManifestLimits {
+        ManifestLimits {
+            max_memory: self.wasm.max_memory,
+            max_timeout: self.wasm.max_timeout,
+            max_concurrency: ManifestLimits::default().max_concurrency,
+        }
+    }
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            id: None,
+            data_dir: default_data_dir(),
+        }
+    }
+}
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: default_http(),
+            max_body: default_max_body(),
+            max_module: default_max_module(),
+            invoke_requires_token: false,
+        }
+    }
+}
+impl Default for WasmSection {
+    fn default() -> Self {
+        WasmSection {
+            pooling: Pooling::Auto,
+            instances: default_pool_instances(),
+            max_memory: default_max_memory(),
+            max_timeout: default_max_timeout(),
+            max_output: default_max_output(),
+            max_stderr: default_max_stderr(),
+        }
+    }
+}
+impl Default for AsyncSection {
+    fn default() -> Self {
+        AsyncSection {
+            workers: default_async_workers(),
+            max_queued: default_async_queue(),
+            result_ttl: default_result_ttl(),
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(".fogline")
+}
+fn default_http() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_max_body() -> ByteSize {
+    ByteSize::mib(8)
+}
+fn default_max_module() -> ByteSize {
+    ByteSize::mib(64)
+}
+fn default_pool_instances() -> u32 {
+    256
+}
+fn default_max_memory() -> ByteSize {
+    ByteSize::mib(256)
+}
+fn default_max_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_output() -> ByteSize {
+    ByteSize::mib(8)
+}
+fn default_max_stderr() -> ByteSize {
+    ByteSize(64 * 1024)
+}
+fn default_async_workers() -> u32 {
+    8
+}
+fn default_async_queue() -> u64 {
+    100_000
+}
+fn default_result_ttl() -> Duration {
+    Duration::from_secs(3600)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_alone_is_a_valid_config() {
+        let c = NodeConfig::from_toml("n.toml", "version = 1\n").unwrap();
+        assert_eq!(c.http.listen, default_http());
+        assert_eq!(c.wasm.instances, 256);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = NodeConfig::from_toml("n.toml", "version = 1\n[http]\nlisten_addr = \"x\"\n")
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("n.toml:") && msg.contains("listen_addr"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e =
+            NodeConfig::from_toml("n.toml", "version = 1\n[wasm]\ninstances = 0\n").unwrap_err();
+        assert!(e.to_string().contains("wasm.instances"), "{e}");
+        let e = NodeConfig::from_toml("n.toml", "version = 2\n").unwrap_err();
+        assert!(e.to_string().contains("version 2"), "{e}");
+        let e = NodeConfig::from_toml("n.toml", "").unwrap_err();
+        assert!(e.to_string().contains("version"), "{e}");
+    }
+}

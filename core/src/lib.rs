@@ -1,0 +1,21 @@
+//! Fogline's pure core: everything that decides, with no I/O, clocks or threads.
+//!
+//! Layout:
+//! - [`units`]: byte sizes (`64Mi`) and durations (`2s`) as users write them.
+//! - [`digest`]: content addresses (`sha256:…`) of function modules.
+//! - [`manifest`]: the function model, validated into types; every error names its field.
+//! - [`openfaas`]: the OpenFaaS gateway's JSON shapes and their mapping onto manifests.
+//! - [`stack`]: stack files, which describe several functions for one `fogline deploy`.
+//! - [`config`]: the node agent's config file, strict and versioned.
+//!
+//! Drivers (`fogline-node`, `fogline-router`, …) move bytes and time into these types.
+
+pub mod config;
+pub mod digest;
+pub mod manifest;
+pub mod openfaas;
+pub mod stack;
+pub mod units;
+
+pub use digest::Digest;
+pub use manifest::{FunctionManifest, ManifestError, Runtime};

@@ -1,0 +1,307 @@
+//! The OpenFaaS gateway's JSON shapes (shared/specs/openfaas-gateway.openapi.yml) and how
+//! they map onto Fogline manifests, so existing OpenFaaS clients can deploy and list functions.
+//!
+//! An OpenFaaS `image` names a container image. Fogline also accepts a module digest there
+//! (`sha256:…`, from `PUT /v1/modules`), which deploys a Wasm function. Settings OpenFaaS has
+//! no field for travel as annotations under `fogline.dev/`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use crate::digest::Digest;
+use crate::manifest::{FunctionManifest, ManifestError, Runtime, MANIFEST_VERSION};
+use crate::units::{parse_duration, ByteSize};
+#[cfg(test)]
+use std::time::Duration;
+
+/// The only namespace a Fogline node has; OpenFaaS clients send it by default.
+pub const NAMESPACE: &str = "openfaas-fn";
+
+pub const ANN_TIMEOUT: &str = "fogline.dev/timeout";
+pub const ANN_MAX_CONCURRENCY: &str = "fogline.dev/max-concurrency";
+pub const ANN_IDEMPOTENT: &str = "fogline.dev/idempotent";
+
+/// `POST`/`PUT /system/functions` body. Unknown and deprecated OpenFaaS fields are accepted and
+/// ignored, as the OpenFaaS providers do.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionDeployment {
+    pub service: String,
+    pub image: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub env_vars: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub annotations: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub limits: Option<FunctionResources>,
+    #[serde(default)]
+    pub secrets: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct FunctionResources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+}
+
+/// `DELETE /system/functions` body.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteFunctionRequest {
+    pub function_name: String,
+}
+
+/// One entry of `GET /system/functions`, and `GET /system/function/{name}`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionStatus {
+    pub name: String,
+    pub image: String,
+    pub namespace: String,
+    pub env_vars: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub limits: FunctionResources,
+    pub invocation_count: u64,
+    pub replicas: u64,
+    pub available_replicas: u64,
+    pub created_at: String,
+}
+
+/// `GET /system/info`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct GatewayInfo {
+    pub provider: ProviderInfo,
+    pub version: VersionInfo,
+    pub arch: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct ProviderInfo {
+    pub provider: String,
+    pub orchestration: String,
+    pub version: VersionInfo,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct VersionInfo {
+    pub sha: String,
+    pub release: String,
+}
+
+/// One line of `GET /system/logs` (newline-delimited JSON).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct LogEntry {
+    pub name: String,
+    pub namespace: String,
+    pub instance: String,
+    pub timestamp: String,
+    pub text: String,
+}
+
+/// Accepts no namespace, or the one Fogline serves.
+pub fn check_namespace(ns: Option<&str>) -> Result<(), ManifestError> {
+    match ns {
+        None | Some("") | Some(NAMESPACE) => Ok(()),
+        Some(other) => Err(ManifestError::new(
+            "namespace",
+            format!("namespace {other:?} does not exist; Fogline serves only {NAMESPACE:?}"),
+        )),
+    }
+}
+
+impl FunctionDeployment {
+    /// Maps the OpenFaaS request onto a manifest. The result still needs
+    /// [`FunctionManifest::validate`].
+    pub fn to_manifest(&self) -> Result<FunctionManifest, ManifestError> {
+        check_namespace(self.namespace.as_deref())?;
+        if self.secrets.as_ref().is_some_and(|s| !s.is_empty()) {
+            return Err(ManifestError::new(
+                "secrets",
+                "secrets are not supported yet; pass values through envVars",
+            ));
+        }
+        let (runtime, module, image) = if self.image.starts_with("sha256:") {
+            let d: Digest = self
+                .image
+                .parse()
+                .map_err(|e: crate::digest::DigestError| {
+                    ManifestError::new("image", e.to_string())
+                })?;
+            (Runtime::Wasm, Some(d), None)
+        } else {
+            (Runtime::Container, None, Some(self.image.clone()))
+        };
+        let mut m = FunctionManifest {
+            version: MANIFEST_VERSION,
+            name: self.service.clone(),
+            runtime,
+            module,
+            image,
+            ..FunctionManifest::wasm(self.service.clone(), Digest([0; 32]))
+        };
+        if let Some(env) = &self.env_vars {
+            m.env = env.clone();
+        }
+        if let Some(labels) = &self.labels {
+            m.labels = labels.clone();
+        }
+        if let Some(mem) = self.limits.as_ref().and_then(|l| l.memory.as_deref()) {
+            m.memory = mem
+                .parse::<ByteSize>()
+                .map_err(|e| ManifestError::new("limits.memory", e.to_string()))?;
+        }
+        let ann = self.annotations.clone().unwrap_or_default();
+        if let Some(t) = ann.get(ANN_TIMEOUT) {
+            m.timeout = parse_duration(t)
+                .map_err(|e| ManifestError::new(format!("annotations.{ANN_TIMEOUT}"), e))?;
+        }
+        if let Some(c) = ann.get(ANN_MAX_CONCURRENCY) {
+            m.max_concurrency = c.trim().parse().map_err(|_| {
+                ManifestError::new(
+                    format!("annotations.{ANN_MAX_CONCURRENCY}"),
+                    format!("{c:?} is not a whole number"),
+                )
+            })?;
+        }
+        if let Some(i) = ann.get(ANN_IDEMPOTENT) {
+            m.idempotent = match i.trim() {
+                "true" => true,
+                "false" => false,
+                other => {
+                    return Err(ManifestError::new(
+                        format!("annotations.{ANN_IDEMPOTENT}"),
+                        format!("{other:?} is not true or false"),
+                    ))
+                }
+            };
+        }
+        Ok(m)
+    }
+}
+
+impl FunctionStatus {
+    /// Describes a deployed function the way OpenFaaS clients expect.
+    pub fn from_manifest(
+        m: &FunctionManifest,
+        invocation_count: u64,
+        available: bool,
+        created_at: String,
+    ) -> Self {
+        let image = match m.runtime {
+            Runtime::Wasm => m.module.map(|d| d.to_string()).unwrap_or_default(),
+            Runtime::Container => m.image.clone().unwrap_or_default(),
+        };
+        let mut annotations = BTreeMap::new();
+        annotations.insert(
+            ANN_TIMEOUT.to_string(),
+            humantime::format_duration(m.timeout).to_string(),
+        );
+        annotations.insert(
+            ANN_MAX_CONCURRENCY.to_string(),
+            m.max_concurrency.to_string(),
+        );
+        annotations.insert(ANN_IDEMPOTENT.to_string(), m.idempotent.to_string());
+        annotations.insert("fogline.dev/runtime".to_string(), m.runtime.to_string());
+        FunctionStatus {
+            name: m.name.clone(),
+            image,
+            namespace: NAMESPACE.to_string(),
+            env_vars: m.env.clone(),
+            labels: m.labels.clone(),
+            annotations,
+            limits: FunctionResources {
+                memory: Some(m.memory.to_string()),
+                cpu: None,
+            },
+            invocation_count,
+            // A Wasm function is instantiated per call: it is always ready, never "running".
+            replicas: 1,
+            available_replicas: u64::from(available),
+            created_at,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::ManifestLimits;
+
+    #[test]
+    fn wasm_deployment_maps_onto_a_manifest() {
+        let d = Digest::of(b"m");
+        let json = format!(
+            r#"{{"service":"echo","image":"{d}","envVars":{{"A":"1"}},"limits":{{"memory":"32Mi"}},
+                "annotations":{{"fogline.dev/timeout":"750ms","fogline.dev/idempotent":"true"}},
+                "network":"func_functions","registryAuth":"x"}}"#
+        );
+        let dep: FunctionDeployment = serde_json::from_str(&json).unwrap();
+        let m = dep.to_manifest().unwrap();
+        m.validate(&ManifestLimits::default()).unwrap();
+        assert_eq!(m.module, Some(d));
+        assert_eq!(m.memory, ByteSize::mib(32));
+        assert_eq!(m.timeout, Duration::from_millis(750));
+        assert!(m.idempotent);
+        assert_eq!(m.env["A"], "1");
+    }
+
+    #[test]
+    fn image_names_select_the_container_runtime() {
+        let dep = FunctionDeployment {
+            service: "thumb".into(),
+            image: "thumbnail:latest".into(),
+            ..Default::default()
+        };
+        let m = dep.to_manifest().unwrap();
+        assert_eq!(m.runtime, Runtime::Container);
+        assert_eq!(m.image.as_deref(), Some("thumbnail:latest"));
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let base = FunctionDeployment {
+            service: "f".into(),
+            image: Digest::of(b"x").to_string(),
+            ..Default::default()
+        };
+        let mut a = base.clone();
+        a.namespace = Some("other".into());
+        assert_eq!(a.to_manifest().unwrap_err().field, "namespace");
+        let mut b = base.clone();
+        b.limits = Some(FunctionResources {
+            memory: Some("lots".into()),
+            cpu: None,
+        });
+        assert_eq!(b.to_manifest().unwrap_err().field, "limits.memory");
+        let mut c = base.clone();
+        c.image = "sha256:nothex".into();
+        assert_eq!(c.to_manifest().unwrap_err().field, "image");
+        let mut e = base;
+        e.annotations = Some([(ANN_IDEMPOTENT.to_string(), "maybe".to_string())].into());
+        assert!(e.to_manifest().unwrap_err().field.contains("idempotent"));
+    }
+
+    #[test]
+    fn status_round_trips_the_settings() {
+        let m = FunctionManifest::wasm("echo", Digest::of(b"m"));
+        let s = FunctionStatus::from_manifest(&m, 3, true, "2026-01-01T00:00:00Z".into());
+        let dep = FunctionDeployment {
+            service: s.name.clone(),
+            image: s.image.clone(),
+            namespace: Some(s.namespace.clone()),
+            env_vars: Some(s.env_vars.clone()),
+            labels: Some(s.labels.clone()),
+            annotations: Some(s.annotations.clone()),
+            limits: Some(s.limits.clone()),
+            secrets: None,
+        };
+        assert_eq!(dep.to_manifest().unwrap(), m);
+    }
+}

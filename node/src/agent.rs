@@ -1,0 +1,631 @@
+//! The node agent: deployed functions, the executors that run them, the async call queue,
+//! and the state the gateway reports. The gateway (`gateway.rs`) is a thin HTTP face on it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use fogline_core::config::NodeConfig;
+use fogline_core::{Digest, FunctionManifest, ManifestError, Runtime};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::executor::wasm::WasmExecutor;
+use crate::executor::{ExecError, Executor, Invocation, ModuleSource, Output};
+use crate::logs::Logs;
+use crate::metrics::{Gauges, Metrics};
+use crate::store::{now_ms, AsyncCall, CallResult, Store, StoreError, StoredFunction};
+
+/// A function the node can run now.
+#[derive(Debug)]
+pub struct Deployed {
+    pub manifest: FunctionManifest,
+    pub created_at: String,
+    in_flight: AtomicU32,
+}
+
+/// The node agent. Shared by the gateway and the async workers.
+pub struct Node {
+    pub id: String,
+    pub config: NodeConfig,
+    pub metrics: Metrics,
+    pub logs: Logs,
+    store: Store,
+    wasm: Arc<WasmExecutor>,
+    functions: RwLock<HashMap<String, Arc<Deployed>>>,
+    token: String,
+    started: Instant,
+    queued: AtomicU64,
+    async_tx: mpsc::Sender<u64>,
+    http: reqwest::Client,
+}
+
+/// Why a deploy was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("module {0} is not on this node; upload it first (PUT /v1/modules or PUT /v1/functions/NAME)")]
+    UnknownModule(Digest),
+    #[error("runtime `{0}` is not available on this node")]
+    Runtime(Runtime),
+    #[error("function {0:?} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Exec(#[from] ExecError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a call produced no output.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("function {0:?} not found")]
+    NotFound(String),
+    #[error("function {function:?} is at its limit of {limit} concurrent calls; retry shortly")]
+    Busy { function: String, limit: u32 },
+    #[error("async queue is full ({0} calls waiting); retry shortly")]
+    QueueFull(u64),
+    #[error("function {function:?} {source}")]
+    Exec { function: String, source: ExecError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a deploy did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeployReport {
+    pub name: String,
+    pub digest: String,
+    pub created: bool,
+    /// Milliseconds spent compiling, when the module had to be compiled.
+    pub compile_ms: Option<f64>,
+}
+
+/// Node status for `fogline status` and `GET /v1/status`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct NodeStatus {
+    pub id: String,
+    pub version: String,
+    pub uptime_s: u64,
+    pub functions: usize,
+    pub instances_in_use: u32,
+    pub instance_slots: u32,
+    pub pooling: bool,
+    pub async_queued: u64,
+    pub data_dir: String,
+}
+
+/// A freshly opened node and the pieces its caller must drive.
+pub struct Opened {
+    pub node: Arc<Node>,
+    /// Set when this start created the admin token (print it once).
+    pub new_token: Option<String>,
+    pub async_rx: mpsc::Receiver<u64>,
+}
+
+impl Node {
+    /// Opens the data folder, the store and the executors, and reloads deployed functions.
+    pub async fn open(config: NodeConfig) -> anyhow::Result<Opened> {
+        let dir = config.node.data_dir.clone();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| anyhow::anyhow!("cannot create data folder {}: {e}", dir.display()))?;
+        let (token, new_token) = load_or_create_token(&dir.join("admin.token"))?;
+        let store = Store::open(&dir.join("store"))?;
+        let wasm = Arc::new(WasmExecutor::new(&config.wasm, dir.join("compiled"))?);
+        let mut functions = HashMap::new();
+        for f in store.functions()? {
+            functions.insert(
+                f.manifest.name.clone(),
+                Arc::new(Deployed {
+                    manifest: f.manifest,
+                    created_at: f.created_at,
+                    in_flight: AtomicU32::new(0),
+                }),
+            );
+        }
+        let pending = store.pending()?;
+        let cap = (config.async_calls.max_queued as usize)
+            .max(pending.len())
+            .max(1);
+        let (async_tx, async_rx) = mpsc::channel(cap);
+        for (id, _) in &pending {
+            // Cannot fail: the channel holds at least every pending call.
+            let _ = async_tx.try_send(*id);
+        }
+        let node = Node {
+            id: config.node.id.clone().unwrap_or_else(hostname),
+            metrics: Metrics::default(),
+            logs: Logs::new(1000),
+            store,
+            wasm,
+            functions: RwLock::new(functions),
+            token,
+            started: Instant::now(),
+            queued: AtomicU64::new(pending.len() as u64),
+            async_tx,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .map_err(|e| anyhow::anyhow!("http client: {e}"))?,
+            config,
+        };
+        if !pending.is_empty() {
+            tracing::info!(
+                "resuming {} async calls accepted before the last stop",
+                pending.len()
+            );
+        }
+        Ok(Opened {
+            node: Arc::new(node),
+            new_token,
+            async_rx,
+        })
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.config.node.data_dir
+    }
+
+    pub fn lookup(&self, name: &str) -> Option<Arc<Deployed>> {
+        self.functions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    pub fn list(&self) -> Vec<Arc<Deployed>> {
+        let mut v: Vec<_> = self
+            .functions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.manifest.name.cmp(&b.manifest.name));
+        v
+    }
+
+    /// Stores a module; returns its digest.
+    pub fn put_module(&self, bytes: &[u8]) -> Result<Digest, StoreError> {
+        self.store.put_module(bytes)
+    }
+
+    /// Validates, compiles and stores a function. `module` uploads its code in the same step.
+    pub async fn deploy(
+        &self,
+        mut manifest: FunctionManifest,
+        module: Option<Bytes>,
+        must_exist: bool,
+    ) -> Result<DeployReport, DeployError> {
+        if let Some(bytes) = &module {
+            manifest.module = Some(Digest::of(bytes));
+        }
+        manifest.validate(&self.config.manifest_limits())?;
+        let previous = self.lookup(&manifest.name);
+        if must_exist && previous.is_none() {
+            return Err(DeployError::NotFound(manifest.name));
+        }
+        if manifest.runtime != Runtime::Wasm {
+            return Err(DeployError::Runtime(manifest.runtime));
+        }
+        let digest = manifest
+            .module
+            .ok_or_else(|| ManifestError::new("module", "missing"))?;
+        let bytes = match module {
+            Some(b) => Some(b),
+            None => Some(
+                self.store
+                    .module(&digest)?
+                    .ok_or(DeployError::UnknownModule(digest))?,
+            ),
+        };
+        let compile = self.wasm.prepare(&manifest, bytes.clone()).await?;
+        if let Some(b) = &bytes {
+            self.store.put_module(b)?;
+        }
+        let created_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        self.store.put_function(&StoredFunction {
+            manifest: manifest.clone(),
+            created_at: created_at.clone(),
+        })?;
+        let deployed = Arc::new(Deployed {
+            manifest: manifest.clone(),
+            created_at,
+            in_flight: AtomicU32::new(0),
+        });
+        self.functions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(manifest.name.clone(), deployed);
+        if let Some(old) = previous
+            .as_ref()
+            .and_then(|p| p.manifest.module)
+            .filter(|d| *d != digest)
+        {
+            if self.store.drop_module_if_unused(&old)? {
+                self.wasm
+                    .reclaim(
+                        &previous
+                            .as_ref()
+                            .map(|p| p.manifest.clone())
+                            .unwrap_or(manifest.clone()),
+                    )
+                    .await;
+            }
+        }
+        let what = if previous.is_some() {
+            "updated"
+        } else {
+            "deployed"
+        };
+        self.logs.push(
+            &manifest.name,
+            &self.id,
+            &format!("{what} with module {digest}"),
+        );
+        tracing::info!(function = %manifest.name, %digest, "{what}");
+        Ok(DeployReport {
+            name: manifest.name,
+            digest: digest.to_string(),
+            created: previous.is_none(),
+            compile_ms: compile.map(|d| d.as_secs_f64() * 1e3),
+        })
+    }
+
+    /// Removes a function; returns false when there was none.
+    pub async fn remove(&self, name: &str) -> Result<bool, DeployError> {
+        let Some(old) = self
+            .functions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+        else {
+            return Ok(false);
+        };
+        self.store.delete_function(name)?;
+        if let Some(d) = old.manifest.module {
+            if self.store.drop_module_if_unused(&d)? {
+                self.wasm.reclaim(&old.manifest).await;
+            }
+        }
+        self.metrics.remove(name);
+        self.logs.remove(name);
+        tracing::info!(function = name, "removed");
+        Ok(true)
+    }
+
+    /// Runs one call now.
+    pub async fn invoke(&self, name: &str, body: Bytes) -> Result<Output, InvokeError> {
+        let f = self
+            .lookup(name)
+            .ok_or_else(|| InvokeError::NotFound(name.to_string()))?;
+        let metrics = self.metrics.function(name);
+        let t0 = Instant::now();
+        let result = self.run(&f, body).await;
+        let code = match &result {
+            Ok(_) => 200,
+            Err(e) => e.status(),
+        };
+        metrics.count(code);
+        metrics.latency.observe(t0.elapsed());
+        match &result {
+            Ok(out) => {
+                if out.cold {
+                    metrics.cold_start.observe(out.startup);
+                } else {
+                    metrics.warm_start.observe(out.startup);
+                }
+                if !out.stderr.is_empty() {
+                    self.logs
+                        .push(name, &self.id, &String::from_utf8_lossy(&out.stderr));
+                }
+            }
+            Err(e) => self.logs.push(name, &self.id, &format!("call failed: {e}")),
+        }
+        result
+    }
+
+    async fn run(&self, f: &Deployed, body: Bytes) -> Result<Output, InvokeError> {
+        let limit = f.manifest.max_concurrency;
+        let mut cur = f.in_flight.load(Ordering::Acquire);
+        loop {
+            if cur >= limit {
+                return Err(InvokeError::Busy {
+                    function: f.manifest.name.clone(),
+                    limit,
+                });
+            }
+            match f.in_flight.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(now) => cur = now,
+            }
+        }
+        let _release = Release(&f.in_flight);
+        self.wasm
+            .invoke(&f.manifest, Invocation { body }, &StoreSource(&self.store))
+            .await
+            .map_err(|source| InvokeError::Exec {
+                function: f.manifest.name.clone(),
+                source,
+            })
+    }
+
+    /// Accepts an async call: durable on disk before this returns its id.
+    pub async fn submit(
+        &self,
+        name: &str,
+        body: Bytes,
+        callback: Option<String>,
+    ) -> Result<u64, InvokeError> {
+        if self.lookup(name).is_none() {
+            return Err(InvokeError::NotFound(name.to_string()));
+        }
+        let queued = self.queued.fetch_add(1, Ordering::AcqRel);
+        if queued >= self.config.async_calls.max_queued {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(InvokeError::QueueFull(queued));
+        }
+        let call = AsyncCall {
+            function: name.to_string(),
+            callback,
+            body,
+        };
+        let id = match self.store.enqueue(&call).await {
+            Ok(id) => id,
+            Err(e) => {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                return Err(e.into());
+            }
+        };
+        // The channel is as large as the queue limit, so this only fails while shutting down;
+        // the call is on disk and runs after the restart.
+        let _ = self.async_tx.try_send(id);
+        Ok(id)
+    }
+
+    /// The result of an async call: `Ok(None)` when unknown, `Some(None)` when still queued.
+    pub fn call_result(&self, id: u64) -> Result<Option<Option<CallResult>>, StoreError> {
+        if let Some(r) = self.store.result(id)? {
+            return Ok(Some(Some(r)));
+        }
+        Ok(self.store.call(id)?.map(|_| None))
+    }
+
+    /// Runs queued async calls, `workers` at a time, until the channel closes.
+    pub async fn run_async_workers(self: Arc<Self>, mut rx: mpsc::Receiver<u64>) {
+        let workers = Arc::new(Semaphore::new(self.config.async_calls.workers as usize));
+        let mut sweep = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                id = rx.recv() => {
+                    let Some(id) = id else { break };
+                    let Ok(permit) = workers.clone().acquire_owned().await else { break };
+                    let node = self.clone();
+                    tokio::spawn(async move {
+                        node.run_async_call(id).await;
+                        drop(permit);
+                    });
+                }
+                _ = sweep.tick() => {
+                    let ttl = self.config.async_calls.result_ttl.as_millis() as u64;
+                    if let Err(e) = self.store.sweep_results(now_ms().saturating_sub(ttl)) {
+                        tracing::warn!("sweeping old async results: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn run_async_call(&self, id: u64) {
+        let call = match self.store.call(id) {
+            Ok(Some(c)) => c,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!("async call {id:016x}: {e}");
+                return;
+            }
+        };
+        let (status, body) = loop {
+            match self.invoke(&call.function, call.body.clone()).await {
+                Ok(out) => break (200u16, out.stdout),
+                // Busy is back-pressure, not a result: wait and try again.
+                Err(InvokeError::Busy { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => break (e.status(), Bytes::from(e.to_string())),
+            }
+        };
+        let result = CallResult {
+            function: call.function.clone(),
+            status,
+            finished_ms: now_ms(),
+            body: body.clone(),
+        };
+        if let Err(e) = self.store.complete(id, &result) {
+            tracing::error!("async call {id:016x}: recording result: {e}");
+            return;
+        }
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        if let Some(url) = call.callback {
+            self.callback(id, &call.function, status, body, &url).await;
+        }
+    }
+
+    async fn callback(&self, id: u64, function: &str, status: u16, body: Bytes, url: &str) {
+        for attempt in 0..3u32 {
+            let res = self
+                .http
+                .post(url)
+                .header("X-Call-Id", call_id(id))
+                .header("X-Function-Name", function)
+                .header("X-Function-Status", status.to_string())
+                .body(body.clone())
+                .send()
+                .await;
+            match res {
+                Ok(r) if r.status().is_success() => return,
+                Ok(r) => tracing::warn!(
+                    "callback {url} for call {}: HTTP {}",
+                    call_id(id),
+                    r.status()
+                ),
+                Err(e) => tracing::warn!("callback {url} for call {}: {e}", call_id(id)),
+            }
+            tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+        }
+        self.logs.push(
+            function,
+            &self.id,
+            &format!(
+                "callback to {url} for call {} failed after 3 attempts",
+                call_id(id)
+            ),
+        );
+    }
+
+    pub fn gauges(&self) -> Gauges {
+        Gauges {
+            instances_in_use: self.wasm.in_use(),
+            instance_slots: self.wasm.slots(),
+            async_queued: self.queued.load(Ordering::Relaxed) as usize,
+            functions: self
+                .functions
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .len(),
+        }
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        let g = self.gauges();
+        NodeStatus {
+            id: self.id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_s: self.started.elapsed().as_secs(),
+            functions: g.functions,
+            instances_in_use: g.instances_in_use,
+            instance_slots: g.instance_slots,
+            pooling: self.wasm.pooled(),
+            async_queued: g.async_queued as u64,
+            data_dir: self.config.node.data_dir.display().to_string(),
+        }
+    }
+
+    /// Makes everything accepted so far durable.
+    pub async fn flush(&self) {
+        if let Err(e) = self.store.flush().await {
+            tracing::error!("flushing the store: {e}");
+        }
+    }
+
+    pub fn invocations(&self, name: &str) -> u64 {
+        self.metrics.function(name).total()
+    }
+}
+
+impl InvokeError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            InvokeError::NotFound(_) => 404,
+            InvokeError::Busy { .. } | InvokeError::QueueFull(_) => 429,
+            InvokeError::Exec { source, .. } => match source {
+                ExecError::Timeout(_) => 504,
+                ExecError::Busy(_) => 429,
+                ExecError::Unavailable(_) => 503,
+                _ => 500,
+            },
+            InvokeError::Store(_) => 500,
+        }
+    }
+}
+
+/// How call ids appear in headers and URLs.
+pub fn call_id(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+pub fn parse_call_id(s: &str) -> Option<u64> {
+    if s.len() == 16 {
+        u64::from_str_radix(s, 16).ok()
+    } else {
+        None
+    }
+}
+
+struct Release<'a>(&'a AtomicU32);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+struct StoreSource<'a>(&'a Store);
+
+impl ModuleSource for StoreSource<'_> {
+    fn module(&self, digest: &Digest) -> Option<Bytes> {
+        self.0.module(digest).ok().flatten()
+    }
+}
+
+fn load_or_create_token(path: &PathBuf) -> anyhow::Result<(String, Option<String>)> {
+    if let Ok(t) = std::fs::read_to_string(path) {
+        let t = t.trim().to_string();
+        if t.len() >= 16 {
+            return Ok((t, None));
+        }
+        anyhow::bail!(
+            "{} is damaged (too short); delete it to create a new token",
+            path.display()
+        );
+    }
+    let mut raw = [0u8; 24];
+    getrandom::fill(&mut raw)
+        .map_err(|e| anyhow::anyhow!("no randomness for the admin token: {e}"))?;
+    let token = hex::encode(raw);
+    write_private(path, &token)?;
+    Ok((token.clone(), Some(token)))
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+    writeln!(f, "{text}")?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, format!("{text}\n"))?;
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "node".to_string())
+}

@@ -1,0 +1,505 @@
+//! The Wasm sandbox: WASI preview 1 command modules on wasmtime.
+//!
+//! - Compiled once at deploy; the compiled artifact is cached on disk under a key made of
+//!   the module's SHA-256 and the engine's compatibility hash, so restarts and upgrades
+//!   never run a stale artifact and never recompile needlessly.
+//! - A fresh instance per call from the pooling allocator (isolation between calls, scale
+//!   to zero by construction). Where the pool's address space cannot be reserved (small
+//!   32/39-bit ARM boards) the engine falls back to on-demand allocation.
+//! - Limits that hold: a memory cap through a resource limiter, a wall-clock deadline
+//!   through epoch interruption (a ticker thread advances the epoch), bounded stdout and
+//!   stderr, and no filesystem or network unless the manifest grants a directory.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fogline_core::config::{Pooling, WasmSection};
+use fogline_core::{Digest, FunctionManifest};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
+    PoolingAllocationConfig, ResourceLimiter, Store, Trap,
+};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+
+use super::capture::Capture;
+use super::{ExecError, Executor, Invocation, ModuleSource, Output};
+
+/// How often the epoch advances; deadlines are precise to about this much.
+const TICK: Duration = Duration::from_millis(5);
+
+/// Runs Wasm functions.
+pub struct WasmExecutor {
+    engine: Engine,
+    linker: Linker<Ctx>,
+    modules: RwLock<HashMap<Digest, InstancePre<Ctx>>>,
+    in_use: Arc<AtomicU32>,
+    slots: u32,
+    pooled: bool,
+    cache_dir: PathBuf,
+    engine_key: String,
+    max_output: usize,
+    max_stderr: usize,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+/// Per-instance state.
+struct Ctx {
+    wasi: WasiP1Ctx,
+    mem: MemLimit,
+}
+
+/// Caps linear memory and remembers whether the guest hit the cap.
+struct MemLimit {
+    limit: usize,
+    hit: bool,
+}
+
+impl ResourceLimiter for MemLimit {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            // memory.grow returns -1, as the spec says; malloc then fails inside the guest.
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+impl WasmExecutor {
+    /// Builds the engine (pooled where possible) and starts the epoch ticker.
+    pub fn new(cfg: &WasmSection, cache_dir: PathBuf) -> Result<Self, ExecError> {
+        std::fs::create_dir_all(&cache_dir).map_err(|e| {
+            ExecError::Internal(format!("cannot create {}: {e}", cache_dir.display()))
+        })?;
+        let max_memory = usize::try_from(cfg.max_memory.bytes()).unwrap_or(usize::MAX);
+        let (engine, pooled) = match cfg.pooling {
+            Pooling::Off => (build_engine(None)?, false),
+            Pooling::On => (build_engine(Some((cfg.instances, max_memory)))?, true),
+            Pooling::Auto => {
+                match build_engine(Some((cfg.instances, max_memory))) {
+                    Ok(e) => (e, true),
+                    Err(e) => {
+                        tracing::warn!("pooling allocator unavailable ({e}); falling back to on-demand allocation");
+                        (build_engine(None)?, false)
+                    }
+                }
+            }
+        };
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |c: &mut Ctx| &mut c.wasi)
+            .map_err(|e| ExecError::Internal(format!("linking WASI: {e}")))?;
+        let engine_key = {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            engine.precompile_compatibility_hash().hash(&mut h);
+            format!("{:016x}", h.finish())
+        };
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        {
+            let engine = engine.clone();
+            let stop = stop_ticker.clone();
+            std::thread::Builder::new()
+                .name("wasm-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| ExecError::Internal(format!("starting epoch ticker: {e}")))?;
+        }
+        Ok(WasmExecutor {
+            engine,
+            linker,
+            modules: RwLock::new(HashMap::new()),
+            in_use: Arc::new(AtomicU32::new(0)),
+            slots: cfg.instances,
+            pooled,
+            cache_dir,
+            engine_key,
+            max_output: usize::try_from(cfg.max_output.bytes()).unwrap_or(usize::MAX),
+            max_stderr: usize::try_from(cfg.max_stderr.bytes()).unwrap_or(usize::MAX),
+            stop_ticker,
+        })
+    }
+
+    /// Whether instances come from the pooling allocator.
+    pub fn pooled(&self) -> bool {
+        self.pooled
+    }
+
+    /// Instances running now.
+    pub fn in_use(&self) -> u32 {
+        self.in_use.load(Ordering::Relaxed)
+    }
+
+    /// Most instances at once.
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    /// Compiles (or loads from the disk cache) and links a module. Returns the compile time
+    /// when it had to compile.
+    fn load(
+        &self,
+        digest: &Digest,
+        bytes: Option<Bytes>,
+    ) -> Result<(InstancePre<Ctx>, Option<Duration>), ExecError> {
+        let path = self.artifact_path(digest);
+        let mut compiled = None;
+        let module = match self.deserialize(&path) {
+            Some(m) => m,
+            None => {
+                let bytes = bytes.ok_or_else(|| {
+                    ExecError::Internal(format!("module {digest} is missing from the store"))
+                })?;
+                let t = Instant::now();
+                let module = Module::new(&self.engine, &bytes).map_err(|e| {
+                    ExecError::Invalid(format!("not a valid WebAssembly module: {}", root(&e)))
+                })?;
+                compiled = Some(t.elapsed());
+                if let Err(e) = module.serialize().map(|art| write_atomic(&path, &art)) {
+                    tracing::warn!("not caching compiled module {digest}: {e}");
+                }
+                module
+            }
+        };
+        match module.get_export("_start") {
+            Some(wasmtime::ExternType::Func(_)) => {}
+            _ => {
+                return Err(ExecError::Invalid(
+                    "not a WASI command module: it exports no `_start` function (build it as a wasm32-wasi program with a main)".into(),
+                ))
+            }
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| ExecError::Invalid(format!("module cannot be linked: {}", root(&e))))?;
+        self.modules
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(*digest, pre.clone());
+        Ok((pre, compiled))
+    }
+
+    /// Loads a cached artifact; a stale or damaged one is removed and recompiled.
+    #[allow(unsafe_code)]
+    fn deserialize(&self, path: &Path) -> Option<Module> {
+        if !path.exists() {
+            return None;
+        }
+        // SAFETY: the file was written by this node through `write_atomic` (rename after a
+        // complete write) from `Module::serialize` of an engine whose compatibility hash is
+        // part of the file name; wasmtime checks its own header and engine settings too.
+        match unsafe { Module::deserialize_file(&self.engine, path) } {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!("discarding cached artifact {}: {e}", path.display());
+                let _ = std::fs::remove_file(path);
+                None
+            }
+        }
+    }
+
+    fn artifact_path(&self, digest: &Digest) -> PathBuf {
+        self.cache_dir
+            .join(format!("{}-{}.cwasm", digest.hex(), self.engine_key))
+    }
+
+    fn cached(&self, digest: &Digest) -> Option<InstancePre<Ctx>> {
+        self.modules
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+            .cloned()
+    }
+
+    /// Runs one call on the current (blocking) thread.
+    fn run(
+        &self,
+        manifest: &FunctionManifest,
+        call: Invocation,
+        source: &dyn ModuleSource,
+    ) -> Result<Output, ExecError> {
+        let digest = manifest.module.ok_or_else(|| {
+            ExecError::Invalid(format!("function {} has no module", manifest.name))
+        })?;
+        let t0 = Instant::now();
+        let (pre, cold) = match self.cached(&digest) {
+            Some(pre) => (pre, false),
+            None => (self.load(&digest, source.module(&digest))?.0, true),
+        };
+        let stdout = Capture::new(self.max_output);
+        let stderr = Capture::new(self.max_stderr);
+        let mut b = WasiCtxBuilder::new();
+        b.stdin(MemoryInputPipe::new(call.body))
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .args(&[manifest.name.as_str()]);
+        for (k, v) in &manifest.env {
+            b.env(k, v);
+        }
+        for d in &manifest.dirs {
+            let perms = if d.read_only {
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
+            b.preopened_dir(&d.host, &d.guest, perms).map_err(|e| {
+                ExecError::Unavailable(format!("cannot open granted directory {}: {e}", d.host))
+            })?;
+        }
+        let limit = usize::try_from(manifest.memory.bytes()).unwrap_or(usize::MAX);
+        let mut store = Store::new(
+            &self.engine,
+            Ctx {
+                wasi: b.build_p1(),
+                mem: MemLimit { limit, hit: false },
+            },
+        );
+        store.limiter(|c| &mut c.mem);
+        let ticks = manifest.timeout.as_nanos().div_ceil(TICK.as_nanos()) as u64 + 1;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+
+        let instance = match pre.instantiate(&mut store) {
+            Ok(i) => i,
+            Err(_) if store.data().mem.hit => {
+                return Err(ExecError::OutOfMemory {
+                    limit: manifest.memory.to_string(),
+                    stderr: Bytes::new(),
+                })
+            }
+            Err(e) => {
+                return Err(ExecError::Trap {
+                    message: format!("instantiation failed: {}", root(&e)),
+                    stderr: Bytes::new(),
+                })
+            }
+        };
+        let start = instance
+            .get_typed_func::<(), ()>(&mut store, "_start")
+            .map_err(|e| ExecError::Invalid(format!("`_start` has the wrong type: {e}")))?;
+        let startup = t0.elapsed();
+        let t1 = Instant::now();
+        let result = start.call(&mut store, ());
+        let run = t1.elapsed();
+        let hit = store.data().mem.hit;
+        drop(store); // the instance goes back to the pool now, before the reply is sent
+        let (out, truncated) = stdout.take();
+        let (err, _) = stderr.take();
+        let ok = Output {
+            stdout: out,
+            stderr: err.clone(),
+            truncated,
+            cold,
+            startup,
+            run,
+        };
+        match result {
+            Ok(()) => Ok(ok),
+            Err(e) => {
+                if let Some(exit) = e.downcast_ref::<I32Exit>() {
+                    if exit.0 == 0 {
+                        return Ok(ok);
+                    }
+                    if hit {
+                        return Err(ExecError::OutOfMemory {
+                            limit: manifest.memory.to_string(),
+                            stderr: err,
+                        });
+                    }
+                    return Err(ExecError::Exit {
+                        code: exit.0,
+                        stderr: err,
+                    });
+                }
+                if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
+                    return Err(ExecError::Timeout(manifest.timeout));
+                }
+                if hit {
+                    return Err(ExecError::OutOfMemory {
+                        limit: manifest.memory.to_string(),
+                        stderr: err,
+                    });
+                }
+                Err(ExecError::Trap {
+                    message: root(&e),
+                    stderr: err,
+                })
+            }
+        }
+    }
+}
+
+impl Drop for WasmExecutor {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Holds one of the node's instance slots for the length of a call.
+struct Slot(Arc<AtomicU32>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl WasmExecutor {
+    fn acquire(&self) -> Result<Slot, ExecError> {
+        let mut cur = self.in_use.load(Ordering::Acquire);
+        loop {
+            if cur >= self.slots {
+                return Err(ExecError::Busy(cur));
+            }
+            match self.in_use.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(Slot(self.in_use.clone())),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Synchronous form of [`Executor::invoke`], for benchmarks and blocking callers.
+    pub fn invoke_blocking(
+        &self,
+        manifest: &FunctionManifest,
+        call: Invocation,
+        source: &dyn ModuleSource,
+    ) -> Result<Output, ExecError> {
+        let _slot = self.acquire()?;
+        self.run(manifest, call, source)
+    }
+
+    /// Synchronous form of [`Executor::prepare`].
+    pub fn prepare_blocking(
+        &self,
+        manifest: &FunctionManifest,
+        module: Option<Bytes>,
+    ) -> Result<Option<Duration>, ExecError> {
+        let digest = manifest
+            .module
+            .ok_or_else(|| ExecError::Invalid("a wasm function needs a module".into()))?;
+        if self.cached(&digest).is_some() {
+            return Ok(None);
+        }
+        Ok(self.load(&digest, module)?.1)
+    }
+}
+
+#[async_trait::async_trait]
+impl Executor for Arc<WasmExecutor> {
+    async fn prepare(
+        &self,
+        manifest: &FunctionManifest,
+        module: Option<Bytes>,
+    ) -> Result<Option<Duration>, ExecError> {
+        let this = self.clone();
+        let manifest = manifest.clone();
+        tokio::task::spawn_blocking(move || this.prepare_blocking(&manifest, module))
+            .await
+            .map_err(|e| ExecError::Internal(format!("compile task failed: {e}")))?
+    }
+
+    async fn invoke(
+        &self,
+        manifest: &FunctionManifest,
+        call: Invocation,
+        source: &dyn ModuleSource,
+    ) -> Result<Output, ExecError> {
+        // Take the slot before leaving the async thread, so overload is refused at once.
+        let slot = self.acquire()?;
+        let this = self.clone();
+        let manifest = manifest.clone();
+        // The module bytes are needed only on a cold start; fetch them here, where the
+        // source is borrowable, and only if the module is not loaded.
+        let bytes = match manifest.module {
+            Some(d) if self.cached(&d).is_none() => source.module(&d),
+            _ => None,
+        };
+        let res = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            this.run(&manifest, call, &Preloaded(bytes))
+        })
+        .await;
+        res.map_err(|e| ExecError::Internal(format!("invocation task failed: {e}")))?
+    }
+
+    async fn reclaim(&self, manifest: &FunctionManifest) {
+        if let Some(d) = manifest.module {
+            self.modules
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&d);
+        }
+    }
+}
+
+/// Module bytes fetched ahead of a blocking call.
+struct Preloaded(Option<Bytes>);
+
+impl ModuleSource for Preloaded {
+    fn module(&self, _digest: &Digest) -> Option<Bytes> {
+        self.0.clone()
+    }
+}
+
+fn build_engine(pool: Option<(u32, usize)>) -> Result<Engine, ExecError> {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    if let Some((instances, max_memory)) = pool {
+        let mut p = PoolingAllocationConfig::new();
+        p.total_core_instances(instances)
+            .total_memories(instances)
+            .total_tables(instances)
+            .total_stacks(instances)
+            .total_component_instances(0)
+            .max_memory_size(max_memory);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(p));
+    }
+    Engine::new(&config)
+        .map_err(|e| ExecError::Internal(format!("creating the Wasm engine: {}", root(&e))))
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn root(e: &wasmtime::Error) -> String {
+    // wasmtime's top-level message is often generic ("error while executing at wasm
+    // backtrace: …"); the causes beneath it say what happened.
+    let parts: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    match parts.split_first() {
+        Some((first, rest)) if !rest.is_empty() && first.contains("backtrace") => rest.join(": "),
+        _ => parts.join(": "),
+    }
+}

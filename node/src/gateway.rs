@@ -1,0 +1,710 @@
+//! The HTTP gateway: the OpenFaaS API subset that OpenFaaS clients use, plus Fogline's own
+//! `/v1` routes. Handlers parse, call the [`Node`], and map its typed errors onto statuses.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /function/{name}` | run now, response is the function's stdout |
+//! | `POST /async-function/{name}` | queue durably, 202 with `X-Call-Id` |
+//! | `GET/POST/PUT/DELETE /system/functions` | list, deploy, update, delete (token) |
+//! | `GET /system/function/{name}`, `/system/info`, `/system/logs` | status, info, logs |
+//! | `GET /healthz`, `/metrics` | health, Prometheus |
+//! | `PUT /v1/functions/{name}` | upload a module with its manifest (token) |
+//! | `PUT /v1/modules` | upload a module, get its digest (token) |
+//! | `GET /v1/calls/{id}` | an async call's result |
+//! | `GET /v1/status` | node status |
+
+// Helpers return a ready `Response` as their error: it goes straight back to axum, so boxing
+// it would only add an allocation on the error path.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+use fogline_core::manifest::validate_name;
+use fogline_core::openfaas::{
+    check_namespace, DeleteFunctionRequest, FunctionDeployment, FunctionStatus, GatewayInfo,
+    ProviderInfo, VersionInfo,
+};
+use fogline_core::{FunctionManifest, ManifestError};
+use serde::Deserialize;
+
+use crate::agent::{call_id, parse_call_id, DeployError, InvokeError, Node};
+
+type Shared = Arc<Node>;
+
+/// Builds the gateway's routes over a node.
+pub fn router(node: Shared) -> Router {
+    Router::new()
+        .route("/function/{name}", post(invoke))
+        .route("/function/{name}/{*rest}", post(invoke_sub))
+        .route("/async-function/{name}", post(invoke_async))
+        .route("/async-function/{name}/{*rest}", post(invoke_async_sub))
+        .route(
+            "/system/functions",
+            get(list_functions)
+                .post(deploy_function)
+                .put(update_function)
+                .delete(delete_function),
+        )
+        .route("/system/function/{name}", get(function_status))
+        .route("/system/info", get(system_info))
+        .route("/system/logs", get(function_logs))
+        .route("/healthz", get(|| async { "OK" }))
+        .route("/metrics", get(metrics))
+        .route("/v1/functions/{name}", put(upload_function))
+        .route("/v1/modules", put(upload_module))
+        .route("/v1/calls/{id}", get(call_result))
+        .route("/v1/status", get(status))
+        .fallback(fallback)
+        // Bodies are read with explicit limits in each handler.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(node)
+}
+
+// ---- invocation -----------------------------------------------------------------------
+
+async fn invoke(
+    State(node): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    invoke_inner(node, name, headers, body).await
+}
+
+async fn invoke_sub(
+    State(node): State<Shared>,
+    Path((name, _rest)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    invoke_inner(node, name, headers, body).await
+}
+
+async fn invoke_inner(node: Shared, name: String, headers: HeaderMap, body: Body) -> Response {
+    if node.config.http.invoke_requires_token {
+        if let Err(r) = authorize(&node, &headers) {
+            return r;
+        }
+    }
+    let name = match function_name(&name) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let body = match read_body(body, &headers, node.config.http.max_body.bytes()).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match node.invoke(&name, body).await {
+        Ok(out) => {
+            let mut r = Response::new(Body::from(out.stdout.clone()));
+            let h = r.headers_mut();
+            let ct = if std::str::from_utf8(&out.stdout).is_ok() {
+                "text/plain; charset=utf-8"
+            } else {
+                "application/octet-stream"
+            };
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            let secs = (out.startup + out.run).as_secs_f64();
+            if let Ok(v) = HeaderValue::from_str(&format!("{secs:.6}")) {
+                h.insert("x-duration-seconds", v);
+            }
+            h.insert(
+                "x-fogline-cold",
+                HeaderValue::from_static(if out.cold { "true" } else { "false" }),
+            );
+            if out.truncated {
+                h.insert("x-fogline-truncated", HeaderValue::from_static("true"));
+            }
+            if let Ok(v) = HeaderValue::from_str(&node.id) {
+                h.insert("x-fogline-node", v);
+            }
+            r
+        }
+        Err(e) => invoke_error(e),
+    }
+}
+
+async fn invoke_async(
+    State(node): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    invoke_async_inner(node, name, headers, body).await
+}
+
+async fn invoke_async_sub(
+    State(node): State<Shared>,
+    Path((name, _rest)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    invoke_async_inner(node, name, headers, body).await
+}
+
+async fn invoke_async_inner(
+    node: Shared,
+    name: String,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if node.config.http.invoke_requires_token {
+        if let Err(r) = authorize(&node, &headers) {
+            return r;
+        }
+    }
+    let name = match function_name(&name) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let callback = match headers.get("x-callback-url").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(u)) if u.starts_with("http://") || u.starts_with("https://") => Some(u.to_string()),
+        Some(_) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "X-Callback-Url must be an http:// or https:// URL",
+            )
+        }
+    };
+    let body = match read_body(body, &headers, node.config.http.max_body.bytes()).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match node.submit(&name, body, callback).await {
+        Ok(id) => {
+            let id = call_id(id);
+            let mut r = (StatusCode::ACCEPTED, format!("accepted: call {id}\n")).into_response();
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                r.headers_mut().insert("x-call-id", v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&format!("/v1/calls/{id}")) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            r
+        }
+        Err(e) => invoke_error(e),
+    }
+}
+
+async fn call_result(State(node): State<Shared>, Path(id): Path<String>) -> Response {
+    let Some(n) = parse_call_id(&id) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("call {id:?} not found (call ids are 16 hex digits)"),
+        );
+    };
+    match node.call_result(n) {
+        Ok(None) => text(
+            StatusCode::NOT_FOUND,
+            format!("call {id} not found (results are kept for a limited time)"),
+        ),
+        Ok(Some(None)) => {
+            let mut r = (StatusCode::ACCEPTED, format!("call {id} is queued\n")).into_response();
+            r.headers_mut()
+                .insert("x-fogline-call-state", HeaderValue::from_static("queued"));
+            r
+        }
+        Ok(Some(Some(res))) => {
+            let status =
+                StatusCode::from_u16(res.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut r = (status, res.body).into_response();
+            r.headers_mut()
+                .insert("x-fogline-call-state", HeaderValue::from_static("done"));
+            if let Ok(v) = HeaderValue::from_str(&res.function) {
+                r.headers_mut().insert("x-function-name", v);
+            }
+            r
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+fn invoke_error(e: InvokeError) -> Response {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = text(status, e.to_string());
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}
+
+/// `name` or `name.namespace`, as OpenFaaS routes write it.
+fn function_name(raw: &str) -> Result<String, Response> {
+    let (name, ns) = match raw.split_once('.') {
+        Some((n, ns)) => (n, Some(ns)),
+        None => (raw, None),
+    };
+    if let Err(e) = check_namespace(ns) {
+        return Err(text(
+            StatusCode::NOT_FOUND,
+            format!("function {raw:?} not found: {}", e.problem),
+        ));
+    }
+    Ok(name.to_string())
+}
+
+// ---- management -----------------------------------------------------------------------
+
+async fn list_functions(State(node): State<Shared>) -> Response {
+    let list: Vec<FunctionStatus> = node.list().iter().map(|f| describe(&node, f)).collect();
+    axum::Json(list).into_response()
+}
+
+async fn function_status(
+    State(node): State<Shared>,
+    Path(name): Path<String>,
+    q: Query<NamespaceQuery>,
+) -> Response {
+    if let Err(e) = check_namespace(q.namespace.as_deref()) {
+        return text(StatusCode::NOT_FOUND, e.to_string());
+    }
+    match node.lookup(&name) {
+        Some(f) => axum::Json(describe(&node, &f)).into_response(),
+        None => text(
+            StatusCode::NOT_FOUND,
+            format!("function {name:?} not found"),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+struct NamespaceQuery {
+    namespace: Option<String>,
+}
+
+fn describe(node: &Node, f: &crate::agent::Deployed) -> FunctionStatus {
+    FunctionStatus::from_manifest(
+        &f.manifest,
+        node.invocations(&f.manifest.name),
+        true,
+        f.created_at.clone(),
+    )
+}
+
+async fn deploy_function(State(node): State<Shared>, headers: HeaderMap, body: Body) -> Response {
+    deploy_openfaas(node, headers, body, false).await
+}
+
+async fn update_function(State(node): State<Shared>, headers: HeaderMap, body: Body) -> Response {
+    deploy_openfaas(node, headers, body, true).await
+}
+
+async fn deploy_openfaas(node: Shared, headers: HeaderMap, body: Body, update: bool) -> Response {
+    if let Err(r) = authorize(&node, &headers) {
+        return r;
+    }
+    let body = match read_body(body, &headers, 1 << 20).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let dep: FunctionDeployment = match parse_json(&body) {
+        Ok(d) => d,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let manifest = match dep.to_manifest() {
+        Ok(m) => m,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    match node.deploy(manifest, None, update).await {
+        Ok(report) if update => (StatusCode::OK, axum::Json(report)).into_response(),
+        Ok(report) => (StatusCode::ACCEPTED, axum::Json(report)).into_response(),
+        Err(e) => deploy_error(e),
+    }
+}
+
+async fn delete_function(State(node): State<Shared>, headers: HeaderMap, body: Body) -> Response {
+    if let Err(r) = authorize(&node, &headers) {
+        return r;
+    }
+    let body = match read_body(body, &headers, 64 * 1024).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let req: DeleteFunctionRequest = match parse_json(&body) {
+        Ok(d) => d,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    match node.remove(&req.function_name).await {
+        Ok(true) => text(
+            StatusCode::OK,
+            format!("function {:?} deleted", req.function_name),
+        ),
+        Ok(false) => text(
+            StatusCode::NOT_FOUND,
+            format!("function {:?} not found", req.function_name),
+        ),
+        Err(e) => deploy_error(e),
+    }
+}
+
+/// `PUT /v1/functions/{name}`: the body is the module; the optional `X-Fogline-Manifest`
+/// header carries the rest of the manifest as JSON (name and module are filled in).
+async fn upload_function(
+    State(node): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Err(r) = authorize(&node, &headers) {
+        return r;
+    }
+    if let Err(e) = validate_name(&name) {
+        return text(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    let mut spec = match headers.get("x-fogline-manifest").map(|v| v.as_bytes()) {
+        None => serde_json::Map::new(),
+        Some(raw) => match serde_json::from_slice::<serde_json::Value>(raw) {
+            Ok(serde_json::Value::Object(m)) => m,
+            Ok(_) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "X-Fogline-Manifest must be a JSON object",
+                )
+            }
+            Err(e) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("X-Fogline-Manifest is not valid JSON: {e}"),
+                )
+            }
+        },
+    };
+    spec.insert("name".into(), serde_json::Value::String(name));
+    spec.remove("module");
+    let manifest = match FunctionManifest::from_json(&serde_json::to_vec(&spec).unwrap_or_default())
+    {
+        Ok(m) => m,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let module = match read_body(body, &headers, node.config.http.max_module.bytes()).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if module.is_empty() {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "the request body must be the function's Wasm module; it is empty",
+        );
+    }
+    match node.deploy(manifest, Some(module), false).await {
+        Ok(report) => {
+            let status = if report.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (status, axum::Json(report)).into_response()
+        }
+        Err(e) => deploy_error(e),
+    }
+}
+
+async fn upload_module(State(node): State<Shared>, headers: HeaderMap, body: Body) -> Response {
+    if let Err(r) = authorize(&node, &headers) {
+        return r;
+    }
+    let module = match read_body(body, &headers, node.config.http.max_module.bytes()).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if !module.starts_with(b"\0asm") {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "not a WebAssembly module: it does not start with \\0asm",
+        );
+    }
+    match node.put_module(&module) {
+        Ok(d) => axum::Json(serde_json::json!({ "digest": d.to_string(), "size": module.len() }))
+            .into_response(),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+fn deploy_error(e: DeployError) -> Response {
+    let status = match &e {
+        DeployError::Manifest(_) | DeployError::UnknownModule(_) | DeployError::Runtime(_) => {
+            StatusCode::BAD_REQUEST
+        }
+        DeployError::NotFound(_) => StatusCode::NOT_FOUND,
+        DeployError::Exec(crate::executor::ExecError::Invalid(_)) => StatusCode::BAD_REQUEST,
+        DeployError::Exec(crate::executor::ExecError::Unavailable(_)) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        DeployError::Exec(_) | DeployError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    text(status, e.to_string())
+}
+
+// ---- information ----------------------------------------------------------------------
+
+async fn system_info(State(_node): State<Shared>) -> Response {
+    let version = VersionInfo {
+        sha: option_env!("FOGLINE_GIT_SHA")
+            .unwrap_or("unknown")
+            .to_string(),
+        release: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    axum::Json(GatewayInfo {
+        provider: ProviderInfo {
+            provider: "fogline".into(),
+            orchestration: "fogline-node".into(),
+            version: version.clone(),
+        },
+        version,
+        arch: std::env::consts::ARCH.to_string(),
+    })
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    name: String,
+    namespace: Option<String>,
+    tail: Option<String>,
+}
+
+/// `tail` as OpenFaaS defines it: an integer, where 0 or less means all lines. Integers too
+/// large for 64 bits saturate rather than fail.
+fn parse_tail(t: Option<&str>) -> Result<i64, String> {
+    let Some(t) = t.map(str::trim).filter(|t| !t.is_empty()) else {
+        return Ok(0);
+    };
+    let digits = t.strip_prefix('-').unwrap_or(t);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("tail {t:?} is not an integer"));
+    }
+    Ok(t.parse::<i64>()
+        .unwrap_or(if t.starts_with('-') { 0 } else { i64::MAX }))
+}
+
+async fn function_logs(
+    State(node): State<Shared>,
+    q: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("bad query: {}", e.body_text()),
+            )
+        }
+    };
+    if let Err(e) = check_namespace(q.namespace.as_deref()) {
+        return text(StatusCode::NOT_FOUND, e.to_string());
+    }
+    if node.lookup(&q.name).is_none() {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("function {:?} not found", q.name),
+        );
+    }
+    let tail = match parse_tail(q.tail.as_deref()) {
+        Ok(t) => t,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let mut out = String::new();
+    for entry in node.logs.tail(&q.name, tail) {
+        if let Ok(line) = serde_json::to_string(&entry) {
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response()
+}
+
+async fn metrics(State(node): State<Shared>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        node.metrics.render(&node.gauges()),
+    )
+        .into_response()
+}
+
+async fn status(State(node): State<Shared>) -> Response {
+    axum::Json(node.status()).into_response()
+}
+
+async fn fallback(method: Method, uri: Uri) -> Response {
+    text(
+        StatusCode::NOT_FOUND,
+        format!("no route for {method} {}", uri.path()),
+    )
+}
+
+// ---- helpers --------------------------------------------------------------------------
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response {
+    let mut m = msg.into();
+    if !m.ends_with('\n') {
+        m.push('\n');
+    }
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        m,
+    )
+        .into_response()
+}
+
+/// Admin routes take `Authorization: Bearer TOKEN`, or Basic auth with the token as the
+/// password (what faas-cli sends).
+fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), Response> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            if let Some(t) = v.strip_prefix("Bearer ") {
+                Some(t.trim().to_string())
+            } else {
+                let b = v.strip_prefix("Basic ")?;
+                let decoded = base64_decode(b.trim())?;
+                let s = String::from_utf8(decoded).ok()?;
+                Some(s.split_once(':')?.1.to_string())
+            }
+        });
+    match given {
+        Some(t) if constant_time_eq(t.as_bytes(), node.token().as_bytes()) => Ok(()),
+        Some(_) => Err(unauthorized("the token is wrong")),
+        None => Err(unauthorized(
+            "this route needs the admin token: send Authorization: Bearer <token> (the token is in <data-dir>/admin.token)",
+        )),
+    }
+}
+
+fn unauthorized(msg: &str) -> Response {
+    let mut r = text(StatusCode::UNAUTHORIZED, msg);
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"fogline\""),
+    );
+    r
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    fn val(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        } as u32)
+    }
+    let s = s.trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    for chunk in s.chunks(4) {
+        let mut acc = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            acc |= val(*c)? << (18 - 6 * i);
+        }
+        let n = match chunk.len() {
+            4 => 3,
+            3 => 2,
+            2 => 1,
+            _ => return None,
+        };
+        out.extend_from_slice(&acc.to_be_bytes()[1..1 + n]);
+    }
+    Some(out)
+}
+
+/// Reads a body up to `limit` bytes; 413 beyond.
+async fn read_body(body: Body, headers: &HeaderMap, limit: u64) -> Result<Bytes, Response> {
+    let too_large = || {
+        text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than this node's limit of {limit} bytes"),
+        )
+    };
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit {
+            return Err(too_large());
+        }
+    }
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    match axum::body::to_bytes(body, limit).await {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            let is_limit = std::error::Error::source(&e)
+                .is_some_and(|s| s.to_string().contains("length limit"));
+            if is_limit || e.to_string().contains("length limit") {
+                Err(too_large())
+            } else {
+                Err(text(
+                    StatusCode::BAD_REQUEST,
+                    format!("could not read the request body: {e}"),
+                ))
+            }
+        }
+    }
+}
+
+/// JSON parsing whose errors name the field.
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ManifestError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let field = if path == "." {
+            "(body)".to_string()
+        } else {
+            path
+        };
+        ManifestError::new(field, format!("invalid JSON: {inner}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_auth_decodes() {
+        assert_eq!(base64_decode("YWRtaW46c2VjcmV0").unwrap(), b"admin:secret");
+        assert_eq!(base64_decode("YQ==").unwrap(), b"a");
+        assert!(base64_decode("!!!!").is_none());
+    }
+
+    #[test]
+    fn tail_follows_openfaas() {
+        assert_eq!(parse_tail(None), Ok(0));
+        assert_eq!(parse_tail(Some("5")), Ok(5));
+        assert_eq!(parse_tail(Some("-3")), Ok(-3));
+        assert_eq!(parse_tail(Some("99999999999999999999999")), Ok(i64::MAX));
+        assert_eq!(parse_tail(Some("-99999999999999999999999")), Ok(0));
+        assert!(parse_tail(Some("null")).is_err());
+    }
+
+    #[test]
+    fn names_with_namespaces() {
+        assert_eq!(function_name("hello").unwrap(), "hello");
+        assert_eq!(function_name("hello.openfaas-fn").unwrap(), "hello");
+        assert!(function_name("hello.other").is_err());
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let e = parse_json::<DeleteFunctionRequest>(b"{}").unwrap_err();
+        assert!(e.to_string().contains("functionName"), "{e}");
+        let e = parse_json::<FunctionDeployment>(br#"{"service":"a","image":7}"#).unwrap_err();
+        assert_eq!(e.field, "image");
+    }
+}

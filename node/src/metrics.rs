@@ -1,0 +1,230 @@
+//! Prometheus metrics, in the text exposition format.
+//!
+//! Names follow the OpenFaaS gateway where one exists (`gateway_function_invocation_total`,
+//! `gateway_functions_seconds`), so existing dashboards work; Fogline's own start with
+//! `fogline_`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+const BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// A latency histogram with fixed buckets; lock-free to observe.
+#[derive(Default)]
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| s <= *b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos
+            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            cumulative += self.counts[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// Per-function series.
+#[derive(Default)]
+pub struct FunctionMetrics {
+    pub latency: Histogram,
+    pub cold_start: Histogram,
+    pub warm_start: Histogram,
+    codes: Mutex<BTreeMap<u16, u64>>,
+}
+
+impl FunctionMetrics {
+    pub fn count(&self, code: u16) {
+        *self
+            .codes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(code)
+            .or_default() += 1;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.codes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .sum()
+    }
+}
+
+/// Selects one of a function's histograms.
+type Pick = fn(&FunctionMetrics) -> &Histogram;
+
+#[derive(Default)]
+pub struct Metrics {
+    functions: RwLock<BTreeMap<String, Arc<FunctionMetrics>>>,
+}
+
+/// Point-in-time values rendered beside the series.
+pub struct Gauges {
+    pub instances_in_use: u32,
+    pub instance_slots: u32,
+    pub async_queued: usize,
+    pub functions: usize,
+}
+
+impl Metrics {
+    pub fn function(&self, name: &str) -> Arc<FunctionMetrics> {
+        if let Some(m) = self
+            .functions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return m.clone();
+        }
+        self.functions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    pub fn remove(&self, name: &str) {
+        self.functions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+    }
+
+    pub fn render(&self, g: &Gauges) -> String {
+        let mut out = String::with_capacity(4096);
+        let fns = self.functions.read().unwrap_or_else(|p| p.into_inner());
+        out.push_str(
+            "# HELP gateway_function_invocation_total Function invocations by status code.\n",
+        );
+        out.push_str("# TYPE gateway_function_invocation_total counter\n");
+        for (name, m) in fns.iter() {
+            for (code, n) in m.codes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                let _ = writeln!(out, "gateway_function_invocation_total{{function_name=\"{name}\",code=\"{code}\"}} {n}");
+            }
+        }
+        let series: [(&str, &str, Pick); 3] = [
+            (
+                "gateway_functions_seconds",
+                "End-to-end invocation latency.",
+                |m| &m.latency,
+            ),
+            (
+                "fogline_cold_start_seconds",
+                "Load plus instantiate time of calls that had to load the function's code.",
+                |m| &m.cold_start,
+            ),
+            (
+                "fogline_instantiate_seconds",
+                "Instantiate time of calls whose code was already loaded.",
+                |m| &m.warm_start,
+            ),
+        ];
+        for (metric, help, pick) in series {
+            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} histogram");
+            for (name, m) in fns.iter() {
+                pick(m).render(&mut out, metric, &format!("function_name=\"{name}\""));
+            }
+        }
+        let gauges = [
+            (
+                "fogline_instances_in_use",
+                "Sandbox instances running now.",
+                g.instances_in_use as u64,
+            ),
+            (
+                "fogline_instance_slots",
+                "Most sandbox instances at once.",
+                g.instance_slots as u64,
+            ),
+            (
+                "fogline_async_queued",
+                "Async calls accepted and not yet finished.",
+                g.async_queued as u64,
+            ),
+            (
+                "gateway_service_count",
+                "Deployed functions.",
+                g.functions as u64,
+            ),
+        ];
+        for (metric, help, v) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP {metric} {help}\n# TYPE {metric} gauge\n{metric} {v}"
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_render_cumulative_buckets() {
+        let m = Metrics::default();
+        let f = m.function("hello");
+        f.latency.observe(Duration::from_micros(200));
+        f.latency.observe(Duration::from_millis(3));
+        f.count(200);
+        f.count(200);
+        f.count(500);
+        let text = m.render(&Gauges {
+            instances_in_use: 0,
+            instance_slots: 4,
+            async_queued: 0,
+            functions: 1,
+        });
+        assert!(
+            text.contains(
+                "gateway_function_invocation_total{function_name=\"hello\",code=\"200\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "gateway_functions_seconds_bucket{function_name=\"hello\",le=\"0.00025\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "gateway_functions_seconds_bucket{function_name=\"hello\",le=\"0.005\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_functions_seconds_count{function_name=\"hello\"} 2"),
+            "{text}"
+        );
+        assert_eq!(f.total(), 3);
+    }
+}

@@ -1,0 +1,438 @@
+//! The node's durable state, in sled: function manifests, content-addressed modules, and
+//! the async call queue with its results.
+//!
+//! An async call is written and flushed to disk before the gateway acknowledges it; it
+//! leaves the queue only after its result is written, so a crash at any point re-runs it
+//! rather than losing it (at-least-once).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use fogline_core::{Digest, FunctionManifest};
+use serde::{Deserialize, Serialize};
+
+/// A deployed function as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoredFunction {
+    pub manifest: FunctionManifest,
+    /// RFC 3339 time of the deploy.
+    pub created_at: String,
+}
+
+/// An accepted async call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AsyncCall {
+    pub function: String,
+    pub callback: Option<String>,
+    pub body: Bytes,
+}
+
+/// The outcome of an async call, kept for retrieval by id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallResult {
+    pub function: String,
+    pub status: u16,
+    pub finished_ms: u64,
+    pub body: Bytes,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store at {path}: {source}")]
+    Open { path: String, source: sled::Error },
+    #[error("store: {0}")]
+    Db(#[from] sled::Error),
+    #[error("store: damaged record in {tree}: {problem}")]
+    Corrupt { tree: &'static str, problem: String },
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    commits: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    functions: sled::Tree,
+    modules: sled::Tree,
+    queue: sled::Tree,
+    results: sled::Tree,
+}
+
+impl Store {
+    pub fn open(dir: &std::path::Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(16 << 20)
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        Ok(Store {
+            commits: group_commit(db.clone()),
+            functions: db.open_tree("functions")?,
+            modules: db.open_tree("modules")?,
+            queue: db.open_tree("queue")?,
+            results: db.open_tree("results")?,
+            db,
+        })
+    }
+
+    // ---- modules -------------------------------------------------------------------
+
+    /// Stores a module under its digest (a no-op when it is already there).
+    pub fn put_module(&self, bytes: &[u8]) -> Result<Digest, StoreError> {
+        let d = Digest::of(bytes);
+        if !self.modules.contains_key(d.0)? {
+            self.modules.insert(d.0, bytes)?;
+        }
+        Ok(d)
+    }
+
+    pub fn module(&self, d: &Digest) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.modules.get(d.0)?.map(|v| Bytes::copy_from_slice(&v)))
+    }
+
+    pub fn has_module(&self, d: &Digest) -> Result<bool, StoreError> {
+        Ok(self.modules.contains_key(d.0)?)
+    }
+
+    /// Removes a module no function uses any more.
+    pub fn drop_module_if_unused(&self, d: &Digest) -> Result<bool, StoreError> {
+        let used = self
+            .functions()?
+            .iter()
+            .any(|f| f.manifest.module.as_ref() == Some(d));
+        if !used {
+            self.modules.remove(d.0)?;
+        }
+        Ok(!used)
+    }
+
+    // ---- functions -----------------------------------------------------------------
+
+    pub fn put_function(&self, f: &StoredFunction) -> Result<(), StoreError> {
+        let v = serde_json::to_vec(f).map_err(|e| StoreError::Corrupt {
+            tree: "functions",
+            problem: e.to_string(),
+        })?;
+        self.functions.insert(f.manifest.name.as_bytes(), v)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn delete_function(&self, name: &str) -> Result<Option<StoredFunction>, StoreError> {
+        let old = self.functions.remove(name.as_bytes())?;
+        self.db.flush()?;
+        old.map(|v| decode_function(&v)).transpose()
+    }
+
+    pub fn functions(&self) -> Result<Vec<StoredFunction>, StoreError> {
+        self.functions
+            .iter()
+            .map(|kv| {
+                let (_, v) = kv?;
+                decode_function(&v)
+            })
+            .collect()
+    }
+
+    // ---- async calls ---------------------------------------------------------------
+
+    /// Persists a call durably and returns its id. Returns only after the disk has it.
+    pub async fn enqueue(&self, call: &AsyncCall) -> Result<u64, StoreError> {
+        let id = self.db.generate_id()?;
+        self.queue.insert(id.to_be_bytes(), encode_call(call))?;
+        self.durable().await?;
+        Ok(id)
+    }
+
+    /// Calls accepted but not finished, oldest first.
+    pub fn pending(&self) -> Result<Vec<(u64, AsyncCall)>, StoreError> {
+        self.queue
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let id =
+                    u64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                        tree: "queue",
+                        problem: "key is not 8 bytes".into(),
+                    })?);
+                Ok((id, decode_call(&v)?))
+            })
+            .collect()
+    }
+
+    pub fn call(&self, id: u64) -> Result<Option<AsyncCall>, StoreError> {
+        self.queue
+            .get(id.to_be_bytes())?
+            .map(|v| decode_call(&v))
+            .transpose()
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Records a call's result, then takes it off the queue (in that order: a crash between
+    /// the two re-runs the call instead of losing it).
+    pub fn complete(&self, id: u64, result: &CallResult) -> Result<(), StoreError> {
+        self.results
+            .insert(id.to_be_bytes(), encode_result(result))?;
+        self.queue.remove(id.to_be_bytes())?;
+        Ok(())
+    }
+
+    pub fn result(&self, id: u64) -> Result<Option<CallResult>, StoreError> {
+        self.results
+            .get(id.to_be_bytes())?
+            .map(|v| decode_result(&v))
+            .transpose()
+    }
+
+    /// Forgets results older than `cutoff_ms` (Unix milliseconds); returns how many.
+    pub fn sweep_results(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for kv in self.results.iter() {
+            let (k, v) = kv?;
+            if decode_result(&v)
+                .map(|r| r.finished_ms < cutoff_ms)
+                .unwrap_or(true)
+            {
+                self.results.remove(k)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.durable().await
+    }
+
+    /// Waits until everything written before this call is on disk.
+    async fn durable(&self) -> Result<(), StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let gone = || StoreError::Corrupt {
+            tree: "log",
+            problem: "the flusher thread stopped".into(),
+        };
+        self.commits.send(tx).await.map_err(|_| gone())?;
+        rx.await
+            .map_err(|_| gone())?
+            .map_err(|e| StoreError::Corrupt {
+                tree: "log",
+                problem: e,
+            })
+    }
+}
+
+/// Group commit: one thread flushes sled for every writer waiting at that moment, so a
+/// burst of async calls costs one fsync, not one each. (sled's own `flush_async` runs on
+/// its small I/O pool and deadlocks when many flushes wait at once.)
+fn group_commit(
+    db: sled::Db,
+) -> tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), String>>> {
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<Result<(), String>>>(4096);
+    let spawned = std::thread::Builder::new()
+        .name("store-commit".into())
+        .spawn(move || {
+            while let Some(first) = rx.blocking_recv() {
+                let mut waiters = vec![first];
+                while let Ok(w) = rx.try_recv() {
+                    waiters.push(w);
+                }
+                let res = db.flush().map(|_| ()).map_err(|e| e.to_string());
+                for w in waiters {
+                    let _ = w.send(res.clone());
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the store's commit thread: {e}");
+    }
+    tx
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn decode_function(v: &[u8]) -> Result<StoredFunction, StoreError> {
+    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+        tree: "functions",
+        problem: e.to_string(),
+    })
+}
+
+// Records are small length-prefixed byte strings: bodies stay binary (no base64) and
+// decoding a damaged record is an error, never a panic.
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    tree: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+        if self.buf.len() < n {
+            return Err(StoreError::Corrupt {
+                tree: self.tree,
+                problem: "record is truncated".into(),
+            });
+        }
+        let (a, b) = self.buf.split_at(n);
+        self.buf = b;
+        Ok(a)
+    }
+    fn u32(&mut self) -> Result<u32, StoreError> {
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().unwrap_or_default(),
+        ))
+    }
+    fn u64(&mut self) -> Result<u64, StoreError> {
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().unwrap_or_default(),
+        ))
+    }
+    fn str(&mut self) -> Result<String, StoreError> {
+        let n = self.u32()? as usize;
+        let tree = self.tree;
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| StoreError::Corrupt {
+            tree,
+            problem: "text is not UTF-8".into(),
+        })
+    }
+}
+
+fn encode_call(c: &AsyncCall) -> Vec<u8> {
+    let mut out = Vec::with_capacity(c.body.len() + 64);
+    put_str(&mut out, &c.function);
+    put_str(&mut out, c.callback.as_deref().unwrap_or(""));
+    out.extend_from_slice(&c.body);
+    out
+}
+
+fn decode_call(v: &[u8]) -> Result<AsyncCall, StoreError> {
+    let mut r = Reader {
+        buf: v,
+        tree: "queue",
+    };
+    let function = r.str()?;
+    let callback = Some(r.str()?).filter(|s| !s.is_empty());
+    Ok(AsyncCall {
+        function,
+        callback,
+        body: Bytes::copy_from_slice(r.buf),
+    })
+}
+
+fn encode_result(c: &CallResult) -> Vec<u8> {
+    let mut out = Vec::with_capacity(c.body.len() + 64);
+    out.extend_from_slice(&u32::from(c.status).to_be_bytes());
+    out.extend_from_slice(&c.finished_ms.to_be_bytes());
+    put_str(&mut out, &c.function);
+    out.extend_from_slice(&c.body);
+    out
+}
+
+fn decode_result(v: &[u8]) -> Result<CallResult, StoreError> {
+    let mut r = Reader {
+        buf: v,
+        tree: "results",
+    };
+    let status = u16::try_from(r.u32()?).map_err(|_| StoreError::Corrupt {
+        tree: "results",
+        problem: "bad status".into(),
+    })?;
+    let finished_ms = r.u64()?;
+    let function = r.str()?;
+    Ok(CallResult {
+        function,
+        status,
+        finished_ms,
+        body: Bytes::copy_from_slice(r.buf),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn state_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let d;
+        let id;
+        {
+            let s = Store::open(dir.path()).unwrap();
+            d = s.put_module(b"\0asm\x01\0\0\0").unwrap();
+            s.put_function(&StoredFunction {
+                manifest: FunctionManifest::wasm("f", d),
+                created_at: "2026-01-01T00:00:00Z".into(),
+            })
+            .unwrap();
+            id = s
+                .enqueue(&AsyncCall {
+                    function: "f".into(),
+                    callback: Some("http://x/".into()),
+                    body: Bytes::from_static(b"hi"),
+                })
+                .await
+                .unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.module(&d).unwrap().unwrap(), &b"\0asm\x01\0\0\0"[..]);
+        assert_eq!(s.functions().unwrap()[0].manifest.name, "f");
+        let pending = s.pending().unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].0, id);
+        assert_eq!(pending[0].1.callback.as_deref(), Some("http://x/"));
+        assert_eq!(&pending[0].1.body[..], b"hi");
+        s.complete(
+            id,
+            &CallResult {
+                function: "f".into(),
+                status: 200,
+                finished_ms: 5,
+                body: Bytes::from_static(b"out"),
+            },
+        )
+        .unwrap();
+        assert!(s.pending().unwrap().is_empty());
+        assert_eq!(s.result(id).unwrap().unwrap().body, &b"out"[..]);
+        assert_eq!(s.sweep_results(6).unwrap(), 1);
+        assert!(s.result(id).unwrap().is_none());
+    }
+
+    #[test]
+    fn damaged_records_are_errors_not_panics() {
+        for bad in [&b""[..], b"\0\0\0\x09ab", b"\0\0\0\x01\xff\0\0\0\0"] {
+            assert!(decode_call(bad).is_err());
+            assert!(decode_result(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn unused_modules_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let a = s.put_module(b"a").unwrap();
+        let b = s.put_module(b"b").unwrap();
+        s.put_function(&StoredFunction {
+            manifest: FunctionManifest::wasm("f", a),
+            created_at: String::new(),
+        })
+        .unwrap();
+        assert!(!s.drop_module_if_unused(&a).unwrap());
+        assert!(s.drop_module_if_unused(&b).unwrap());
+        assert!(s.has_module(&a).unwrap() && !s.has_module(&b).unwrap());
+    }
+}

@@ -1,0 +1,472 @@
+//! Client commands: talk to a gateway over HTTP.
+//!
+//! The gateway comes from `--gateway` or `FOGLINE_GATEWAY` (default http://127.0.0.1:8080);
+//! the admin token from `--token`, `FOGLINE_TOKEN`, or `.fogline/admin.token` (the default
+//! local data folder), so the quick start needs none.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use clap::Args;
+use fogline_core::openfaas::{FunctionStatus, LogEntry};
+use fogline_core::stack::{StackFile, StackFunction};
+use fogline_core::units::{parse_duration, ByteSize};
+
+#[derive(Args, Clone)]
+pub struct Common {
+    /// Gateway URL.
+    #[arg(
+        long,
+        env = "FOGLINE_GATEWAY",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    gateway: String,
+    /// Admin token (default: read from .fogline/admin.token).
+    #[arg(long, env = "FOGLINE_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+}
+
+#[derive(Args)]
+pub struct DeployArgs {
+    /// Function name (omit with -f).
+    name: Option<String>,
+    /// The function's Wasm module (.wasm or .wat).
+    #[arg(long, conflicts_with = "file")]
+    wasm: Option<PathBuf>,
+    /// A stack file describing several functions.
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// Wall-clock limit per call, e.g. 2s or 500ms.
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Memory limit, e.g. 64Mi.
+    #[arg(long)]
+    memory: Option<ByteSize>,
+    /// Most calls running at once on a node.
+    #[arg(long)]
+    max_concurrency: Option<u32>,
+    /// Environment variable, K=V (repeatable).
+    #[arg(long = "env", value_parser = parse_kv)]
+    env: Vec<(String, String)>,
+    /// Label, K=V (repeatable).
+    #[arg(long = "label", value_parser = parse_kv)]
+    labels: Vec<(String, String)>,
+    /// Safe to run more than once (retries, replays).
+    #[arg(long)]
+    idempotent: bool,
+}
+
+#[derive(Args)]
+pub struct InvokeArgs {
+    name: String,
+    /// Request body (default: read stdin).
+    #[arg(long)]
+    data: Option<String>,
+    /// Queue the call and print its id instead of waiting.
+    #[arg(long = "async")]
+    is_async: bool,
+    /// With --async: URL that receives the result.
+    #[arg(long, requires = "is_async")]
+    callback: Option<String>,
+}
+
+#[derive(Args)]
+pub struct RmArgs {
+    name: String,
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    name: String,
+    /// Lines to show (0: all kept).
+    #[arg(long, default_value_t = 100)]
+    tail: i64,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+struct Gateway {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Gateway {
+    fn new(c: &Common) -> anyhow::Result<Self> {
+        let base = c.gateway.trim_end_matches('/').to_string();
+        if !base.starts_with("http://") && !base.starts_with("https://") {
+            bail!("--gateway {base:?} must start with http:// or https://");
+        }
+        let token = c.token.clone().or_else(|| {
+            std::fs::read_to_string(Path::new(".fogline").join("admin.token"))
+                .ok()
+                .map(|t| t.trim().to_string())
+        });
+        let http = reqwest::Client::builder().build().context("http client")?;
+        Ok(Gateway { base, token, http })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    fn admin(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+
+    async fn send(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        rb.send().await.map_err(|e| {
+            let why = if e.is_connect() {
+                "is the node running? (fogline up)"
+            } else {
+                "request failed"
+            };
+            anyhow!(
+                "cannot reach the gateway at {}: {why}: {}",
+                self.base,
+                root_cause(&e)
+            )
+        })
+    }
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// Turns a non-success response into an error carrying the gateway's own message.
+async fn check(resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let body = resp.text().await.unwrap_or_default();
+    let msg = body.trim();
+    let hint = if status == reqwest::StatusCode::UNAUTHORIZED {
+        " (pass --token or set FOGLINE_TOKEN)"
+    } else {
+        ""
+    };
+    bail!(
+        "{} {}{hint}",
+        status.as_u16(),
+        if msg.is_empty() {
+            status.canonical_reason().unwrap_or("")
+        } else {
+            msg
+        }
+    )
+}
+
+pub async fn deploy(common: &Common, a: DeployArgs) -> anyhow::Result<()> {
+    let gw = Gateway::new(common)?;
+    if let Some(file) = &a.file {
+        if a.name.is_some() {
+            bail!("give either a NAME with --wasm, or -f STACK, not both");
+        }
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let stack = StackFile::parse(&file.display().to_string(), &text)?;
+        let base = file.parent().unwrap_or(Path::new("."));
+        for (name, f) in &stack.functions {
+            deploy_one(&gw, name, &spec_of_stack(f), &resolve(base, f)?).await?;
+        }
+        return Ok(());
+    }
+    let name = a
+        .name
+        .clone()
+        .ok_or_else(|| anyhow!("give the function's NAME and --wasm FILE, or -f STACK"))?;
+    let wasm = a
+        .wasm
+        .clone()
+        .ok_or_else(|| anyhow!("give --wasm FILE with the function's module"))?;
+    let mut spec = serde_json::Map::new();
+    if let Some(t) = a.timeout {
+        spec.insert(
+            "timeout".into(),
+            humantime::format_duration(t).to_string().into(),
+        );
+    }
+    if let Some(m) = a.memory {
+        spec.insert("memory".into(), m.to_string().into());
+    }
+    if let Some(c) = a.max_concurrency {
+        spec.insert("max_concurrency".into(), c.into());
+    }
+    if !a.env.is_empty() {
+        spec.insert(
+            "env".into(),
+            serde_json::to_value(a.env.iter().cloned().collect::<BTreeMap<_, _>>())?,
+        );
+    }
+    if !a.labels.is_empty() {
+        spec.insert(
+            "labels".into(),
+            serde_json::to_value(a.labels.iter().cloned().collect::<BTreeMap<_, _>>())?,
+        );
+    }
+    if a.idempotent {
+        spec.insert("idempotent".into(), true.into());
+    }
+    deploy_one(&gw, &name, &spec, &wasm).await
+}
+
+fn resolve(base: &Path, f: &StackFunction) -> anyhow::Result<PathBuf> {
+    match &f.wasm {
+        Some(w) => Ok(base.join(w)),
+        None => bail!("container functions (image = ...) are not supported by this node yet"),
+    }
+}
+
+fn spec_of_stack(f: &StackFunction) -> serde_json::Map<String, serde_json::Value> {
+    let mut spec = serde_json::Map::new();
+    if let Some(t) = f.timeout {
+        spec.insert(
+            "timeout".into(),
+            humantime::format_duration(t).to_string().into(),
+        );
+    }
+    if let Some(m) = f.memory {
+        spec.insert("memory".into(), m.to_string().into());
+    }
+    if let Some(c) = f.max_concurrency {
+        spec.insert("max_concurrency".into(), c.into());
+    }
+    if !f.env.is_empty() {
+        spec.insert(
+            "env".into(),
+            serde_json::to_value(&f.env).unwrap_or_default(),
+        );
+    }
+    if !f.labels.is_empty() {
+        spec.insert(
+            "labels".into(),
+            serde_json::to_value(&f.labels).unwrap_or_default(),
+        );
+    }
+    if f.idempotent {
+        spec.insert("idempotent".into(), true.into());
+    }
+    spec
+}
+
+async fn deploy_one(
+    gw: &Gateway,
+    name: &str,
+    spec: &serde_json::Map<String, serde_json::Value>,
+    wasm: &Path,
+) -> anyhow::Result<()> {
+    let module =
+        std::fs::read(wasm).with_context(|| format!("cannot read module {}", wasm.display()))?;
+    let size = module.len();
+    let header = serde_json::to_string(spec)?;
+    let progress = Progress::start(format!("deploying {name} ({})", human_bytes(size)));
+    let rb = gw
+        .admin(gw.http.put(gw.url(&format!("/v1/functions/{name}"))))
+        .header("x-fogline-manifest", header)
+        .header("content-type", "application/wasm")
+        .body(module);
+    let resp = gw.send(rb).await;
+    progress.stop();
+    let resp = check(resp?).await?;
+    let report: serde_json::Value = resp.json().await.context("reading the gateway's answer")?;
+    let digest = report["digest"].as_str().unwrap_or("?");
+    let compiled = report["compile_ms"]
+        .as_f64()
+        .map(|ms| format!(", compiled in {ms:.1} ms"))
+        .unwrap_or_default();
+    let verb = if report["created"].as_bool() == Some(true) {
+        "deployed"
+    } else {
+        "updated"
+    };
+    println!("{verb} {name} ({digest}{compiled})");
+    Ok(())
+}
+
+/// A one-line elapsed-time indicator on stderr for operations that may take a while.
+struct Progress {
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn start(what: String) -> Self {
+        let tty = std::io::stderr().is_terminal();
+        let task = tokio::spawn(async move {
+            let t0 = Instant::now();
+            eprint!("{what}…");
+            if !tty {
+                eprintln!();
+                return;
+            }
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                eprint!("\r{what}… compiling, {:.1}s", t0.elapsed().as_secs_f64());
+            }
+        });
+        Progress { task: Some(task) }
+    }
+
+    fn stop(mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        if std::io::stderr().is_terminal() {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
+
+fn human_bytes(n: usize) -> String {
+    if n >= 1 << 20 {
+        format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64)
+    } else if n >= 1 << 10 {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    } else {
+        format!("{n} B")
+    }
+}
+
+pub async fn invoke(common: &Common, a: InvokeArgs) -> anyhow::Result<()> {
+    let gw = Gateway::new(common)?;
+    let body = match a.data {
+        Some(d) => d.into_bytes(),
+        None => {
+            let mut buf = Vec::new();
+            if !std::io::stdin().is_terminal() {
+                std::io::stdin()
+                    .read_to_end(&mut buf)
+                    .context("reading stdin")?;
+            }
+            buf
+        }
+    };
+    if a.is_async {
+        let mut rb = gw
+            .http
+            .post(gw.url(&format!("/async-function/{}", a.name)))
+            .body(body);
+        if let Some(cb) = &a.callback {
+            rb = rb.header("x-callback-url", cb);
+        }
+        let resp = check(gw.send(gw.admin(rb)).await?).await?;
+        let id = resp
+            .headers()
+            .get("x-call-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("?")
+            .to_string();
+        println!("{id}");
+        return Ok(());
+    }
+    let rb = gw.admin(
+        gw.http
+            .post(gw.url(&format!("/function/{}", a.name)))
+            .body(body),
+    );
+    let resp = check(gw.send(rb).await?).await?;
+    let out = resp
+        .bytes()
+        .await
+        .context("reading the function's output")?;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(&out)?;
+    if !out.ends_with(b"\n") && std::io::stdout().is_terminal() {
+        stdout.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+pub async fn ls(common: &Common) -> anyhow::Result<()> {
+    let gw = Gateway::new(common)?;
+    let resp = check(gw.send(gw.http.get(gw.url("/system/functions"))).await?).await?;
+    let list: Vec<FunctionStatus> = resp.json().await.context("reading the function list")?;
+    println!(
+        "{:<24} {:<10} {:>12} {:>8} {:>8}  MODULE",
+        "NAME", "RUNTIME", "INVOCATIONS", "MEMORY", "TIMEOUT"
+    );
+    for f in list {
+        let runtime = f
+            .annotations
+            .get("fogline.dev/runtime")
+            .cloned()
+            .unwrap_or_default();
+        let timeout = f
+            .annotations
+            .get("fogline.dev/timeout")
+            .cloned()
+            .unwrap_or_default();
+        let memory = f.limits.memory.clone().unwrap_or_default();
+        let image = f.image.get(..19).unwrap_or(&f.image);
+        println!(
+            "{:<24} {:<10} {:>12} {:>8} {:>8}  {image}",
+            f.name, runtime, f.invocation_count, memory, timeout
+        );
+    }
+    Ok(())
+}
+
+pub async fn rm(common: &Common, a: RmArgs) -> anyhow::Result<()> {
+    let gw = Gateway::new(common)?;
+    let rb = gw
+        .admin(gw.http.delete(gw.url("/system/functions")))
+        .json(&serde_json::json!({ "functionName": a.name }));
+    check(gw.send(rb).await?).await?;
+    println!("removed {}", a.name);
+    Ok(())
+}
+
+pub async fn logs(common: &Common, a: LogsArgs) -> anyhow::Result<()> {
+    let gw = Gateway::new(common)?;
+    let rb = gw
+        .http
+        .get(gw.url("/system/logs"))
+        .query(&[("name", a.name.as_str()), ("tail", &a.tail.to_string())]);
+    let resp = check(gw.send(rb).await?).await?;
+    let text = resp.text().await?;
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let e: LogEntry = serde_json::from_str(line).context("reading a log line")?;
+        println!("{} {}", e.timestamp, e.text);
+    }
+    Ok(())
+}
+
+pub async fn status(common: &Common) -> anyhow::Result<()> {
+    let gw = Gateway::new(common)?;
+    let resp = check(gw.send(gw.http.get(gw.url("/v1/status"))).await?).await?;
+    let s: fogline_node::agent::NodeStatus = resp.json().await.context("reading the status")?;
+    println!("node        {}", s.id);
+    println!("gateway     {}", gw.base);
+    println!("version     {}", s.version);
+    println!(
+        "uptime      {}",
+        humantime::format_duration(Duration::from_secs(s.uptime_s))
+    );
+    println!("functions   {}", s.functions);
+    println!(
+        "instances   {} of {} in use ({})",
+        s.instances_in_use,
+        s.instance_slots,
+        if s.pooling { "pooled" } else { "on-demand" }
+    );
+    println!("async queue {}", s.async_queued);
+    println!("data        {}", s.data_dir);
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! Helpers for whole-system tests: start the real `fogline` binary and talk to it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_fogline"))
+}
+
+pub fn fogline() -> Command {
+    let mut c = Command::new(bin());
+    c.env_remove("FOGLINE_GATEWAY").env_remove("FOGLINE_TOKEN");
+    c
+}
+
+pub fn example(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(rel)
+}
+
+pub fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// A running `fogline up` or `fogline node` process, killed on drop.
+pub struct NodeProc {
+    pub child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub token: String,
+    pub stdout_rest: mpsc::Receiver<String>,
+}
+
+impl NodeProc {
+    /// `fogline up --data-dir <dir>/.fogline --http 127.0.0.1:0`, run from `dir`.
+    pub fn up(dir: &Path) -> Self {
+        let data = dir.join(".fogline");
+        let mut cmd = fogline();
+        cmd.current_dir(dir)
+            .args(["up", "--data-dir"])
+            .arg(&data)
+            .args(["--http", "127.0.0.1:0"]);
+        Self::spawn(cmd, data, dir)
+    }
+
+    /// `fogline node --config <config> --data-dir <dir>/node --http 127.0.0.1:0`.
+    pub fn node(dir: &Path, config: &Path) -> Self {
+        let data = dir.join("node");
+        let mut cmd = fogline();
+        cmd.current_dir(dir)
+            .arg("node")
+            .arg("--config")
+            .arg(config)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--http", "127.0.0.1:0"]);
+        Self::spawn(cmd, data, dir)
+    }
+
+    fn spawn(mut cmd: Command, data_dir: PathBuf, dir: &Path) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("node.stderr"))
+            .expect("stderr log");
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start fogline");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let first = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "fogline printed nothing in 30 s; stderr: {}",
+                    std::fs::read_to_string(dir.join("node.stderr")).unwrap_or_default()
+                )
+            });
+        let url = first
+            .strip_prefix("gateway listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {first:?}"))
+            .to_string();
+        let token = std::fs::read_to_string(data_dir.join("admin.token"))
+            .expect("admin.token")
+            .trim()
+            .to_string();
+        NodeProc {
+            child,
+            url,
+            data_dir,
+            token,
+            stdout_rest: rx,
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().expect("wait")
+    }
+
+    pub fn cli(&self) -> Command {
+        let mut c = fogline();
+        c.args(["--gateway", &self.url, "--token", &self.token]);
+        c
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// Deploys an example module through the native upload route.
+pub async fn deploy(
+    node: &NodeProc,
+    name: &str,
+    wasm: &str,
+    manifest: serde_json::Value,
+) -> reqwest::Response {
+    let bytes = std::fs::read(example(wasm)).expect("example module");
+    client()
+        .put(format!("{}/v1/functions/{name}", node.url))
+        .bearer_auth(&node.token)
+        .header("x-fogline-manifest", manifest.to_string())
+        .body(bytes)
+        .send()
+        .await
+        .expect("deploy request")
+}
+
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run fogline");
+    assert!(
+        out.status.success(),
+        "command failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn run_err(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run fogline");
+    assert!(
+        !out.status.success(),
+        "command should have failed; stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

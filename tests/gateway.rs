@@ -1,0 +1,634 @@
+//! Whole-system tests of the node's HTTP gateway: every route and every refusal, against the
+//! real `fogline up` process on loopback.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn openfaas_routes_work_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::up(dir.path());
+    let c = client();
+    let u = &node.url;
+
+    assert_eq!(
+        c.get(format!("{u}/healthz")).send().await.unwrap().status(),
+        200
+    );
+    let info: serde_json::Value = c
+        .get(format!("{u}/system/info"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["provider"]["provider"], "fogline");
+    assert!(info["arch"].as_str().is_some_and(|a| !a.is_empty()));
+
+    // Native upload.
+    let r = deploy(&node, "hello", "hello/hello.wasm", json!({"timeout": "2s"})).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+
+    // Invoke, plain and namespaced; the response is the function's stdout.
+    let r = c
+        .post(format!("{u}/function/hello"))
+        .body("world")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("x-duration-seconds"));
+    assert_eq!(r.text().await.unwrap(), "hello, world");
+    let r = c
+        .post(format!("{u}/function/hello.openfaas-fn"))
+        .body("ns")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "hello, ns");
+
+    // OpenFaaS deploy: upload the module, then POST a FunctionDeployment naming its digest.
+    let module = std::fs::read(example("primes/primes.wasm")).unwrap();
+    let up: serde_json::Value = c
+        .put(format!("{u}/v1/modules"))
+        .bearer_auth(&node.token)
+        .body(module)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let digest = up["digest"].as_str().unwrap().to_string();
+    let dep = json!({"service": "primes", "image": digest, "envVars": {"MODE": "fast"},
+                     "labels": {"team": "edge"}, "limits": {"memory": "32Mi"},
+                     "annotations": {"fogline.dev/timeout": "3s"}});
+    let r = c
+        .post(format!("{u}/system/functions"))
+        .bearer_auth(&node.token)
+        .json(&dep)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    let r = c
+        .post(format!("{u}/function/primes"))
+        .body("100")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap().trim(), "25");
+
+    // List and status reflect the deployment.
+    let list: Vec<serde_json::Value> = c
+        .get(format!("{u}/system/functions"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<_> = list
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["hello", "primes"]);
+    let st: serde_json::Value = c
+        .get(format!("{u}/system/function/primes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(st["image"], digest);
+    assert_eq!(st["limits"]["memory"], "32Mi");
+    assert_eq!(st["envVars"]["MODE"], "fast");
+    assert_eq!(st["labels"]["team"], "edge");
+    assert_eq!(st["invocationCount"], 1);
+    assert_eq!(st["annotations"]["fogline.dev/timeout"], "3s");
+
+    // PUT updates an existing function; unknown ones are 404.
+    let mut upd = dep.clone();
+    upd["limits"]["memory"] = json!("48Mi");
+    let r = c
+        .put(format!("{u}/system/functions"))
+        .bearer_auth(&node.token)
+        .json(&upd)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let st: serde_json::Value = c
+        .get(format!("{u}/system/function/primes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(st["limits"]["memory"], "48Mi");
+    upd["service"] = json!("nosuch");
+    let r = c
+        .put(format!("{u}/system/functions"))
+        .bearer_auth(&node.token)
+        .json(&upd)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // Logs and metrics.
+    let r = c
+        .get(format!("{u}/system/logs?name=primes&tail=5"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let logs = r.text().await.unwrap();
+    assert!(
+        logs.lines().any(|l| l.contains("deployed with module")),
+        "{logs}"
+    );
+    let m = c
+        .get(format!("{u}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("gateway_function_invocation_total{function_name=\"hello\",code=\"200\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("gateway_functions_seconds_bucket{function_name=\"hello\""),
+        "{m}"
+    );
+    assert!(
+        m.contains("# TYPE fogline_cold_start_seconds histogram"),
+        "{m}"
+    );
+
+    // Delete.
+    let r = c
+        .delete(format!("{u}/system/functions"))
+        .bearer_auth(&node.token)
+        .json(&json!({"functionName": "primes"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c.post(format!("{u}/function/primes")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = c
+        .delete(format!("{u}/system/functions"))
+        .bearer_auth(&node.token)
+        .json(&json!({"functionName": "primes"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn async_calls_are_retrievable_and_call_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::up(dir.path());
+    let c = client();
+    let u = &node.url;
+    assert_eq!(
+        deploy(&node, "hello", "hello/hello.wasm", json!({}))
+            .await
+            .status(),
+        201
+    );
+
+    // A one-shot HTTP listener stands in for the caller's callback endpoint.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cb = format!("http://{}/done", listener.local_addr().unwrap());
+    let received = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut tmp = [0u8; 4096];
+        loop {
+            let n = s.read(&mut tmp).await.unwrap();
+            buf.extend_from_slice(&tmp[..n]);
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len: usize = text
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .await
+                        .unwrap();
+                    return text;
+                }
+            }
+            if n == 0 {
+                return text;
+            }
+        }
+    });
+
+    let r = c
+        .post(format!("{u}/async-function/hello"))
+        .header("X-Callback-Url", &cb)
+        .body("later")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.headers()["x-call-id"].to_str().unwrap().to_string();
+    let req = tokio::time::timeout(Duration::from_secs(20), received)
+        .await
+        .expect("callback within 20 s")
+        .unwrap();
+    assert!(req.starts_with("POST /done"), "{req}");
+    assert!(
+        req.to_ascii_lowercase()
+            .contains(&format!("x-call-id: {id}")),
+        "{req}"
+    );
+    assert!(req.ends_with("hello, later"), "{req}");
+
+    let r = c.get(format!("{u}/v1/calls/{id}")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "hello, later");
+    assert_eq!(
+        c.get(format!("{u}/v1/calls/00000000000fffff"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        c.post(format!("{u}/async-function/nosuch"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let r = c
+        .post(format!("{u}/async-function/hello"))
+        .header("X-Callback-Url", "ftp://x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::up(dir.path());
+    let c = client();
+    let u = &node.url;
+
+    // Unknown function: 404 naming it.
+    let r = c.post(format!("{u}/function/ghost")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("\"ghost\""));
+
+    // Not a Wasm module: 400 with the validator's reason.
+    let r = c
+        .put(format!("{u}/v1/functions/junk"))
+        .bearer_auth(&node.token)
+        .body("this is not wasm")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let msg = r.text().await.unwrap();
+    assert!(msg.contains("not a valid WebAssembly module"), "{msg}");
+    // Valid Wasm that is not a WASI command.
+    let r = c
+        .put(format!("{u}/v1/functions/lib"))
+        .bearer_auth(&node.token)
+        .body("(module (func (export \"f\")))")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("_start"));
+    // An import nobody provides.
+    let r = c
+        .put(format!("{u}/v1/functions/imp"))
+        .bearer_auth(&node.token)
+        .body("(module (import \"env\" \"secret\" (func)) (func (export \"_start\")))")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("secret"));
+
+    // Missing or wrong token: 401.
+    let r = c
+        .put(format!("{u}/v1/functions/x"))
+        .body("(module)")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
+    let r = c
+        .put(format!("{u}/v1/functions/x"))
+        .bearer_auth("wrong")
+        .body("(module)")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .post(format!("{u}/system/functions"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .delete(format!("{u}/system/functions"))
+        .json(&json!({"functionName": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Basic auth with the token as password works (faas-cli style).
+    let r = c
+        .get(format!("{u}/system/functions"))
+        .basic_auth("admin", Some(&node.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Malformed JSON on /system/functions: 400 naming the field.
+    let r = c
+        .post(format!("{u}/system/functions"))
+        .bearer_auth(&node.token)
+        .header("content-type", "application/json")
+        .body(r#"{"service": "a", "image": 42}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("`image`"));
+    let r = c
+        .post(format!("{u}/system/functions"))
+        .bearer_auth(&node.token)
+        .body(r#"{"image": "sha256:00"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("service"));
+    let r = c
+        .post(format!("{u}/system/functions"))
+        .bearer_auth(&node.token)
+        .json(&json!({"service": "Bad Name", "image": format!("sha256:{}", "0".repeat(64))}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("`name`"));
+    let r = c
+        .post(format!("{u}/system/functions"))
+        .bearer_auth(&node.token)
+        .json(&json!({"service": "x", "image": format!("sha256:{}", "0".repeat(64))}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("not on this node"));
+    let r = c
+        .put(format!("{u}/v1/functions/x"))
+        .bearer_auth(&node.token)
+        .header("x-fogline-manifest", r#"{"memory": "lots"}"#)
+        .body("(module)")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("memory"));
+
+    // Function failures: 500 with the tail of stderr.
+    assert_eq!(
+        deploy(&node, "fail", "misbehave/fail.wasm", json!({}))
+            .await
+            .status(),
+        201
+    );
+    let r = c.post(format!("{u}/function/fail")).send().await.unwrap();
+    assert_eq!(r.status(), 500);
+    let msg = r.text().await.unwrap();
+    assert!(
+        msg.contains("status 3") && msg.contains("something went wrong"),
+        "{msg}"
+    );
+    // A trap.
+    let r = c
+        .put(format!("{u}/v1/functions/trap"))
+        .bearer_auth(&node.token)
+        .body("(module (func (export \"_start\") unreachable))")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = c.post(format!("{u}/function/trap")).send().await.unwrap();
+    assert_eq!(r.status(), 500);
+    assert!(r.text().await.unwrap().contains("unreachable"));
+
+    // Memory bomb: stopped at its cap, reported as out of memory.
+    assert_eq!(
+        deploy(
+            &node,
+            "membomb",
+            "misbehave/membomb.wasm",
+            json!({"memory": "16Mi"})
+        )
+        .await
+        .status(),
+        201
+    );
+    let r = c
+        .post(format!("{u}/function/membomb"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    assert!(r.text().await.unwrap().contains("out of memory"));
+
+    // No filesystem unless granted.
+    assert_eq!(
+        deploy(&node, "openfile", "misbehave/openfile.wasm", json!({}))
+            .await
+            .status(),
+        201
+    );
+    let r = c
+        .post(format!("{u}/function/openfile"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    assert!(!r.text().await.unwrap().contains("root:"));
+
+    // Timeout: 504, the instance is gone, and the node keeps serving.
+    assert_eq!(
+        deploy(
+            &node,
+            "loop",
+            "misbehave/loop.wasm",
+            json!({"timeout": "300ms", "max_concurrency": 1})
+        )
+        .await
+        .status(),
+        201
+    );
+    let t = Instant::now();
+    let r = c.post(format!("{u}/function/loop")).send().await.unwrap();
+    assert_eq!(r.status(), 504);
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "timeout took {:?}",
+        t.elapsed()
+    );
+    let st: serde_json::Value = c
+        .get(format!("{u}/v1/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        st["instances_in_use"], 0,
+        "the timed-out instance must be gone"
+    );
+    assert_eq!(
+        deploy(&node, "hello", "hello/hello.wasm", json!({}))
+            .await
+            .status(),
+        201
+    );
+    let r = c
+        .post(format!("{u}/function/hello"))
+        .body("still here")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "hello, still here");
+
+    // Over max concurrency: 429 with Retry-After, not queued.
+    let slow = {
+        let c = c.clone();
+        let u = u.clone();
+        tokio::spawn(async move {
+            c.post(format!("{u}/function/loop"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = c.post(format!("{u}/function/loop")).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(slow.await.unwrap(), 504);
+}
+
+#[tokio::test]
+async fn payload_limit_and_token_for_invoke_come_from_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(
+        &cfg,
+        "version = 1\n[http]\nmax_body = \"2Ki\"\ninvoke_requires_token = true\n[wasm]\ninstances = 8\npooling = \"off\"\n",
+    )
+    .unwrap();
+    let node = NodeProc::node(dir.path(), &cfg);
+    let c = client();
+    let u = &node.url;
+    assert_eq!(
+        deploy(&node, "hello", "hello/hello.wasm", json!({}))
+            .await
+            .status(),
+        201
+    );
+    let r = c
+        .post(format!("{u}/function/hello"))
+        .bearer_auth(&node.token)
+        .body(vec![b'a'; 2048])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .post(format!("{u}/function/hello"))
+        .bearer_auth(&node.token)
+        .body(vec![b'a'; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert!(r.text().await.unwrap().contains("2048"));
+    // Chunked bodies (no Content-Length) are limited too.
+    let stream = futures_stream(vec![vec![b'b'; 1500], vec![b'c'; 1500]]);
+    let r = c
+        .post(format!("{u}/function/hello"))
+        .bearer_auth(&node.token)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let r = c
+        .post(format!("{u}/function/hello"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let st: serde_json::Value = c
+        .get(format!("{u}/v1/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(st["pooling"], false);
+    assert_eq!(st["instance_slots"], 8);
+}
+
+fn futures_stream(
+    chunks: Vec<Vec<u8>>,
+) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + Sync + 'static {
+    struct S(std::collections::VecDeque<Vec<u8>>);
+    impl futures_core::Stream for S {
+        type Item = Result<Vec<u8>, std::io::Error>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            std::task::Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+    S(chunks.into())
+}
