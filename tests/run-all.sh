@@ -10,6 +10,11 @@ step "format";            cargo fmt --all -- --check
 step "lint";              cargo clippy --workspace --all-targets -- -D warnings
 step "examples";          examples/check.sh
 step "unit, property and whole-system tests"
-cargo test --workspace
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace 2>&1 | tee "$log"
 step "OpenAPI conformance (schemathesis)"
 tests/conformance/run.sh
+
+# One closing line over every cargo test binary (any failure has already stopped the run).
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "\nall tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"

@@ -49,7 +49,7 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
-    commits: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    commits: std::sync::Arc<Committer>,
     functions: sled::Tree,
     modules: sled::Tree,
     queue: sled::Tree,
@@ -67,7 +67,7 @@ impl Store {
                 source,
             })?;
         Ok(Store {
-            commits: group_commit(db.clone()),
+            commits: std::sync::Arc::new(Committer::start(db.clone())),
             functions: db.open_tree("functions")?,
             modules: db.open_tree("modules")?,
             queue: db.open_tree("queue")?,
@@ -215,7 +215,8 @@ impl Store {
             tree: "log",
             problem: "the flusher thread stopped".into(),
         };
-        self.commits.send(tx).await.map_err(|_| gone())?;
+        let sender = self.commits.tx.as_ref().ok_or_else(gone)?;
+        sender.send(tx).await.map_err(|_| gone())?;
         rx.await
             .map_err(|_| gone())?
             .map_err(|e| StoreError::Corrupt {
@@ -225,32 +226,50 @@ impl Store {
     }
 }
 
+type CommitWaiter = tokio::sync::oneshot::Sender<Result<(), String>>;
+
 /// Group commit: one thread flushes sled for every writer waiting at that moment, so a
 /// burst of async calls costs one fsync, not one each. (sled's own `flush_async` runs on
-/// its small I/O pool and deadlocks when many flushes wait at once.)
-fn group_commit(
-    db: sled::Db,
-) -> tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), String>>> {
-    let (tx, mut rx) =
-        tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<Result<(), String>>>(4096);
-    let spawned = std::thread::Builder::new()
-        .name("store-commit".into())
-        .spawn(move || {
-            while let Some(first) = rx.blocking_recv() {
-                let mut waiters = vec![first];
-                while let Ok(w) = rx.try_recv() {
-                    waiters.push(w);
+/// its small I/O pool and deadlocks when many flushes wait at once.) Dropping the last
+/// handle stops the thread and waits for it, so the database is closed when `Store` is.
+struct Committer {
+    tx: Option<tokio::sync::mpsc::Sender<CommitWaiter>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Committer {
+    fn start(db: sled::Db) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<CommitWaiter>(4096);
+        let thread = std::thread::Builder::new()
+            .name("store-commit".into())
+            .spawn(move || {
+                while let Some(first) = rx.blocking_recv() {
+                    let mut waiters = vec![first];
+                    while let Ok(w) = rx.try_recv() {
+                        waiters.push(w);
+                    }
+                    let res = db.flush().map(|_| ()).map_err(|e| e.to_string());
+                    for w in waiters {
+                        let _ = w.send(res.clone());
+                    }
                 }
-                let res = db.flush().map(|_| ()).map_err(|e| e.to_string());
-                for w in waiters {
-                    let _ = w.send(res.clone());
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::error!("cannot start the store's commit thread: {e}");
+            })
+            .map_err(|e| tracing::error!("cannot start the store's commit thread: {e}"))
+            .ok();
+        Committer {
+            tx: Some(tx),
+            thread,
+        }
     }
-    tx
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 pub fn now_ms() -> u64 {

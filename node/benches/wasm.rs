@@ -1,0 +1,116 @@
+//! In-process cost of one Wasm invocation, beside the physical limit measured in the same run.
+//!
+//! `cargo bench -p fogline-node --bench wasm` (release). Prints, for the `hello` example with a
+//! 1 KiB body:
+//! - limit: raw wasmtime — `InstancePre::instantiate` of the same module into a fresh store
+//!   from the same pooling allocator, with an empty WASI context, then drop;
+//! - fogline: `WasmExecutor::invoke_blocking` — slot, fresh store with stdin/stdout/stderr
+//!   pipes, limits and deadline, instantiate, run `_start`, collect output, drop.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fogline_core::config::WasmSection;
+use fogline_core::{Digest, FunctionManifest};
+use fogline_node::executor::wasm::WasmExecutor;
+use fogline_node::executor::{Invocation, ModuleSource};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, Linker, Module, PoolingAllocationConfig, Store,
+};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::WasiCtxBuilder;
+
+const ITERS: usize = 20_000;
+
+struct Bytesource(Bytes);
+impl ModuleSource for Bytesource {
+    fn module(&self, _: &Digest) -> Option<Bytes> {
+        Some(self.0.clone())
+    }
+}
+
+fn main() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello/hello.wasm");
+    let wasm = std::fs::read(&path).expect("examples/hello/hello.wasm");
+    let body = Bytes::from(vec![b'x'; 1024]);
+    let cfg = WasmSection::default();
+
+    // Limit: raw wasmtime with the same pooling settings the node uses.
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_core_instances(cfg.instances)
+        .total_memories(cfg.instances)
+        .total_tables(cfg.instances)
+        .total_stacks(cfg.instances)
+        .total_component_instances(0)
+        .max_memory_size(cfg.max_memory.bytes() as usize);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    let engine = Engine::new(&config).expect("engine");
+    let module = Module::new(&engine, &wasm).expect("module");
+    let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
+    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |c| c).expect("link");
+    let pre = linker.instantiate_pre(&module).expect("pre");
+    let raw = measure(|| {
+        let mut store = Store::new(&engine, WasiCtxBuilder::new().build_p1());
+        store.set_epoch_deadline(1_000_000);
+        let _instance = pre.instantiate(&mut store).expect("instantiate");
+    });
+
+    // Fogline's executor, whole call.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exec = WasmExecutor::new(&cfg, dir.path().to_path_buf()).expect("executor");
+    let manifest = FunctionManifest::wasm("hello", Digest::of(&wasm));
+    exec.prepare_blocking(&manifest, Some(Bytes::from(wasm.clone())))
+        .expect("prepare");
+    let src = Bytesource(Bytes::from(wasm));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let _guard = rt.enter();
+    let ours = measure(|| {
+        let out = exec
+            .invoke_blocking(&manifest, Invocation { body: body.clone() }, &src)
+            .expect("invoke");
+        assert_eq!(out.stdout.len(), 7 + 1024);
+    });
+
+    println!(
+        "wasm invocation, hello example, 1 KiB body, {ITERS} iterations, pooled={}",
+        exec.pooled()
+    );
+    report("limit: raw wasmtime instantiate", &raw);
+    report("fogline: instantiate + run + output", &ours);
+    println!(
+        "ratio p50: {:.2}x the raw instantiate",
+        p(&ours, 0.5).as_secs_f64() / p(&raw, 0.5).as_secs_f64()
+    );
+}
+
+fn measure(mut f: impl FnMut()) -> Vec<Duration> {
+    for _ in 0..1000 {
+        f();
+    }
+    let mut v = Vec::with_capacity(ITERS);
+    for _ in 0..ITERS {
+        let t = Instant::now();
+        f();
+        v.push(t.elapsed());
+    }
+    v.sort();
+    v
+}
+
+fn p(v: &[Duration], q: f64) -> Duration {
+    v[((v.len() as f64 - 1.0) * q) as usize]
+}
+
+fn report(name: &str, v: &[Duration]) {
+    println!(
+        "{name:<40} p50 {:>7.1} µs   p99 {:>7.1} µs",
+        p(v, 0.5).as_secs_f64() * 1e6,
+        p(v, 0.99).as_secs_f64() * 1e6
+    );
+}
