@@ -72,6 +72,12 @@ pub struct InvokeArgs {
     /// With --async: URL that receives the result.
     #[arg(long, requires = "is_async")]
     callback: Option<String>,
+    /// Invoke over QUIC instead of HTTP: quic://HOST:PORT.
+    #[arg(long, requires = "tls_dir")]
+    via: Option<String>,
+    /// With --via: this client's certificate folder (from `fogline certs issue --role client`).
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -358,6 +364,9 @@ pub async fn invoke(common: &Common, a: InvokeArgs) -> anyhow::Result<()> {
             buf
         }
     };
+    if let Some(via) = &a.via {
+        return invoke_quic(via, a.tls_dir.as_deref(), &a.name, body).await;
+    }
     if a.is_async {
         let mut rb = gw
             .http
@@ -389,6 +398,37 @@ pub async fn invoke(common: &Common, a: InvokeArgs) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(&out)?;
     if !out.ends_with(b"\n") && std::io::stdout().is_terminal() {
+        stdout.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+async fn invoke_quic(via: &str, tls_dir: Option<&Path>, name: &str, body: Vec<u8>) -> anyhow::Result<()> {
+    use fogline_node::quic::{Client, QuicError, Request};
+    let target = via.strip_prefix("quic://").unwrap_or(via);
+    let addr: std::net::SocketAddr = tokio::net::lookup_host(target)
+        .await
+        .with_context(|| format!("--via {via}: not a HOST:PORT"))?
+        .next()
+        .ok_or_else(|| anyhow!("--via {via}: no address"))?;
+    let dir = tls_dir.ok_or_else(|| anyhow!("--via needs --tls-dir with this client's certificate"))?;
+    let tls = fogline_node::tls::TlsDir::load(dir)?;
+    let client = Client::new(&tls)?;
+    let req = Request { function: name.to_string(), manifest: None, body: body.into() };
+    struct NoModules;
+    impl fogline_node::executor::ModuleSource for NoModules {
+        fn module(&self, _: &fogline_core::Digest) -> Option<bytes::Bytes> {
+            None
+        }
+    }
+    let reply = match client.invoke(addr, &req, &NoModules).await {
+        Ok(r) => r,
+        Err(QuicError::Remote(m)) => bail!("{} {}", m.status, m.message),
+        Err(e) => bail!("{e}"),
+    };
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(&reply.body)?;
+    if !reply.body.ends_with(b"\n") && std::io::stdout().is_terminal() {
         stdout.write_all(b"\n")?;
     }
     Ok(())

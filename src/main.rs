@@ -31,6 +31,11 @@ enum Command {
     Up(UpArgs),
     /// Run an edge node agent from a config file.
     Node(NodeArgs),
+    /// Run the cloud tier: the same agent with cloud-sized limits, serving QUIC and HTTP.
+    Bridge(NodeArgs),
+    /// Make the cluster's certificates.
+    #[command(subcommand)]
+    Certs(CertsCmd),
     /// Deploy a function from a Wasm module, or every function of a stack file.
     Deploy(client::DeployArgs),
     /// Invoke a function; the request body comes from --data or stdin.
@@ -66,6 +71,86 @@ struct NodeArgs {
     /// Overrides `http.listen`.
     #[arg(long)]
     http: Option<SocketAddr>,
+    /// Overrides `quic.listen` (turns QUIC on; needs --tls-dir or quic.tls_dir).
+    #[arg(long)]
+    quic: Option<SocketAddr>,
+    /// Overrides `quic.tls_dir`: a folder made by `fogline certs issue`.
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Create the cluster CA (ca.pem, ca.key) in DIR.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue a certificate for NAME with a role, signed by the CA.
+    Issue {
+        name: String,
+        /// client, node, bridge or router.
+        #[arg(long)]
+        role: String,
+        /// The CA's folder (from `certs init`).
+        #[arg(long)]
+        ca: PathBuf,
+        /// Output folder: cert.pem, key.pem, ca.pem (a --tls-dir).
+        #[arg(long)]
+        out: PathBuf,
+        /// Days of validity.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Issue an already expired certificate (for testing refusals).
+        #[arg(long, hide = true)]
+        expired: bool,
+    },
+}
+
+impl NodeArgs {
+    /// The config file with the command line's overrides applied.
+    fn into_config(
+        self,
+        tier: Option<fogline_core::config::Tier>,
+    ) -> anyhow::Result<fogline_core::config::NodeConfig> {
+        let mut cfg = serve::load_node_config(&self.config)?;
+        if let Some(d) = self.data_dir {
+            cfg.node.data_dir = d;
+        }
+        if let Some(h) = self.http {
+            cfg.http.listen = h;
+        }
+        if let Some(q) = self.quic {
+            cfg.quic.listen = Some(q);
+        }
+        if let Some(t) = self.tls_dir {
+            cfg.quic.tls_dir = Some(t);
+        }
+        if let Some(t) = tier {
+            cfg.node.tier = t;
+        }
+        if cfg.quic.listen.is_some() && cfg.quic.tls_dir.is_none() {
+            anyhow::bail!("QUIC needs certificates: pass --tls-dir DIR (made by `fogline certs issue`)");
+        }
+        Ok(cfg)
+    }
+}
+
+fn certs(c: CertsCmd) -> anyhow::Result<()> {
+    use fogline_node::tls;
+    match c {
+        CertsCmd::Init { dir } => {
+            let path = tls::init_ca(&dir)?;
+            println!("cluster CA created: {} (keep {} secret)", path.display(), dir.join("ca.key").display());
+        }
+        CertsCmd::Issue { name, role, ca, out, days, expired } => {
+            let role = tls::Role::parse(&role)?;
+            let validity = if expired { tls::Validity::Expired } else { tls::Validity::Days(days) };
+            tls::issue(&ca, &name, role, &out, validity)?;
+            println!("issued {name} ({}) in {}", role.as_str(), out.display());
+        }
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -86,16 +171,11 @@ fn main() -> ExitCode {
                 let cfg = fogline_core::config::NodeConfig::local(a.data_dir, a.http);
                 serve::node(cfg).await
             }
-            Command::Node(a) => {
-                let mut cfg = serve::load_node_config(&a.config)?;
-                if let Some(d) = a.data_dir {
-                    cfg.node.data_dir = d;
-                }
-                if let Some(h) = a.http {
-                    cfg.http.listen = h;
-                }
-                serve::node(cfg).await
+            Command::Node(a) => serve::node(a.into_config(None)?).await,
+            Command::Bridge(a) => {
+                serve::node(a.into_config(Some(fogline_core::config::Tier::Cloud))?).await
             }
+            Command::Certs(c) => certs(c),
             Command::Deploy(a) => client::deploy(&cli.client, a).await,
             Command::Invoke(a) => client::invoke(&cli.client, a).await,
             Command::Ls => client::ls(&cli.client).await,

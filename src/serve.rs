@@ -20,6 +20,9 @@ pub async fn node(cfg: NodeConfig) -> anyhow::Result<()> {
         // The first line is the contract scripts rely on: where the gateway listens.
         let mut out = std::io::stdout().lock();
         writeln!(out, "gateway listening on http://{}", running.addr)?;
+        if let Some(q) = running.quic_addr {
+            writeln!(out, "quic listening on {q}")?;
+        }
         if let Some(token) = &running.new_token {
             writeln!(
                 out,
@@ -29,7 +32,8 @@ pub async fn node(cfg: NodeConfig) -> anyhow::Result<()> {
         }
         writeln!(
             out,
-            "node {} ready; data in {}",
+            "{} node {} ready; data in {}",
+            running.node.config.node.tier.as_str(),
             running.node.id,
             data_dir.display()
         )?;

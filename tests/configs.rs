@@ -20,8 +20,14 @@ fn every_example_config_loads() {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap();
-        if name.starts_with("node") {
-            NodeConfig::from_toml(&name, &text).unwrap_or_else(|e| panic!("{e}"));
+        if name.starts_with("node") || name == "bridge.toml" || name == "device.toml" {
+            let cfg = NodeConfig::from_toml(&name, &text).unwrap_or_else(|e| panic!("{e}"));
+            let tier = cfg.node.tier.as_str();
+            match name.as_str() {
+                "bridge.toml" => assert_eq!(tier, "cloud"),
+                "device.toml" => assert_eq!(tier, "device"),
+                _ => assert_eq!(tier, "edge"),
+            }
         } else if name == "stack.toml" {
             let stack = StackFile::parse(&name, &text).unwrap_or_else(|e| panic!("{e}"));
             for (fname, f) in stack.functions {

@@ -27,6 +27,49 @@ pub struct NodeConfig {
     pub wasm: WasmSection,
     #[serde(default, rename = "async")]
     pub async_calls: AsyncSection,
+    #[serde(default)]
+    pub quic: QuicSection,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QuicSection {
+    /// Address of the QUIC endpoint for other tiers; absent: QUIC is off. Needs `tls_dir`.
+    pub listen: Option<SocketAddr>,
+    /// Folder made by `fogline certs issue` (cert.pem, key.pem, ca.pem).
+    pub tls_dir: Option<PathBuf>,
+    /// Invocations running at once per connection; more are refused with a retryable error.
+    #[serde(default = "default_max_streams")]
+    pub max_streams: u32,
+    /// Longest wait for the next frame of a stream before it is dropped.
+    #[serde(default = "default_stream_timeout", with = "duration_str")]
+    pub stream_timeout: Duration,
+    /// Idle connections close after this.
+    #[serde(default = "default_idle_timeout", with = "duration_str")]
+    pub idle_timeout: Duration,
+    /// How often the certificate files are checked for changes (reloaded without a restart).
+    #[serde(default = "default_reload", with = "duration_str")]
+    pub reload_every: Duration,
+}
+
+/// Where a peer sits in the continuum.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    Device,
+    #[default]
+    Edge,
+    Cloud,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Device => "device",
+            Tier::Edge => "edge",
+            Tier::Cloud => "cloud",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -37,6 +80,9 @@ pub struct NodeSection {
     /// Where functions, modules, compiled artifacts, the call queue and the admin token live.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// The tier this agent serves: `edge` for nodes, `cloud` for the bridge.
+    #[serde(default)]
+    pub tier: Tier,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -135,13 +181,14 @@ impl NodeConfig {
     pub fn local(data_dir: PathBuf, listen: SocketAddr) -> Self {
         NodeConfig {
             version: CONFIG_VERSION,
-            node: NodeSection { id: None, data_dir },
+            node: NodeSection { id: None, data_dir, tier: Tier::Edge },
             http: HttpSection {
                 listen,
                 ..HttpSection::default()
             },
             wasm: WasmSection::default(),
             async_calls: AsyncSection::default(),
+            quic: QuicSection::default(),
         }
     }
 
@@ -181,6 +228,12 @@ impl NodeConfig {
                 format!("{} is outside 1..=1024", self.async_calls.workers),
             ));
         }
+        if self.quic.listen.is_some() && self.quic.tls_dir.is_none() {
+            return Err(invalid("quic.tls_dir", "QUIC needs certificates: set quic.tls_dir (made by `fogline certs issue`)".into()));
+        }
+        if self.quic.max_streams == 0 || self.quic.max_streams > 100_000 {
+            return Err(invalid("quic.max_streams", format!("{} is outside 1..=100000", self.quic.max_streams)));
+        }
         if let Some(id) = &self.node.id {
             if id.is_empty()
                 || id.len() > 64
@@ -210,6 +263,19 @@ impl Default for NodeSection {
         NodeSection {
             id: None,
             data_dir: default_data_dir(),
+            tier: Tier::Edge,
+        }
+    }
+}
+impl Default for QuicSection {
+    fn default() -> Self {
+        QuicSection {
+            listen: None,
+            tls_dir: None,
+            max_streams: default_max_streams(),
+            stream_timeout: default_stream_timeout(),
+            idle_timeout: default_idle_timeout(),
+            reload_every: default_reload(),
         }
     }
 }
@@ -277,6 +343,18 @@ fn default_async_workers() -> u32 {
 }
 fn default_async_queue() -> u64 {
     100_000
+}
+fn default_max_streams() -> u32 {
+    256
+}
+fn default_stream_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_reload() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_result_ttl() -> Duration {
     Duration::from_secs(3600)

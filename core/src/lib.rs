@@ -7,6 +7,7 @@
 //! - [`openfaas`]: the OpenFaaS gateway's JSON shapes and their mapping onto manifests.
 //! - [`stack`]: stack files, which describe several functions for one `fogline deploy`.
 //! - [`config`]: the node agent's config file, strict and versioned.
+//! - [`wire`]: the tier-to-tier frame protocol (QUIC streams), pure encode/decode.
 //!
 //! Drivers (`fogline-node`, `fogline-router`, …) move bytes and time into these types.
 
@@ -16,6 +17,7 @@ pub mod manifest;
 pub mod openfaas;
 pub mod stack;
 pub mod units;
+pub mod wire;
 
 pub use digest::Digest;
 pub use manifest::{FunctionManifest, ManifestError, Runtime};

@@ -40,6 +40,8 @@ pub struct Node {
     queued: AtomicU64,
     async_tx: mpsc::Sender<u64>,
     http: reqwest::Client,
+    /// QUIC client for calls to other tiers (set when the node has certificates).
+    pub peers: std::sync::OnceLock<Arc<crate::quic::Client>>,
 }
 
 /// Why a deploy was refused.
@@ -88,6 +90,7 @@ pub struct DeployReport {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NodeStatus {
     pub id: String,
+    pub tier: String,
     pub version: String,
     pub uptime_s: u64,
     pub functions: usize,
@@ -150,6 +153,7 @@ impl Node {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .map_err(|e| anyhow::anyhow!("http client: {e}"))?,
+            peers: std::sync::OnceLock::new(),
             config,
         };
         if !pending.is_empty() {
@@ -196,6 +200,29 @@ impl Node {
     /// Stores a module; returns its digest.
     pub fn put_module(&self, bytes: &[u8]) -> Result<Digest, StoreError> {
         self.store.put_module(bytes)
+    }
+
+    pub fn has_module(&self, d: &Digest) -> bool {
+        self.store.has_module(d).unwrap_or(false)
+    }
+
+    /// A module's bytes, for peers that fetch it by hash.
+    pub fn module(&self, d: &Digest) -> Option<Bytes> {
+        self.store.module(d).ok().flatten()
+    }
+
+    /// What this agent can take on, as reported to other tiers.
+    pub fn capacity(&self) -> fogline_core::wire::Capacity {
+        let g = self.gauges();
+        fogline_core::wire::Capacity {
+            node: self.id.clone(),
+            tier: self.config.node.tier.as_str().to_string(),
+            cores: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+            memory_bytes: total_memory(),
+            instance_slots: g.instance_slots,
+            instances_in_use: g.instances_in_use,
+            functions: g.functions as u32,
+        }
     }
 
     /// Validates, compiles and stores a function. `module` uploads its code in the same step.
@@ -513,6 +540,7 @@ impl Node {
         let g = self.gauges();
         NodeStatus {
             id: self.id.clone(),
+            tier: self.config.node.tier.as_str().to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_s: self.started.elapsed().as_secs(),
             functions: g.functions,
@@ -574,6 +602,12 @@ impl Drop for Release<'_> {
     }
 }
 
+impl ModuleSource for Node {
+    fn module(&self, digest: &Digest) -> Option<Bytes> {
+        Node::module(self, digest)
+    }
+}
+
 struct StoreSource<'a>(&'a Store);
 
 impl ModuleSource for StoreSource<'_> {
@@ -619,6 +653,19 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, format!("{text}\n"))?;
     Ok(())
+}
+
+fn total_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
 }
 
 fn hostname() -> String {

@@ -100,6 +100,9 @@ async fn invoke_inner(node: Shared, name: String, headers: HeaderMap, body: Body
         Ok(b) => b,
         Err(r) => return r,
     };
+    if let Some(target) = headers.get("x-fogline-target") {
+        return forward(&node, &name, body, target).await;
+    }
     match node.invoke(&name, body).await {
         Ok(out) => {
             let mut r = Response::new(Body::from(out.stdout.clone()));
@@ -127,6 +130,46 @@ async fn invoke_inner(node: Shared, name: String, headers: HeaderMap, body: Body
             r
         }
         Err(e) => invoke_error(e),
+    }
+}
+
+/// Runs the call on another tier over QUIC (`X-Fogline-Target: quic://HOST:PORT`), sending
+/// this node's manifest so the peer can fetch the module by hash if it lacks it.
+async fn forward(node: &Shared, name: &str, body: Bytes, target: &HeaderValue) -> Response {
+    let Some(addr) = target
+        .to_str()
+        .ok()
+        .and_then(|t| t.strip_prefix("quic://"))
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+    else {
+        return text(StatusCode::BAD_REQUEST, "X-Fogline-Target must be quic://IP:PORT");
+    };
+    let Some(client) = node.peers.get() else {
+        return text(StatusCode::BAD_REQUEST, "this node has no certificates (quic.tls_dir), so it cannot call other tiers");
+    };
+    let Some(f) = node.lookup(name) else {
+        return text(StatusCode::NOT_FOUND, format!("function {name:?} not found"));
+    };
+    let req = crate::quic::Request { function: name.to_string(), manifest: Some(f.manifest.clone()), body };
+    match client.invoke(addr, &req, node.as_ref()).await {
+        Ok(reply) => {
+            let mut r = Response::new(Body::from(reply.body));
+            let h = r.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&reply.result.node) {
+                h.insert("x-fogline-node", v);
+            }
+            h.insert("x-fogline-cold", HeaderValue::from_static(if reply.result.cold { "true" } else { "false" }));
+            h.insert("x-fogline-module-sent", HeaderValue::from_static(if reply.sent_module { "true" } else { "false" }));
+            r
+        }
+        Err(crate::quic::QuicError::Remote(m)) => {
+            let status = StatusCode::from_u16(m.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            text(status, format!("on {addr}: {}", m.message))
+        }
+        Err(e) => {
+            client.forget(addr).await;
+            text(StatusCode::BAD_GATEWAY, format!("forwarding to {addr} failed: {e}"))
+        }
     }
 }
 

@@ -14,7 +14,9 @@ pub mod executor;
 pub mod gateway;
 pub mod logs;
 pub mod metrics;
+pub mod quic;
 pub mod store;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,6 +28,9 @@ pub use agent::Node;
 /// A node that is listening.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The QUIC endpoint's address, when QUIC is on.
+    pub quic_addr: Option<SocketAddr>,
+    quic: Option<quinn::Endpoint>,
     pub node: std::sync::Arc<Node>,
     pub new_token: Option<String>,
     listener: tokio::net::TcpListener,
@@ -40,13 +45,51 @@ pub async fn bind(config: NodeConfig) -> anyhow::Result<Running> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr()?;
+    let node = opened.node;
+    let q = &node.config.quic;
+    if let Some(dir) = &q.tls_dir {
+        let client = quic::Client::new(&tls::TlsDir::load(dir)?)?;
+        let _ = node.peers.set(std::sync::Arc::new(client));
+    }
+    let quic = match (q.listen, &q.tls_dir) {
+        (Some(listen), Some(dir)) => {
+            let tls = tls::TlsDir::load(dir)?;
+            match tls.role() {
+                Some(r) if r.serves() => {}
+                Some(r) => anyhow::bail!(
+                    "{}: the certificate's role is {}, which cannot accept connections; issue one with --role node or bridge",
+                    dir.display(),
+                    r.as_str()
+                ),
+                None => anyhow::bail!(
+                    "{}: the certificate carries no Fogline role; issue it with `fogline certs issue`",
+                    dir.display()
+                ),
+            }
+            Some(quic::bind_server(listen, &tls, &quic_limits(&node.config))?)
+        }
+        _ => None,
+    };
+    let quic_addr = quic.as_ref().map(|e| e.local_addr()).transpose()?;
     Ok(Running {
         addr,
-        node: opened.node,
+        quic_addr,
+        quic,
+        node,
         new_token: opened.new_token,
         listener,
         async_rx: opened.async_rx,
     })
+}
+
+fn quic_limits(c: &NodeConfig) -> quic::QuicLimits {
+    quic::QuicLimits {
+        max_streams: c.quic.max_streams,
+        stream_timeout: c.quic.stream_timeout,
+        max_body: c.http.max_body.bytes(),
+        max_module: c.http.max_module.bytes(),
+        idle_timeout: c.quic.idle_timeout,
+    }
 }
 
 impl Running {
@@ -56,12 +99,20 @@ impl Running {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let workers = tokio::spawn(self.node.clone().run_async_workers(self.async_rx));
+        let quic = self.quic.map(|endpoint| {
+            let c = &self.node.config;
+            let dir = c.quic.tls_dir.clone().unwrap_or_default();
+            tokio::spawn(quic::serve(endpoint, self.node.clone(), dir, quic_limits(c), c.quic.reload_every))
+        });
         let app = gateway::router(self.node.clone());
         axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
             .await
             .map_err(|e| anyhow::anyhow!("gateway: {e}"))?;
         workers.abort();
+        if let Some(q) = quic {
+            q.abort();
+        }
         self.node.flush().await;
         Ok(())
     }

@@ -1,0 +1,356 @@
+//! The tier-to-tier wire protocol: versioned, length-prefixed frames, pure encode/decode.
+//!
+//! Every frame is an 8-byte header then a payload:
+//!
+//! ```text
+//! 0      1      2      3      4              8
+//! +------+------+------+------+--------------+-------------------+
+//! | ver  | kind | flags| rsvd | payload len  | payload ...       |
+//! +------+------+------+------+--------------+-------------------+
+//!                              u32 big-endian, at most MAX_PAYLOAD
+//! ```
+//!
+//! Control frames carry a postcard-encoded message; `Data` frames carry raw bytes, so bodies
+//! larger than a frame stream as a sequence of `Data` frames closed by `End`. One QUIC
+//! bidirectional stream carries one invocation:
+//!
+//! ```text
+//! caller                                   callee
+//! Invoke{function, digest, body_len, ..} ─►
+//! Data* End                              ─►
+//!                                        ◄─ NeedModule{digest}      (only if it lacks the module)
+//! Data* End  (the module's bytes)        ─►
+//!                                        ◄─ Result{status, ..} Data* End   or   Error{..}
+//! ```
+//!
+//! [`Decoder`] works on a byte buffer the caller fills: `Ok(None)` means "need more bytes".
+//! A header is checked before its payload is awaited, so an oversized or unknown frame is an
+//! error at once and never an allocation.
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::manifest::FunctionManifest;
+
+/// The protocol version this build speaks.
+pub const VERSION: u8 = 1;
+/// Header length in bytes.
+pub const HEADER: usize = 8;
+/// Largest payload of one frame.
+pub const MAX_PAYLOAD: usize = 1 << 20;
+/// Size of the `Data` chunks bodies are cut into.
+pub const CHUNK: usize = 256 * 1024;
+/// ALPN protocol id for QUIC.
+pub const ALPN: &[u8] = b"fogline/1";
+
+/// Frame kinds on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Invoke = 1,
+    Data = 2,
+    End = 3,
+    Result = 4,
+    Error = 5,
+    NeedModule = 6,
+    Status = 7,
+    StatusReply = 8,
+}
+
+impl Kind {
+    fn from_u8(b: u8) -> Option<Kind> {
+        Some(match b {
+            1 => Kind::Invoke,
+            2 => Kind::Data,
+            3 => Kind::End,
+            4 => Kind::Result,
+            5 => Kind::Error,
+            6 => Kind::NeedModule,
+            7 => Kind::Status,
+            8 => Kind::StatusReply,
+            _ => return None,
+        })
+    }
+}
+
+/// A decoded frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    Invoke(Invoke),
+    Data(Vec<u8>),
+    End,
+    Result(InvokeResult),
+    Error(WireErrorMsg),
+    NeedModule(Digest),
+    Status,
+    StatusReply(Capacity),
+}
+
+/// Start of an invocation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Invoke {
+    pub function: String,
+    /// The function's manifest as the caller knows it, so a callee that has never seen the
+    /// function can run it (fetching the module by `manifest.module`). Carried as JSON:
+    /// the manifest's optional fields are omitted when empty, which a non-self-describing
+    /// format cannot express.
+    #[serde(with = "json_inside")]
+    pub manifest: Option<FunctionManifest>,
+    /// Length of the body that follows in `Data` frames.
+    pub body_len: u64,
+}
+
+/// Outcome of an invocation; its body follows in `Data` frames.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvokeResult {
+    pub status: u16,
+    pub cold: bool,
+    pub run_us: u64,
+    pub node: String,
+    pub body_len: u64,
+}
+
+/// An error, with the HTTP-like status it maps to and whether retrying can help.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireErrorMsg {
+    pub status: u16,
+    pub retryable: bool,
+    pub message: String,
+}
+
+/// What a peer can take on (the bridge reports it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Capacity {
+    pub node: String,
+    pub tier: String,
+    pub cores: u32,
+    pub memory_bytes: u64,
+    pub instance_slots: u32,
+    pub instances_in_use: u32,
+    pub functions: u32,
+}
+
+/// A byte sequence that is not a valid frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("unsupported protocol version {got}; this peer speaks version {VERSION}")]
+    Version { got: u8 },
+    #[error("unknown frame kind {0}")]
+    Kind(u8),
+    #[error("frame of {len} bytes exceeds the limit of {MAX_PAYLOAD} bytes")]
+    TooLarge { len: usize },
+    #[error("malformed {kind:?} frame: {problem}")]
+    Malformed { kind: Kind, problem: String },
+    #[error("reserved header bytes must be zero")]
+    Reserved,
+}
+
+/// Checks a header; returns the kind and payload length.
+pub fn parse_header(h: &[u8; HEADER]) -> Result<(Kind, usize), WireError> {
+    if h[0] != VERSION {
+        return Err(WireError::Version { got: h[0] });
+    }
+    let kind = Kind::from_u8(h[1]).ok_or(WireError::Kind(h[1]))?;
+    if h[2] != 0 || h[3] != 0 {
+        return Err(WireError::Reserved);
+    }
+    let len = u32::from_be_bytes([h[4], h[5], h[6], h[7]]) as usize;
+    if len > MAX_PAYLOAD {
+        return Err(WireError::TooLarge { len });
+    }
+    Ok((kind, len))
+}
+
+/// Decodes a frame's payload.
+pub fn decode_payload(kind: Kind, payload: &[u8]) -> Result<Frame, WireError> {
+    fn msg<'a, T: Deserialize<'a>>(kind: Kind, p: &'a [u8]) -> Result<T, WireError> {
+        postcard::from_bytes(p).map_err(|e| WireError::Malformed { kind, problem: e.to_string() })
+    }
+    let empty = |f: Frame| {
+        if payload.is_empty() {
+            Ok(f)
+        } else {
+            Err(WireError::Malformed { kind, problem: "payload must be empty".into() })
+        }
+    };
+    match kind {
+        Kind::Invoke => Ok(Frame::Invoke(msg(kind, payload)?)),
+        Kind::Data => Ok(Frame::Data(payload.to_vec())),
+        Kind::End => empty(Frame::End),
+        Kind::Result => Ok(Frame::Result(msg(kind, payload)?)),
+        Kind::Error => Ok(Frame::Error(msg(kind, payload)?)),
+        Kind::NeedModule => {
+            let raw: [u8; 32] = payload
+                .try_into()
+                .map_err(|_| WireError::Malformed { kind, problem: format!("digest must be 32 bytes, got {}", payload.len()) })?;
+            Ok(Frame::NeedModule(Digest(raw)))
+        }
+        Kind::Status => empty(Frame::Status),
+        Kind::StatusReply => Ok(Frame::StatusReply(msg(kind, payload)?)),
+    }
+}
+
+/// Incremental decoding over a buffer the caller fills.
+#[derive(Debug, Default)]
+pub struct Decoder;
+
+impl Decoder {
+    /// Decodes one frame from the front of `buf`: `Ok(Some((frame, used)))`, `Ok(None)` when
+    /// more bytes are needed, or the error that makes the stream unusable.
+    pub fn decode(&self, buf: &[u8]) -> Result<Option<(Frame, usize)>, WireError> {
+        let Some(h) = buf.get(..HEADER) else { return Ok(None) };
+        let h: &[u8; HEADER] = h.try_into().map_err(|_| WireError::Reserved)?;
+        let (kind, len) = parse_header(h)?;
+        let Some(payload) = buf.get(HEADER..HEADER + len) else { return Ok(None) };
+        Ok(Some((decode_payload(kind, payload)?, HEADER + len)))
+    }
+}
+
+/// Appends a frame's bytes to `out`.
+pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[VERSION, 0, 0, 0, 0, 0, 0, 0]);
+    let kind = match frame {
+        Frame::Invoke(m) => put(out, m, Kind::Invoke),
+        Frame::Data(d) => {
+            out.extend_from_slice(d);
+            Kind::Data
+        }
+        Frame::End => Kind::End,
+        Frame::Result(m) => put(out, m, Kind::Result),
+        Frame::Error(m) => put(out, m, Kind::Error),
+        Frame::NeedModule(d) => {
+            out.extend_from_slice(&d.0);
+            Kind::NeedModule
+        }
+        Frame::Status => Kind::Status,
+        Frame::StatusReply(m) => put(out, m, Kind::StatusReply),
+    };
+    let len = (out.len() - start - HEADER) as u32;
+    out[start + 1] = kind as u8;
+    out[start + 4..start + 8].copy_from_slice(&len.to_be_bytes());
+}
+
+/// The header of a `Data` frame of `len` bytes, for writing a chunk without copying it.
+pub fn data_header(len: usize) -> [u8; HEADER] {
+    let l = (len as u32).to_be_bytes();
+    [VERSION, Kind::Data as u8, 0, 0, l[0], l[1], l[2], l[3]]
+}
+
+fn put<T: Serialize>(out: &mut Vec<u8>, m: &T, kind: Kind) -> Kind {
+    // postcard into a Vec cannot fail for these plain types.
+    if let Ok(bytes) = postcard::to_allocvec(m) {
+        out.extend_from_slice(&bytes);
+    }
+    kind
+}
+
+/// The decoder's contract on arbitrary input, checked by the fuzz target and by the corpus
+/// replay test: it never panics, never claims more bytes than it was given, and whatever it
+/// decodes encodes back to bytes that decode to the same frame.
+#[doc(hidden)]
+pub fn check_decoder(data: &[u8]) {
+    let mut buf = data;
+    while let Ok(Some((frame, used))) = Decoder.decode(buf) {
+        assert!(used <= buf.len() && used >= HEADER);
+        let mut again = Vec::new();
+        encode(&frame, &mut again);
+        match Decoder.decode(&again) {
+            Ok(Some((frame2, n))) => assert!(frame2 == frame && n == again.len()),
+            other => panic!("re-encoded frame does not decode: {other:?}"),
+        }
+        buf = &buf[used..];
+    }
+}
+
+mod json_inside {
+    use super::FunctionManifest;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(m: &Option<FunctionManifest>, s: S) -> Result<S::Ok, S::Error> {
+        let json = m.as_ref().map(|m| serde_json::to_string(m).map_err(serde::ser::Error::custom)).transpose()?;
+        json.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<FunctionManifest>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(j) => FunctionManifest::from_json(j.as_bytes()).map(Some).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn roundtrip(f: Frame) {
+        let mut buf = Vec::new();
+        encode(&f, &mut buf);
+        let (g, used) = Decoder.decode(&buf).unwrap().unwrap();
+        assert_eq!(used, buf.len());
+        assert_eq!(g, f);
+        // Every proper prefix asks for more bytes rather than failing or guessing.
+        for cut in 0..buf.len() {
+            assert_eq!(Decoder.decode(&buf[..cut]), Ok(None), "prefix {cut}");
+        }
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        roundtrip(Frame::Invoke(Invoke {
+            function: "hello".into(),
+            manifest: Some(FunctionManifest::wasm("hello", Digest::of(b"m"))),
+            body_len: 5,
+        }));
+        roundtrip(Frame::Data(b"world".to_vec()));
+        roundtrip(Frame::End);
+        roundtrip(Frame::Result(InvokeResult { status: 200, cold: true, run_us: 12, node: "n".into(), body_len: 3 }));
+        roundtrip(Frame::Error(WireErrorMsg { status: 429, retryable: true, message: "busy".into() }));
+        roundtrip(Frame::NeedModule(Digest::of(b"m")));
+        roundtrip(Frame::Status);
+        roundtrip(Frame::StatusReply(Capacity {
+            node: "cloud".into(),
+            tier: "cloud".into(),
+            cores: 2,
+            memory_bytes: 1 << 30,
+            instance_slots: 256,
+            instances_in_use: 1,
+            functions: 3,
+        }));
+    }
+
+    #[test]
+    fn oversized_frames_fail_on_the_header_alone() {
+        let mut h = data_header(0);
+        h[4..8].copy_from_slice(&((MAX_PAYLOAD + 1) as u32).to_be_bytes());
+        assert_eq!(Decoder.decode(&h), Err(WireError::TooLarge { len: MAX_PAYLOAD + 1 }));
+    }
+
+    #[test]
+    fn unknown_versions_and_kinds_are_named() {
+        let e = Decoder.decode(&[9, 2, 0, 0, 0, 0, 0, 0]).unwrap_err();
+        assert!(e.to_string().contains("version 9"), "{e}");
+        assert_eq!(Decoder.decode(&[VERSION, 99, 0, 0, 0, 0, 0, 0]), Err(WireError::Kind(99)));
+        assert_eq!(Decoder.decode(&[VERSION, 3, 0, 1, 0, 0, 0, 0]), Err(WireError::Reserved));
+        assert!(matches!(Decoder.decode(&[VERSION, 3, 0, 0, 0, 0, 0, 1, 0]), Err(WireError::Malformed { .. })));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Decoder.decode(&bytes);
+        }
+
+        #[test]
+        fn data_frames_round_trip(data in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let mut buf = Vec::new();
+            encode(&Frame::Data(data.clone()), &mut buf);
+            prop_assert_eq!(&buf[..HEADER], &data_header(data.len())[..]);
+            let (f, used) = Decoder.decode(&buf).unwrap().unwrap();
+            prop_assert_eq!(used, buf.len());
+            prop_assert_eq!(f, Frame::Data(data));
+        }
+    }
+}

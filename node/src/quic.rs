@@ -1,0 +1,529 @@
+//! Tiers over QUIC: one bidirectional stream per invocation, multiplexed over one mutually
+//! authenticated connection per peer (quinn + rustls, TLS 1.3, the cluster CA).
+//!
+//! Frames are `fogline_core::wire`'s. The server side reads each frame under a deadline, so a
+//! stalled stream is dropped and its resources freed; bounds every body and module by the
+//! node's limits; refuses streams past `max_streams` per connection with a retryable error
+//! rather than queueing them; and fetches a module it lacks from the caller over the same
+//! stream, checking its SHA-256 before compiling it once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fogline_core::wire::{self, Capacity, Frame, Invoke, InvokeResult, WireError, WireErrorMsg};
+use fogline_core::{Digest, FunctionManifest};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+use tokio::sync::{Mutex, Semaphore};
+
+use crate::agent::{InvokeError, Node};
+use crate::executor::ModuleSource;
+use crate::tls::{self, Role, TlsDir, TlsError};
+
+/// Stream error codes (QUIC application error codes).
+const CODE_PROTOCOL: u32 = 1;
+const CODE_STALLED: u32 = 2;
+
+/// Server-side limits.
+#[derive(Debug, Clone)]
+pub struct QuicLimits {
+    /// Invocations running at once per connection; more are refused (retryable).
+    pub max_streams: u32,
+    /// Longest wait for the next frame of a stream before it is dropped.
+    pub stream_timeout: Duration,
+    /// Largest request body.
+    pub max_body: u64,
+    /// Largest module a peer may send.
+    pub max_module: u64,
+    /// Idle connections close after this.
+    pub idle_timeout: Duration,
+}
+
+/// Why a QUIC exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QuicError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot open a QUIC endpoint on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: SocketAddr, reason: String },
+    #[error("protocol error: {0}")]
+    Wire(#[from] WireError),
+    #[error("peer stopped sending for {0:?} in the middle of a frame")]
+    Stalled(Duration),
+    #[error("stream failed: {0}")]
+    Stream(String),
+    #[error("unexpected frame: {0}")]
+    Unexpected(String),
+    /// The remote side answered with an error.
+    #[error("{} {}", .0.status, .0.message)]
+    Remote(WireErrorMsg),
+}
+
+impl QuicError {
+    /// Whether trying again (here or elsewhere) can help.
+    pub fn retryable(&self) -> bool {
+        match self {
+            QuicError::Remote(m) => m.retryable,
+            QuicError::Connect { .. } | QuicError::Stalled(_) | QuicError::Stream(_) => true,
+            _ => false,
+        }
+    }
+}
+
+fn transport(limits_streams: u32, idle: Duration) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    // Let twice the allowed streams arrive so the excess is refused with a clear, retryable
+    // error; beyond that QUIC flow control stops the peer from opening more.
+    t.max_concurrent_bidi_streams(VarInt::from_u32(limits_streams.saturating_mul(2)));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.max_idle_timeout(idle.try_into().ok());
+    t.keep_alive_interval(Some(idle / 3));
+    // Windows sized for multi-megabyte bodies on fast links.
+    t.stream_receive_window(VarInt::from_u32(8 << 20));
+    t.receive_window(VarInt::from_u32(32 << 20));
+    t.send_window(32 << 20);
+    t
+}
+
+// ---- server ---------------------------------------------------------------------------
+
+/// Binds the node's QUIC endpoint.
+pub fn bind_server(addr: SocketAddr, tls: &TlsDir, limits: &QuicLimits) -> Result<Endpoint, QuicError> {
+    let cfg = server_config(tls, limits)?;
+    Endpoint::server(cfg, addr).map_err(|source| QuicError::Bind { addr, source })
+}
+
+fn server_config(tls: &TlsDir, limits: &QuicLimits) -> Result<quinn::ServerConfig, QuicError> {
+    let crypto = QuicServerConfig::try_from(tls.server_config(wire::ALPN)?)
+        .map_err(|e| TlsError::Invalid(format!("QUIC server config: {e}")))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(Arc::new(transport(limits.max_streams, limits.idle_timeout)));
+    Ok(cfg)
+}
+
+/// Accepts connections until the endpoint closes; reloads the certificate when its files
+/// change (polled every `reload_every`).
+pub async fn serve(endpoint: Endpoint, node: Arc<Node>, tls_dir: std::path::PathBuf, limits: QuicLimits, reload_every: Duration) {
+    let reloader = {
+        let endpoint = endpoint.clone();
+        let limits = limits.clone();
+        tokio::spawn(async move {
+            let mut seen = stamp(&tls_dir);
+            loop {
+                tokio::time::sleep(reload_every).await;
+                let now = stamp(&tls_dir);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                match TlsDir::load(&tls_dir).map_err(QuicError::from).and_then(|t| server_config(&t, &limits)) {
+                    Ok(cfg) => {
+                        endpoint.set_server_config(Some(cfg));
+                        tracing::info!("reloaded TLS certificate from {}", tls_dir.display());
+                    }
+                    Err(e) => tracing::warn!("not reloading TLS from {}: {e}", tls_dir.display()),
+                }
+            }
+        })
+    };
+    while let Some(incoming) = endpoint.accept().await {
+        let node = node.clone();
+        let limits = limits.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.accept() {
+                Ok(connecting) => connecting.await,
+                Err(e) => Err(e),
+            };
+            match conn {
+                Ok(conn) => serve_connection(conn, node, limits).await,
+                // The reason (unknown CA, expired, no certificate) is what rustls reported.
+                Err(e) => tracing::warn!("refused QUIC connection from {remote}: {e}"),
+            }
+        });
+    }
+    reloader.abort();
+}
+
+fn stamp(dir: &std::path::Path) -> Vec<Option<std::time::SystemTime>> {
+    ["cert.pem", "key.pem", "ca.pem"]
+        .iter()
+        .map(|f| std::fs::metadata(dir.join(f)).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+fn peer_role(conn: &Connection) -> Option<Role> {
+    let certs = conn.peer_identity()?.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
+    certs.first().and_then(tls::role_of)
+}
+
+async fn serve_connection(conn: Connection, node: Arc<Node>, limits: QuicLimits) {
+    let Some(role) = peer_role(&conn) else {
+        conn.close(VarInt::from_u32(CODE_PROTOCOL), b"certificate carries no Fogline role");
+        return;
+    };
+    tracing::debug!(remote = %conn.remote_address(), role = role.as_str(), "QUIC peer connected");
+    let slots = Arc::new(Semaphore::new(limits.max_streams as usize));
+    loop {
+        let (mut send, recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            let msg = WireErrorMsg {
+                status: 429,
+                retryable: true,
+                message: format!("more than {} concurrent streams on this connection; retry shortly", limits.max_streams),
+            };
+            tokio::spawn(async move {
+                let _ = write_frame(&mut send, &Frame::Error(msg)).await;
+                let _ = send.finish();
+            });
+            continue;
+        };
+        let node = node.clone();
+        let limits = limits.clone();
+        tokio::spawn(async move {
+            serve_stream(&node, send, recv, &limits).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_stream(node: &Node, mut send: SendStream, recv: RecvStream, limits: &QuicLimits) {
+    let mut r = FrameReader::new(recv, limits.stream_timeout);
+    let result = handle_stream(node, &mut send, &mut r, limits).await;
+    match result {
+        Ok(()) => {
+            let _ = send.finish();
+        }
+        Err(QuicError::Stalled(_)) => {
+            let _ = send.reset(VarInt::from_u32(CODE_STALLED));
+            r.recv.stop(VarInt::from_u32(CODE_STALLED)).ok();
+        }
+        Err(QuicError::Wire(e)) => {
+            let msg = WireErrorMsg { status: 400, retryable: false, message: e.to_string() };
+            let _ = write_frame(&mut send, &Frame::Error(msg)).await;
+            let _ = send.finish();
+            r.recv.stop(VarInt::from_u32(CODE_PROTOCOL)).ok();
+        }
+        Err(e) => tracing::debug!("QUIC stream: {e}"),
+    }
+}
+
+async fn handle_stream(node: &Node, send: &mut SendStream, r: &mut FrameReader, limits: &QuicLimits) -> Result<(), QuicError> {
+    let inv = match r.next().await? {
+        Frame::Invoke(inv) => inv,
+        Frame::Status => return write_frame(send, &Frame::StatusReply(node.capacity())).await,
+        other => return Err(QuicError::Unexpected(format!("expected Invoke or Status, got {}", name(&other)))),
+    };
+    if inv.body_len > limits.max_body {
+        return reply_error(send, 413, false, format!("request body of {} bytes exceeds this node's limit of {}", inv.body_len, limits.max_body)).await;
+    }
+    let body = r.body(inv.body_len, limits.max_body).await?;
+    if let Err((status, msg)) = ensure_function(node, &inv, send, r, limits).await? {
+        return reply_error(send, status, false, msg).await;
+    }
+    match node.invoke(&inv.function, body).await {
+        Ok(out) => {
+            let res = InvokeResult {
+                status: 200,
+                cold: out.cold,
+                run_us: out.run.as_micros() as u64,
+                node: node.id.clone(),
+                body_len: out.stdout.len() as u64,
+            };
+            write_frame(send, &Frame::Result(res)).await?;
+            write_body(send, &out.stdout).await
+        }
+        Err(e) => {
+            let retryable = matches!(e, InvokeError::Busy { .. } | InvokeError::QueueFull(_)) || e.status() == 429 || e.status() == 503;
+            reply_error(send, e.status(), retryable, e.to_string()).await
+        }
+    }
+}
+
+/// Makes the invoked function runnable here: the local one, or the caller's manifest with
+/// its module fetched from the caller when missing. `Ok(Err(..))` is a refusal to report.
+async fn ensure_function(
+    node: &Node,
+    inv: &Invoke,
+    send: &mut SendStream,
+    r: &mut FrameReader,
+    limits: &QuicLimits,
+) -> Result<Result<(), (u16, String)>, QuicError> {
+    let local = node.lookup(&inv.function);
+    let Some(m) = &inv.manifest else {
+        return Ok(match local {
+            Some(_) => Ok(()),
+            None => Err((404, format!("function {:?} not found", inv.function))),
+        });
+    };
+    if m.name != inv.function {
+        return Ok(Err((400, format!("manifest is for {:?}, not {:?}", m.name, inv.function))));
+    }
+    if local.as_ref().is_some_and(|l| l.manifest == *m) {
+        return Ok(Ok(()));
+    }
+    let Some(digest) = m.module else {
+        return Ok(Err((400, "the manifest names no module".into())));
+    };
+    let module = if node.has_module(&digest) {
+        None
+    } else {
+        write_frame(send, &Frame::NeedModule(digest)).await?;
+        let bytes = r.body_until_end(limits.max_module).await?;
+        if Digest::of(&bytes) != digest {
+            return Ok(Err((400, format!("module bytes do not match their hash {digest}; refusing them"))));
+        }
+        Some(Bytes::from(bytes))
+    };
+    match node.deploy(m.clone(), module, false).await {
+        Ok(_) => Ok(Ok(())),
+        Err(e) => Ok(Err((400, e.to_string()))),
+    }
+}
+
+async fn reply_error(send: &mut SendStream, status: u16, retryable: bool, message: String) -> Result<(), QuicError> {
+    write_frame(send, &Frame::Error(WireErrorMsg { status, retryable, message })).await
+}
+
+fn name(f: &Frame) -> &'static str {
+    match f {
+        Frame::Invoke(_) => "Invoke",
+        Frame::Data(_) => "Data",
+        Frame::End => "End",
+        Frame::Result(_) => "Result",
+        Frame::Error(_) => "Error",
+        Frame::NeedModule(_) => "NeedModule",
+        Frame::Status => "Status",
+        Frame::StatusReply(_) => "StatusReply",
+    }
+}
+
+// ---- frames over streams --------------------------------------------------------------
+
+/// Reads frames from a stream, each under a deadline.
+pub struct FrameReader {
+    recv: RecvStream,
+    timeout: Duration,
+}
+
+impl FrameReader {
+    pub fn new(recv: RecvStream, timeout: Duration) -> Self {
+        FrameReader { recv, timeout }
+    }
+
+    async fn exact(&mut self, buf: &mut [u8]) -> Result<(), QuicError> {
+        match tokio::time::timeout(self.timeout, self.recv.read_exact(buf)).await {
+            Err(_) => Err(QuicError::Stalled(self.timeout)),
+            Ok(Err(quinn::ReadExactError::FinishedEarly(_))) => Err(QuicError::Stream("stream ended in the middle of a frame".into())),
+            Ok(Err(quinn::ReadExactError::ReadError(e))) => Err(QuicError::Stream(e.to_string())),
+            Ok(Ok(())) => Ok(()),
+        }
+    }
+
+    /// The next frame. An oversized or unknown header fails before its payload is read.
+    pub async fn next(&mut self) -> Result<Frame, QuicError> {
+        let mut h = [0u8; wire::HEADER];
+        self.exact(&mut h).await?;
+        let (kind, len) = wire::parse_header(&h)?;
+        let mut payload = vec![0u8; len];
+        self.exact(&mut payload).await?;
+        if kind == wire::Kind::Data {
+            return Ok(Frame::Data(payload));
+        }
+        Ok(wire::decode_payload(kind, &payload)?)
+    }
+
+    /// A body of exactly `len` bytes in `Data` frames, then `End`.
+    async fn body(&mut self, len: u64, max: u64) -> Result<Bytes, QuicError> {
+        let got = self.body_until_end(max.min(len)).await?;
+        if got.len() as u64 != len {
+            return Err(WireError::Malformed { kind: wire::Kind::End, problem: format!("body is {} bytes, Invoke said {len}", got.len()) }.into());
+        }
+        Ok(Bytes::from(got))
+    }
+
+    /// `Data` frames up to `max` bytes in all, until `End`.
+    async fn body_until_end(&mut self, max: u64) -> Result<Vec<u8>, QuicError> {
+        let mut out = Vec::new();
+        loop {
+            match self.next().await? {
+                Frame::Data(d) => {
+                    if (out.len() + d.len()) as u64 > max {
+                        return Err(WireError::Malformed { kind: wire::Kind::Data, problem: format!("more than the {max} bytes allowed") }.into());
+                    }
+                    if out.is_empty() {
+                        out = d;
+                    } else {
+                        out.extend_from_slice(&d);
+                    }
+                }
+                Frame::End => return Ok(out),
+                other => return Err(QuicError::Unexpected(format!("expected Data or End, got {}", name(&other)))),
+            }
+        }
+    }
+}
+
+pub async fn write_frame(send: &mut SendStream, f: &Frame) -> Result<(), QuicError> {
+    let mut buf = Vec::with_capacity(128);
+    wire::encode(f, &mut buf);
+    send.write_all(&buf).await.map_err(|e| QuicError::Stream(e.to_string()))
+}
+
+/// Writes a body as `Data` chunks then `End`, without copying it.
+pub async fn write_body(send: &mut SendStream, body: &Bytes) -> Result<(), QuicError> {
+    let mut chunks = Vec::with_capacity(2 * body.len().div_ceil(wire::CHUNK) + 1);
+    let mut off = 0;
+    while off < body.len() {
+        let end = (off + wire::CHUNK).min(body.len());
+        chunks.push(Bytes::copy_from_slice(&wire::data_header(end - off)));
+        chunks.push(body.slice(off..end));
+        off = end;
+    }
+    let mut end = Vec::with_capacity(wire::HEADER);
+    wire::encode(&Frame::End, &mut end);
+    chunks.push(Bytes::from(end));
+    send.write_all_chunks(&mut chunks).await.map_err(|e| QuicError::Stream(e.to_string()))
+}
+
+// ---- client ---------------------------------------------------------------------------
+
+/// What to invoke.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub function: String,
+    /// Sent so a peer without the function can run it, fetching its module from us.
+    pub manifest: Option<FunctionManifest>,
+    pub body: Bytes,
+}
+
+/// A successful remote invocation.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub result: InvokeResult,
+    pub body: Bytes,
+    /// Whether the peer fetched the module from us during this call.
+    pub sent_module: bool,
+}
+
+/// A QUIC client keeping one connection per peer, with TLS session resumption.
+pub struct Client {
+    endpoint: Endpoint,
+    conns: Mutex<HashMap<SocketAddr, Connection>>,
+    timeout: Duration,
+}
+
+impl Client {
+    pub fn new(tls: &TlsDir) -> Result<Self, QuicError> {
+        let bind = SocketAddr::from(([0, 0, 0, 0], 0));
+        let mut endpoint = Endpoint::client(bind).map_err(|source| QuicError::Bind { addr: bind, source })?;
+        let crypto = QuicClientConfig::try_from(tls.client_config(wire::ALPN)?)
+            .map_err(|e| TlsError::Invalid(format!("QUIC client config: {e}")))?;
+        let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+        cfg.transport_config(Arc::new(transport(1024, Duration::from_secs(30))));
+        endpoint.set_default_client_config(cfg);
+        Ok(Client { endpoint, conns: Mutex::new(HashMap::new()), timeout: Duration::from_secs(30) })
+    }
+
+    /// A live connection to `addr`, reusing one when it is still open. With `early`, a
+    /// resumed session sends before the handshake completes (0-RTT): only for idempotent work.
+    pub async fn connection(&self, addr: SocketAddr, early: bool) -> Result<Connection, QuicError> {
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(&addr) {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let connecting = self
+            .endpoint
+            .connect(addr, tls::PEER_NAME)
+            .map_err(|e| QuicError::Connect { addr, reason: e.to_string() })?;
+        let conn = if early {
+            match connecting.into_0rtt() {
+                Ok((c, _accepted)) => c,
+                Err(connecting) => connecting.await.map_err(|e| QuicError::Connect { addr, reason: e.to_string() })?,
+            }
+        } else {
+            connecting.await.map_err(|e| QuicError::Connect { addr, reason: e.to_string() })?
+        };
+        conns.insert(addr, conn.clone());
+        Ok(conn)
+    }
+
+    /// Forgets a peer's connection (after it failed).
+    pub async fn forget(&self, addr: SocketAddr) {
+        self.conns.lock().await.remove(&addr);
+    }
+
+    /// Invokes a function on `addr`. `modules` answers the peer's module requests.
+    pub async fn invoke(&self, addr: SocketAddr, req: &Request, modules: &dyn ModuleSource) -> Result<Reply, QuicError> {
+        let early = req.manifest.as_ref().is_some_and(|m| m.idempotent);
+        let conn = self.connection(addr, early).await?;
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| QuicError::Stream(e.to_string()))?;
+        let inv = Invoke { function: req.function.clone(), manifest: req.manifest.clone(), body_len: req.body.len() as u64 };
+        write_frame(&mut send, &Frame::Invoke(inv)).await?;
+        write_body(&mut send, &req.body).await?;
+        let mut r = FrameReader::new(recv, self.timeout);
+        let mut sent_module = false;
+        loop {
+            match r.next().await? {
+                Frame::NeedModule(d) => {
+                    let bytes = modules.module(&d).ok_or_else(|| {
+                        QuicError::Unexpected(format!("peer asked for module {d}, which this side does not have"))
+                    })?;
+                    write_body(&mut send, &bytes).await?;
+                    sent_module = true;
+                }
+                Frame::Result(result) => {
+                    let body = r.body(result.body_len, u64::MAX).await?;
+                    let _ = send.finish();
+                    return Ok(Reply { result, body, sent_module });
+                }
+                Frame::Error(e) => {
+                    let _ = send.finish();
+                    return Err(QuicError::Remote(e));
+                }
+                other => return Err(QuicError::Unexpected(format!("expected a result, got {}", name(&other)))),
+            }
+        }
+    }
+
+    /// Asks a peer what it can take on.
+    pub async fn status(&self, addr: SocketAddr) -> Result<Capacity, QuicError> {
+        let conn = self.connection(addr, true).await?;
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| QuicError::Stream(e.to_string()))?;
+        write_frame(&mut send, &Frame::Status).await?;
+        let _ = send.finish();
+        match FrameReader::new(recv, self.timeout).next().await? {
+            Frame::StatusReply(c) => Ok(c),
+            Frame::Error(e) => Err(QuicError::Remote(e)),
+            other => Err(QuicError::Unexpected(format!("expected StatusReply, got {}", name(&other)))),
+        }
+    }
+
+    /// Measures the time of a full handshake to `addr` on a fresh endpoint-level connection.
+    pub async fn handshake_time(&self, addr: SocketAddr) -> Result<Duration, QuicError> {
+        let t = Instant::now();
+        let c = self
+            .endpoint
+            .connect(addr, tls::PEER_NAME)
+            .map_err(|e| QuicError::Connect { addr, reason: e.to_string() })?
+            .await
+            .map_err(|e| QuicError::Connect { addr, reason: e.to_string() })?;
+        let d = t.elapsed();
+        c.close(VarInt::from_u32(0), b"");
+        Ok(d)
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}

@@ -1,0 +1,296 @@
+//! The cluster's certificates: a CA, and leaf certificates that carry a role.
+//!
+//! `fogline certs init --dir pki` makes the CA; `fogline certs issue NAME --role ROLE` makes
+//! a folder with `cert.pem`, `key.pem` and the CA's `ca.pem`: the `--tls-dir` of a peer.
+//!
+//! A role is written into the certificate as the DNS name `ROLE.role.fogline.internal`, so
+//! the stock WebPKI name check reads it and no X.509 parser is needed. Peers that accept
+//! connections (node, bridge, router) also carry `peer.fogline.internal`, the name every
+//! client verifies: identity inside the cluster comes from the CA, not from DNS.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+/// The name every server-capable peer's certificate carries, and clients verify.
+pub const PEER_NAME: &str = "peer.fogline.internal";
+
+/// What a certificate allows its holder to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A device or CLI: may invoke.
+    Client,
+    /// An edge node agent.
+    Node,
+    /// The cloud tier.
+    Bridge,
+    /// A router (edge gateway).
+    Router,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Client, Role::Node, Role::Bridge, Role::Router];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Node => "node",
+            Role::Bridge => "bridge",
+            Role::Router => "router",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Role, TlsError> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| TlsError::Invalid(format!("unknown role {s:?}: expected client, node, bridge or router")))
+    }
+
+    fn dns(self) -> String {
+        format!("{}.role.fogline.internal", self.as_str())
+    }
+
+    /// Whether holders may accept connections from other peers.
+    pub fn serves(self) -> bool {
+        self != Role::Client
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {problem}")]
+    File { path: String, problem: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("certificate generation: {0}")]
+    Gen(#[from] rcgen::Error),
+    #[error("TLS: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+fn file_err(path: &Path, problem: impl ToString) -> TlsError {
+    TlsError::File { path: path.display().to_string(), problem: problem.to_string() }
+}
+
+/// Creates a cluster CA in `dir` (`ca.pem`, `ca.key`); refuses to overwrite one.
+pub fn init_ca(dir: &Path) -> Result<PathBuf, TlsError> {
+    let cert_path = dir.join("ca.pem");
+    if cert_path.exists() {
+        return Err(file_err(&cert_path, "a CA already exists here; remove it first to make a new one"));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+    let key = KeyPair::generate()?;
+    let params = ca_params();
+    let cert = params.self_signed(&key)?;
+    write(&cert_path, cert.pem(), false)?;
+    write(&dir.join("ca.key"), key.serialize_pem(), true)?;
+    Ok(cert_path)
+}
+
+fn ca_params() -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "Fogline cluster CA");
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    p.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    p
+}
+
+/// Validity of an issued certificate.
+#[derive(Debug, Clone, Copy)]
+pub enum Validity {
+    Days(u32),
+    /// Already expired: for testing refusals.
+    Expired,
+}
+
+/// Issues a certificate for `name` with `role`, signed by the CA in `ca_dir`, into `out`
+/// (`cert.pem`, `key.pem`, `ca.pem`).
+pub fn issue(ca_dir: &Path, name: &str, role: Role, out: &Path, validity: Validity) -> Result<(), TlsError> {
+    if name.is_empty() || name.len() > 63 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(TlsError::Invalid(format!("name {name:?} must be 1 to 63 letters, digits or '-'")));
+    }
+    let ca_key_path = ca_dir.join("ca.key");
+    let ca_key_pem = std::fs::read_to_string(&ca_key_path).map_err(|e| file_err(&ca_key_path, format!("{e} (run `fogline certs init --dir {}` first)", ca_dir.display())))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| file_err(&ca_key_path, e))?;
+    let ca_pem_path = ca_dir.join("ca.pem");
+    let ca_pem = std::fs::read_to_string(&ca_pem_path).map_err(|e| file_err(&ca_pem_path, e))?;
+    let issuer = Issuer::new(ca_params(), ca_key);
+
+    let mut sans = vec![name.to_string(), role.dns()];
+    if role.serves() {
+        sans.push(PEER_NAME.to_string());
+    }
+    let mut p = CertificateParams::new(sans)?;
+    p.subject_alt_names.push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    p.distinguished_name = dn;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    match validity {
+        Validity::Days(d) => {
+            let now = rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs(unix_now());
+            p.not_before = now - std::time::Duration::from_secs(300);
+            p.not_after = now + std::time::Duration::from_secs(u64::from(d) * 86_400);
+        }
+        Validity::Expired => {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+    }
+    let key = KeyPair::generate()?;
+    let cert = p.signed_by(&key, &issuer)?;
+    std::fs::create_dir_all(out).map_err(|e| file_err(out, e))?;
+    write(&out.join("cert.pem"), cert.pem(), false)?;
+    write(&out.join("key.pem"), key.serialize_pem(), true)?;
+    write(&out.join("ca.pem"), ca_pem, false)?;
+    Ok(())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn write(path: &Path, text: String, private: bool) -> Result<(), TlsError> {
+    #[cfg(unix)]
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(if private { 0o600 } else { 0o644 })
+            .open(path)
+            .map_err(|e| file_err(path, e))?;
+        f.write_all(text.as_bytes()).map_err(|e| file_err(path, e))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = private;
+        std::fs::write(path, text).map_err(|e| file_err(path, e))
+    }
+}
+
+/// A peer's certificate, key and the cluster CA, loaded from a `--tls-dir`.
+#[derive(Debug)]
+pub struct TlsDir {
+    pub dir: PathBuf,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub roots: rustls::RootCertStore,
+}
+
+impl TlsDir {
+    pub fn load(dir: &Path) -> Result<TlsDir, TlsError> {
+        let cert = dir.join("cert.pem");
+        let key = dir.join("key.pem");
+        let ca = dir.join("ca.pem");
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
+            .map_err(|e| file_err(&cert, e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| file_err(&cert, e))?;
+        if chain.is_empty() {
+            return Err(file_err(&cert, "no certificate in the file"));
+        }
+        let key = PrivateKeyDer::from_pem_file(&key).map_err(|e| file_err(&key, e))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(&ca).map_err(|e| file_err(&ca, e))? {
+            roots.add(c.map_err(|e| file_err(&ca, e))?).map_err(|e| file_err(&ca, e))?;
+        }
+        if roots.is_empty() {
+            return Err(file_err(&ca, "no CA certificate in the file"));
+        }
+        Ok(TlsDir { dir: dir.to_path_buf(), chain, key, roots })
+    }
+
+    /// The role this folder's certificate carries.
+    pub fn role(&self) -> Option<Role> {
+        role_of(&self.chain[0])
+    }
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    /// TLS 1.3 server config: clients must present a certificate from the cluster CA.
+    pub fn server_config(&self, alpn: &[u8]) -> Result<rustls::ServerConfig, TlsError> {
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots.clone()), Self::provider())
+            .build()
+            .map_err(|e| TlsError::Invalid(format!("client verifier: {e}")))?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Self::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        cfg.alpn_protocols = vec![alpn.to_vec()];
+        // 0-RTT: quinn requires the maximum here; replay safety is handled per invocation.
+        cfg.max_early_data_size = u32::MAX;
+        cfg.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        Ok(cfg)
+    }
+
+    /// TLS 1.3 client config presenting this folder's certificate.
+    pub fn client_config(&self, alpn: &[u8]) -> Result<rustls::ClientConfig, TlsError> {
+        let mut cfg = rustls::ClientConfig::builder_with_provider(Self::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(self.roots.clone())
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+        cfg.alpn_protocols = vec![alpn.to_vec()];
+        cfg.enable_early_data = true;
+        Ok(cfg)
+    }
+}
+
+/// The server name clients verify.
+pub fn peer_server_name() -> ServerName<'static> {
+    ServerName::try_from(PEER_NAME).unwrap_or_else(|_| ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()))
+}
+
+/// The role a (CA-verified) certificate carries.
+pub fn role_of(cert: &CertificateDer<'_>) -> Option<Role> {
+    let ee = webpki::EndEntityCert::try_from(cert).ok()?;
+    Role::ALL.into_iter().find(|r| {
+        ServerName::try_from(r.dns())
+            .ok()
+            .is_some_and(|n| ee.verify_is_valid_for_subject_name(&n).is_ok())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_certificates_carry_their_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("pki");
+        init_ca(&ca).unwrap();
+        assert!(init_ca(&ca).unwrap_err().to_string().contains("already exists"));
+        for role in Role::ALL {
+            let out = dir.path().join(role.as_str());
+            issue(&ca, &format!("p-{}", role.as_str()), role, &out, Validity::Days(1)).unwrap();
+            let t = TlsDir::load(&out).unwrap();
+            assert_eq!(t.role(), Some(role));
+            t.server_config(b"x").unwrap();
+            t.client_config(b"x").unwrap();
+        }
+        let e = issue(&ca, "bad name", Role::Node, &dir.path().join("x"), Validity::Days(1)).unwrap_err();
+        assert!(e.to_string().contains("bad name"));
+        let e = TlsDir::load(&dir.path().join("missing")).unwrap_err();
+        assert!(e.to_string().contains("cert.pem"), "{e}");
+    }
+}
