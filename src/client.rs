@@ -403,7 +403,12 @@ pub async fn invoke(common: &Common, a: InvokeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn invoke_quic(via: &str, tls_dir: Option<&Path>, name: &str, body: Vec<u8>) -> anyhow::Result<()> {
+async fn invoke_quic(
+    via: &str,
+    tls_dir: Option<&Path>,
+    name: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<()> {
     use fogline_node::quic::{Client, QuicError, Request};
     let target = via.strip_prefix("quic://").unwrap_or(via);
     let addr: std::net::SocketAddr = tokio::net::lookup_host(target)
@@ -411,10 +416,15 @@ async fn invoke_quic(via: &str, tls_dir: Option<&Path>, name: &str, body: Vec<u8
         .with_context(|| format!("--via {via}: not a HOST:PORT"))?
         .next()
         .ok_or_else(|| anyhow!("--via {via}: no address"))?;
-    let dir = tls_dir.ok_or_else(|| anyhow!("--via needs --tls-dir with this client's certificate"))?;
+    let dir =
+        tls_dir.ok_or_else(|| anyhow!("--via needs --tls-dir with this client's certificate"))?;
     let tls = fogline_node::tls::TlsDir::load(dir)?;
     let client = Client::new(&tls)?;
-    let req = Request { function: name.to_string(), manifest: None, body: body.into() };
+    let req = Request {
+        function: name.to_string(),
+        manifest: None,
+        body: body.into(),
+    };
     struct NoModules;
     impl fogline_node::executor::ModuleSource for NoModules {
         fn module(&self, _: &fogline_core::Digest) -> Option<bytes::Bytes> {

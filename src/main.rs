@@ -130,7 +130,9 @@ impl NodeArgs {
             cfg.node.tier = t;
         }
         if cfg.quic.listen.is_some() && cfg.quic.tls_dir.is_none() {
-            anyhow::bail!("QUIC needs certificates: pass --tls-dir DIR (made by `fogline certs issue`)");
+            anyhow::bail!(
+                "QUIC needs certificates: pass --tls-dir DIR (made by `fogline certs issue`)"
+            );
         }
         Ok(cfg)
     }
@@ -141,11 +143,26 @@ fn certs(c: CertsCmd) -> anyhow::Result<()> {
     match c {
         CertsCmd::Init { dir } => {
             let path = tls::init_ca(&dir)?;
-            println!("cluster CA created: {} (keep {} secret)", path.display(), dir.join("ca.key").display());
+            println!(
+                "cluster CA created: {} (keep {} secret)",
+                path.display(),
+                dir.join("ca.key").display()
+            );
         }
-        CertsCmd::Issue { name, role, ca, out, days, expired } => {
+        CertsCmd::Issue {
+            name,
+            role,
+            ca,
+            out,
+            days,
+            expired,
+        } => {
             let role = tls::Role::parse(&role)?;
-            let validity = if expired { tls::Validity::Expired } else { tls::Validity::Days(days) };
+            let validity = if expired {
+                tls::Validity::Expired
+            } else {
+                tls::Validity::Days(days)
+            };
             tls::issue(&ca, &name, role, &out, validity)?;
             println!("issued {name} ({}) in {}", role.as_str(), out.display());
         }

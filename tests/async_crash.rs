@@ -1,6 +1,8 @@
 //! Durability of async calls: SIGKILL the node while 1000 calls are being accepted and run,
 //! restart it on the same data folder, and check that every call it acknowledged completes.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::collections::BTreeSet;

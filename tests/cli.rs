@@ -1,6 +1,8 @@
 //! The `fogline` CLI as a user runs it: the README's quick start, stack files, and errors
 //! that are one clear line with a non-zero exit.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::io::Write;

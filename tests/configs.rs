@@ -1,6 +1,8 @@
 //! Every file in configs/ loads; every file in configs/invalid/ fails with the message its
 //! `# expect:` line names.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::path::Path;
 
 use fogline_core::config::NodeConfig;

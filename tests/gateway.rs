@@ -1,6 +1,8 @@
 //! Whole-system tests of the node's HTTP gateway: every route and every refusal, against the
 //! real `fogline up` process on loopback.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -181,7 +181,11 @@ impl NodeConfig {
     pub fn local(data_dir: PathBuf, listen: SocketAddr) -> Self {
         NodeConfig {
             version: CONFIG_VERSION,
-            node: NodeSection { id: None, data_dir, tier: Tier::Edge },
+            node: NodeSection {
+                id: None,
+                data_dir,
+                tier: Tier::Edge,
+            },
             http: HttpSection {
                 listen,
                 ..HttpSection::default()
@@ -229,10 +233,16 @@ impl NodeConfig {
             ));
         }
         if self.quic.listen.is_some() && self.quic.tls_dir.is_none() {
-            return Err(invalid("quic.tls_dir", "QUIC needs certificates: set quic.tls_dir (made by `fogline certs issue`)".into()));
+            return Err(invalid(
+                "quic.tls_dir",
+                "QUIC needs certificates: set quic.tls_dir (made by `fogline certs issue`)".into(),
+            ));
         }
         if self.quic.max_streams == 0 || self.quic.max_streams > 100_000 {
-            return Err(invalid("quic.max_streams", format!("{} is outside 1..=100000", self.quic.max_streams)));
+            return Err(invalid(
+                "quic.max_streams",
+                format!("{} is outside 1..=100000", self.quic.max_streams),
+            ));
         }
         if let Some(id) = &self.node.id {
             if id.is_empty()

@@ -164,13 +164,19 @@ pub fn parse_header(h: &[u8; HEADER]) -> Result<(Kind, usize), WireError> {
 /// Decodes a frame's payload.
 pub fn decode_payload(kind: Kind, payload: &[u8]) -> Result<Frame, WireError> {
     fn msg<'a, T: Deserialize<'a>>(kind: Kind, p: &'a [u8]) -> Result<T, WireError> {
-        postcard::from_bytes(p).map_err(|e| WireError::Malformed { kind, problem: e.to_string() })
+        postcard::from_bytes(p).map_err(|e| WireError::Malformed {
+            kind,
+            problem: e.to_string(),
+        })
     }
     let empty = |f: Frame| {
         if payload.is_empty() {
             Ok(f)
         } else {
-            Err(WireError::Malformed { kind, problem: "payload must be empty".into() })
+            Err(WireError::Malformed {
+                kind,
+                problem: "payload must be empty".into(),
+            })
         }
     };
     match kind {
@@ -180,9 +186,10 @@ pub fn decode_payload(kind: Kind, payload: &[u8]) -> Result<Frame, WireError> {
         Kind::Result => Ok(Frame::Result(msg(kind, payload)?)),
         Kind::Error => Ok(Frame::Error(msg(kind, payload)?)),
         Kind::NeedModule => {
-            let raw: [u8; 32] = payload
-                .try_into()
-                .map_err(|_| WireError::Malformed { kind, problem: format!("digest must be 32 bytes, got {}", payload.len()) })?;
+            let raw: [u8; 32] = payload.try_into().map_err(|_| WireError::Malformed {
+                kind,
+                problem: format!("digest must be 32 bytes, got {}", payload.len()),
+            })?;
             Ok(Frame::NeedModule(Digest(raw)))
         }
         Kind::Status => empty(Frame::Status),
@@ -198,10 +205,14 @@ impl Decoder {
     /// Decodes one frame from the front of `buf`: `Ok(Some((frame, used)))`, `Ok(None)` when
     /// more bytes are needed, or the error that makes the stream unusable.
     pub fn decode(&self, buf: &[u8]) -> Result<Option<(Frame, usize)>, WireError> {
-        let Some(h) = buf.get(..HEADER) else { return Ok(None) };
+        let Some(h) = buf.get(..HEADER) else {
+            return Ok(None);
+        };
         let h: &[u8; HEADER] = h.try_into().map_err(|_| WireError::Reserved)?;
         let (kind, len) = parse_header(h)?;
-        let Some(payload) = buf.get(HEADER..HEADER + len) else { return Ok(None) };
+        let Some(payload) = buf.get(HEADER..HEADER + len) else {
+            return Ok(None);
+        };
         Ok(Some((decode_payload(kind, payload)?, HEADER + len)))
     }
 }
@@ -268,14 +279,21 @@ mod json_inside {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     pub fn serialize<S: Serializer>(m: &Option<FunctionManifest>, s: S) -> Result<S::Ok, S::Error> {
-        let json = m.as_ref().map(|m| serde_json::to_string(m).map_err(serde::ser::Error::custom)).transpose()?;
+        let json = m
+            .as_ref()
+            .map(|m| serde_json::to_string(m).map_err(serde::ser::Error::custom))
+            .transpose()?;
         json.serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<FunctionManifest>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<FunctionManifest>, D::Error> {
         match Option::<String>::deserialize(d)? {
             None => Ok(None),
-            Some(j) => FunctionManifest::from_json(j.as_bytes()).map(Some).map_err(serde::de::Error::custom),
+            Some(j) => FunctionManifest::from_json(j.as_bytes())
+                .map(Some)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -306,8 +324,18 @@ mod tests {
         }));
         roundtrip(Frame::Data(b"world".to_vec()));
         roundtrip(Frame::End);
-        roundtrip(Frame::Result(InvokeResult { status: 200, cold: true, run_us: 12, node: "n".into(), body_len: 3 }));
-        roundtrip(Frame::Error(WireErrorMsg { status: 429, retryable: true, message: "busy".into() }));
+        roundtrip(Frame::Result(InvokeResult {
+            status: 200,
+            cold: true,
+            run_us: 12,
+            node: "n".into(),
+            body_len: 3,
+        }));
+        roundtrip(Frame::Error(WireErrorMsg {
+            status: 429,
+            retryable: true,
+            message: "busy".into(),
+        }));
         roundtrip(Frame::NeedModule(Digest::of(b"m")));
         roundtrip(Frame::Status);
         roundtrip(Frame::StatusReply(Capacity {
@@ -325,16 +353,30 @@ mod tests {
     fn oversized_frames_fail_on_the_header_alone() {
         let mut h = data_header(0);
         h[4..8].copy_from_slice(&((MAX_PAYLOAD + 1) as u32).to_be_bytes());
-        assert_eq!(Decoder.decode(&h), Err(WireError::TooLarge { len: MAX_PAYLOAD + 1 }));
+        assert_eq!(
+            Decoder.decode(&h),
+            Err(WireError::TooLarge {
+                len: MAX_PAYLOAD + 1
+            })
+        );
     }
 
     #[test]
     fn unknown_versions_and_kinds_are_named() {
         let e = Decoder.decode(&[9, 2, 0, 0, 0, 0, 0, 0]).unwrap_err();
         assert!(e.to_string().contains("version 9"), "{e}");
-        assert_eq!(Decoder.decode(&[VERSION, 99, 0, 0, 0, 0, 0, 0]), Err(WireError::Kind(99)));
-        assert_eq!(Decoder.decode(&[VERSION, 3, 0, 1, 0, 0, 0, 0]), Err(WireError::Reserved));
-        assert!(matches!(Decoder.decode(&[VERSION, 3, 0, 0, 0, 0, 0, 1, 0]), Err(WireError::Malformed { .. })));
+        assert_eq!(
+            Decoder.decode(&[VERSION, 99, 0, 0, 0, 0, 0, 0]),
+            Err(WireError::Kind(99))
+        );
+        assert_eq!(
+            Decoder.decode(&[VERSION, 3, 0, 1, 0, 0, 0, 0]),
+            Err(WireError::Reserved)
+        );
+        assert!(matches!(
+            Decoder.decode(&[VERSION, 3, 0, 0, 0, 0, 0, 1, 0]),
+            Err(WireError::Malformed { .. })
+        ));
     }
 
     proptest! {

@@ -42,6 +42,8 @@ pub struct Node {
     http: reqwest::Client,
     /// QUIC client for calls to other tiers (set when the node has certificates).
     pub peers: std::sync::OnceLock<Arc<crate::quic::Client>>,
+    /// QUIC streams being served now.
+    pub quic_streams: AtomicU32,
 }
 
 /// Why a deploy was refused.
@@ -98,6 +100,7 @@ pub struct NodeStatus {
     pub instance_slots: u32,
     pub pooling: bool,
     pub async_queued: u64,
+    pub quic_streams: u32,
     pub data_dir: String,
 }
 
@@ -154,6 +157,7 @@ impl Node {
                 .build()
                 .map_err(|e| anyhow::anyhow!("http client: {e}"))?,
             peers: std::sync::OnceLock::new(),
+            quic_streams: AtomicU32::new(0),
             config,
         };
         if !pending.is_empty() {
@@ -217,7 +221,9 @@ impl Node {
         fogline_core::wire::Capacity {
             node: self.id.clone(),
             tier: self.config.node.tier.as_str().to_string(),
-            cores: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
             memory_bytes: total_memory(),
             instance_slots: g.instance_slots,
             instances_in_use: g.instances_in_use,
@@ -548,6 +554,7 @@ impl Node {
             instance_slots: g.instance_slots,
             pooling: self.wasm.pooled(),
             async_queued: g.async_queued as u64,
+            quic_streams: self.quic_streams.load(Ordering::Relaxed),
             data_dir: self.config.node.data_dir.display().to_string(),
         }
     }

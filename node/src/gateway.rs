@@ -142,15 +142,28 @@ async fn forward(node: &Shared, name: &str, body: Bytes, target: &HeaderValue) -
         .and_then(|t| t.strip_prefix("quic://"))
         .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
     else {
-        return text(StatusCode::BAD_REQUEST, "X-Fogline-Target must be quic://IP:PORT");
+        return text(
+            StatusCode::BAD_REQUEST,
+            "X-Fogline-Target must be quic://IP:PORT",
+        );
     };
     let Some(client) = node.peers.get() else {
-        return text(StatusCode::BAD_REQUEST, "this node has no certificates (quic.tls_dir), so it cannot call other tiers");
+        return text(
+            StatusCode::BAD_REQUEST,
+            "this node has no certificates (quic.tls_dir), so it cannot call other tiers",
+        );
     };
     let Some(f) = node.lookup(name) else {
-        return text(StatusCode::NOT_FOUND, format!("function {name:?} not found"));
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("function {name:?} not found"),
+        );
     };
-    let req = crate::quic::Request { function: name.to_string(), manifest: Some(f.manifest.clone()), body };
+    let req = crate::quic::Request {
+        function: name.to_string(),
+        manifest: Some(f.manifest.clone()),
+        body,
+    };
     match client.invoke(addr, &req, node.as_ref()).await {
         Ok(reply) => {
             let mut r = Response::new(Body::from(reply.body));
@@ -158,8 +171,14 @@ async fn forward(node: &Shared, name: &str, body: Bytes, target: &HeaderValue) -
             if let Ok(v) = HeaderValue::from_str(&reply.result.node) {
                 h.insert("x-fogline-node", v);
             }
-            h.insert("x-fogline-cold", HeaderValue::from_static(if reply.result.cold { "true" } else { "false" }));
-            h.insert("x-fogline-module-sent", HeaderValue::from_static(if reply.sent_module { "true" } else { "false" }));
+            h.insert(
+                "x-fogline-cold",
+                HeaderValue::from_static(if reply.result.cold { "true" } else { "false" }),
+            );
+            h.insert(
+                "x-fogline-module-sent",
+                HeaderValue::from_static(if reply.sent_module { "true" } else { "false" }),
+            );
             r
         }
         Err(crate::quic::QuicError::Remote(m)) => {
@@ -168,7 +187,10 @@ async fn forward(node: &Shared, name: &str, body: Bytes, target: &HeaderValue) -
         }
         Err(e) => {
             client.forget(addr).await;
-            text(StatusCode::BAD_GATEWAY, format!("forwarding to {addr} failed: {e}"))
+            text(
+                StatusCode::BAD_GATEWAY,
+                format!("forwarding to {addr} failed: {e}"),
+            )
         }
     }
 }

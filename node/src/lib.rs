@@ -102,7 +102,13 @@ impl Running {
         let quic = self.quic.map(|endpoint| {
             let c = &self.node.config;
             let dir = c.quic.tls_dir.clone().unwrap_or_default();
-            tokio::spawn(quic::serve(endpoint, self.node.clone(), dir, quic_limits(c), c.quic.reload_every))
+            tokio::spawn(quic::serve(
+                endpoint,
+                self.node.clone(),
+                dir,
+                quic_limits(c),
+                c.quic.reload_every,
+            ))
         });
         let app = gateway::router(self.node.clone());
         axum::serve(self.listener, app)

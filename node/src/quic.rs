@@ -48,7 +48,10 @@ pub enum QuicError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("cannot open a QUIC endpoint on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot connect to {addr}: {reason}")]
     Connect { addr: SocketAddr, reason: String },
     #[error("protocol error: {0}")]
@@ -93,7 +96,11 @@ fn transport(limits_streams: u32, idle: Duration) -> quinn::TransportConfig {
 // ---- server ---------------------------------------------------------------------------
 
 /// Binds the node's QUIC endpoint.
-pub fn bind_server(addr: SocketAddr, tls: &TlsDir, limits: &QuicLimits) -> Result<Endpoint, QuicError> {
+pub fn bind_server(
+    addr: SocketAddr,
+    tls: &TlsDir,
+    limits: &QuicLimits,
+) -> Result<Endpoint, QuicError> {
     let cfg = server_config(tls, limits)?;
     Endpoint::server(cfg, addr).map_err(|source| QuicError::Bind { addr, source })
 }
@@ -108,7 +115,13 @@ fn server_config(tls: &TlsDir, limits: &QuicLimits) -> Result<quinn::ServerConfi
 
 /// Accepts connections until the endpoint closes; reloads the certificate when its files
 /// change (polled every `reload_every`).
-pub async fn serve(endpoint: Endpoint, node: Arc<Node>, tls_dir: std::path::PathBuf, limits: QuicLimits, reload_every: Duration) {
+pub async fn serve(
+    endpoint: Endpoint,
+    node: Arc<Node>,
+    tls_dir: std::path::PathBuf,
+    limits: QuicLimits,
+    reload_every: Duration,
+) {
     let reloader = {
         let endpoint = endpoint.clone();
         let limits = limits.clone();
@@ -121,7 +134,10 @@ pub async fn serve(endpoint: Endpoint, node: Arc<Node>, tls_dir: std::path::Path
                     continue;
                 }
                 seen = now;
-                match TlsDir::load(&tls_dir).map_err(QuicError::from).and_then(|t| server_config(&t, &limits)) {
+                match TlsDir::load(&tls_dir)
+                    .map_err(QuicError::from)
+                    .and_then(|t| server_config(&t, &limits))
+                {
                     Ok(cfg) => {
                         endpoint.set_server_config(Some(cfg));
                         tracing::info!("reloaded TLS certificate from {}", tls_dir.display());
@@ -153,18 +169,28 @@ pub async fn serve(endpoint: Endpoint, node: Arc<Node>, tls_dir: std::path::Path
 fn stamp(dir: &std::path::Path) -> Vec<Option<std::time::SystemTime>> {
     ["cert.pem", "key.pem", "ca.pem"]
         .iter()
-        .map(|f| std::fs::metadata(dir.join(f)).and_then(|m| m.modified()).ok())
+        .map(|f| {
+            std::fs::metadata(dir.join(f))
+                .and_then(|m| m.modified())
+                .ok()
+        })
         .collect()
 }
 
 fn peer_role(conn: &Connection) -> Option<Role> {
-    let certs = conn.peer_identity()?.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
     certs.first().and_then(tls::role_of)
 }
 
 async fn serve_connection(conn: Connection, node: Arc<Node>, limits: QuicLimits) {
     let Some(role) = peer_role(&conn) else {
-        conn.close(VarInt::from_u32(CODE_PROTOCOL), b"certificate carries no Fogline role");
+        conn.close(
+            VarInt::from_u32(CODE_PROTOCOL),
+            b"certificate carries no Fogline role",
+        );
         return;
     };
     tracing::debug!(remote = %conn.remote_address(), role = role.as_str(), "QUIC peer connected");
@@ -178,7 +204,10 @@ async fn serve_connection(conn: Connection, node: Arc<Node>, limits: QuicLimits)
             let msg = WireErrorMsg {
                 status: 429,
                 retryable: true,
-                message: format!("more than {} concurrent streams on this connection; retry shortly", limits.max_streams),
+                message: format!(
+                    "more than {} concurrent streams on this connection; retry shortly",
+                    limits.max_streams
+                ),
             };
             tokio::spawn(async move {
                 let _ = write_frame(&mut send, &Frame::Error(msg)).await;
@@ -188,14 +217,25 @@ async fn serve_connection(conn: Connection, node: Arc<Node>, limits: QuicLimits)
         };
         let node = node.clone();
         let limits = limits.clone();
+        let conn = conn.clone();
         tokio::spawn(async move {
-            serve_stream(&node, send, recv, &limits).await;
+            node.quic_streams
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            serve_stream(&node, &conn, send, recv, &limits).await;
+            node.quic_streams
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             drop(permit);
         });
     }
 }
 
-async fn serve_stream(node: &Node, mut send: SendStream, recv: RecvStream, limits: &QuicLimits) {
+async fn serve_stream(
+    node: &Node,
+    conn: &Connection,
+    mut send: SendStream,
+    recv: RecvStream,
+    limits: &QuicLimits,
+) {
     let mut r = FrameReader::new(recv, limits.stream_timeout);
     let result = handle_stream(node, &mut send, &mut r, limits).await;
     match result {
@@ -207,23 +247,41 @@ async fn serve_stream(node: &Node, mut send: SendStream, recv: RecvStream, limit
             r.recv.stop(VarInt::from_u32(CODE_STALLED)).ok();
         }
         Err(QuicError::Wire(e)) => {
-            let msg = WireErrorMsg { status: 400, retryable: false, message: e.to_string() };
-            let _ = write_frame(&mut send, &Frame::Error(msg)).await;
-            let _ = send.finish();
-            r.recv.stop(VarInt::from_u32(CODE_PROTOCOL)).ok();
+            // A peer that breaks framing cannot be trusted with the rest of the connection.
+            tracing::warn!(remote = %conn.remote_address(), "closing QUIC connection: {e}");
+            conn.close(VarInt::from_u32(CODE_PROTOCOL), e.to_string().as_bytes());
         }
         Err(e) => tracing::debug!("QUIC stream: {e}"),
     }
 }
 
-async fn handle_stream(node: &Node, send: &mut SendStream, r: &mut FrameReader, limits: &QuicLimits) -> Result<(), QuicError> {
+async fn handle_stream(
+    node: &Node,
+    send: &mut SendStream,
+    r: &mut FrameReader,
+    limits: &QuicLimits,
+) -> Result<(), QuicError> {
     let inv = match r.next().await? {
         Frame::Invoke(inv) => inv,
         Frame::Status => return write_frame(send, &Frame::StatusReply(node.capacity())).await,
-        other => return Err(QuicError::Unexpected(format!("expected Invoke or Status, got {}", name(&other)))),
+        other => {
+            return Err(QuicError::Unexpected(format!(
+                "expected Invoke or Status, got {}",
+                name(&other)
+            )))
+        }
     };
     if inv.body_len > limits.max_body {
-        return reply_error(send, 413, false, format!("request body of {} bytes exceeds this node's limit of {}", inv.body_len, limits.max_body)).await;
+        return reply_error(
+            send,
+            413,
+            false,
+            format!(
+                "request body of {} bytes exceeds this node's limit of {}",
+                inv.body_len, limits.max_body
+            ),
+        )
+        .await;
     }
     let body = r.body(inv.body_len, limits.max_body).await?;
     if let Err((status, msg)) = ensure_function(node, &inv, send, r, limits).await? {
@@ -242,7 +300,9 @@ async fn handle_stream(node: &Node, send: &mut SendStream, r: &mut FrameReader, 
             write_body(send, &out.stdout).await
         }
         Err(e) => {
-            let retryable = matches!(e, InvokeError::Busy { .. } | InvokeError::QueueFull(_)) || e.status() == 429 || e.status() == 503;
+            let retryable = matches!(e, InvokeError::Busy { .. } | InvokeError::QueueFull(_))
+                || e.status() == 429
+                || e.status() == 503;
             reply_error(send, e.status(), retryable, e.to_string()).await
         }
     }
@@ -265,7 +325,10 @@ async fn ensure_function(
         });
     };
     if m.name != inv.function {
-        return Ok(Err((400, format!("manifest is for {:?}, not {:?}", m.name, inv.function))));
+        return Ok(Err((
+            400,
+            format!("manifest is for {:?}, not {:?}", m.name, inv.function),
+        )));
     }
     if local.as_ref().is_some_and(|l| l.manifest == *m) {
         return Ok(Ok(()));
@@ -279,7 +342,10 @@ async fn ensure_function(
         write_frame(send, &Frame::NeedModule(digest)).await?;
         let bytes = r.body_until_end(limits.max_module).await?;
         if Digest::of(&bytes) != digest {
-            return Ok(Err((400, format!("module bytes do not match their hash {digest}; refusing them"))));
+            return Ok(Err((
+                400,
+                format!("module bytes do not match their hash {digest}; refusing them"),
+            )));
         }
         Some(Bytes::from(bytes))
     };
@@ -289,8 +355,21 @@ async fn ensure_function(
     }
 }
 
-async fn reply_error(send: &mut SendStream, status: u16, retryable: bool, message: String) -> Result<(), QuicError> {
-    write_frame(send, &Frame::Error(WireErrorMsg { status, retryable, message })).await
+async fn reply_error(
+    send: &mut SendStream,
+    status: u16,
+    retryable: bool,
+    message: String,
+) -> Result<(), QuicError> {
+    write_frame(
+        send,
+        &Frame::Error(WireErrorMsg {
+            status,
+            retryable,
+            message,
+        }),
+    )
+    .await
 }
 
 fn name(f: &Frame) -> &'static str {
@@ -322,7 +401,9 @@ impl FrameReader {
     async fn exact(&mut self, buf: &mut [u8]) -> Result<(), QuicError> {
         match tokio::time::timeout(self.timeout, self.recv.read_exact(buf)).await {
             Err(_) => Err(QuicError::Stalled(self.timeout)),
-            Ok(Err(quinn::ReadExactError::FinishedEarly(_))) => Err(QuicError::Stream("stream ended in the middle of a frame".into())),
+            Ok(Err(quinn::ReadExactError::FinishedEarly(_))) => Err(QuicError::Stream(
+                "stream ended in the middle of a frame".into(),
+            )),
             Ok(Err(quinn::ReadExactError::ReadError(e))) => Err(QuicError::Stream(e.to_string())),
             Ok(Ok(())) => Ok(()),
         }
@@ -345,7 +426,11 @@ impl FrameReader {
     async fn body(&mut self, len: u64, max: u64) -> Result<Bytes, QuicError> {
         let got = self.body_until_end(max.min(len)).await?;
         if got.len() as u64 != len {
-            return Err(WireError::Malformed { kind: wire::Kind::End, problem: format!("body is {} bytes, Invoke said {len}", got.len()) }.into());
+            return Err(WireError::Malformed {
+                kind: wire::Kind::End,
+                problem: format!("body is {} bytes, Invoke said {len}", got.len()),
+            }
+            .into());
         }
         Ok(Bytes::from(got))
     }
@@ -357,7 +442,11 @@ impl FrameReader {
             match self.next().await? {
                 Frame::Data(d) => {
                     if (out.len() + d.len()) as u64 > max {
-                        return Err(WireError::Malformed { kind: wire::Kind::Data, problem: format!("more than the {max} bytes allowed") }.into());
+                        return Err(WireError::Malformed {
+                            kind: wire::Kind::Data,
+                            problem: format!("more than the {max} bytes allowed"),
+                        }
+                        .into());
                     }
                     if out.is_empty() {
                         out = d;
@@ -366,7 +455,12 @@ impl FrameReader {
                     }
                 }
                 Frame::End => return Ok(out),
-                other => return Err(QuicError::Unexpected(format!("expected Data or End, got {}", name(&other)))),
+                other => {
+                    return Err(QuicError::Unexpected(format!(
+                        "expected Data or End, got {}",
+                        name(&other)
+                    )))
+                }
             }
         }
     }
@@ -375,7 +469,9 @@ impl FrameReader {
 pub async fn write_frame(send: &mut SendStream, f: &Frame) -> Result<(), QuicError> {
     let mut buf = Vec::with_capacity(128);
     wire::encode(f, &mut buf);
-    send.write_all(&buf).await.map_err(|e| QuicError::Stream(e.to_string()))
+    send.write_all(&buf)
+        .await
+        .map_err(|e| QuicError::Stream(e.to_string()))
 }
 
 /// Writes a body as `Data` chunks then `End`, without copying it.
@@ -391,7 +487,9 @@ pub async fn write_body(send: &mut SendStream, body: &Bytes) -> Result<(), QuicE
     let mut end = Vec::with_capacity(wire::HEADER);
     wire::encode(&Frame::End, &mut end);
     chunks.push(Bytes::from(end));
-    send.write_all_chunks(&mut chunks).await.map_err(|e| QuicError::Stream(e.to_string()))
+    send.write_all_chunks(&mut chunks)
+        .await
+        .map_err(|e| QuicError::Stream(e.to_string()))
 }
 
 // ---- client ---------------------------------------------------------------------------
@@ -424,13 +522,18 @@ pub struct Client {
 impl Client {
     pub fn new(tls: &TlsDir) -> Result<Self, QuicError> {
         let bind = SocketAddr::from(([0, 0, 0, 0], 0));
-        let mut endpoint = Endpoint::client(bind).map_err(|source| QuicError::Bind { addr: bind, source })?;
+        let mut endpoint =
+            Endpoint::client(bind).map_err(|source| QuicError::Bind { addr: bind, source })?;
         let crypto = QuicClientConfig::try_from(tls.client_config(wire::ALPN)?)
             .map_err(|e| TlsError::Invalid(format!("QUIC client config: {e}")))?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
         cfg.transport_config(Arc::new(transport(1024, Duration::from_secs(30))));
         endpoint.set_default_client_config(cfg);
-        Ok(Client { endpoint, conns: Mutex::new(HashMap::new()), timeout: Duration::from_secs(30) })
+        Ok(Client {
+            endpoint,
+            conns: Mutex::new(HashMap::new()),
+            timeout: Duration::from_secs(30),
+        })
     }
 
     /// A live connection to `addr`, reusing one when it is still open. With `early`, a
@@ -442,17 +545,26 @@ impl Client {
                 return Ok(c.clone());
             }
         }
-        let connecting = self
-            .endpoint
-            .connect(addr, tls::PEER_NAME)
-            .map_err(|e| QuicError::Connect { addr, reason: e.to_string() })?;
+        let connecting =
+            self.endpoint
+                .connect(addr, tls::PEER_NAME)
+                .map_err(|e| QuicError::Connect {
+                    addr,
+                    reason: e.to_string(),
+                })?;
         let conn = if early {
             match connecting.into_0rtt() {
                 Ok((c, _accepted)) => c,
-                Err(connecting) => connecting.await.map_err(|e| QuicError::Connect { addr, reason: e.to_string() })?,
+                Err(connecting) => connecting.await.map_err(|e| QuicError::Connect {
+                    addr,
+                    reason: e.to_string(),
+                })?,
             }
         } else {
-            connecting.await.map_err(|e| QuicError::Connect { addr, reason: e.to_string() })?
+            connecting.await.map_err(|e| QuicError::Connect {
+                addr,
+                reason: e.to_string(),
+            })?
         };
         conns.insert(addr, conn.clone());
         Ok(conn)
@@ -464,20 +576,44 @@ impl Client {
     }
 
     /// Invokes a function on `addr`. `modules` answers the peer's module requests.
-    pub async fn invoke(&self, addr: SocketAddr, req: &Request, modules: &dyn ModuleSource) -> Result<Reply, QuicError> {
+    pub async fn invoke(
+        &self,
+        addr: SocketAddr,
+        req: &Request,
+        modules: &dyn ModuleSource,
+    ) -> Result<Reply, QuicError> {
         let early = req.manifest.as_ref().is_some_and(|m| m.idempotent);
         let conn = self.connection(addr, early).await?;
-        let (mut send, recv) = conn.open_bi().await.map_err(|e| QuicError::Stream(e.to_string()))?;
-        let inv = Invoke { function: req.function.clone(), manifest: req.manifest.clone(), body_len: req.body.len() as u64 };
-        write_frame(&mut send, &Frame::Invoke(inv)).await?;
-        write_body(&mut send, &req.body).await?;
+        let (mut send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| QuicError::Stream(e.to_string()))?;
+        let inv = Invoke {
+            function: req.function.clone(),
+            manifest: req.manifest.clone(),
+            body_len: req.body.len() as u64,
+        };
+        // A peer that refuses the stream stops reading it and answers at once; its answer
+        // says more than our failed write, so read it before giving up.
+        let written = async {
+            write_frame(&mut send, &Frame::Invoke(inv)).await?;
+            write_body(&mut send, &req.body).await
+        }
+        .await;
         let mut r = FrameReader::new(recv, self.timeout);
         let mut sent_module = false;
         loop {
-            match r.next().await? {
+            let frame = match (r.next().await, &written) {
+                (Ok(f), _) => f,
+                (Err(_), Err(w)) => return Err(QuicError::Stream(w.to_string())),
+                (Err(e), Ok(())) => return Err(e),
+            };
+            match frame {
                 Frame::NeedModule(d) => {
                     let bytes = modules.module(&d).ok_or_else(|| {
-                        QuicError::Unexpected(format!("peer asked for module {d}, which this side does not have"))
+                        QuicError::Unexpected(format!(
+                            "peer asked for module {d}, which this side does not have"
+                        ))
                     })?;
                     write_body(&mut send, &bytes).await?;
                     sent_module = true;
@@ -485,13 +621,22 @@ impl Client {
                 Frame::Result(result) => {
                     let body = r.body(result.body_len, u64::MAX).await?;
                     let _ = send.finish();
-                    return Ok(Reply { result, body, sent_module });
+                    return Ok(Reply {
+                        result,
+                        body,
+                        sent_module,
+                    });
                 }
                 Frame::Error(e) => {
                     let _ = send.finish();
                     return Err(QuicError::Remote(e));
                 }
-                other => return Err(QuicError::Unexpected(format!("expected a result, got {}", name(&other)))),
+                other => {
+                    return Err(QuicError::Unexpected(format!(
+                        "expected a result, got {}",
+                        name(&other)
+                    )))
+                }
             }
         }
     }
@@ -499,13 +644,19 @@ impl Client {
     /// Asks a peer what it can take on.
     pub async fn status(&self, addr: SocketAddr) -> Result<Capacity, QuicError> {
         let conn = self.connection(addr, true).await?;
-        let (mut send, recv) = conn.open_bi().await.map_err(|e| QuicError::Stream(e.to_string()))?;
+        let (mut send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| QuicError::Stream(e.to_string()))?;
         write_frame(&mut send, &Frame::Status).await?;
         let _ = send.finish();
         match FrameReader::new(recv, self.timeout).next().await? {
             Frame::StatusReply(c) => Ok(c),
             Frame::Error(e) => Err(QuicError::Remote(e)),
-            other => Err(QuicError::Unexpected(format!("expected StatusReply, got {}", name(&other)))),
+            other => Err(QuicError::Unexpected(format!(
+                "expected StatusReply, got {}",
+                name(&other)
+            ))),
         }
     }
 
@@ -515,9 +666,15 @@ impl Client {
         let c = self
             .endpoint
             .connect(addr, tls::PEER_NAME)
-            .map_err(|e| QuicError::Connect { addr, reason: e.to_string() })?
+            .map_err(|e| QuicError::Connect {
+                addr,
+                reason: e.to_string(),
+            })?
             .await
-            .map_err(|e| QuicError::Connect { addr, reason: e.to_string() })?;
+            .map_err(|e| QuicError::Connect {
+                addr,
+                reason: e.to_string(),
+            })?;
         let d = t.elapsed();
         c.close(VarInt::from_u32(0), b"");
         Ok(d)

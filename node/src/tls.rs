@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -50,7 +50,11 @@ impl Role {
         Role::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| TlsError::Invalid(format!("unknown role {s:?}: expected client, node, bridge or router")))
+            .ok_or_else(|| {
+                TlsError::Invalid(format!(
+                    "unknown role {s:?}: expected client, node, bridge or router"
+                ))
+            })
     }
 
     fn dns(self) -> String {
@@ -76,31 +80,46 @@ pub enum TlsError {
 }
 
 fn file_err(path: &Path, problem: impl ToString) -> TlsError {
-    TlsError::File { path: path.display().to_string(), problem: problem.to_string() }
+    TlsError::File {
+        path: path.display().to_string(),
+        problem: problem.to_string(),
+    }
 }
 
-/// Creates a cluster CA in `dir` (`ca.pem`, `ca.key`); refuses to overwrite one.
+/// Creates a cluster CA in `dir` (`ca.pem`, `ca.key`, `ca.name`); refuses to overwrite one.
 pub fn init_ca(dir: &Path) -> Result<PathBuf, TlsError> {
     let cert_path = dir.join("ca.pem");
     if cert_path.exists() {
-        return Err(file_err(&cert_path, "a CA already exists here; remove it first to make a new one"));
+        return Err(file_err(
+            &cert_path,
+            "a CA already exists here; remove it first to make a new one",
+        ));
     }
     std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
     let key = KeyPair::generate()?;
-    let params = ca_params();
-    let cert = params.self_signed(&key)?;
+    // Each cluster's CA gets its own name, so a certificate from another cluster is
+    // refused as coming from an unknown issuer rather than matched by name.
+    let mut id = [0u8; 6];
+    getrandom::fill(&mut id).map_err(|e| TlsError::Invalid(format!("no randomness: {e}")))?;
+    let name = format!("Fogline cluster CA {}", hex::encode(id));
+    let cert = ca_params(&name).self_signed(&key)?;
     write(&cert_path, cert.pem(), false)?;
     write(&dir.join("ca.key"), key.serialize_pem(), true)?;
+    write(&dir.join("ca.name"), format!("{name}\n"), false)?;
     Ok(cert_path)
 }
 
-fn ca_params() -> CertificateParams {
+fn ca_params(name: &str) -> CertificateParams {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "Fogline cluster CA");
+    dn.push(DnType::CommonName, name);
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     p.not_before = rcgen::date_time_ymd(2024, 1, 1);
     p.not_after = rcgen::date_time_ymd(2124, 1, 1);
     p
@@ -116,28 +135,53 @@ pub enum Validity {
 
 /// Issues a certificate for `name` with `role`, signed by the CA in `ca_dir`, into `out`
 /// (`cert.pem`, `key.pem`, `ca.pem`).
-pub fn issue(ca_dir: &Path, name: &str, role: Role, out: &Path, validity: Validity) -> Result<(), TlsError> {
-    if name.is_empty() || name.len() > 63 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-        return Err(TlsError::Invalid(format!("name {name:?} must be 1 to 63 letters, digits or '-'")));
+pub fn issue(
+    ca_dir: &Path,
+    name: &str,
+    role: Role,
+    out: &Path,
+    validity: Validity,
+) -> Result<(), TlsError> {
+    if name.is_empty()
+        || name.len() > 63
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(TlsError::Invalid(format!(
+            "name {name:?} must be 1 to 63 letters, digits or '-'"
+        )));
     }
     let ca_key_path = ca_dir.join("ca.key");
-    let ca_key_pem = std::fs::read_to_string(&ca_key_path).map_err(|e| file_err(&ca_key_path, format!("{e} (run `fogline certs init --dir {}` first)", ca_dir.display())))?;
+    let ca_key_pem = std::fs::read_to_string(&ca_key_path).map_err(|e| {
+        file_err(
+            &ca_key_path,
+            format!(
+                "{e} (run `fogline certs init --dir {}` first)",
+                ca_dir.display()
+            ),
+        )
+    })?;
     let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| file_err(&ca_key_path, e))?;
     let ca_pem_path = ca_dir.join("ca.pem");
     let ca_pem = std::fs::read_to_string(&ca_pem_path).map_err(|e| file_err(&ca_pem_path, e))?;
-    let issuer = Issuer::new(ca_params(), ca_key);
+    let name_path = ca_dir.join("ca.name");
+    let ca_name = std::fs::read_to_string(&name_path).map_err(|e| file_err(&name_path, e))?;
+    let issuer = Issuer::new(ca_params(ca_name.trim()), ca_key);
 
     let mut sans = vec![name.to_string(), role.dns()];
     if role.serves() {
         sans.push(PEER_NAME.to_string());
     }
     let mut p = CertificateParams::new(sans)?;
-    p.subject_alt_names.push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+    p.subject_alt_names
+        .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
     p.distinguished_name = dn;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     match validity {
         Validity::Days(d) => {
             let now = rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs(unix_now());
@@ -210,12 +254,19 @@ impl TlsDir {
         let key = PrivateKeyDer::from_pem_file(&key).map_err(|e| file_err(&key, e))?;
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_file_iter(&ca).map_err(|e| file_err(&ca, e))? {
-            roots.add(c.map_err(|e| file_err(&ca, e))?).map_err(|e| file_err(&ca, e))?;
+            roots
+                .add(c.map_err(|e| file_err(&ca, e))?)
+                .map_err(|e| file_err(&ca, e))?;
         }
         if roots.is_empty() {
             return Err(file_err(&ca, "no CA certificate in the file"));
         }
-        Ok(TlsDir { dir: dir.to_path_buf(), chain, key, roots })
+        Ok(TlsDir {
+            dir: dir.to_path_buf(),
+            chain,
+            key,
+            roots,
+        })
     }
 
     /// The role this folder's certificate carries.
@@ -229,9 +280,12 @@ impl TlsDir {
 
     /// TLS 1.3 server config: clients must present a certificate from the cluster CA.
     pub fn server_config(&self, alpn: &[u8]) -> Result<rustls::ServerConfig, TlsError> {
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots.clone()), Self::provider())
-            .build()
-            .map_err(|e| TlsError::Invalid(format!("client verifier: {e}")))?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(self.roots.clone()),
+            Self::provider(),
+        )
+        .build()
+        .map_err(|e| TlsError::Invalid(format!("client verifier: {e}")))?;
         let mut cfg = rustls::ServerConfig::builder_with_provider(Self::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
@@ -257,7 +311,8 @@ impl TlsDir {
 
 /// The server name clients verify.
 pub fn peer_server_name() -> ServerName<'static> {
-    ServerName::try_from(PEER_NAME).unwrap_or_else(|_| ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()))
+    ServerName::try_from(PEER_NAME)
+        .unwrap_or_else(|_| ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()))
 }
 
 /// The role a (CA-verified) certificate carries.
@@ -279,16 +334,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("pki");
         init_ca(&ca).unwrap();
-        assert!(init_ca(&ca).unwrap_err().to_string().contains("already exists"));
+        assert!(init_ca(&ca)
+            .unwrap_err()
+            .to_string()
+            .contains("already exists"));
         for role in Role::ALL {
             let out = dir.path().join(role.as_str());
-            issue(&ca, &format!("p-{}", role.as_str()), role, &out, Validity::Days(1)).unwrap();
+            issue(
+                &ca,
+                &format!("p-{}", role.as_str()),
+                role,
+                &out,
+                Validity::Days(1),
+            )
+            .unwrap();
             let t = TlsDir::load(&out).unwrap();
             assert_eq!(t.role(), Some(role));
             t.server_config(b"x").unwrap();
             t.client_config(b"x").unwrap();
         }
-        let e = issue(&ca, "bad name", Role::Node, &dir.path().join("x"), Validity::Days(1)).unwrap_err();
+        let e = issue(
+            &ca,
+            "bad name",
+            Role::Node,
+            &dir.path().join("x"),
+            Validity::Days(1),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("bad name"));
         let e = TlsDir::load(&dir.path().join("missing")).unwrap_err();
         assert!(e.to_string().contains("cert.pem"), "{e}");

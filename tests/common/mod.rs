@@ -33,6 +33,8 @@ pub struct NodeProc {
     pub url: String,
     pub data_dir: PathBuf,
     pub token: String,
+    /// The QUIC address, when the node serves QUIC.
+    pub quic: Option<std::net::SocketAddr>,
     pub stdout_rest: mpsc::Receiver<String>,
 }
 
@@ -59,6 +61,21 @@ impl NodeProc {
             .arg("--data-dir")
             .arg(&data)
             .args(["--http", "127.0.0.1:0"]);
+        Self::spawn(cmd, data, dir)
+    }
+
+    /// `fogline ROLE --config CONFIG --data-dir DIR/NAME --http 127.0.0.1:0 EXTRA...`.
+    pub fn role(dir: &Path, role: &str, name: &str, config: &Path, extra: &[&str]) -> Self {
+        let data = dir.join(name);
+        let mut cmd = fogline();
+        cmd.current_dir(dir)
+            .arg(role)
+            .arg("--config")
+            .arg(config)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--http", "127.0.0.1:0"])
+            .args(extra);
         Self::spawn(cmd, data, dir)
     }
 
@@ -95,6 +112,15 @@ impl NodeProc {
             .strip_prefix("gateway listening on ")
             .unwrap_or_else(|| panic!("unexpected first line: {first:?}"))
             .to_string();
+        let mut quic = None;
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+            if let Some(q) = line.strip_prefix("quic listening on ") {
+                quic = Some(q.parse().expect("quic address"));
+            }
+            if line.contains(" ready; data in ") {
+                break;
+            }
+        }
         let token = std::fs::read_to_string(data_dir.join("admin.token"))
             .expect("admin.token")
             .trim()
@@ -104,6 +130,7 @@ impl NodeProc {
             url,
             data_dir,
             token,
+            quic,
             stdout_rest: rx,
         }
     }

@@ -1,0 +1,292 @@
+//! Invocations over QUIC with mutual TLS on loopback, beside raw quinn measured in the same run.
+//!
+//! `cargo bench -p fogline-node --bench quic` (release). Prints:
+//! - limit: a raw quinn echo round trip (open a stream, send 1 KiB, read 1 KiB back) on a
+//!   connection with the same TLS and transport settings;
+//! - one invocation of the `hello` example with a 1 KiB body, one stream at a time;
+//! - throughput with 64 concurrent streams;
+//! - a full mTLS handshake, and a resumed connection's first invocation (0-RTT, idempotent);
+//! - a 16 MiB request body streamed to a function.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fogline_core::config::NodeConfig;
+use fogline_core::{Digest, FunctionManifest};
+use fogline_node::executor::ModuleSource;
+use fogline_node::quic::{Client, Request};
+use fogline_node::tls::{self, Role, TlsDir, Validity};
+
+struct NoModules;
+impl ModuleSource for NoModules {
+    fn module(&self, _: &Digest) -> Option<Bytes> {
+        None
+    }
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(run());
+}
+
+async fn run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = dir.path().join("pki");
+    tls::init_ca(&pki).expect("ca");
+    tls::issue(
+        &pki,
+        "node",
+        Role::Node,
+        &pki.join("node"),
+        Validity::Days(1),
+    )
+    .expect("node cert");
+    tls::issue(
+        &pki,
+        "dev",
+        Role::Client,
+        &pki.join("dev"),
+        Validity::Days(1),
+    )
+    .expect("client cert");
+
+    // A node agent with QUIC, as `fogline node` runs it.
+    let mut cfg = NodeConfig::local(
+        dir.path().join("data"),
+        "127.0.0.1:0".parse().expect("addr"),
+    );
+    cfg.quic.listen = Some("127.0.0.1:0".parse().expect("addr"));
+    cfg.quic.tls_dir = Some(pki.join("node"));
+    cfg.quic.max_streams = 1024;
+    cfg.http.max_body = fogline_core::units::ByteSize::mib(32);
+    cfg.wasm.max_output = fogline_core::units::ByteSize::mib(32);
+    let running = fogline_node::bind(cfg).await.expect("node");
+    let node = running.node.clone();
+    let addr = running.quic_addr.expect("quic addr");
+    tokio::spawn(running.serve(std::future::pending()));
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    for (name, file) in [
+        ("hello", "hello/hello.wasm"),
+        ("primes", "primes/primes.wasm"),
+    ] {
+        let wasm = std::fs::read(examples.join(file)).expect("example");
+        let mut m = FunctionManifest::wasm(name, Digest::of(&wasm));
+        m.idempotent = true;
+        m.max_concurrency = 1024;
+        node.deploy(m, Some(Bytes::from(wasm)), false)
+            .await
+            .expect("deploy");
+    }
+
+    let dev = TlsDir::load(&pki.join("dev")).expect("client tls");
+    let raw_addr = raw_echo_server(&TlsDir::load(&pki.join("node")).expect("tls")).await;
+    let client = Arc::new(Client::new(&dev).expect("client"));
+    let body = Bytes::from(vec![b'x'; 1024]);
+
+    // Limit: raw quinn echo of 1 KiB on one stream at a time.
+    let conn = client
+        .connection(raw_addr, false)
+        .await
+        .expect("raw connection");
+    let raw = measure(5000, || {
+        let conn = conn.clone();
+        let body = body.clone();
+        async move {
+            let (mut s, mut r) = conn.open_bi().await.expect("open");
+            s.write_all(&body).await.expect("write");
+            s.finish().expect("finish");
+            let back = r.read_to_end(1 << 20).await.expect("read");
+            assert_eq!(back.len(), body.len());
+        }
+    })
+    .await;
+
+    let req = Request {
+        function: "hello".into(),
+        manifest: None,
+        body: body.clone(),
+    };
+    let one = measure(5000, || {
+        let (client, req) = (client.clone(), req.clone());
+        async move {
+            let r = client.invoke(addr, &req, &NoModules).await.expect("invoke");
+            assert_eq!(r.body.len(), 7 + 1024);
+        }
+    })
+    .await;
+
+    // 64 concurrent streams on one connection, for 5 s.
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Instant::now() + Duration::from_secs(5);
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (client, req, done) = (client.clone(), req.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < stop {
+                client.invoke(addr, &req, &NoModules).await.expect("invoke");
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let rate = done.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64();
+
+    // Full handshakes: a fresh client (no session to resume) each time.
+    let mut hs = Vec::new();
+    for _ in 0..200 {
+        let c = Client::new(&dev).expect("client");
+        hs.push(c.handshake_time(addr).await.expect("handshake"));
+    }
+    hs.sort();
+
+    // Resumed connection: same client, connection dropped, reconnect + first invocation.
+    let resumer = Client::new(&dev).expect("client");
+    let mut hello = FunctionManifest::wasm(
+        "hello",
+        Digest::of(&std::fs::read(examples.join("hello/hello.wasm")).expect("wasm")),
+    );
+    hello.idempotent = true;
+    hello.max_concurrency = 1024;
+    let idem = Request {
+        function: "hello".into(),
+        manifest: Some(hello),
+        body: body.clone(),
+    };
+    resumer
+        .invoke(addr, &idem, &NoModules)
+        .await
+        .expect("prime the session");
+    let mut resumed = Vec::new();
+    for _ in 0..200 {
+        let c = resumer.connection(addr, false).await.expect("conn");
+        c.close(0u32.into(), b"");
+        resumer.forget(addr).await;
+        let t = Instant::now();
+        resumer
+            .invoke(addr, &idem, &NoModules)
+            .await
+            .expect("resumed invoke");
+        resumed.push(t.elapsed());
+    }
+    resumed.sort();
+
+    // 16 MiB request body to a function that reads only the start of it (primes), and the
+    // same body echoed back by hello.
+    let big = Bytes::from(vec![b'7'; 16 << 20]);
+    let up = Request {
+        function: "primes".into(),
+        manifest: None,
+        body: big.clone(),
+    };
+    let echo = Request {
+        function: "hello".into(),
+        manifest: None,
+        body: big.clone(),
+    };
+    let mut up_t = Vec::new();
+    let mut echo_t = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        let _ = client.invoke(addr, &up, &NoModules).await;
+        up_t.push(t.elapsed());
+        let t = Instant::now();
+        let r = client.invoke(addr, &echo, &NoModules).await.expect("echo");
+        echo_t.push(t.elapsed());
+        assert_eq!(r.body.len(), 7 + big.len());
+    }
+    up_t.sort();
+    echo_t.sort();
+    let mb = big.len() as f64 / 1e6;
+
+    println!(
+        "QUIC on loopback, mutual TLS 1.3, {} cores",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    row("limit: raw quinn echo round trip, 1 KiB", &raw);
+    row("fogline invoke hello, 1 KiB, 1 stream", &one);
+    println!(
+        "ratio p50: {:.2}x the raw round trip",
+        p(&one, 0.5).as_secs_f64() / p(&raw, 0.5).as_secs_f64()
+    );
+    println!("fogline invoke hello, 64 concurrent streams: {rate:.0} invocations/s");
+    row("full mTLS handshake", &hs);
+    row("resumed connection, first invocation", &resumed);
+    println!(
+        "16 MiB body streamed (upload to primes): p50 {:.1} ms = {:.0} MB/s",
+        p(&up_t, 0.5).as_secs_f64() * 1e3,
+        mb / p(&up_t, 0.5).as_secs_f64()
+    );
+    println!(
+        "16 MiB echoed (up and back via hello): p50 {:.1} ms = {:.0} MB/s each way",
+        p(&echo_t, 0.5).as_secs_f64() * 1e3,
+        mb / p(&echo_t, 0.5).as_secs_f64()
+    );
+}
+
+async fn measure<F, Fut>(n: usize, mut f: F) -> Vec<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for _ in 0..200 {
+        f().await;
+    }
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f().await;
+        v.push(t.elapsed());
+    }
+    v.sort();
+    v
+}
+
+fn p(v: &[Duration], q: f64) -> Duration {
+    v[((v.len() as f64 - 1.0) * q) as usize]
+}
+
+fn row(name: &str, v: &[Duration]) {
+    println!(
+        "{name:<44} p50 {:>8.1} µs   p99 {:>8.1} µs",
+        p(v, 0.5).as_secs_f64() * 1e6,
+        p(v, 0.99).as_secs_f64() * 1e6
+    );
+}
+
+/// A bare quinn server that echoes each stream, with the node's TLS and ALPN.
+async fn raw_echo_server(tls: &TlsDir) -> SocketAddr {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(
+        tls.server_config(fogline_core::wire::ALPN).expect("tls"),
+    )
+    .expect("quic tls");
+    let cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let ep = quinn::Endpoint::server(cfg, "127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let addr = ep.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Some(inc) = ep.accept().await {
+            tokio::spawn(async move {
+                let Ok(conn) = inc.await else { return };
+                while let Ok((mut s, mut r)) = conn.accept_bi().await {
+                    tokio::spawn(async move {
+                        if let Ok(data) = r.read_to_end(1 << 20).await {
+                            let _ = s.write_all(&data).await;
+                            let _ = s.finish();
+                        }
+                    });
+                }
+            });
+        }
+    });
+    addr
+}
