@@ -561,7 +561,7 @@ async fn payload_limit_and_token_for_invoke_come_from_the_config() {
     let cfg = dir.path().join("node.toml");
     std::fs::write(
         &cfg,
-        "version = 1\n[http]\nmax_body = \"2Ki\"\ninvoke_requires_token = true\n[wasm]\ninstances = 8\npooling = \"off\"\n",
+        "version = 1\n[http]\nmax_body = \"2Ki\"\ninvoke_requires_token = true\n[wasm]\ninstances = 8\npooling = \"off\"\nmax_output = \"1Mi\"\n",
     )
     .unwrap();
     let node = NodeProc::node(dir.path(), &cfg);

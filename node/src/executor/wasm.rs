@@ -503,3 +503,92 @@ fn root(e: &wasmtime::Error) -> String {
         _ => parts.join(": "),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fogline_core::units::ByteSize;
+
+    struct Src(Bytes);
+    impl ModuleSource for Src {
+        fn module(&self, _: &Digest) -> Option<Bytes> {
+            Some(self.0.clone())
+        }
+    }
+
+    fn hello() -> Bytes {
+        Bytes::from(
+            std::fs::read(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../examples/hello/hello.wasm"
+            ))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_pool_too_large_for_the_address_space_falls_back_to_on_demand() {
+        // 100,000 slots of 4 GiB cannot be reserved in a 47-bit address space.
+        let cfg = WasmSection {
+            instances: 100_000,
+            max_memory: ByteSize(4 << 30),
+            ..WasmSection::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let exec = WasmExecutor::new(&cfg, dir.path().to_path_buf()).unwrap();
+        assert!(!exec.pooled());
+        let wasm = hello();
+        let m = FunctionManifest::wasm("hello", Digest::of(&wasm));
+        exec.prepare_blocking(&m, Some(wasm.clone())).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        let out = exec
+            .invoke_blocking(
+                &m,
+                Invocation {
+                    body: Bytes::from_static(b"board"),
+                },
+                &Src(wasm),
+            )
+            .unwrap();
+        assert_eq!(&out.stdout[..], b"hello, board");
+
+        let strict = WasmSection {
+            pooling: Pooling::On,
+            ..cfg
+        };
+        let e = WasmExecutor::new(&strict, dir.path().to_path_buf())
+            .err()
+            .expect("pooling=on must fail here");
+        assert!(e.to_string().contains("Wasm engine"), "{e}");
+    }
+
+    #[test]
+    fn the_compiled_artifact_is_cached_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let wasm = hello();
+        let m = FunctionManifest::wasm("hello", Digest::of(&wasm));
+        let cfg = WasmSection {
+            instances: 4,
+            ..WasmSection::default()
+        };
+        let first = WasmExecutor::new(&cfg, dir.path().to_path_buf()).unwrap();
+        assert!(
+            first
+                .prepare_blocking(&m, Some(wasm.clone()))
+                .unwrap()
+                .is_some(),
+            "compiled"
+        );
+        drop(first);
+        // A new executor (a restart) loads the artifact instead of compiling: no bytes needed.
+        let second = WasmExecutor::new(&cfg, dir.path().to_path_buf()).unwrap();
+        assert!(
+            second.prepare_blocking(&m, None).unwrap().is_none(),
+            "loaded from the cache"
+        );
+    }
+}
