@@ -24,7 +24,7 @@ for _ in $(seq 1 100); do grep -q "gateway listening" "$work/out" 2>/dev/null &&
 url=$(sed -n 's/^gateway listening on //p' "$work/out" | head -1)
 sleep 2
 rss_idle=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
-"$bin" --gateway "$url" --token "$(cat "$work/.fogline/admin.token")" deploy hello --wasm "$root/examples/hello/hello.wasm" >/dev/null 2>&1
+"$bin" --gateway "$url" --token "$(cat "$work/.fogline/admin.token")" deploy hello --max-concurrency 256 --wasm "$root/examples/hello/hello.wasm" >/dev/null 2>&1
 
 payload=$(head -c 1024 /dev/zero | tr '\0' 'x')
 cat >"$work/post.lua" <<LUA

@@ -520,3 +520,50 @@ pub async fn status(common: &Common) -> anyhow::Result<()> {
     println!("data        {}", s.data_dir);
     Ok(())
 }
+
+#[derive(Args)]
+pub struct MeshArgs {
+    /// Print the JSON of GET /v1/mesh instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn mesh(common: &Common, a: MeshArgs) -> anyhow::Result<()> {
+    let gw = Gateway::new(common)?;
+    let resp = check(gw.send(gw.http.get(gw.url("/v1/mesh"))).await?).await?;
+    let v: serde_json::Value = resp.json().await.context("reading the mesh view")?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let rows: Vec<fogline_node::mesh::MemberRow> =
+        serde_json::from_value(v["members"].clone()).context("reading the mesh view")?;
+    println!(
+        "{:<16} {:<7} {:<10} {:<22} {:>6} {:>8} {:<8} {:>7}  WARM",
+        "ID", "TIER", "SITE", "ADDRESS", "LOAD", "RTT", "STATE", "AGE"
+    );
+    for r in rows {
+        let rtt = r
+            .rtt_ms
+            .map(|v| format!("{v:.2}ms"))
+            .unwrap_or_else(|| "-".into());
+        let id = if r.this {
+            format!("{}*", r.id)
+        } else {
+            r.id.clone()
+        };
+        println!(
+            "{:<16} {:<7} {:<10} {:<22} {:>6.2} {:>8} {:<8} {:>6.1}s  {}",
+            id,
+            r.tier,
+            r.site,
+            r.address,
+            r.load,
+            rtt,
+            r.state,
+            r.age_ms as f64 / 1000.0,
+            r.warm.join(",")
+        );
+    }
+    Ok(())
+}

@@ -48,6 +48,8 @@ enum Command {
     Logs(client::LogsArgs),
     /// Show the node's status.
     Status,
+    /// Show the gossip mesh as the node sees it: one line per member.
+    Mesh(client::MeshArgs),
 }
 
 #[derive(Args)]
@@ -77,6 +79,15 @@ struct NodeArgs {
     /// Overrides `quic.tls_dir`: a folder made by `fogline certs issue`.
     #[arg(long)]
     tls_dir: Option<PathBuf>,
+    /// Overrides `mesh.listen` (turns the gossip mesh on), e.g. /ip4/0.0.0.0/tcp/7001.
+    #[arg(long)]
+    mesh: Option<String>,
+    /// A mesh member to join through: /ip4/…/tcp/…/p2p/<peer-id> (repeatable).
+    #[arg(long)]
+    join: Vec<String>,
+    /// Overrides `mesh.site`.
+    #[arg(long)]
+    site: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -125,6 +136,20 @@ impl NodeArgs {
         }
         if let Some(t) = self.tls_dir {
             cfg.quic.tls_dir = Some(t);
+        }
+        if let Some(m) = self.mesh {
+            cfg.mesh.listen = Some(m);
+        }
+        if let Some(s) = self.site {
+            cfg.mesh.site = s;
+        }
+        if !self.join.is_empty() && cfg.mesh.listen.is_none() {
+            anyhow::bail!(
+                "--join needs the mesh on: set mesh.listen or pass --mesh /ip4/0.0.0.0/tcp/PORT"
+            );
+        }
+        if cfg.mesh.listen.is_some() && cfg.mesh.key_file.is_none() && cfg.quic.tls_dir.is_none() {
+            anyhow::bail!("the mesh needs the cluster key: pass --tls-dir DIR (holding mesh.key) or set mesh.key_file");
         }
         if let Some(t) = tier {
             cfg.node.tier = t;
@@ -186,12 +211,21 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Up(a) => {
                 let cfg = fogline_core::config::NodeConfig::local(a.data_dir, a.http);
-                serve::node(cfg).await
+                serve::node(cfg, &[]).await
             }
-            Command::Node(a) => serve::node(a.into_config(None)?).await,
+            Command::Node(a) => {
+                let join = a.join.clone();
+                serve::node(a.into_config(None)?, &join).await
+            }
             Command::Bridge(a) => {
-                serve::node(a.into_config(Some(fogline_core::config::Tier::Cloud))?).await
+                let join = a.join.clone();
+                serve::node(
+                    a.into_config(Some(fogline_core::config::Tier::Cloud))?,
+                    &join,
+                )
+                .await
             }
+            Command::Mesh(a) => client::mesh(&cli.client, a).await,
             Command::Certs(c) => certs(c),
             Command::Deploy(a) => client::deploy(&cli.client, a).await,
             Command::Invoke(a) => client::invoke(&cli.client, a).await,

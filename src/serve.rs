@@ -12,16 +12,19 @@ pub fn load_node_config(path: &Path) -> anyhow::Result<NodeConfig> {
     Ok(NodeConfig::from_toml(&path.display().to_string(), &text)?)
 }
 
-pub async fn node(cfg: NodeConfig) -> anyhow::Result<()> {
+pub async fn node(cfg: NodeConfig, join: &[String]) -> anyhow::Result<()> {
     init_tracing();
     let data_dir = cfg.node.data_dir.clone();
-    let running = fogline_node::bind(cfg).await?;
+    let running = fogline_node::bind_with(cfg, join).await?;
     {
         // The first line is the contract scripts rely on: where the gateway listens.
         let mut out = std::io::stdout().lock();
         writeln!(out, "gateway listening on http://{}", running.addr)?;
         if let Some(q) = running.quic_addr {
             writeln!(out, "quic listening on {q}")?;
+        }
+        if let Some(m) = running.node.mesh.get() {
+            writeln!(out, "mesh listening on {}", m.address)?;
         }
         if let Some(token) = &running.new_token {
             writeln!(

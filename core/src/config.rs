@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::manifest::ManifestLimits;
 use crate::units::{duration_str, ByteSize};
@@ -29,6 +29,30 @@ pub struct NodeConfig {
     pub async_calls: AsyncSection,
     #[serde(default)]
     pub quic: QuicSection,
+    #[serde(default)]
+    pub mesh: MeshSection,
+}
+
+/// The gossip mesh (libp2p): membership, load and latency of every member.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MeshSection {
+    /// Multiaddr to listen on, e.g. `/ip4/0.0.0.0/tcp/7001`; absent: the mesh is off.
+    pub listen: Option<String>,
+    /// Known members to join through (`/ip4/…/tcp/…/p2p/<peer-id>`); more come from `--join`.
+    #[serde(default)]
+    pub join: Vec<String>,
+    /// Name of this member's site (a building, a cell, a region).
+    #[serde(default = "default_site")]
+    pub site: String,
+    /// Find members on the local network without `join` (mDNS).
+    #[serde(default = "default_true")]
+    pub mdns: bool,
+    /// How often load reports are sent (also at once on a large change).
+    #[serde(default = "default_interval", with = "duration_str")]
+    pub interval: Duration,
+    /// The cluster's private-network key (default: `mesh.key` in `quic.tls_dir`).
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -53,7 +77,7 @@ pub struct QuicSection {
 }
 
 /// Where a peer sits in the continuum.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Tier {
     Device,
@@ -193,6 +217,7 @@ impl NodeConfig {
             wasm: WasmSection::default(),
             async_calls: AsyncSection::default(),
             quic: QuicSection::default(),
+            mesh: MeshSection::default(),
         }
     }
 
@@ -238,6 +263,16 @@ impl NodeConfig {
                 "QUIC needs certificates: set quic.tls_dir (made by `fogline certs issue`)".into(),
             ));
         }
+        if self.mesh.listen.is_some() && self.mesh.key_file.is_none() && self.quic.tls_dir.is_none()
+        {
+            return Err(invalid(
+                "mesh.key_file",
+                "the mesh needs the cluster key: set mesh.key_file, or quic.tls_dir holding mesh.key".into(),
+            ));
+        }
+        if self.mesh.interval < Duration::from_millis(50) {
+            return Err(invalid("mesh.interval", "must be at least 50ms".into()));
+        }
         if self.quic.max_streams == 0 || self.quic.max_streams > 100_000 {
             return Err(invalid(
                 "quic.max_streams",
@@ -274,6 +309,18 @@ impl Default for NodeSection {
             id: None,
             data_dir: default_data_dir(),
             tier: Tier::Edge,
+        }
+    }
+}
+impl Default for MeshSection {
+    fn default() -> Self {
+        MeshSection {
+            listen: None,
+            join: Vec::new(),
+            site: default_site(),
+            mdns: true,
+            interval: default_interval(),
+            key_file: None,
         }
     }
 }
@@ -353,6 +400,15 @@ fn default_async_workers() -> u32 {
 }
 fn default_async_queue() -> u64 {
     100_000
+}
+fn default_site() -> String {
+    "default".to_string()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(1)
 }
 fn default_max_streams() -> u32 {
     256

@@ -7,6 +7,7 @@
 //! - [`openfaas`]: the OpenFaaS gateway's JSON shapes and their mapping onto manifests.
 //! - [`stack`]: stack files, which describe several functions for one `fogline deploy`.
 //! - [`config`]: the node agent's config file, strict and versioned.
+//! - [`mesh`]: gossiped load reports and the merged cluster view (membership, liveness).
 //! - [`wire`]: the tier-to-tier frame protocol (QUIC streams), pure encode/decode.
 //!
 //! Drivers (`fogline-node`, `fogline-router`, …) move bytes and time into these types.
@@ -14,6 +15,7 @@
 pub mod config;
 pub mod digest;
 pub mod manifest;
+pub mod mesh;
 pub mod openfaas;
 pub mod stack;
 pub mod units;

@@ -39,7 +39,7 @@ pub const HEADER: usize = 8;
 /// Largest payload of one frame.
 pub const MAX_PAYLOAD: usize = 1 << 20;
 /// Size of the `Data` chunks bodies are cut into.
-pub const CHUNK: usize = 256 * 1024;
+pub const CHUNK: usize = 512 * 1024;
 /// ALPN protocol id for QUIC.
 pub const ALPN: &[u8] = b"fogline/1";
 

@@ -3,7 +3,8 @@
 //! `cargo bench -p fogline-node --bench wasm` (release). Prints, for the `hello` example with a
 //! 1 KiB body:
 //! - limit: raw wasmtime — `InstancePre::instantiate` of the same module into a fresh store
-//!   from the same pooling allocator, with an empty WASI context, then drop;
+//!   from an engine with the node's exact settings (`engine_config`), with an empty WASI
+//!   context, then drop;
 //! - fogline: `WasmExecutor::invoke_blocking` — slot, fresh store with stdin/stdout/stderr
 //!   pipes, limits and deadline, instantiate, run `_start`, collect output, drop.
 
@@ -15,9 +16,7 @@ use fogline_core::config::WasmSection;
 use fogline_core::{Digest, FunctionManifest};
 use fogline_node::executor::wasm::WasmExecutor;
 use fogline_node::executor::{Invocation, ModuleSource};
-use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, Linker, Module, PoolingAllocationConfig, Store,
-};
+use wasmtime::{Engine, Linker, Module, Store};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::WasiCtxBuilder;
 
@@ -37,16 +36,10 @@ fn main() {
     let cfg = WasmSection::default();
 
     // Limit: raw wasmtime with the same pooling settings the node uses.
-    let mut config = Config::new();
-    config.epoch_interruption(true);
-    let mut pool = PoolingAllocationConfig::new();
-    pool.total_core_instances(cfg.instances)
-        .total_memories(cfg.instances)
-        .total_tables(cfg.instances)
-        .total_stacks(cfg.instances)
-        .total_component_instances(0)
-        .max_memory_size(cfg.max_memory.bytes() as usize);
-    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    let config = fogline_node::executor::wasm::engine_config(Some((
+        cfg.instances,
+        cfg.max_memory.bytes() as usize,
+    )));
     let engine = Engine::new(&config).expect("engine");
     let module = Module::new(&engine, &wasm).expect("module");
     let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);

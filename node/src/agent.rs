@@ -44,6 +44,10 @@ pub struct Node {
     pub peers: std::sync::OnceLock<Arc<crate::quic::Client>>,
     /// QUIC streams being served now.
     pub quic_streams: AtomicU32,
+    /// The gossip mesh, when it is on.
+    pub mesh: std::sync::OnceLock<Arc<crate::mesh::Mesh>>,
+    /// Where other tiers reach this node (set once the listeners are bound).
+    pub addresses: std::sync::OnceLock<(Option<std::net::SocketAddr>, std::net::SocketAddr)>,
 }
 
 /// Why a deploy was refused.
@@ -158,6 +162,8 @@ impl Node {
                 .map_err(|e| anyhow::anyhow!("http client: {e}"))?,
             peers: std::sync::OnceLock::new(),
             quic_streams: AtomicU32::new(0),
+            mesh: std::sync::OnceLock::new(),
+            addresses: std::sync::OnceLock::new(),
             config,
         };
         if !pending.is_empty() {
@@ -213,6 +219,46 @@ impl Node {
     /// A module's bytes, for peers that fetch it by hash.
     pub fn module(&self, d: &Digest) -> Option<Bytes> {
         self.store.module(d).ok().flatten()
+    }
+
+    /// This member's load report for the gossip mesh.
+    pub fn load_report(
+        &self,
+        peer: &str,
+        mesh: &str,
+        site: &str,
+        seq: u64,
+    ) -> fogline_core::mesh::LoadReport {
+        let g = self.gauges();
+        let warm = self
+            .list()
+            .iter()
+            .filter(|f| f.manifest.module.is_some_and(|d| self.wasm.is_loaded(&d)))
+            .map(|f| f.manifest.name.clone())
+            .collect();
+        let (quic, http) = match self.addresses.get() {
+            Some((q, h)) => (q.map(|a| a.to_string()), Some(h.to_string())),
+            None => (None, None),
+        };
+        fogline_core::mesh::LoadReport {
+            node: self.id.clone(),
+            peer: peer.to_string(),
+            tier: self.config.node.tier,
+            site: site.to_string(),
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
+            memory_bytes: total_memory(),
+            runtimes: vec![Runtime::Wasm],
+            in_flight: g.instances_in_use,
+            queued: g.async_queued as u32,
+            service_ms: self.metrics.service_times(),
+            warm,
+            quic,
+            http,
+            mesh: Some(mesh.to_string()),
+            seq,
+        }
     }
 
     /// What this agent can take on, as reported to other tiers.
@@ -351,6 +397,7 @@ impl Node {
         metrics.latency.observe(t0.elapsed());
         match &result {
             Ok(out) => {
+                metrics.observe_service(out.startup + out.run);
                 if out.cold {
                     metrics.cold_start.observe(out.startup);
                 } else {

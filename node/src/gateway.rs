@@ -12,6 +12,7 @@
 //! | `PUT /v1/modules` | upload a module, get its digest (token) |
 //! | `GET /v1/calls/{id}` | an async call's result |
 //! | `GET /v1/status` | node status |
+//! | `GET /v1/mesh` | the gossip mesh as this node sees it |
 
 // Helpers return a ready `Response` as their error: it goes straight back to axum, so boxing
 // it would only add an allocation on the error path.
@@ -60,6 +61,7 @@ pub fn router(node: Shared) -> Router {
         .route("/v1/modules", put(upload_module))
         .route("/v1/calls/{id}", get(call_result))
         .route("/v1/status", get(status))
+        .route("/v1/mesh", get(mesh_view))
         .fallback(fallback)
         // Bodies are read with explicit limits in each handler.
         .layer(DefaultBodyLimit::disable())
@@ -596,6 +598,17 @@ async fn metrics(State(node): State<Shared>) -> Response {
 
 async fn status(State(node): State<Shared>) -> Response {
     axum::Json(node.status()).into_response()
+}
+
+async fn mesh_view(State(node): State<Shared>) -> Response {
+    match node.mesh.get() {
+        Some(m) => axum::Json(serde_json::json!({ "self": m.address, "members": m.rows() }))
+            .into_response(),
+        None => text(
+            StatusCode::NOT_FOUND,
+            "the mesh is off on this node (set mesh.listen)",
+        ),
+    }
 }
 
 async fn fallback(method: Method, uri: Uri) -> Response {

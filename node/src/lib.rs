@@ -13,6 +13,7 @@ pub mod agent;
 pub mod executor;
 pub mod gateway;
 pub mod logs;
+pub mod mesh;
 pub mod metrics;
 pub mod quic;
 pub mod store;
@@ -39,6 +40,11 @@ pub struct Running {
 
 /// Opens the node and binds its gateway; call [`Running::serve`] to start serving.
 pub async fn bind(config: NodeConfig) -> anyhow::Result<Running> {
+    bind_with(config, &[]).await
+}
+
+/// [`bind`], joining the mesh through `join` as well as the config's members.
+pub async fn bind_with(config: NodeConfig, join: &[String]) -> anyhow::Result<Running> {
     let listen = config.http.listen;
     let opened = Node::open(config).await?;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -71,6 +77,11 @@ pub async fn bind(config: NodeConfig) -> anyhow::Result<Running> {
         _ => None,
     };
     let quic_addr = quic.as_ref().map(|e| e.local_addr()).transpose()?;
+    let _ = node.addresses.set((quic_addr, addr));
+    if node.config.mesh.listen.is_some() {
+        let mesh = mesh::start(node.clone(), join).await?;
+        let _ = node.mesh.set(mesh);
+    }
     Ok(Running {
         addr,
         quic_addr,

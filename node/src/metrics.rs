@@ -55,9 +55,32 @@ pub struct FunctionMetrics {
     pub cold_start: Histogram,
     pub warm_start: Histogram,
     codes: Mutex<BTreeMap<u16, u64>>,
+    /// Smoothed recent service time, microseconds (EWMA, weight 1/8).
+    ewma_us: AtomicU64,
 }
 
 impl FunctionMetrics {
+    pub fn observe_service(&self, d: Duration) {
+        let sample = d.as_micros() as u64;
+        let _ = self
+            .ewma_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == 0 {
+                    sample.max(1)
+                } else {
+                    old - old / 8 + sample / 8
+                })
+            });
+    }
+
+    /// Recent service time in milliseconds, if the function has run.
+    pub fn service_ms(&self) -> Option<f32> {
+        match self.ewma_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(us as f32 / 1000.0),
+        }
+    }
+
     pub fn count(&self, code: u16) {
         *self
             .codes
@@ -108,6 +131,14 @@ impl Metrics {
             .entry(name.to_string())
             .or_default()
             .clone()
+    }
+
+    /// Recent service time of every function that has run, in milliseconds.
+    pub fn service_times(&self) -> Vec<(String, f32)> {
+        let fns = self.functions.read().unwrap_or_else(|p| p.into_inner());
+        fns.iter()
+            .filter_map(|(k, m)| m.service_ms().map(|v| (k.clone(), v)))
+            .collect()
     }
 
     pub fn remove(&self, name: &str) {

@@ -296,8 +296,7 @@ async fn handle_stream(
                 node: node.id.clone(),
                 body_len: out.stdout.len() as u64,
             };
-            write_frame(send, &Frame::Result(res)).await?;
-            write_body(send, &out.stdout).await
+            write_frames(send, Some(&Frame::Result(res)), &out.stdout).await
         }
         Err(e) => {
             let retryable = matches!(e, InvokeError::Busy { .. } | InvokeError::QueueFull(_))
@@ -435,30 +434,35 @@ impl FrameReader {
         Ok(Bytes::from(got))
     }
 
-    /// `Data` frames up to `max` bytes in all, until `End`.
+    /// `Data` frames up to `max` bytes in all, until `End`, read straight into one buffer.
     async fn body_until_end(&mut self, max: u64) -> Result<Vec<u8>, QuicError> {
         let mut out = Vec::new();
         loop {
-            match self.next().await? {
-                Frame::Data(d) => {
-                    if (out.len() + d.len()) as u64 > max {
+            let mut h = [0u8; wire::HEADER];
+            self.exact(&mut h).await?;
+            let (kind, len) = wire::parse_header(&h)?;
+            match kind {
+                wire::Kind::Data => {
+                    if (out.len() + len) as u64 > max {
                         return Err(WireError::Malformed {
-                            kind: wire::Kind::Data,
+                            kind,
                             problem: format!("more than the {max} bytes allowed"),
                         }
                         .into());
                     }
-                    if out.is_empty() {
-                        out = d;
-                    } else {
-                        out.extend_from_slice(&d);
-                    }
+                    let start = out.len();
+                    out.resize(start + len, 0);
+                    self.exact(&mut out[start..]).await?;
                 }
-                Frame::End => return Ok(out),
+                wire::Kind::End => {
+                    let mut payload = vec![0u8; len];
+                    self.exact(&mut payload).await?;
+                    wire::decode_payload(kind, &payload)?;
+                    return Ok(out);
+                }
                 other => {
                     return Err(QuicError::Unexpected(format!(
-                        "expected Data or End, got {}",
-                        name(&other)
+                        "expected Data or End, got {other:?}"
                     )))
                 }
             }
@@ -476,7 +480,22 @@ pub async fn write_frame(send: &mut SendStream, f: &Frame) -> Result<(), QuicErr
 
 /// Writes a body as `Data` chunks then `End`, without copying it.
 pub async fn write_body(send: &mut SendStream, body: &Bytes) -> Result<(), QuicError> {
-    let mut chunks = Vec::with_capacity(2 * body.len().div_ceil(wire::CHUNK) + 1);
+    write_frames(send, None, body).await
+}
+
+/// Writes an optional control frame, then a body as `Data` chunks and `End`, in one call so
+/// a small message leaves in as few packets as possible and the body is never copied.
+pub async fn write_frames(
+    send: &mut SendStream,
+    head: Option<&Frame>,
+    body: &Bytes,
+) -> Result<(), QuicError> {
+    let mut chunks = Vec::with_capacity(2 * body.len().div_ceil(wire::CHUNK) + 2);
+    if let Some(f) = head {
+        let mut b = Vec::with_capacity(128);
+        wire::encode(f, &mut b);
+        chunks.push(Bytes::from(b));
+    }
     let mut off = 0;
     while off < body.len() {
         let end = (off + wire::CHUNK).min(body.len());
@@ -595,11 +614,7 @@ impl Client {
         };
         // A peer that refuses the stream stops reading it and answers at once; its answer
         // says more than our failed write, so read it before giving up.
-        let written = async {
-            write_frame(&mut send, &Frame::Invoke(inv)).await?;
-            write_body(&mut send, &req.body).await
-        }
-        .await;
+        let written = write_frames(&mut send, Some(&Frame::Invoke(inv)), &req.body).await;
         let mut r = FrameReader::new(recv, self.timeout);
         let mut sent_module = false;
         loop {

@@ -106,6 +106,14 @@ pub fn init_ca(dir: &Path) -> Result<PathBuf, TlsError> {
     write(&cert_path, cert.pem(), false)?;
     write(&dir.join("ca.key"), key.serialize_pem(), true)?;
     write(&dir.join("ca.name"), format!("{name}\n"), false)?;
+    // The mesh's private-network key: only holders can even open a libp2p connection.
+    let mut psk = [0u8; 32];
+    getrandom::fill(&mut psk).map_err(|e| TlsError::Invalid(format!("no randomness: {e}")))?;
+    write(
+        &dir.join("mesh.key"),
+        format!("/key/swarm/psk/1.0.0/\n/base16/\n{}\n", hex::encode(psk)),
+        true,
+    )?;
     Ok(cert_path)
 }
 
@@ -134,7 +142,7 @@ pub enum Validity {
 }
 
 /// Issues a certificate for `name` with `role`, signed by the CA in `ca_dir`, into `out`
-/// (`cert.pem`, `key.pem`, `ca.pem`).
+/// (`cert.pem`, `key.pem`, `ca.pem`, and the mesh's `mesh.key`).
 pub fn issue(
     ca_dir: &Path,
     name: &str,
@@ -199,6 +207,10 @@ pub fn issue(
     write(&out.join("cert.pem"), cert.pem(), false)?;
     write(&out.join("key.pem"), key.serialize_pem(), true)?;
     write(&out.join("ca.pem"), ca_pem, false)?;
+    let mesh_key = ca_dir.join("mesh.key");
+    if let Ok(k) = std::fs::read_to_string(&mesh_key) {
+        write(&out.join("mesh.key"), k, true)?;
+    }
     Ok(())
 }
 
@@ -291,9 +303,11 @@ impl TlsDir {
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.chain.clone(), self.key.clone_key())?;
         cfg.alpn_protocols = vec![alpn.to_vec()];
-        // 0-RTT: quinn requires the maximum here; replay safety is handled per invocation.
+        // 0-RTT: quinn requires the maximum here. Resumption stays stateful (the default
+        // in-memory session cache, single-use tickets), which is what lets rustls accept
+        // early data at all; the node also waits for the handshake to finish before it runs
+        // anything, so replayed early data never executes.
         cfg.max_early_data_size = u32::MAX;
-        cfg.ticketer = rustls::crypto::ring::Ticketer::new()?;
         Ok(cfg)
     }
 

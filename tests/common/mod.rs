@@ -79,6 +79,11 @@ impl NodeProc {
         Self::spawn(cmd, data, dir)
     }
 
+    /// Starts any prepared command that runs a node (e.g. inside a network namespace).
+    pub fn spawn_cmd(cmd: Command, data_dir: PathBuf, dir: &Path) -> Self {
+        Self::spawn(cmd, data_dir, dir)
+    }
+
     fn spawn(mut cmd: Command, data_dir: PathBuf, dir: &Path) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)

@@ -31,6 +31,9 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 use super::capture::Capture;
 use super::{ExecError, Executor, Invocation, ModuleSource, Output};
 
+/// Bytes of each pool slot's linear memory kept resident and reset by memset.
+const KEEP_RESIDENT: usize = 256 * 1024;
+
 /// How often the epoch advances; deadlines are precise to about this much.
 const TICK: Duration = Duration::from_millis(5);
 
@@ -146,6 +149,11 @@ impl WasmExecutor {
     /// Whether instances come from the pooling allocator.
     pub fn pooled(&self) -> bool {
         self.pooled
+    }
+
+    /// Whether a module is loaded (its next call starts warm).
+    pub fn is_loaded(&self, digest: &Digest) -> bool {
+        self.cached(digest).is_some()
     }
 
     /// Instances running now.
@@ -472,6 +480,14 @@ impl ModuleSource for Preloaded {
 }
 
 fn build_engine(pool: Option<(u32, usize)>) -> Result<Engine, ExecError> {
+    Engine::new(&engine_config(pool))
+        .map_err(|e| ExecError::Internal(format!("creating the Wasm engine: {}", root(&e))))
+}
+
+/// The engine settings the node runs with: `pool` is `(instances, max memory)` for the
+/// pooling allocator, `None` for on-demand allocation. Public so benchmarks measure raw
+/// wasmtime with exactly these settings.
+pub fn engine_config(pool: Option<(u32, usize)>) -> Config {
     let mut config = Config::new();
     config.epoch_interruption(true);
     if let Some((instances, max_memory)) = pool {
@@ -481,11 +497,17 @@ fn build_engine(pool: Option<(u32, usize)>) -> Result<Engine, ExecError> {
             .total_tables(instances)
             .total_stacks(instances)
             .total_component_instances(0)
-            .max_memory_size(max_memory);
+            .max_memory_size(max_memory)
+            // Reset the first pages of a slot with memset rather than madvise: madvise in a
+            // multi-threaded process sends TLB-shootdown IPIs to every core, which dominated
+            // CPU time under concurrent load. Bounded so an idle pool stays small.
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(64 * 1024)
+            // Batch the remaining decommits instead of one system call per instance.
+            .decommit_batch_size(16);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(p));
     }
-    Engine::new(&config)
-        .map_err(|e| ExecError::Internal(format!("creating the Wasm engine: {}", root(&e))))
+    config
 }
 
 fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
