@@ -60,6 +60,10 @@ pub enum QuicError {
     Stalled(Duration),
     #[error("stream failed: {0}")]
     Stream(String),
+    /// The peer refused our 0-RTT data (its session was not the one our ticket named); the
+    /// call never ran and is safe to send again.
+    #[error("0-RTT data rejected by the peer")]
+    ZeroRttRejected,
     #[error("unexpected frame: {0}")]
     Unexpected(String),
     /// The remote side answered with an error.
@@ -72,7 +76,10 @@ impl QuicError {
     pub fn retryable(&self) -> bool {
         match self {
             QuicError::Remote(m) => m.retryable,
-            QuicError::Connect { .. } | QuicError::Stalled(_) | QuicError::Stream(_) => true,
+            QuicError::Connect { .. }
+            | QuicError::Stalled(_)
+            | QuicError::Stream(_)
+            | QuicError::ZeroRttRejected => true,
             _ => false,
         }
     }
@@ -403,6 +410,9 @@ impl FrameReader {
             Ok(Err(quinn::ReadExactError::FinishedEarly(_))) => Err(QuicError::Stream(
                 "stream ended in the middle of a frame".into(),
             )),
+            Ok(Err(quinn::ReadExactError::ReadError(quinn::ReadError::ZeroRttRejected))) => {
+                Err(QuicError::ZeroRttRejected)
+            }
             Ok(Err(quinn::ReadExactError::ReadError(e))) => Err(QuicError::Stream(e.to_string())),
             Ok(Ok(())) => Ok(()),
         }
@@ -535,24 +545,42 @@ pub struct Reply {
 pub struct Client {
     endpoint: Endpoint,
     conns: Mutex<HashMap<SocketAddr, Connection>>,
+    /// One TLS config per peer: every peer answers to the same server name, so a shared
+    /// session cache would offer one peer's ticket to another (which then rejects the 0-RTT
+    /// data). Each peer gets its own small session cache.
+    configs: Mutex<HashMap<SocketAddr, quinn::ClientConfig>>,
+    base: Arc<rustls::ClientConfig>,
     timeout: Duration,
 }
 
 impl Client {
     pub fn new(tls: &TlsDir) -> Result<Self, QuicError> {
         let bind = SocketAddr::from(([0, 0, 0, 0], 0));
-        let mut endpoint =
+        let endpoint =
             Endpoint::client(bind).map_err(|source| QuicError::Bind { addr: bind, source })?;
-        let crypto = QuicClientConfig::try_from(tls.client_config(wire::ALPN)?)
-            .map_err(|e| TlsError::Invalid(format!("QUIC client config: {e}")))?;
-        let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-        cfg.transport_config(Arc::new(transport(1024, Duration::from_secs(30))));
-        endpoint.set_default_client_config(cfg);
         Ok(Client {
             endpoint,
             conns: Mutex::new(HashMap::new()),
+            configs: Mutex::new(HashMap::new()),
+            base: Arc::new(tls.client_config(wire::ALPN)?),
             timeout: Duration::from_secs(30),
         })
+    }
+
+    /// The TLS/transport config for one peer, with that peer's own session cache.
+    async fn config_for(&self, addr: SocketAddr) -> Result<quinn::ClientConfig, QuicError> {
+        let mut configs = self.configs.lock().await;
+        if let Some(c) = configs.get(&addr) {
+            return Ok(c.clone());
+        }
+        let mut tls = (*self.base).clone();
+        tls.resumption = rustls::client::Resumption::in_memory_sessions(4);
+        let crypto = QuicClientConfig::try_from(tls)
+            .map_err(|e| TlsError::Invalid(format!("QUIC client config: {e}")))?;
+        let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+        cfg.transport_config(Arc::new(transport(1024, Duration::from_secs(30))));
+        configs.insert(addr, cfg.clone());
+        Ok(cfg)
     }
 
     /// A live connection to `addr`, reusing one when it is still open. With `early`, a
@@ -564,13 +592,14 @@ impl Client {
                 return Ok(c.clone());
             }
         }
-        let connecting =
-            self.endpoint
-                .connect(addr, tls::PEER_NAME)
-                .map_err(|e| QuicError::Connect {
-                    addr,
-                    reason: e.to_string(),
-                })?;
+        let cfg = self.config_for(addr).await?;
+        let connecting = self
+            .endpoint
+            .connect_with(cfg, addr, tls::PEER_NAME)
+            .map_err(|e| QuicError::Connect {
+                addr,
+                reason: e.to_string(),
+            })?;
         let conn = if early {
             match connecting.into_0rtt() {
                 Ok((c, _accepted)) => c,
@@ -614,13 +643,17 @@ impl Client {
         };
         // A peer that refuses the stream stops reading it and answers at once; its answer
         // says more than our failed write, so read it before giving up.
-        let written = write_frames(&mut send, Some(&Frame::Invoke(inv)), &req.body).await;
+        let mut written = write_frames(&mut send, Some(&Frame::Invoke(inv)), &req.body).await;
         let mut r = FrameReader::new(recv, self.timeout);
         let mut sent_module = false;
         loop {
-            let frame = match (r.next().await, &written) {
+            let frame = match (r.next().await, std::mem::replace(&mut written, Ok(()))) {
                 (Ok(f), _) => f,
-                (Err(_), Err(w)) => return Err(QuicError::Stream(w.to_string())),
+                (Err(QuicError::ZeroRttRejected), _)
+                | (Err(_), Err(QuicError::ZeroRttRejected)) => {
+                    return Err(QuicError::ZeroRttRejected)
+                }
+                (Err(_), Err(w)) => return Err(w),
                 (Err(e), Ok(())) => return Err(e),
             };
             match frame {
@@ -677,10 +710,11 @@ impl Client {
 
     /// Measures the time of a full handshake to `addr` on a fresh endpoint-level connection.
     pub async fn handshake_time(&self, addr: SocketAddr) -> Result<Duration, QuicError> {
+        let cfg = self.config_for(addr).await?;
         let t = Instant::now();
         let c = self
             .endpoint
-            .connect(addr, tls::PEER_NAME)
+            .connect_with(cfg, addr, tls::PEER_NAME)
             .map_err(|e| QuicError::Connect {
                 addr,
                 reason: e.to_string(),
