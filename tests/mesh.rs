@@ -182,13 +182,14 @@ fn a_member_with_the_wrong_cluster_key_is_kept_out() {
     );
 }
 
-/// Two "sites" in their own network namespaces, joined by a veth pair.
-struct Sites;
+/// Two "sites" in their own network namespaces, joined by a veth pair (10.N.0.1 and 10.N.0.2).
+struct Sites {
+    a: String,
+    b: String,
+    net: u8,
+}
 
 impl Sites {
-    const A: &'static str = "fogline-test-a";
-    const B: &'static str = "fogline-test-b";
-
     fn ip(args: &[&str]) -> bool {
         Command::new("ip")
             .args(args)
@@ -197,43 +198,42 @@ impl Sites {
             .unwrap_or(false)
     }
 
-    fn create() -> Option<Sites> {
-        Self::destroy();
-        let ok = Self::ip(&["netns", "add", Self::A])
-            && Self::ip(&["netns", "add", Self::B])
-            && Self::ip(&[
-                "link", "add", "fgl-a", "type", "veth", "peer", "name", "fgl-b",
-            ])
-            && Self::ip(&["link", "set", "fgl-a", "netns", Self::A])
-            && Self::ip(&["link", "set", "fgl-b", "netns", Self::B])
-            && Self::ip(&[
-                "-n",
-                Self::A,
-                "addr",
-                "add",
-                "10.213.0.1/24",
-                "dev",
-                "fgl-a",
-            ])
-            && Self::ip(&[
-                "-n",
-                Self::B,
-                "addr",
-                "add",
-                "10.213.0.2/24",
-                "dev",
-                "fgl-b",
-            ])
-            && Self::ip(&["-n", Self::A, "link", "set", "fgl-a", "up"])
-            && Self::ip(&["-n", Self::B, "link", "set", "fgl-b", "up"])
-            && Self::ip(&["-n", Self::A, "link", "set", "lo", "up"])
-            && Self::ip(&["-n", Self::B, "link", "set", "lo", "up"]);
+    /// Creates the pair, or says why not: skipped with a message on a user's machine without
+    /// root, a failure under CI=true.
+    fn create(tag: &str, net: u8) -> Option<Sites> {
+        let s = Sites {
+            a: format!("fogline-{tag}-a"),
+            b: format!("fogline-{tag}-b"),
+            net,
+        };
+        s.destroy();
+        let (va, vb) = (format!("fgl{tag}a"), format!("fgl{tag}b"));
+        let (ipa, ipb) = (format!("{}/24", s.addr(1)), format!("{}/24", s.addr(2)));
+        let ok = Self::ip(&["netns", "add", &s.a])
+            && Self::ip(&["netns", "add", &s.b])
+            && Self::ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb])
+            && Self::ip(&["link", "set", &va, "netns", &s.a])
+            && Self::ip(&["link", "set", &vb, "netns", &s.b])
+            && Self::ip(&["-n", &s.a, "addr", "add", &ipa, "dev", &va])
+            && Self::ip(&["-n", &s.b, "addr", "add", &ipb, "dev", &vb])
+            && Self::ip(&["-n", &s.a, "link", "set", &va, "up", "multicast", "on"])
+            && Self::ip(&["-n", &s.b, "link", "set", &vb, "up", "multicast", "on"])
+            && Self::ip(&["-n", &s.a, "link", "set", "lo", "up"])
+            && Self::ip(&["-n", &s.b, "link", "set", "lo", "up"]);
         if ok {
-            Some(Sites)
-        } else {
-            Self::destroy();
-            None
+            return Some(s);
         }
+        s.destroy();
+        assert!(
+            std::env::var("CI").ok().as_deref() != Some("true"),
+            "CI must be able to create network namespaces (needs root and iproute2)"
+        );
+        eprintln!("SKIPPED: cannot create network namespaces here (needs root and iproute2)");
+        None
+    }
+
+    fn addr(&self, host: u8) -> String {
+        format!("10.{}.0.{host}", self.net)
     }
 
     /// Cuts the link both ways (blackhole routes keep each site's own traffic flowing).
@@ -241,31 +241,31 @@ impl Sites {
         let verb = if on { "add" } else { "del" };
         assert!(Self::ip(&[
             "-n",
-            Self::A,
+            &self.a,
             "route",
             verb,
             "blackhole",
-            "10.213.0.2/32"
+            &format!("{}/32", self.addr(2))
         ]));
         assert!(Self::ip(&[
             "-n",
-            Self::B,
+            &self.b,
             "route",
             verb,
             "blackhole",
-            "10.213.0.1/32"
+            &format!("{}/32", self.addr(1))
         ]));
     }
 
-    fn destroy() {
-        let _ = Command::new("ip").args(["netns", "del", Self::A]).output();
-        let _ = Command::new("ip").args(["netns", "del", Self::B]).output();
+    fn destroy(&self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.a]).output();
+        let _ = Command::new("ip").args(["netns", "del", &self.b]).output();
     }
 }
 
 impl Drop for Sites {
     fn drop(&mut self) {
-        Self::destroy();
+        self.destroy();
     }
 }
 
@@ -283,9 +283,14 @@ fn ns_member(
     name: &str,
     ip: &str,
     join: Option<&str>,
+    mdns: bool,
 ) -> NodeProc {
     let cfg = dir.join(format!("{name}.toml"));
-    std::fs::write(&cfg, format!("version = 1\n[node]\nid = \"{name}\"\n[mesh]\nmdns = false\ninterval = \"500ms\"\nsite = \"{ns}\"\n")).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("version = 1\n[node]\nid = \"{name}\"\n[mesh]\nmdns = {mdns}\ninterval = \"500ms\"\nsite = \"{ns}\"\n"),
+    )
+    .unwrap();
     let tls = issue(pki, name);
     let data = dir.join(name);
     let mut cmd = in_ns(ns);
@@ -329,34 +334,26 @@ fn ns_view(ns: &str, n: &NodeProc) -> Vec<(String, String)> {
 
 #[test]
 fn a_partition_between_two_sites_is_survived_and_heals() {
-    let Some(sites) = Sites::create() else {
-        assert!(
-            std::env::var("CI").ok().as_deref() != Some("true"),
-            "CI must be able to create network namespaces (needs root and iproute2)"
-        );
-        eprintln!("SKIPPED a_partition_between_two_sites_is_survived_and_heals: cannot create network namespaces here (needs root and iproute2)");
+    let Some(sites) = Sites::create("p", 213) else {
         return;
     };
+    let (sa, sb) = (sites.a.as_str(), sites.b.as_str());
+    let (ipa, ipb) = (sites.addr(1), sites.addr(2));
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(dir.path());
-    let a1 = ns_member(dir.path(), &pki, Sites::A, "a1", "10.213.0.1", None);
+    let a1 = ns_member(dir.path(), &pki, sa, "a1", &ipa, None, false);
     let join = {
-        let out = in_ns(Sites::A)
+        let out = in_ns(sa)
             .args(["--gateway", &a1.url, "mesh", "--json"])
             .output()
             .unwrap();
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         v["self"].as_str().unwrap().to_string()
     };
-    let a2 = ns_member(dir.path(), &pki, Sites::A, "a2", "10.213.0.1", Some(&join));
-    let b1 = ns_member(dir.path(), &pki, Sites::B, "b1", "10.213.0.2", Some(&join));
-    let b2 = ns_member(dir.path(), &pki, Sites::B, "b2", "10.213.0.2", Some(&join));
-    let all = [
-        (Sites::A, &a1),
-        (Sites::A, &a2),
-        (Sites::B, &b1),
-        (Sites::B, &b2),
-    ];
+    let a2 = ns_member(dir.path(), &pki, sa, "a2", &ipa, Some(&join), false);
+    let b1 = ns_member(dir.path(), &pki, sb, "b1", &ipb, Some(&join), false);
+    let b2 = ns_member(dir.path(), &pki, sb, "b2", &ipb, Some(&join), false);
+    let all = [(sa, &a1), (sa, &a2), (sb, &b1), (sb, &b2)];
     let alive = |ns: &str, n: &NodeProc, who: &[&str]| {
         let v = ns_view(ns, n);
         who.iter()
@@ -374,7 +371,7 @@ fn a_partition_between_two_sites_is_survived_and_heals() {
         || {
             all.iter().all(|(ns, n)| {
                 let v = ns_view(ns, n);
-                let (mine, theirs) = if *ns == Sites::A {
+                let (mine, theirs) = if *ns == sa {
                     (["a1", "a2"], ["b1", "b2"])
                 } else {
                     (["b1", "b2"], ["a1", "a2"])
@@ -388,7 +385,7 @@ fn a_partition_between_two_sites_is_survived_and_heals() {
         },
     );
     // Each site keeps serving its own invocations.
-    for (ns, n) in [(Sites::A, &a2), (Sites::B, &b1)] {
+    for (ns, n) in [(sa, &a2), (sb, &b1)] {
         run_ok(
             in_ns(ns)
                 .args([
@@ -414,4 +411,24 @@ fn a_partition_between_two_sites_is_survived_and_heals() {
             .all(|(ns, n)| alive(ns, n, &["a1", "a2", "b1", "b2"]))
     });
     eprintln!("reconverged {took:?} after the cut healed");
+}
+
+#[test]
+fn members_on_one_lan_find_each_other_without_join() {
+    let Some(lan) = Sites::create("l", 214) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let x = ns_member(dir.path(), &pki, &lan.a, "x", &lan.addr(1), None, true);
+    let y = ns_member(dir.path(), &pki, &lan.b, "y", &lan.addr(2), None, true);
+    let took = wait_until("x and y find each other by mDNS", 30, || {
+        let both = [
+            ("x".to_string(), "alive".to_string()),
+            ("y".to_string(), "alive".to_string()),
+        ];
+        both.iter().all(|m| ns_view(&lan.a, &x).contains(m))
+            && both.iter().all(|m| ns_view(&lan.b, &y).contains(m))
+    });
+    eprintln!("found each other by mDNS in {took:?}");
 }
