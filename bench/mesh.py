@@ -86,8 +86,8 @@ def main():
                 converge = time.monotonic() - t0
                 break
             if time.monotonic() - t0 > 120:
-                sys.exit(f"no convergence in 120 s: view sizes {[len(v) for v in vs]}")
-            time.sleep(0.05)
+                sys.exit(f"no convergence in 120 s: alive per view {[sum(m['state'] == 'alive' for m in v) for v in vs]}")
+            time.sleep(0.2)
 
         time.sleep(3)
         before = {m["name"]: io_bytes(m["proc"].pid) for m in members}
@@ -100,7 +100,7 @@ def main():
         subprocess.run([BIN, "--gateway", m1["url"], "--token", m1["token"], "deploy", "spin", "--timeout", "1500ms",
                         "--wasm", wasm], check=True, capture_output=True)
         delays = []
-        for _ in range(15):
+        for _ in range(10):
             t = time.monotonic()
             calls = [threading.Thread(target=lambda: subprocess.run(["curl", "-s", "-o", "/dev/null", "-X", "POST",
                      m1["url"] + "/function/spin"])) for _ in range(2)]

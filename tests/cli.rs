@@ -203,7 +203,17 @@ fn sigterm_stops_the_node_cleanly_and_state_survives() {
             .args(["deploy", "hello", "--wasm"])
             .arg(example("hello/hello.wasm")),
     );
+    // A client stuck half-way through a request must not keep the node from stopping.
+    let mut stuck = std::net::TcpStream::connect(node.url.trim_start_matches("http://")).unwrap();
+    std::io::Write::write_all(&mut stuck, b"POST /function/hello HTTP/1.1\r\nHost: x\r\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let t = std::time::Instant::now();
     assert!(node.terminate().success());
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(15),
+        "stopping took {:?}",
+        t.elapsed()
+    );
     let node = NodeProc::up(dir.path());
     // Same token, same functions; the first call loads the cached compiled module.
     assert_eq!(

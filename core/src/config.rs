@@ -417,7 +417,7 @@ fn default_stream_timeout() -> Duration {
     Duration::from_secs(10)
 }
 fn default_idle_timeout() -> Duration {
-    Duration::from_secs(30)
+    Duration::from_secs(10)
 }
 fn default_reload() -> Duration {
     Duration::from_secs(5)

@@ -46,6 +46,9 @@ pub struct Node {
     pub quic_streams: AtomicU32,
     /// The gossip mesh, when it is on.
     pub mesh: std::sync::OnceLock<Arc<crate::mesh::Mesh>>,
+    /// The machine's size, read once at start.
+    pub cores: u32,
+    pub memory_bytes: u64,
     /// Where other tiers reach this node (set once the listeners are bound).
     pub addresses: std::sync::OnceLock<(Option<std::net::SocketAddr>, std::net::SocketAddr)>,
 }
@@ -164,6 +167,10 @@ impl Node {
             quic_streams: AtomicU32::new(0),
             mesh: std::sync::OnceLock::new(),
             addresses: std::sync::OnceLock::new(),
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
+            memory_bytes: total_memory(),
             config,
         };
         if !pending.is_empty() {
@@ -245,10 +252,8 @@ impl Node {
             peer: peer.to_string(),
             tier: self.config.node.tier,
             site: site.to_string(),
-            cores: std::thread::available_parallelism()
-                .map(|n| n.get() as u32)
-                .unwrap_or(1),
-            memory_bytes: total_memory(),
+            cores: self.cores,
+            memory_bytes: self.memory_bytes,
             runtimes: vec![Runtime::Wasm],
             in_flight: g.instances_in_use,
             queued: g.async_queued as u32,
@@ -267,10 +272,8 @@ impl Node {
         fogline_core::wire::Capacity {
             node: self.id.clone(),
             tier: self.config.node.tier.as_str().to_string(),
-            cores: std::thread::available_parallelism()
-                .map(|n| n.get() as u32)
-                .unwrap_or(1),
-            memory_bytes: total_memory(),
+            cores: self.cores,
+            memory_bytes: self.memory_bytes,
             instance_slots: g.instance_slots,
             instances_in_use: g.instances_in_use,
             functions: g.functions as u32,

@@ -26,6 +26,9 @@ use fogline_core::config::NodeConfig;
 
 pub use agent::Node;
 
+/// How long a stopping node waits for open connections before closing them.
+const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A node that is listening.
 pub struct Running {
     pub addr: SocketAddr,
@@ -122,10 +125,24 @@ impl Running {
             ))
         });
         let app = gateway::router(self.node.clone());
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(|e| anyhow::anyhow!("gateway: {e}"))?;
+        // Graceful: in-flight requests finish, but idle keep-alive connections must not hold
+        // the process up forever, so the drain has a deadline.
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(self.listener, app).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stopping_tx.send(());
+        });
+        let deadline = async {
+            if stopping_rx.await.is_ok() {
+                tokio::time::sleep(DRAIN_DEADLINE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            r = server => r.map_err(|e| anyhow::anyhow!("gateway: {e}"))?,
+            _ = deadline => tracing::warn!("connections still open {DRAIN_DEADLINE:?} after the stop signal; closing them"),
+        }
         workers.abort();
         if let Some(q) = quic {
             q.abort();

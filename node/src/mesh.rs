@@ -29,8 +29,9 @@ use serde::Serialize;
 use crate::agent::Node;
 
 const TOPIC: &str = "fogline/load/1";
-/// Members this node dials on its own; beyond that, gossip reaches it through others.
-const MAX_DIALED: usize = 64;
+/// Members this node dials on its own; beyond that, gossip reaches it through others (and
+/// they dial it). Small meshes end up fully connected; large ones stay sparse.
+const MAX_DIALED: usize = 24;
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
@@ -259,10 +260,10 @@ fn build_swarm(
             // multiplying duplicates.
             let gcfg = gossipsub::ConfigBuilder::default()
                 .heartbeat_interval(Duration::from_millis(500))
-                .mesh_n(3)
-                .mesh_n_low(2)
-                .mesh_n_high(5)
-                .mesh_outbound_min(1)
+                .mesh_n(4)
+                .mesh_n_low(3)
+                .mesh_n_high(8)
+                .mesh_outbound_min(2)
                 .flood_publish(true)
                 .validation_mode(ValidationMode::Strict)
                 .max_transmit_size(fogline_core::mesh::MAX_REPORT + 1024)
@@ -274,7 +275,8 @@ fn build_swarm(
                 gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gcfg)?;
             let identify =
                 identify::Behaviour::new(identify::Config::new("/fogline/1".into(), key.public()));
-            let ping = ping::Behaviour::new(ping::Config::new().with_interval(interval));
+            // Round trips change slowly; every other interval is plenty and halves the pings.
+            let ping = ping::Behaviour::new(ping::Config::new().with_interval(interval * 2));
             let mut kcfg = kad::Config::new(StreamProtocol::new("/fogline/kad/1"));
             kcfg.set_query_timeout(Duration::from_secs(10));
             let mut kad =
@@ -309,7 +311,7 @@ async fn drive(
     interval: Duration,
     join: Vec<Multiaddr>,
 ) {
-    let me = *swarm.local_peer_id();
+    let me = swarm.local_peer_id().to_string();
     let mut seq = start_seq();
     let mut every = tokio::time::interval(interval);
     let mut check = tokio::time::interval(Duration::from_millis(100));
@@ -320,13 +322,13 @@ async fn drive(
             _ = every.tick() => {
                 redial(&mut swarm, &mesh, &join);
                 seq += 1;
-                let r = node.load_report(&me.to_string(), &mesh.listen, &site, seq);
+                let r = node.load_report(&me, &mesh.listen, &site, seq);
                 publish(&mut swarm, &topic, &mesh, &r);
                 last_sent = Some(r);
             }
             _ = check.tick() => {
                 // Send at once when load moved a lot since the last report.
-                let r = node.load_report(&me.to_string(), &mesh.listen, &site, seq + 1);
+                let r = node.load_report(&me, &mesh.listen, &site, seq + 1);
                 if last_sent.as_ref().is_some_and(|l| l.changed_a_lot(&r)) {
                     seq += 1;
                     publish(&mut swarm, &topic, &mesh, &r);
@@ -444,11 +446,16 @@ fn handle(
             info,
             ..
         })) => {
+            let first = swarm.behaviour_mut().kad.kbuckets().count() == 0;
             for a in info.listen_addrs {
                 swarm.behaviour_mut().kad.add_address(&peer_id, a);
             }
-            // Ask the network for more members through the new one.
-            let _ = swarm.behaviour_mut().kad.bootstrap();
+            // Look for more members through the first one we meet; after that Kademlia's own
+            // periodic bootstrap keeps the routing table fresh (a query per new peer costs
+            // more than the gossip itself in a large mesh).
+            if first {
+                let _ = swarm.behaviour_mut().kad.bootstrap();
+            }
         }
         SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
             peer,

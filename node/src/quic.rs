@@ -23,6 +23,9 @@ use crate::agent::{InvokeError, Node};
 use crate::executor::ModuleSource;
 use crate::tls::{self, Role, TlsDir, TlsError};
 
+/// How long a client connection may hear nothing before it is given up.
+const CLIENT_IDLE: Duration = Duration::from_secs(6);
+
 /// Stream error codes (QUIC application error codes).
 const CODE_PROTOCOL: u32 = 1;
 const CODE_STALLED: u32 = 2;
@@ -578,7 +581,9 @@ impl Client {
         let crypto = QuicClientConfig::try_from(tls)
             .map_err(|e| TlsError::Invalid(format!("QUIC client config: {e}")))?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-        cfg.transport_config(Arc::new(transport(1024, Duration::from_secs(30))));
+        // A peer that vanished (killed, restarted) is noticed by the idle timeout: keep it
+        // short so a stale connection is replaced within seconds, not half a minute.
+        cfg.transport_config(Arc::new(transport(1024, CLIENT_IDLE)));
         configs.insert(addr, cfg.clone());
         Ok(cfg)
     }

@@ -50,6 +50,8 @@ pub struct WasmExecutor {
     max_output: usize,
     max_stderr: usize,
     stop_ticker: Arc<AtomicBool>,
+    /// Woken when the first instance starts.
+    ticker: std::thread::Thread,
 }
 
 /// Per-instance state.
@@ -118,24 +120,33 @@ impl WasmExecutor {
             format!("{:016x}", h.finish())
         };
         let stop_ticker = Arc::new(AtomicBool::new(false));
-        {
+        let in_use = Arc::new(AtomicU32::new(0));
+        // The ticker sleeps (parked) while nothing runs: an idle node, or a board running
+        // many agents, should not wake 200 times a second for nothing.
+        let ticker = {
             let engine = engine.clone();
             let stop = stop_ticker.clone();
+            let in_use = in_use.clone();
             std::thread::Builder::new()
                 .name("wasm-epoch".into())
                 .spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
+                        if in_use.load(Ordering::Acquire) == 0 {
+                            std::thread::park_timeout(Duration::from_secs(1));
+                            continue;
+                        }
                         std::thread::sleep(TICK);
                         engine.increment_epoch();
                     }
                 })
-                .map_err(|e| ExecError::Internal(format!("starting epoch ticker: {e}")))?;
-        }
+                .map_err(|e| ExecError::Internal(format!("starting epoch ticker: {e}")))?
+        };
         Ok(WasmExecutor {
             engine,
             linker,
             modules: RwLock::new(HashMap::new()),
-            in_use: Arc::new(AtomicU32::new(0)),
+            in_use,
+            ticker: ticker.thread().clone(),
             slots: cfg.instances,
             pooled,
             cache_dir,
@@ -389,7 +400,12 @@ impl WasmExecutor {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return Ok(Slot(self.in_use.clone())),
+                Ok(_) => {
+                    if cur == 0 {
+                        self.ticker.unpark();
+                    }
+                    return Ok(Slot(self.in_use.clone()));
+                }
                 Err(now) => cur = now,
             }
         }
