@@ -86,7 +86,12 @@ fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> bool) -> Duration {
 }
 
 fn states(n: &NodeProc) -> Vec<(String, String)> {
-    view(n)
+    id_states(&view(n))
+}
+
+/// (id, state) of each member of a `/v1/mesh` member list.
+fn id_states(members: &[Value]) -> Vec<(String, String)> {
+    members
         .iter()
         .map(|m| {
             (
@@ -319,17 +324,7 @@ fn ns_view(ns: &str, n: &NodeProc) -> Vec<(String, String)> {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            (
-                m["id"].as_str().unwrap().to_string(),
-                m["state"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+    id_states(v["members"].as_array().unwrap())
 }
 
 #[test]
