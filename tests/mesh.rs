@@ -50,27 +50,17 @@ fn member(dir: &Path, pki: &Path, name: &str, ip: &str, join: Option<&str>) -> N
 }
 
 fn mesh_address(n: &NodeProc) -> String {
-    let v: Value = reqwest::blocking_get(&format!("{}/v1/mesh", n.url));
-    v["self"].as_str().unwrap().to_string()
+    mesh_json(n)["self"].as_str().unwrap().to_string()
 }
 
-/// A tiny blocking GET for tests that run outside an async runtime.
-mod reqwest {
-    pub fn blocking_get(url: &str) -> serde_json::Value {
-        let out = std::process::Command::new("curl")
-            .args(["-sf", url])
-            .output()
-            .expect("curl");
-        assert!(out.status.success(), "GET {url} failed");
-        serde_json::from_slice(&out.stdout).expect("json")
-    }
+/// `GET /v1/mesh` through the real CLI (`fogline mesh --json`).
+fn mesh_json(n: &NodeProc) -> Value {
+    let out = run_ok(fogline().args(["--gateway", &n.url, "mesh", "--json"]));
+    serde_json::from_str(&out).expect("mesh --json prints JSON")
 }
 
 fn view(n: &NodeProc) -> Vec<Value> {
-    reqwest::blocking_get(&format!("{}/v1/mesh", n.url))["members"]
-        .as_array()
-        .unwrap()
-        .clone()
+    mesh_json(n)["members"].as_array().unwrap().clone()
 }
 
 fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> bool) -> Duration {
