@@ -510,14 +510,7 @@ async fn bad_input_gets_a_clear_error() {
         "timeout took {:?}",
         t.elapsed()
     );
-    let st: serde_json::Value = c
-        .get(format!("{u}/v1/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let st = status(u).await;
     assert_eq!(
         st["instances_in_use"], 0,
         "the timed-out instance must be gone"
@@ -607,14 +600,7 @@ async fn payload_limit_and_token_for_invoke_come_from_the_config() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let st: serde_json::Value = c
-        .get(format!("{u}/v1/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let st = status(u).await;
     assert_eq!(st["pooling"], false);
     assert_eq!(st["instance_slots"], 8);
 }

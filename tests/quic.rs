@@ -334,14 +334,7 @@ async fn bad_frames_stalls_floods_and_forged_modules_are_refused() {
         .expect("reset within 5 s");
     assert!(res.is_err(), "the stalled stream is reset: {res:?}");
     assert!(t.elapsed() >= Duration::from_millis(400));
-    let st: serde_json::Value = client()
-        .get(format!("{}/v1/status", node.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let st = status(&node.url).await;
     assert_eq!(
         st["quic_streams"], 0,
         "the stalled stream's resources are freed"

@@ -13,6 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "support/stats.rs"]
+mod stats;
+use stats::{p, row};
+
 use bytes::Bytes;
 use fogline_core::config::NodeConfig;
 use fogline_core::{Digest, FunctionManifest};
@@ -250,18 +254,6 @@ where
     }
     v.sort();
     v
-}
-
-fn p(v: &[Duration], q: f64) -> Duration {
-    v[((v.len() as f64 - 1.0) * q) as usize]
-}
-
-fn row(name: &str, v: &[Duration]) {
-    println!(
-        "{name:<44} p50 {:>8.1} µs   p99 {:>8.1} µs",
-        p(v, 0.5).as_secs_f64() * 1e6,
-        p(v, 0.99).as_secs_f64() * 1e6
-    );
 }
 
 /// A bare quinn server that echoes each stream, with the node's TLS and ALPN.

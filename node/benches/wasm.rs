@@ -11,6 +11,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+#[path = "support/stats.rs"]
+mod stats;
+use stats::{p, row};
+
 use bytes::Bytes;
 use fogline_core::config::WasmSection;
 use fogline_core::{Digest, FunctionManifest};
@@ -74,8 +78,8 @@ fn main() {
         "wasm invocation, hello example, 1 KiB body, {ITERS} iterations, pooled={}",
         exec.pooled()
     );
-    report("limit: raw wasmtime instantiate", &raw);
-    report("fogline: instantiate + run + output", &ours);
+    row("limit: raw wasmtime instantiate", &raw);
+    row("fogline: instantiate + run + output", &ours);
     println!(
         "ratio p50: {:.2}x the raw instantiate",
         p(&ours, 0.5).as_secs_f64() / p(&raw, 0.5).as_secs_f64()
@@ -94,16 +98,4 @@ fn measure(mut f: impl FnMut()) -> Vec<Duration> {
     }
     v.sort();
     v
-}
-
-fn p(v: &[Duration], q: f64) -> Duration {
-    v[((v.len() as f64 - 1.0) * q) as usize]
-}
-
-fn report(name: &str, v: &[Duration]) {
-    println!(
-        "{name:<40} p50 {:>7.1} µs   p99 {:>7.1} µs",
-        p(v, 0.5).as_secs_f64() * 1e6,
-        p(v, 0.99).as_secs_f64() * 1e6
-    );
 }

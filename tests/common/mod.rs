@@ -174,6 +174,18 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
+/// `GET /v1/status` of a node, as JSON.
+pub async fn status(url: &str) -> serde_json::Value {
+    client()
+        .get(format!("{url}/v1/status"))
+        .send()
+        .await
+        .expect("status request")
+        .json()
+        .await
+        .expect("status JSON")
+}
+
 /// Deploys an example module through the native upload route.
 pub async fn deploy(
     node: &NodeProc,
