@@ -8,6 +8,8 @@
 //! - [`stack`]: stack files, which describe several functions for one `fogline deploy`.
 //! - [`config`]: the node agent's config file, strict and versioned.
 //! - [`mesh`]: gossiped load reports and the merged cluster view (membership, liveness).
+//! - [`predict`]: per-place latency models (online least squares, analytic fallback).
+//! - [`policy`]: choosing a place from predictions, deadlines, cost and energy weights.
 //! - [`wire`]: the tier-to-tier frame protocol (QUIC streams), pure encode/decode.
 //!
 //! Drivers (`fogline-node`, `fogline-router`, …) move bytes and time into these types.
@@ -17,6 +19,8 @@ pub mod digest;
 pub mod manifest;
 pub mod mesh;
 pub mod openfaas;
+pub mod policy;
+pub mod predict;
 pub mod stack;
 pub mod units;
 pub mod wire;

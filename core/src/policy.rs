@@ -1,0 +1,220 @@
+//! Choosing a place: the fastest predicted place that meets the function's deadline, with
+//! configurable weights for cloud cost and device energy (A3-E's concern), and a little
+//! exploration so rarely chosen places keep their models fresh. Randomness comes in as a
+//! number, so decisions are reproducible.
+
+use crate::config::Tier;
+
+/// One place that could run the invocation, with what the models predict for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub id: String,
+    pub tier: Tier,
+    /// Predicted end-to-end latency, ms.
+    pub predicted_ms: f64,
+    /// How many outcomes its model has seen (for exploration).
+    pub observations: usize,
+}
+
+/// Per-function preferences beyond speed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Weights {
+    /// Milliseconds a cloud placement must save to be worth it.
+    pub cloud_cost_ms: f64,
+    /// Milliseconds running on the device itself must save (battery).
+    pub device_energy_ms: f64,
+    /// Share of decisions spent on the least-observed feasible place.
+    pub explore: f64,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Weights {
+            cloud_cost_ms: 0.0,
+            device_energy_ms: 0.0,
+            explore: 0.02,
+        }
+    }
+}
+
+/// What was chosen and why.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decision {
+    pub index: usize,
+    /// Chosen to keep its model fresh rather than for its score.
+    pub explored: bool,
+    /// Whether it is predicted to meet the deadline.
+    pub meets_deadline: bool,
+}
+
+fn score(c: &Candidate, w: &Weights) -> f64 {
+    c.predicted_ms
+        + match c.tier {
+            Tier::Cloud => w.cloud_cost_ms,
+            Tier::Device => w.device_energy_ms,
+            Tier::Edge => 0.0,
+        }
+}
+
+/// Chooses among `cands`. `roll` is a uniform random number in [0, 1).
+/// Returns `None` only when there is no candidate.
+pub fn choose(
+    cands: &[Candidate],
+    deadline_ms: Option<f64>,
+    w: &Weights,
+    roll: f64,
+) -> Option<Decision> {
+    let meets = |c: &Candidate| deadline_ms.is_none_or(|d| c.predicted_ms <= d);
+    let any_meets = cands.iter().any(meets);
+    let pool = |c: &&Candidate| !any_meets || meets(c);
+    if roll < w.explore {
+        let pick = cands
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| pool(c))
+            .min_by(|(_, a), (_, b)| {
+                a.observations
+                    .cmp(&b.observations)
+                    .then(a.predicted_ms.total_cmp(&b.predicted_ms))
+            })?;
+        return Some(Decision {
+            index: pick.0,
+            explored: true,
+            meets_deadline: meets(pick.1),
+        });
+    }
+    let best = if any_meets {
+        cands
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| meets(c))
+            .min_by(|(_, a), (_, b)| score(a, w).total_cmp(&score(b, w)))?
+    } else {
+        // Nothing meets the deadline: the fastest has the best chance.
+        cands
+            .iter()
+            .enumerate()
+            .min_by(|(_, a), (_, b)| a.predicted_ms.total_cmp(&b.predicted_ms))?
+    };
+    Some(Decision {
+        index: best.0,
+        explored: false,
+        meets_deadline: meets(best.1),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn c(id: &str, tier: Tier, ms: f64, obs: usize) -> Candidate {
+        Candidate {
+            id: id.into(),
+            tier,
+            predicted_ms: ms,
+            observations: obs,
+        }
+    }
+
+    #[test]
+    fn the_fastest_place_wins_without_weights() {
+        let cands = [
+            c("cloud", Tier::Cloud, 40.0, 9),
+            c("edge-1", Tier::Edge, 12.0, 9),
+            c("device", Tier::Device, 30.0, 9),
+        ];
+        let d = choose(
+            &cands,
+            None,
+            &Weights {
+                explore: 0.0,
+                ..Weights::default()
+            },
+            0.5,
+        )
+        .unwrap();
+        assert_eq!(cands[d.index].id, "edge-1");
+    }
+
+    #[test]
+    fn weights_shift_choices_away_from_cloud_cost_and_device_energy() {
+        let cands = [
+            c("cloud", Tier::Cloud, 10.0, 9),
+            c("edge", Tier::Edge, 14.0, 9),
+            c("device", Tier::Device, 9.0, 9),
+        ];
+        let w = Weights {
+            cloud_cost_ms: 5.0,
+            device_energy_ms: 6.0,
+            explore: 0.0,
+        };
+        assert_eq!(
+            cands[choose(&cands, None, &w, 0.5).unwrap().index].id,
+            "edge"
+        );
+    }
+
+    #[test]
+    fn deadlines_filter_and_the_fastest_is_tried_when_none_can_make_it() {
+        let cands = [
+            c("cheap-slow", Tier::Edge, 80.0, 9),
+            c("cloud-fast", Tier::Cloud, 20.0, 9),
+        ];
+        let w = Weights {
+            cloud_cost_ms: 100.0,
+            device_energy_ms: 0.0,
+            explore: 0.0,
+        };
+        let d = choose(&cands, Some(50.0), &w, 0.5).unwrap();
+        assert_eq!(
+            cands[d.index].id, "cloud-fast",
+            "cost never outweighs the deadline"
+        );
+        let d = choose(&cands, Some(5.0), &w, 0.5).unwrap();
+        assert_eq!(
+            (cands[d.index].id.as_str(), d.meets_deadline),
+            ("cloud-fast", false)
+        );
+        assert!(choose(&[], None, &w, 0.5).is_none());
+    }
+
+    #[test]
+    fn exploration_visits_the_least_observed_feasible_place() {
+        let cands = [
+            c("known", Tier::Edge, 5.0, 500),
+            c("rare", Tier::Edge, 9.0, 2),
+            c("too-slow", Tier::Edge, 99.0, 0),
+        ];
+        let w = Weights {
+            explore: 0.1,
+            ..Weights::default()
+        };
+        let d = choose(&cands, Some(20.0), &w, 0.05).unwrap();
+        assert_eq!((cands[d.index].id.as_str(), d.explored), ("rare", true));
+        let d = choose(&cands, Some(20.0), &w, 0.5).unwrap();
+        assert_eq!((cands[d.index].id.as_str(), d.explored), ("known", false));
+    }
+
+    proptest! {
+        #[test]
+        fn a_feasible_place_is_chosen_whenever_one_exists(
+            ms in proptest::collection::vec(0.0f64..200.0, 1..50),
+            deadline in 0.0f64..200.0,
+            roll in 0.0f64..1.0,
+            cost in 0.0f64..100.0,
+        ) {
+            let cands: Vec<Candidate> = ms.iter().enumerate()
+                .map(|(i, m)| c(&format!("p{i}"), if i % 3 == 0 { Tier::Cloud } else { Tier::Edge }, *m, i))
+                .collect();
+            let w = Weights { cloud_cost_ms: cost, device_energy_ms: 0.0, explore: 0.1 };
+            let d = choose(&cands, Some(deadline), &w, roll).unwrap();
+            let feasible = ms.iter().any(|m| *m <= deadline);
+            prop_assert_eq!(d.meets_deadline, feasible);
+            if !d.explored && !feasible {
+                let min = ms.iter().cloned().fold(f64::INFINITY, f64::min);
+                prop_assert_eq!(cands[d.index].predicted_ms, min);
+            }
+        }
+    }
+}
