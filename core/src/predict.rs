@@ -195,7 +195,7 @@ mod tests {
             payload_kb: (h % 64) as f64,
             rtt_ms: ((h >> 8) % 40) as f64 / 2.0,
             load_per_core: ((h >> 16) % 8) as f64 / 4.0,
-            cold: (h >> 24) % 5 == 0,
+            cold: (h >> 24).is_multiple_of(5),
             service_ms: 4.0,
         }
     }
