@@ -327,20 +327,12 @@ impl Node {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(manifest.name.clone(), deployed);
-        if let Some(old) = previous
-            .as_ref()
-            .and_then(|p| p.manifest.module)
-            .filter(|d| *d != digest)
-        {
-            if self.store.drop_module_if_unused(&old)? {
-                self.wasm
-                    .reclaim(
-                        &previous
-                            .as_ref()
-                            .map(|p| p.manifest.clone())
-                            .unwrap_or(manifest.clone()),
-                    )
-                    .await;
+        // The old module goes once no function uses it any more.
+        if let Some(prev) = &previous {
+            if let Some(old) = prev.manifest.module.filter(|d| *d != digest) {
+                if self.store.drop_module_if_unused(&old)? {
+                    self.wasm.reclaim(&prev.manifest).await;
+                }
             }
         }
         let what = if previous.is_some() {

@@ -526,6 +526,14 @@ pub async fn write_frames(
 
 // ---- client ---------------------------------------------------------------------------
 
+/// Maps any connection failure to `addr` onto [`QuicError::Connect`] with its reason.
+fn connect_error<E: std::fmt::Display>(addr: SocketAddr) -> impl Fn(E) -> QuicError {
+    move |e| QuicError::Connect {
+        addr,
+        reason: e.to_string(),
+    }
+}
+
 /// What to invoke.
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -601,23 +609,14 @@ impl Client {
         let connecting = self
             .endpoint
             .connect_with(cfg, addr, tls::PEER_NAME)
-            .map_err(|e| QuicError::Connect {
-                addr,
-                reason: e.to_string(),
-            })?;
+            .map_err(connect_error(addr))?;
         let conn = if early {
             match connecting.into_0rtt() {
                 Ok((c, _accepted)) => c,
-                Err(connecting) => connecting.await.map_err(|e| QuicError::Connect {
-                    addr,
-                    reason: e.to_string(),
-                })?,
+                Err(connecting) => connecting.await.map_err(connect_error(addr))?,
             }
         } else {
-            connecting.await.map_err(|e| QuicError::Connect {
-                addr,
-                reason: e.to_string(),
-            })?
+            connecting.await.map_err(connect_error(addr))?
         };
         conns.insert(addr, conn.clone());
         Ok(conn)
@@ -720,15 +719,9 @@ impl Client {
         let c = self
             .endpoint
             .connect_with(cfg, addr, tls::PEER_NAME)
-            .map_err(|e| QuicError::Connect {
-                addr,
-                reason: e.to_string(),
-            })?
+            .map_err(connect_error(addr))?
             .await
-            .map_err(|e| QuicError::Connect {
-                addr,
-                reason: e.to_string(),
-            })?;
+            .map_err(connect_error(addr))?;
         let d = t.elapsed();
         c.close(VarInt::from_u32(0), b"");
         Ok(d)
