@@ -58,6 +58,15 @@ pub struct DeployArgs {
     /// Safe to run more than once (retries, replays).
     #[arg(long)]
     idempotent: bool,
+    /// Latency the callers need; the router avoids places predicted to miss it.
+    #[arg(long, value_parser = parse_duration)]
+    deadline: Option<Duration>,
+    /// Milliseconds a cloud placement must save to be chosen (cost weight).
+    #[arg(long, value_name = "MS")]
+    cloud_cost_ms: Option<u32>,
+    /// Milliseconds running on the device itself must save (energy weight).
+    #[arg(long, value_name = "MS")]
+    device_energy_ms: Option<u32>,
 }
 
 #[derive(Args)]
@@ -231,6 +240,14 @@ pub async fn deploy(common: &Common, a: DeployArgs) -> anyhow::Result<()> {
     if a.idempotent {
         spec.insert("idempotent".into(), true.into());
     }
+    let placement = fogline_core::manifest::Placement {
+        deadline: a.deadline,
+        cloud_cost_ms: a.cloud_cost_ms.unwrap_or(0),
+        device_energy_ms: a.device_energy_ms.unwrap_or(0),
+    };
+    if !placement.is_default() {
+        spec.insert("placement".into(), serde_json::to_value(placement)?);
+    }
     deploy_one(&gw, &name, &spec, &wasm).await
 }
 
@@ -269,6 +286,12 @@ fn spec_of_stack(f: &StackFunction) -> serde_json::Map<String, serde_json::Value
     }
     if f.idempotent {
         spec.insert("idempotent".into(), true.into());
+    }
+    if !f.placement.is_default() {
+        spec.insert(
+            "placement".into(),
+            serde_json::to_value(f.placement).unwrap_or_default(),
+        );
     }
     spec
 }
@@ -563,6 +586,84 @@ pub async fn mesh(common: &Common, a: MeshArgs) -> anyhow::Result<()> {
             r.state,
             r.age_ms as f64 / 1000.0,
             r.warm.join(",")
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct PlacementsArgs {
+    /// How many recent decisions to show.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// Print the router's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn placements(common: &Common, a: PlacementsArgs) -> anyhow::Result<()> {
+    let gw = Gateway::new(common)?;
+    let url = gw.url(&format!("/v1/placements?limit={}", a.limit));
+    let resp = check(gw.send(gw.http.get(url)).await?).await?;
+    let v: serde_json::Value = resp.json().await.context("reading the placements")?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let empty = Vec::new();
+    let list = v["placements"].as_array().unwrap_or(&empty);
+    if list.is_empty() {
+        println!("no placements yet");
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:<14} {:>10} {:>10} {:>4} {:<6}  CANDIDATES (predicted ms)",
+        "FUNCTION", "CHOSEN", "PREDICTED", "ACTUAL", "TRY", "STATUS"
+    );
+    for d in list {
+        let cands: Vec<String> = d["candidates"]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}={:.2}{}",
+                    c["place"].as_str().unwrap_or("?"),
+                    c["predicted_ms"].as_f64().unwrap_or(f64::NAN),
+                    if c["source"] == "model" { "" } else { "~" }
+                )
+            })
+            .collect();
+        let chosen = match d["ran_on"].as_str() {
+            Some(r) if Some(r) != d["chosen"].as_str() => {
+                format!("{}->{r}", d["chosen"].as_str().unwrap_or("?"))
+            }
+            _ => d["chosen"].as_str().unwrap_or("?").to_string(),
+        };
+        let actual = d["actual_ms"]
+            .as_f64()
+            .map(|v| format!("{v:.2}ms"))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<16} {:<14} {:>8.2}ms {:>10} {:>4} {:<6}  {}{}",
+            d["function"].as_str().unwrap_or("?"),
+            chosen,
+            d["predicted_ms"].as_f64().unwrap_or(f64::NAN),
+            actual,
+            d["attempts"].as_u64().unwrap_or(0),
+            d["status"].as_u64().unwrap_or(0),
+            cands.join(" "),
+            if d["explored"] == true {
+                "  (explore)"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(e) = v["median_prediction_error"].as_f64() {
+        println!(
+            "median prediction error: {:.1} %  (~ marks analytic estimates)",
+            e * 100.0
         );
     }
     Ok(())

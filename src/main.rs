@@ -33,6 +33,9 @@ enum Command {
     Node(NodeArgs),
     /// Run the cloud tier: the same agent with cloud-sized limits, serving QUIC and HTTP.
     Bridge(NodeArgs),
+    /// Run a router: places every invocation on the device, an edge node or the cloud,
+    /// wherever it is predicted to finish soonest (HTTP, QUIC and MQTT ingress).
+    Router(RouterArgs),
     /// Make the cluster's certificates.
     #[command(subcommand)]
     Certs(CertsCmd),
@@ -50,6 +53,17 @@ enum Command {
     Status,
     /// Show the gossip mesh as the node sees it: one line per member.
     Mesh(client::MeshArgs),
+    /// Show a router's recent placement decisions: candidates, predictions, choice, actual.
+    Placements(client::PlacementsArgs),
+}
+
+#[derive(Args)]
+struct RouterArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Device mode: this router may also run Wasm functions itself, as one of the places.
+    #[arg(long)]
+    device: bool,
 }
 
 #[derive(Args)]
@@ -67,6 +81,9 @@ struct NodeArgs {
     /// The node's config file (see configs/node.toml).
     #[arg(long)]
     config: PathBuf,
+    /// Overrides `node.id` (the name in the mesh; default: the host name).
+    #[arg(long)]
+    id: Option<String>,
     /// Overrides `node.data_dir`.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -127,6 +144,15 @@ impl NodeArgs {
         let mut cfg = serve::load_node_config(&self.config)?;
         if let Some(d) = self.data_dir {
             cfg.node.data_dir = d;
+        }
+        if let Some(id) = self.id {
+            if id.is_empty()
+                || id.len() > 64
+                || id.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                anyhow::bail!("--id {id:?} must be 1 to 64 characters without spaces");
+            }
+            cfg.node.id = Some(id);
         }
         if let Some(h) = self.http {
             cfg.http.listen = h;
@@ -215,8 +241,25 @@ fn main() -> ExitCode {
             }
             Command::Node(a) => {
                 let join = a.join.clone();
-                serve::node(a.into_config(None)?, &join).await
+                let cfg = a.into_config(None)?;
+                if cfg.router.is_some() {
+                    anyhow::bail!(
+                        "the config has a [router] section: run it with `fogline router`"
+                    );
+                }
+                serve::node(cfg, &join).await
             }
+            Command::Router(a) => {
+                let join = a.node.join.clone();
+                let mut cfg = a.node.into_config(None)?;
+                let r = cfg.router.get_or_insert_with(Default::default);
+                if a.device {
+                    r.device = true;
+                    cfg.node.tier = fogline_core::config::Tier::Device;
+                }
+                serve::node(cfg, &join).await
+            }
+            Command::Placements(a) => client::placements(&cli.client, a).await,
             Command::Bridge(a) => {
                 let join = a.join.clone();
                 serve::node(

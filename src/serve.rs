@@ -16,6 +16,13 @@ pub async fn node(cfg: NodeConfig, join: &[String]) -> anyhow::Result<()> {
     init_tracing();
     let data_dir = cfg.node.data_dir.clone();
     let running = fogline_node::bind_with(cfg, join).await?;
+    let role = match &running.node.config.router {
+        Some(r) => {
+            fogline_router::Router::install(&running.node, r.clone());
+            "router"
+        }
+        None => "node",
+    };
     {
         // The first line is the contract scripts rely on: where the gateway listens.
         let mut out = std::io::stdout().lock();
@@ -35,12 +42,26 @@ pub async fn node(cfg: NodeConfig, join: &[String]) -> anyhow::Result<()> {
         }
         writeln!(
             out,
-            "{} node {} ready; data in {}",
+            "{} {role} {} ready; data in {}",
             running.node.config.node.tier.as_str(),
             running.node.id,
             data_dir.display()
         )?;
         out.flush()?;
+    }
+    // After the start lines, which scripts read first.
+    if let Some(m) = running
+        .node
+        .config
+        .router
+        .as_ref()
+        .and_then(|r| r.mqtt.clone())
+    {
+        tokio::spawn(fogline_router::mqtt::run(
+            std::sync::Arc::downgrade(&running.node),
+            m,
+            running.node.id.clone(),
+        ));
     }
     running.serve(shutdown_signal()).await?;
     eprintln!("stopped");

@@ -29,13 +29,12 @@ fn main() {
                 + if f.cold { 8.0 } else { 0.0 };
             m.observe(&f, y, &analytic);
         }
-        m.refit();
+        m.refit(&analytic);
         models.push(m);
     }
     let fitted = models.iter().filter(|m| m.fitted()).count();
     let mut cands: Vec<Candidate> = (0..100)
         .map(|i| Candidate {
-            id: format!("edge-{i}"),
             tier: if i == 0 { Tier::Cloud } else { Tier::Edge },
             predicted_ms: 0.0,
             observations: 64,

@@ -31,6 +31,122 @@ pub struct NodeConfig {
     pub quic: QuicSection,
     #[serde(default)]
     pub mesh: MeshSection,
+    /// Present for `fogline router`: placement across tiers, and its ingresses.
+    pub router: Option<RouterSection>,
+}
+
+/// The router: places every invocation on the place predicted to finish it soonest.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouterSection {
+    /// Device mode: this router may also run Wasm functions itself, as one of the places.
+    #[serde(default)]
+    pub device: bool,
+    /// Share of placements spent on rarely chosen places, to keep their models fresh.
+    #[serde(default = "default_explore")]
+    pub explore: f64,
+    /// Observations each latency model keeps (per function and place).
+    #[serde(default = "default_window")]
+    pub window: usize,
+    /// Recent decisions kept for `GET /v1/placements`.
+    #[serde(default = "default_placements_kept")]
+    pub placements_kept: usize,
+    /// Ask places to load a function ahead of a predicted burst.
+    #[serde(default = "default_true")]
+    pub prepare_ahead: bool,
+    /// The MQTT trigger: messages on mapped topics invoke functions.
+    pub mqtt: Option<MqttSection>,
+}
+
+/// An MQTT broker and the topic filters that invoke functions.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSection {
+    /// The broker, `HOST:PORT`.
+    pub broker: String,
+    /// Client id at the broker (default: `fogline-` and the node id).
+    pub client_id: Option<String>,
+    /// Where results go when the message names no MQTT 5 response topic:
+    /// `PREFIX/<function>`.
+    #[serde(default = "default_reply_prefix")]
+    pub reply_prefix: String,
+    #[serde(default, rename = "trigger")]
+    pub triggers: Vec<MqttTrigger>,
+}
+
+/// One topic filter (`+` and `#` wildcards as in MQTT) and the function it invokes.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MqttTrigger {
+    pub topic: String,
+    pub function: String,
+}
+
+impl Default for RouterSection {
+    fn default() -> Self {
+        RouterSection {
+            device: false,
+            explore: default_explore(),
+            window: default_window(),
+            placements_kept: default_placements_kept(),
+            prepare_ahead: true,
+            mqtt: None,
+        }
+    }
+}
+
+fn default_explore() -> f64 {
+    0.02
+}
+fn default_window() -> usize {
+    128
+}
+fn default_placements_kept() -> usize {
+    1000
+}
+fn default_reply_prefix() -> String {
+    "fogline/reply".into()
+}
+
+/// Whether an MQTT topic matches a filter (`+` one level, `#` the rest, `$`-topics only
+/// when the filter names them).
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && !filter.starts_with('$') {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Checks an MQTT topic filter: levels split by `/`, `+` alone in a level, `#` alone and last.
+pub fn check_topic_filter(f: &str) -> Result<(), String> {
+    if f.is_empty() || f.len() > 1024 {
+        return Err(format!("topic filter {f:?} must be 1 to 1024 bytes"));
+    }
+    if f.contains('\0') {
+        return Err(format!("topic filter {f:?} contains NUL"));
+    }
+    let levels: Vec<&str> = f.split('/').collect();
+    for (i, l) in levels.iter().enumerate() {
+        if l.contains('#') && (*l != "#" || i + 1 != levels.len()) {
+            return Err(format!(
+                "topic filter {f:?}: `#` must be a whole level and the last one"
+            ));
+        }
+        if l.contains('+') && *l != "+" {
+            return Err(format!("topic filter {f:?}: `+` must be a whole level"));
+        }
+    }
+    Ok(())
 }
 
 /// The gossip mesh (libp2p): membership, load and latency of every member.
@@ -218,6 +334,7 @@ impl NodeConfig {
             async_calls: AsyncSection::default(),
             quic: QuicSection::default(),
             mesh: MeshSection::default(),
+            router: None,
         }
     }
 
@@ -278,6 +395,52 @@ impl NodeConfig {
                 "quic.max_streams",
                 format!("{} is outside 1..=100000", self.quic.max_streams),
             ));
+        }
+        if let Some(r) = &self.router {
+            if !(0.0..=1.0).contains(&r.explore) {
+                return Err(invalid(
+                    "router.explore",
+                    format!("{} is outside 0..=1", r.explore),
+                ));
+            }
+            if !(16..=100_000).contains(&r.window) {
+                return Err(invalid(
+                    "router.window",
+                    format!("{} is outside 16..=100000", r.window),
+                ));
+            }
+            if let Some(m) = &r.mqtt {
+                if m.broker
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                    .is_none()
+                {
+                    return Err(invalid(
+                        "router.mqtt.broker",
+                        format!("{:?} must be HOST:PORT", m.broker),
+                    ));
+                }
+                if m.reply_prefix.is_empty() || m.reply_prefix.contains(['+', '#', '\0']) {
+                    return Err(invalid(
+                        "router.mqtt.reply_prefix",
+                        format!("{:?} must be a topic without wildcards", m.reply_prefix),
+                    ));
+                }
+                for (i, t) in m.triggers.iter().enumerate() {
+                    check_topic_filter(&t.topic).map_err(|p| {
+                        invalid(
+                            "router.mqtt.trigger.topic",
+                            format!("trigger {}: {p}", i + 1),
+                        )
+                    })?;
+                    crate::manifest::validate_name(&t.function).map_err(|e| {
+                        invalid(
+                            "router.mqtt.trigger.function",
+                            format!("trigger {}: {}", i + 1, e.problem),
+                        )
+                    })?;
+                }
+            }
         }
         if let Some(id) = &self.node.id {
             if id.is_empty()
@@ -429,6 +592,48 @@ fn default_result_ttl() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn topic_filters_match_as_mqtt_says() {
+        assert!(topic_matches("sensors/+/temp", "sensors/k1/temp"));
+        assert!(!topic_matches("sensors/+/temp", "sensors/k1/hum"));
+        assert!(!topic_matches("sensors/+/temp", "sensors/k1/temp/x"));
+        assert!(topic_matches("sensors/#", "sensors/a/b/c"));
+        assert!(topic_matches("sensors/#", "sensors"));
+        assert!(topic_matches("#", "a/b"));
+        assert!(!topic_matches("#", "$SYS/uptime"));
+        assert!(topic_matches("a/b", "a/b"));
+        assert!(!topic_matches("a/b", "a"));
+        for bad in ["", "a/#/b", "a/b#", "a+/b"] {
+            assert!(check_topic_filter(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_topic_filter("a/+/#").is_ok());
+    }
+
+    #[test]
+    fn router_sections_are_checked_naming_the_key() {
+        let e = NodeConfig::from_toml(
+            "r.toml",
+            "version = 1\n[router]\n[router.mqtt]\nbroker = \"localhost:1883\"\n[[router.mqtt.trigger]]\ntopic = \"a/#/b\"\nfunction = \"hello\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("router.mqtt.trigger.topic") && e.contains("trigger 1"),
+            "{e}"
+        );
+        let e = NodeConfig::from_toml("r.toml", "version = 1\n[router]\nexplore = 2.0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("router.explore"), "{e}");
+        let e = NodeConfig::from_toml(
+            "r.toml",
+            "version = 1\n[router.mqtt]\nbroker = \"localhost\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("router.mqtt.broker"), "{e}");
+    }
 
     #[test]
     fn version_alone_is_a_valid_config() {

@@ -9,16 +9,21 @@
 //! - [`config`]: the node agent's config file, strict and versioned.
 //! - [`mesh`]: gossiped load reports and the merged cluster view (membership, liveness).
 //! - [`predict`]: per-place latency models (online least squares, analytic fallback).
+//! - [`forecast`]: arrival-rate forecasts per function (prepare ahead of bursts).
 //! - [`policy`]: choosing a place from predictions, deadlines, cost and energy weights.
+//! - [`placement`]: the planner the router and the simulator share: models per place, plans,
+//!   learning from outcomes.
 //! - [`wire`]: the tier-to-tier frame protocol (QUIC streams), pure encode/decode.
 //!
 //! Drivers (`fogline-node`, `fogline-router`, …) move bytes and time into these types.
 
 pub mod config;
 pub mod digest;
+pub mod forecast;
 pub mod manifest;
 pub mod mesh;
 pub mod openfaas;
+pub mod placement;
 pub mod policy;
 pub mod predict;
 pub mod stack;

@@ -55,6 +55,39 @@ pub struct FunctionManifest {
     /// Host directories granted to the function. None by default: no filesystem at all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dirs: Vec<DirGrant>,
+    /// What the router weighs besides speed when it places this function.
+    #[serde(default, skip_serializing_if = "Placement::is_default")]
+    pub placement: Placement,
+}
+
+/// Placement preferences of one function (used by the router).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    /// Latency the caller needs; places predicted to miss it are avoided when another can
+    /// make it.
+    #[serde(
+        default,
+        with = "crate::units::opt_duration_str",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deadline: Option<Duration>,
+    /// Milliseconds a cloud placement must save to be chosen over a nearer one (cost).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cloud_cost_ms: u32,
+    /// Milliseconds running on the device itself must save (battery).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub device_energy_ms: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+impl Placement {
+    pub fn is_default(&self) -> bool {
+        *self == Placement::default()
+    }
 }
 
 /// A host directory made visible inside the sandbox.
@@ -141,6 +174,7 @@ impl FunctionManifest {
             idempotent: false,
             labels: BTreeMap::new(),
             dirs: Vec::new(),
+            placement: Placement::default(),
         }
     }
 

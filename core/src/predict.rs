@@ -33,6 +33,16 @@ impl Features {
             self.service_ms,
         ]
     }
+
+    fn from_row(r: &[f64; Self::N]) -> Self {
+        Features {
+            payload_kb: r[0],
+            rtt_ms: r[1],
+            load_per_core: r[2],
+            cold: r[3] >= 0.5,
+            service_ms: r[4],
+        }
+    }
 }
 
 /// The analytic estimate: round trip + transfer + queueing + service + cold-start penalty.
@@ -70,27 +80,75 @@ pub enum Source {
 }
 
 /// The online model of one function at one place.
+///
+/// Warm latency is a linear function of payload, round trip, load and service time, fitted
+/// by least squares over the warm observations of a bounded window. Features that did not
+/// vary are left out (they would make the fit singular), and so are features whose
+/// coefficient is not significant (p > 0.05): a place's latency jitter must not be read as
+/// an effect of the round trip's jitter. A cold start adds a separately learnt extra time:
+/// cold starts are rare and long, and would dominate a joint fit. Beyond the data the fit
+/// came from, the model answers at the nearest point it knows and the analytic estimate adds
+/// what the features beyond it cost. A fit is kept only if it explains its window better
+/// than the analytic estimate does.
 #[derive(Debug, Clone)]
 pub struct Model {
     window: VecDeque<([f64; Features::N], f64)>,
     capacity: usize,
-    coef: Option<[f64; Features::N + 1]>,
+    fit: Option<Fit>,
     since_fit: usize,
     /// Smoothed relative error of predictions made before each observation.
     error: Option<f64>,
 }
 
-/// A fit is kept only when it explains at least this much of the variance.
-const MIN_R2: f64 = 0.5;
+#[derive(Debug, Clone, Copy)]
+struct Fit {
+    /// Intercept, then one coefficient per feature (zero for those left out; the cold
+    /// flag's is always zero).
+    coef: [f64; Features::N + 1],
+    /// The range of each feature in the warm data of the fit.
+    range: [(f64, f64); Features::N],
+    /// Extra time of a cold start at this place.
+    cold_extra_ms: f64,
+}
+
+const COLD: usize = 3;
 /// Refit after this many new observations.
 const REFIT_EVERY: usize = 8;
+/// Coefficients less significant than this are dropped from the fit.
+const MAX_P: f64 = 0.05;
+
+impl Fit {
+    fn warm(&self, x: &[f64; Features::N]) -> f64 {
+        self.coef[0]
+            + x.iter()
+                .zip(&self.coef[1..])
+                .map(|(a, b)| a * b)
+                .sum::<f64>()
+    }
+
+    fn predict(&self, f: &Features, fallback: &Analytic) -> f64 {
+        let warm_f = Features { cold: false, ..*f };
+        let x = warm_f.row();
+        let mut inside = x;
+        for (v, (lo, hi)) in inside.iter_mut().zip(&self.range) {
+            *v = v.clamp(*lo, *hi);
+        }
+        let beyond = if inside == x {
+            0.0
+        } else {
+            fallback.estimate(&warm_f) - fallback.estimate(&Features::from_row(&inside))
+        };
+        let cold = if f.cold { self.cold_extra_ms } else { 0.0 };
+        self.warm(&inside) + beyond + cold
+    }
+}
 
 impl Model {
     pub fn new(capacity: usize) -> Self {
         Model {
             window: VecDeque::with_capacity(capacity),
             capacity: capacity.max(16),
-            coef: None,
+            fit: None,
             since_fit: 0,
             error: None,
         }
@@ -98,12 +156,15 @@ impl Model {
 
     /// Predicts the latency (ms) of an invocation with features `f`.
     pub fn predict(&self, f: &Features, fallback: &Analytic) -> (f64, Source) {
-        match &self.coef {
-            Some(c) => {
-                let x = f.row();
-                let y = c[0] + x.iter().zip(&c[1..]).map(|(a, b)| a * b).sum::<f64>();
-                // A linear fit can go below zero far from its data; latency cannot.
-                (y.max(0.0), Source::Model)
+        match &self.fit {
+            Some(fit) => {
+                let y = fit.predict(f, fallback);
+                // A linear fit can go below zero; latency cannot.
+                if y.is_finite() {
+                    (y.max(0.0), Source::Model)
+                } else {
+                    (fallback.estimate(f), Source::Analytic)
+                }
             }
             None => (fallback.estimate(f), Source::Analytic),
         }
@@ -132,32 +193,87 @@ impl Model {
         self.since_fit >= REFIT_EVERY && self.window.len() >= 2 * (Features::N + 1)
     }
 
-    /// Refits from the window by least squares; keeps the fit only if it explains the data.
-    pub fn refit(&mut self) {
+    /// Refits from the window (see the type's documentation).
+    pub fn refit(&mut self, fallback: &Analytic) {
         self.since_fit = 0;
-        let rows = self.window.len();
-        if rows < 2 * (Features::N + 1) {
+        if self.window.len() < 2 * (Features::N + 1) {
             return;
         }
-        let cols = Features::N + 2;
-        let mut data = Vec::with_capacity(rows * cols);
-        for (x, y) in &self.window {
-            data.push(*y);
-            data.push(1.0);
-            data.extend_from_slice(x);
+        self.fit = self.fit_window(fallback);
+    }
+
+    fn fit_window(&self, fallback: &Analytic) -> Option<Fit> {
+        let warm: Vec<&([f64; Features::N], f64)> =
+            self.window.iter().filter(|(x, _)| x[COLD] < 0.5).collect();
+        if warm.len() < 8 {
+            return None;
         }
-        self.coef = match linregress::fit_low_level_regression_model(&data, rows, cols) {
-            Ok(m)
-                if m.rsquared().is_finite()
-                    && m.rsquared() >= MIN_R2
-                    && m.parameters().iter().all(|p| p.is_finite()) =>
-            {
-                let mut c = [0.0; Features::N + 1];
-                c.copy_from_slice(&m.parameters()[..Features::N + 1]);
-                Some(c)
+        let mut range = [(f64::INFINITY, f64::NEG_INFINITY); Features::N];
+        for (x, _) in &warm {
+            for (r, v) in range.iter_mut().zip(x) {
+                r.0 = r.0.min(*v);
+                r.1 = r.1.max(*v);
             }
-            _ => None,
+        }
+        let mut cols: Vec<usize> = (0..Features::N)
+            .filter(|i| *i != COLD && range[*i].1 - range[*i].0 > 1e-9)
+            .collect();
+        let mut coef = [0.0; Features::N + 1];
+        // At most two rounds: fit, drop what is not significant, fit again.
+        for _ in 0..2 {
+            coef = [0.0; Features::N + 1];
+            if cols.is_empty() {
+                coef[0] = warm.iter().map(|(_, y)| y).sum::<f64>() / warm.len() as f64;
+                break;
+            }
+            let width = cols.len() + 2;
+            let mut data = Vec::with_capacity(warm.len() * width);
+            for (x, y) in &warm {
+                data.push(*y);
+                data.push(1.0);
+                data.extend(cols.iter().map(|i| x[*i]));
+            }
+            let m = linregress::fit_low_level_regression_model(&data, warm.len(), width).ok()?;
+            if !m.parameters().iter().all(|p| p.is_finite()) {
+                return None;
+            }
+            coef[0] = m.parameters()[0];
+            for (k, i) in cols.iter().enumerate() {
+                coef[i + 1] = m.parameters()[k + 1];
+            }
+            let keep: Vec<usize> = cols
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| m.p_values().get(k + 1).is_some_and(|p| *p <= MAX_P))
+                .map(|(_, i)| *i)
+                .collect();
+            if keep.len() == cols.len() {
+                break;
+            }
+            cols = keep;
+        }
+        let mut fit = Fit {
+            coef,
+            range,
+            cold_extra_ms: fallback.cold_penalty_ms,
         };
+        let cold: Vec<f64> = self
+            .window
+            .iter()
+            .filter(|(x, _)| x[COLD] >= 0.5)
+            .map(|(x, y)| y - fit.warm(x))
+            .collect();
+        if !cold.is_empty() {
+            fit.cold_extra_ms = (cold.iter().sum::<f64>() / cold.len() as f64).max(0.0);
+        }
+        // Keep the fit only if it explains the window better than the estimate does.
+        let (mut sse_fit, mut sse_est) = (0.0, 0.0);
+        for (x, y) in &self.window {
+            let f = Features::from_row(x);
+            sse_fit += (fit.predict(&f, fallback) - y).powi(2);
+            sse_est += (fallback.estimate(&f) - y).powi(2);
+        }
+        (sse_fit.is_finite() && sse_fit <= sse_est).then_some(fit)
     }
 
     /// Smoothed relative prediction error so far.
@@ -166,7 +282,7 @@ impl Model {
     }
 
     pub fn fitted(&self) -> bool {
-        self.coef.is_some()
+        self.fit.is_some()
     }
 
     pub fn observations(&self) -> usize {
@@ -224,7 +340,7 @@ mod tests {
             let f = features(i);
             m.observe(&f, truth(&f), &a);
             if m.wants_refit() {
-                m.refit();
+                m.refit(&a);
             }
         }
         assert!(m.fitted());
@@ -240,18 +356,104 @@ mod tests {
     }
 
     #[test]
-    fn a_poor_fit_falls_back_to_the_analytic_estimate() {
+    fn noise_is_not_read_as_an_effect_of_the_features() {
         let a = Analytic::default();
         let mut m = Model::new(64);
-        // Latency unrelated to any feature: nothing to explain, so no fit is kept.
+        // Latency unrelated to any feature: the fit, if kept, is the mean and nothing more.
+        let mut ys = Vec::new();
         for i in 0..64u64 {
-            let f = features(i);
-            let noise = ((i.wrapping_mul(2654435761) >> 7) % 100) as f64;
+            let f = Features {
+                cold: false,
+                ..features(i)
+            };
+            let noise = 20.0 + ((i.wrapping_mul(2654435761) >> 7) % 100) as f64;
+            ys.push(noise);
             m.observe(&f, noise, &a);
         }
-        m.refit();
-        assert!(!m.fitted());
-        assert_eq!(m.predict(&features(1), &a).1, Source::Analytic);
+        m.refit(&a);
+        let mean = ys.iter().sum::<f64>() / ys.len() as f64;
+        if m.fitted() {
+            for i in 100..120 {
+                let f = Features {
+                    cold: false,
+                    ..features(i)
+                };
+                let (p, _) = m.predict(&f, &a);
+                assert!((p - mean).abs() < 10.0, "predicted {p}, mean {mean}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_rare_long_cold_start_is_learnt_apart_from_warm_calls() {
+        let a = Analytic::default();
+        let mut m = Model::new(64);
+        for i in 0..40u64 {
+            let f = Features {
+                payload_kb: 1.0,
+                rtt_ms: 0.8 + (i % 5) as f64 * 0.1,
+                load_per_core: 0.0,
+                cold: i == 0 || i == 20,
+                service_ms: 0.5,
+            };
+            let y = if f.cold {
+                105.0
+            } else {
+                3.0 + (i % 3) as f64 * 0.2
+            };
+            m.observe(&f, y, &a);
+        }
+        m.refit(&a);
+        assert!(m.fitted());
+        let warm = Features {
+            payload_kb: 1.0,
+            rtt_ms: 0.9,
+            load_per_core: 0.0,
+            cold: false,
+            service_ms: 0.5,
+        };
+        let (p, _) = m.predict(&warm, &a);
+        assert!((p - 3.2).abs() < 0.5, "warm {p}");
+        let (p, _) = m.predict(&Features { cold: true, ..warm }, &a);
+        assert!((p - 105.0).abs() < 3.0, "cold {p}");
+    }
+
+    #[test]
+    fn a_constant_place_is_learnt_and_beyond_its_data_the_analytic_cost_is_added() {
+        let a = Analytic::default();
+        let mut m = Model::new(64);
+        // Always idle, always warm, same service time: only the payload varies, and the place
+        // is 20 ms slower than the analytic estimate says.
+        for i in 0..64u64 {
+            let f = Features {
+                payload_kb: (i % 8) as f64,
+                rtt_ms: 2.0,
+                load_per_core: 0.0,
+                cold: false,
+                service_ms: 4.0,
+            };
+            m.observe(&f, a.estimate(&f) + 20.0, &a);
+        }
+        m.refit(&a);
+        assert!(m.fitted());
+        let idle = Features {
+            payload_kb: 4.0,
+            rtt_ms: 2.0,
+            load_per_core: 0.0,
+            cold: false,
+            service_ms: 4.0,
+        };
+        let (p, src) = m.predict(&idle, &a);
+        assert_eq!(src, Source::Model);
+        assert!((p - (a.estimate(&idle) + 20.0)).abs() < 0.5, "{p}");
+        // Loaded as it never was in the data: the learnt 20 ms plus the analytic queueing.
+        let busy = Features {
+            load_per_core: 3.0,
+            ..idle
+        };
+        let (p, _) = m.predict(&busy, &a);
+        let expect = a.estimate(&busy) + 20.0;
+        assert!((p - expect).abs() < 0.5, "{p} vs {expect}");
     }
 
     proptest! {
@@ -264,7 +466,7 @@ mod tests {
             let mut m = Model::new(64);
             for (p, r, l, c, s, y) in obs {
                 m.observe(&Features { payload_kb: p, rtt_ms: r, load_per_core: l, cold: c, service_ms: s }, y, &a);
-                if m.wants_refit() { m.refit(); }
+                if m.wants_refit() { m.refit(&a); }
             }
             let f = Features { payload_kb: probe.0, rtt_ms: probe.1, load_per_core: probe.2, cold: probe.3, service_ms: probe.4 };
             let (p, _) = m.predict(&f, &a);

@@ -41,6 +41,9 @@ pub struct StackFunction {
     pub idempotent: bool,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Placement preferences (deadline, cloud cost, device energy).
+    #[serde(default)]
+    pub placement: crate::manifest::Placement,
 }
 
 /// A stack file that cannot be used.

@@ -55,6 +55,7 @@ pub enum Kind {
     NeedModule = 6,
     Status = 7,
     StatusReply = 8,
+    Prepare = 9,
 }
 
 impl Kind {
@@ -68,6 +69,7 @@ impl Kind {
             6 => Kind::NeedModule,
             7 => Kind::Status,
             8 => Kind::StatusReply,
+            9 => Kind::Prepare,
             _ => return None,
         })
     }
@@ -84,6 +86,9 @@ pub enum Frame {
     NeedModule(Digest),
     Status,
     StatusReply(Capacity),
+    /// Load a function ahead of calls (fetching its module from the sender if needed);
+    /// answered with `StatusReply` or `Error`. `body_len` is zero.
+    Prepare(Invoke),
 }
 
 /// Start of an invocation.
@@ -194,6 +199,7 @@ pub fn decode_payload(kind: Kind, payload: &[u8]) -> Result<Frame, WireError> {
         }
         Kind::Status => empty(Frame::Status),
         Kind::StatusReply => Ok(Frame::StatusReply(msg(kind, payload)?)),
+        Kind::Prepare => Ok(Frame::Prepare(msg(kind, payload)?)),
     }
 }
 
@@ -236,6 +242,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
         }
         Frame::Status => Kind::Status,
         Frame::StatusReply(m) => put(out, m, Kind::StatusReply),
+        Frame::Prepare(m) => put(out, m, Kind::Prepare),
     };
     let len = (out.len() - start - HEADER) as u32;
     out[start + 1] = kind as u8;

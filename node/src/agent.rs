@@ -49,6 +49,8 @@ pub struct Node {
     /// The machine's size, read once at start.
     pub cores: u32,
     pub memory_bytes: u64,
+    /// Set on a router: decides where each call runs.
+    pub dispatch: std::sync::OnceLock<Arc<dyn crate::dispatch::Dispatch>>,
     /// Where other tiers reach this node (set once the listeners are bound).
     pub addresses: std::sync::OnceLock<(Option<std::net::SocketAddr>, std::net::SocketAddr)>,
 }
@@ -167,6 +169,7 @@ impl Node {
             quic_streams: AtomicU32::new(0),
             mesh: std::sync::OnceLock::new(),
             addresses: std::sync::OnceLock::new(),
+            dispatch: std::sync::OnceLock::new(),
             cores: std::thread::available_parallelism()
                 .map(|n| n.get() as u32)
                 .unwrap_or(1),
@@ -254,7 +257,11 @@ impl Node {
             site: site.to_string(),
             cores: self.cores,
             memory_bytes: self.memory_bytes,
-            runtimes: vec![Runtime::Wasm],
+            runtimes: if self.runs_functions() {
+                vec![Runtime::Wasm]
+            } else {
+                Vec::new()
+            },
             in_flight: g.instances_in_use,
             queued: g.async_queued as u32,
             service_ms: self.metrics.service_times(),
@@ -376,7 +383,49 @@ impl Node {
         Ok(true)
     }
 
-    /// Runs one call now.
+    /// Whether this agent offers to run functions for others: every node and bridge; a
+    /// router only in device mode.
+    pub fn runs_functions(&self) -> bool {
+        self.config.router.as_ref().is_none_or(|r| r.device)
+    }
+
+    /// Runs one call where it belongs: placed by the router when this is one, else here.
+    pub async fn call(
+        &self,
+        name: &str,
+        body: Bytes,
+    ) -> Result<crate::dispatch::Placed, crate::dispatch::Refused> {
+        if let Some(d) = self.dispatch.get() {
+            return d.dispatch(self, name, body).await;
+        }
+        let t0 = Instant::now();
+        match self.invoke(name, body).await {
+            Ok(out) => Ok(self.placed_here(out, t0.elapsed(), None)),
+            Err(e) => Err(crate::dispatch::Refused::new(e.status(), e.to_string())),
+        }
+    }
+
+    /// Describes a call that ran on this agent.
+    pub fn placed_here(
+        &self,
+        out: Output,
+        took: Duration,
+        predicted_ms: Option<f64>,
+    ) -> crate::dispatch::Placed {
+        crate::dispatch::Placed {
+            node: self.id.clone(),
+            tier: self.config.node.tier,
+            cold: out.cold,
+            truncated: out.truncated,
+            predicted_ms,
+            took_ms: took.as_secs_f64() * 1e3,
+            run_ms: (out.startup + out.run).as_secs_f64() * 1e3,
+            attempts: 1,
+            body: out.stdout,
+        }
+    }
+
+    /// Runs one call now, on this agent.
     pub async fn invoke(&self, name: &str, body: Bytes) -> Result<Output, InvokeError> {
         let f = self
             .lookup(name)
@@ -514,13 +563,11 @@ impl Node {
             }
         };
         let (status, body) = loop {
-            match self.invoke(&call.function, call.body.clone()).await {
-                Ok(out) => break (200u16, out.stdout),
+            match self.call(&call.function, call.body.clone()).await {
+                Ok(out) => break (200u16, out.body),
                 // Busy is back-pressure, not a result: wait and try again.
-                Err(InvokeError::Busy { .. }) => {
-                    tokio::time::sleep(Duration::from_millis(20)).await
-                }
-                Err(e) => break (e.status(), Bytes::from(e.to_string())),
+                Err(e) if e.status == 429 => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(e) => break (e.status, Bytes::from(e.message)),
             }
         };
         let result = CallResult {

@@ -62,6 +62,7 @@ pub fn router(node: Shared) -> Router {
         .route("/v1/calls/{id}", get(call_result))
         .route("/v1/status", get(status))
         .route("/v1/mesh", get(mesh_view))
+        .route("/v1/placements", get(placements))
         .fallback(fallback)
         // Bodies are read with explicit limits in each handler.
         .layer(DefaultBodyLimit::disable())
@@ -105,34 +106,52 @@ async fn invoke_inner(node: Shared, name: String, headers: HeaderMap, body: Body
     if let Some(target) = headers.get("x-fogline-target") {
         return forward(&node, &name, body, target).await;
     }
-    match node.invoke(&name, body).await {
-        Ok(out) => {
-            let mut r = Response::new(Body::from(out.stdout.clone()));
-            let h = r.headers_mut();
-            let ct = if std::str::from_utf8(&out.stdout).is_ok() {
-                "text/plain; charset=utf-8"
-            } else {
-                "application/octet-stream"
-            };
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
-            let secs = (out.startup + out.run).as_secs_f64();
-            if let Ok(v) = HeaderValue::from_str(&format!("{secs:.6}")) {
-                h.insert("x-duration-seconds", v);
-            }
-            h.insert(
-                "x-fogline-cold",
-                HeaderValue::from_static(if out.cold { "true" } else { "false" }),
-            );
-            if out.truncated {
-                h.insert("x-fogline-truncated", HeaderValue::from_static("true"));
-            }
-            if let Ok(v) = HeaderValue::from_str(&node.id) {
-                h.insert("x-fogline-node", v);
-            }
-            r
-        }
-        Err(e) => invoke_error(e),
+    match node.call(&name, body).await {
+        Ok(out) => placed_response(out),
+        Err(e) => refused(e),
     }
+}
+
+fn placed_response(out: crate::dispatch::Placed) -> Response {
+    let ct = if std::str::from_utf8(&out.body).is_ok() {
+        "text/plain; charset=utf-8"
+    } else {
+        "application/octet-stream"
+    };
+    let mut r = Response::new(Body::from(out.body));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    let mut put = |name: &'static str, v: String| {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(name, v);
+        }
+    };
+    put("x-duration-seconds", format!("{:.6}", out.run_ms / 1e3));
+    put("x-fogline-cold", out.cold.to_string());
+    if out.truncated {
+        put("x-fogline-truncated", "true".into());
+    }
+    put("x-fogline-node", out.node.clone());
+    if let Some(p) = out.predicted_ms {
+        put(
+            "x-fogline-placed-on",
+            format!("{} ({})", out.node, out.tier.as_str()),
+        );
+        put("x-fogline-predicted-ms", format!("{p:.2}"));
+        put("x-fogline-took-ms", format!("{:.2}", out.took_ms));
+        put("x-fogline-attempts", out.attempts.to_string());
+    }
+    r
+}
+
+fn refused(e: crate::dispatch::Refused) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = text(status, e.message);
+    if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
 }
 
 /// Runs the call on another tier over QUIC (`X-Fogline-Target: quic://HOST:PORT`), sending
@@ -257,6 +276,21 @@ async fn invoke_async_inner(
             r
         }
         Err(e) => invoke_error(e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Limit {
+    limit: Option<usize>,
+}
+
+async fn placements(State(node): State<Shared>, Query(q): Query<Limit>) -> Response {
+    match node.dispatch.get() {
+        Some(d) => axum::Json(d.placements(q.limit.unwrap_or(100))).into_response(),
+        None => text(
+            StatusCode::NOT_FOUND,
+            "this is not a router: placements are decided by `fogline router`",
+        ),
     }
 }
 

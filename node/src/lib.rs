@@ -10,6 +10,7 @@
 //! [`serve`] ties them together for `fogline up` and `fogline node`.
 
 pub mod agent;
+pub mod dispatch;
 pub mod executor;
 pub mod gateway;
 pub mod logs;

@@ -97,6 +97,16 @@ impl Mesh {
         v.members().map(|m| row(m, now, &self.self_name)).collect()
     }
 
+    /// Runs `f` on the current view, aged to now, without copying it (placement does this
+    /// for every call).
+    pub fn with_view<R>(&self, f: impl FnOnce(&ClusterView) -> R) -> R {
+        let now = self.now_ms();
+        let mut v = self.view.lock().unwrap_or_else(|p| p.into_inner());
+        v.touch(&self.self_name, now);
+        v.tick(now, &self.timing);
+        f(&v)
+    }
+
     /// A copy of the view, for placement.
     pub fn view(&self) -> ClusterView {
         let now = self.now_ms();

@@ -19,7 +19,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 use tokio::sync::{Mutex, Semaphore};
 
-use crate::agent::{InvokeError, Node};
+use crate::agent::Node;
 use crate::executor::ModuleSource;
 use crate::tls::{self, Role, TlsDir, TlsError};
 
@@ -274,6 +274,21 @@ async fn handle_stream(
     let inv = match r.next().await? {
         Frame::Invoke(inv) => inv,
         Frame::Status => return write_frame(send, &Frame::StatusReply(node.capacity())).await,
+        Frame::Prepare(inv) => {
+            if inv.manifest.is_none() || node.dispatch.get().is_some() {
+                return reply_error(
+                    send,
+                    400,
+                    false,
+                    "Prepare needs a manifest, and a node to run it".into(),
+                )
+                .await;
+            }
+            return match ensure_function(node, &inv, send, r, limits).await? {
+                Ok(()) => write_frame(send, &Frame::StatusReply(node.capacity())).await,
+                Err((status, msg)) => reply_error(send, status, false, msg).await,
+            };
+        }
         other => {
             return Err(QuicError::Unexpected(format!(
                 "expected Invoke or Status, got {}",
@@ -294,25 +309,27 @@ async fn handle_stream(
         .await;
     }
     let body = r.body(inv.body_len, limits.max_body).await?;
-    if let Err((status, msg)) = ensure_function(node, &inv, send, r, limits).await? {
-        return reply_error(send, status, false, msg).await;
+    // A router places the call (its own functions are the ones it knows); a node runs it,
+    // loading the caller's manifest and module first when it lacks them.
+    if node.dispatch.get().is_none() {
+        if let Err((status, msg)) = ensure_function(node, &inv, send, r, limits).await? {
+            return reply_error(send, status, false, msg).await;
+        }
     }
-    match node.invoke(&inv.function, body).await {
+    match node.call(&inv.function, body).await {
         Ok(out) => {
             let res = InvokeResult {
                 status: 200,
                 cold: out.cold,
-                run_us: out.run.as_micros() as u64,
-                node: node.id.clone(),
-                body_len: out.stdout.len() as u64,
+                run_us: (out.run_ms * 1e3) as u64,
+                node: out.node,
+                body_len: out.body.len() as u64,
             };
-            write_frames(send, Some(&Frame::Result(res)), &out.stdout).await
+            write_frames(send, Some(&Frame::Result(res)), &out.body).await
         }
         Err(e) => {
-            let retryable = matches!(e, InvokeError::Busy { .. } | InvokeError::QueueFull(_))
-                || e.status() == 429
-                || e.status() == 503;
-            reply_error(send, e.status(), retryable, e.to_string()).await
+            let retryable = e.retryable();
+            reply_error(send, e.status, retryable, e.message).await
         }
     }
 }
@@ -391,6 +408,7 @@ fn name(f: &Frame) -> &'static str {
         Frame::NeedModule(_) => "NeedModule",
         Frame::Status => "Status",
         Frame::StatusReply(_) => "StatusReply",
+        Frame::Prepare(_) => "Prepare",
     }
 }
 
@@ -686,6 +704,50 @@ impl Client {
                 other => {
                     return Err(QuicError::Unexpected(format!(
                         "expected a result, got {}",
+                        name(&other)
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Asks a peer to load a function ahead of calls (it fetches the module from us).
+    pub async fn prepare(
+        &self,
+        addr: SocketAddr,
+        manifest: &FunctionManifest,
+        modules: &dyn ModuleSource,
+    ) -> Result<Capacity, QuicError> {
+        let conn = self.connection(addr, false).await?;
+        let (mut send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| QuicError::Stream(e.to_string()))?;
+        let inv = Invoke {
+            function: manifest.name.clone(),
+            manifest: Some(manifest.clone()),
+            body_len: 0,
+        };
+        write_frame(&mut send, &Frame::Prepare(inv)).await?;
+        let mut r = FrameReader::new(recv, self.timeout);
+        loop {
+            match r.next().await? {
+                Frame::NeedModule(d) => {
+                    let bytes = modules.module(&d).ok_or_else(|| {
+                        QuicError::Unexpected(format!(
+                            "peer asked for module {d}, which this side does not have"
+                        ))
+                    })?;
+                    write_body(&mut send, &bytes).await?;
+                }
+                Frame::StatusReply(c) => {
+                    let _ = send.finish();
+                    return Ok(c);
+                }
+                Frame::Error(e) => return Err(QuicError::Remote(e)),
+                other => {
+                    return Err(QuicError::Unexpected(format!(
+                        "expected StatusReply, got {}",
                         name(&other)
                     )))
                 }

@@ -1,6 +1,614 @@
-//! Fogline's router: regression-based placement across device, edge and cloud.
+//! The router: for every invocation, a prediction for each place that could run it (this
+//! device, each live edge node, the cloud), the fastest chosen, the call forwarded over
+//! QUIC, and the outcome learnt. The models, the policy and the cluster view are the pure
+//! code in `fogline-core`, shared with the simulator; this crate drives them with real
+//! sockets and clocks.
 //!
-//! Not built yet (issue 5). Today a node forwards a call to another tier only when the
-//! caller names the target (`X-Fogline-Target: quic://ADDR`, see `fogline_node::gateway`);
-//! this crate will make that choice itself, from the gossiped cluster view and online
-//! latency models, and host the HTTP/QUIC/MQTT ingress and device mode.
+//! A router is a node agent (same store, same OpenFaaS gateway, same QUIC endpoint) with a
+//! [`Dispatch`] installed, so every ingress (HTTP, QUIC, the async queue, [`mqtt`]) is placed
+//! the same way.
+
+pub mod mqtt;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use fogline_core::config::{RouterSection, Tier};
+use fogline_core::forecast::Arrivals;
+use fogline_core::mesh::State;
+use fogline_core::placement::{PlaceInfo, Plan, Planner};
+use fogline_core::policy::Weights;
+use fogline_core::predict::Source;
+use fogline_core::FunctionManifest;
+use fogline_node::dispatch::{BoxFut, Dispatch, Placed, Refused};
+use fogline_node::quic::{QuicError, Request};
+use fogline_node::Node;
+use serde::Serialize;
+
+/// How long a place that failed is left out of placement.
+const DOWN_FOR: Duration = Duration::from_secs(2);
+/// How often models are refitted and the membership reconciled.
+const HOUSEKEEPING: Duration = Duration::from_millis(50);
+/// How often arrival rates are forecast (and places prepared ahead).
+const FORECAST_EVERY: Duration = Duration::from_millis(500);
+/// A place is asked to prepare a function at most this often.
+const PREPARE_AGAIN: Duration = Duration::from_secs(30);
+
+/// One place a call could run, as known at decision time.
+#[derive(Debug, Clone)]
+struct Place {
+    id: String,
+    tier: Tier,
+    /// `None`: this router itself (device mode).
+    addr: Option<SocketAddr>,
+    rtt_ms: f64,
+    load_per_core: f64,
+    warm: bool,
+    service_ms: Option<f64>,
+}
+
+/// One candidate in a recorded decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct CandidateRecord {
+    pub place: String,
+    pub tier: Tier,
+    pub predicted_ms: f64,
+    /// `model` (fitted from observations) or `analytic` (estimate).
+    pub source: &'static str,
+    pub observations: usize,
+}
+
+/// One placement decision and its outcome, for `GET /v1/placements`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    /// Seconds since the Unix epoch.
+    pub at: f64,
+    pub function: String,
+    pub candidates: Vec<CandidateRecord>,
+    pub chosen: String,
+    pub explored: bool,
+    pub predicted_ms: f64,
+    /// Where it finally ran (differs from `chosen` after a retry), and how long it took.
+    pub ran_on: Option<String>,
+    pub actual_ms: Option<f64>,
+    pub status: u16,
+    pub attempts: u32,
+    pub error: Option<String>,
+}
+
+/// The placement driver.
+pub struct Router {
+    cfg: RouterSection,
+    node: Weak<Node>,
+    planner: Mutex<Planner>,
+    arrivals: Mutex<HashMap<String, Arrivals>>,
+    /// Calls this router has running at each place now (fresher than gossiped load).
+    outstanding: Mutex<HashMap<String, u32>>,
+    /// Places that failed recently, until when.
+    down: Mutex<HashMap<String, Instant>>,
+    prepared: Mutex<HashMap<(String, String), Instant>>,
+    log: Mutex<VecDeque<Decision>>,
+    rng: AtomicU64,
+    started: Instant,
+}
+
+impl Router {
+    /// Installs a router on `node` and starts its housekeeping; returns it.
+    pub fn install(node: &Arc<Node>, cfg: RouterSection) -> Arc<Router> {
+        let seed = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0x5EED, |d| d.as_nanos() as u64)
+            | 1;
+        let r = Arc::new(Router {
+            planner: Mutex::new(Planner::new(cfg.window)),
+            cfg,
+            node: Arc::downgrade(node),
+            arrivals: Mutex::new(HashMap::new()),
+            outstanding: Mutex::new(HashMap::new()),
+            down: Mutex::new(HashMap::new()),
+            prepared: Mutex::new(HashMap::new()),
+            log: Mutex::new(VecDeque::new()),
+            rng: AtomicU64::new(seed),
+            started: Instant::now(),
+        });
+        let _ = node.dispatch.set(r.clone());
+        tokio::spawn(housekeeping(Arc::downgrade(&r)));
+        if r.cfg.prepare_ahead {
+            tokio::spawn(forecasting(Arc::downgrade(&r)));
+        }
+        r
+    }
+
+    /// A uniform number in [0, 1) (splitmix64).
+    fn roll(&self) -> f64 {
+        let mut z = self
+            .rng
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Every place that could run `f` now.
+    fn places(&self, node: &Node, f: &FunctionManifest) -> Vec<Place> {
+        let mut out = Vec::new();
+        let now = Instant::now();
+        let down: Vec<String> = {
+            let mut d = lock(&self.down);
+            d.retain(|_, until| *until > now);
+            d.keys().cloned().collect()
+        };
+        let outstanding = lock(&self.outstanding).clone();
+        let mine = |id: &str| f64::from(outstanding.get(id).copied().unwrap_or(0));
+        if let Some(mesh) = node.mesh.get() {
+            mesh.with_view(|view| {
+                for m in view.members() {
+                    let r = &m.report;
+                    if m.state != State::Alive
+                        || r.node == node.id
+                        || !r.runtimes.contains(&f.runtime)
+                        || down.contains(&r.node)
+                    {
+                        continue;
+                    }
+                    let Some(addr) = r.quic.as_deref().and_then(|a| a.parse().ok()) else {
+                        continue;
+                    };
+                    let cores = f64::from(r.cores.max(1));
+                    let reported = f64::from(r.in_flight + r.queued);
+                    out.push(Place {
+                        id: r.node.clone(),
+                        tier: r.tier,
+                        addr: Some(addr),
+                        // Until ping has measured it, a loopback-ish guess.
+                        rtt_ms: m.rtt_ms.unwrap_or(1.0),
+                        load_per_core: reported.max(mine(&r.node)) / cores,
+                        warm: r.warm.contains(&f.name),
+                        service_ms: r
+                            .service_ms
+                            .iter()
+                            .find(|(n, _)| *n == f.name)
+                            .map(|(_, s)| f64::from(*s)),
+                    });
+                }
+            });
+        }
+        if node.runs_functions() && f.runtime == fogline_core::Runtime::Wasm {
+            let g = node.gauges();
+            let service = node.metrics.function(&f.name).service_ms().map(f64::from);
+            out.push(Place {
+                id: node.id.clone(),
+                tier: node.config.node.tier,
+                addr: None,
+                rtt_ms: 0.0,
+                load_per_core: f64::from(g.instances_in_use).max(mine(&node.id))
+                    / f64::from(node.cores.max(1)),
+                warm: service.is_some(),
+                service_ms: service,
+            });
+        }
+        out
+    }
+
+    fn record(&self, d: Decision) {
+        let mut log = lock(&self.log);
+        if log.len() >= self.cfg.placements_kept.max(1) {
+            log.pop_back();
+        }
+        log.push_front(d);
+    }
+
+    async fn place(&self, node: &Node, function: &str, body: Bytes) -> Result<Placed, Refused> {
+        let Some(deployed) = node.lookup(function) else {
+            return Err(Refused::new(
+                404,
+                format!("function {function:?} not found on this router; deploy it here first"),
+            ));
+        };
+        let f = &deployed.manifest;
+        lock(&self.arrivals)
+            .entry(function.to_string())
+            .or_insert_with(|| Arrivals::new(1000, 10))
+            .record(self.now_ms());
+        let places = self.places(node, f);
+        if places.is_empty() {
+            return Err(Refused::new(503, no_place_message(node, function)));
+        }
+        let weights = Weights {
+            cloud_cost_ms: f64::from(f.placement.cloud_cost_ms),
+            device_energy_ms: f64::from(f.placement.device_energy_ms),
+            explore: self.cfg.explore,
+        };
+        let deadline_ms = f.placement.deadline.map(|d| d.as_secs_f64() * 1e3);
+        let payload_kb = body.len() as f64 / 1024.0;
+        let infos: Vec<PlaceInfo<'_>> = places
+            .iter()
+            .map(|p| PlaceInfo {
+                id: &p.id,
+                tier: p.tier,
+                rtt_ms: p.rtt_ms,
+                load_per_core: p.load_per_core,
+                warm: p.warm,
+                service_ms: p.service_ms,
+            })
+            .collect();
+        let roll = self.roll();
+        let plan = lock(&self.planner)
+            .plan(function, payload_kb, &infos, deadline_ms, &weights, roll)
+            .ok_or_else(|| Refused::new(503, no_place_message(node, function)))?;
+        let mut decision = Decision {
+            at: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            function: function.to_string(),
+            candidates: places
+                .iter()
+                .zip(&plan.scored)
+                .map(|(p, s)| CandidateRecord {
+                    place: p.id.clone(),
+                    tier: p.tier,
+                    predicted_ms: s.predicted_ms,
+                    source: match s.source {
+                        Source::Model => "model",
+                        Source::Analytic => "analytic",
+                    },
+                    observations: s.observations,
+                })
+                .collect(),
+            chosen: places[plan.chosen].id.clone(),
+            explored: plan.explored,
+            predicted_ms: plan.scored[plan.chosen].predicted_ms,
+            ran_on: None,
+            actual_ms: None,
+            status: 0,
+            attempts: 0,
+            error: None,
+        };
+        let result = self
+            .attempts(node, f, &body, &places, &plan, &mut decision)
+            .await;
+        match &result {
+            Ok(p) => {
+                decision.status = 200;
+                decision.ran_on = Some(p.node.clone());
+                decision.actual_ms = Some(p.took_ms);
+            }
+            Err(e) => {
+                decision.status = e.status;
+                decision.error = Some(e.message.clone());
+            }
+        }
+        self.record(decision);
+        result
+    }
+
+    /// Runs the call at the chosen place, then, while the failures allow it and time is
+    /// left, at the next best ones.
+    async fn attempts(
+        &self,
+        node: &Node,
+        f: &FunctionManifest,
+        body: &Bytes,
+        places: &[Place],
+        plan: &Plan,
+        decision: &mut Decision,
+    ) -> Result<Placed, Refused> {
+        let started = Instant::now();
+        let budget = f.timeout;
+        let mut tried = Vec::new();
+        let mut at = plan.chosen;
+        loop {
+            tried.push(at);
+            decision.attempts = tried.len() as u32;
+            let place = &places[at];
+            let scored = plan.scored[at];
+            let t0 = Instant::now();
+            *lock(&self.outstanding).entry(place.id.clone()).or_insert(0) += 1;
+            let outcome = self.run_at(node, f, body, place).await;
+            if let Some(n) = lock(&self.outstanding).get_mut(&place.id) {
+                *n = n.saturating_sub(1);
+            }
+            let took = t0.elapsed();
+            let failure = match outcome {
+                Ok(mut placed) => {
+                    placed.took_ms = took.as_secs_f64() * 1e3;
+                    placed.predicted_ms = Some(plan.scored[plan.chosen].predicted_ms);
+                    placed.attempts = tried.len() as u32;
+                    lock(&self.planner).observe(
+                        &f.name,
+                        &place.id,
+                        &scored.features,
+                        scored.predicted_ms,
+                        placed.took_ms,
+                        Some(placed.run_ms),
+                    );
+                    return Ok(placed);
+                }
+                Err(fail) => fail,
+            };
+            let Failure {
+                refused,
+                place_failed,
+                executed_maybe,
+            } = failure;
+            if place_failed {
+                lock(&self.down).insert(place.id.clone(), Instant::now() + DOWN_FOR);
+                if let (Some(addr), Some(client)) = (place.addr, node.peers.get()) {
+                    client.forget(addr).await;
+                }
+                tracing::warn!(function = %f.name, place = %place.id, "place failed: {}", refused.message);
+            }
+            let retry_allowed = !executed_maybe || f.idempotent;
+            let next = plan.next_best(&tried);
+            let time_left = started.elapsed() < budget;
+            match next {
+                Some(n) if retry_allowed && time_left && (place_failed || refused.retryable()) => {
+                    at = n;
+                }
+                _ => {
+                    if place_failed && !retry_allowed {
+                        return Err(Refused::new(
+                            502,
+                            format!(
+                                "{} failed on {} ({}), and it is not idempotent, so it was not retried elsewhere: {}",
+                                f.name,
+                                place.id,
+                                place.addr.map_or("this router".to_string(), |a| a.to_string()),
+                                refused.message
+                            ),
+                        ));
+                    }
+                    if place_failed {
+                        return Err(Refused::new(
+                            502,
+                            format!(
+                                "{} failed on every place tried ({}): {}",
+                                f.name,
+                                tried
+                                    .iter()
+                                    .map(|i| places[*i].id.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", "),
+                                refused.message
+                            ),
+                        ));
+                    }
+                    return Err(refused);
+                }
+            }
+        }
+    }
+
+    /// One attempt at one place.
+    async fn run_at(
+        &self,
+        node: &Node,
+        f: &FunctionManifest,
+        body: &Bytes,
+        place: &Place,
+    ) -> Result<Placed, Failure> {
+        let Some(addr) = place.addr else {
+            let t0 = Instant::now();
+            return match node.invoke(&f.name, body.clone()).await {
+                Ok(out) => Ok(node.placed_here(out, t0.elapsed(), None)),
+                Err(e) => Err(Failure {
+                    refused: Refused::new(e.status(), e.to_string()),
+                    place_failed: false,
+                    executed_maybe: e.status() != 429,
+                }),
+            };
+        };
+        let Some(client) = node.peers.get() else {
+            return Err(Failure {
+                refused: Refused::new(
+                    503,
+                    "this router has no certificates (quic.tls_dir), so it cannot reach other places",
+                ),
+                place_failed: false,
+                executed_maybe: false,
+            });
+        };
+        let req = Request {
+            function: f.name.clone(),
+            manifest: Some(f.clone()),
+            body: body.clone(),
+        };
+        match client.invoke(addr, &req, node).await {
+            Ok(reply) => Ok(Placed {
+                body: reply.body,
+                node: reply.result.node,
+                tier: place.tier,
+                cold: reply.result.cold,
+                truncated: false,
+                predicted_ms: None,
+                took_ms: 0.0,
+                run_ms: reply.result.run_us as f64 / 1e3,
+                attempts: 1,
+            }),
+            Err(QuicError::Remote(m)) => Err(Failure {
+                place_failed: false,
+                executed_maybe: !m.retryable,
+                refused: Refused::new(m.status, format!("on {}: {}", place.id, m.message)),
+            }),
+            Err(e) => {
+                // Nothing left this side before the connection existed: safe to send elsewhere.
+                let before_sending = matches!(e, QuicError::Connect { .. });
+                Err(Failure {
+                    refused: Refused::new(502, e.to_string()),
+                    place_failed: true,
+                    executed_maybe: !before_sending,
+                })
+            }
+        }
+    }
+
+    /// Asks the best cold place to load `f` ahead of a predicted burst.
+    async fn prepare_ahead(&self, node: &Node, f: &FunctionManifest, rate_per_s: f64) {
+        let places = self.places(node, f);
+        // What the warm places can serve per second.
+        let capacity: f64 = places
+            .iter()
+            .filter(|p| p.warm)
+            .map(|p| {
+                let service = p.service_ms.unwrap_or(1.0).max(0.05);
+                1000.0 / service * (1.0 - p.load_per_core.min(1.0)).max(0.1)
+            })
+            .sum();
+        if rate_per_s <= 0.8 * capacity && places.iter().any(|p| p.warm) {
+            return;
+        }
+        let Some(target) = places
+            .iter()
+            .filter(|p| !p.warm && p.addr.is_some())
+            .min_by(|a, b| (a.rtt_ms + a.load_per_core).total_cmp(&(b.rtt_ms + b.load_per_core)))
+        else {
+            return;
+        };
+        let key = (f.name.clone(), target.id.clone());
+        {
+            let mut prepared = lock(&self.prepared);
+            if prepared
+                .get(&key)
+                .is_some_and(|t| t.elapsed() < PREPARE_AGAIN)
+            {
+                return;
+            }
+            prepared.insert(key, Instant::now());
+        }
+        let (Some(addr), Some(client)) = (target.addr, node.peers.get()) else {
+            return;
+        };
+        match client.prepare(addr, f, node).await {
+            Ok(_) => tracing::info!(
+                function = %f.name,
+                place = %target.id,
+                "prepared ahead of a forecast {rate_per_s:.0} calls/s (warm places serve about {capacity:.0}/s)"
+            ),
+            Err(e) => tracing::warn!(function = %f.name, place = %target.id, "prepare failed: {e}"),
+        }
+    }
+
+    /// Median relative prediction error so far.
+    pub fn median_error(&self) -> Option<f64> {
+        lock(&self.planner).median_error()
+    }
+}
+
+/// Why an attempt produced no output.
+struct Failure {
+    refused: Refused,
+    /// The place itself failed (unreachable, connection lost), not the function.
+    place_failed: bool,
+    /// The function may have run there (so only an idempotent one may run again).
+    executed_maybe: bool,
+}
+
+fn no_place_message(node: &Node, function: &str) -> String {
+    let (alive, total) = node.mesh.get().map_or((0, 0), |m| {
+        m.with_view(|v| {
+            (
+                v.members()
+                    .filter(|m| m.state == State::Alive && m.report.node != node.id)
+                    .count(),
+                v.len().saturating_sub(1),
+            )
+        })
+    });
+    let mesh = if node.mesh.get().is_none() {
+        "the mesh is off (no mesh.listen)".to_string()
+    } else {
+        format!("{alive} of {total} other members alive, none able to run it now")
+    };
+    format!(
+        "no live place can run {function:?}: {mesh}; device mode is {}",
+        if node.runs_functions() { "on" } else { "off" }
+    )
+}
+
+impl Dispatch for Router {
+    fn dispatch<'a>(
+        &'a self,
+        node: &'a Node,
+        function: &'a str,
+        body: Bytes,
+    ) -> BoxFut<'a, Result<Placed, Refused>> {
+        Box::pin(self.place(node, function, body))
+    }
+
+    fn placements(&self, limit: usize) -> serde_json::Value {
+        let log = lock(&self.log);
+        let recent: Vec<&Decision> = log.iter().take(limit).collect();
+        serde_json::json!({
+            "median_prediction_error": lock(&self.planner).median_error(),
+            "placements": recent,
+        })
+    }
+}
+
+/// Refits models off the hot path; forgets connections to members the mesh marks dead.
+async fn housekeeping(router: Weak<Router>) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n = 0u64;
+    loop {
+        tick.tick().await;
+        let Some(r) = router.upgrade() else { return };
+        lock(&r.planner).refit_due();
+        n += 1;
+        if n.is_multiple_of(20) {
+            let Some(node) = r.node.upgrade() else { return };
+            let (Some(mesh), Some(client)) = (node.mesh.get(), node.peers.get()) else {
+                continue;
+            };
+            let (gone, known): (Vec<SocketAddr>, Vec<String>) = mesh.with_view(|v| {
+                (
+                    v.members()
+                        .filter(|m| m.state == State::Dead)
+                        .filter_map(|m| m.report.quic.as_deref()?.parse().ok())
+                        .collect(),
+                    v.members().map(|m| m.report.node.clone()).collect(),
+                )
+            });
+            for addr in gone {
+                client.forget(addr).await;
+            }
+            lock(&r.planner).retain_places(|p| p == node.id || known.iter().any(|k| k == p));
+        }
+    }
+}
+
+/// Forecasts each function's arrival rate and prepares places ahead of bursts.
+async fn forecasting(router: Weak<Router>) {
+    let mut tick = tokio::time::interval(FORECAST_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(r) = router.upgrade() else { return };
+        let Some(node) = r.node.upgrade() else { return };
+        let now = r.now_ms();
+        let rates: Vec<(String, f64)> = lock(&r.arrivals)
+            .iter()
+            .map(|(f, a)| (f.clone(), a.forecast_per_s(now)))
+            .filter(|(_, rate)| *rate >= 1.0)
+            .collect();
+        for (function, rate) in rates {
+            if let Some(d) = node.lookup(&function) {
+                r.prepare_ahead(&node, &d.manifest, rate).await;
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,107 @@
+//! Arrival-rate forecasting per function (Mu-style): invocations are counted in fixed
+//! buckets, and a least-squares line through the recent buckets predicts the next one, so
+//! a rising burst is seen before it peaks and places can prepare ahead of it.
+
+use std::collections::VecDeque;
+
+/// Recent arrivals of one function.
+#[derive(Debug, Clone)]
+pub struct Arrivals {
+    bucket_ms: u64,
+    keep: usize,
+    /// (bucket number, invocations in it), oldest first, only buckets with arrivals.
+    buckets: VecDeque<(u64, u32)>,
+}
+
+impl Arrivals {
+    /// Counts in buckets of `bucket_ms`, fitting over the last `keep` buckets.
+    pub fn new(bucket_ms: u64, keep: usize) -> Self {
+        Arrivals {
+            bucket_ms: bucket_ms.max(1),
+            keep: keep.max(2),
+            buckets: VecDeque::new(),
+        }
+    }
+
+    pub fn record(&mut self, now_ms: u64) {
+        let b = now_ms / self.bucket_ms;
+        match self.buckets.back_mut() {
+            Some((last, n)) if *last == b => *n += 1,
+            _ => self.buckets.push_back((b, 1)),
+        }
+        while self
+            .buckets
+            .front()
+            .is_some_and(|(f, _)| b.saturating_sub(*f) >= self.keep as u64)
+        {
+            self.buckets.pop_front();
+        }
+    }
+
+    /// Predicted arrivals per second in the bucket after the current one. Only complete
+    /// buckets are fitted (the current one is still filling).
+    pub fn forecast_per_s(&self, now_ms: u64) -> f64 {
+        let cur = now_ms / self.bucket_ms;
+        let first = cur.saturating_sub(self.keep as u64);
+        // Points (x = bucket, y = count) for every complete bucket in the window, zeros too.
+        let n = (cur - first) as f64;
+        if n < 2.0 {
+            return 0.0;
+        }
+        let (mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0);
+        for b in first..cur {
+            let y = self
+                .buckets
+                .iter()
+                .find(|(k, _)| *k == b)
+                .map_or(0.0, |(_, c)| f64::from(*c));
+            let x = (b - first) as f64;
+            sx += x;
+            sy += y;
+            sxx += x * x;
+            sxy += x * y;
+        }
+        let denom = n * sxx - sx * sx;
+        let slope = if denom.abs() < 1e-12 {
+            0.0
+        } else {
+            (n * sxy - sx * sy) / denom
+        };
+        let intercept = (sy - slope * sx) / n;
+        // The next complete bucket after `cur` is at x = n + 1.
+        let next = intercept + slope * (n + 1.0);
+        next.max(0.0) * 1000.0 / self.bucket_ms as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rising_burst_is_forecast_above_its_current_rate() {
+        let mut a = Arrivals::new(1000, 8);
+        // 10, 20, 30, 40, 50 per second.
+        for s in 0..5u64 {
+            for i in 0..(10 * (s + 1)) {
+                a.record(s * 1000 + i);
+            }
+        }
+        let f = a.forecast_per_s(5_000);
+        assert!((f - 70.0).abs() < 1e-6, "{f}");
+    }
+
+    #[test]
+    fn a_steady_rate_is_forecast_as_itself_and_silence_as_zero() {
+        let mut a = Arrivals::new(500, 10);
+        for b in 0..10u64 {
+            for i in 0..5 {
+                a.record(b * 500 + i * 10);
+            }
+        }
+        assert!((a.forecast_per_s(5_000) - 10.0).abs() < 1e-6);
+        assert_eq!(Arrivals::new(1000, 4).forecast_per_s(60_000), 0.0);
+        // Long after the last arrival the window holds only empty buckets.
+        assert_eq!(a.forecast_per_s(600_000), 0.0);
+    }
+}

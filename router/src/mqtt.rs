@@ -1,0 +1,134 @@
+//! The MQTT trigger: messages on configured topic filters invoke functions; each result is
+//! published to the message's MQTT 5 response topic (with its correlation data), or else to
+//! `REPLY_PREFIX/<function>`. A message that cannot be used is logged and dropped; the
+//! trigger keeps running, and reconnects when the broker goes away.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fogline_core::config::{topic_matches, MqttSection};
+use fogline_node::Node;
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+
+/// Connects to the broker and serves the triggers until the node is gone.
+pub async fn run(node: Weak<Node>, cfg: MqttSection, node_id: String) {
+    let Some((host, port)) = cfg
+        .broker
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+    else {
+        tracing::error!("mqtt: broker {:?} is not HOST:PORT", cfg.broker);
+        return;
+    };
+    let id = cfg
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("fogline-{node_id}"));
+    let mut opts = MqttOptions::new(id, host, port);
+    opts.set_keep_alive(Duration::from_secs(10));
+    let max_body = node
+        .upgrade()
+        .map_or(1 << 20, |n| n.config.http.max_body.bytes());
+    opts.set_max_packet_size(Some(max_body as u32 + 64 * 1024));
+    let (client, mut events) = AsyncClient::new(opts, 256);
+    let mut connected_once = false;
+    loop {
+        match events.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                // Clean sessions: subscribe again on every connection.
+                for t in &cfg.triggers {
+                    if let Err(e) = client.subscribe(t.topic.clone(), QoS::AtLeastOnce).await {
+                        tracing::error!("mqtt: subscribing to {}: {e}", t.topic);
+                    }
+                }
+                if !connected_once {
+                    println!("mqtt trigger connected to {}", cfg.broker);
+                }
+                connected_once = true;
+                tracing::info!(
+                    "mqtt: connected to {}, {} trigger(s)",
+                    cfg.broker,
+                    cfg.triggers.len()
+                );
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let Some(node) = node.upgrade() else { return };
+                let client = client.clone();
+                let cfg = cfg.clone();
+                tokio::spawn(async move { handle(&node, &client, &cfg, p).await });
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!("mqtt: broker {}: {e}; reconnecting in 1s", cfg.broker);
+                if node.strong_count() == 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn handle(node: &Node, client: &AsyncClient, cfg: &MqttSection, p: Publish) {
+    let Ok(topic) = std::str::from_utf8(&p.topic) else {
+        tracing::warn!("mqtt: dropped a message whose topic is not UTF-8");
+        return;
+    };
+    let Some(trigger) = cfg.triggers.iter().find(|t| topic_matches(&t.topic, topic)) else {
+        tracing::warn!("mqtt: dropped a message on {topic:?}: no trigger matches it");
+        return;
+    };
+    let max = node.config.http.max_body.bytes();
+    if p.payload.len() as u64 > max {
+        tracing::warn!(
+            "mqtt: dropped a message on {topic:?}: payload of {} bytes exceeds the limit of {max}",
+            p.payload.len()
+        );
+        return;
+    }
+    let props = p.properties.unwrap_or_default();
+    let reply_topic = match props.response_topic {
+        Some(t) if !t.is_empty() && !t.contains(['+', '#']) => t,
+        Some(t) => {
+            tracing::warn!(
+                "mqtt: message on {topic:?} names response topic {t:?}, which is not a topic; \
+                 replying on the default"
+            );
+            format!("{}/{}", cfg.reply_prefix, trigger.function)
+        }
+        None => format!("{}/{}", cfg.reply_prefix, trigger.function),
+    };
+    let (status, body, placed_on) = match node.call(&trigger.function, p.payload.clone()).await {
+        Ok(placed) => (
+            200u16,
+            placed.body,
+            format!("{} ({})", placed.node, placed.tier.as_str()),
+        ),
+        Err(e) => (e.status, Bytes::from(e.message), String::new()),
+    };
+    if status != 200 {
+        tracing::warn!(function = %trigger.function, "mqtt: call from {topic:?} failed with {status}");
+    }
+    let mut user = vec![
+        ("status".to_string(), status.to_string()),
+        ("function".to_string(), trigger.function.clone()),
+        ("topic".to_string(), topic.to_string()),
+    ];
+    if !placed_on.is_empty() {
+        user.push(("placed-on".to_string(), placed_on));
+    }
+    let out = PublishProperties {
+        correlation_data: props.correlation_data,
+        user_properties: user,
+        ..PublishProperties::default()
+    };
+    if let Err(e) = client
+        .publish_with_properties(reply_topic.clone(), QoS::AtLeastOnce, false, body, out)
+        .await
+    {
+        tracing::warn!("mqtt: publishing the result to {reply_topic:?}: {e}");
+    }
+}
