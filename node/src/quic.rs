@@ -641,8 +641,11 @@ impl Client {
     }
 
     /// Forgets a peer's connection (after it failed).
+    /// Closes it, so calls waiting on it fail now instead of at the idle timeout.
     pub async fn forget(&self, addr: SocketAddr) {
-        self.conns.lock().await.remove(&addr);
+        if let Some(c) = self.conns.lock().await.remove(&addr) {
+            c.close(VarInt::from_u32(0), b"peer considered gone");
+        }
     }
 
     /// Invokes a function on `addr`. `modules` answers the peer's module requests.

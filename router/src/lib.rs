@@ -314,7 +314,37 @@ impl Router {
             let scored = plan.scored[at];
             let t0 = Instant::now();
             *lock(&self.outstanding).entry(place.id.clone()).or_insert(0) += 1;
-            let outcome = self.run_at(node, f, body, place).await;
+            // An idempotent call may be abandoned at a place that is far slower than
+            // predicted (stalled, overloaded or gone) and run elsewhere; any other call
+            // waits for its own timeout there.
+            let outcome = if f.idempotent && place.addr.is_some() {
+                let limit = Duration::from_secs_f64(
+                    (3.0 * scored.predicted_ms).max(scored.predicted_ms + 1000.0) / 1e3,
+                )
+                .min(
+                    budget
+                        .saturating_sub(started.elapsed())
+                        .max(Duration::from_millis(1)),
+                );
+                match tokio::time::timeout(limit, self.run_at(node, f, body, place)).await {
+                    Ok(o) => o,
+                    Err(_) => Err(Failure {
+                        refused: Refused::new(
+                            504,
+                            format!(
+                                "no answer from {} within {} ms",
+                                place.id,
+                                limit.as_millis()
+                            ),
+                        ),
+                        place_failed: true,
+                        executed_maybe: true,
+                        broken: false,
+                    }),
+                }
+            } else {
+                self.run_at(node, f, body, place).await
+            };
             if let Some(n) = lock(&self.outstanding).get_mut(&place.id) {
                 *n = n.saturating_sub(1);
             }
@@ -340,10 +370,11 @@ impl Router {
                 refused,
                 place_failed,
                 executed_maybe,
+                broken,
             } = failure;
             if place_failed {
                 lock(&self.down).insert(place.id.clone(), Instant::now() + DOWN_FOR);
-                if let (Some(addr), Some(client)) = (place.addr, node.peers.get()) {
+                if let (true, Some(addr), Some(client)) = (broken, place.addr, node.peers.get()) {
                     client.forget(addr).await;
                 }
                 tracing::warn!(function = %f.name, place = %place.id, "place failed: {}", refused.message);
@@ -405,6 +436,7 @@ impl Router {
                     refused: Refused::new(e.status(), e.to_string()),
                     place_failed: false,
                     executed_maybe: e.status() != 429,
+                    broken: false,
                 }),
             };
         };
@@ -416,6 +448,7 @@ impl Router {
                 ),
                 place_failed: false,
                 executed_maybe: false,
+                broken: false,
             });
         };
         let req = Request {
@@ -438,6 +471,7 @@ impl Router {
             Err(QuicError::Remote(m)) => Err(Failure {
                 place_failed: false,
                 executed_maybe: !m.retryable,
+                broken: false,
                 refused: Refused::new(m.status, format!("on {}: {}", place.id, m.message)),
             }),
             Err(e) => {
@@ -447,6 +481,7 @@ impl Router {
                     refused: Refused::new(502, e.to_string()),
                     place_failed: true,
                     executed_maybe: !before_sending,
+                    broken: true,
                 })
             }
         }
@@ -511,6 +546,8 @@ struct Failure {
     place_failed: bool,
     /// The function may have run there (so only an idempotent one may run again).
     executed_maybe: bool,
+    /// The connection to the place is broken (drop it), not merely slow.
+    broken: bool,
 }
 
 fn no_place_message(node: &Node, function: &str) -> String {

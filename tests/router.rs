@@ -1,0 +1,412 @@
+//! The router with real processes: a bridge, two edge nodes and a router on loopback, meshed
+//! and talking QUIC with their own certificates. Placement details on every response, the
+//! placements log, 404 without contacting nodes, placements moving off a CPU-loaded node,
+//! no idempotent request failing when a node is killed, a 502 naming the place for a
+//! non-idempotent call that lost its place, and a 503 when no place is left.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+fn pki(dir: &Path) -> PathBuf {
+    let root = dir.join("pki");
+    run_ok(fogline().args(["certs", "init", "--dir"]).arg(&root));
+    root
+}
+
+fn issue(pki: &Path, name: &str, role: &str) -> PathBuf {
+    let out = pki.join(name);
+    run_ok(
+        fogline()
+            .args(["certs", "issue", name, "--role", role, "--ca"])
+            .arg(pki)
+            .arg("--out")
+            .arg(&out),
+    );
+    out
+}
+
+/// CPUs this process may use (the tests pin edge nodes to one each, like separate boards).
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Starts `fogline ROLE` as mesh member `name`, pinned to `cpu` when there is one to spare.
+fn member(
+    dir: &Path,
+    pki: &Path,
+    role: &str,
+    name: &str,
+    join: Option<&str>,
+    cpu: Option<usize>,
+) -> NodeProc {
+    let cfg = dir.join("member.toml");
+    std::fs::write(
+        &cfg,
+        "version = 1\n[mesh]\nmdns = false\ninterval = \"500ms\"\n",
+    )
+    .unwrap();
+    let cert_role = match role {
+        "bridge" => "bridge",
+        _ => "node",
+    };
+    let tls = issue(pki, name, cert_role);
+    let mut cmd = match cpu.filter(|_| cpus() >= 2 && Path::new("/usr/bin/taskset").exists()) {
+        Some(c) => {
+            let mut t = std::process::Command::new("/usr/bin/taskset");
+            t.args(["-c", &c.to_string()]).arg(bin());
+            t
+        }
+        None => std::process::Command::new(bin()),
+    };
+    cmd.env_remove("FOGLINE_GATEWAY")
+        .env_remove("FOGLINE_TOKEN")
+        .current_dir(dir)
+        .arg(role)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--id", name, "--data-dir"])
+        .arg(dir.join(name))
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--quic",
+            "127.0.0.1:0",
+            "--tls-dir",
+        ])
+        .arg(&tls)
+        .args(["--mesh", "/ip4/127.0.0.1/tcp/0"]);
+    if let Some(j) = join {
+        cmd.args(["--join", j]);
+    }
+    NodeProc::spawn_cmd(cmd, dir.join(name), dir)
+}
+
+fn mesh_json(n: &NodeProc) -> Value {
+    let out = run_ok(fogline().args(["--gateway", &n.url, "mesh", "--json"]));
+    serde_json::from_str(&out).unwrap()
+}
+
+fn alive(n: &NodeProc) -> Vec<String> {
+    let mut v: Vec<String> = mesh_json(n)["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["state"] == "alive")
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !ok() {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "{what}: not within {secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Invokes through the router; returns (status, placed-on node, body).
+async fn call(c: &reqwest::Client, router: &str, f: &str, body: &str) -> (u16, String, String) {
+    let r = c
+        .post(format!("{router}/function/{f}"))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let placed = r
+        .headers()
+        .get("x-fogline-placed-on")
+        .map(|v| v.to_str().unwrap().split(' ').next().unwrap().to_string())
+        .unwrap_or_default();
+    (status, placed, r.text().await.unwrap())
+}
+
+/// Where `n` calls of hello went.
+async fn shares(c: &reqwest::Client, router: &str, n: usize) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for _ in 0..n {
+        let (s, placed, _) = call(c, router, "hello", "x").await;
+        assert_eq!(s, 200);
+        *m.entry(placed).or_insert(0) += 1;
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_router_places_learns_moves_off_load_and_survives_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = pki(d);
+    let cloud = member(d, &pki, "bridge", "cloud", None, None);
+    let seed = mesh_json(&cloud)["self"].as_str().unwrap().to_string();
+    let mut edges = vec![
+        member(d, &pki, "node", "edge-1", Some(&seed), Some(0)),
+        member(d, &pki, "node", "edge-2", Some(&seed), Some(1)),
+    ];
+    let router = member(d, &pki, "router", "router", Some(&seed), None);
+    let everyone = vec!["cloud", "edge-1", "edge-2", "router"];
+    wait_until("the router sees every member", 20, || {
+        alive(&router) == everyone
+    });
+    let c = client();
+
+    // Deploy through the router: nodes fetch the module by hash on first use.
+    let r = deploy(
+        &router,
+        "hello",
+        "hello/hello.wasm",
+        json!({"idempotent": true}),
+    )
+    .await;
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let r = deploy(
+        &router,
+        "spin-once",
+        "misbehave/loop.wasm",
+        json!({"timeout": "4s"}),
+    )
+    .await;
+    assert!(r.status().is_success());
+
+    // Placement details on every response.
+    let r = c
+        .post(format!("{}/function/hello", router.url))
+        .body("world")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers().clone();
+    assert_eq!(r.text().await.unwrap(), "hello, world");
+    let placed = h["x-fogline-placed-on"].to_str().unwrap();
+    assert!(
+        ["cloud (cloud)", "edge-1 (edge)", "edge-2 (edge)"].contains(&placed),
+        "{placed}"
+    );
+    for k in ["x-fogline-predicted-ms", "x-fogline-took-ms"] {
+        let v: f64 = h[k].to_str().unwrap().parse().unwrap();
+        assert!(v.is_finite() && v >= 0.0, "{k}: {v}");
+    }
+
+    // Unknown function: 404 from the router itself, nothing recorded, nobody contacted.
+    let before = c
+        .get(format!("{}/v1/placements?limit=1000", router.url))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["placements"]
+        .as_array()
+        .unwrap()
+        .len();
+    let (s, placed, msg) = call(&c, &router.url, "nosuch", "x").await;
+    assert_eq!((s, placed.as_str()), (404, ""));
+    assert!(msg.contains("\"nosuch\" not found on this router"), "{msg}");
+    let after: Value = c
+        .get(format!("{}/v1/placements?limit=1000", router.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(after["placements"].as_array().unwrap().len(), before);
+
+    // Learn: a few hundred calls, then the models answer and the error is reported.
+    let warmup = shares(&c, &router.url, 300).await;
+    eprintln!("warm-up placements: {warmup:?}");
+    let p: Value = c
+        .get(format!("{}/v1/placements?limit=50", router.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let last = &p["placements"][0];
+    assert_eq!(last["function"], "hello");
+    assert_eq!(last["candidates"].as_array().unwrap().len(), 3);
+    assert!(last["actual_ms"].as_f64().unwrap() > 0.0);
+    assert!(
+        last["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["source"] == "model"),
+        "after 300 calls some place is predicted by its fitted model: {last}"
+    );
+    let err = p["median_prediction_error"].as_f64().unwrap();
+    eprintln!(
+        "median prediction error after warm-up: {:.1} %",
+        err * 100.0
+    );
+    let table = run_ok(fogline().args(["--gateway", &router.url, "placements", "--limit", "3"]));
+    assert!(
+        table.contains("hello") && table.contains("median prediction error"),
+        "{table}"
+    );
+
+    // Load the busier edge with CPU-bound work deployed on it directly; most new placements
+    // must leave it within 5 s.
+    let (li, loaded_name) =
+        if warmup.get("edge-1").unwrap_or(&0) >= warmup.get("edge-2").unwrap_or(&0) {
+            (0, "edge-1")
+        } else {
+            (1, "edge-2")
+        };
+    let loaded = &edges[li];
+    let r = deploy(
+        loaded,
+        "spin",
+        "misbehave/loop.wasm",
+        json!({"timeout": "2s"}),
+    )
+    .await;
+    assert!(r.status().is_success());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..3 {
+        let (url, stop) = (loaded.url.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let c = client();
+            while !stop.load(Ordering::Relaxed) {
+                let _ = c.post(format!("{url}/function/spin")).send().await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let during = shares(&c, &router.url, 100).await;
+    let on_loaded = during.get(loaded_name).copied().unwrap_or(0);
+    eprintln!(
+        "{loaded_name} loaded: before {} of 300, 5 s into the load {on_loaded} of 100 ({during:?})",
+        warmup.get(loaded_name).unwrap_or(&0)
+    );
+    assert!(
+        on_loaded <= 30,
+        "most placements should leave the loaded {loaded_name}: {during:?}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+
+    // Kill the place now taking most calls while idempotent calls stream in: none fails.
+    let favourite = shares(&c, &router.url, 50).await;
+    let victim = ["edge-1", "edge-2"]
+        .into_iter()
+        .max_by_key(|n| favourite.get(*n).copied().unwrap_or(0))
+        .unwrap();
+    let vi = if victim == "edge-1" { 0 } else { 1 };
+    let failures = Arc::new(AtomicU32::new(0));
+    let done = Arc::new(AtomicU32::new(0));
+    let running = Arc::new(AtomicBool::new(true));
+    let mut callers = Vec::new();
+    for _ in 0..4 {
+        let (url, failures, done, running) = (
+            router.url.clone(),
+            failures.clone(),
+            done.clone(),
+            running.clone(),
+        );
+        callers.push(tokio::spawn(async move {
+            let c = client();
+            while running.load(Ordering::Relaxed) {
+                let (s, _, body) = call(&c, &url, "hello", "k").await;
+                if s != 200 {
+                    eprintln!("failed call: {s} {body}");
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    edges[vi].kill();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    running.store(false, Ordering::Relaxed);
+    for c in callers {
+        c.await.unwrap();
+    }
+    eprintln!(
+        "killed {victim} ({favourite:?} before): {} calls, {} failed",
+        done.load(Ordering::Relaxed),
+        failures.load(Ordering::Relaxed)
+    );
+    assert_eq!(failures.load(Ordering::Relaxed), 0);
+    assert!(done.load(Ordering::Relaxed) > 50);
+    wait_until("the killed node is marked dead", 10, || {
+        !alive(&router).contains(&victim.to_string())
+    });
+
+    // A non-idempotent call whose place dies under it: 502 naming the place.
+    let other = &edges[1 - vi];
+    let other_name = if vi == 0 { "edge-2" } else { "edge-1" };
+    let url = router.url.clone();
+    let pending = tokio::spawn(async move {
+        let c = client();
+        let r = c
+            .post(format!("{url}/function/spin-once"))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    });
+    // Find where it runs: the member with an instance in use.
+    let mut cloud = cloud;
+    let mut on_cloud = None;
+    let t = Instant::now();
+    while on_cloud.is_none() && t.elapsed() < Duration::from_secs(3) {
+        if status(&other.url).await["instances_in_use"].as_u64() == Some(1) {
+            on_cloud = Some(false);
+        } else if status(&cloud.url).await["instances_in_use"].as_u64() == Some(1) {
+            on_cloud = Some(true);
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let v2name = match on_cloud.expect("spin-once runs on a live member") {
+        true => {
+            cloud.kill();
+            "cloud"
+        }
+        false => {
+            edges[1 - vi].kill();
+            other_name
+        }
+    };
+    let (s, msg) = pending.await.unwrap();
+    eprintln!("non-idempotent call after its place died: {s} {msg}");
+    assert_eq!(s, 502, "{msg}");
+    assert!(
+        msg.contains(v2name) && msg.contains("not idempotent"),
+        "{msg}"
+    );
+
+    // Nothing left that can run it: 503 saying so.
+    for e in edges.iter_mut() {
+        e.kill();
+    }
+    cloud.kill();
+    wait_until("every member is marked dead", 10, || {
+        alive(&router) == vec!["router".to_string()]
+    });
+    let (s, _, msg) = call(&c, &router.url, "hello", "x").await;
+    assert_eq!(s, 503, "{msg}");
+    assert!(msg.contains("no live place can run \"hello\""), "{msg}");
+}
