@@ -154,7 +154,7 @@ async fn the_router_places_learns_moves_off_load_and_survives_a_kill() {
     let pki = pki(d);
     let cloud = member(d, &pki, "bridge", "cloud", None, None);
     let seed = mesh_json(&cloud)["self"].as_str().unwrap().to_string();
-    let mut edges = vec![
+    let mut edges = [
         member(d, &pki, "node", "edge-1", Some(&seed), Some(0)),
         member(d, &pki, "node", "edge-2", Some(&seed), Some(1)),
     ];
