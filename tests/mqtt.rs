@@ -1,0 +1,215 @@
+//! The MQTT trigger against a real broker (Mosquitto, started here): a message on a mapped
+//! topic invokes the function and the result is published to the default reply topic, or to
+//! the MQTT 5 response topic with the correlation data; unusable messages are logged and
+//! dropped while the trigger keeps serving; a broker restart is survived.
+//!
+//! Needs `mosquitto` and `mosquitto-clients` (Debian packages): skipped with a message when
+//! they are missing, a failure under CI=true.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BROKER: &str = "/usr/sbin/mosquitto";
+
+fn have_mosquitto() -> bool {
+    let ok =
+        Path::new(BROKER).exists() && Command::new("mosquitto_pub").arg("--help").output().is_ok();
+    if !ok {
+        assert!(
+            std::env::var("CI").ok().as_deref() != Some("true"),
+            "CI must have mosquitto and mosquitto-clients installed (.ci/run installs them)"
+        );
+        eprintln!("SKIPPED: mosquitto / mosquitto-clients not installed (apt-get install mosquitto mosquitto-clients)");
+    }
+    ok
+}
+
+struct Broker {
+    child: Child,
+}
+
+impl Broker {
+    fn start(dir: &Path, port: u16) -> Broker {
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .unwrap();
+        let child = Command::new(BROKER)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "mosquitto did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Broker { child }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Subscribes to `topic` (MQTT 5) and returns the first message as `topic|corr|props|payload`.
+fn subscribe(port: u16, topic: &str) -> Child {
+    let child = Command::new("mosquitto_sub")
+        .args(["-V", "5", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-t", topic, "-C", "1", "-W", "15", "-F", "%t|%D|%P|%p"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Give the subscription a moment to reach the broker.
+    std::thread::sleep(Duration::from_millis(400));
+    child
+}
+
+fn received(sub: Child) -> String {
+    let out = sub.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn publish(port: u16, topic: &str, payload: &str, extra: &[&str]) {
+    let st = Command::new("mosquitto_pub")
+        .args(["-V", "5", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-t", topic, "-m", payload, "-q", "1"])
+        .args(extra)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_messages_invoke_functions_and_bad_ones_are_dropped() {
+    if !have_mosquitto() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    let broker = Broker::start(d, port);
+    let cfg = d.join("router.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version = 1\n[http]\nmax_body = \"1Ki\"\n[router.mqtt]\nbroker = \"127.0.0.1:{port}\"\n\
+             [[router.mqtt.trigger]]\ntopic = \"sensors/+/temp\"\nfunction = \"hello\"\n\
+             [[router.mqtt.trigger]]\ntopic = \"orphans/#\"\nfunction = \"nosuch\"\n"
+        ),
+    )
+    .unwrap();
+    let router = NodeProc::role(d, "router", "router", &cfg, &["--device"]);
+    let line = router
+        .stdout_rest
+        .recv_timeout(Duration::from_secs(15))
+        .unwrap();
+    assert!(
+        line.starts_with("mqtt trigger connected to 127.0.0.1:"),
+        "{line}"
+    );
+    let r = deploy(&router, "hello", "hello/hello.wasm", serde_json::json!({})).await;
+    assert!(r.status().is_success());
+
+    // A mapped topic: the result goes to the default reply topic, with placement details.
+    let sub = subscribe(port, "fogline/reply/#");
+    publish(port, "sensors/k1/temp", "world", &[]);
+    let got = received(sub);
+    assert!(got.starts_with("fogline/reply/hello|"), "{got}");
+    assert!(got.ends_with("|hello, world"), "{got}");
+    assert!(
+        got.contains("status:200") && got.contains("placed-on:"),
+        "{got}"
+    );
+
+    // MQTT 5 request/response: the reply goes to the response topic with the correlation data.
+    let sub = subscribe(port, "dev/7/inbox");
+    publish(
+        port,
+        "sensors/k2/temp",
+        "there",
+        &[
+            "-D",
+            "publish",
+            "response-topic",
+            "dev/7/inbox",
+            "-D",
+            "publish",
+            "correlation-data",
+            "req-42",
+        ],
+    );
+    let got = received(sub);
+    assert!(got.starts_with("dev/7/inbox|req-42|"), "{got}");
+    assert!(got.ends_with("|hello, there"), "{got}");
+
+    // Unusable messages are logged and dropped; errors of the call are published.
+    let big = "x".repeat(2048);
+    publish(port, "sensors/k3/temp", &big, &[]);
+    let sub = subscribe(port, "fogline/reply/nosuch");
+    publish(port, "orphans/a", "y", &[]);
+    let got = received(sub);
+    assert!(
+        got.contains("status:404") && got.contains("not found"),
+        "{got}"
+    );
+    // A response topic with wildcards is not a topic: the default is used instead.
+    let sub = subscribe(port, "fogline/reply/hello");
+    publish(
+        port,
+        "sensors/k4/temp",
+        "again",
+        &["-D", "publish", "response-topic", "dev/+/inbox"],
+    );
+    let got = received(sub);
+    assert!(got.ends_with("|hello, again"), "{got}");
+    let log = std::fs::read_to_string(d.join("node.stderr")).unwrap();
+    assert!(
+        log.contains("payload of 2048 bytes exceeds the limit of 1024"),
+        "{log}"
+    );
+    assert!(log.contains("which is not a topic"), "{log}");
+
+    // The broker restarts: the trigger reconnects and serves again.
+    drop(broker);
+    let _broker = Broker::start(d, port);
+    let t = Instant::now();
+    loop {
+        let sub = subscribe(port, "fogline/reply/hello");
+        publish(port, "sensors/k5/temp", "back", &[]);
+        let got = received(sub);
+        if got.ends_with("|hello, back") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no reply after the broker restarted"
+        );
+    }
+}
