@@ -5,6 +5,7 @@
 
 mod client;
 mod serve;
+mod simulate;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +56,8 @@ enum Command {
     Mesh(client::MeshArgs),
     /// Show a router's recent placement decisions: candidates, predictions, choice, actual.
     Placements(client::PlacementsArgs),
+    /// Compare placement policies on a simulated continuum (seeded, deterministic).
+    Simulate(simulate::SimArgs),
 }
 
 #[derive(Args)]
@@ -260,6 +263,7 @@ fn main() -> ExitCode {
                 serve::node(cfg, &join).await
             }
             Command::Placements(a) => client::placements(&cli.client, a).await,
+            Command::Simulate(a) => simulate::run(a),
             Command::Bridge(a) => {
                 let join = a.join.clone();
                 serve::node(

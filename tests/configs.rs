@@ -22,13 +22,26 @@ fn every_example_config_loads() {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap();
-        if name.starts_with("node") || name == "bridge.toml" || name == "device.toml" {
+        if name.starts_with("node")
+            || ["bridge.toml", "device.toml", "router.toml"].contains(&name.as_str())
+        {
             let cfg = NodeConfig::from_toml(&name, &text).unwrap_or_else(|e| panic!("{e}"));
             let tier = cfg.node.tier.as_str();
             match name.as_str() {
                 "bridge.toml" => assert_eq!(tier, "cloud"),
-                "device.toml" => assert_eq!(tier, "device"),
-                _ => assert_eq!(tier, "edge"),
+                "device.toml" => {
+                    assert_eq!(tier, "device");
+                    assert!(cfg.router.as_ref().unwrap().device);
+                }
+                "router.toml" => {
+                    let r = cfg.router.as_ref().unwrap();
+                    assert!(!r.device);
+                    assert!(!r.mqtt.as_ref().unwrap().triggers.is_empty());
+                }
+                _ => {
+                    assert_eq!(tier, "edge");
+                    assert!(cfg.router.is_none(), "{name}: nodes have no [router]");
+                }
             }
         } else if name == "stack.toml" {
             let stack = StackFile::parse(&name, &text).unwrap_or_else(|e| panic!("{e}"));

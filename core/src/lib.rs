@@ -13,6 +13,7 @@
 //! - [`policy`]: choosing a place from predictions, deadlines, cost and energy weights.
 //! - [`placement`]: the planner the router and the simulator share: models per place, plans,
 //!   learning from outcomes.
+//! - [`sim`]: the continuum simulator (same planner and cluster view, baselines, oracle).
 //! - [`wire`]: the tier-to-tier frame protocol (QUIC streams), pure encode/decode.
 //!
 //! Drivers (`fogline-node`, `fogline-router`, …) move bytes and time into these types.
@@ -26,6 +27,7 @@ pub mod openfaas;
 pub mod placement;
 pub mod policy;
 pub mod predict;
+pub mod sim;
 pub mod stack;
 pub mod units;
 pub mod wire;

@@ -64,6 +64,9 @@ pub struct Planner {
     models: HashMap<String, HashMap<String, Model>>,
     /// Smoothed service time per function over all places, for places that report none.
     service: HashMap<String, f64>,
+    /// How much slower than a function's typical service time each place runs, learnt
+    /// over every function it ran: what a place that never ran a function will likely take.
+    slowness: HashMap<String, f64>,
     pub analytic: Analytic,
     window: usize,
     errors: Vec<f64>,
@@ -76,6 +79,7 @@ impl Planner {
         Planner {
             models: HashMap::new(),
             service: HashMap::new(),
+            slowness: HashMap::new(),
             analytic: Analytic::default(),
             window,
             errors: Vec::new(),
@@ -89,10 +93,10 @@ impl Planner {
             rtt_ms: p.rtt_ms,
             load_per_core: p.load_per_core,
             cold: !p.warm,
-            service_ms: p
-                .service_ms
-                .or_else(|| self.service.get(function).copied())
-                .unwrap_or(1.0),
+            service_ms: p.service_ms.unwrap_or_else(|| {
+                self.service.get(function).copied().unwrap_or(1.0)
+                    * self.slowness.get(p.id).copied().unwrap_or(1.0)
+            }),
         }
     }
 
@@ -164,9 +168,29 @@ impl Planner {
             self.errors[self.next_error] = rel;
         }
         self.next_error = (self.next_error + 1) % ERRORS_KEPT;
-        if let Some(s) = service_ms.filter(|s| s.is_finite() && *s >= 0.0) {
-            let e = self.service.entry(function.to_string()).or_insert(s);
-            *e = 0.8 * *e + 0.2 * s;
+        if let Some(s) = service_ms.filter(|s| s.is_finite() && *s > 0.0) {
+            // The place's service time against the function's typical one, before this
+            // observation moves the typical one.
+            let typical = *self.service.entry(function.to_string()).or_insert(s);
+            if typical > 0.0 {
+                let r = (s / typical).clamp(0.01, 100.0);
+                let k = self.slowness.entry(place.to_string()).or_insert(r);
+                *k = 0.95 * *k + 0.05 * r;
+            }
+            if let Some(e) = self.service.get_mut(function) {
+                *e = 0.8 * *e + 0.2 * s;
+            }
+        }
+        if features.cold {
+            // What a cold start added, beyond the warm estimate: the analytic estimate's
+            // cold-start penalty follows it.
+            let warm = Features {
+                cold: false,
+                ..*features
+            };
+            let extra = (actual_ms - self.analytic.estimate(&warm)).max(0.0);
+            let c = &mut self.analytic.cold_penalty_ms;
+            *c = 0.9 * *c + 0.1 * extra;
         }
         let window = self.window;
         let per_fn = match self.models.get_mut(function) {
