@@ -2,7 +2,7 @@
 //! latency models, their predictions for an invocation, the policy's choice, and what is
 //! learnt from the outcome. Pure: places, time and randomness come in as values.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::config::Tier;
 use crate::policy::{choose, Candidate, Weights};
@@ -55,13 +55,23 @@ impl Plan {
     }
 }
 
+/// A place id's key in the model maps.
+fn place_key(id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    id.hash(&mut h);
+    h.finish()
+}
+
 /// How many recent relative errors are kept for the median.
 const ERRORS_KEPT: usize = 2048;
 
 /// Models for every (function, place) seen, and the prediction error so far.
 #[derive(Debug, Clone)]
 pub struct Planner {
-    models: HashMap<String, HashMap<String, Model>>,
+    /// Per function, per place (keyed by a 64-bit hash of the place's id, which keeps
+    /// lookups on the hot path free of string comparisons), the place's id and its model.
+    models: HashMap<String, HashMap<u64, (String, Model)>>,
     /// Smoothed service time per function over all places, for places that report none.
     service: HashMap<String, f64>,
     /// How much slower than a function's typical service time each place runs, learnt
@@ -77,9 +87,9 @@ impl Planner {
     /// `window`: observations each model keeps.
     pub fn new(window: usize) -> Self {
         Planner {
-            models: HashMap::new(),
-            service: HashMap::new(),
-            slowness: HashMap::new(),
+            models: HashMap::default(),
+            service: HashMap::default(),
+            slowness: HashMap::default(),
             analytic: Analytic::default(),
             window,
             errors: Vec::new(),
@@ -112,32 +122,28 @@ impl Planner {
         roll: f64,
     ) -> Option<Plan> {
         let models = self.models.get(function);
-        let scored: Vec<Scored> = places
-            .iter()
-            .map(|p| {
-                let features = self.features(function, payload_kb, p);
-                let model = models.and_then(|m| m.get(p.id));
-                let (predicted_ms, source) = match model {
-                    Some(m) => m.predict(&features, &self.analytic),
-                    None => (self.analytic.estimate(&features), Source::Analytic),
-                };
-                Scored {
-                    predicted_ms,
-                    source,
-                    observations: model.map_or(0, Model::observations),
-                    features,
-                }
-            })
-            .collect();
-        let cands: Vec<Candidate> = scored
-            .iter()
-            .zip(places)
-            .map(|(s, p)| Candidate {
+        let mut scored = Vec::with_capacity(places.len());
+        let mut cands = Vec::with_capacity(places.len());
+        for p in places {
+            let features = self.features(function, payload_kb, p);
+            let model = models.and_then(|m| m.get(&place_key(p.id))).map(|(_, m)| m);
+            let (predicted_ms, source) = match model {
+                Some(m) => m.predict(&features, &self.analytic),
+                None => (self.analytic.estimate(&features), Source::Analytic),
+            };
+            let observations = model.map_or(0, Model::observations);
+            scored.push(Scored {
+                predicted_ms,
+                source,
+                observations,
+                features,
+            });
+            cands.push(Candidate {
                 tier: p.tier,
-                predicted_ms: s.predicted_ms,
-                observations: s.observations,
-            })
-            .collect();
+                predicted_ms,
+                observations,
+            });
+        }
         let d = choose(&cands, deadline_ms, weights, roll)?;
         Some(Plan {
             scored,
@@ -197,12 +203,9 @@ impl Planner {
             Some(m) => m,
             None => self.models.entry(function.to_string()).or_default(),
         };
-        let model = match per_fn.get_mut(place) {
-            Some(m) => m,
-            None => per_fn
-                .entry(place.to_string())
-                .or_insert_with(|| Model::new(window)),
-        };
+        let (_, model) = per_fn
+            .entry(place_key(place))
+            .or_insert_with(|| (place.to_string(), Model::new(window)));
         model.observe(features, actual_ms, &self.analytic);
     }
 
@@ -211,7 +214,7 @@ impl Planner {
     pub fn refit_due(&mut self) -> usize {
         let mut n = 0;
         let analytic = self.analytic;
-        for m in self.models.values_mut().flat_map(|m| m.values_mut()) {
+        for (_, m) in self.models.values_mut().flat_map(|m| m.values_mut()) {
             if m.wants_refit() {
                 m.refit(&analytic);
                 n += 1;
@@ -234,7 +237,7 @@ impl Planner {
     /// Forgets the models of places that left (so memory follows the membership).
     pub fn retain_places(&mut self, keep: impl Fn(&str) -> bool) {
         for m in self.models.values_mut() {
-            m.retain(|place, _| keep(place));
+            m.retain(|_, (place, _)| keep(place));
         }
     }
 

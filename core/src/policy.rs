@@ -64,20 +64,24 @@ pub fn choose(
     roll: f64,
 ) -> Option<Decision> {
     let meets = |c: &Candidate| deadline_ms.is_none_or(|d| c.predicted_ms <= d);
-    let any_meets = cands.iter().any(meets);
-    let best = if any_meets {
-        cands
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| meets(c))
-            .min_by(|(_, a), (_, b)| score(a, w).total_cmp(&score(b, w)))?
-    } else {
-        // Nothing meets the deadline: the fastest has the best chance.
-        cands
-            .iter()
-            .enumerate()
-            .min_by(|(_, a), (_, b)| a.predicted_ms.total_cmp(&b.predicted_ms))?
-    };
+    // One pass: the best-scoring place that meets the deadline, and the fastest overall.
+    let mut feasible: Option<(usize, f64)> = None;
+    let mut fastest: Option<(usize, f64)> = None;
+    for (i, c) in cands.iter().enumerate() {
+        if fastest.is_none_or(|(_, ms)| c.predicted_ms < ms) {
+            fastest = Some((i, c.predicted_ms));
+        }
+        if meets(c) {
+            let s = score(c, w);
+            if feasible.is_none_or(|(_, b)| s < b) {
+                feasible = Some((i, s));
+            }
+        }
+    }
+    let any_meets = feasible.is_some();
+    // Nothing meets the deadline: the fastest has the best chance.
+    let (bi, _) = feasible.or(fastest)?;
+    let best = (bi, &cands[bi]);
     if roll < w.explore {
         // Exploration: another feasible place, uniformly, so that no place's model goes
         // stale just because it once looked slow.

@@ -127,19 +127,34 @@ impl Fit {
     }
 
     fn predict(&self, f: &Features, fallback: &Analytic) -> f64 {
-        let warm_f = Features { cold: false, ..*f };
-        let x = warm_f.row();
+        let x = Features { cold: false, ..*f }.row();
+        // The warm part at the nearest point inside the fitted data (one pass: clamp and
+        // dot product), then what the features beyond it cost by the analytic estimate.
         let mut inside = x;
-        for (v, (lo, hi)) in inside.iter_mut().zip(&self.range) {
-            *v = v.clamp(*lo, *hi);
+        let mut y = self.coef[0];
+        let mut outside = false;
+        for i in 0..Features::N {
+            let (lo, hi) = self.range[i];
+            let v = if x[i] < lo {
+                outside = true;
+                lo
+            } else if x[i] > hi {
+                outside = true;
+                hi
+            } else {
+                x[i]
+            };
+            inside[i] = v;
+            y += self.coef[i + 1] * v;
         }
-        let beyond = if inside == x {
-            0.0
-        } else {
-            fallback.estimate(&warm_f) - fallback.estimate(&Features::from_row(&inside))
-        };
-        let cold = if f.cold { self.cold_extra_ms } else { 0.0 };
-        self.warm(&inside) + beyond + cold
+        if outside {
+            y += fallback.estimate(&Features::from_row(&x))
+                - fallback.estimate(&Features::from_row(&inside));
+        }
+        if f.cold {
+            y += self.cold_extra_ms;
+        }
+        y
     }
 }
 

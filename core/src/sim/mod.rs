@@ -993,20 +993,15 @@ mod tests {
     }
 
     #[test]
-    fn the_oracle_bounds_every_policy_and_single_tier_policies_stay_on_their_tier() {
+    fn single_tier_policies_stay_on_their_tier_and_the_oracle_never_loses_a_call() {
         let s = scenario(20_000);
         let r = run(&s, &inputs(), &Policy::ALL);
         let get = |n: &str| r.policies.iter().find(|p| p.name == n).unwrap();
+        // The oracle knows which nodes are down, so it never sends a call to one. (It is
+        // greedy per call, so it does not bound every policy's mean: a call it speeds up can
+        // occupy a core a later call needed.)
         let oracle = get("oracle");
-        for p in &r.policies {
-            assert!(
-                p.mean_ms >= oracle.mean_ms * 0.98,
-                "{} mean {} below the oracle's {}",
-                p.name,
-                p.mean_ms,
-                oracle.mean_ms
-            );
-        }
+        assert_eq!((oracle.retries, oracle.failed), (0, 0));
         assert_eq!(get("cloud-only").tier_share["cloud"], 1.0);
         assert_eq!(get("device-only").tier_share["device"], 1.0);
         let reg = get("regression");
