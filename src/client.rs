@@ -35,8 +35,22 @@ pub struct DeployArgs {
     /// Function name (omit with -f).
     name: Option<String>,
     /// The function's Wasm module (.wasm or .wat).
-    #[arg(long, conflicts_with = "file")]
+    #[arg(long, conflicts_with_all = ["file", "image", "image_tar"])]
     wasm: Option<PathBuf>,
+    /// A container image on the node's engine (a container function).
+    #[arg(long, conflicts_with_all = ["file", "image_tar"])]
+    image: Option<String>,
+    /// An image tar (as `docker save` writes it), loaded into the node's engine first.
+    #[arg(long, conflicts_with = "file")]
+    image_tar: Option<PathBuf>,
+    /// Container functions: `exec` (a process per call) or `stream` (warm instances
+    /// reading length-prefixed requests).
+    #[arg(long, value_parser = ["exec", "stream"])]
+    mode: Option<String>,
+    /// Container functions: arguments after the image's entrypoint, replacing its CMD
+    /// (repeatable, one argument each).
+    #[arg(long = "arg", allow_hyphen_values = true)]
+    args: Vec<String>,
     /// A stack file describing several functions.
     #[arg(short = 'f', long = "file")]
     file: Option<PathBuf>,
@@ -208,11 +222,11 @@ pub async fn deploy(common: &Common, a: DeployArgs) -> anyhow::Result<()> {
         .name
         .clone()
         .ok_or_else(|| anyhow!("give the function's NAME and --wasm FILE, or -f STACK"))?;
-    let wasm = a
-        .wasm
-        .clone()
-        .ok_or_else(|| anyhow!("give --wasm FILE with the function's module"))?;
     let mut spec = serde_json::Map::new();
+    let container = a.image.is_some() || a.image_tar.is_some();
+    if !container && (a.mode.is_some() || !a.args.is_empty()) {
+        bail!("--mode and --arg are for container functions (--image or --image-tar)");
+    }
     if let Some(t) = a.timeout {
         spec.insert(
             "timeout".into(),
@@ -248,6 +262,30 @@ pub async fn deploy(common: &Common, a: DeployArgs) -> anyhow::Result<()> {
     if !placement.is_default() {
         spec.insert("placement".into(), serde_json::to_value(placement)?);
     }
+    if container {
+        let image = match (&a.image, &a.image_tar) {
+            (Some(i), _) => i.clone(),
+            (None, Some(tar)) => load_image(&gw, tar).await?,
+            (None, None) => unreachable!("checked above"),
+        };
+        spec.insert("runtime".into(), "container".into());
+        spec.insert("image".into(), image.clone().into());
+        let mut c = serde_json::Map::new();
+        if let Some(m) = &a.mode {
+            c.insert("mode".into(), m.clone().into());
+        }
+        if !a.args.is_empty() {
+            c.insert("cmd".into(), serde_json::to_value(&a.args)?);
+        }
+        if !c.is_empty() {
+            spec.insert("container".into(), c.into());
+        }
+        return deploy_container(&gw, &name, &spec, &image).await;
+    }
+    let wasm = a
+        .wasm
+        .clone()
+        .ok_or_else(|| anyhow!("give --wasm FILE with the function's module, or --image NAME"))?;
     deploy_one(&gw, &name, &spec, &wasm).await
 }
 
@@ -327,6 +365,52 @@ async fn deploy_one(
         "updated"
     };
     println!("{verb} {name} ({digest}{compiled})");
+    Ok(())
+}
+
+/// Uploads an image tar; returns the first image name it held.
+async fn load_image(gw: &Gateway, tar: &Path) -> anyhow::Result<String> {
+    let bytes =
+        std::fs::read(tar).with_context(|| format!("cannot read image tar {}", tar.display()))?;
+    let progress = Progress::start(format!(
+        "loading {} ({})",
+        tar.display(),
+        human_bytes(bytes.len())
+    ));
+    let rb = gw
+        .admin(gw.http.put(gw.url("/v1/images")))
+        .header("content-type", "application/x-tar")
+        .body(bytes);
+    let resp = gw.send(rb).await;
+    progress.stop();
+    let v: serde_json::Value = check(resp?)
+        .await?
+        .json()
+        .await
+        .context("reading the gateway's answer")?;
+    v["images"][0]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("{}: the engine loaded no image from it", tar.display()))
+}
+
+async fn deploy_container(
+    gw: &Gateway,
+    name: &str,
+    spec: &serde_json::Map<String, serde_json::Value>,
+    image: &str,
+) -> anyhow::Result<()> {
+    let rb = gw
+        .admin(gw.http.put(gw.url(&format!("/v1/functions/{name}"))))
+        .header("x-fogline-manifest", serde_json::to_string(spec)?);
+    let resp = check(gw.send(rb).await?).await?;
+    let report: serde_json::Value = resp.json().await.context("reading the gateway's answer")?;
+    let verb = if report["created"].as_bool() == Some(true) {
+        "deployed"
+    } else {
+        "updated"
+    };
+    println!("{verb} {name} (image {image})");
     Ok(())
 }
 

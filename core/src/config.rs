@@ -33,6 +33,33 @@ pub struct NodeConfig {
     pub mesh: MeshSection,
     /// Present for `fogline router`: placement across tiers, and its ingresses.
     pub router: Option<RouterSection>,
+    #[serde(default)]
+    pub container: ContainerSection,
+}
+
+/// Container functions, run by the local Docker engine.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSection {
+    /// Run container functions at all (when false, their deploys are refused).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The engine's socket.
+    #[serde(default = "default_docker_socket")]
+    pub socket: PathBuf,
+}
+
+impl Default for ContainerSection {
+    fn default() -> Self {
+        ContainerSection {
+            enabled: true,
+            socket: default_docker_socket(),
+        }
+    }
+}
+
+fn default_docker_socket() -> PathBuf {
+    PathBuf::from("/var/run/docker.sock")
 }
 
 /// The router: places every invocation on the place predicted to finish it soonest.
@@ -335,6 +362,7 @@ impl NodeConfig {
             quic: QuicSection::default(),
             mesh: MeshSection::default(),
             router: None,
+            container: ContainerSection::default(),
         }
     }
 

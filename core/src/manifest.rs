@@ -58,6 +58,83 @@ pub struct FunctionManifest {
     /// What the router weighs besides speed when it places this function.
     #[serde(default, skip_serializing_if = "Placement::is_default")]
     pub placement: Placement,
+    /// How a container function runs (runtime `container`).
+    #[serde(default, skip_serializing_if = "ContainerSpec::is_default")]
+    pub container: ContainerSpec,
+}
+
+/// How a container function's process is run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerMode {
+    /// One process per call: any command-line program works unchanged.
+    #[default]
+    Exec,
+    /// A long-lived process reading length-prefixed requests on stdin and writing
+    /// length-prefixed responses on stdout (4-byte big-endian length, then the bytes).
+    Stream,
+}
+
+/// Container settings of a function; the memory limit and timeout are the manifest's own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSpec {
+    #[serde(default)]
+    pub mode: ContainerMode,
+    /// Replaces the image's CMD: the arguments after its entrypoint (Docker's semantics).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cmd: Vec<String>,
+    /// Stream mode: an idle instance is stopped after this long (scale to zero).
+    #[serde(default = "default_keepalive", with = "duration_str")]
+    pub keepalive: Duration,
+    /// Stream mode: most instances of the function at once on one node.
+    #[serde(default = "default_max_instances")]
+    pub max_instances: u32,
+    /// CPU limit in thousandths of a core.
+    #[serde(default = "default_millicpus")]
+    pub millicpus: u32,
+    /// Most processes and threads inside the container (a fork bomb stops here).
+    #[serde(default = "default_pids")]
+    pub pids: u32,
+    /// Size of the writable /tmp (the root filesystem is read-only).
+    #[serde(default = "default_tmpfs")]
+    pub tmpfs: ByteSize,
+}
+
+fn default_keepalive() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_instances() -> u32 {
+    4
+}
+fn default_millicpus() -> u32 {
+    1000
+}
+fn default_pids() -> u32 {
+    64
+}
+fn default_tmpfs() -> ByteSize {
+    ByteSize::mib(16)
+}
+
+impl Default for ContainerSpec {
+    fn default() -> Self {
+        ContainerSpec {
+            mode: ContainerMode::Exec,
+            cmd: Vec::new(),
+            keepalive: default_keepalive(),
+            max_instances: default_max_instances(),
+            millicpus: default_millicpus(),
+            pids: default_pids(),
+            tmpfs: default_tmpfs(),
+        }
+    }
+}
+
+impl ContainerSpec {
+    pub fn is_default(&self) -> bool {
+        *self == ContainerSpec::default()
+    }
 }
 
 /// Placement preferences of one function (used by the router).
@@ -175,6 +252,7 @@ impl FunctionManifest {
             labels: BTreeMap::new(),
             dirs: Vec::new(),
             placement: Placement::default(),
+            container: ContainerSpec::default(),
         }
     }
 
@@ -269,6 +347,37 @@ impl FunctionManifest {
                     format!("label key {k:?} must be 1 to 253 characters"),
                 ));
             }
+        }
+        let c = &self.container;
+        if !(1..=64).contains(&c.max_instances) {
+            return Err(ManifestError::new(
+                "container.max_instances",
+                format!("{} is outside 1..=64", c.max_instances),
+            ));
+        }
+        if !(10..=64_000).contains(&c.millicpus) {
+            return Err(ManifestError::new(
+                "container.millicpus",
+                format!("{} is outside 10..=64000", c.millicpus),
+            ));
+        }
+        if !(1..=32_768).contains(&c.pids) {
+            return Err(ManifestError::new(
+                "container.pids",
+                format!("{} is outside 1..=32768", c.pids),
+            ));
+        }
+        if c.tmpfs > ByteSize(1 << 30) {
+            return Err(ManifestError::new(
+                "container.tmpfs",
+                format!("{} is above 1Gi", c.tmpfs),
+            ));
+        }
+        if let Some(i) = c.cmd.iter().position(|a| a.contains('\0')) {
+            return Err(ManifestError::new(
+                format!("container.cmd[{i}]"),
+                "contains NUL",
+            ));
         }
         for (i, d) in self.dirs.iter().enumerate() {
             if !d.host.starts_with('/') {

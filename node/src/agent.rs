@@ -12,6 +12,7 @@ use fogline_core::config::NodeConfig;
 use fogline_core::{Digest, FunctionManifest, ManifestError, Runtime};
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::executor::container::ContainerExecutor;
 use crate::executor::wasm::WasmExecutor;
 use crate::executor::{ExecError, Executor, Invocation, ModuleSource, Output};
 use crate::logs::Logs;
@@ -34,6 +35,8 @@ pub struct Node {
     pub logs: Logs,
     store: Store,
     wasm: Arc<WasmExecutor>,
+    /// Container functions' executor, or why there is none.
+    containers: Result<Arc<ContainerExecutor>, String>,
     functions: RwLock<HashMap<String, Arc<Deployed>>>,
     token: String,
     started: Instant,
@@ -130,6 +133,8 @@ impl Node {
         let (token, new_token) = load_or_create_token(&dir.join("admin.token"))?;
         let store = Store::open(&dir.join("store"))?;
         let wasm = Arc::new(WasmExecutor::new(&config.wasm, dir.join("compiled"))?);
+        let id = config.node.id.clone().unwrap_or_else(hostname);
+        let containers = open_containers(&config, &id).await;
         let mut functions = HashMap::new();
         for f in store.functions()? {
             functions.insert(
@@ -151,7 +156,8 @@ impl Node {
             let _ = async_tx.try_send(*id);
         }
         let node = Node {
-            id: config.node.id.clone().unwrap_or_else(hostname),
+            id,
+            containers,
             metrics: Metrics::default(),
             logs: Logs::new(1000),
             store,
@@ -243,7 +249,13 @@ impl Node {
         let warm = self
             .list()
             .iter()
-            .filter(|f| f.manifest.module.is_some_and(|d| self.wasm.is_loaded(&d)))
+            .filter(|f| match f.manifest.runtime {
+                Runtime::Wasm => f.manifest.module.is_some_and(|d| self.wasm.is_loaded(&d)),
+                Runtime::Container => self
+                    .containers
+                    .as_ref()
+                    .is_ok_and(|c| c.is_warm(&f.manifest.name)),
+            })
             .map(|f| f.manifest.name.clone())
             .collect();
         let (quic, http) = match self.addresses.get() {
@@ -257,10 +269,12 @@ impl Node {
             site: site.to_string(),
             cores: self.cores,
             memory_bytes: self.memory_bytes,
-            runtimes: if self.runs_functions() {
-                vec![Runtime::Wasm]
-            } else {
+            runtimes: if !self.runs_functions() {
                 Vec::new()
+            } else if self.containers.as_ref().is_ok_and(|c| c.available()) {
+                vec![Runtime::Wasm, Runtime::Container]
+            } else {
+                vec![Runtime::Wasm]
             },
             in_flight: g.instances_in_use,
             queued: g.async_queued as u32,
@@ -302,24 +316,36 @@ impl Node {
         if must_exist && previous.is_none() {
             return Err(DeployError::NotFound(manifest.name));
         }
-        if manifest.runtime != Runtime::Wasm {
-            return Err(DeployError::Runtime(manifest.runtime));
-        }
-        let digest = manifest
-            .module
-            .ok_or_else(|| ManifestError::new("module", "missing"))?;
-        let bytes = match module {
-            Some(b) => Some(b),
-            None => Some(
-                self.store
-                    .module(&digest)?
-                    .ok_or(DeployError::UnknownModule(digest))?,
-            ),
+        let (compile, digest) = match manifest.runtime {
+            Runtime::Wasm => {
+                let digest = manifest
+                    .module
+                    .ok_or_else(|| ManifestError::new("module", "missing"))?;
+                let bytes = match module {
+                    Some(b) => Some(b),
+                    None => Some(
+                        self.store
+                            .module(&digest)?
+                            .ok_or(DeployError::UnknownModule(digest))?,
+                    ),
+                };
+                let compile = self.wasm.prepare(&manifest, bytes.clone()).await?;
+                if let Some(b) = &bytes {
+                    self.store.put_module(b)?;
+                }
+                (compile, Some(digest))
+            }
+            Runtime::Container => {
+                let c = self.container_executor()?;
+                if let Some(prev) = previous
+                    .as_ref()
+                    .filter(|p| p.manifest.runtime == Runtime::Container)
+                {
+                    c.reclaim(&prev.manifest).await;
+                }
+                (c.prepare(&manifest, None).await?, None)
+            }
         };
-        let compile = self.wasm.prepare(&manifest, bytes.clone()).await?;
-        if let Some(b) = &bytes {
-            self.store.put_module(b)?;
-        }
         let created_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
         self.store.put_function(&StoredFunction {
             manifest: manifest.clone(),
@@ -336,7 +362,7 @@ impl Node {
             .insert(manifest.name.clone(), deployed);
         // The old module goes once no function uses it any more.
         if let Some(prev) = &previous {
-            if let Some(old) = prev.manifest.module.filter(|d| *d != digest) {
+            if let Some(old) = prev.manifest.module.filter(|d| Some(*d) != digest) {
                 if self.store.drop_module_if_unused(&old)? {
                     self.wasm.reclaim(&prev.manifest).await;
                 }
@@ -347,15 +373,20 @@ impl Node {
         } else {
             "deployed"
         };
-        self.logs.push(
-            &manifest.name,
-            &self.id,
-            &format!("{what} with module {digest}"),
-        );
-        tracing::info!(function = %manifest.name, %digest, "{what}");
+        let source = match (&digest, &manifest.image) {
+            (Some(d), _) => format!("module {d}"),
+            (None, Some(i)) => format!("image {i}"),
+            (None, None) => "no code".to_string(),
+        };
+        self.logs
+            .push(&manifest.name, &self.id, &format!("{what} with {source}"));
+        tracing::info!(function = %manifest.name, "{what} with {source}");
         Ok(DeployReport {
             name: manifest.name,
-            digest: digest.to_string(),
+            digest: digest.map_or_else(
+                || manifest.image.clone().unwrap_or_default(),
+                |d| d.to_string(),
+            ),
             created: previous.is_none(),
             compile_ms: compile.map(|d| d.as_secs_f64() * 1e3),
         })
@@ -372,6 +403,11 @@ impl Node {
             return Ok(false);
         };
         self.store.delete_function(name)?;
+        if old.manifest.runtime == Runtime::Container {
+            if let Ok(c) = &self.containers {
+                c.reclaim(&old.manifest).await;
+            }
+        }
         if let Some(d) = old.manifest.module {
             if self.store.drop_module_if_unused(&d)? {
                 self.wasm.reclaim(&old.manifest).await;
@@ -381,6 +417,33 @@ impl Node {
         self.logs.remove(name);
         tracing::info!(function = name, "removed");
         Ok(true)
+    }
+
+    /// The container executor, or why container functions cannot run here.
+    fn container_executor(&self) -> Result<&Arc<ContainerExecutor>, DeployError> {
+        self.containers
+            .as_ref()
+            .map_err(|why| DeployError::Exec(ExecError::Unavailable(why.clone())))
+    }
+
+    /// The container executor, when container functions are on.
+    pub fn containers(&self) -> Option<&Arc<ContainerExecutor>> {
+        self.containers.as_ref().ok()
+    }
+
+    /// Loads an image tar into the container engine; returns the image names it held.
+    pub async fn load_image(&self, tar: Bytes) -> Result<Vec<String>, DeployError> {
+        Ok(self.container_executor()?.load_image(tar).await?)
+    }
+
+    /// Removes this node's containers (at stop).
+    pub async fn stop_containers(&self) {
+        if let Ok(c) = &self.containers {
+            match c.sweep().await {
+                Ok(0) | Err(_) => {}
+                Ok(n) => tracing::info!("removed {n} container(s) of this node"),
+            }
+        }
     }
 
     /// Whether this agent offers to run functions for others: every node and bridge; a
@@ -478,13 +541,24 @@ impl Node {
             }
         }
         let _release = Release(&f.in_flight);
-        self.wasm
-            .invoke(&f.manifest, Invocation { body }, &StoreSource(&self.store))
-            .await
-            .map_err(|source| InvokeError::Exec {
-                function: f.manifest.name.clone(),
-                source,
-            })
+        let r = match f.manifest.runtime {
+            Runtime::Wasm => {
+                self.wasm
+                    .invoke(&f.manifest, Invocation { body }, &StoreSource(&self.store))
+                    .await
+            }
+            Runtime::Container => match &self.containers {
+                Ok(c) => {
+                    c.invoke(&f.manifest, Invocation { body }, &StoreSource(&self.store))
+                        .await
+                }
+                Err(why) => Err(ExecError::Unavailable(why.clone())),
+            },
+        };
+        r.map_err(|source| InvokeError::Exec {
+            function: f.manifest.name.clone(),
+            source,
+        })
     }
 
     /// Accepts an async call: durable on disk before this returns its id.
@@ -620,7 +694,8 @@ impl Node {
 
     pub fn gauges(&self) -> Gauges {
         Gauges {
-            instances_in_use: self.wasm.in_use(),
+            instances_in_use: self.wasm.in_use()
+                + self.containers.as_ref().map_or(0, |c| c.in_use()),
             instance_slots: self.wasm.slots(),
             async_queued: self.queued.load(Ordering::Relaxed) as usize,
             functions: self
@@ -675,6 +750,46 @@ impl InvokeError {
             InvokeError::Store(_) => 500,
         }
     }
+}
+
+/// Connects to the container engine, removes leftovers of an earlier crash, and starts
+/// the reaper of idle instances. Without an engine, container functions answer 503.
+async fn open_containers(config: &NodeConfig, id: &str) -> Result<Arc<ContainerExecutor>, String> {
+    if !config.container.enabled {
+        return Err("container functions are off on this node (container.enabled = false)".into());
+    }
+    let max_output = usize::try_from(config.wasm.max_output.bytes()).unwrap_or(usize::MAX);
+    let max_stderr = usize::try_from(config.wasm.max_stderr.bytes()).unwrap_or(usize::MAX);
+    let dir = std::fs::canonicalize(&config.node.data_dir)
+        .unwrap_or_else(|_| config.node.data_dir.clone());
+    let owner = fogline_core::Digest::of(dir.to_string_lossy().as_bytes()).to_string();
+    let owner = owner
+        .trim_start_matches("sha256:")
+        .get(..16)
+        .unwrap_or("0")
+        .to_string();
+    let c =
+        ContainerExecutor::connect(&config.container.socket, id, &owner, max_output, max_stderr)
+            .await
+            .map_err(|e| e.to_string())?;
+    match c.ping().await {
+        Ok(()) => match c.sweep().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} container(s) left by an earlier run of this node"),
+            Err(e) => tracing::warn!("cleaning up containers: {e}"),
+        },
+        Err(e) => tracing::warn!("{e}; container functions answer 503 until it is back"),
+    }
+    let c = Arc::new(c);
+    let weak = Arc::downgrade(&c);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let Some(c) = weak.upgrade() else { return };
+            c.reap_idle();
+        }
+    });
+    Ok(c)
 }
 
 /// How call ids appear in headers and URLs.

@@ -59,6 +59,7 @@ pub fn router(node: Shared) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/functions/{name}", put(upload_function))
         .route("/v1/modules", put(upload_module))
+        .route("/v1/images", put(upload_image))
         .route("/v1/calls/{id}", get(call_result))
         .route("/v1/status", get(status))
         .route("/v1/mesh", get(mesh_view))
@@ -489,13 +490,21 @@ async fn upload_function(
         Ok(b) => b,
         Err(r) => return r,
     };
-    if module.is_empty() {
+    let is_container = manifest.runtime == fogline_core::Runtime::Container;
+    if module.is_empty() && !is_container {
         return text(
             StatusCode::BAD_REQUEST,
             "the request body must be the function's Wasm module; it is empty",
         );
     }
-    match node.deploy(manifest, Some(module), false).await {
+    if !module.is_empty() && is_container {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "a container function's code is its image: send no body (upload an image tar to PUT /v1/images)",
+        );
+    }
+    let module = (!is_container).then_some(module);
+    match node.deploy(manifest, module, false).await {
         Ok(report) => {
             let status = if report.created {
                 StatusCode::CREATED
@@ -504,6 +513,34 @@ async fn upload_function(
             };
             (status, axum::Json(report)).into_response()
         }
+        Err(e) => deploy_error(e),
+    }
+}
+
+/// `PUT /v1/images`: the body is an image tar (as `docker save` writes it), loaded into
+/// this node's container engine; answers with the image names it held.
+async fn upload_image(State(node): State<Shared>, headers: HeaderMap, body: Body) -> Response {
+    if let Err(r) = authorize(&node, &headers) {
+        return r;
+    }
+    let tar = match read_body(
+        body,
+        &headers,
+        node.config.http.max_module.bytes().max(1 << 30),
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if tar.is_empty() {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "the request body must be an image tar; it is empty",
+        );
+    }
+    match node.load_image(tar).await {
+        Ok(images) => axum::Json(serde_json::json!({ "images": images })).into_response(),
         Err(e) => deploy_error(e),
     }
 }

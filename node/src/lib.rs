@@ -148,6 +148,7 @@ impl Running {
         if let Some(q) = quic {
             q.abort();
         }
+        self.node.stop_containers().await;
         self.node.flush().await;
         Ok(())
     }

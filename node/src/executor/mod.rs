@@ -7,6 +7,7 @@
 //! 3. **reclaim**: drop everything held for a function when it is deleted.
 
 pub mod capture;
+pub mod container;
 pub mod wasm;
 
 use std::time::Duration;
