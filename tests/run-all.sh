@@ -13,6 +13,20 @@ step "unit, property and whole-system tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"
+step "no containers left behind by the tests"
+if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+    left=$(docker ps -aq --filter label=dev.fogline.node | wc -l)
+    if [ "$left" -ne 0 ]; then
+        echo "$left container(s) left by the tests:"
+        docker ps -a --filter label=dev.fogline.node
+        exit 1
+    fi
+    echo "none"
+elif [ "${CI:-}" = true ]; then
+    echo "CI must have a running Docker engine"; exit 1
+else
+    echo "SKIPPED: no Docker engine here"
+fi
 step "OpenAPI conformance (schemathesis)"
 tests/conformance/run.sh
 

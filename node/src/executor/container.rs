@@ -85,6 +85,8 @@ fn is_connection(e: &bollard::errors::Error) -> bool {
         e,
         E::SocketNotFoundError(_)
             | E::HyperResponseError { .. }
+            | E::HyperLegacyError { .. }
+            | E::HttpClientError { .. }
             | E::IOError { .. }
             | E::RequestTimeoutError
     )

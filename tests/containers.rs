@@ -1,0 +1,427 @@
+//! Container functions against the real Docker engine: the thumbnail example in exec and
+//! stream mode, warm pools and scale to zero, isolation, an image tar deploy, every bad
+//! input of the issue, hygiene (leftovers removed at start, own containers at stop, no
+//! leaks), and 503 for container functions when the engine is unreachable while Wasm
+//! functions keep working.
+//!
+//! Needs a running Docker engine and a C compiler for the example's static binary: skipped
+//! with a message when they are missing, a failure under CI=true.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+const IMAGE: &str = "fogline-thumbnail-test";
+
+fn docker(args: &[&str]) -> std::process::Output {
+    Command::new("docker").args(args).output().unwrap()
+}
+
+/// Builds the example image once; false (with a message) when Docker is not usable here.
+fn have_docker() -> bool {
+    static BUILT: OnceLock<bool> = OnceLock::new();
+    *BUILT.get_or_init(|| {
+        let ok = Command::new("docker")
+            .args(["info", "--format", "{{.ServerVersion}}"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            assert!(
+                std::env::var("CI").ok().as_deref() != Some("true"),
+                "CI must have a running Docker engine"
+            );
+            eprintln!("SKIPPED: no Docker engine here (container functions need one)");
+            return false;
+        }
+        let st = Command::new(example("thumbnail/build.sh"))
+            .env("IMAGE", IMAGE)
+            .status()
+            .unwrap();
+        assert!(st.success(), "building the thumbnail example image failed");
+        true
+    })
+}
+
+/// A node with its own id (containers are labelled with it) and a small output cap.
+fn node(dir: &Path, id: &str, extra: &str) -> NodeProc {
+    let cfg = dir.join(format!("{id}.toml"));
+    std::fs::write(
+        &cfg,
+        format!("version = 1\n[node]\nid = \"{id}\"\n[wasm]\nmax_output = \"1Mi\"\n{extra}"),
+    )
+    .unwrap();
+    NodeProc::role(dir, "node", id, &cfg, &[])
+}
+
+/// Containers labelled with this node id, running or not.
+/// Removes what an earlier, aborted run of a test left under this node id.
+fn clean(id: &str) {
+    for c in containers_of(id) {
+        docker(&["rm", "-f", &c]);
+    }
+}
+
+fn containers_of(id: &str) -> Vec<String> {
+    let out = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=dev.fogline.node={id}"),
+        "--format",
+        "{{.Names}}",
+    ]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !ok() {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "{what}: not within {secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ppm(w: usize, h: usize) -> Vec<u8> {
+    let mut v = format!("P6\n{w} {h}\n255\n").into_bytes();
+    for y in 0..h {
+        for x in 0..w {
+            v.extend_from_slice(&[(x * 4) as u8, (y * 4) as u8, 128]);
+        }
+    }
+    v
+}
+
+async fn put_container(n: &NodeProc, name: &str, manifest: serde_json::Value) -> (u16, String) {
+    let r = client()
+        .put(format!("{}/v1/functions/{name}", n.url))
+        .bearer_auth(&n.token)
+        .header("x-fogline-manifest", manifest.to_string())
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+async fn invoke(n: &NodeProc, name: &str, body: Vec<u8>) -> reqwest::Response {
+    client()
+        .post(format!("{}/function/{name}", n.url))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_functions_run_isolated_and_fail_cleanly() {
+    if !have_docker() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let id = "ct-main";
+    clean(id);
+    // A leftover of an earlier crash of this node is removed at start.
+    std::fs::create_dir_all(d.join(id)).unwrap();
+    let owner = owner_of(&std::fs::canonicalize(d.join(id)).unwrap());
+    let st = docker(&[
+        "create",
+        "--label",
+        &format!("dev.fogline.node={id}"),
+        "--label",
+        &format!("dev.fogline.owner={owner}"),
+        "--name",
+        "fogline-leftover-ct-main",
+        IMAGE,
+    ]);
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let n = node(d, id, "");
+    assert!(
+        containers_of(id).is_empty(),
+        "leftover not removed: {:?}",
+        containers_of(id)
+    );
+
+    // Exec mode through the CLI: a PPM in, its thumbnail out.
+    let out = run_ok(n.cli().args([
+        "deploy",
+        "thumbnail",
+        "--image",
+        IMAGE,
+        "--memory",
+        "64Mi",
+        "--timeout",
+        "2s",
+    ]));
+    assert!(out.contains("deployed thumbnail (image"), "{out}");
+    let r = invoke(&n, "thumbnail", ppm(64, 48)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-fogline-cold"], "true");
+    let body = r.bytes().await.unwrap();
+    assert!(
+        body.starts_with(b"P6\n32 24\n255\n"),
+        "{:?}",
+        &body[..16.min(body.len())]
+    );
+    assert_eq!(body.len(), "P6\n32 24\n255\n".len() + 32 * 24 * 3);
+
+    // Bad input: an image that does not exist is refused at deploy, naming it.
+    let (s, msg) = put_container(
+        &n,
+        "ghost",
+        json!({"runtime": "container", "image": "no-such-image-fogline"}),
+    )
+    .await;
+    assert_eq!(s, 400, "{msg}");
+    assert!(
+        msg.contains("\"no-such-image-fogline\" does not exist"),
+        "{msg}"
+    );
+    // A bad request to the function: its exit code and stderr tail.
+    let r = invoke(&n, "thumbnail", b"not an image".to_vec()).await;
+    assert_eq!(r.status(), 500);
+    let msg = r.text().await.unwrap();
+    assert!(
+        msg.contains("exited with status 2") && msg.contains("not a binary PPM"),
+        "{msg}"
+    );
+    // A container that exits at once.
+    let (s, _) = put_container(&n, "quitter", json!({"runtime": "container", "image": IMAGE, "container": {"cmd": ["--misbehave", "exit"]}})).await;
+    assert_eq!(s, 201);
+    let r = invoke(&n, "quitter", vec![]).await;
+    assert_eq!(r.status(), 500);
+    let msg = r.text().await.unwrap();
+    assert!(
+        msg.contains("exited with status 3") && msg.contains("giving up at once"),
+        "{msg}"
+    );
+    // An output flood: cut at the node's cap and marked.
+    put_container(&n, "flood", json!({"runtime": "container", "image": IMAGE, "container": {"cmd": ["--misbehave", "flood"]}})).await;
+    let r = invoke(&n, "flood", vec![]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-fogline-truncated"], "true");
+    assert_eq!(r.bytes().await.unwrap().len(), 1 << 20);
+    // A fork bomb stops at the pids limit; the node is unharmed.
+    put_container(&n, "forkbomb", json!({"runtime": "container", "image": IMAGE, "container": {"cmd": ["--misbehave", "forkbomb"], "pids": 16}})).await;
+    let r = invoke(&n, "forkbomb", vec![]).await;
+    let msg = r.text().await.unwrap();
+    let forked: u32 = msg
+        .trim()
+        .strip_prefix("forked ")
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{msg}"));
+    assert!(forked < 16, "{msg}");
+    // A memory bomb: out of memory, and the next call gets a fresh instance.
+    put_container(&n, "membomb", json!({"runtime": "container", "image": IMAGE, "memory": "32Mi", "container": {"cmd": ["--misbehave", "membomb"]}})).await;
+    let r = invoke(&n, "membomb", vec![]).await;
+    assert_eq!(r.status(), 500);
+    let msg = r.text().await.unwrap();
+    assert!(msg.contains("out of memory"), "{msg}");
+    // A timeout kills the instance.
+    put_container(&n, "hang", json!({"runtime": "container", "image": IMAGE, "timeout": "1s", "container": {"cmd": ["--misbehave", "hang"]}})).await;
+    let r = invoke(&n, "hang", vec![]).await;
+    assert_eq!(r.status(), 504);
+    let r = invoke(&n, "thumbnail", ppm(8, 8)).await;
+    assert_eq!(r.status(), 200, "the node still serves");
+
+    // Stream mode: warm after deploy (prepared ahead), isolated, counted, scaled to zero.
+    let (s, msg) = put_container(
+        &n,
+        "thumbs",
+        json!({"runtime": "container", "image": IMAGE, "memory": "64Mi",
+               "container": {"mode": "stream", "cmd": ["--stream"], "keepalive": "2s", "max_instances": 2}}),
+    )
+    .await;
+    assert_eq!(s, 201, "{msg}");
+    for _ in 0..20 {
+        let r = invoke(&n, "thumbs", ppm(16, 16)).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-fogline-cold"], "false");
+        assert!(r.bytes().await.unwrap().starts_with(b"P6\n8 8\n"));
+    }
+    let running: Vec<String> = containers_of(id)
+        .into_iter()
+        .filter(|c| c.contains("-thumbs-"))
+        .collect();
+    assert_eq!(running.len(), 1, "{running:?}");
+    let inspect = docker(&[
+        "inspect", &running[0], "--format",
+        "{{.HostConfig.NetworkMode}} {{.HostConfig.ReadonlyRootfs}} {{.HostConfig.CapDrop}} {{.HostConfig.SecurityOpt}} {{.Config.User}} {{.HostConfig.Memory}} {{.HostConfig.PidsLimit}} {{.HostConfig.Tmpfs}}",
+    ]);
+    let inspect = String::from_utf8_lossy(&inspect.stdout).to_string();
+    assert_eq!(
+        inspect.trim(),
+        format!("none true [ALL] [no-new-privileges] 65534:65534 {} 64 map[/tmp:rw,noexec,nosuid,size={}]", 64 << 20, 16 << 20)
+    );
+    let metrics = client()
+        .get(format!("{}/metrics", n.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let warm_line = metrics
+        .lines()
+        .find(|l| l.starts_with("fogline_instantiate_seconds_count{function_name=\"thumbs\"}"))
+        .unwrap_or_else(|| panic!("no warm-start count for thumbs in /metrics"));
+    assert!(warm_line.ends_with(" 20"), "{warm_line}");
+    wait_until(
+        "idle stream instances stop after their keepalive",
+        10,
+        || !containers_of(id).iter().any(|c| c.contains("-thumbs-")),
+    );
+    let r = invoke(&n, "thumbs", ppm(16, 16)).await;
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            r.headers()["x-fogline-cold"].to_str().unwrap()
+        ),
+        (200, "true")
+    );
+
+    // An image tar, uploaded with the deploy and loaded into the engine.
+    let tar = d.join("legacy.tar");
+    assert!(docker(&["tag", IMAGE, "fogline-legacy-test:v1"])
+        .status
+        .success());
+    assert!(docker(&[
+        "save",
+        "-o",
+        tar.to_str().unwrap(),
+        "fogline-legacy-test:v1"
+    ])
+    .status
+    .success());
+    assert!(docker(&["rmi", "fogline-legacy-test:v1"]).status.success());
+    let out = run_ok(
+        n.cli()
+            .args(["deploy", "legacy", "--image-tar", tar.to_str().unwrap()]),
+    );
+    assert!(
+        out.contains("deployed legacy (image fogline-legacy-test:v1)"),
+        "{out}"
+    );
+    let r = invoke(&n, "legacy", ppm(4, 4)).await;
+    assert_eq!(r.status(), 200);
+    assert!(docker(&["rmi", "-f", "fogline-legacy-test:v1"])
+        .status
+        .success());
+
+    // At stop the node removes its own containers: nothing leaks.
+    let mut n = n;
+    assert!(n.terminate().success());
+    assert!(containers_of(id).is_empty(), "{:?}", containers_of(id));
+}
+
+/// The node's owner label for a data folder (the first 16 hex digits of its SHA-256).
+fn owner_of(data: &Path) -> String {
+    use std::io::Write;
+    let mut child = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(data.to_string_lossy().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)[..16].to_string()
+}
+
+/// A proxy for the engine's socket that the test can cut.
+async fn socket_proxy(path: PathBuf) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::UnixStream::connect("/var/run/docker.sock").await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_engine_container_functions_answer_503_and_wasm_ones_run() {
+    if !have_docker() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sock = d.join("engine.sock");
+    let proxy = socket_proxy(sock.clone()).await;
+    let id = "ct-noengine";
+    clean(id);
+    let n = node(
+        d,
+        id,
+        &format!("[container]\nsocket = \"{}\"\n", sock.display()),
+    );
+    let (s, msg) = put_container(
+        &n,
+        "thumbnail",
+        json!({"runtime": "container", "image": IMAGE}),
+    )
+    .await;
+    assert_eq!(s, 201, "{msg}");
+    let r = deploy(&n, "hello", "hello/hello.wasm", json!({})).await;
+    assert!(r.status().is_success());
+    assert_eq!(invoke(&n, "thumbnail", ppm(4, 4)).await.status(), 200);
+    // The engine goes away.
+    proxy.abort();
+    let _ = proxy.await;
+    std::fs::remove_file(&sock).unwrap();
+    let r = invoke(&n, "thumbnail", ppm(4, 4)).await;
+    let status = r.status();
+    let msg = r.text().await.unwrap();
+    assert_eq!(status, 503, "{msg}");
+    assert!(msg.contains("container engine unreachable"), "{msg}");
+    let r = invoke(&n, "hello", b"world".to_vec()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "hello, world");
+    // A node started without an engine refuses container deploys with the reason.
+    let n2 = node(
+        d,
+        "ct-noengine-2",
+        "[container]\nsocket = \"/nonexistent/docker.sock\"\n",
+    );
+    let (s, msg) = put_container(
+        &n2,
+        "thumbnail",
+        json!({"runtime": "container", "image": IMAGE}),
+    )
+    .await;
+    assert_eq!(s, 503, "{msg}");
+    assert!(msg.contains("/nonexistent/docker.sock"), "{msg}");
+    drop(n);
+    // Killed with its containers possibly still there: they are not this test's to keep.
+    for c in containers_of(id) {
+        docker(&["rm", "-f", &c]);
+    }
+}
