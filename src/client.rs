@@ -214,7 +214,19 @@ pub async fn deploy(common: &Common, a: DeployArgs) -> anyhow::Result<()> {
         let stack = StackFile::parse(&file.display().to_string(), &text)?;
         let base = file.parent().unwrap_or(Path::new("."));
         for (name, f) in &stack.functions {
-            deploy_one(&gw, name, &spec_of_stack(f), &resolve(base, f)?).await?;
+            match (&f.wasm, &f.image) {
+                (Some(w), _) => deploy_one(&gw, name, &spec_of_stack(f), &base.join(w)).await?,
+                (None, Some(image)) => {
+                    let mut spec = spec_of_stack(f);
+                    spec.insert("runtime".into(), "container".into());
+                    spec.insert("image".into(), image.clone().into());
+                    deploy_container(&gw, name, &spec, image).await?
+                }
+                (None, None) => bail!(
+                    "{}: function {name:?}: give `wasm` or `image`",
+                    file.display()
+                ),
+            }
         }
         return Ok(());
     }
@@ -287,13 +299,6 @@ pub async fn deploy(common: &Common, a: DeployArgs) -> anyhow::Result<()> {
         .clone()
         .ok_or_else(|| anyhow!("give --wasm FILE with the function's module, or --image NAME"))?;
     deploy_one(&gw, &name, &spec, &wasm).await
-}
-
-fn resolve(base: &Path, f: &StackFunction) -> anyhow::Result<PathBuf> {
-    match &f.wasm {
-        Some(w) => Ok(base.join(w)),
-        None => bail!("container functions (image = ...) are not supported by this node yet"),
-    }
 }
 
 fn spec_of_stack(f: &StackFunction) -> serde_json::Map<String, serde_json::Value> {

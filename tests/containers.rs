@@ -326,6 +326,17 @@ async fn container_functions_run_isolated_and_fail_cleanly() {
         .status
         .success());
 
+    // A stack file may name images as well as modules.
+    let stack = d.join("stack.toml");
+    std::fs::write(
+        &stack,
+        format!("version = 1\n[functions.thumb2]\nimage = \"{IMAGE}\"\nmemory = \"64Mi\"\n"),
+    )
+    .unwrap();
+    let out = run_ok(n.cli().args(["deploy", "-f", stack.to_str().unwrap()]));
+    assert!(out.contains("deployed thumb2 (image"), "{out}");
+    assert_eq!(invoke(&n, "thumb2", ppm(4, 4)).await.status(), 200);
+
     // At stop the node removes its own containers: nothing leaks.
     let mut n = n;
     assert!(n.terminate().success());

@@ -335,6 +335,9 @@ impl Node {
                 }
                 (compile, Some(digest))
             }
+            // A router that does not run functions itself only keeps the manifest: the
+            // nodes it places the function on check its image.
+            Runtime::Container if !self.runs_functions() => (None, None),
             Runtime::Container => {
                 let c = self.container_executor()?;
                 if let Some(prev) = previous
@@ -444,6 +447,20 @@ impl Node {
                 Ok(n) => tracing::info!("removed {n} container(s) of this node"),
             }
         }
+    }
+
+    /// Loads a deployed function ahead of calls (the router's prepare-ahead): a warm
+    /// instance for a stream-mode container function; Wasm code is compiled at deploy.
+    pub async fn warm_up(&self, name: &str) -> Result<(), DeployError> {
+        let f = self
+            .lookup(name)
+            .ok_or_else(|| DeployError::NotFound(name.to_string()))?;
+        if f.manifest.runtime == Runtime::Container {
+            self.container_executor()?
+                .prepare(&f.manifest, None)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Whether this agent offers to run functions for others: every node and bridge; a

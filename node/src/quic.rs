@@ -285,7 +285,10 @@ async fn handle_stream(
                 .await;
             }
             return match ensure_function(node, &inv, send, r, limits).await? {
-                Ok(()) => write_frame(send, &Frame::StatusReply(node.capacity())).await,
+                Ok(()) => match node.warm_up(&inv.function).await {
+                    Ok(()) => write_frame(send, &Frame::StatusReply(node.capacity())).await,
+                    Err(e) => reply_error(send, 503, true, e.to_string()).await,
+                },
                 Err((status, msg)) => reply_error(send, status, false, msg).await,
             };
         }
