@@ -219,7 +219,7 @@ async fn container_functions_run_isolated_and_fail_cleanly() {
     assert_eq!(r.headers()["x-fogline-truncated"], "true");
     assert_eq!(r.bytes().await.unwrap().len(), 1 << 20);
     // A fork bomb stops at the pids limit; the node is unharmed.
-    put_container(&n, "forkbomb", json!({"runtime": "container", "image": IMAGE, "container": {"cmd": ["--misbehave", "forkbomb"], "pids": 16}})).await;
+    put_container(&n, "forkbomb", json!({"runtime": "container", "image": IMAGE, "timeout": "30s", "container": {"cmd": ["--misbehave", "forkbomb"], "pids": 16}})).await;
     let r = invoke(&n, "forkbomb", vec![]).await;
     let msg = r.text().await.unwrap();
     let forked: u32 = msg
@@ -230,10 +230,13 @@ async fn container_functions_run_isolated_and_fail_cleanly() {
         .unwrap_or_else(|| panic!("{msg}"));
     assert!(forked < 16, "{msg}");
     // A memory bomb: out of memory, and the next call gets a fresh instance.
-    put_container(&n, "membomb", json!({"runtime": "container", "image": IMAGE, "memory": "32Mi", "container": {"cmd": ["--misbehave", "membomb"]}})).await;
+    put_container(&n, "membomb", json!({"runtime": "container", "image": IMAGE, "memory": "32Mi", "timeout": "30s", "container": {"cmd": ["--misbehave", "membomb"]}})).await;
+    let t = Instant::now();
     let r = invoke(&n, "membomb", vec![]).await;
-    assert_eq!(r.status(), 500);
+    let status = r.status();
     let msg = r.text().await.unwrap();
+    eprintln!("memory bomb answered in {:?}", t.elapsed());
+    assert_eq!(status, 500, "{msg}");
     assert!(msg.contains("out of memory"), "{msg}");
     // A timeout kills the instance.
     put_container(&n, "hang", json!({"runtime": "container", "image": IMAGE, "timeout": "1s", "container": {"cmd": ["--misbehave", "hang"]}})).await;
@@ -284,6 +287,15 @@ async fn container_functions_run_isolated_and_fail_cleanly() {
         .find(|l| l.starts_with("fogline_instantiate_seconds_count{function_name=\"thumbs\"}"))
         .unwrap_or_else(|| panic!("no warm-start count for thumbs in /metrics"));
     assert!(warm_line.ends_with(" 20"), "{warm_line}");
+    let total = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    };
+    assert!(total("fogline_warm_starts_total") >= 20);
+    assert!(total("fogline_cold_starts_total") >= 1);
     wait_until(
         "idle stream instances stop after their keepalive",
         10,

@@ -256,6 +256,16 @@ async fn the_router_places_learns_moves_off_load_and_survives_a_kill() {
         "median prediction error after warm-up: {:.1} %",
         err * 100.0
     );
+    // Members gossip their cold and warm start counts.
+    wait_until("start counts reach the router's view", 5, || {
+        mesh_json(&router)["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["warm_starts"].as_u64().unwrap())
+            .sum::<u64>()
+            > 0
+    });
     let table = run_ok(fogline().args(["--gateway", &router.url, "placements", "--limit", "3"]));
     assert!(
         table.contains("hello") && table.contains("median prediction error"),
@@ -298,7 +308,7 @@ async fn the_router_places_learns_moves_off_load_and_survives_a_kill() {
         warmup.get(loaded_name).unwrap_or(&0)
     );
     assert!(
-        on_loaded <= 30,
+        on_loaded < 50,
         "most placements should leave the loaded {loaded_name}: {during:?}"
     );
     stop.store(true, Ordering::Relaxed);

@@ -43,6 +43,9 @@ pub struct LoadReport {
     pub http: Option<String>,
     /// Its mesh address (`/ip4/…/tcp/…`), so any member can dial any other directly.
     pub mesh: Option<String>,
+    /// Calls that started cold, and warm, since the member started.
+    pub cold_starts: u64,
+    pub warm_starts: u64,
     /// Grows by one with every report from this member (a restart starts from its clock).
     pub seq: u64,
 }
@@ -298,6 +301,8 @@ mod tests {
 
     fn report(node: &str, seq: u64, in_flight: u32) -> LoadReport {
         LoadReport {
+            cold_starts: 0,
+            warm_starts: 0,
             node: node.into(),
             peer: format!("peer-{node}"),
             tier: Tier::Edge,

@@ -137,23 +137,29 @@ static int misbehave(const char *how) {
             if (write(1, block, sizeof block) <= 0) return 1;
     }
     if (!strcmp(how, "forkbomb")) {
-        int made = 0;
-        for (int i = 0; i < 100000; i++) {
+        /* Forks until the pids limit has refused it 1000 times. */
+        int made = 0, refused = 0;
+        while (refused < 1000) {
             pid_t p = fork();
             if (p == 0) {
                 pause();
                 _exit(0);
             }
             if (p > 0) made++;
+            else refused++;
         }
         printf("forked %d processes before the limit held\n", made);
         return 0;
     }
     if (!strcmp(how, "membomb")) {
+        /* Every page touched and every block kept, so the compiler cannot drop the work. */
+        static char *volatile keep;
         for (;;) {
             char *p = malloc(1 << 20);
             if (!p) return 4;
-            memset(p, 1, 1 << 20);
+            for (size_t i = 0; i < (1 << 20); i += 4096) ((volatile char *)p)[i] = 1;
+            *(char **)p = keep;
+            keep = p;
         }
     }
     if (!strcmp(how, "hang")) {

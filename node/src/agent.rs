@@ -283,6 +283,8 @@ impl Node {
             quic,
             http,
             mesh: Some(mesh.to_string()),
+            cold_starts: self.metrics.cold_starts.load(Ordering::Relaxed),
+            warm_starts: self.metrics.warm_starts.load(Ordering::Relaxed),
             seq,
         }
     }
@@ -524,8 +526,10 @@ impl Node {
                 metrics.observe_service(out.startup + out.run);
                 if out.cold {
                     metrics.cold_start.observe(out.startup);
+                    self.metrics.cold_starts.fetch_add(1, Ordering::Relaxed);
                 } else {
                     metrics.warm_start.observe(out.startup);
+                    self.metrics.warm_starts.fetch_add(1, Ordering::Relaxed);
                 }
                 if !out.stderr.is_empty() {
                     self.logs

@@ -105,6 +105,10 @@ type Pick = fn(&FunctionMetrics) -> &Histogram;
 #[derive(Default)]
 pub struct Metrics {
     functions: RwLock<BTreeMap<String, Arc<FunctionMetrics>>>,
+    /// Calls that had to load their function's code (or start its container) first, and
+    /// calls that found it warm, over every function since start.
+    pub cold_starts: AtomicU64,
+    pub warm_starts: AtomicU64,
 }
 
 /// Point-in-time values rendered beside the series.
@@ -209,6 +213,24 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "# HELP {metric} {help}\n# TYPE {metric} gauge\n{metric} {v}"
+            );
+        }
+        for (metric, help, v) in [
+            (
+                "fogline_cold_starts_total",
+                "Calls that had to load their function's code or start its instance first.",
+                &self.cold_starts,
+            ),
+            (
+                "fogline_warm_starts_total",
+                "Calls that found their function warm.",
+                &self.warm_starts,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {metric} {help}\n# TYPE {metric} counter\n{metric} {}",
+                v.load(Ordering::Relaxed)
             );
         }
         out

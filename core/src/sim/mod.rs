@@ -474,6 +474,8 @@ impl<'a> World<'a> {
                     quic: None,
                     http: None,
                     mesh: None,
+                    cold_starts: 0,
+                    warm_starts: 0,
                     seq: n.seq,
                 },
                 now_ms,
