@@ -5,7 +5,7 @@
 use rustc_hash::FxHashMap as HashMap;
 
 use crate::config::Tier;
-use crate::policy::{choose, Candidate, Weights};
+use crate::policy::{choose, Scorable, Weights};
 use crate::predict::{Analytic, Features, Model, Source};
 
 /// What is known of one place at decision time.
@@ -26,11 +26,21 @@ pub struct PlaceInfo<'a> {
 /// A prediction for one place.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Scored {
+    pub tier: Tier,
     pub predicted_ms: f64,
     pub source: Source,
     pub observations: usize,
     /// The features the prediction was made from (kept to learn from the outcome).
     pub features: Features,
+}
+
+impl Scorable for Scored {
+    fn tier(&self) -> Tier {
+        self.tier
+    }
+    fn predicted_ms(&self) -> f64 {
+        self.predicted_ms
+    }
 }
 
 /// A decision: every place's prediction, and the chosen one.
@@ -55,6 +65,38 @@ impl Plan {
     }
 }
 
+/// One function's models: a small index from place key to slot, and the models side by
+/// side, so a decision reads them in order rather than scattered over a hash table.
+#[derive(Debug, Clone, Default)]
+struct Models {
+    index: HashMap<u64, u32>,
+    slots: Vec<(String, Model)>,
+}
+
+impl Models {
+    fn get(&self, key: u64) -> Option<&Model> {
+        self.index.get(&key).map(|i| &self.slots[*i as usize].1)
+    }
+
+    fn get_or_insert(&mut self, key: u64, place: &str, window: usize) -> &mut Model {
+        let i = *self.index.entry(key).or_insert_with(|| {
+            self.slots.push((place.to_string(), Model::new(window)));
+            (self.slots.len() - 1) as u32
+        });
+        &mut self.slots[i as usize].1
+    }
+
+    fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.slots.retain(|(p, _)| keep(p));
+        self.index = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, (p, _))| (place_key(p), i as u32))
+            .collect();
+    }
+}
+
 /// A place id's key in the model maps.
 fn place_key(id: &str) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -71,7 +113,7 @@ const ERRORS_KEPT: usize = 2048;
 pub struct Planner {
     /// Per function, per place (keyed by a 64-bit hash of the place's id, which keeps
     /// lookups on the hot path free of string comparisons), the place's id and its model.
-    models: HashMap<String, HashMap<u64, (String, Model)>>,
+    models: HashMap<String, Models>,
     /// Smoothed service time per function over all places, for places that report none.
     service: HashMap<String, f64>,
     /// How much slower than a function's typical service time each place runs, learnt
@@ -123,28 +165,23 @@ impl Planner {
     ) -> Option<Plan> {
         let models = self.models.get(function);
         let mut scored = Vec::with_capacity(places.len());
-        let mut cands = Vec::with_capacity(places.len());
         for p in places {
             let features = self.features(function, payload_kb, p);
-            let model = models.and_then(|m| m.get(&place_key(p.id))).map(|(_, m)| m);
+            let model = models.and_then(|m| m.get(place_key(p.id)));
             let (predicted_ms, source) = match model {
                 Some(m) => m.predict(&features, &self.analytic),
                 None => (self.analytic.estimate(&features), Source::Analytic),
             };
             let observations = model.map_or(0, Model::observations);
             scored.push(Scored {
+                tier: p.tier,
                 predicted_ms,
                 source,
                 observations,
                 features,
             });
-            cands.push(Candidate {
-                tier: p.tier,
-                predicted_ms,
-                observations,
-            });
         }
-        let d = choose(&cands, deadline_ms, weights, roll)?;
+        let d = choose(&scored, deadline_ms, weights, roll)?;
         Some(Plan {
             scored,
             chosen: d.index,
@@ -203,9 +240,7 @@ impl Planner {
             Some(m) => m,
             None => self.models.entry(function.to_string()).or_default(),
         };
-        let (_, model) = per_fn
-            .entry(place_key(place))
-            .or_insert_with(|| (place.to_string(), Model::new(window)));
+        let model = per_fn.get_or_insert(place_key(place), place, window);
         model.observe(features, actual_ms, &self.analytic);
     }
 
@@ -214,7 +249,7 @@ impl Planner {
     pub fn refit_due(&mut self) -> usize {
         let mut n = 0;
         let analytic = self.analytic;
-        for (_, m) in self.models.values_mut().flat_map(|m| m.values_mut()) {
+        for (_, m) in self.models.values_mut().flat_map(|m| m.slots.iter_mut()) {
             if m.wants_refit() {
                 m.refit(&analytic);
                 n += 1;
@@ -237,7 +272,7 @@ impl Planner {
     /// Forgets the models of places that left (so memory follows the membership).
     pub fn retain_places(&mut self, keep: impl Fn(&str) -> bool) {
         for m in self.models.values_mut() {
-            m.retain(|_, (place, _)| keep(place));
+            m.retain(&keep);
         }
     }
 

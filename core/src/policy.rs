@@ -15,6 +15,22 @@ pub struct Candidate {
     pub observations: usize,
 }
 
+/// What the policy reads of a candidate; implemented by [`Candidate`] and by the
+/// planner's own records, so a decision needs no copy of its candidates.
+pub trait Scorable {
+    fn tier(&self) -> Tier;
+    fn predicted_ms(&self) -> f64;
+}
+
+impl Scorable for Candidate {
+    fn tier(&self) -> Tier {
+        self.tier
+    }
+    fn predicted_ms(&self) -> f64 {
+        self.predicted_ms
+    }
+}
+
 /// Per-function preferences beyond speed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Weights {
@@ -46,9 +62,9 @@ pub struct Decision {
     pub meets_deadline: bool,
 }
 
-fn score(c: &Candidate, w: &Weights) -> f64 {
-    c.predicted_ms
-        + match c.tier {
+fn score<C: Scorable>(c: &C, w: &Weights) -> f64 {
+    c.predicted_ms()
+        + match c.tier() {
             Tier::Cloud => w.cloud_cost_ms,
             Tier::Device => w.device_energy_ms,
             Tier::Edge => 0.0,
@@ -57,19 +73,20 @@ fn score(c: &Candidate, w: &Weights) -> f64 {
 
 /// Chooses among `cands`. `roll` is a uniform random number in [0, 1).
 /// Returns `None` only when there is no candidate.
-pub fn choose(
-    cands: &[Candidate],
+pub fn choose<C: Scorable>(
+    cands: &[C],
     deadline_ms: Option<f64>,
     w: &Weights,
     roll: f64,
 ) -> Option<Decision> {
-    let meets = |c: &Candidate| deadline_ms.is_none_or(|d| c.predicted_ms <= d);
+    let meets = |c: &C| deadline_ms.is_none_or(|d| c.predicted_ms() <= d);
     // One pass: the best-scoring place that meets the deadline, and the fastest overall.
     let mut feasible: Option<(usize, f64)> = None;
     let mut fastest: Option<(usize, f64)> = None;
     for (i, c) in cands.iter().enumerate() {
-        if fastest.is_none_or(|(_, ms)| c.predicted_ms < ms) {
-            fastest = Some((i, c.predicted_ms));
+        let ms = c.predicted_ms();
+        if fastest.is_none_or(|(_, f)| ms < f) {
+            fastest = Some((i, ms));
         }
         if meets(c) {
             let s = score(c, w);
@@ -172,7 +189,7 @@ mod tests {
         assert_eq!(d.index, 1, "cloud-fast: cost never outweighs the deadline");
         let d = choose(&cands, Some(5.0), &w, 0.5).unwrap();
         assert_eq!((d.index, d.meets_deadline), (1, false), "cloud-fast");
-        assert!(choose(&[], None, &w, 0.5).is_none());
+        assert!(choose::<Candidate>(&[], None, &w, 0.5).is_none());
     }
 
     #[test]
