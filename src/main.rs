@@ -28,7 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a local node and gateway with zero configuration (data in ./.fogline).
+    /// Run a local mesh with zero configuration: a router, edge nodes and a cloud bridge
+    /// (data in ./.fogline); `--single` runs one node alone.
     Up(UpArgs),
     /// Run an edge node agent from a config file.
     Node(NodeArgs),
@@ -77,6 +78,12 @@ struct UpArgs {
     /// Gateway address; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: SocketAddr,
+    /// Edge nodes in the local mesh.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=16))]
+    edges: u8,
+    /// Run one node alone (gateway and sandboxes, no mesh, no router).
+    #[arg(long, conflicts_with = "edges")]
+    single: bool,
 }
 
 #[derive(Args)]
@@ -238,10 +245,11 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async move {
         match cli.command {
-            Command::Up(a) => {
+            Command::Up(a) if a.single => {
                 let cfg = fogline_core::config::NodeConfig::local(a.data_dir, a.http);
                 serve::node(cfg, &[]).await
             }
+            Command::Up(a) => serve::local_mesh(a.data_dir, a.http, usize::from(a.edges)).await,
             Command::Node(a) => {
                 let join = a.join.clone();
                 let cfg = a.into_config(None)?;

@@ -101,3 +101,107 @@ fn init_tracing() {
         .with_target(false)
         .try_init();
 }
+
+/// `fogline up`: a whole local mesh in one process, with zero configuration: a cloud
+/// bridge, `edges` edge nodes and a router in front of them, with a fresh cluster CA and a
+/// certificate each (kept in DATA/pki), meshed over loopback. The router's gateway is the
+/// one to call; its data folder is DATA itself, so the admin token is in DATA/admin.token.
+pub async fn local_mesh(
+    data_dir: std::path::PathBuf,
+    http: std::net::SocketAddr,
+    edges: usize,
+) -> anyhow::Result<()> {
+    use fogline_core::config::{RouterSection, Tier};
+    use fogline_node::tls::{self, Role, Validity};
+    init_tracing();
+    let pki = data_dir.join("pki");
+    if !pki.join("ca.pem").exists() {
+        tls::init_ca(&pki)?;
+    }
+    let member = |name: &str, role: Role, tier: Tier, http: std::net::SocketAddr| {
+        let certs = pki.join(name);
+        if !certs.join("cert.pem").exists() {
+            tls::issue(&pki, name, role, &certs, Validity::Days(3650))?;
+        }
+        let dir = if role == Role::Router {
+            data_dir.clone()
+        } else {
+            data_dir.join(name)
+        };
+        let mut c = NodeConfig::local(dir, http);
+        c.node.id = Some(name.to_string());
+        c.node.tier = tier;
+        c.quic.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        c.quic.tls_dir = Some(certs);
+        c.mesh.listen = Some("/ip4/127.0.0.1/tcp/0".into());
+        c.mesh.mdns = false;
+        anyhow::Ok(c)
+    };
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let cloud = fogline_node::bind(member("cloud", Role::Bridge, Tier::Cloud, any)?).await?;
+    let seed = cloud
+        .node
+        .mesh
+        .get()
+        .map(|m| m.address.clone())
+        .context("the bridge's mesh did not start")?;
+    let join = [seed];
+    let mut nodes = vec![("cloud".to_string(), cloud)];
+    for i in 1..=edges {
+        let name = format!("edge-{i}");
+        let r = fogline_node::bind_with(member(&name, Role::Node, Tier::Edge, any)?, &join).await?;
+        nodes.push((name, r));
+    }
+    let mut rc = member("router", Role::Router, Tier::Edge, http)?;
+    rc.router = Some(RouterSection::default());
+    let router = fogline_node::bind_with(rc, &join).await?;
+    fogline_router::Router::install(&router.node, RouterSection::default());
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "gateway listening on http://{}", router.addr)?;
+        if let Some(token) = &router.new_token {
+            writeln!(
+                out,
+                "admin token (shown once, kept in {}): {token}",
+                data_dir.join("admin.token").display()
+            )?;
+        }
+        for (name, r) in &nodes {
+            writeln!(
+                out,
+                "  {name:<8} {} node: http://{}  quic {}",
+                r.node.config.node.tier.as_str(),
+                r.addr,
+                r.quic_addr.map(|a| a.to_string()).unwrap_or_default()
+            )?;
+        }
+        writeln!(
+            out,
+            "local mesh ready: a router placing on {} edge node(s) and a cloud bridge; data in {}",
+            edges,
+            data_dir.display()
+        )?;
+        out.flush()?;
+    }
+    // One stop signal for every member.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(router.serve(stopped(stop_rx.clone()))));
+    for (_, r) in nodes {
+        tasks.push(tokio::spawn(r.serve(stopped(stop_rx.clone()))));
+    }
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        match t.await {
+            Ok(Err(e)) => eprintln!("error: {e}"),
+            Err(e) => eprintln!("error: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
+    eprintln!("stopped");
+    Ok(())
+}

@@ -498,7 +498,7 @@ impl Router {
                 let service = p.service_ms.unwrap_or(1.0).max(0.05);
                 1000.0 / service * (1.0 - p.load_per_core.min(1.0)).max(0.1)
             })
-            .sum();
+            .fold(0.0, |a, b| a + b);
         if rate_per_s <= 0.8 * capacity && places.iter().any(|p| p.warm) {
             return;
         }

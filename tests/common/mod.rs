@@ -39,12 +39,13 @@ pub struct NodeProc {
 }
 
 impl NodeProc {
-    /// `fogline up --data-dir <dir>/.fogline --http 127.0.0.1:0`, run from `dir`.
+    /// `fogline up --single --data-dir <dir>/.fogline --http 127.0.0.1:0`, run from `dir`:
+    /// one node alone.
     pub fn up(dir: &Path) -> Self {
         let data = dir.join(".fogline");
         let mut cmd = fogline();
         cmd.current_dir(dir)
-            .args(["up", "--data-dir"])
+            .args(["up", "--single", "--data-dir"])
             .arg(&data)
             .args(["--http", "127.0.0.1:0"]);
         Self::spawn(cmd, data, dir)
@@ -122,7 +123,7 @@ impl NodeProc {
             if let Some(q) = line.strip_prefix("quic listening on ") {
                 quic = Some(q.parse().expect("quic address"));
             }
-            if line.contains(" ready; data in ") {
+            if line.contains(" ready; data in ") || line.starts_with("local mesh ready") {
                 break;
             }
         }

@@ -1,0 +1,82 @@
+//! `fogline up` with no flags: a whole local mesh (router, two edge nodes, a cloud bridge)
+//! with zero configuration, as the README's first command promises.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_runs_a_local_mesh_with_zero_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join(".fogline");
+    let mut cmd = fogline();
+    cmd.current_dir(dir.path())
+        .args(["up", "--http", "127.0.0.1:0"]);
+    let mut n = NodeProc::spawn_cmd(cmd, data.clone(), dir.path());
+    // The client finds the gateway's token in ./.fogline, as in the README's quick start.
+    let out = run_ok(
+        fogline()
+            .current_dir(dir.path())
+            .args([
+                "--gateway",
+                &n.url,
+                "deploy",
+                "hello",
+                "--idempotent",
+                "--wasm",
+            ])
+            .arg(example("hello/hello.wasm")),
+    );
+    assert!(out.contains("deployed hello"), "{out}");
+    let t = Instant::now();
+    let members = loop {
+        let v: Value = serde_json::from_str(&run_ok(fogline().args([
+            "--gateway",
+            &n.url,
+            "mesh",
+            "--json",
+        ])))
+        .unwrap();
+        let alive: Vec<String> = v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["state"] == "alive")
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect();
+        if alive.len() == 4 || t.elapsed() > Duration::from_secs(15) {
+            break alive;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut sorted = members.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["cloud", "edge-1", "edge-2", "router"]);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let r = client()
+            .post(format!("{}/function/hello", n.url))
+            .body("world")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let placed = r.headers()["x-fogline-placed-on"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(r.text().await.unwrap(), "hello, world");
+        seen.insert(placed);
+    }
+    assert!(
+        seen.iter()
+            .all(|p| ["cloud (cloud)", "edge-1 (edge)", "edge-2 (edge)"].contains(&p.as_str())),
+        "{seen:?}"
+    );
+    assert!(n.terminate().success());
+}
