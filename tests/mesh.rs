@@ -6,30 +6,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-
-fn pki(dir: &Path) -> PathBuf {
-    let root = dir.join("pki");
-    run_ok(fogline().args(["certs", "init", "--dir"]).arg(&root));
-    root
-}
-
-fn issue(pki: &Path, name: &str) -> PathBuf {
-    let out = pki.join(name);
-    run_ok(
-        fogline()
-            .args(["certs", "issue", name, "--role", "node", "--ca"])
-            .arg(pki)
-            .arg("--out")
-            .arg(&out),
-    );
-    out
-}
 
 fn member(dir: &Path, pki: &Path, name: &str, ip: &str, join: Option<&str>) -> NodeProc {
     let cfg = dir.join(format!("{name}.toml"));
@@ -40,7 +22,7 @@ fn member(dir: &Path, pki: &Path, name: &str, ip: &str, join: Option<&str>) -> N
         ),
     )
     .unwrap();
-    let tls = issue(pki, name);
+    let tls = issue(pki, name, "node");
     let mesh = format!("/ip4/{ip}/tcp/0");
     let mut extra = vec!["--tls-dir", tls.to_str().unwrap(), "--mesh", mesh.as_str()];
     if let Some(j) = join {
@@ -53,26 +35,8 @@ fn mesh_address(n: &NodeProc) -> String {
     mesh_json(n)["self"].as_str().unwrap().to_string()
 }
 
-/// `GET /v1/mesh` through the real CLI (`fogline mesh --json`).
-fn mesh_json(n: &NodeProc) -> Value {
-    let out = run_ok(fogline().args(["--gateway", &n.url, "mesh", "--json"]));
-    serde_json::from_str(&out).expect("mesh --json prints JSON")
-}
-
 fn view(n: &NodeProc) -> Vec<Value> {
     mesh_json(n)["members"].as_array().unwrap().clone()
-}
-
-fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> bool) -> Duration {
-    let t = Instant::now();
-    while !ok() {
-        assert!(
-            t.elapsed() < Duration::from_secs(secs),
-            "{what}: not within {secs} s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    t.elapsed()
 }
 
 fn states(n: &NodeProc) -> Vec<(String, String)> {
@@ -286,7 +250,7 @@ fn ns_member(
         format!("version = 1\n[node]\nid = \"{name}\"\n[mesh]\nmdns = {mdns}\ninterval = \"500ms\"\nsite = \"{ns}\"\n"),
     )
     .unwrap();
-    let tls = issue(pki, name);
+    let tls = issue(pki, name, "node");
     let data = dir.join(name);
     let mut cmd = in_ns(ns);
     cmd.current_dir(dir)

@@ -9,31 +9,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
-
-fn pki(dir: &Path) -> PathBuf {
-    let root = dir.join("pki");
-    run_ok(fogline().args(["certs", "init", "--dir"]).arg(&root));
-    root
-}
-
-fn issue(pki: &Path, name: &str, role: &str) -> PathBuf {
-    let out = pki.join(name);
-    run_ok(
-        fogline()
-            .args(["certs", "issue", name, "--role", role, "--ca"])
-            .arg(pki)
-            .arg("--out")
-            .arg(&out),
-    );
-    out
-}
 
 /// CPUs this process may use (the tests pin edge nodes to one each, like separate boards).
 fn cpus() -> usize {
@@ -91,11 +73,6 @@ fn member(
     NodeProc::spawn_cmd(cmd, dir.join(name), dir)
 }
 
-fn mesh_json(n: &NodeProc) -> Value {
-    let out = run_ok(fogline().args(["--gateway", &n.url, "mesh", "--json"]));
-    serde_json::from_str(&out).unwrap()
-}
-
 fn alive(n: &NodeProc) -> Vec<String> {
     let mut v: Vec<String> = mesh_json(n)["members"]
         .as_array()
@@ -106,17 +83,6 @@ fn alive(n: &NodeProc) -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !ok() {
-        assert!(
-            t.elapsed() < Duration::from_secs(secs),
-            "{what}: not within {secs} s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Invokes through the router; returns (status, placed-on node, body).

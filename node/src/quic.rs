@@ -573,6 +573,20 @@ pub struct Reply {
     pub sent_module: bool,
 }
 
+/// Answers a peer's request for a module with its bytes.
+async fn send_module(
+    send: &mut SendStream,
+    modules: &dyn ModuleSource,
+    d: &Digest,
+) -> Result<(), QuicError> {
+    let bytes = modules.module(d).ok_or_else(|| {
+        QuicError::Unexpected(format!(
+            "peer asked for module {d}, which this side does not have"
+        ))
+    })?;
+    write_body(send, &bytes).await
+}
+
 /// A QUIC client keeping one connection per peer, with TLS session resumption.
 pub struct Client {
     endpoint: Endpoint,
@@ -643,6 +657,18 @@ impl Client {
         Ok(conn)
     }
 
+    /// A new bidirectional stream to `addr` (`early`: may ride 0-RTT).
+    async fn open(
+        &self,
+        addr: SocketAddr,
+        early: bool,
+    ) -> Result<(SendStream, RecvStream), QuicError> {
+        let conn = self.connection(addr, early).await?;
+        conn.open_bi()
+            .await
+            .map_err(|e| QuicError::Stream(e.to_string()))
+    }
+
     /// Forgets a peer's connection (after it failed).
     /// Closes it, so calls waiting on it fail now instead of at the idle timeout.
     pub async fn forget(&self, addr: SocketAddr) {
@@ -659,11 +685,7 @@ impl Client {
         modules: &dyn ModuleSource,
     ) -> Result<Reply, QuicError> {
         let early = req.manifest.as_ref().is_some_and(|m| m.idempotent);
-        let conn = self.connection(addr, early).await?;
-        let (mut send, recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| QuicError::Stream(e.to_string()))?;
+        let (mut send, recv) = self.open(addr, early).await?;
         let inv = Invoke {
             function: req.function.clone(),
             manifest: req.manifest.clone(),
@@ -686,12 +708,7 @@ impl Client {
             };
             match frame {
                 Frame::NeedModule(d) => {
-                    let bytes = modules.module(&d).ok_or_else(|| {
-                        QuicError::Unexpected(format!(
-                            "peer asked for module {d}, which this side does not have"
-                        ))
-                    })?;
-                    write_body(&mut send, &bytes).await?;
+                    send_module(&mut send, modules, &d).await?;
                     sent_module = true;
                 }
                 Frame::Result(result) => {
@@ -724,11 +741,7 @@ impl Client {
         manifest: &FunctionManifest,
         modules: &dyn ModuleSource,
     ) -> Result<Capacity, QuicError> {
-        let conn = self.connection(addr, false).await?;
-        let (mut send, recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| QuicError::Stream(e.to_string()))?;
+        let (mut send, recv) = self.open(addr, false).await?;
         let inv = Invoke {
             function: manifest.name.clone(),
             manifest: Some(manifest.clone()),
@@ -738,14 +751,7 @@ impl Client {
         let mut r = FrameReader::new(recv, self.timeout);
         loop {
             match r.next().await? {
-                Frame::NeedModule(d) => {
-                    let bytes = modules.module(&d).ok_or_else(|| {
-                        QuicError::Unexpected(format!(
-                            "peer asked for module {d}, which this side does not have"
-                        ))
-                    })?;
-                    write_body(&mut send, &bytes).await?;
-                }
+                Frame::NeedModule(d) => send_module(&mut send, modules, &d).await?,
                 Frame::StatusReply(c) => {
                     let _ = send.finish();
                     return Ok(c);
@@ -763,11 +769,7 @@ impl Client {
 
     /// Asks a peer what it can take on.
     pub async fn status(&self, addr: SocketAddr) -> Result<Capacity, QuicError> {
-        let conn = self.connection(addr, true).await?;
-        let (mut send, recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| QuicError::Stream(e.to_string()))?;
+        let (mut send, recv) = self.open(addr, true).await?;
         write_frame(&mut send, &Frame::Status).await?;
         let _ = send.finish();
         match FrameReader::new(recv, self.timeout).next().await? {

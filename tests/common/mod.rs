@@ -226,3 +226,42 @@ pub fn run_err(cmd: &mut Command) -> String {
     );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// A cluster CA in `dir/pki`, made by the real CLI.
+pub fn pki(dir: &Path) -> PathBuf {
+    let root = dir.join("pki");
+    run_ok(fogline().args(["certs", "init", "--dir"]).arg(&root));
+    root
+}
+
+/// A certificate folder for `name` with `role`, issued by the CA in `pki`.
+pub fn issue(pki: &Path, name: &str, role: &str) -> PathBuf {
+    let out = pki.join(name);
+    run_ok(
+        fogline()
+            .args(["certs", "issue", name, "--role", role, "--ca"])
+            .arg(pki)
+            .arg("--out")
+            .arg(&out),
+    );
+    out
+}
+
+/// `GET /v1/mesh` through the real CLI (`fogline mesh --json`).
+pub fn mesh_json(n: &NodeProc) -> serde_json::Value {
+    let out = run_ok(fogline().args(["--gateway", &n.url, "mesh", "--json"]));
+    serde_json::from_str(&out).expect("mesh --json prints JSON")
+}
+
+/// Polls `ok` every 100 ms; fails the test after `secs`. Returns how long it took.
+pub fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> bool) -> Duration {
+    let t = std::time::Instant::now();
+    while !ok() {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "{what}: not within {secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    t.elapsed()
+}
