@@ -163,7 +163,23 @@ pub async fn serve(
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             let conn = match incoming.accept() {
-                Ok(connecting) => connecting.await,
+                // Serve early: a resumed session's 0-RTT streams (idempotent calls only, as
+                // the client sends them) run as soon as they arrive. The client's identity
+                // is known early only on resumption (from the session it resumes); on a
+                // full handshake it is known, and the certificate checked, once the
+                // handshake completes, and nothing is served before.
+                Ok(connecting) => match connecting.into_0rtt() {
+                    Ok((conn, done)) => {
+                        if peer_role(&conn).is_none() {
+                            done.await;
+                        }
+                        match conn.close_reason() {
+                            Some(e) => Err(e),
+                            None => Ok(conn),
+                        }
+                    }
+                    Err(connecting) => connecting.await,
+                },
                 Err(e) => Err(e),
             };
             match conn {
@@ -312,6 +328,23 @@ async fn handle_stream(
         .await;
     }
     let body = r.body(inv.body_len, limits.max_body).await?;
+    // 0-RTT data can be replayed by whoever captured it: only idempotent calls may use it.
+    if r.recv.is_0rtt() {
+        let idempotent = match (&inv.manifest, node.lookup(&inv.function)) {
+            (_, Some(local)) => local.manifest.idempotent,
+            (Some(m), None) => m.idempotent,
+            (None, None) => false,
+        };
+        if !idempotent {
+            return reply_error(
+                send,
+                425,
+                true,
+                format!("{} is not idempotent: it cannot be sent as 0-RTT early data; send it after the handshake", inv.function),
+            )
+            .await;
+        }
+    }
     // A router places the call (its own functions are the ones it knows); a node runs it,
     // loading the caller's manifest and module first when it lacks them.
     if node.dispatch.get().is_none() {
