@@ -28,9 +28,9 @@ pub const ANN_IDEMPOTENT: &str = "fogline.dev/idempotent";
 pub struct FunctionDeployment {
     pub service: String,
     pub image: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_null")]
     pub namespace: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_null")]
     pub env_vars: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub labels: Option<BTreeMap<String, String>>,
@@ -38,8 +38,21 @@ pub struct FunctionDeployment {
     pub annotations: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub limits: Option<FunctionResources>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_null")]
     pub secrets: Option<Vec<String>>,
+    /// Placement constraints of Swarm-style providers: accepted and ignored, but they must
+    /// be a list when given.
+    #[serde(default, deserialize_with = "non_null", skip_serializing)]
+    pub constraints: Option<Vec<String>>,
+}
+
+/// For fields the gateway spec does not mark nullable: absent is fine, `null` is an error.
+fn non_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -233,6 +246,19 @@ impl FunctionStatus {
 mod tests {
     use super::*;
     use crate::manifest::ManifestLimits;
+
+    #[test]
+    fn null_where_the_spec_allows_none_is_refused() {
+        for field in ["secrets", "envVars", "namespace", "constraints"] {
+            let body = format!(r#"{{"service":"f","image":"i","{field}":null}}"#);
+            assert!(
+                serde_json::from_str::<FunctionDeployment>(&body).is_err(),
+                "{field}: null accepted"
+            );
+        }
+        let ok = r#"{"service":"f","image":"i","labels":null,"annotations":null,"limits":null}"#;
+        assert!(serde_json::from_str::<FunctionDeployment>(ok).is_ok());
+    }
 
     #[test]
     fn wasm_deployment_maps_onto_a_manifest() {

@@ -337,9 +337,19 @@ impl Node {
                 }
                 (compile, Some(digest))
             }
-            // A router that does not run functions itself only keeps the manifest: the
-            // nodes it places the function on check its image.
-            Runtime::Container if !self.runs_functions() => (None, None),
+            // A router that does not run functions itself keeps the manifest, checking the
+            // image on its own engine when it has one; the nodes it places the function on
+            // check it again on theirs.
+            Runtime::Container if !self.runs_functions() => {
+                if let Ok(c) = &self.containers {
+                    if c.available() {
+                        if let Some(image) = &manifest.image {
+                            c.check_image(image).await?;
+                        }
+                    }
+                }
+                (None, None)
+            }
             Runtime::Container => {
                 let c = self.container_executor()?;
                 if let Some(prev) = previous
