@@ -327,6 +327,7 @@ mod tests {
             annotations: Some(s.annotations.clone()),
             limits: Some(s.limits.clone()),
             secrets: None,
+            constraints: None,
         };
         assert_eq!(dep.to_manifest().unwrap(), m);
     }
