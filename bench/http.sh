@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # HTTP invocation benchmark: `POST /function/hello` with a 1 KiB body on loopback, measured
 # with wrk, beside nginx answering a static 1 KiB response under the same wrk settings in
-# the same run, plus the node agent's resident memory when idle and after the load.
+# the same run, plus the node agent's resident memory when idle and after the load; then the
+# same call through the router of a `fogline up` local mesh (HTTP in, QUIC to a node).
 #
 #   bench/http.sh            (needs wrk and nginx: apt-get install wrk nginx-light)
 #
@@ -15,10 +16,10 @@ done
 (cd "$root" && cargo build --release -q)
 bin=$root/target/release/fogline
 work=$(mktemp -d)
-cleanup() { kill "$pid" 2>/dev/null || true; [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { kill "$pid" 2>/dev/null || true; kill "${mpid:-0}" 2>/dev/null || true; [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-(cd "$work" && exec "$bin" up --data-dir "$work/.fogline" --http 127.0.0.1:0 >"$work/out" 2>"$work/err") &
+(cd "$work" && exec "$bin" up --single --data-dir "$work/.fogline" --http 127.0.0.1:0 >"$work/out" 2>"$work/err") &
 pid=$!
 for _ in $(seq 1 100); do grep -q "gateway listening" "$work/out" 2>/dev/null && break; sleep 0.1; done
 url=$(sed -n 's/^gateway listening on //p' "$work/out" | head -1)
@@ -77,3 +78,18 @@ printf '%-34s %12.0f %12.0f %12.0f\n' "fogline /function/hello, 64 conns" "$f64_
 printf '%-34s %12.0f %12.0f %12.0f\n' "nginx static 1 KiB, 64 conns" "$n64_rps" "$n64_p50" "$n64_p99"
 awk -v a="$f64_rps" -v b="$n64_rps" 'BEGIN { printf "fogline / nginx throughput at 64 conns: %.3fx\n", a/b }'
 printf 'node agent RSS: idle %.1f MB, after the load %.1f MB\n' "$(echo "$rss_idle/1024" | bc -l)" "$(echo "$rss_after/1024" | bc -l)"
+
+# Through the router: a local mesh (router, two edge nodes, a cloud bridge) in one process.
+(cd "$work" && exec "$bin" up --data-dir "$work/mesh" --http 127.0.0.1:0 >"$work/mout" 2>"$work/merr") &
+mpid=$!
+for _ in $(seq 1 100); do grep -q "local mesh ready" "$work/mout" 2>/dev/null && break; sleep 0.1; done
+murl=$(sed -n 's/^gateway listening on //p' "$work/mout" | head -1)
+sleep 3
+"$bin" --gateway "$murl" --token "$(cat "$work/mesh/admin.token")" deploy hello --idempotent --max-concurrency 256 --wasm "$root/examples/hello/hello.wasm" >/dev/null 2>&1
+run "$murl/function/hello" 1 1 >/dev/null   # warm every place
+read -r r1_rps r1_p50 r1_p99 < <(run "$murl/function/hello" 1 1)
+read -r r64_rps r64_p50 r64_p99 < <(run "$murl/function/hello" 2 64)
+printf '%-34s %12.0f %12.0f %12.0f
+' "via the router (up), 1 conn" "$r1_rps" "$r1_p50" "$r1_p99"
+printf '%-34s %12.0f %12.0f %12.0f
+' "via the router (up), 64 conns" "$r64_rps" "$r64_p50" "$r64_p99"
