@@ -125,7 +125,7 @@ async fn container_functions_run_isolated_and_fail_cleanly() {
     clean(id);
     // A leftover of an earlier crash of this node is removed at start.
     std::fs::create_dir_all(d.join(id)).unwrap();
-    let owner = owner_of(&std::fs::canonicalize(d.join(id)).unwrap());
+    let owner = fogline_node::executor::container::owner_of(&d.join(id));
     let st = docker(&[
         "create",
         "--label",
@@ -263,14 +263,7 @@ async fn container_functions_run_isolated_and_fail_cleanly() {
         inspect.trim(),
         format!("none true [ALL] [no-new-privileges] 65534:65534 {} 64 map[/tmp:rw,noexec,nosuid,size={}]", 64 << 20, 16 << 20)
     );
-    let metrics = client()
-        .get(format!("{}/metrics", n.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&n.url).await;
     let warm_line = metrics
         .lines()
         .find(|l| l.starts_with("fogline_instantiate_seconds_count{function_name=\"thumbs\"}"))
@@ -342,24 +335,6 @@ async fn container_functions_run_isolated_and_fail_cleanly() {
     let mut n = n;
     assert!(n.terminate().success());
     assert!(containers_of(id).is_empty(), "{:?}", containers_of(id));
-}
-
-/// The node's owner label for a data folder (the first 16 hex digits of its SHA-256).
-fn owner_of(data: &Path) -> String {
-    use std::io::Write;
-    let mut child = Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(data.to_string_lossy().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)[..16].to_string()
 }
 
 /// A proxy for the engine's socket that the test can cut.

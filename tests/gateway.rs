@@ -157,14 +157,7 @@ async fn openfaas_routes_work_end_to_end() {
         logs.lines().any(|l| l.contains("deployed with module")),
         "{logs}"
     );
-    let m = c
-        .get(format!("{u}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics(u).await;
     assert!(
         m.contains("gateway_function_invocation_total{function_name=\"hello\",code=\"200\"} 2"),
         "{m}"

@@ -73,16 +73,15 @@ fn member(
     NodeProc::spawn_cmd(cmd, dir.join(name), dir)
 }
 
-fn alive(n: &NodeProc) -> Vec<String> {
-    let mut v: Vec<String> = mesh_json(n)["members"]
-        .as_array()
+/// `GET /v1/placements?limit=N` of the router.
+async fn placements(c: &reqwest::Client, router: &str, limit: usize) -> Value {
+    c.get(format!("{router}/v1/placements?limit={limit}"))
+        .send()
+        .await
         .unwrap()
-        .iter()
-        .filter(|m| m["state"] == "alive")
-        .map(|m| m["id"].as_str().unwrap().to_string())
-        .collect();
-    v.sort();
-    v
+        .json()
+        .await
+        .unwrap()
 }
 
 /// Invokes through the router; returns (status, placed-on node, body).
@@ -170,41 +169,20 @@ async fn the_router_places_learns_moves_off_load_and_survives_a_kill() {
     }
 
     // Unknown function: 404 from the router itself, nothing recorded, nobody contacted.
-    let before = c
-        .get(format!("{}/v1/placements?limit=1000", router.url))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["placements"]
+    let before = placements(&c, &router.url, 1000).await["placements"]
         .as_array()
         .unwrap()
         .len();
     let (s, placed, msg) = call(&c, &router.url, "nosuch", "x").await;
     assert_eq!((s, placed.as_str()), (404, ""));
     assert!(msg.contains("\"nosuch\" not found on this router"), "{msg}");
-    let after: Value = c
-        .get(format!("{}/v1/placements?limit=1000", router.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let after = placements(&c, &router.url, 1000).await;
     assert_eq!(after["placements"].as_array().unwrap().len(), before);
 
     // Learn: a few hundred calls, then the models answer and the error is reported.
     let warmup = shares(&c, &router.url, 300).await;
     eprintln!("warm-up placements: {warmup:?}");
-    let p: Value = c
-        .get(format!("{}/v1/placements?limit=50", router.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let p = placements(&c, &router.url, 50).await;
     let last = &p["placements"][0];
     assert_eq!(last["function"], "hello");
     assert_eq!(last["candidates"].as_array().unwrap().len(), 3);

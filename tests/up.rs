@@ -5,10 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::*;
-use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_runs_a_local_mesh_with_zero_configuration() {
@@ -33,30 +30,10 @@ async fn up_runs_a_local_mesh_with_zero_configuration() {
             .arg(example("hello/hello.wasm")),
     );
     assert!(out.contains("deployed hello"), "{out}");
-    let t = Instant::now();
-    let members = loop {
-        let v: Value = serde_json::from_str(&run_ok(fogline().args([
-            "--gateway",
-            &n.url,
-            "mesh",
-            "--json",
-        ])))
-        .unwrap();
-        let alive: Vec<String> = v["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|m| m["state"] == "alive")
-            .map(|m| m["id"].as_str().unwrap().to_string())
-            .collect();
-        if alive.len() == 4 || t.elapsed() > Duration::from_secs(15) {
-            break alive;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let mut sorted = members.clone();
-    sorted.sort();
-    assert_eq!(sorted, ["cloud", "edge-1", "edge-2", "router"]);
+    wait_until("every member of the local mesh is alive", 15, || {
+        alive(&n).len() == 4
+    });
+    assert_eq!(alive(&n), ["cloud", "edge-1", "edge-2", "router"]);
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..30 {
         let r = client()

@@ -87,7 +87,11 @@ impl Models {
     }
 
     fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        let before = self.slots.len();
         self.slots.retain(|(p, _)| keep(p));
+        if self.slots.len() == before {
+            return;
+        }
         self.index = self
             .slots
             .iter()

@@ -490,26 +490,31 @@ impl Node {
         if let Some(d) = self.dispatch.get() {
             return d.dispatch(self, name, body).await;
         }
+        self.run_here(name, body)
+            .await
+            .map_err(|e| crate::dispatch::Refused::new(e.status(), e.to_string()))
+    }
+
+    /// Runs one call on this agent, described as placed here (a router in device mode
+    /// uses this for its own place).
+    pub async fn run_here(
+        &self,
+        name: &str,
+        body: Bytes,
+    ) -> Result<crate::dispatch::Placed, InvokeError> {
         let t0 = Instant::now();
-        match self.invoke(name, body).await {
-            Ok(out) => Ok(self.placed_here(out, t0.elapsed(), None)),
-            Err(e) => Err(crate::dispatch::Refused::new(e.status(), e.to_string())),
-        }
+        let out = self.invoke(name, body).await?;
+        Ok(self.placed_here(out, t0.elapsed()))
     }
 
     /// Describes a call that ran on this agent.
-    pub fn placed_here(
-        &self,
-        out: Output,
-        took: Duration,
-        predicted_ms: Option<f64>,
-    ) -> crate::dispatch::Placed {
+    fn placed_here(&self, out: Output, took: Duration) -> crate::dispatch::Placed {
         crate::dispatch::Placed {
             node: self.id.clone(),
             tier: self.config.node.tier,
             cold: out.cold,
             truncated: out.truncated,
-            predicted_ms,
+            predicted_ms: None,
             took_ms: took.as_secs_f64() * 1e3,
             run_ms: (out.startup + out.run).as_secs_f64() * 1e3,
             attempts: 1,
@@ -791,14 +796,7 @@ async fn open_containers(config: &NodeConfig, id: &str) -> Result<Arc<ContainerE
     }
     let max_output = usize::try_from(config.wasm.max_output.bytes()).unwrap_or(usize::MAX);
     let max_stderr = usize::try_from(config.wasm.max_stderr.bytes()).unwrap_or(usize::MAX);
-    let dir = std::fs::canonicalize(&config.node.data_dir)
-        .unwrap_or_else(|_| config.node.data_dir.clone());
-    let owner = fogline_core::Digest::of(dir.to_string_lossy().as_bytes()).to_string();
-    let owner = owner
-        .trim_start_matches("sha256:")
-        .get(..16)
-        .unwrap_or("0")
-        .to_string();
+    let owner = crate::executor::container::owner_of(&config.node.data_dir);
     let c =
         ContainerExecutor::connect(&config.container.socket, id, &owner, max_output, max_stderr)
             .await

@@ -90,32 +90,24 @@ impl Mesh {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// The current view, aged to now.
-    pub fn rows(&self) -> Vec<MemberRow> {
+    /// Runs `f` on the view aged to `now` (passed along), under the view's lock.
+    fn aged<R>(&self, f: impl FnOnce(&ClusterView, u64) -> R) -> R {
         let now = self.now_ms();
         let mut v = self.view.lock().unwrap_or_else(|p| p.into_inner());
         v.touch(&self.self_name, now);
         v.tick(now, &self.timing);
-        v.members().map(|m| row(m, now, &self.self_name)).collect()
+        f(&v, now)
+    }
+
+    /// The current view, aged to now.
+    pub fn rows(&self) -> Vec<MemberRow> {
+        self.aged(|v, now| v.members().map(|m| row(m, now, &self.self_name)).collect())
     }
 
     /// Runs `f` on the current view, aged to now, without copying it (placement does this
     /// for every call).
     pub fn with_view<R>(&self, f: impl FnOnce(&ClusterView) -> R) -> R {
-        let now = self.now_ms();
-        let mut v = self.view.lock().unwrap_or_else(|p| p.into_inner());
-        v.touch(&self.self_name, now);
-        v.tick(now, &self.timing);
-        f(&v)
-    }
-
-    /// A copy of the view, for placement.
-    pub fn view(&self) -> ClusterView {
-        let now = self.now_ms();
-        let mut v = self.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        v.touch(&self.self_name, now);
-        v.tick(now, &self.timing);
-        v
+        self.aged(|v, _| f(v))
     }
 }
 

@@ -143,12 +143,10 @@ impl Router {
     fn places(&self, node: &Node, f: &FunctionManifest) -> Vec<Place> {
         let mut out = Vec::new();
         let now = Instant::now();
-        let down: Vec<String> = {
-            let mut d = lock(&self.down);
-            d.retain(|_, until| *until > now);
-            d.keys().cloned().collect()
-        };
-        let outstanding = lock(&self.outstanding).clone();
+        // Both held for this short, synchronous look (the view's lock is taken inside).
+        let mut down = lock(&self.down);
+        down.retain(|_, until| *until > now);
+        let outstanding = lock(&self.outstanding);
         let mine = |id: &str| f64::from(outstanding.get(id).copied().unwrap_or(0));
         if let Some(mesh) = node.mesh.get() {
             mesh.with_view(|view| {
@@ -157,7 +155,7 @@ impl Router {
                     if m.state != State::Alive
                         || r.node == node.id
                         || !r.runtimes.contains(&f.runtime)
-                        || down.contains(&r.node)
+                        || down.contains_key(&r.node)
                     {
                         continue;
                     }
@@ -429,9 +427,8 @@ impl Router {
         place: &Place,
     ) -> Result<Placed, Failure> {
         let Some(addr) = place.addr else {
-            let t0 = Instant::now();
-            return match node.invoke(&f.name, body.clone()).await {
-                Ok(out) => Ok(node.placed_here(out, t0.elapsed(), None)),
+            return match node.run_here(&f.name, body.clone()).await {
+                Ok(placed) => Ok(placed),
                 Err(e) => Err(Failure {
                     refused: Refused::new(e.status(), e.to_string()),
                     place_failed: false,

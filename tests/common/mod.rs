@@ -265,3 +265,28 @@ pub fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> bool) -> Durati
     }
     t.elapsed()
 }
+
+/// The ids of the members `n`'s mesh view shows alive, sorted.
+pub fn alive(n: &NodeProc) -> Vec<String> {
+    let mut v: Vec<String> = mesh_json(n)["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["state"] == "alive")
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// `GET /metrics` of a gateway, as text.
+pub async fn metrics(url: &str) -> String {
+    client()
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .expect("metrics request")
+        .text()
+        .await
+        .expect("metrics text")
+}

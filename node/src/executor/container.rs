@@ -199,34 +199,13 @@ impl ContainerExecutor {
     }
 
     async fn remove(&self, id: &str) -> bool {
-        self.docker
-            .remove_container(
-                id,
-                Some(RemoveContainerOptions {
-                    force: true,
-                    v: true,
-                    ..Default::default()
-                }),
-            )
-            .await
-            .is_ok()
+        force_remove(&self.docker, id).await
     }
 
     /// Removes a container without making the caller wait for it.
     fn remove_later(&self, id: String) {
         let docker = self.docker.clone();
-        tokio::spawn(async move {
-            let _ = docker
-                .remove_container(
-                    &id,
-                    Some(RemoveContainerOptions {
-                        force: true,
-                        v: true,
-                        ..Default::default()
-                    }),
-                )
-                .await;
-        });
+        tokio::spawn(async move { force_remove(&docker, &id).await });
     }
 
     /// Checks that the image exists locally (there is no registry to pull from).
@@ -641,6 +620,32 @@ impl ContainerExecutor {
         }
         n
     }
+}
+
+/// Removes a container, running or not, with its anonymous volumes.
+async fn force_remove(docker: &Docker, id: &str) -> bool {
+    docker
+        .remove_container(
+            id,
+            Some(RemoveContainerOptions {
+                force: true,
+                v: true,
+                ..Default::default()
+            }),
+        )
+        .await
+        .is_ok()
+}
+
+/// The owner label of a node's containers: the first 16 hex digits of the SHA-256 of its
+/// data folder's path, so two nodes on one host sharing an id keep apart.
+pub fn owner_of(data_dir: &std::path::Path) -> String {
+    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let d = fogline_core::Digest::of(dir.to_string_lossy().as_bytes()).to_string();
+    d.trim_start_matches("sha256:")
+        .get(..16)
+        .unwrap_or("0")
+        .to_string()
 }
 
 /// Maps an exit to the call's result.
