@@ -156,6 +156,30 @@ pub async fn local_mesh(
     rc.router = Some(RouterSection::default());
     let router = fogline_node::bind_with(rc, &join).await?;
     fogline_router::Router::install(&router.node, RouterSection::default());
+    // Ready means ready: the router's view holds every member before the first call can
+    // come in (gossip takes up to an interval), so no early call meets "no live place".
+    if let Some(mesh) = router.node.mesh.get() {
+        let want = nodes.len();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let alive = mesh.with_view(|v| {
+                v.members()
+                    .filter(|m| {
+                        m.state == fogline_core::mesh::State::Alive
+                            && m.report.node != router.node.id
+                    })
+                    .count()
+            });
+            if alive >= want {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                tracing::warn!("only {alive} of {want} members reached the router's view in 15 s");
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "gateway listening on http://{}", router.addr)?;

@@ -157,6 +157,14 @@ async fn openfaas_routes_work_end_to_end() {
         logs.lines().any(|l| l.contains("deployed with module")),
         "{logs}"
     );
+    // `follow` is a boolean in the spec: anything else is refused, naming it.
+    let r = c
+        .get(format!("{u}/system/logs?name=primes&follow=-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("follow"));
     let m = metrics(u).await;
     assert!(
         m.contains("gateway_function_invocation_total{function_name=\"hello\",code=\"200\"} 2"),

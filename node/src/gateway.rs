@@ -607,6 +607,10 @@ struct LogsQuery {
     name: String,
     namespace: Option<String>,
     tail: Option<String>,
+    /// Streaming is not offered: the lines so far are returned either way, but the value
+    /// must be the boolean the spec says (anything else is a 400).
+    #[allow(dead_code)]
+    follow: Option<bool>,
 }
 
 /// `tail` as OpenFaaS defines it: an integer, where 0 or less means all lines. Integers too
