@@ -1,9 +1,13 @@
 //! What members of the mesh tell each other, and the cluster view they build from it.
 //!
-//! A [`LoadReport`] is gossiped by every member each interval (and at once on a large
-//! change). A [`ClusterView`] merges reports — the newest sequence number per member wins,
-//! so merging is commutative, associative and idempotent (property-tested below) — and
-//! ages members from alive to suspect to dead to forgotten as intervals pass unheard.
+//! Every member sends a [`Gossip`] each interval (and at once on a large change): mostly a
+//! [`Beat`], the part of its [`LoadReport`] that changes (load, warm functions, service
+//! times), and now and then the whole report (addresses, tier, site, capacity), which is
+//! what a newcomer needs and rarely changes. A [`ClusterView`] merges them — per member the
+//! whole report with the newest sequence number gives the fixed part and the newest of
+//! reports and beats the changing part, so merging is commutative, associative and
+//! idempotent (property-tested below) — and ages members from alive to suspect to dead to
+//! forgotten as intervals pass unheard.
 //! Time comes in as milliseconds on a monotonic clock; the view never reads a clock, so
 //! the simulator runs the same code.
 
@@ -60,28 +64,6 @@ pub enum ReportError {
 }
 
 impl LoadReport {
-    /// Encodes, cutting the function lists until the report fits in [`MAX_REPORT`].
-    pub fn encode(&self) -> Vec<u8> {
-        let mut r = self.clone();
-        r.service_ms.truncate(MAX_LISTED);
-        r.warm.truncate(MAX_LISTED);
-        loop {
-            let bytes = postcard::to_allocvec(&r).unwrap_or_default();
-            if bytes.len() <= MAX_REPORT || (r.service_ms.is_empty() && r.warm.is_empty()) {
-                return bytes;
-            }
-            r.service_ms.truncate(r.service_ms.len() / 2);
-            r.warm.truncate(r.warm.len() / 2);
-        }
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<Self, ReportError> {
-        if bytes.len() > MAX_REPORT {
-            return Err(ReportError::TooLarge(bytes.len()));
-        }
-        postcard::from_bytes(bytes).map_err(|e| ReportError::Malformed(e.to_string()))
-    }
-
     /// Load per core: running plus queued work over cores.
     pub fn load_per_core(&self) -> f64 {
         f64::from(self.in_flight + self.queued) / f64::from(self.cores.max(1))
@@ -92,6 +74,139 @@ impl LoadReport {
         let a = self.load_per_core();
         let b = next.load_per_core();
         (a - b).abs() >= 0.5 || self.warm != next.warm || self.quic != next.quic
+    }
+}
+
+/// The changing part of a member's report: what it sends every interval between whole
+/// reports. A few dozen bytes when it runs few functions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Beat {
+    pub node: String,
+    pub seq: u64,
+    pub in_flight: u32,
+    pub queued: u32,
+    pub service_ms: Vec<(String, f32)>,
+    pub warm: Vec<String>,
+    pub cold_starts: u64,
+    pub warm_starts: u64,
+}
+
+/// One gossiped message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Gossip {
+    /// The whole report: sent first, when the fixed part changes, when a member joins, and
+    /// every so often.
+    Full(LoadReport),
+    /// The changing part only.
+    Beat(Beat),
+}
+
+impl Gossip {
+    /// The member it speaks for.
+    pub fn node(&self) -> &str {
+        match self {
+            Gossip::Full(r) => &r.node,
+            Gossip::Beat(b) => &b.node,
+        }
+    }
+
+    fn lists_mut(&mut self) -> (&mut Vec<(String, f32)>, &mut Vec<String>) {
+        match self {
+            Gossip::Full(r) => (&mut r.service_ms, &mut r.warm),
+            Gossip::Beat(b) => (&mut b.service_ms, &mut b.warm),
+        }
+    }
+
+    /// Encodes, cutting the function lists until it fits in [`MAX_REPORT`].
+    pub fn encode(&self) -> Vec<u8> {
+        let mut g = self.clone();
+        let (s, w) = g.lists_mut();
+        s.truncate(MAX_LISTED);
+        w.truncate(MAX_LISTED);
+        loop {
+            let bytes = postcard::to_allocvec(&g).unwrap_or_default();
+            let (s, w) = g.lists_mut();
+            if bytes.len() <= MAX_REPORT || (s.is_empty() && w.is_empty()) {
+                return bytes;
+            }
+            let (ns, nw) = (s.len() / 2, w.len() / 2);
+            s.truncate(ns);
+            w.truncate(nw);
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, ReportError> {
+        if bytes.len() > MAX_REPORT {
+            return Err(ReportError::TooLarge(bytes.len()));
+        }
+        postcard::from_bytes(bytes).map_err(|e| ReportError::Malformed(e.to_string()))
+    }
+}
+
+impl LoadReport {
+    /// The changing part.
+    pub fn beat(&self) -> Beat {
+        Beat {
+            node: self.node.clone(),
+            seq: self.seq,
+            in_flight: self.in_flight,
+            queued: self.queued,
+            service_ms: self.service_ms.clone(),
+            warm: self.warm.clone(),
+            cold_starts: self.cold_starts,
+            warm_starts: self.warm_starts,
+        }
+    }
+
+    fn take_beat(&mut self, b: &Beat) {
+        self.seq = b.seq;
+        self.in_flight = b.in_flight;
+        self.queued = b.queued;
+        self.service_ms.clone_from(&b.service_ms);
+        self.warm.clone_from(&b.warm);
+        self.cold_starts = b.cold_starts;
+        self.warm_starts = b.warm_starts;
+    }
+
+    fn take_profile(&mut self, r: &LoadReport) {
+        self.peer.clone_from(&r.peer);
+        self.tier = r.tier;
+        self.site.clone_from(&r.site);
+        self.cores = r.cores;
+        self.memory_bytes = r.memory_bytes;
+        self.runtimes.clone_from(&r.runtimes);
+        self.quic.clone_from(&r.quic);
+        self.http.clone_from(&r.http);
+        self.mesh.clone_from(&r.mesh);
+    }
+
+    /// The fixed part, encoded: what a member compares to know a whole report is due.
+    pub fn profile_bytes(&self) -> Vec<u8> {
+        postcard::to_allocvec(&(
+            &self.peer,
+            self.tier,
+            &self.site,
+            self.cores,
+            self.memory_bytes,
+            &self.runtimes,
+            &self.quic,
+            &self.http,
+            &self.mesh,
+        ))
+        .unwrap_or_default()
+    }
+}
+
+/// Whether a beat `b` replaces the changing part `a`: a higher sequence number, or on a
+/// tie the larger encoding (a deterministic tie-break that keeps merging commutative).
+fn newer_beat(a: &Beat, b: &Beat) -> bool {
+    match b.seq.cmp(&a.seq) {
+        std::cmp::Ordering::Greater => true,
+        std::cmp::Ordering::Less => false,
+        std::cmp::Ordering::Equal => {
+            postcard::to_allocvec(b).unwrap_or_default()
+                > postcard::to_allocvec(a).unwrap_or_default()
+        }
     }
 }
 
@@ -107,7 +222,12 @@ pub enum State {
 /// One member in the view.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Member {
+    /// The fixed part from the newest whole report, the changing part from the newest of
+    /// reports and beats (`report.seq` is that one's).
     pub report: LoadReport,
+    /// Sequence number of the whole report the fixed part came from.
+    #[serde(default)]
+    pub full_seq: u64,
     /// When a report from it last arrived (ms, the view owner's clock).
     pub heard_ms: u64,
     /// Round trip measured to it, if any.
@@ -146,6 +266,9 @@ impl Default for Timing {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ClusterView {
     members: BTreeMap<String, Member>,
+    /// Beats from members whose whole report has not arrived yet, with when they were
+    /// heard: kept (the newest per member) until it does, not listed.
+    pending: BTreeMap<String, (Beat, u64)>,
 }
 
 impl ClusterView {
@@ -153,27 +276,90 @@ impl ClusterView {
         ClusterView::default()
     }
 
-    /// Takes a report heard at `now_ms`. Returns whether it was newer than what we had.
+    /// Takes a whole report heard at `now_ms`. Returns whether it told us anything new.
     pub fn apply(&mut self, report: LoadReport, now_ms: u64) -> bool {
         match self.members.get_mut(&report.node) {
-            Some(m) if newer(&m.report, &report) => {
-                m.report = report;
-                m.heard_ms = m.heard_ms.max(now_ms);
-                m.state = State::Alive;
-                true
+            Some(m) => {
+                let profile = match report.seq.cmp(&m.full_seq) {
+                    std::cmp::Ordering::Greater => true,
+                    std::cmp::Ordering::Less => false,
+                    std::cmp::Ordering::Equal => report.profile_bytes() > m.report.profile_bytes(),
+                };
+                if profile {
+                    m.report.take_profile(&report);
+                    m.full_seq = report.seq;
+                }
+                let load = newer_beat(&m.report.beat(), &report.beat());
+                if load {
+                    m.report.take_beat(&report.beat());
+                }
+                if profile || load {
+                    m.heard_ms = m.heard_ms.max(now_ms);
+                    m.state = State::Alive;
+                }
+                profile || load
             }
-            Some(_) => false,
             None => {
-                let m = Member {
+                let mut m = Member {
+                    full_seq: report.seq,
                     report,
                     heard_ms: now_ms,
                     rtt_ms: None,
                     state: State::Alive,
                 };
+                if let Some((b, heard)) = self.pending.remove(&m.report.node) {
+                    if newer_beat(&m.report.beat(), &b) {
+                        m.report.take_beat(&b);
+                    }
+                    m.heard_ms = m.heard_ms.max(heard);
+                }
                 self.members.insert(m.report.node.clone(), m);
                 true
             }
         }
+    }
+
+    /// Takes a beat heard at `now_ms`. Returns whether it told us anything new; a beat from
+    /// a member whose whole report has not arrived is kept until it does.
+    pub fn apply_beat(&mut self, beat: Beat, now_ms: u64) -> bool {
+        match self.members.get_mut(&beat.node) {
+            Some(m) => {
+                if !newer_beat(&m.report.beat(), &beat) {
+                    return false;
+                }
+                m.report.take_beat(&beat);
+                m.heard_ms = m.heard_ms.max(now_ms);
+                m.state = State::Alive;
+                true
+            }
+            None => {
+                match self.pending.get_mut(&beat.node) {
+                    Some((b, heard)) => {
+                        if newer_beat(b, &beat) {
+                            *b = beat;
+                            *heard = (*heard).max(now_ms);
+                        }
+                    }
+                    None => {
+                        self.pending.insert(beat.node.clone(), (beat, now_ms));
+                    }
+                }
+                false
+            }
+        }
+    }
+
+    /// Takes either kind of message.
+    pub fn apply_gossip(&mut self, g: Gossip, now_ms: u64) -> bool {
+        match g {
+            Gossip::Full(r) => self.apply(r, now_ms),
+            Gossip::Beat(b) => self.apply_beat(b, now_ms),
+        }
+    }
+
+    /// Members heard from only through beats so far (their whole report is awaited).
+    pub fn awaiting(&self) -> impl Iterator<Item = &str> {
+        self.pending.keys().map(String::as_str)
     }
 
     /// Records a round trip to a member, by node name.
@@ -200,6 +386,8 @@ impl ClusterView {
             };
             quiet < t.forget_ms
         });
+        self.pending
+            .retain(|_, (_, heard)| now_ms.saturating_sub(*heard) < t.forget_ms);
     }
 
     /// Marks a member as heard now without a new report (used for the view's owner).
@@ -209,16 +397,36 @@ impl ClusterView {
         }
     }
 
-    /// Merges another view: per member, the newer report (and the later hearing) wins.
+    /// Merges another view: per member the newer fixed part, the newer changing part and
+    /// the later hearing win.
     pub fn merge(&mut self, other: &ClusterView) {
         for (k, theirs) in &other.members {
             match self.members.get_mut(k) {
                 None => {
-                    self.members.insert(k.clone(), theirs.clone());
+                    let mut m = theirs.clone();
+                    if let Some((b, heard)) = self.pending.remove(k) {
+                        if newer_beat(&m.report.beat(), &b) {
+                            m.report.take_beat(&b);
+                        }
+                        m.heard_ms = m.heard_ms.max(heard);
+                    }
+                    self.members.insert(k.clone(), m);
                 }
                 Some(ours) => {
-                    if newer(&ours.report, &theirs.report) {
-                        ours.report = theirs.report.clone();
+                    let profile = match theirs.full_seq.cmp(&ours.full_seq) {
+                        std::cmp::Ordering::Greater => true,
+                        std::cmp::Ordering::Less => false,
+                        std::cmp::Ordering::Equal => {
+                            theirs.report.profile_bytes() > ours.report.profile_bytes()
+                        }
+                    };
+                    if profile {
+                        ours.report.take_profile(&theirs.report);
+                        ours.full_seq = theirs.full_seq;
+                    }
+                    let b = theirs.report.beat();
+                    if newer_beat(&ours.report.beat(), &b) {
+                        ours.report.take_beat(&b);
                     }
                     ours.heard_ms = ours.heard_ms.max(theirs.heard_ms);
                     ours.rtt_ms = match (ours.rtt_ms, theirs.rtt_ms) {
@@ -226,6 +434,26 @@ impl ClusterView {
                         (a, b) => a.or(b),
                     };
                     ours.state = worse_or_better(ours.state, theirs.state);
+                }
+            }
+        }
+        for (k, (b, heard)) in &other.pending {
+            if let Some(m) = self.members.get_mut(k) {
+                if newer_beat(&m.report.beat(), b) {
+                    m.report.take_beat(b);
+                }
+                m.heard_ms = m.heard_ms.max(*heard);
+                continue;
+            }
+            match self.pending.get_mut(k) {
+                Some((ours, h)) => {
+                    if newer_beat(ours, b) {
+                        *ours = b.clone();
+                    }
+                    *h = (*h).max(*heard);
+                }
+                None => {
+                    self.pending.insert(k.clone(), (b.clone(), *heard));
                 }
             }
         }
@@ -266,16 +494,6 @@ impl ClusterView {
                 .then(a.report.node.cmp(&b.report.node))
         });
         v
-    }
-}
-
-/// Whether `b` replaces `a`: a higher sequence number, or on a tie the larger encoding (a
-/// deterministic tie-break that keeps merging commutative).
-fn newer(a: &LoadReport, b: &LoadReport) -> bool {
-    match b.seq.cmp(&a.seq) {
-        std::cmp::Ordering::Greater => true,
-        std::cmp::Ordering::Less => false,
-        std::cmp::Ordering::Equal => b.encode() > a.encode(),
     }
 }
 
@@ -376,6 +594,57 @@ mod tests {
     }
 
     #[test]
+    fn beats_carry_load_and_wait_for_the_whole_report() {
+        let mut v = ClusterView::new();
+        let mut r = report("a", 1, 0);
+        // A beat before any whole report: kept, not listed.
+        r.seq = 5;
+        r.in_flight = 7;
+        assert!(!v.apply_beat(r.beat(), 10));
+        assert!(v.get("a").is_none());
+        assert_eq!(v.awaiting().collect::<Vec<_>>(), ["a"]);
+        // The whole report (older) arrives: listed, with the beat's newer load.
+        assert!(v.apply(report("a", 3, 1), 20));
+        let m = v.get("a").unwrap();
+        assert_eq!((m.report.in_flight, m.report.seq, m.full_seq), (7, 5, 3));
+        assert_eq!(m.report.quic.as_deref(), Some("127.0.0.1:4433"));
+        assert_eq!(v.awaiting().count(), 0);
+        // Later beats move the load and keep the member alive; stale ones do nothing.
+        r.seq = 6;
+        r.in_flight = 2;
+        r.quic = Some("elsewhere".into());
+        assert!(v.apply_beat(r.beat(), 1500));
+        assert!(!v.apply_beat(report("a", 4, 9).beat(), 1600));
+        v.tick(2000, &Timing::default());
+        let m = v.get("a").unwrap();
+        assert_eq!((m.report.in_flight, m.state), (2, State::Alive));
+        assert_eq!(
+            m.report.quic.as_deref(),
+            Some("127.0.0.1:4433"),
+            "a beat never changes the fixed part"
+        );
+        // A newer whole report does.
+        let mut full = report("a", 7, 3);
+        full.quic = Some("10.0.0.9:4433".into());
+        assert!(v.apply(full, 2100));
+        assert_eq!(
+            v.get("a").unwrap().report.quic.as_deref(),
+            Some("10.0.0.9:4433")
+        );
+    }
+
+    #[test]
+    fn a_beat_is_a_few_dozen_bytes() {
+        let mut r = report("edge-17", 1_790_000_000_000, 3);
+        r.service_ms.clear();
+        r.warm.clear();
+        let beat = Gossip::Beat(r.beat()).encode();
+        let full = Gossip::Full(r).encode();
+        assert!(beat.len() <= 24, "beat is {} bytes", beat.len());
+        assert!(full.len() > 2 * beat.len());
+    }
+
+    #[test]
     fn reports_are_bounded() {
         let mut r = report("a", 1, 0);
         r.warm = (0..500)
@@ -384,18 +653,21 @@ mod tests {
         r.service_ms = (0..500)
             .map(|i| (format!("function-with-a-long-name-{i}"), 1.0))
             .collect();
-        let bytes = r.encode();
-        assert!(bytes.len() <= MAX_REPORT);
-        let back = LoadReport::decode(&bytes).unwrap();
-        assert!(back.warm.len() <= MAX_LISTED);
-        assert_eq!(
-            LoadReport::decode(&vec![0u8; MAX_REPORT + 1]),
-            Err(ReportError::TooLarge(MAX_REPORT + 1))
-        );
+        for g in [Gossip::Beat(r.beat()), Gossip::Full(r)] {
+            let bytes = g.encode();
+            assert!(bytes.len() <= MAX_REPORT);
+            let back = Gossip::decode(&bytes).unwrap();
+            let (_, warm) = back.clone().lists_mut_owned();
+            assert!(!warm.is_empty() && warm.len() <= MAX_LISTED);
+        }
         assert!(matches!(
-            LoadReport::decode(&[0xff; 7]),
+            Gossip::decode(&[0xff; 7]),
             Err(ReportError::Malformed(_))
         ));
+        assert_eq!(
+            Gossip::decode(&vec![0u8; MAX_REPORT + 1]),
+            Err(ReportError::TooLarge(MAX_REPORT + 1))
+        );
     }
 
     fn arb_view() -> impl Strategy<Value = ClusterView> {
@@ -413,7 +685,15 @@ mod tests {
             let mut v = ClusterView::new();
             for (n, seq, load, at, rtt) in ops {
                 let name = format!("n{n}");
-                v.apply(report(&name, seq, load), at);
+                // Some members are heard only through beats, some both ways; a whole
+                // report's fixed part varies with its sequence number.
+                let mut r = report(&name, seq, load);
+                r.site = format!("s{}", seq % 3);
+                if load % 3 == 0 {
+                    v.apply_beat(r.beat(), at);
+                } else {
+                    v.apply(r, at);
+                }
                 if let Some(r) = rtt {
                     v.observe_rtt(&name, f64::from(r));
                 }
@@ -422,11 +702,26 @@ mod tests {
         })
     }
 
-    fn reports(v: &ClusterView) -> BTreeMap<String, (LoadReport, u64)> {
-        v.members
-            .iter()
-            .map(|(k, m)| (k.clone(), (m.report.clone(), m.heard_ms)))
-            .collect()
+    impl Gossip {
+        fn lists_mut_owned(mut self) -> (Vec<(String, f32)>, Vec<String>) {
+            let (s, w) = self.lists_mut();
+            (std::mem::take(s), std::mem::take(w))
+        }
+    }
+
+    type Seen = (
+        BTreeMap<String, (LoadReport, u64, u64)>,
+        BTreeMap<String, (Beat, u64)>,
+    );
+
+    fn reports(v: &ClusterView) -> Seen {
+        (
+            v.members
+                .iter()
+                .map(|(k, m)| (k.clone(), (m.report.clone(), m.full_seq, m.heard_ms)))
+                .collect(),
+            v.pending.clone(),
+        )
     }
 
     proptest! {
@@ -467,12 +762,48 @@ mod tests {
         fn reports_round_trip(seq in any::<u64>(), load in any::<u32>(), site in "[a-z]{0,20}") {
             let mut r = report("n", seq, load);
             r.site = site;
-            prop_assert_eq!(LoadReport::decode(&r.encode()).unwrap(), r);
+            let g = Gossip::Full(r);
+            prop_assert_eq!(Gossip::decode(&g.encode()).unwrap(), g);
         }
 
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let _ = LoadReport::decode(&bytes);
+            let _ = Gossip::decode(&bytes);
+        }
+
+        #[test]
+        fn gossip_round_trips(seq in any::<u64>(), load in any::<u32>(), full in any::<bool>()) {
+            let r = report("n", seq, load);
+            let g = if full { Gossip::Full(r) } else { Gossip::Beat(r.beat()) };
+            prop_assert_eq!(Gossip::decode(&g.encode()).unwrap(), g);
+        }
+
+        /// However whole reports and beats interleave and arrive, the view ends with the
+        /// newest fixed part and the newest changing part.
+        #[test]
+        fn order_of_arrival_does_not_matter(
+            msgs in proptest::collection::vec((1u64..20, 0u32..10, any::<bool>()), 1..12),
+            seed in any::<u64>(),
+        ) {
+            let gossip: Vec<Gossip> = msgs
+                .iter()
+                .map(|&(seq, load, full)| {
+                    let mut r = report("n", seq, load + seq as u32 * 10);
+                    r.site = format!("site-{seq}");
+                    if full { Gossip::Full(r) } else { Gossip::Beat(r.beat()) }
+                })
+                .collect();
+            let mut shuffled = gossip.clone();
+            let mut x = seed | 1;
+            for i in (1..shuffled.len()).rev() {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            let mut a = ClusterView::new();
+            let mut b = ClusterView::new();
+            for g in gossip { a.apply_gossip(g, 0); }
+            for g in shuffled { b.apply_gossip(g, 0); }
+            prop_assert_eq!(reports(&a), reports(&b));
         }
     }
 }

@@ -111,6 +111,16 @@ async fn run() {
     })
     .await;
 
+    // The node's own part: the same call without a transport.
+    let local = measure(5000, || {
+        let (node, body) = (node.clone(), body.clone());
+        async move {
+            let r = node.call("hello", body).await.expect("call");
+            assert_eq!(r.body.len(), 7 + 1024);
+        }
+    })
+    .await;
+
     let req = Request {
         function: "hello".into(),
         manifest: None,
@@ -219,6 +229,7 @@ async fn run() {
     );
     row("limit: raw quinn echo round trip, 1 KiB", &raw);
     row("fogline invoke hello, 1 KiB, 1 stream", &one);
+    row("  of which the node's call (no transport)", &local);
     println!(
         "ratio p50: {:.2}x the raw round trip",
         p(&one, 0.5).as_secs_f64() / p(&raw, 0.5).as_secs_f64()

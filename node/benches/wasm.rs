@@ -5,8 +5,10 @@
 //! - limit: raw wasmtime — `InstancePre::instantiate` of the same module into a fresh store
 //!   from an engine with the node's exact settings (`engine_config`), with an empty WASI
 //!   context, then drop;
-//! - fogline: `WasmExecutor::invoke_blocking` — slot, fresh store with stdin/stdout/stderr
-//!   pipes, limits and deadline, instantiate, run `_start`, collect output, drop.
+//! - fogline: `WasmExecutor::invoke` — slot, fresh store with stdin/stdout/stderr pipes,
+//!   limits and deadline, instantiate, run `_start`, collect output, drop.
+//!
+//! Both run on a current-thread tokio runtime, as the node runs calls on its async workers.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -19,7 +21,7 @@ use bytes::Bytes;
 use fogline_core::config::WasmSection;
 use fogline_core::{Digest, FunctionManifest};
 use fogline_node::executor::wasm::WasmExecutor;
-use fogline_node::executor::{Invocation, ModuleSource};
+use fogline_node::executor::{Executor, Invocation, ModuleSource};
 use wasmtime::{Engine, Linker, Module, Store};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::WasiCtxBuilder;
@@ -47,29 +49,31 @@ fn main() {
     let engine = Engine::new(&config).expect("engine");
     let module = Module::new(&engine, &wasm).expect("module");
     let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
-    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |c| c).expect("link");
+    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |c| c).expect("link");
     let pre = linker.instantiate_pre(&module).expect("pre");
-    let raw = measure(|| {
-        let mut store = Store::new(&engine, WasiCtxBuilder::new().build_p1());
-        store.set_epoch_deadline(1_000_000);
-        let _instance = pre.instantiate(&mut store).expect("instantiate");
-    });
-
-    // Fogline's executor, whole call.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exec = WasmExecutor::new(&cfg, dir.path().to_path_buf()).expect("executor");
-    let manifest = FunctionManifest::wasm("hello", Digest::of(&wasm));
-    exec.prepare_blocking(&manifest, Some(Bytes::from(wasm.clone())))
-        .expect("prepare");
-    let src = Bytesource(Bytes::from(wasm));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("rt");
-    let _guard = rt.enter();
+    let raw = measure(|| {
+        let mut store = Store::new(&engine, WasiCtxBuilder::new().build_p1());
+        store.set_epoch_deadline(1_000_000);
+        let _instance = rt
+            .block_on(pre.instantiate_async(&mut store))
+            .expect("instantiate");
+    });
+
+    // Fogline's executor, whole call.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exec =
+        std::sync::Arc::new(WasmExecutor::new(&cfg, dir.path().to_path_buf()).expect("executor"));
+    let manifest = FunctionManifest::wasm("hello", Digest::of(&wasm));
+    exec.prepare_blocking(&manifest, Some(Bytes::from(wasm.clone())))
+        .expect("prepare");
+    let src = Bytesource(Bytes::from(wasm));
     let ours = measure(|| {
-        let out = exec
-            .invoke_blocking(&manifest, Invocation { body: body.clone() }, &src)
+        let out = rt
+            .block_on(exec.invoke(&manifest, Invocation { body: body.clone() }, &src))
             .expect("invoke");
         assert_eq!(out.stdout.len(), 7 + 1024);
     });

@@ -739,6 +739,14 @@ impl Node {
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .len(),
+            mesh_sent: self
+                .mesh
+                .get()
+                .map_or(0, |m| m.traffic().sent.load(Ordering::Relaxed)),
+            mesh_received: self
+                .mesh
+                .get()
+                .map_or(0, |m| m.traffic().received.load(Ordering::Relaxed)),
         }
     }
 

@@ -2,10 +2,24 @@
 //! it is and which functions it has warm; each builds the same [`ClusterView`] from that.
 //!
 //! libp2p underneath: TCP with a private-network key (a node without the cluster's key
-//! cannot complete a connection), Noise, Yamux; gossipsub with strict signing for load
-//! reports, identify and Kademlia for finding members across networks, mDNS on a LAN, and
-//! ping for round-trip times. Members dial every member they learn of, so a small mesh is
-//! fully connected and a report reaches everyone in one hop.
+//! cannot complete a connection), Noise (every connection authenticated to a peer id), Yamux;
+//! identify and Kademlia for finding members across networks, mDNS on a LAN, ping for
+//! round-trip times, and gossipsub to send reports.
+//!
+//! Traffic is kept small, since boards sit on thin links:
+//! - Members dial every member they learn of (up to [`MAX_PEERS`]), so a site's mesh is
+//!   fully connected, and a report is published straight to every member (flood publish)
+//!   and never forwarded: each member receives each report once, in one hop. Because it
+//!   comes straight from its author over a Noise connection, the connection's peer id
+//!   authenticates it; messages carry no signature, author or sequence field
+//!   (gossipsub's anonymous mode), and a report whose peer is not the connection's is
+//!   dropped.
+//! - Between whole reports, members send a [`Beat`]: only the part that changes (a couple
+//!   of dozen bytes when few functions run). A whole report goes out first, when the fixed
+//!   part changes, soon after a member subscribes (a newcomer, or one back from a
+//!   partition), and every [`FULL_EVERY`] intervals.
+//! - Pings every thirty intervals (the first at once on a new connection): round trips
+//!   change slowly, and calls measure their own.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -13,11 +27,12 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fogline_core::mesh::{ClusterView, LoadReport, Member, Timing};
+use fogline_core::config::MeshSection;
+use fogline_core::mesh::{ClusterView, Gossip, LoadReport, Member, Timing};
 use libp2p::core::transport::upgrade::Version;
 use libp2p::core::Transport;
 use libp2p::futures::StreamExt;
-use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
+use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, MessageId, ValidationMode};
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
@@ -28,10 +43,23 @@ use serde::Serialize;
 
 use crate::agent::Node;
 
-const TOPIC: &str = "fogline/load/1";
-/// Members this node dials on its own; beyond that, gossip reaches it through others (and
-/// they dial it). Small meshes end up fully connected; large ones stay sparse.
-const MAX_DIALED: usize = 24;
+const TOPIC: &str = "fogline/2";
+/// Most members this one dials on its own: a site's mesh is fully connected up to here.
+pub const MAX_PEERS: usize = 256;
+/// A whole report at least this often (in intervals), beats between.
+pub const FULL_EVERY: u64 = 60;
+
+/// What a member reports about itself.
+pub trait Reporter: Send + Sync + 'static {
+    /// Its report now: `peer` its libp2p id, `mesh` its mesh address.
+    fn report(&self, peer: &str, mesh: &str, site: &str, seq: u64) -> LoadReport;
+}
+
+impl Reporter for Node {
+    fn report(&self, peer: &str, mesh: &str, site: &str, seq: u64) -> LoadReport {
+        self.load_report(peer, mesh, site, seq)
+    }
+}
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
@@ -52,6 +80,66 @@ pub enum MeshError {
     Other(String),
 }
 
+/// Bytes through the mesh's sockets (TCP payload: reports, pings, identify, Kademlia,
+/// and the Noise and Yamux framing around them).
+#[derive(Debug, Default)]
+pub struct Traffic {
+    pub sent: std::sync::atomic::AtomicU64,
+    pub received: std::sync::atomic::AtomicU64,
+}
+
+/// A socket that counts what passes through it.
+struct Counted<S> {
+    inner: S,
+    traffic: Arc<Traffic>,
+}
+
+impl<S: libp2p::futures::AsyncRead + Unpin> libp2p::futures::AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            self.traffic
+                .received
+                .fetch_add(*n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: libp2p::futures::AsyncWrite + Unpin> libp2p::futures::AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            self.traffic
+                .sent
+                .fetch_add(*n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
 /// A running mesh member.
 pub struct Mesh {
     pub peer_id: PeerId,
@@ -63,6 +151,8 @@ pub struct Mesh {
     started: Instant,
     timing: Timing,
     self_name: String,
+    task: std::sync::OnceLock<tokio::task::AbortHandle>,
+    traffic: Arc<Traffic>,
 }
 
 /// One row of `fogline mesh` / `GET /v1/mesh`.
@@ -102,6 +192,19 @@ impl Mesh {
     /// The current view, aged to now.
     pub fn rows(&self) -> Vec<MemberRow> {
         self.aged(|v, now| v.members().map(|m| row(m, now, &self.self_name)).collect())
+    }
+
+    /// What this member's mesh sockets have carried so far.
+    pub fn traffic(&self) -> &Traffic {
+        &self.traffic
+    }
+
+    /// Leaves the mesh at once, as a killed process would: its connections drop and it
+    /// sends nothing more.
+    pub fn stop(&self) {
+        if let Some(t) = self.task.get() {
+            t.abort();
+        }
     }
 
     /// Runs `f` on the current view, aged to now, without copying it (placement does this
@@ -151,17 +254,6 @@ pub fn load_key(path: &Path) -> Result<PreSharedKey, MeshError> {
 /// Starts the mesh for `node`; returns once it listens. `join` adds to the config's list.
 pub async fn start(node: Arc<Node>, extra_join: &[String]) -> Result<Arc<Mesh>, MeshError> {
     let cfg = node.config.mesh.clone();
-    let listen = cfg
-        .listen
-        .clone()
-        .ok_or_else(|| MeshError::Other("mesh.listen is not set".into()))?;
-    let listen: Multiaddr =
-        listen
-            .parse()
-            .map_err(|e: libp2p::multiaddr::Error| MeshError::Addr {
-                addr: listen.clone(),
-                problem: e.to_string(),
-            })?;
     let key_path = cfg
         .key_file
         .clone()
@@ -174,6 +266,30 @@ pub async fn start(node: Arc<Node>, extra_join: &[String]) -> Result<Arc<Mesh>, 
         })
         .ok_or_else(|| MeshError::Other("no mesh key: set mesh.key_file or quic.tls_dir".into()))?;
     let psk = load_key(&key_path)?;
+    let name = node.id.clone();
+    start_member(node, &name, &cfg, psk, extra_join).await
+}
+
+/// Starts a mesh member that reports what `reporter` says, named `name`. Returns once it
+/// listens. (A node agent is one; the mesh benchmark runs many in one process.)
+pub async fn start_member(
+    reporter: Arc<dyn Reporter>,
+    name: &str,
+    cfg: &MeshSection,
+    psk: PreSharedKey,
+    extra_join: &[String],
+) -> Result<Arc<Mesh>, MeshError> {
+    let listen = cfg
+        .listen
+        .clone()
+        .ok_or_else(|| MeshError::Other("mesh.listen is not set".into()))?;
+    let listen: Multiaddr =
+        listen
+            .parse()
+            .map_err(|e: libp2p::multiaddr::Error| MeshError::Addr {
+                addr: listen.clone(),
+                problem: e.to_string(),
+            })?;
     let mut join = Vec::new();
     for j in cfg.join.iter().chain(extra_join) {
         let a: Multiaddr = j
@@ -185,7 +301,8 @@ pub async fn start(node: Arc<Node>, extra_join: &[String]) -> Result<Arc<Mesh>, 
         join.push(a);
     }
 
-    let mut swarm = build_swarm(psk, cfg.mdns, cfg.interval)?;
+    let traffic = Arc::new(Traffic::default());
+    let mut swarm = build_swarm(psk, cfg.mdns, cfg.interval, traffic.clone())?;
     swarm
         .listen_on(listen.clone())
         .map_err(|e| MeshError::Addr {
@@ -224,17 +341,20 @@ pub async fn start(node: Arc<Node>, extra_join: &[String]) -> Result<Arc<Mesh>, 
         view: Arc::new(Mutex::new(ClusterView::new())),
         started: Instant::now(),
         timing: Timing::for_interval(cfg.interval.as_millis() as u64),
-        self_name: node.id.clone(),
+        self_name: name.to_string(),
+        task: std::sync::OnceLock::new(),
+        traffic,
     });
-    tokio::spawn(drive(
+    let task = tokio::spawn(drive(
         swarm,
-        node,
+        reporter,
         mesh.clone(),
         topic,
         cfg.site.clone(),
         cfg.interval,
         join,
     ));
+    let _ = mesh.task.set(task.abort_handle());
     Ok(mesh)
 }
 
@@ -242,6 +362,7 @@ fn build_swarm(
     psk: PreSharedKey,
     use_mdns: bool,
     interval: Duration,
+    traffic: Arc<Traffic>,
 ) -> Result<Swarm<Behaviour>, MeshError> {
     let other = |e: &dyn std::fmt::Display| MeshError::Other(e.to_string());
     let swarm = libp2p::SwarmBuilder::with_new_identity()
@@ -251,6 +372,10 @@ fn build_swarm(
                 .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
                 tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                    .map(move |inner, _| Counted {
+                        inner,
+                        traffic: traffic.clone(),
+                    })
                     .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
                     .upgrade(Version::V1Lazy)
                     .authenticate(noise)
@@ -261,30 +386,40 @@ fn build_swarm(
         .map_err(|e| other(&e))?
         .with_behaviour(|key| {
             let peer = key.public().to_peer_id();
-            // Members dial each other and publish to every peer (flood publishing), so a
-            // report arrives in one hop; a small gossip mesh adds redundancy without
-            // multiplying duplicates.
+            // Straight to every member, never forwarded: no mesh to keep, no gossip about
+            // what was sent (see the module's notes).
             let gcfg = gossipsub::ConfigBuilder::default()
-                .heartbeat_interval(Duration::from_millis(500))
-                .mesh_n(4)
-                .mesh_n_low(3)
-                .mesh_n_high(8)
-                .mesh_outbound_min(2)
+                .heartbeat_interval(interval)
+                .mesh_n(0)
+                .mesh_n_low(0)
+                .mesh_n_high(0)
+                .mesh_outbound_min(0)
+                .gossip_lazy(0)
+                .gossip_factor(0.0)
                 .flood_publish(true)
-                .validation_mode(ValidationMode::Strict)
+                .validation_mode(ValidationMode::Anonymous)
+                .message_id_fn(|m: &gossipsub::Message| {
+                    use std::hash::{Hash, Hasher};
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    m.data.hash(&mut h);
+                    MessageId::new(&h.finish().to_be_bytes())
+                })
                 .max_transmit_size(fogline_core::mesh::MAX_REPORT + 1024)
-                .history_length(4)
-                .history_gossip(2)
+                .history_length(2)
+                .history_gossip(0)
                 .build()
                 .map_err(|e| e.to_string())?;
-            let gossipsub =
-                gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gcfg)?;
+            let gossipsub = gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, gcfg)?;
             let identify =
                 identify::Behaviour::new(identify::Config::new("/fogline/1".into(), key.public()));
-            // Round trips change slowly; every other interval is plenty and halves the pings.
-            let ping = ping::Behaviour::new(ping::Config::new().with_interval(interval * 2));
+            // Round trips change slowly: every thirty intervals (the first at once).
+            let ping = ping::Behaviour::new(ping::Config::new().with_interval(interval * 30));
             let mut kcfg = kad::Config::new(StreamProtocol::new("/fogline/kad/1"));
             kcfg.set_query_timeout(Duration::from_secs(10));
+            // Room for every member of a site, and lookups that answer with all of them, so
+            // a newcomer finds every member through the first one it meets.
+            let all = std::num::NonZeroUsize::new(MAX_PEERS).expect("nonzero");
+            kcfg.set_kbucket_size(all);
             let mut kad =
                 kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kcfg);
             kad.set_mode(Some(kad::Mode::Server));
@@ -302,15 +437,31 @@ fn build_swarm(
             })
         })
         .map_err(|e| other(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        // Connections between members stay up (gossipsub keeps none alive outside a mesh);
+        // a dead peer's is closed by its failed pings.
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(7 * 24 * 3600)))
         .build();
     Ok(swarm)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// When the next whole report is due.
+struct FullDue {
+    /// Fixed part of the last whole report sent.
+    profile: Vec<u8>,
+    /// Intervals since it was sent.
+    age: u64,
+    /// A member subscribed since: send one soon.
+    newcomer: bool,
+    sent_at: Instant,
+}
+
+/// Least time between whole reports sent for newcomers: when many join at once, one report
+/// greets several.
+const WELCOME_GAP: Duration = Duration::from_millis(400);
+
 async fn drive(
     mut swarm: Swarm<Behaviour>,
-    node: Arc<Node>,
+    reporter: Arc<dyn Reporter>,
     mesh: Arc<Mesh>,
     topic: IdentTopic,
     site: String,
@@ -322,50 +473,83 @@ async fn drive(
     let mut every = tokio::time::interval(interval);
     let mut check = tokio::time::interval(Duration::from_millis(100));
     let mut last_sent: Option<LoadReport> = None;
+    let mut full = FullDue {
+        profile: Vec::new(),
+        age: 0,
+        newcomer: true,
+        sent_at: Instant::now(),
+    };
     let mut dialed: HashSet<PeerId> = HashSet::new();
     loop {
         tokio::select! {
             _ = every.tick() => {
-                redial(&mut swarm, &mesh, &join);
+                redial(&mut swarm, &mesh, &join, &mut dialed);
                 seq += 1;
-                let r = node.load_report(&me, &mesh.listen, &site, seq);
-                publish(&mut swarm, &topic, &mesh, &r);
+                let r = reporter.report(&me, &mesh.listen, &site, seq);
+                full.age += 1;
+                publish(&mut swarm, &topic, &mesh, &r, &mut full);
                 last_sent = Some(r);
             }
             _ = check.tick() => {
-                // Send at once when load moved a lot since the last report.
-                let r = node.load_report(&me, &mesh.listen, &site, seq + 1);
-                if last_sent.as_ref().is_some_and(|l| l.changed_a_lot(&r)) {
+                // Send at once when load moved a lot since the last report, or a member
+                // joined that has not had our whole report (several joins, one report).
+                let r = reporter.report(&me, &mesh.listen, &site, seq + 1);
+                let welcome = full.newcomer && full.sent_at.elapsed() >= WELCOME_GAP;
+                if welcome || last_sent.as_ref().is_some_and(|l| l.changed_a_lot(&r)) {
                     seq += 1;
-                    publish(&mut swarm, &topic, &mesh, &r);
+                    publish(&mut swarm, &topic, &mesh, &r, &mut full);
                     last_sent = Some(r);
                 }
             }
-            ev = swarm.select_next_some() => handle(&mut swarm, ev, &mesh, &mut dialed),
+            ev = swarm.select_next_some() => handle(&mut swarm, ev, &mesh, &mut dialed, &mut full),
         }
     }
 }
 
-/// Reconnects to members we know but are not connected to (after a partition heals or a
-/// member restarts), and to the join addresses when we are alone.
-fn redial(swarm: &mut Swarm<Behaviour>, mesh: &Mesh, join: &[Multiaddr]) {
+/// Dials members we know of but are not connected to: those in the view (back after a
+/// partition, restarted) and those Kademlia found; the join addresses when we are alone.
+fn redial(
+    swarm: &mut Swarm<Behaviour>,
+    mesh: &Mesh,
+    join: &[Multiaddr],
+    dialed: &mut HashSet<PeerId>,
+) {
     use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-    let peers: Vec<(PeerId, Option<Multiaddr>)> = {
+    let mut peers: Vec<(PeerId, Vec<Multiaddr>)> = {
         let v = mesh.view.lock().unwrap_or_else(|p| p.into_inner());
         v.members()
             .filter_map(|m| {
                 Some((
                     m.report.peer.parse().ok()?,
-                    m.report.mesh.as_ref().and_then(|a| a.parse().ok()),
+                    m.report
+                        .mesh
+                        .as_ref()
+                        .and_then(|a| a.parse().ok())
+                        .into_iter()
+                        .collect(),
                 ))
             })
             .collect()
     };
-    for (p, addr) in peers {
-        if p != *swarm.local_peer_id() && !swarm.is_connected(&p) {
-            let opts = DialOpts::peer_id(p).condition(PeerCondition::DisconnectedAndNotDialing);
-            let _ = swarm.dial(opts.addresses(addr.into_iter().collect()).build());
+    for bucket in swarm.behaviour_mut().kad.kbuckets() {
+        for e in bucket.iter() {
+            peers.push((
+                *e.node.key.preimage(),
+                e.node.value.iter().cloned().collect(),
+            ));
         }
+    }
+    let me = *swarm.local_peer_id();
+    for (p, addrs) in peers {
+        if p == me || swarm.is_connected(&p) {
+            continue;
+        }
+        if dialed.len() >= MAX_PEERS && !dialed.contains(&p) {
+            continue;
+        }
+        dialed.insert(p);
+        let opts = DialOpts::peer_id(p).condition(PeerCondition::DisconnectedAndNotDialing);
+        let _ = swarm.dial(opts.addresses(addrs).build());
     }
     if swarm.connected_peers().next().is_none() {
         for a in join {
@@ -382,16 +566,35 @@ fn start_seq() -> u64 {
         .unwrap_or(0)
 }
 
-fn publish(swarm: &mut Swarm<Behaviour>, topic: &IdentTopic, mesh: &Mesh, r: &LoadReport) {
+/// Sends `r`: whole when due, else its beat.
+fn publish(
+    swarm: &mut Swarm<Behaviour>,
+    topic: &IdentTopic,
+    mesh: &Mesh,
+    r: &LoadReport,
+    full: &mut FullDue,
+) {
     mesh.view
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .apply(r.clone(), mesh.now_ms());
+    let profile = r.profile_bytes();
+    let g = if full.newcomer || full.age >= FULL_EVERY || profile != full.profile {
+        *full = FullDue {
+            profile,
+            age: 0,
+            newcomer: false,
+            sent_at: Instant::now(),
+        };
+        Gossip::Full(r.clone())
+    } else {
+        Gossip::Beat(r.beat())
+    };
     // Fails with no subscribed peers yet (a lone member): nothing to do but wait.
     let _ = swarm
         .behaviour_mut()
         .gossipsub
-        .publish(topic.clone(), r.encode());
+        .publish(topic.clone(), g.encode());
 }
 
 fn handle(
@@ -399,40 +602,47 @@ fn handle(
     ev: SwarmEvent<BehaviourEvent>,
     mesh: &Mesh,
     dialed: &mut HashSet<PeerId>,
+    full: &mut FullDue,
 ) {
     match ev {
         SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+            propagation_source: source,
             message,
             ..
         })) => {
-            let Some(source) = message.source else { return };
-            match LoadReport::decode(&message.data) {
-                // A member may only speak for itself.
-                Ok(r) if r.peer == source.to_string() => {
-                    // Connect straight to members we only hear about through others, so every
-                    // pair has a connection (and a measured round trip).
-                    if !swarm.is_connected(&source)
-                        && dialed.len() < MAX_DIALED
-                        && dialed.insert(source)
-                    {
-                        if let Some(a) = r.mesh.as_ref().and_then(|a| a.parse::<Multiaddr>().ok()) {
-                            use libp2p::swarm::dial_opts::DialOpts;
-                            let _ =
-                                swarm.dial(DialOpts::peer_id(source).addresses(vec![a]).build());
-                        }
-                    }
-                    mesh.view
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .apply(r, mesh.now_ms());
+            // Reports are never forwarded: the sender is the author, authenticated by the
+            // connection. A member may only speak for itself.
+            let g = match Gossip::decode(&message.data) {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::warn!("dropping a load report from {source}: {e}");
+                    return;
                 }
-                Ok(r) => tracing::warn!(
-                    "dropping a report for {} signed by another peer {source}",
-                    r.node
-                ),
-                Err(e) => tracing::warn!("dropping a load report from {source}: {e}"),
+            };
+            let now = mesh.now_ms();
+            let mut v = mesh.view.lock().unwrap_or_else(|p| p.into_inner());
+            let own = match &g {
+                Gossip::Full(r) => r.peer == source.to_string(),
+                // A beat from a member whose whole report has not come yet is dropped: it
+                // cannot be told apart from one forged by another member, and the whole
+                // report follows our subscription within moments.
+                Gossip::Beat(b) => v
+                    .get(&b.node)
+                    .is_some_and(|m| m.report.peer == source.to_string()),
+            };
+            if own {
+                v.apply_gossip(g, now);
+            } else if let Gossip::Full(r) = g {
+                tracing::warn!(
+                    "dropping a report for {} ({}) sent by another peer {source}",
+                    r.node,
+                    r.peer
+                );
             }
         }
+        SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed {
+            ..
+        })) => full.newcomer = true,
         SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
             peer,
             result: Ok(rtt),
@@ -469,10 +679,15 @@ fn handle(
             ..
         })) if peer != *swarm.local_peer_id()
             && !swarm.is_connected(&peer)
-            && dialed.len() < MAX_DIALED
+            && dialed.len() < MAX_PEERS
             && dialed.insert(peer) =>
         {
-            let _ = swarm.dial(addresses.first().clone());
+            use libp2p::swarm::dial_opts::DialOpts;
+            let _ = swarm.dial(
+                DialOpts::peer_id(peer)
+                    .addresses(addresses.iter().cloned().collect())
+                    .build(),
+            );
         }
         SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
             for (peer, addr) in list {

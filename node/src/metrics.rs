@@ -117,6 +117,9 @@ pub struct Gauges {
     pub instance_slots: u32,
     pub async_queued: usize,
     pub functions: usize,
+    /// Mesh bytes sent and received so far (zero without a mesh).
+    pub mesh_sent: u64,
+    pub mesh_received: u64,
 }
 
 impl Metrics {
@@ -219,18 +222,27 @@ impl Metrics {
             (
                 "fogline_cold_starts_total",
                 "Calls that had to load their function's code or start its instance first.",
-                &self.cold_starts,
+                self.cold_starts.load(Ordering::Relaxed),
             ),
             (
                 "fogline_warm_starts_total",
                 "Calls that found their function warm.",
-                &self.warm_starts,
+                self.warm_starts.load(Ordering::Relaxed),
+            ),
+            (
+                "fogline_mesh_sent_bytes_total",
+                "Bytes this member sent on its mesh connections (gossip, pings, discovery).",
+                g.mesh_sent,
+            ),
+            (
+                "fogline_mesh_received_bytes_total",
+                "Bytes this member received on its mesh connections.",
+                g.mesh_received,
             ),
         ] {
             let _ = writeln!(
                 out,
-                "# HELP {metric} {help}\n# TYPE {metric} counter\n{metric} {}",
-                v.load(Ordering::Relaxed)
+                "# HELP {metric} {help}\n# TYPE {metric} counter\n{metric} {v}"
             );
         }
         out
@@ -255,6 +267,8 @@ mod tests {
             instance_slots: 4,
             async_queued: 0,
             functions: 1,
+            mesh_sent: 0,
+            mesh_received: 0,
         });
         assert!(
             text.contains(

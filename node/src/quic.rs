@@ -727,6 +727,16 @@ impl Client {
         // A peer that refuses the stream stops reading it and answers at once; its answer
         // says more than our failed write, so read it before giving up.
         let mut written = write_frames(&mut send, Some(&Frame::Invoke(inv)), &req.body).await;
+        // Without a manifest the peer never asks for a module: end our side now, so the
+        // request leaves with its FIN and the stream closes with the reply.
+        if req.manifest.is_none() {
+            let _ = send.finish();
+        }
+        // Without a manifest the peer never asks for a module: end our side now, so the
+        // request leaves with its FIN in one packet and the stream closes with the reply.
+        if req.manifest.is_none() {
+            let _ = send.finish();
+        }
         let mut r = FrameReader::new(recv, self.timeout);
         let mut sent_module = false;
         loop {

@@ -4,10 +4,12 @@
 //!   the module's SHA-256 and the engine's compatibility hash, so restarts and upgrades
 //!   never run a stale artifact and never recompile needlessly.
 //! - A fresh instance per call from the pooling allocator (isolation between calls, scale
-//!   to zero by construction). Where the pool's address space cannot be reserved (small
+//!   to zero by construction), run on the async worker itself (wasmtime's async support: the
+//!   guest runs on its own fiber stack and yields to other tasks at every epoch tick), so a
+//!   short call costs no hop to another thread and a long one cannot hog a worker. Where the pool's address space cannot be reserved (small
 //!   32/39-bit ARM boards) the engine falls back to on-demand allocation.
 //! - Limits that hold: a memory cap through a resource limiter, a wall-clock deadline
-//!   through epoch interruption (a ticker thread advances the epoch), bounded stdout and
+//!   counted in epoch ticks (a ticker thread advances the epoch), bounded stdout and
 //!   stderr, and no filesystem or network unless the manifest grants a directory.
 
 use std::collections::HashMap;
@@ -22,7 +24,7 @@ use fogline_core::config::{Pooling, WasmSection};
 use fogline_core::{Digest, FunctionManifest};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
-    PoolingAllocationConfig, ResourceLimiter, Store, Trap,
+    PoolingAllocationConfig, ResourceLimiter, Store, Trap, UpdateDeadline,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
@@ -112,7 +114,7 @@ impl WasmExecutor {
             }
         };
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |c: &mut Ctx| &mut c.wasi)
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |c: &mut Ctx| &mut c.wasi)
             .map_err(|e| ExecError::Internal(format!("linking WASI: {e}")))?;
         let engine_key = {
             let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -254,21 +256,15 @@ impl WasmExecutor {
             .cloned()
     }
 
-    /// Runs one call on the current (blocking) thread.
-    fn run(
+    /// Runs one call of a loaded module (`t0`: when the call began, loading included).
+    async fn run(
         &self,
         manifest: &FunctionManifest,
         call: Invocation,
-        source: &dyn ModuleSource,
+        pre: InstancePre<Ctx>,
+        cold: bool,
+        t0: Instant,
     ) -> Result<Output, ExecError> {
-        let digest = manifest.module.ok_or_else(|| {
-            ExecError::Invalid(format!("function {} has no module", manifest.name))
-        })?;
-        let t0 = Instant::now();
-        let (pre, cold) = match self.cached(&digest) {
-            Some(pre) => (pre, false),
-            None => (self.load(&digest, source.module(&digest))?.0, true),
-        };
         let stdout = Capture::new(self.max_output);
         let stderr = Capture::new(self.max_stderr);
         let mut b = WasiCtxBuilder::new();
@@ -298,11 +294,20 @@ impl WasmExecutor {
             },
         );
         store.limiter(|c| &mut c.mem);
+        // Every tick: let other tasks run, and stop the guest once its time is up.
         let ticks = manifest.timeout.as_nanos().div_ceil(TICK.as_nanos()) as u64 + 1;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
+        let mut spent = 0u64;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            spent += 1;
+            Ok(if spent >= ticks {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
 
-        let instance = match pre.instantiate(&mut store) {
+        let instance = match pre.instantiate_async(&mut store).await {
             Ok(i) => i,
             Err(_) if store.data().mem.hit => {
                 return Err(ExecError::OutOfMemory {
@@ -322,7 +327,7 @@ impl WasmExecutor {
             .map_err(|e| ExecError::Invalid(format!("`_start` has the wrong type: {e}")))?;
         let startup = t0.elapsed();
         let t1 = Instant::now();
-        let result = start.call(&mut store, ());
+        let result = start.call_async(&mut store, ()).await;
         let run = t1.elapsed();
         let hit = store.data().mem.hit;
         drop(store); // the instance goes back to the pool now, before the reply is sent
@@ -411,17 +416,6 @@ impl WasmExecutor {
         }
     }
 
-    /// Synchronous form of [`Executor::invoke`], for benchmarks and blocking callers.
-    pub fn invoke_blocking(
-        &self,
-        manifest: &FunctionManifest,
-        call: Invocation,
-        source: &dyn ModuleSource,
-    ) -> Result<Output, ExecError> {
-        let _slot = self.acquire()?;
-        self.run(manifest, call, source)
-    }
-
     /// Synchronous form of [`Executor::prepare`].
     pub fn prepare_blocking(
         &self,
@@ -458,22 +452,25 @@ impl Executor for Arc<WasmExecutor> {
         call: Invocation,
         source: &dyn ModuleSource,
     ) -> Result<Output, ExecError> {
-        // Take the slot before leaving the async thread, so overload is refused at once.
-        let slot = self.acquire()?;
-        let this = self.clone();
-        let manifest = manifest.clone();
-        // The module bytes are needed only on a cold start; fetch them here, where the
-        // source is borrowable, and only if the module is not loaded.
-        let bytes = match manifest.module {
-            Some(d) if self.cached(&d).is_none() => source.module(&d),
-            _ => None,
+        // Take the slot first, so overload is refused at once.
+        let _slot = self.acquire()?;
+        let digest = manifest.module.ok_or_else(|| {
+            ExecError::Invalid(format!("function {} has no module", manifest.name))
+        })?;
+        let t0 = Instant::now();
+        let (pre, cold) = match self.cached(&digest) {
+            Some(pre) => (pre, false),
+            None => {
+                // Compiling (or reading the cached artifact) blocks: off the async worker.
+                let bytes = source.module(&digest);
+                let this = self.clone();
+                let pre = tokio::task::spawn_blocking(move || this.load(&digest, bytes))
+                    .await
+                    .map_err(|e| ExecError::Internal(format!("compile task failed: {e}")))??;
+                (pre.0, true)
+            }
         };
-        let res = tokio::task::spawn_blocking(move || {
-            let _slot = slot;
-            this.run(&manifest, call, &Preloaded(bytes))
-        })
-        .await;
-        res.map_err(|e| ExecError::Internal(format!("invocation task failed: {e}")))?
+        self.run(manifest, call, pre, cold, t0).await
     }
 
     async fn reclaim(&self, manifest: &FunctionManifest) {
@@ -483,15 +480,6 @@ impl Executor for Arc<WasmExecutor> {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&d);
         }
-    }
-}
-
-/// Module bytes fetched ahead of a blocking call.
-struct Preloaded(Option<Bytes>);
-
-impl ModuleSource for Preloaded {
-    fn module(&self, _digest: &Digest) -> Option<Bytes> {
-        self.0.clone()
     }
 }
 
@@ -582,15 +570,15 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let _g = rt.enter();
-        let out = exec
-            .invoke_blocking(
+        let exec = Arc::new(exec);
+        let out = rt
+            .block_on(exec.invoke(
                 &m,
                 Invocation {
                     body: Bytes::from_static(b"board"),
                 },
                 &Src(wasm),
-            )
+            ))
             .unwrap();
         assert_eq!(&out.stdout[..], b"hello, board");
 
