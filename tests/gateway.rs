@@ -530,6 +530,51 @@ async fn bad_input_gets_a_clear_error() {
         .unwrap();
     assert_eq!(r.text().await.unwrap(), "hello, still here");
 
+    // Guests spinning on every worker thread do not hold up other calls: each yields at
+    // every epoch tick. Four loops of 2 s run on the node's async workers (as many as its
+    // cores); a call made meanwhile is answered long before they end.
+    assert_eq!(
+        deploy(
+            &node,
+            "spin",
+            "misbehave/loop.wasm",
+            json!({"timeout": "2s", "max_concurrency": 4})
+        )
+        .await
+        .status(),
+        201
+    );
+    let spinners: Vec<_> = (0..4)
+        .map(|_| {
+            let c = c.clone();
+            let u = u.clone();
+            tokio::spawn(async move {
+                c.post(format!("{u}/function/spin"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    let r = c
+        .post(format!("{u}/function/hello"))
+        .body("meanwhile")
+        .send()
+        .await
+        .unwrap();
+    let waited = t.elapsed();
+    assert_eq!(r.text().await.unwrap(), "hello, meanwhile");
+    assert!(
+        waited < Duration::from_millis(1500),
+        "a call waited {waited:?} behind spinning guests"
+    );
+    for s in spinners {
+        assert_eq!(s.await.unwrap(), 504);
+    }
+
     // Over max concurrency: 429 with Retry-After, not queued.
     let slow = {
         let c = c.clone();
