@@ -39,6 +39,9 @@ const KEEP_RESIDENT: usize = 256 * 1024;
 /// How often the epoch advances; deadlines are precise to about this much.
 const TICK: Duration = Duration::from_millis(5);
 
+/// The epoch ticker parks after this long with nothing running.
+const IDLE_PARK: Duration = Duration::from_secs(1);
+
 /// Runs Wasm functions.
 pub struct WasmExecutor {
     engine: Engine,
@@ -52,8 +55,9 @@ pub struct WasmExecutor {
     max_output: usize,
     max_stderr: usize,
     stop_ticker: Arc<AtomicBool>,
-    /// Woken when the first instance starts.
+    /// Woken when an instance starts while it is parked.
     ticker: std::thread::Thread,
+    parked: Arc<AtomicBool>,
 }
 
 /// Per-instance state.
@@ -123,18 +127,31 @@ impl WasmExecutor {
         };
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let in_use = Arc::new(AtomicU32::new(0));
-        // The ticker sleeps (parked) while nothing runs: an idle node, or a board running
-        // many agents, should not wake 200 times a second for nothing.
+        // The ticker sleeps (parked) once nothing has run for a second: an idle node, or a
+        // board running many agents, should not wake 200 times a second for nothing. While
+        // calls come, it keeps ticking, so a call never pays for waking it.
+        let parked = Arc::new(AtomicBool::new(false));
         let ticker = {
             let engine = engine.clone();
             let stop = stop_ticker.clone();
             let in_use = in_use.clone();
+            let parked = parked.clone();
             std::thread::Builder::new()
                 .name("wasm-epoch".into())
                 .spawn(move || {
+                    let mut busy_at = Instant::now();
                     while !stop.load(Ordering::Relaxed) {
-                        if in_use.load(Ordering::Acquire) == 0 {
-                            std::thread::park_timeout(Duration::from_secs(1));
+                        if in_use.load(Ordering::SeqCst) > 0 {
+                            busy_at = Instant::now();
+                        } else if busy_at.elapsed() >= IDLE_PARK {
+                            // Say we park, then look again: a call that starts meanwhile
+                            // either is seen here or sees `parked` and unparks us.
+                            parked.store(true, Ordering::SeqCst);
+                            if in_use.load(Ordering::SeqCst) == 0 {
+                                std::thread::park_timeout(Duration::from_secs(1));
+                            }
+                            parked.store(false, Ordering::SeqCst);
+                            busy_at = Instant::now();
                             continue;
                         }
                         std::thread::sleep(TICK);
@@ -149,6 +166,7 @@ impl WasmExecutor {
             modules: RwLock::new(HashMap::new()),
             in_use,
             ticker: ticker.thread().clone(),
+            parked,
             slots: cfg.instances,
             pooled,
             cache_dir,
@@ -402,11 +420,11 @@ impl WasmExecutor {
             match self.in_use.compare_exchange_weak(
                 cur,
                 cur + 1,
-                Ordering::AcqRel,
+                Ordering::SeqCst,
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
-                    if cur == 0 {
+                    if self.parked.load(Ordering::SeqCst) {
                         self.ticker.unpark();
                     }
                     return Ok(Slot(self.in_use.clone()));
