@@ -229,7 +229,7 @@ async fn run() {
     );
     row("limit: raw quinn echo round trip, 1 KiB", &raw);
     row("fogline invoke hello, 1 KiB, 1 stream", &one);
-    row("  of which the node's call (no transport)", &local);
+    row("the same call in-process, no transport", &local);
     println!(
         "ratio p50: {:.2}x the raw round trip",
         p(&one, 0.5).as_secs_f64() / p(&raw, 0.5).as_secs_f64()
