@@ -165,7 +165,12 @@ async fn run(n: usize) {
     let mut delays = Vec::new();
     for k in 0..20 {
         let j = 1 + k % (n - 1);
-        let target = if (k / (n - 1)) % 2 == 0 { 8 } else { 0 };
+        // Each member in turn goes busy; after a full round they go idle again.
+        let target = if (k / (n - 1)).is_multiple_of(2) {
+            8
+        } else {
+            0
+        };
         let name = reps[j].name.clone();
         let t = Instant::now();
         reps[j].in_flight.store(target, Ordering::Relaxed);
