@@ -14,10 +14,10 @@
 //!   authenticates it; messages carry no signature, author or sequence field
 //!   (gossipsub's anonymous mode), and a report whose peer is not the connection's is
 //!   dropped.
-//! - Between whole reports, members send a [`Beat`]: only the part that changes (a couple
-//!   of dozen bytes when few functions run). A whole report goes out first, when the fixed
-//!   part changes, soon after a member subscribes (a newcomer, or one back from a
-//!   partition), and every [`FULL_EVERY`] intervals.
+//! - Between whole reports, members send a [`Beat`](fogline_core::mesh::Beat): only the
+//!   part that changes (a couple of dozen bytes when few functions run). A whole report goes
+//!   out first, when the fixed part changes, soon after a member subscribes (a newcomer,
+//!   or one back from a partition), and every [`FULL_EVERY`] intervals.
 //! - Pings every thirty intervals (the first at once on a new connection): round trips
 //!   change slowly, and calls measure their own.
 
