@@ -89,6 +89,36 @@ fn ten_members_converge_see_a_death_and_a_rejoin() {
     );
     eprintln!("10 members converged (with RTTs) in {took:?}");
 
+    // Each member counts its mesh bytes in /metrics, and they keep moving with the beats.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mesh_bytes = |n: &NodeProc| -> (u64, u64) {
+        let text = rt.block_on(metrics(&n.url));
+        let value = |name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+        };
+        (
+            value("fogline_mesh_sent_bytes_total "),
+            value("fogline_mesh_received_bytes_total "),
+        )
+    };
+    let before = mesh_bytes(&nodes[2]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let after = mesh_bytes(&nodes[2]);
+    assert!(
+        after.0 > before.0 && after.1 > before.1,
+        "mesh byte counters did not move: {before:?} then {after:?}"
+    );
+    eprintln!(
+        "m2's mesh traffic over 2.5 s: {} bytes sent, {} received",
+        after.0 - before.0,
+        after.1 - before.1
+    );
+
     // Kill m5: every other member marks it dead.
     nodes[5].kill();
     let took = wait_until("m5 dead everywhere", 15, || {

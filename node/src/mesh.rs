@@ -444,6 +444,16 @@ fn build_swarm(
     Ok(swarm)
 }
 
+/// What this member keeps about its peers' connections.
+#[derive(Default)]
+struct Peers {
+    /// Dialled by us, not yet known to have failed or closed.
+    dialed: HashSet<PeerId>,
+    /// Latest ping round trip per connected peer (ms): the first ping goes out as a
+    /// connection opens, before the peer's whole report names it, so it waits here.
+    rtt_ms: std::collections::HashMap<PeerId, f64>,
+}
+
 /// When the next whole report is due.
 struct FullDue {
     /// Fixed part of the last whole report sent.
@@ -479,11 +489,11 @@ async fn drive(
         newcomer: true,
         sent_at: Instant::now(),
     };
-    let mut dialed: HashSet<PeerId> = HashSet::new();
+    let mut peers = Peers::default();
     loop {
         tokio::select! {
             _ = every.tick() => {
-                redial(&mut swarm, &mesh, &join, &mut dialed);
+                redial(&mut swarm, &mesh, &join, &mut peers.dialed);
                 seq += 1;
                 let r = reporter.report(&me, &mesh.listen, &site, seq);
                 full.age += 1;
@@ -501,7 +511,7 @@ async fn drive(
                     last_sent = Some(r);
                 }
             }
-            ev = swarm.select_next_some() => handle(&mut swarm, ev, &mesh, &mut dialed, &mut full),
+            ev = swarm.select_next_some() => handle(&mut swarm, ev, &mesh, &mut peers, &mut full),
         }
     }
 }
@@ -601,9 +611,10 @@ fn handle(
     swarm: &mut Swarm<Behaviour>,
     ev: SwarmEvent<BehaviourEvent>,
     mesh: &Mesh,
-    dialed: &mut HashSet<PeerId>,
+    peers: &mut Peers,
     full: &mut FullDue,
 ) {
+    let dialed = &mut peers.dialed;
     match ev {
         SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
             propagation_source: source,
@@ -631,7 +642,13 @@ fn handle(
                     .is_some_and(|m| m.report.peer == source.to_string()),
             };
             if own {
+                let name = g.node().to_string();
                 v.apply_gossip(g, now);
+                if let Some(ms) = peers.rtt_ms.get(&source) {
+                    if v.get(&name).is_some_and(|m| m.rtt_ms.is_none()) {
+                        v.observe_rtt(&name, *ms);
+                    }
+                }
             } else if let Gossip::Full(r) = g {
                 tracing::warn!(
                     "dropping a report for {} ({}) sent by another peer {source}",
@@ -648,13 +665,15 @@ fn handle(
             result: Ok(rtt),
             ..
         })) => {
+            let ms = rtt.as_secs_f64() * 1e3;
+            peers.rtt_ms.insert(peer, ms);
             let mut v = mesh.view.lock().unwrap_or_else(|p| p.into_inner());
             let name = v
                 .members()
                 .find(|m| m.report.peer == peer.to_string())
                 .map(|m| m.report.node.clone());
             if let Some(n) = name {
-                v.observe_rtt(&n, rtt.as_secs_f64() * 1e3);
+                v.observe_rtt(&n, ms);
             }
         }
         SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
@@ -703,6 +722,7 @@ fn handle(
             ..
         } => {
             dialed.remove(&peer_id);
+            peers.rtt_ms.remove(&peer_id);
         }
         SwarmEvent::OutgoingConnectionError {
             peer_id: Some(p),
