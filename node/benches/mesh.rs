@@ -10,7 +10,9 @@
 //! - traffic: bytes each member sends plus receives per second on its mesh sockets, over
 //!   10 s of steady state (median and max over members);
 //! - a member stopped at once (its task aborted: its sockets close, it sends nothing more,
-//!   as with SIGKILL), until every other view marks it dead.
+//!   as with SIGKILL), until every other view marks it dead;
+//! - a new member joining the running mesh through one member, until every view lists it
+//!   alive and its own view lists every member alive.
 //!
 //! `MESH_PROGRESS=1` prints the views' progress and the process's CPU time while they
 //! converge.
@@ -211,6 +213,41 @@ async fn run(n: usize) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
 
+    // A new member joins the running mesh through one member.
+    let rep = Arc::new(Synthetic {
+        name: format!("m{n}"),
+        in_flight: AtomicU32::new(0),
+    });
+    let t = Instant::now();
+    let joiner = start_member(
+        rep.clone(),
+        &rep.name,
+        &cfg,
+        psk,
+        std::slice::from_ref(&members[0].address),
+    )
+    .await
+    .expect("member");
+    let (mut seen_by_all, mut sees_all) = (None, None);
+    while seen_by_all.is_none() || sees_all.is_none() {
+        if seen_by_all.is_none()
+            && members
+                .iter()
+                .all(|m| m.with_view(|v| v.get(&rep.name).is_some_and(|x| x.state == State::Alive)))
+        {
+            seen_by_all = Some(t.elapsed());
+        }
+        if sees_all.is_none()
+            && joiner.with_view(|v| v.members().filter(|x| x.state == State::Alive).count() == n)
+        {
+            sees_all = Some(t.elapsed());
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            panic!("{} did not join in 30 s", rep.name);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let at = |v: &[Duration], q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
     println!(
@@ -242,5 +279,10 @@ async fn run(n: usize) {
     println!(
         "stopped member marked dead everywhere       {:8.0} ms",
         ms(dead)
+    );
+    println!(
+        "a member joining the running mesh: alive in every view {:.0} ms, its own view complete {:.0} ms",
+        ms(seen_by_all.unwrap_or_default()),
+        ms(sees_all.unwrap_or_default())
     );
 }
