@@ -530,6 +530,33 @@ async fn bad_input_gets_a_clear_error() {
         .unwrap();
     assert_eq!(r.text().await.unwrap(), "hello, still here");
 
+    // A guest asleep in a host call is stopped at its timeout too.
+    assert_eq!(
+        deploy(
+            &node,
+            "sleep",
+            "misbehave/sleep.wasm",
+            json!({"timeout": "300ms"})
+        )
+        .await
+        .status(),
+        201
+    );
+    let t = Instant::now();
+    let r = c
+        .post(format!("{u}/function/sleep"))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .expect("an answer, not a call left sleeping");
+    assert_eq!(r.status(), 504);
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "timeout took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(status(u).await["instances_in_use"], 0);
+
     // Guests spinning on every worker thread do not hold up other calls: each yields at
     // every epoch tick. Four loops of 2 s run on the node's async workers (as many as its
     // cores); a call made meanwhile is answered long before they end.

@@ -488,7 +488,13 @@ impl Executor for Arc<WasmExecutor> {
                 (pre.0, true)
             }
         };
-        self.run(manifest, call, pre, cold, t0).await
+        // Epoch ticks stop a guest running its own code; one waiting in a host call (a
+        // sleep) is stopped by dropping the call, which frees its instance.
+        let limit = manifest.timeout + 2 * TICK;
+        match tokio::time::timeout(limit, self.run(manifest, call, pre, cold, t0)).await {
+            Ok(r) => r,
+            Err(_) => Err(ExecError::Timeout(manifest.timeout)),
+        }
     }
 
     async fn reclaim(&self, manifest: &FunctionManifest) {
