@@ -75,6 +75,58 @@ impl LoadReport {
         let b = next.load_per_core();
         (a - b).abs() >= 0.5 || self.warm != next.warm || self.quic != next.quic
     }
+
+    /// The changing part.
+    pub fn beat(&self) -> Beat {
+        Beat {
+            node: self.node.clone(),
+            seq: self.seq,
+            in_flight: self.in_flight,
+            queued: self.queued,
+            service_ms: self.service_ms.clone(),
+            warm: self.warm.clone(),
+            cold_starts: self.cold_starts,
+            warm_starts: self.warm_starts,
+        }
+    }
+
+    fn take_beat(&mut self, b: &Beat) {
+        self.seq = b.seq;
+        self.in_flight = b.in_flight;
+        self.queued = b.queued;
+        self.service_ms.clone_from(&b.service_ms);
+        self.warm.clone_from(&b.warm);
+        self.cold_starts = b.cold_starts;
+        self.warm_starts = b.warm_starts;
+    }
+
+    fn take_profile(&mut self, r: &LoadReport) {
+        self.peer.clone_from(&r.peer);
+        self.tier = r.tier;
+        self.site.clone_from(&r.site);
+        self.cores = r.cores;
+        self.memory_bytes = r.memory_bytes;
+        self.runtimes.clone_from(&r.runtimes);
+        self.quic.clone_from(&r.quic);
+        self.http.clone_from(&r.http);
+        self.mesh.clone_from(&r.mesh);
+    }
+
+    /// The fixed part, encoded: what a member compares to know a whole report is due.
+    pub fn profile_bytes(&self) -> Vec<u8> {
+        postcard::to_allocvec(&(
+            &self.peer,
+            self.tier,
+            &self.site,
+            self.cores,
+            self.memory_bytes,
+            &self.runtimes,
+            &self.quic,
+            &self.http,
+            &self.mesh,
+        ))
+        .unwrap_or_default()
+    }
 }
 
 /// The changing part of a member's report: what it sends every interval between whole
@@ -143,70 +195,53 @@ impl Gossip {
     }
 }
 
-impl LoadReport {
-    /// The changing part.
-    pub fn beat(&self) -> Beat {
-        Beat {
-            node: self.node.clone(),
-            seq: self.seq,
-            in_flight: self.in_flight,
-            queued: self.queued,
-            service_ms: self.service_ms.clone(),
-            warm: self.warm.clone(),
-            cold_starts: self.cold_starts,
-            warm_starts: self.warm_starts,
-        }
-    }
-
-    fn take_beat(&mut self, b: &Beat) {
-        self.seq = b.seq;
-        self.in_flight = b.in_flight;
-        self.queued = b.queued;
-        self.service_ms.clone_from(&b.service_ms);
-        self.warm.clone_from(&b.warm);
-        self.cold_starts = b.cold_starts;
-        self.warm_starts = b.warm_starts;
-    }
-
-    fn take_profile(&mut self, r: &LoadReport) {
-        self.peer.clone_from(&r.peer);
-        self.tier = r.tier;
-        self.site.clone_from(&r.site);
-        self.cores = r.cores;
-        self.memory_bytes = r.memory_bytes;
-        self.runtimes.clone_from(&r.runtimes);
-        self.quic.clone_from(&r.quic);
-        self.http.clone_from(&r.http);
-        self.mesh.clone_from(&r.mesh);
-    }
-
-    /// The fixed part, encoded: what a member compares to know a whole report is due.
-    pub fn profile_bytes(&self) -> Vec<u8> {
-        postcard::to_allocvec(&(
-            &self.peer,
-            self.tier,
-            &self.site,
-            self.cores,
-            self.memory_bytes,
-            &self.runtimes,
-            &self.quic,
-            &self.http,
-            &self.mesh,
-        ))
-        .unwrap_or_default()
+/// Whether something numbered `new_seq` replaces what is numbered `cur_seq`: a higher
+/// number, or on a tie the larger encoding (a deterministic tie-break that keeps merging
+/// commutative). The encodings are made only on a tie.
+fn replaces(
+    cur_seq: u64,
+    cur: impl FnOnce() -> Vec<u8>,
+    new_seq: u64,
+    new: impl FnOnce() -> Vec<u8>,
+) -> bool {
+    match new_seq.cmp(&cur_seq) {
+        std::cmp::Ordering::Greater => true,
+        std::cmp::Ordering::Less => false,
+        std::cmp::Ordering::Equal => new() > cur(),
     }
 }
 
-/// Whether a beat `b` replaces the changing part `a`: a higher sequence number, or on a
-/// tie the larger encoding (a deterministic tie-break that keeps merging commutative).
+fn encoded(b: &Beat) -> Vec<u8> {
+    postcard::to_allocvec(b).unwrap_or_default()
+}
+
+/// Whether beat `b` replaces beat `a`.
 fn newer_beat(a: &Beat, b: &Beat) -> bool {
-    match b.seq.cmp(&a.seq) {
-        std::cmp::Ordering::Greater => true,
-        std::cmp::Ordering::Less => false,
-        std::cmp::Ordering::Equal => {
-            postcard::to_allocvec(b).unwrap_or_default()
-                > postcard::to_allocvec(a).unwrap_or_default()
+    replaces(a.seq, || encoded(a), b.seq, || encoded(b))
+}
+
+/// Whether beat `b` replaces the changing part of `r`.
+fn newer_load(r: &LoadReport, b: &Beat) -> bool {
+    replaces(r.seq, || encoded(&r.beat()), b.seq, || encoded(b))
+}
+
+impl Member {
+    /// Whether a whole report numbered `seq` replaces the fixed part of this member's.
+    fn newer_profile(&self, seq: u64, r: &LoadReport) -> bool {
+        replaces(
+            self.full_seq,
+            || self.report.profile_bytes(),
+            seq,
+            || r.profile_bytes(),
+        )
+    }
+
+    /// Takes a beat heard at `heard_ms` (kept while its whole report was awaited) if newer.
+    fn absorb(&mut self, b: &Beat, heard_ms: u64) {
+        if newer_load(&self.report, b) {
+            self.report.take_beat(b);
         }
+        self.heard_ms = self.heard_ms.max(heard_ms);
     }
 }
 
@@ -280,24 +315,28 @@ impl ClusterView {
     pub fn apply(&mut self, report: LoadReport, now_ms: u64) -> bool {
         match self.members.get_mut(&report.node) {
             Some(m) => {
-                let profile = match report.seq.cmp(&m.full_seq) {
-                    std::cmp::Ordering::Greater => true,
-                    std::cmp::Ordering::Less => false,
-                    std::cmp::Ordering::Equal => report.profile_bytes() > m.report.profile_bytes(),
-                };
-                if profile {
-                    m.report.take_profile(&report);
-                    m.full_seq = report.seq;
+                let profile = m.newer_profile(report.seq, &report);
+                let load = replaces(
+                    m.report.seq,
+                    || encoded(&m.report.beat()),
+                    report.seq,
+                    || encoded(&report.beat()),
+                );
+                match (profile, load) {
+                    (false, false) => return false,
+                    (true, true) => {
+                        m.full_seq = report.seq;
+                        m.report = report;
+                    }
+                    (true, false) => {
+                        m.report.take_profile(&report);
+                        m.full_seq = report.seq;
+                    }
+                    (false, true) => m.report.take_beat(&report.beat()),
                 }
-                let load = newer_beat(&m.report.beat(), &report.beat());
-                if load {
-                    m.report.take_beat(&report.beat());
-                }
-                if profile || load {
-                    m.heard_ms = m.heard_ms.max(now_ms);
-                    m.state = State::Alive;
-                }
-                profile || load
+                m.heard_ms = m.heard_ms.max(now_ms);
+                m.state = State::Alive;
+                true
             }
             None => {
                 let mut m = Member {
@@ -308,10 +347,7 @@ impl ClusterView {
                     state: State::Alive,
                 };
                 if let Some((b, heard)) = self.pending.remove(&m.report.node) {
-                    if newer_beat(&m.report.beat(), &b) {
-                        m.report.take_beat(&b);
-                    }
-                    m.heard_ms = m.heard_ms.max(heard);
+                    m.absorb(&b, heard);
                 }
                 self.members.insert(m.report.node.clone(), m);
                 true
@@ -324,7 +360,7 @@ impl ClusterView {
     pub fn apply_beat(&mut self, beat: Beat, now_ms: u64) -> bool {
         match self.members.get_mut(&beat.node) {
             Some(m) => {
-                if !newer_beat(&m.report.beat(), &beat) {
+                if !newer_load(&m.report, &beat) {
                     return false;
                 }
                 m.report.take_beat(&beat);
@@ -405,30 +441,16 @@ impl ClusterView {
                 None => {
                     let mut m = theirs.clone();
                     if let Some((b, heard)) = self.pending.remove(k) {
-                        if newer_beat(&m.report.beat(), &b) {
-                            m.report.take_beat(&b);
-                        }
-                        m.heard_ms = m.heard_ms.max(heard);
+                        m.absorb(&b, heard);
                     }
                     self.members.insert(k.clone(), m);
                 }
                 Some(ours) => {
-                    let profile = match theirs.full_seq.cmp(&ours.full_seq) {
-                        std::cmp::Ordering::Greater => true,
-                        std::cmp::Ordering::Less => false,
-                        std::cmp::Ordering::Equal => {
-                            theirs.report.profile_bytes() > ours.report.profile_bytes()
-                        }
-                    };
-                    if profile {
+                    if ours.newer_profile(theirs.full_seq, &theirs.report) {
                         ours.report.take_profile(&theirs.report);
                         ours.full_seq = theirs.full_seq;
                     }
-                    let b = theirs.report.beat();
-                    if newer_beat(&ours.report.beat(), &b) {
-                        ours.report.take_beat(&b);
-                    }
-                    ours.heard_ms = ours.heard_ms.max(theirs.heard_ms);
+                    ours.absorb(&theirs.report.beat(), theirs.heard_ms);
                     ours.rtt_ms = match (ours.rtt_ms, theirs.rtt_ms) {
                         (Some(a), Some(b)) => Some(a.min(b)),
                         (a, b) => a.or(b),
@@ -439,10 +461,7 @@ impl ClusterView {
         }
         for (k, (b, heard)) in &other.pending {
             if let Some(m) = self.members.get_mut(k) {
-                if newer_beat(&m.report.beat(), b) {
-                    m.report.take_beat(b);
-                }
-                m.heard_ms = m.heard_ms.max(*heard);
+                m.absorb(b, *heard);
                 continue;
             }
             match self.pending.get_mut(k) {
