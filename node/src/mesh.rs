@@ -94,6 +94,17 @@ struct Counted<S> {
     traffic: Arc<Traffic>,
 }
 
+/// Adds a finished read's or write's byte count to `counter`.
+fn tally(
+    counter: &std::sync::atomic::AtomicU64,
+    r: std::task::Poll<std::io::Result<usize>>,
+) -> std::task::Poll<std::io::Result<usize>> {
+    if let std::task::Poll::Ready(Ok(n)) = &r {
+        counter.fetch_add(*n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+    r
+}
+
 impl<S: libp2p::futures::AsyncRead + Unpin> libp2p::futures::AsyncRead for Counted<S> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
@@ -101,12 +112,7 @@ impl<S: libp2p::futures::AsyncRead + Unpin> libp2p::futures::AsyncRead for Count
         buf: &mut [u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
         let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let std::task::Poll::Ready(Ok(n)) = &r {
-            self.traffic
-                .received
-                .fetch_add(*n as u64, std::sync::atomic::Ordering::Relaxed);
-        }
-        r
+        tally(&self.traffic.received, r)
     }
 }
 
@@ -117,12 +123,7 @@ impl<S: libp2p::futures::AsyncWrite + Unpin> libp2p::futures::AsyncWrite for Cou
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
         let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let std::task::Poll::Ready(Ok(n)) = &r {
-            self.traffic
-                .sent
-                .fetch_add(*n as u64, std::sync::atomic::Ordering::Relaxed);
-        }
-        r
+        tally(&self.traffic.sent, r)
     }
 
     fn poll_flush(
@@ -631,15 +632,14 @@ fn handle(
                 }
             };
             let now = mesh.now_ms();
+            let from = source.to_string();
             let mut v = mesh.view.lock().unwrap_or_else(|p| p.into_inner());
             let own = match &g {
-                Gossip::Full(r) => r.peer == source.to_string(),
+                Gossip::Full(r) => r.peer == from,
                 // A beat from a member whose whole report has not come yet is dropped: it
                 // cannot be told apart from one forged by another member, and the whole
                 // report follows our subscription within moments.
-                Gossip::Beat(b) => v
-                    .get(&b.node)
-                    .is_some_and(|m| m.report.peer == source.to_string()),
+                Gossip::Beat(b) => v.get(&b.node).is_some_and(|m| m.report.peer == from),
             };
             if own {
                 let name = g.node().to_string();
@@ -667,10 +667,11 @@ fn handle(
         })) => {
             let ms = rtt.as_secs_f64() * 1e3;
             peers.rtt_ms.insert(peer, ms);
+            let from = peer.to_string();
             let mut v = mesh.view.lock().unwrap_or_else(|p| p.into_inner());
             let name = v
                 .members()
-                .find(|m| m.report.peer == peer.to_string())
+                .find(|m| m.report.peer == from)
                 .map(|m| m.report.node.clone());
             if let Some(n) = name {
                 v.observe_rtt(&n, ms);

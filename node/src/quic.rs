@@ -732,11 +732,6 @@ impl Client {
         if req.manifest.is_none() {
             let _ = send.finish();
         }
-        // Without a manifest the peer never asks for a module: end our side now, so the
-        // request leaves with its FIN in one packet and the stream closes with the reply.
-        if req.manifest.is_none() {
-            let _ = send.finish();
-        }
         let mut r = FrameReader::new(recv, self.timeout);
         let mut sent_module = false;
         loop {

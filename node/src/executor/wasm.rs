@@ -4,13 +4,15 @@
 //!   the module's SHA-256 and the engine's compatibility hash, so restarts and upgrades
 //!   never run a stale artifact and never recompile needlessly.
 //! - A fresh instance per call from the pooling allocator (isolation between calls, scale
-//!   to zero by construction), run on the async worker itself (wasmtime's async support: the
-//!   guest runs on its own fiber stack and yields to other tasks at every epoch tick), so a
-//!   short call costs no hop to another thread and a long one cannot hog a worker. Where the pool's address space cannot be reserved (small
-//!   32/39-bit ARM boards) the engine falls back to on-demand allocation.
+//!   to zero by construction), run on the async worker itself (wasmtime's async support:
+//!   the guest runs on its own fiber stack and yields to other tasks at every epoch tick),
+//!   so a short call costs no hop to another thread and a long one cannot hog a worker.
+//!   Where the pool's address space cannot be reserved (small 32/39-bit ARM boards) the
+//!   engine falls back to on-demand allocation.
 //! - Limits that hold: a memory cap through a resource limiter, a wall-clock deadline
-//!   counted in epoch ticks (a ticker thread advances the epoch), bounded stdout and
-//!   stderr, and no filesystem or network unless the manifest grants a directory.
+//!   counted in epoch ticks (a ticker thread advances the epoch) and, for a guest waiting
+//!   in a host call, a timer that drops the call; bounded stdout and stderr; and no
+//!   filesystem or network unless the manifest grants a directory.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
