@@ -12,6 +12,22 @@ pub fn load_node_config(path: &Path) -> anyhow::Result<NodeConfig> {
     Ok(NodeConfig::from_toml(&path.display().to_string(), &text)?)
 }
 
+/// The admin token line, when a token was made at this start (it is shown only once).
+fn print_new_token(
+    out: &mut impl Write,
+    token: Option<&str>,
+    data_dir: &Path,
+) -> std::io::Result<()> {
+    match token {
+        Some(token) => writeln!(
+            out,
+            "admin token (shown once, kept in {}): {token}",
+            data_dir.join("admin.token").display()
+        ),
+        None => Ok(()),
+    }
+}
+
 pub async fn node(cfg: NodeConfig, join: &[String]) -> anyhow::Result<()> {
     init_tracing();
     let data_dir = cfg.node.data_dir.clone();
@@ -33,13 +49,7 @@ pub async fn node(cfg: NodeConfig, join: &[String]) -> anyhow::Result<()> {
         if let Some(m) = running.node.mesh.get() {
             writeln!(out, "mesh listening on {}", m.address)?;
         }
-        if let Some(token) = &running.new_token {
-            writeln!(
-                out,
-                "admin token (shown once, kept in {}): {token}",
-                data_dir.join("admin.token").display()
-            )?;
-        }
+        print_new_token(&mut out, running.new_token.as_deref(), &data_dir)?;
         writeln!(
             out,
             "{} {role} {} ready; data in {}",
@@ -183,13 +193,7 @@ pub async fn local_mesh(
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "gateway listening on http://{}", router.addr)?;
-        if let Some(token) = &router.new_token {
-            writeln!(
-                out,
-                "admin token (shown once, kept in {}): {token}",
-                data_dir.join("admin.token").display()
-            )?;
-        }
+        print_new_token(&mut out, router.new_token.as_deref(), &data_dir)?;
         for (name, r) in &nodes {
             writeln!(
                 out,
