@@ -94,18 +94,36 @@ fn ten_members_converge_see_a_death_and_a_rejoin() {
         .enable_all()
         .build()
         .unwrap();
-    let mesh_bytes = |n: &NodeProc| -> (u64, u64) {
+    let metric = |n: &NodeProc, name: &str| -> u64 {
         let text = rt.block_on(metrics(&n.url));
-        let value = |name: &str| -> u64 {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-                .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
-        };
+        let prefix = format!("{name} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+    };
+    let mesh_bytes = |n: &NodeProc| -> (u64, u64) {
         (
-            value("fogline_mesh_sent_bytes_total "),
-            value("fogline_mesh_received_bytes_total "),
+            metric(n, "fogline_mesh_sent_bytes_total"),
+            metric(n, "fogline_mesh_received_bytes_total"),
         )
     };
+    // Nine joined through m0 and found the rest through its introductions; each pair keeps
+    // one connection (the smaller peer id dials; a second one is closed).
+    let mut counts = Vec::new();
+    for _ in 0..100 {
+        counts = nodes
+            .iter()
+            .map(|n| metric(n, "fogline_mesh_connections"))
+            .collect::<Vec<_>>();
+        if counts.iter().all(|c| *c == 9) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        counts.iter().all(|c| *c == 9),
+        "mesh connections per member, m0 to m9: {counts:?} (one per other member expected)"
+    );
     let before = mesh_bytes(&nodes[2]);
     std::thread::sleep(Duration::from_millis(2500));
     let after = mesh_bytes(&nodes[2]);

@@ -22,6 +22,10 @@ use crate::manifest::Runtime;
 pub const MAX_REPORT: usize = 4096;
 /// Most functions listed as warm or with a service time.
 pub const MAX_LISTED: usize = 48;
+/// Most members named in one [`Introduce`], and the longest address it carries: a longer
+/// list goes out as several messages.
+pub const MAX_INTRODUCED: usize = 32;
+pub const MAX_ADDRESS: usize = 120;
 
 /// One member's state, as it reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,33 +155,71 @@ pub enum Gossip {
     Full(LoadReport),
     /// The changing part only.
     Beat(Beat),
+    /// Other members' addresses, so whoever hears it can dial those it has no connection
+    /// to: how a newcomer that joined through one member finds the rest, and they find it.
+    Introduce(Introduce),
 }
 
+/// Mesh addresses of members (`/ip4/…/tcp/…/p2p/<peer id>`), numbered so that the same
+/// list sent again is a new message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Introduce {
+    pub seq: u64,
+    pub members: Vec<String>,
+}
+
+impl Introduce {
+    /// Splits `addresses` into messages of at most [`MAX_INTRODUCED`], numbered from `seq`;
+    /// addresses longer than [`MAX_ADDRESS`] are left out.
+    pub fn split(seq: u64, addresses: impl IntoIterator<Item = String>) -> Vec<Introduce> {
+        let mut out: Vec<Introduce> = Vec::new();
+        for a in addresses.into_iter().filter(|a| a.len() <= MAX_ADDRESS) {
+            match out.last_mut() {
+                Some(i) if i.members.len() < MAX_INTRODUCED => i.members.push(a),
+                _ => out.push(Introduce {
+                    seq: seq + out.len() as u64,
+                    members: vec![a],
+                }),
+            }
+        }
+        out
+    }
+}
+
+/// A report's or beat's service times and warm functions, to cut to size.
+type FunctionLists<'a> = (&'a mut Vec<(String, f32)>, &'a mut Vec<String>);
+
 impl Gossip {
-    /// The member it speaks for.
-    pub fn node(&self) -> &str {
+    /// The member it speaks for (an introduction speaks for none).
+    pub fn node(&self) -> Option<&str> {
         match self {
-            Gossip::Full(r) => &r.node,
-            Gossip::Beat(b) => &b.node,
+            Gossip::Full(r) => Some(&r.node),
+            Gossip::Beat(b) => Some(&b.node),
+            Gossip::Introduce(_) => None,
         }
     }
 
-    fn lists_mut(&mut self) -> (&mut Vec<(String, f32)>, &mut Vec<String>) {
+    fn lists_mut(&mut self) -> Option<FunctionLists<'_>> {
         match self {
-            Gossip::Full(r) => (&mut r.service_ms, &mut r.warm),
-            Gossip::Beat(b) => (&mut b.service_ms, &mut b.warm),
+            Gossip::Full(r) => Some((&mut r.service_ms, &mut r.warm)),
+            Gossip::Beat(b) => Some((&mut b.service_ms, &mut b.warm)),
+            Gossip::Introduce(_) => None,
         }
     }
 
-    /// Encodes, cutting the function lists until it fits in [`MAX_REPORT`].
+    /// Encodes, cutting the function lists until it fits in [`MAX_REPORT`] (an
+    /// [`Introduce`] made by [`Introduce::split`] always fits).
     pub fn encode(&self) -> Vec<u8> {
         let mut g = self.clone();
-        let (s, w) = g.lists_mut();
-        s.truncate(MAX_LISTED);
-        w.truncate(MAX_LISTED);
+        if let Some((s, w)) = g.lists_mut() {
+            s.truncate(MAX_LISTED);
+            w.truncate(MAX_LISTED);
+        }
         loop {
             let bytes = postcard::to_allocvec(&g).unwrap_or_default();
-            let (s, w) = g.lists_mut();
+            let Some((s, w)) = g.lists_mut() else {
+                return bytes;
+            };
             if bytes.len() <= MAX_REPORT || (s.is_empty() && w.is_empty()) {
                 return bytes;
             }
@@ -385,11 +427,12 @@ impl ClusterView {
         }
     }
 
-    /// Takes either kind of message.
+    /// Takes a report or a beat (an introduction changes nothing here).
     pub fn apply_gossip(&mut self, g: Gossip, now_ms: u64) -> bool {
         match g {
             Gossip::Full(r) => self.apply(r, now_ms),
             Gossip::Beat(b) => self.apply_beat(b, now_ms),
+            Gossip::Introduce(_) => false,
         }
     }
 
@@ -689,6 +732,33 @@ mod tests {
         );
     }
 
+    #[test]
+    fn introductions_split_to_fit() {
+        // 256 members with long addresses: every piece fits, none is lost but the one
+        // address over the limit.
+        let addr = |i: usize| {
+            format!("/ip6/fd00:aaaa:bbbb:cccc:dddd:eeee:ffff:{i:04x}/tcp/7001/p2p/12D3KooWPeerIdOfFiftyTwoCharactersLong{i:016}")
+        };
+        let mut all: Vec<String> = (0..256).map(addr).collect();
+        all.push("x".repeat(MAX_ADDRESS + 1));
+        let parts = Introduce::split(9, all.clone());
+        assert_eq!(parts.len(), 256usize.div_ceil(MAX_INTRODUCED));
+        let mut back = Vec::new();
+        for (k, p) in parts.into_iter().enumerate() {
+            assert_eq!(p.seq, 9 + k as u64);
+            let g = Gossip::Introduce(p);
+            let bytes = g.encode();
+            assert!(bytes.len() <= MAX_REPORT, "{} bytes", bytes.len());
+            match Gossip::decode(&bytes).unwrap() {
+                Gossip::Introduce(i) => back.extend(i.members),
+                other => panic!("decoded as {other:?}"),
+            }
+        }
+        all.pop();
+        assert_eq!(back, all);
+        assert!(Introduce::split(1, Vec::new()).is_empty());
+    }
+
     fn arb_view() -> impl Strategy<Value = ClusterView> {
         proptest::collection::vec(
             (
@@ -723,7 +793,7 @@ mod tests {
 
     impl Gossip {
         fn lists_mut_owned(mut self) -> (Vec<(String, f32)>, Vec<String>) {
-            let (s, w) = self.lists_mut();
+            let (s, w) = self.lists_mut().expect("a report or a beat");
             (std::mem::take(s), std::mem::take(w))
         }
     }

@@ -9,6 +9,8 @@
 //!   over 20 changes);
 //! - traffic: bytes each member sends plus receives per second on its mesh sockets, over
 //!   10 s of steady state (median and max over members);
+//! - connections each member has open once settled, after the traffic window (one per
+//!   other member when no pair keeps two);
 //! - a member stopped at once (its task aborted: its sockets close, it sends nothing more,
 //!   as with SIGKILL), until every other view marks it dead;
 //! - a new member joining the running mesh through one member, until every view lists it
@@ -162,6 +164,11 @@ async fn run(n: usize) {
     }
     rates.sort_by(f64::total_cmp);
     sent.sort_by(f64::total_cmp);
+    let mut conns: Vec<u64> = members
+        .iter()
+        .map(|m| m.traffic().connections.load(Ordering::Relaxed))
+        .collect();
+    conns.sort();
 
     // Load changes.
     let mut delays = Vec::new();
@@ -243,7 +250,19 @@ async fn run(n: usize) {
             sees_all = Some(t.elapsed());
         }
         if t.elapsed() > Duration::from_secs(30) {
-            panic!("{} did not join in 30 s", rep.name);
+            let seen = members
+                .iter()
+                .filter(|m| {
+                    m.with_view(|v| v.get(&rep.name).is_some_and(|x| x.state == State::Alive))
+                })
+                .count();
+            let sees =
+                joiner.with_view(|v| v.members().filter(|x| x.state == State::Alive).count());
+            panic!(
+                "{} did not join in 30 s: alive in {seen} of {} views, sees {sees} alive",
+                rep.name,
+                members.len()
+            );
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -275,6 +294,13 @@ async fn run(n: usize) {
         rates[rates.len() / 2] / 1e3,
         rates[rates.len() - 1] / 1e3,
         sent[sent.len() / 2] / 1e3
+    );
+    println!(
+        "connections per member, settled             min {} median {} max {}   (one per other member: {})",
+        conns[0],
+        conns[conns.len() / 2],
+        conns[conns.len() - 1],
+        n - 1
     );
     println!(
         "stopped member marked dead everywhere       {:8.0} ms",

@@ -747,6 +747,10 @@ impl Node {
                 .mesh
                 .get()
                 .map_or(0, |m| m.traffic().received.load(Ordering::Relaxed)),
+            mesh_connections: self
+                .mesh
+                .get()
+                .map_or(0, |m| m.traffic().connections.load(Ordering::Relaxed)),
         }
     }
 

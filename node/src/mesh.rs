@@ -3,8 +3,15 @@
 //!
 //! libp2p underneath: TCP with a private-network key (a node without the cluster's key
 //! cannot complete a connection), Noise (every connection authenticated to a peer id), Yamux;
-//! identify and Kademlia for finding members across networks, mDNS on a LAN, ping for
-//! round-trip times, and gossipsub to send reports.
+//! mDNS on a LAN, ping for round-trip times, and gossipsub to send reports.
+//!
+//! Finding members: a newcomer dials its join addresses (or what mDNS found). A member that
+//! hears a whole report from a member it had never heard of (so it came in through a join
+//! address) sends every member an [`Introduce`] naming all the members it knows; whoever
+//! hears one dials those it has no connection to. Of two members that learn of each other
+//! together, the one with the smaller peer id dials and the other waits [`DIAL_GRACE`]
+//! first, so a pair makes one connection, not two: a connection's handshakes are most of
+//! what a large mesh costs to form.
 //!
 //! Traffic is kept small, since boards sit on thin links:
 //! - Members dial every member they learn of (up to [`MAX_PEERS`]), so a site's mesh is
@@ -21,24 +28,24 @@
 //! - Pings every thirty intervals (the first at once on a new connection): round trips
 //!   change slowly, and calls measure their own.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fogline_core::config::MeshSection;
-use fogline_core::mesh::{ClusterView, Gossip, LoadReport, Member, Timing};
+use fogline_core::mesh::{ClusterView, Gossip, Introduce, LoadReport, Member, Timing};
 use libp2p::core::transport::upgrade::Version;
 use libp2p::core::Transport;
 use libp2p::futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, MessageId, ValidationMode};
+use libp2p::multiaddr::Protocol;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{
-    identify, kad, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
-};
+use libp2p::{mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
 use serde::Serialize;
 
 use crate::agent::Node;
@@ -48,6 +55,11 @@ const TOPIC: &str = "fogline/2";
 pub const MAX_PEERS: usize = 256;
 /// A whole report at least this often (in intervals), beats between.
 pub const FULL_EVERY: u64 = 60;
+/// Gossipsub's size limit (see where it is set).
+const STREAM_BUFFER: usize = 256 * 1024;
+/// How long the member with the larger peer id of a pair that learnt of each other waits
+/// for the other to dial before it dials itself.
+pub const DIAL_GRACE: Duration = Duration::from_millis(1500);
 
 /// What a member reports about itself.
 pub trait Reporter: Send + Sync + 'static {
@@ -64,9 +76,7 @@ impl Reporter for Node {
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     gossipsub: gossipsub::Behaviour,
-    identify: identify::Behaviour,
     ping: ping::Behaviour,
-    kad: kad::Behaviour<kad::store::MemoryStore>,
     mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
@@ -80,12 +90,13 @@ pub enum MeshError {
     Other(String),
 }
 
-/// Bytes through the mesh's sockets (TCP payload: reports, pings, identify, Kademlia,
-/// and the Noise and Yamux framing around them).
+/// Bytes through the mesh's sockets (TCP payload: reports, introductions, pings, and the
+/// Noise and Yamux framing around them), and the connections open now.
 #[derive(Debug, Default)]
 pub struct Traffic {
     pub sent: std::sync::atomic::AtomicU64,
     pub received: std::sync::atomic::AtomicU64,
+    pub connections: std::sync::atomic::AtomicU64,
 }
 
 /// A socket that counts what passes through it.
@@ -317,7 +328,7 @@ pub async fn start_member(
         .subscribe(&topic)
         .map_err(|e| MeshError::Other(format!("subscribing: {e}")))?;
     for a in &join {
-        if let Err(e) = swarm.dial(a.clone()) {
+        if let Err(e) = swarm.dial(join_opts(a)) {
             tracing::warn!("cannot dial {a}: {e}");
         }
     }
@@ -405,25 +416,20 @@ fn build_swarm(
                     m.data.hash(&mut h);
                     MessageId::new(&h.finish().to_be_bytes())
                 })
-                .max_transmit_size(fogline_core::mesh::MAX_REPORT + 1024)
+                // Each message is held to MAX_REPORT when decoded (`Gossip::decode`). This
+                // limit is gossipsub's, and libp2p-gossipsub 0.50 checks it against all the
+                // bytes buffered on a stream rather than one message: several messages read
+                // together past it fail the stream, and the sender's later messages are then
+                // lost without an error. So it is far above one message, near a stream's
+                // flow-control window.
+                .max_transmit_size(STREAM_BUFFER)
                 .history_length(2)
                 .history_gossip(0)
                 .build()
                 .map_err(|e| e.to_string())?;
             let gossipsub = gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, gcfg)?;
-            let identify =
-                identify::Behaviour::new(identify::Config::new("/fogline/1".into(), key.public()));
             // Round trips change slowly: every thirty intervals (the first at once).
             let ping = ping::Behaviour::new(ping::Config::new().with_interval(interval * 30));
-            let mut kcfg = kad::Config::new(StreamProtocol::new("/fogline/kad/1"));
-            kcfg.set_query_timeout(Duration::from_secs(10));
-            // Room for every member of a site, and lookups that answer with all of them, so
-            // a newcomer finds every member through the first one it meets.
-            let all = std::num::NonZeroUsize::new(MAX_PEERS).expect("nonzero");
-            kcfg.set_kbucket_size(all);
-            let mut kad =
-                kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kcfg);
-            kad.set_mode(Some(kad::Mode::Server));
             let mdns = if use_mdns {
                 mdns::tokio::Behaviour::new(mdns::Config::default(), peer).ok()
             } else {
@@ -431,9 +437,7 @@ fn build_swarm(
             };
             Ok(Behaviour {
                 gossipsub,
-                identify,
                 ping,
-                kad,
                 mdns: Toggle::from(mdns),
             })
         })
@@ -450,6 +454,15 @@ fn build_swarm(
 struct Peers {
     /// Dialled by us, not yet known to have failed or closed.
     dialed: HashSet<PeerId>,
+    /// Every member we know an address of (from its report, an introduction or mDNS), and
+    /// since when.
+    known: HashMap<PeerId, (Multiaddr, Instant)>,
+    /// Introduced addresses already taken (most introductions repeat what we know).
+    heard: HashSet<String>,
+    /// A member we had never heard of reported: introduce everyone to everyone.
+    introduce: bool,
+    /// Open connections per peer, each with whether the larger peer id of the pair dialled it.
+    conns: HashMap<PeerId, Vec<(libp2p::swarm::ConnectionId, bool)>>,
     /// Latest ping round trip per connected peer (ms): the first ping goes out as a
     /// connection opens, before the peer's whole report names it, so it waits here.
     rtt_ms: std::collections::HashMap<PeerId, f64>,
@@ -468,7 +481,7 @@ struct FullDue {
 
 /// Least time between whole reports sent for newcomers: when many join at once, one report
 /// greets several.
-const WELCOME_GAP: Duration = Duration::from_millis(400);
+const WELCOME_GAP: Duration = Duration::from_millis(200);
 
 async fn drive(
     mut swarm: Swarm<Behaviour>,
@@ -488,13 +501,16 @@ async fn drive(
         profile: Vec::new(),
         age: 0,
         newcomer: true,
-        sent_at: Instant::now(),
+        // Due at once: the first member to come hears from us without waiting.
+        sent_at: Instant::now()
+            .checked_sub(WELCOME_GAP)
+            .unwrap_or_else(Instant::now),
     };
     let mut peers = Peers::default();
     loop {
         tokio::select! {
             _ = every.tick() => {
-                redial(&mut swarm, &mesh, &join, &mut peers.dialed);
+                redial(&mut swarm, &mesh, &join, &mut peers);
                 seq += 1;
                 let r = reporter.report(&me, &mesh.listen, &site, seq);
                 full.age += 1;
@@ -511,62 +527,123 @@ async fn drive(
                     publish(&mut swarm, &topic, &mesh, &r, &mut full);
                     last_sent = Some(r);
                 }
+                if peers.introduce {
+                    peers.introduce = false;
+                    seq = introduce(&mut swarm, &topic, &peers, seq);
+                }
             }
             ev = swarm.select_next_some() => handle(&mut swarm, ev, &mesh, &mut peers, &mut full),
         }
     }
 }
 
-/// Dials members we know of but are not connected to: those in the view (back after a
-/// partition, restarted) and those Kademlia found; the join addresses when we are alone.
-fn redial(
-    swarm: &mut Swarm<Behaviour>,
-    mesh: &Mesh,
-    join: &[Multiaddr],
-    dialed: &mut HashSet<PeerId>,
-) {
-    use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-    let mut peers: Vec<(PeerId, Vec<Multiaddr>)> = {
-        let v = mesh.view.lock().unwrap_or_else(|p| p.into_inner());
-        v.members()
-            .filter_map(|m| {
-                Some((
-                    m.report.peer.parse().ok()?,
-                    m.report
-                        .mesh
-                        .as_ref()
-                        .and_then(|a| a.parse().ok())
-                        .into_iter()
-                        .collect(),
-                ))
-            })
-            .collect()
-    };
-    for bucket in swarm.behaviour_mut().kad.kbuckets() {
-        for e in bucket.iter() {
-            peers.push((
-                *e.node.key.preimage(),
-                e.node.value.iter().cloned().collect(),
-            ));
+/// The peer an address ends with (`/p2p/<id>`).
+fn peer_of(a: &Multiaddr) -> Option<PeerId> {
+    match a.iter().last() {
+        Some(Protocol::P2p(p)) => Some(p),
+        _ => None,
+    }
+}
+
+/// Whether to dial `peer`, known since `since`, now: of two members that learn of each
+/// other together, the smaller peer id dials; the other only once the grace is over.
+fn dial_due(me: &PeerId, peer: &PeerId, since: Instant) -> bool {
+    me < peer || since.elapsed() >= DIAL_GRACE
+}
+
+impl Peers {
+    /// Remembers `peer` at `addr`; true if it was not known before.
+    fn learn(&mut self, peer: PeerId, addr: Multiaddr) -> bool {
+        let room = self.known.len() < MAX_PEERS;
+        match self.known.entry(peer) {
+            std::collections::hash_map::Entry::Occupied(mut k) => {
+                k.get_mut().0 = addr;
+                false
+            }
+            std::collections::hash_map::Entry::Vacant(k) if room => {
+                k.insert((addr, Instant::now()));
+                true
+            }
+            std::collections::hash_map::Entry::Vacant(_) => false,
         }
     }
+}
+
+fn dial(swarm: &mut Swarm<Behaviour>, dialed: &mut HashSet<PeerId>, peer: PeerId, addr: Multiaddr) {
+    use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+    if peer == *swarm.local_peer_id() || swarm.is_connected(&peer) {
+        return;
+    }
+    if dialed.len() >= MAX_PEERS && !dialed.contains(&peer) {
+        return;
+    }
+    dialed.insert(peer);
+    let opts = DialOpts::peer_id(peer)
+        .condition(PeerCondition::DisconnectedAndNotDialing)
+        .addresses(vec![addr])
+        .build();
+    let _ = swarm.dial(opts);
+}
+
+/// How to dial a join address: to the peer it names (as any other dial, so a member never
+/// dials one peer twice at once), or to whoever answers if it names none.
+fn join_opts(a: &Multiaddr) -> libp2p::swarm::dial_opts::DialOpts {
+    use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+    match peer_of(a) {
+        Some(p) => DialOpts::peer_id(p)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .addresses(vec![a.clone()])
+            .build(),
+        None => DialOpts::unknown_peer_id().address(a.clone()).build(),
+    }
+}
+
+/// Dials members we know of but are not connected to (back after a partition, restarted,
+/// or introduced and not dialled by the other side in time); the join addresses when we
+/// are alone. Forgets addresses of members gone from the view.
+fn redial(swarm: &mut Swarm<Behaviour>, mesh: &Mesh, join: &[Multiaddr], peers: &mut Peers) {
     let me = *swarm.local_peer_id();
-    for (p, addrs) in peers {
-        if p == me || swarm.is_connected(&p) {
-            continue;
-        }
-        if dialed.len() >= MAX_PEERS && !dialed.contains(&p) {
-            continue;
-        }
-        dialed.insert(p);
-        let opts = DialOpts::peer_id(p).condition(PeerCondition::DisconnectedAndNotDialing);
-        let _ = swarm.dial(opts.addresses(addrs).build());
+    let in_view: HashSet<String> = {
+        let v = mesh.view.lock().unwrap_or_else(|p| p.into_inner());
+        v.members().map(|m| m.report.peer.clone()).collect()
+    };
+    let forget = Duration::from_millis(mesh.timing.forget_ms);
+    peers.known.retain(|p, (_, since)| {
+        swarm.is_connected(p) || in_view.contains(&p.to_string()) || since.elapsed() < forget
+    });
+    let due: Vec<(PeerId, Multiaddr)> = peers
+        .known
+        .iter()
+        .filter(|(p, (_, since))| !swarm.is_connected(p) && dial_due(&me, p, *since))
+        .map(|(p, (a, _))| (*p, a.clone()))
+        .collect();
+    for (p, a) in due {
+        dial(swarm, &mut peers.dialed, p, a);
     }
     if swarm.connected_peers().next().is_none() {
         for a in join {
-            let _ = swarm.dial(a.clone());
+            let _ = swarm.dial(join_opts(a));
         }
     }
+}
+
+/// Sends every member the addresses of all members we are connected to (not our own:
+/// whoever hears this has our whole report). Returns the next sequence number.
+fn introduce(swarm: &mut Swarm<Behaviour>, topic: &IdentTopic, peers: &Peers, seq: u64) -> u64 {
+    let addrs = peers
+        .known
+        .iter()
+        .filter(|(p, _)| swarm.is_connected(p))
+        .map(|(_, (a, _))| a.to_string());
+    let parts = Introduce::split(seq, addrs);
+    let next = seq + parts.len() as u64;
+    for i in parts {
+        let _ = swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic.clone(), Gossip::Introduce(i).encode());
+    }
+    next
 }
 
 /// A restarted member must outrank its own earlier reports: start from the wall clock.
@@ -590,22 +667,30 @@ fn publish(
         .unwrap_or_else(|p| p.into_inner())
         .apply(r.clone(), mesh.now_ms());
     let profile = r.profile_bytes();
-    let g = if full.newcomer || full.age >= FULL_EVERY || profile != full.profile {
-        *full = FullDue {
-            profile,
-            age: 0,
-            newcomer: false,
-            sent_at: Instant::now(),
-        };
+    let whole = full.newcomer || full.age >= FULL_EVERY || profile != full.profile;
+    let g = if whole {
         Gossip::Full(r.clone())
     } else {
         Gossip::Beat(r.beat())
     };
-    // Fails with no subscribed peers yet (a lone member): nothing to do but wait.
-    let _ = swarm
+    match swarm
         .behaviour_mut()
         .gossipsub
-        .publish(topic.clone(), g.encode());
+        .publish(topic.clone(), g.encode())
+    {
+        // Nobody subscribed yet (a lone member): the whole report is still owed to the
+        // first member that comes.
+        Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+        _ if whole => {
+            *full = FullDue {
+                profile,
+                age: 0,
+                newcomer: false,
+                sent_at: Instant::now(),
+            }
+        }
+        _ => {}
+    }
 }
 
 fn handle(
@@ -615,7 +700,6 @@ fn handle(
     peers: &mut Peers,
     full: &mut FullDue,
 ) {
-    let dialed = &mut peers.dialed;
     match ev {
         SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
             propagation_source: source,
@@ -631,6 +715,9 @@ fn handle(
                     return;
                 }
             };
+            if let Gossip::Introduce(i) = g {
+                return introduced(swarm, peers, source, i);
+            }
             let now = mesh.now_ms();
             let from = source.to_string();
             let mut v = mesh.view.lock().unwrap_or_else(|p| p.into_inner());
@@ -640,9 +727,20 @@ fn handle(
                 // cannot be told apart from one forged by another member, and the whole
                 // report follows our subscription within moments.
                 Gossip::Beat(b) => v.get(&b.node).is_some_and(|m| m.report.peer == from),
+                Gossip::Introduce(_) => false,
             };
             if own {
-                let name = g.node().to_string();
+                if let Gossip::Full(r) = &g {
+                    // Where it listens: a member we had never heard of came in through a
+                    // join address, and the others should hear of it (and it of them).
+                    let addr = r.mesh.as_deref().and_then(|a| a.parse::<Multiaddr>().ok());
+                    if let Some(a) = addr {
+                        if peers.learn(source, a.with(Protocol::P2p(source))) {
+                            peers.introduce = true;
+                        }
+                    }
+                }
+                let name = g.node().unwrap_or_default().to_string();
                 v.apply_gossip(g, now);
                 if let Some(ms) = peers.rtt_ms.get(&source) {
                     if v.get(&name).is_some_and(|m| m.rtt_ms.is_none()) {
@@ -677,60 +775,74 @@ fn handle(
                 v.observe_rtt(&n, ms);
             }
         }
-        SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
-            peer_id,
-            info,
-            ..
-        })) => {
-            let first = swarm.behaviour_mut().kad.kbuckets().count() == 0;
-            for a in info.listen_addrs {
-                swarm.behaviour_mut().kad.add_address(&peer_id, a);
-            }
-            // Look for more members through the first one we meet; after that Kademlia's own
-            // periodic bootstrap keeps the routing table fresh (a query per new peer costs
-            // more than the gossip itself in a large mesh).
-            if first {
-                let _ = swarm.behaviour_mut().kad.bootstrap();
-            }
-        }
-        SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
-            peer,
-            addresses,
-            ..
-        })) if peer != *swarm.local_peer_id()
-            && !swarm.is_connected(&peer)
-            && dialed.len() < MAX_PEERS
-            && dialed.insert(peer) =>
-        {
-            use libp2p::swarm::dial_opts::DialOpts;
-            let _ = swarm.dial(
-                DialOpts::peer_id(peer)
-                    .addresses(addresses.iter().cloned().collect())
-                    .build(),
-            );
-        }
         SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
+            let me = *swarm.local_peer_id();
             for (peer, addr) in list {
-                swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
-                if !swarm.is_connected(&peer) {
-                    let _ = swarm.dial(addr);
+                let addr = addr.with_p2p(peer).unwrap_or_else(|a| a);
+                peers.learn(peer, addr.clone());
+                if dial_due(&me, &peer, Instant::now()) {
+                    dial(swarm, &mut peers.dialed, peer, addr);
+                }
+            }
+        }
+        SwarmEvent::ConnectionEstablished {
+            peer_id,
+            connection_id,
+            endpoint,
+            num_established,
+            ..
+        } => {
+            mesh.traffic.connections.fetch_add(1, Ordering::Relaxed);
+            // Both ends of a pair dialled (the grace ran out first, or a partition healed):
+            // both ends close the connection the larger peer id dialled and keep the one the
+            // smaller dialled, whichever opened first.
+            let me = *swarm.local_peer_id();
+            let larger_dialled = if endpoint.is_dialer() {
+                me > peer_id
+            } else {
+                peer_id > me
+            };
+            let list = peers.conns.entry(peer_id).or_default();
+            list.push((connection_id, larger_dialled));
+            if num_established.get() > 1 && list.iter().any(|(_, larger)| !larger) {
+                let extra: Vec<_> = list
+                    .iter()
+                    .filter(|(_, larger)| *larger)
+                    .map(|(c, _)| *c)
+                    .collect();
+                for c in extra {
+                    swarm.close_connection(c);
                 }
             }
         }
         SwarmEvent::ConnectionClosed {
             peer_id,
-            num_established: 0,
+            connection_id,
+            num_established,
             ..
         } => {
-            dialed.remove(&peer_id);
-            peers.rtt_ms.remove(&peer_id);
+            mesh.traffic.connections.fetch_sub(1, Ordering::Relaxed);
+            if let Some(list) = peers.conns.get_mut(&peer_id) {
+                list.retain(|(c, _)| *c != connection_id);
+            }
+            if num_established > 0 {
+                // A second connection to a member closed: what was queued on it is lost,
+                // so send our whole report and introductions again (it still hears us on
+                // the other).
+                full.newcomer = true;
+                peers.introduce = true;
+            } else {
+                peers.conns.remove(&peer_id);
+                peers.dialed.remove(&peer_id);
+                peers.rtt_ms.remove(&peer_id);
+            }
         }
         SwarmEvent::OutgoingConnectionError {
             peer_id: Some(p),
             error,
             ..
         } => {
-            dialed.remove(&p);
+            peers.dialed.remove(&p);
             tracing::debug!("mesh: dialing {p} failed: {error}");
         }
         SwarmEvent::IncomingConnectionError {
@@ -741,5 +853,34 @@ fn handle(
             tracing::debug!("mesh: refused a connection from {send_back_addr}: {error}");
         }
         _ => {}
+    }
+}
+
+/// Takes an introduction: dials the members in it we did not know (the smaller peer id of
+/// each pair at once, the other after [`DIAL_GRACE`] if still unconnected).
+fn introduced(swarm: &mut Swarm<Behaviour>, peers: &mut Peers, from: PeerId, i: Introduce) {
+    let me = *swarm.local_peer_id();
+    if peers.heard.len() > 4 * MAX_PEERS {
+        peers.heard.clear();
+    }
+    for text in i.members {
+        if !peers.heard.insert(text.clone()) {
+            continue;
+        }
+        let Ok(addr) = text.parse::<Multiaddr>() else {
+            tracing::debug!("mesh: ignoring an introduced address {text:?}");
+            continue;
+        };
+        let Some(peer) = peer_of(&addr) else {
+            continue;
+        };
+        // The sender's own address is learnt from its whole report, which tells a member
+        // that has just come in through a join address apart from one introduced.
+        if peer == me || peer == from {
+            continue;
+        }
+        if peers.learn(peer, addr.clone()) && dial_due(&me, &peer, Instant::now()) {
+            dial(swarm, &mut peers.dialed, peer, addr);
+        }
     }
 }

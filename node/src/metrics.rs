@@ -120,6 +120,8 @@ pub struct Gauges {
     /// Mesh bytes sent and received so far (zero without a mesh).
     pub mesh_sent: u64,
     pub mesh_received: u64,
+    /// Mesh connections open now.
+    pub mesh_connections: u64,
 }
 
 impl Metrics {
@@ -211,6 +213,11 @@ impl Metrics {
                 "Deployed functions.",
                 g.functions as u64,
             ),
+            (
+                "fogline_mesh_connections",
+                "Mesh connections open now (one per other member in a settled mesh).",
+                g.mesh_connections,
+            ),
         ];
         for (metric, help, v) in gauges {
             let _ = writeln!(
@@ -268,6 +275,7 @@ mod tests {
             async_queued: 0,
             functions: 1,
             mesh_sent: 0,
+            mesh_connections: 0,
             mesh_received: 0,
         });
         assert!(
