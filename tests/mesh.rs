@@ -160,6 +160,34 @@ fn ten_members_converge_see_a_death_and_a_rejoin() {
     assert!(out.lines().any(|l| l.starts_with("m3*")), "{out}");
 }
 
+/// Each member joins through the one started before it, so all but the first two find the
+/// rest only through introductions made by members that are not their join address.
+#[test]
+fn members_joining_in_a_chain_find_everyone() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let mut nodes = vec![member(dir.path(), &pki, "c0", "127.0.0.1", None)];
+    for i in 1..5 {
+        let join = mesh_address(&nodes[i - 1]);
+        nodes.push(member(
+            dir.path(),
+            &pki,
+            &format!("c{i}"),
+            "127.0.0.1",
+            Some(&join),
+        ));
+    }
+    wait_until(
+        "5 members chained by their join addresses all alive everywhere",
+        20,
+        || {
+            nodes
+                .iter()
+                .all(|n| states(n).iter().filter(|(_, s)| s == "alive").count() == 5)
+        },
+    );
+}
+
 #[test]
 fn a_member_with_the_wrong_cluster_key_is_kept_out() {
     let dir = tempfile::tempdir().unwrap();
