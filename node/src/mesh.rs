@@ -3,7 +3,8 @@
 //!
 //! libp2p underneath: TCP with a private-network key (a node without the cluster's key
 //! cannot complete a connection), Noise (every connection authenticated to a peer id), Yamux;
-//! mDNS on a LAN, ping for round-trip times, and gossipsub to send reports.
+//! mDNS on a LAN, ping for round-trip times, identify (each end's protocol version and
+//! software), and gossipsub to send reports.
 //!
 //! Finding members: a newcomer dials its join addresses (or what mDNS found). A member that
 //! hears a whole report from a member it had never heard of (so it came in through a join
@@ -45,12 +46,14 @@ use libp2p::multiaddr::Protocol;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
+use libp2p::{identify, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
 use serde::Serialize;
 
 use crate::agent::Node;
 
 const TOPIC: &str = "fogline/2";
+/// The mesh protocol's version, as identify tells it.
+const MESH_PROTOCOL: &str = "/fogline/2";
 /// Most members this one dials on its own: a site's mesh is fully connected up to here.
 pub const MAX_PEERS: usize = 256;
 /// A whole report at least this often (in intervals), beats between.
@@ -76,6 +79,7 @@ impl Reporter for Node {
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     gossipsub: gossipsub::Behaviour,
+    identify: identify::Behaviour,
     ping: ping::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
 }
@@ -428,6 +432,14 @@ fn build_swarm(
                 .build()
                 .map_err(|e| e.to_string())?;
             let gossipsub = gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, gcfg)?;
+            // Each end learns the other's mesh protocol version and software, once per
+            // connection (a member of another version is named in the log).
+            let identify = identify::Behaviour::new(
+                identify::Config::new(MESH_PROTOCOL.into(), key.public())
+                    .with_agent_version(format!("fogline/{}", env!("CARGO_PKG_VERSION")))
+                    .with_interval(Duration::from_secs(24 * 3600))
+                    .with_push_listen_addr_updates(false),
+            );
             // Round trips change slowly: every thirty intervals (the first at once).
             let ping = ping::Behaviour::new(ping::Config::new().with_interval(interval * 30));
             let mdns = if use_mdns {
@@ -437,6 +449,7 @@ fn build_swarm(
             };
             Ok(Behaviour {
                 gossipsub,
+                identify,
                 ping,
                 mdns: Toggle::from(mdns),
             })
@@ -532,7 +545,17 @@ async fn drive(
                     seq = introduce(&mut swarm, &topic, &peers, seq);
                 }
             }
-            ev = swarm.select_next_some() => handle(&mut swarm, ev, &mesh, &mut peers, &mut full),
+            ev = swarm.select_next_some() => {
+                handle(&mut swarm, ev, &mesh, &mut peers, &mut full);
+                // A member subscribed and our last whole report is old enough: greet it now
+                // rather than at the next check.
+                if full.newcomer && full.sent_at.elapsed() >= WELCOME_GAP {
+                    seq += 1;
+                    let r = reporter.report(&me, &mesh.listen, &site, seq);
+                    publish(&mut swarm, &topic, &mesh, &r, &mut full);
+                    last_sent = Some(r);
+                }
+            }
         }
     }
 }
@@ -774,6 +797,17 @@ fn handle(
             if let Some(n) = name {
                 v.observe_rtt(&n, ms);
             }
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+            peer_id,
+            info,
+            ..
+        })) if info.protocol_version != MESH_PROTOCOL => {
+            tracing::warn!(
+                "mesh member {peer_id} speaks {} ({}), this one {MESH_PROTOCOL}",
+                info.protocol_version,
+                info.agent_version
+            );
         }
         SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
             let me = *swarm.local_peer_id();
