@@ -535,6 +535,24 @@ async fn bad_input_gets_a_clear_error() {
         .unwrap();
     assert_eq!(r.text().await.unwrap(), "hello, still here");
 
+    // Nothing survives from one call to the next: pool slots are reset between instances
+    // (only the pages a call dirtied, where the kernel reports them).
+    assert_eq!(
+        deploy(&node, "remember", "misbehave/remember.wasm", json!({}))
+            .await
+            .status(),
+        201
+    );
+    for i in 0..20 {
+        let r = c
+            .post(format!("{u}/function/remember"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "fresh\n", "call {i}");
+    }
+
     // Guests spinning on every worker thread do not hold up other calls: each yields at
     // every epoch tick. Four loops of 2 s run on the node's async workers (as many as its
     // cores); a call made meanwhile is answered long before they end.
