@@ -109,20 +109,20 @@ fn ten_members_converge_see_a_death_and_a_rejoin() {
     };
     // Nine joined through m0 and found the rest through its introductions; each pair keeps
     // one connection (the smaller peer id dials; a second one is closed).
-    let mut counts = Vec::new();
-    for _ in 0..100 {
-        counts = nodes
-            .iter()
-            .map(|n| metric(n, "fogline_mesh_connections"))
-            .collect::<Vec<_>>();
-        if counts.iter().all(|c| *c == 9) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(
-        counts.iter().all(|c| *c == 9),
-        "mesh connections per member, m0 to m9: {counts:?} (one per other member expected)"
+    wait_until(
+        "9 mesh connections on every member, one per pair",
+        10,
+        || {
+            let counts: Vec<u64> = nodes
+                .iter()
+                .map(|n| metric(n, "fogline_mesh_connections"))
+                .collect();
+            let settled = counts.iter().all(|c| *c == 9);
+            if !settled {
+                eprintln!("mesh connections per member, m0 to m9: {counts:?}");
+            }
+            settled
+        },
     );
     let before = mesh_bytes(&nodes[2]);
     std::thread::sleep(Duration::from_millis(2500));

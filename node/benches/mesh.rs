@@ -237,27 +237,18 @@ async fn run(n: usize) {
     .expect("member");
     let (mut seen_by_all, mut sees_all) = (None, None);
     while seen_by_all.is_none() || sees_all.is_none() {
-        if seen_by_all.is_none()
-            && members
-                .iter()
-                .all(|m| m.with_view(|v| v.get(&rep.name).is_some_and(|x| x.state == State::Alive)))
-        {
+        let seen = members
+            .iter()
+            .filter(|m| m.with_view(|v| v.get(&rep.name).is_some_and(|x| x.state == State::Alive)))
+            .count();
+        let sees = joiner.with_view(|v| v.members().filter(|x| x.state == State::Alive).count());
+        if seen_by_all.is_none() && seen == members.len() {
             seen_by_all = Some(t.elapsed());
         }
-        if sees_all.is_none()
-            && joiner.with_view(|v| v.members().filter(|x| x.state == State::Alive).count() == n)
-        {
+        if sees_all.is_none() && sees == n {
             sees_all = Some(t.elapsed());
         }
         if t.elapsed() > Duration::from_secs(30) {
-            let seen = members
-                .iter()
-                .filter(|m| {
-                    m.with_view(|v| v.get(&rep.name).is_some_and(|x| x.state == State::Alive))
-                })
-                .count();
-            let sees =
-                joiner.with_view(|v| v.members().filter(|x| x.state == State::Alive).count());
             panic!(
                 "{} did not join in 30 s: alive in {seen} of {} views, sees {sees} alive",
                 rep.name,

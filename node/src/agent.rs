@@ -729,6 +729,12 @@ impl Node {
     }
 
     pub fn gauges(&self) -> Gauges {
+        // Zero without a mesh.
+        let mesh = |f: fn(&crate::mesh::Traffic) -> &std::sync::atomic::AtomicU64| {
+            self.mesh
+                .get()
+                .map_or(0, |m| f(m.traffic()).load(Ordering::Relaxed))
+        };
         Gauges {
             instances_in_use: self.wasm.in_use()
                 + self.containers.as_ref().map_or(0, |c| c.in_use()),
@@ -739,18 +745,9 @@ impl Node {
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .len(),
-            mesh_sent: self
-                .mesh
-                .get()
-                .map_or(0, |m| m.traffic().sent.load(Ordering::Relaxed)),
-            mesh_received: self
-                .mesh
-                .get()
-                .map_or(0, |m| m.traffic().received.load(Ordering::Relaxed)),
-            mesh_connections: self
-                .mesh
-                .get()
-                .map_or(0, |m| m.traffic().connections.load(Ordering::Relaxed)),
+            mesh_sent: mesh(|t| &t.sent),
+            mesh_received: mesh(|t| &t.received),
+            mesh_connections: mesh(|t| &t.connections),
         }
     }
 

@@ -478,7 +478,7 @@ struct Peers {
     conns: HashMap<PeerId, Vec<(libp2p::swarm::ConnectionId, bool)>>,
     /// Latest ping round trip per connected peer (ms): the first ping goes out as a
     /// connection opens, before the peer's whole report names it, so it waits here.
-    rtt_ms: std::collections::HashMap<PeerId, f64>,
+    rtt_ms: HashMap<PeerId, f64>,
 }
 
 /// When the next whole report is due.
@@ -490,6 +490,13 @@ struct FullDue {
     /// A member subscribed since: send one soon.
     newcomer: bool,
     sent_at: Instant,
+}
+
+impl FullDue {
+    /// A member subscribed and our last whole report is old enough to send another.
+    fn welcome_due(&self) -> bool {
+        self.newcomer && self.sent_at.elapsed() >= WELCOME_GAP
+    }
 }
 
 /// Least time between whole reports sent for newcomers: when many join at once, one report
@@ -534,8 +541,7 @@ async fn drive(
                 // Send at once when load moved a lot since the last report, or a member
                 // joined that has not had our whole report (several joins, one report).
                 let r = reporter.report(&me, &mesh.listen, &site, seq + 1);
-                let welcome = full.newcomer && full.sent_at.elapsed() >= WELCOME_GAP;
-                if welcome || last_sent.as_ref().is_some_and(|l| l.changed_a_lot(&r)) {
+                if full.welcome_due() || last_sent.as_ref().is_some_and(|l| l.changed_a_lot(&r)) {
                     seq += 1;
                     publish(&mut swarm, &topic, &mesh, &r, &mut full);
                     last_sent = Some(r);
@@ -547,9 +553,8 @@ async fn drive(
             }
             ev = swarm.select_next_some() => {
                 handle(&mut swarm, ev, &mesh, &mut peers, &mut full);
-                // A member subscribed and our last whole report is old enough: greet it now
-                // rather than at the next check.
-                if full.newcomer && full.sent_at.elapsed() >= WELCOME_GAP {
+                // Greet a member that just subscribed now rather than at the next check.
+                if full.welcome_due() {
                     seq += 1;
                     let r = reporter.report(&me, &mesh.listen, &site, seq);
                     publish(&mut swarm, &topic, &mesh, &r, &mut full);
@@ -592,8 +597,16 @@ impl Peers {
     }
 }
 
-fn dial(swarm: &mut Swarm<Behaviour>, dialed: &mut HashSet<PeerId>, peer: PeerId, addr: Multiaddr) {
+/// Options to dial `peer` at `addr`, unless it is connected or being dialled already.
+fn to_peer(peer: PeerId, addr: Multiaddr) -> libp2p::swarm::dial_opts::DialOpts {
     use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+    DialOpts::peer_id(peer)
+        .condition(PeerCondition::DisconnectedAndNotDialing)
+        .addresses(vec![addr])
+        .build()
+}
+
+fn dial(swarm: &mut Swarm<Behaviour>, dialed: &mut HashSet<PeerId>, peer: PeerId, addr: Multiaddr) {
     if peer == *swarm.local_peer_id() || swarm.is_connected(&peer) {
         return;
     }
@@ -601,23 +614,17 @@ fn dial(swarm: &mut Swarm<Behaviour>, dialed: &mut HashSet<PeerId>, peer: PeerId
         return;
     }
     dialed.insert(peer);
-    let opts = DialOpts::peer_id(peer)
-        .condition(PeerCondition::DisconnectedAndNotDialing)
-        .addresses(vec![addr])
-        .build();
-    let _ = swarm.dial(opts);
+    let _ = swarm.dial(to_peer(peer, addr));
 }
 
 /// How to dial a join address: to the peer it names (as any other dial, so a member never
 /// dials one peer twice at once), or to whoever answers if it names none.
 fn join_opts(a: &Multiaddr) -> libp2p::swarm::dial_opts::DialOpts {
-    use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
     match peer_of(a) {
-        Some(p) => DialOpts::peer_id(p)
-            .condition(PeerCondition::DisconnectedAndNotDialing)
-            .addresses(vec![a.clone()])
+        Some(p) => to_peer(p, a.clone()),
+        None => libp2p::swarm::dial_opts::DialOpts::unknown_peer_id()
+            .address(a.clone())
             .build(),
-        None => DialOpts::unknown_peer_id().address(a.clone()).build(),
     }
 }
 
