@@ -3,10 +3,12 @@
 //! `cargo bench -p fogline-node --bench quic` (release). Prints:
 //! - limit: a raw quinn echo round trip (open a stream, send 1 KiB, read 1 KiB back) on a
 //!   connection with the same TLS and transport settings;
-//! - one invocation of the `hello` example with a 1 KiB body, one stream at a time;
+//! - one invocation of the `hello` example with a 1 KiB body, one stream at a time, beside
+//!   the same call in-process and a Status exchange (the protocol without a call);
 //! - throughput with 64 concurrent streams;
-//! - a full mTLS handshake, and a resumed connection's first invocation (0-RTT, idempotent);
-//! - a 16 MiB request body streamed to a function.
+//! - a full mTLS handshake, and a resumed connection's first invocation (0-RTT, idempotent),
+//!   each beside the same against the raw echo server;
+//! - a 16 MiB request body streamed to a function, and echoed, beside a raw 16 MiB echo.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +23,7 @@ use bytes::Bytes;
 use fogline_core::config::NodeConfig;
 use fogline_core::{Digest, FunctionManifest};
 use fogline_node::executor::ModuleSource;
-use fogline_node::quic::{Client, Request};
+use fogline_node::quic::{Client, QuicLimits, Request};
 use fogline_node::tls::{self, Role, TlsDir, Validity};
 
 struct NoModules;
@@ -70,6 +72,13 @@ async fn run() {
     cfg.quic.max_streams = 1024;
     cfg.http.max_body = fogline_core::units::ByteSize::mib(32);
     cfg.wasm.max_output = fogline_core::units::ByteSize::mib(32);
+    let limits = QuicLimits {
+        max_streams: cfg.quic.max_streams,
+        stream_timeout: cfg.quic.stream_timeout,
+        max_body: cfg.http.max_body.bytes(),
+        max_module: cfg.http.max_module.bytes(),
+        idle_timeout: cfg.quic.idle_timeout,
+    };
     let running = fogline_node::bind(cfg).await.expect("node");
     let node = running.node.clone();
     let addr = running.quic_addr.expect("quic addr");
@@ -89,7 +98,7 @@ async fn run() {
     }
 
     let dev = TlsDir::load(&pki.join("dev")).expect("client tls");
-    let raw_addr = raw_echo_server(&TlsDir::load(&pki.join("node")).expect("tls")).await;
+    let raw_addr = raw_echo_server(&TlsDir::load(&pki.join("node")).expect("tls"), &limits).await;
     let client = Arc::new(Client::new(&dev).expect("client"));
     let body = Bytes::from(vec![b'x'; 1024]);
 
@@ -101,13 +110,7 @@ async fn run() {
     let raw = measure(5000, || {
         let conn = conn.clone();
         let body = body.clone();
-        async move {
-            let (mut s, mut r) = conn.open_bi().await.expect("open");
-            s.write_all(&body).await.expect("write");
-            s.finish().expect("finish");
-            let back = r.read_to_end(1 << 20).await.expect("read");
-            assert_eq!(back.len(), body.len());
-        }
+        async move { raw_echo(&conn, &body).await }
     })
     .await;
 
@@ -135,6 +138,15 @@ async fn run() {
     })
     .await;
 
+    // The protocol alone: a Status exchange (a frame each way, no body, no call).
+    let status = measure(5000, || {
+        let client = client.clone();
+        async move {
+            client.status(addr).await.expect("status");
+        }
+    })
+    .await;
+
     // 64 concurrent streams on one connection, for 5 s.
     let done = Arc::new(AtomicU64::new(0));
     let stop = Instant::now() + Duration::from_secs(5);
@@ -154,13 +166,18 @@ async fn run() {
     }
     let rate = done.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64();
 
-    // Full handshakes: a fresh client (no session to resume) each time.
+    // Full handshakes: a fresh client (no session to resume) each time; the same to the
+    // raw server as the limit.
     let mut hs = Vec::new();
+    let mut raw_hs = Vec::new();
     for _ in 0..200 {
         let c = Client::new(&dev).expect("client");
         hs.push(c.handshake_time(addr).await.expect("handshake"));
+        let c = Client::new(&dev).expect("client");
+        raw_hs.push(c.handshake_time(raw_addr).await.expect("raw handshake"));
     }
     hs.sort();
+    raw_hs.sort();
 
     // Resumed connection: same client, connection dropped, reconnect + first invocation.
     let resumer = Client::new(&dev).expect("client");
@@ -181,9 +198,7 @@ async fn run() {
         .expect("prime the session");
     let mut resumed = Vec::new();
     for _ in 0..200 {
-        let c = resumer.connection(addr, false).await.expect("conn");
-        c.close(0u32.into(), b"");
-        resumer.forget(addr).await;
+        resumer.forget(addr).await; // closes the connection; the session stays cached
         let t = Instant::now();
         resumer
             .invoke(addr, &idem, &NoModules)
@@ -192,6 +207,23 @@ async fn run() {
         resumed.push(t.elapsed());
     }
     resumed.sort();
+
+    // Limit: a resumed connection's first raw echo of 1 KiB, sent as 0-RTT data too.
+    let raw_resumer = Client::new(&dev).expect("client");
+    raw_echo(
+        &raw_resumer.connection(raw_addr, true).await.expect("conn"),
+        &body,
+    )
+    .await;
+    let mut raw_resumed = Vec::new();
+    for _ in 0..200 {
+        raw_resumer.forget(raw_addr).await; // closes the connection; the session stays cached
+        let t = Instant::now();
+        let c = raw_resumer.connection(raw_addr, true).await.expect("conn");
+        raw_echo(&c, &body).await;
+        raw_resumed.push(t.elapsed());
+    }
+    raw_resumed.sort();
 
     // 16 MiB request body to a function that reads only the start of it (primes), and the
     // same body echoed back by hello.
@@ -208,7 +240,11 @@ async fn run() {
     };
     let mut up_t = Vec::new();
     let mut echo_t = Vec::new();
+    let mut raw_big = Vec::new();
     for _ in 0..10 {
+        let t = Instant::now();
+        raw_echo(&conn, &big).await;
+        raw_big.push(t.elapsed());
         let t = Instant::now();
         let _ = client.invoke(addr, &up, &NoModules).await;
         up_t.push(t.elapsed());
@@ -219,6 +255,7 @@ async fn run() {
     }
     up_t.sort();
     echo_t.sort();
+    raw_big.sort();
     let mb = big.len() as f64 / 1e6;
 
     println!(
@@ -230,13 +267,21 @@ async fn run() {
     row("limit: raw quinn echo round trip, 1 KiB", &raw);
     row("fogline invoke hello, 1 KiB, 1 stream", &one);
     row("the same call in-process, no transport", &local);
+    row("Status exchange: framing, no body, no call", &status);
     println!(
         "ratio p50: {:.2}x the raw round trip",
         p(&one, 0.5).as_secs_f64() / p(&raw, 0.5).as_secs_f64()
     );
     println!("fogline invoke hello, 64 concurrent streams: {rate:.0} invocations/s");
+    row("limit: raw quinn full handshake", &raw_hs);
     row("full mTLS handshake", &hs);
+    row("limit: raw quinn resumed, first echo", &raw_resumed);
     row("resumed connection, first invocation", &resumed);
+    println!(
+        "limit: raw quinn echo of 16 MiB: p50 {:.1} ms = {:.0} MB/s each way",
+        p(&raw_big, 0.5).as_secs_f64() * 1e3,
+        mb / p(&raw_big, 0.5).as_secs_f64()
+    );
     println!(
         "16 MiB body streamed (upload to primes): p50 {:.1} ms = {:.0} MB/s",
         p(&up_t, 0.5).as_secs_f64() * 1e3,
@@ -267,14 +312,20 @@ where
     v
 }
 
-/// A bare quinn server that echoes each stream, with the node's TLS and ALPN.
-async fn raw_echo_server(tls: &TlsDir) -> SocketAddr {
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(
-        tls.server_config(fogline_core::wire::ALPN).expect("tls"),
-    )
-    .expect("quic tls");
-    let cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    let ep = quinn::Endpoint::server(cfg, "127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+/// One raw echo: open a stream, send `body`, read it all back.
+async fn raw_echo(conn: &quinn::Connection, body: &Bytes) {
+    let (mut s, mut r) = conn.open_bi().await.expect("open");
+    s.write_all(body).await.expect("write");
+    s.finish().expect("finish");
+    let back = r.read_to_end(64 << 20).await.expect("read");
+    assert_eq!(back.len(), body.len());
+}
+
+/// A bare quinn server that echoes each stream, on an endpoint with the node's TLS, ALPN
+/// and transport settings.
+async fn raw_echo_server(tls: &TlsDir, limits: &QuicLimits) -> SocketAddr {
+    let ep = fogline_node::quic::bind_server("127.0.0.1:0".parse().expect("addr"), tls, limits)
+        .expect("endpoint");
     let addr = ep.local_addr().expect("addr");
     tokio::spawn(async move {
         while let Some(inc) = ep.accept().await {
@@ -282,7 +333,7 @@ async fn raw_echo_server(tls: &TlsDir) -> SocketAddr {
                 let Ok(conn) = inc.await else { return };
                 while let Ok((mut s, mut r)) = conn.accept_bi().await {
                     tokio::spawn(async move {
-                        if let Ok(data) = r.read_to_end(1 << 20).await {
+                        if let Ok(data) = r.read_to_end(64 << 20).await {
                             let _ = s.write_all(&data).await;
                             let _ = s.finish();
                         }
