@@ -72,13 +72,7 @@ async fn run() {
     cfg.quic.max_streams = 1024;
     cfg.http.max_body = fogline_core::units::ByteSize::mib(32);
     cfg.wasm.max_output = fogline_core::units::ByteSize::mib(32);
-    let limits = QuicLimits {
-        max_streams: cfg.quic.max_streams,
-        stream_timeout: cfg.quic.stream_timeout,
-        max_body: cfg.http.max_body.bytes(),
-        max_module: cfg.http.max_module.bytes(),
-        idle_timeout: cfg.quic.idle_timeout,
-    };
+    let limits = QuicLimits::from_config(&cfg);
     let running = fogline_node::bind(cfg).await.expect("node");
     let node = running.node.clone();
     let addr = running.quic_addr.expect("quic addr");

@@ -76,7 +76,11 @@ pub async fn bind_with(config: NodeConfig, join: &[String]) -> anyhow::Result<Ru
                     dir.display()
                 ),
             }
-            Some(quic::bind_server(listen, &tls, &quic_limits(&node.config))?)
+            Some(quic::bind_server(
+                listen,
+                &tls,
+                &quic::QuicLimits::from_config(&node.config),
+            )?)
         }
         _ => None,
     };
@@ -97,16 +101,6 @@ pub async fn bind_with(config: NodeConfig, join: &[String]) -> anyhow::Result<Ru
     })
 }
 
-fn quic_limits(c: &NodeConfig) -> quic::QuicLimits {
-    quic::QuicLimits {
-        max_streams: c.quic.max_streams,
-        stream_timeout: c.quic.stream_timeout,
-        max_body: c.http.max_body.bytes(),
-        max_module: c.http.max_module.bytes(),
-        idle_timeout: c.quic.idle_timeout,
-    }
-}
-
 impl Running {
     /// Serves until `shutdown` resolves, then finishes in-flight requests and flushes.
     pub async fn serve(
@@ -121,7 +115,7 @@ impl Running {
                 endpoint,
                 self.node.clone(),
                 dir,
-                quic_limits(c),
+                quic::QuicLimits::from_config(c),
                 c.quic.reload_every,
             ))
         });

@@ -45,6 +45,19 @@ pub struct QuicLimits {
     pub idle_timeout: Duration,
 }
 
+impl QuicLimits {
+    /// The limits a node's configuration sets.
+    pub fn from_config(c: &fogline_core::config::NodeConfig) -> Self {
+        QuicLimits {
+            max_streams: c.quic.max_streams,
+            stream_timeout: c.quic.stream_timeout,
+            max_body: c.http.max_body.bytes(),
+            max_module: c.http.max_module.bytes(),
+            idle_timeout: c.quic.idle_timeout,
+        }
+    }
+}
+
 /// Why a QUIC exchange failed.
 #[derive(Debug, thiserror::Error)]
 pub enum QuicError {
