@@ -336,8 +336,12 @@ pub async fn start_member(
             tracing::warn!("cannot dial {a}: {e}");
         }
     }
-    // Wait for the listener so the printed address is the real one (port 0 resolved).
+    // Wait for the listener so the printed address is the real one (port 0 resolved). What
+    // else happens meanwhile (the join connection may open first) is kept for the driver:
+    // dropped, that connection was missing from the count in /metrics and from the pairing
+    // of duplicate connections in `handle`.
     let peer_id = *swarm.local_peer_id();
+    let mut early = Vec::new();
     let listen_at = loop {
         match swarm.select_next_some().await {
             SwarmEvent::NewListenAddr { address, .. } => break address.to_string(),
@@ -347,7 +351,7 @@ pub async fn start_member(
                     problem: error.to_string(),
                 })
             }
-            _ => {}
+            ev => early.push(ev),
         }
     };
     let mesh = Arc::new(Mesh {
@@ -365,10 +369,10 @@ pub async fn start_member(
         swarm,
         reporter,
         mesh.clone(),
-        topic,
         cfg.site.clone(),
         cfg.interval,
         join,
+        early,
     ));
     let _ = mesh.task.set(task.abort_handle());
     Ok(mesh)
@@ -507,12 +511,13 @@ async fn drive(
     mut swarm: Swarm<Behaviour>,
     reporter: Arc<dyn Reporter>,
     mesh: Arc<Mesh>,
-    topic: IdentTopic,
     site: String,
     interval: Duration,
     join: Vec<Multiaddr>,
+    early: Vec<SwarmEvent<BehaviourEvent>>,
 ) {
     let me = swarm.local_peer_id().to_string();
+    let topic = IdentTopic::new(TOPIC);
     let mut seq = start_seq();
     let mut every = tokio::time::interval(interval);
     let mut check = tokio::time::interval(Duration::from_millis(100));
@@ -527,6 +532,9 @@ async fn drive(
             .unwrap_or_else(Instant::now),
     };
     let mut peers = Peers::default();
+    for ev in early {
+        handle(&mut swarm, ev, &mesh, &mut peers, &mut full);
+    }
     loop {
         tokio::select! {
             _ = every.tick() => {
