@@ -70,7 +70,8 @@ pub enum ReportError {
 impl LoadReport {
     /// Load per core: running plus queued work over cores.
     pub fn load_per_core(&self) -> f64 {
-        f64::from(self.in_flight + self.queued) / f64::from(self.cores.max(1))
+        // Both come from the wire: added as floats, so no sum of two u32s overflows.
+        (f64::from(self.in_flight) + f64::from(self.queued)) / f64::from(self.cores.max(1))
     }
 
     /// Whether `next` differs enough from `self` to be sent before the next interval.
@@ -199,6 +200,14 @@ impl Gossip {
         }
     }
 
+    fn service_times(&self) -> &[(String, f32)] {
+        match self {
+            Gossip::Full(r) => &r.service_ms,
+            Gossip::Beat(b) => &b.service_ms,
+            Gossip::Introduce(_) => &[],
+        }
+    }
+
     fn lists_mut(&mut self) -> Option<FunctionLists<'_>> {
         match self {
             Gossip::Full(r) => Some((&mut r.service_ms, &mut r.warm)),
@@ -212,6 +221,8 @@ impl Gossip {
     pub fn encode(&self) -> Vec<u8> {
         let mut g = self.clone();
         if let Some((s, w)) = g.lists_mut() {
+            // A time no member could have measured is not sent (decode refuses it).
+            s.retain(|(_, ms)| usable_ms(*ms));
             s.truncate(MAX_LISTED);
             w.truncate(MAX_LISTED);
         }
@@ -233,8 +244,64 @@ impl Gossip {
         if bytes.len() > MAX_REPORT {
             return Err(ReportError::TooLarge(bytes.len()));
         }
-        postcard::from_bytes(bytes).map_err(|e| ReportError::Malformed(e.to_string()))
+        let g: Gossip =
+            postcard::from_bytes(bytes).map_err(|e| ReportError::Malformed(e.to_string()))?;
+        // Service times go straight into placement: a NaN, infinite or negative one would
+        // make a member look fastest (or never chosen) whatever it does.
+        if let Some((f, ms)) = g.service_times().iter().find(|(_, ms)| !usable_ms(*ms)) {
+            return Err(ReportError::Malformed(format!(
+                "service time of {f:?} is {ms} ms (must be finite and not negative)"
+            )));
+        }
+        Ok(g)
     }
+}
+
+/// A service time a member could have measured: finite and not negative.
+fn usable_ms(ms: f32) -> bool {
+    ms.is_finite() && ms >= 0.0
+}
+
+/// The gossip decoder's and the view's contract on arbitrary input, checked by the fuzz
+/// target `gossip_view` and by the corpus replay test: `data` is cut into messages (a
+/// length byte, then that many bytes), each heard a moment after the last; nothing panics,
+/// what decodes encodes back to a message that decodes to the same member, the view only
+/// ever lists members with a usable load, and merging a view into itself changes nothing.
+#[doc(hidden)]
+pub fn check_gossip(data: &[u8]) {
+    let mut view = ClusterView::new();
+    let mut rest = data;
+    let mut now = 0u64;
+    while let Some((&n, tail)) = rest.split_first() {
+        let (msg, tail) = tail.split_at(usize::from(n).min(tail.len()));
+        rest = tail;
+        now += 100;
+        let Ok(g) = Gossip::decode(msg) else {
+            continue;
+        };
+        let again = Gossip::decode(&g.encode()).expect("an encoded message decodes");
+        assert_eq!(again.node(), g.node());
+        if let Gossip::Full(r) = &g {
+            view.observe_rtt(&r.node, f64::from(n));
+        }
+        view.apply_gossip(g, now);
+        view.tick(now, &Timing::for_interval(500));
+    }
+    for m in view.members() {
+        let load = m.report.load_per_core();
+        assert!(load.is_finite() && load >= 0.0, "load {load}");
+        for (_, ms) in &m.report.service_ms {
+            assert!(usable_ms(*ms), "service time {ms} in the view");
+        }
+    }
+    for rt in [Runtime::Wasm, Runtime::Container] {
+        for m in view.candidates("f", rt) {
+            assert_eq!(m.state, State::Alive);
+        }
+    }
+    let before = view.clone();
+    view.merge(&before);
+    assert_eq!(view, before, "merging a view into itself changed it");
 }
 
 /// Whether something numbered `new_seq` replaces what is numbered `cur_seq`: a higher
@@ -599,6 +666,36 @@ mod tests {
             mesh: Some("/ip4/127.0.0.1/tcp/7001".into()),
             seq,
         }
+    }
+
+    #[test]
+    fn unusable_service_times_are_refused_by_name_and_never_sent() {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -1.0] {
+            let mut r = report("a", 1, 0);
+            r.service_ms = vec![("hello".into(), 0.5), ("resize".into(), bad)];
+            // Encoded as a careless member would, without encode's filter.
+            let raw = postcard::to_allocvec(&Gossip::Full(r.clone())).unwrap();
+            let err = Gossip::decode(&raw).unwrap_err().to_string();
+            assert!(
+                err.contains("\"resize\"") && err.contains("finite"),
+                "{err}"
+            );
+            let beat = postcard::to_allocvec(&Gossip::Beat(r.beat())).unwrap();
+            assert!(Gossip::decode(&beat).is_err(), "a beat with {bad}");
+            // Ours leaves the bad time out and keeps the rest.
+            match Gossip::decode(&Gossip::Full(r).encode()).unwrap() {
+                Gossip::Full(back) => assert_eq!(back.service_ms, vec![("hello".into(), 0.5)]),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_largest_load_a_member_can_report_does_not_overflow() {
+        let mut r = report("a", 1, u32::MAX);
+        r.queued = u32::MAX;
+        r.cores = 0;
+        assert_eq!(r.load_per_core(), 2.0 * f64::from(u32::MAX));
     }
 
     #[test]

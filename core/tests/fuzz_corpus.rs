@@ -1,14 +1,25 @@
-//! Replays the committed fuzz corpus (fuzz/corpus/frame_decode) through the frame decoder
-//! with the fuzz target's checks, on stable Rust.
+//! Replays the committed fuzz corpora (fuzz/corpus/*) through the fuzz targets' checks, on
+//! stable Rust, so every input that ever found a new path keeps being checked.
 
-#[test]
-fn fuzz_corpus_replays_cleanly() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/frame_decode");
+fn replay(target: &str, check: fn(&[u8])) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target);
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).expect("fuzz corpus folder") {
         let data = std::fs::read(entry.expect("entry").path()).expect("corpus file");
-        fogline_core::wire::check_decoder(&data);
+        check(&data);
         n += 1;
     }
-    assert!(n >= 10, "the corpus has only {n} inputs");
+    assert!(n >= 5, "the {target} corpus has only {n} inputs");
+}
+
+#[test]
+fn frame_decode_corpus_replays_cleanly() {
+    replay("frame_decode", fogline_core::wire::check_decoder);
+}
+
+#[test]
+fn gossip_view_corpus_replays_cleanly() {
+    replay("gossip_view", fogline_core::mesh::check_gossip);
 }

@@ -163,7 +163,7 @@ impl Router {
                         continue;
                     };
                     let cores = f64::from(r.cores.max(1));
-                    let reported = f64::from(r.in_flight + r.queued);
+                    let reported = f64::from(r.in_flight) + f64::from(r.queued);
                     out.push(Place {
                         id: r.node.clone(),
                         tier: r.tier,
