@@ -102,7 +102,9 @@ async fn shutdown_signal() {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FOGLINE_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,sled=warn,cranelift=warn,wasmtime=warn")
+        tracing_subscriber::EnvFilter::new(
+            "info,sled=warn,cranelift=warn,wasmtime=warn,libp2p_swarm=warn",
+        )
     });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
