@@ -159,6 +159,16 @@ pub enum Gossip {
     /// Other members' addresses, so whoever hears it can dial those it has no connection
     /// to: how a newcomer that joined through one member finds the rest, and they find it.
     Introduce(Introduce),
+    /// The member is stopping: place nothing more on it. Its last message; a later whole
+    /// report (a restart numbers from the wall clock) brings it back.
+    Leave(Leave),
+}
+
+/// A member's goodbye, numbered after everything it sent before.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leave {
+    pub node: String,
+    pub seq: u64,
 }
 
 /// Mesh addresses of members (`/ip4/…/tcp/…/p2p/<peer id>`), numbered so that the same
@@ -196,6 +206,7 @@ impl Gossip {
         match self {
             Gossip::Full(r) => Some(&r.node),
             Gossip::Beat(b) => Some(&b.node),
+            Gossip::Leave(l) => Some(&l.node),
             Gossip::Introduce(_) => None,
         }
     }
@@ -204,7 +215,7 @@ impl Gossip {
         match self {
             Gossip::Full(r) => &r.service_ms,
             Gossip::Beat(b) => &b.service_ms,
-            Gossip::Introduce(_) => &[],
+            Gossip::Introduce(_) | Gossip::Leave(_) => &[],
         }
     }
 
@@ -212,7 +223,7 @@ impl Gossip {
         match self {
             Gossip::Full(r) => Some((&mut r.service_ms, &mut r.warm)),
             Gossip::Beat(b) => Some((&mut b.service_ms, &mut b.warm)),
-            Gossip::Introduce(_) => None,
+            Gossip::Introduce(_) | Gossip::Leave(_) => None,
         }
     }
 
@@ -348,6 +359,9 @@ impl Member {
     /// Takes a beat heard at `heard_ms` (kept while its whole report was awaited) if newer.
     fn absorb(&mut self, b: &Beat, heard_ms: u64) {
         if newer_load(&self.report, b) {
+            if b.seq > self.report.seq {
+                self.left = false;
+            }
             self.report.take_beat(b);
         }
         self.heard_ms = self.heard_ms.max(heard_ms);
@@ -377,6 +391,10 @@ pub struct Member {
     /// Round trip measured to it, if any.
     pub rtt_ms: Option<f64>,
     pub state: State,
+    /// It said it was stopping (`Gossip::Leave`, numbered `report.seq`): dead until a
+    /// newer report.
+    #[serde(default)]
+    pub left: bool,
 }
 
 /// How the view ages members: unheard for this long (ms), a member is suspect, dead,
@@ -424,6 +442,9 @@ impl ClusterView {
     pub fn apply(&mut self, report: LoadReport, now_ms: u64) -> bool {
         match self.members.get_mut(&report.node) {
             Some(m) => {
+                // Only something numbered after a goodbye brings a member back; on a tie
+                // the goodbye stands (as it does when views merge).
+                let after = report.seq > m.report.seq;
                 let profile = m.newer_profile(report.seq, &report);
                 let load = replaces(
                     m.report.seq,
@@ -444,7 +465,12 @@ impl ClusterView {
                     (false, true) => m.report.take_beat(&report.beat()),
                 }
                 m.heard_ms = m.heard_ms.max(now_ms);
-                m.state = State::Alive;
+                if after {
+                    m.left = false;
+                }
+                if !m.left {
+                    m.state = State::Alive;
+                }
                 true
             }
             None => {
@@ -454,6 +480,7 @@ impl ClusterView {
                     heard_ms: now_ms,
                     rtt_ms: None,
                     state: State::Alive,
+                    left: false,
                 };
                 if let Some((b, heard)) = self.pending.remove(&m.report.node) {
                     m.absorb(&b, heard);
@@ -472,9 +499,14 @@ impl ClusterView {
                 if !newer_load(&m.report, &beat) {
                     return false;
                 }
+                if beat.seq > m.report.seq {
+                    m.left = false;
+                }
                 m.report.take_beat(&beat);
                 m.heard_ms = m.heard_ms.max(now_ms);
-                m.state = State::Alive;
+                if !m.left {
+                    m.state = State::Alive;
+                }
                 true
             }
             None => {
@@ -499,8 +531,25 @@ impl ClusterView {
         match g {
             Gossip::Full(r) => self.apply(r, now_ms),
             Gossip::Beat(b) => self.apply_beat(b, now_ms),
+            Gossip::Leave(l) => self.apply_leave(&l, now_ms),
             Gossip::Introduce(_) => false,
         }
+    }
+
+    /// Takes a member's goodbye heard at `now_ms`: dead at once, unless something newer
+    /// from it was heard already. Returns whether it changed anything.
+    pub fn apply_leave(&mut self, l: &Leave, now_ms: u64) -> bool {
+        let Some(m) = self.members.get_mut(&l.node) else {
+            return false;
+        };
+        if l.seq <= m.report.seq {
+            return false;
+        }
+        m.report.seq = l.seq;
+        m.left = true;
+        m.state = State::Dead;
+        m.heard_ms = m.heard_ms.max(now_ms);
+        true
     }
 
     /// Members heard from only through beats so far (their whole report is awaited).
@@ -523,7 +572,7 @@ impl ClusterView {
     pub fn tick(&mut self, now_ms: u64, t: &Timing) {
         self.members.retain(|_, m| {
             let quiet = now_ms.saturating_sub(m.heard_ms);
-            m.state = if quiet >= t.dead_ms {
+            m.state = if m.left || quiet >= t.dead_ms {
                 State::Dead
             } else if quiet >= t.suspect_ms {
                 State::Suspect
@@ -560,12 +609,24 @@ impl ClusterView {
                         ours.report.take_profile(&theirs.report);
                         ours.full_seq = theirs.full_seq;
                     }
+                    // A goodbye goes with the number it was given: the newer side's stands,
+                    // and on a tie either side's.
+                    let ours_seq = ours.report.seq;
                     ours.absorb(&theirs.report.beat(), theirs.heard_ms);
+                    ours.left = match theirs.report.seq.cmp(&ours_seq) {
+                        std::cmp::Ordering::Greater => theirs.left,
+                        std::cmp::Ordering::Equal => ours.left || theirs.left,
+                        std::cmp::Ordering::Less => ours.left,
+                    };
                     ours.rtt_ms = match (ours.rtt_ms, theirs.rtt_ms) {
                         (Some(a), Some(b)) => Some(a.min(b)),
                         (a, b) => a.or(b),
                     };
-                    ours.state = worse_or_better(ours.state, theirs.state);
+                    ours.state = if ours.left {
+                        State::Dead
+                    } else {
+                        worse_or_better(ours.state, theirs.state)
+                    };
                 }
             }
         }
@@ -696,6 +757,60 @@ mod tests {
         r.queued = u32::MAX;
         r.cores = 0;
         assert_eq!(r.load_per_core(), 2.0 * f64::from(u32::MAX));
+    }
+
+    #[test]
+    fn a_member_that_leaves_is_dead_at_once_until_it_restarts() {
+        let t = Timing::default();
+        let mut v = ClusterView::new();
+        v.apply(report("a", 10, 0), 0);
+        v.apply(report("b", 10, 0), 0);
+        // A goodbye numbered before what we have is stale; a stranger's changes nothing.
+        assert!(!v.apply_leave(
+            &Leave {
+                node: "a".into(),
+                seq: 9
+            },
+            5
+        ));
+        assert!(!v.apply_leave(
+            &Leave {
+                node: "zz".into(),
+                seq: 99
+            },
+            5
+        ));
+        assert!(v.apply_gossip(
+            Gossip::Leave(Leave {
+                node: "a".into(),
+                seq: 11
+            }),
+            10
+        ));
+        assert_eq!(v.get("a").unwrap().state, State::Dead);
+        v.tick(20, &t);
+        assert_eq!(
+            v.get("a").unwrap().state,
+            State::Dead,
+            "not revived by aging"
+        );
+        assert_eq!(v.candidates("hello", Runtime::Wasm).len(), 1);
+        // What it sent before the goodbye and arrives after it changes nothing.
+        v.apply(report("a", 11, 3), 30);
+        v.apply_beat(report("a", 10, 3).beat(), 30);
+        v.tick(40, &t);
+        assert_eq!(v.get("a").unwrap().state, State::Dead);
+        // Restarted (numbered from the wall clock): alive again.
+        assert!(v.apply(report("a", 5000, 0), 50));
+        v.tick(60, &t);
+        assert_eq!(v.get("a").unwrap().state, State::Alive);
+        assert!(!v.get("a").unwrap().left);
+        // The goodbye round-trips like any other message.
+        let g = Gossip::Leave(Leave {
+            node: "b".into(),
+            seq: 12,
+        });
+        assert_eq!(Gossip::decode(&g.encode()).unwrap(), g);
     }
 
     #[test]
@@ -877,6 +992,14 @@ mod tests {
                 r.site = format!("s{}", seq % 3);
                 if load % 3 == 0 {
                     v.apply_beat(r.beat(), at);
+                } else if load == 7 {
+                    v.apply_leave(
+                        &Leave {
+                            node: name.clone(),
+                            seq,
+                        },
+                        at,
+                    );
                 } else {
                     v.apply(r, at);
                 }
@@ -896,7 +1019,7 @@ mod tests {
     }
 
     type Seen = (
-        BTreeMap<String, (LoadReport, u64, u64)>,
+        BTreeMap<String, (LoadReport, u64, u64, bool)>,
         BTreeMap<String, (Beat, u64)>,
     );
 
@@ -904,7 +1027,10 @@ mod tests {
         (
             v.members
                 .iter()
-                .map(|(k, m)| (k.clone(), (m.report.clone(), m.full_seq, m.heard_ms)))
+                .map(|(k, m)| {
+                    let seen = (m.report.clone(), m.full_seq, m.heard_ms, m.left);
+                    (k.clone(), seen)
+                })
                 .collect(),
             v.pending.clone(),
         )

@@ -47,6 +47,9 @@ pub struct Node {
     pub peers: std::sync::OnceLock<Arc<crate::quic::Client>>,
     /// QUIC streams being served now.
     pub quic_streams: AtomicU32,
+    /// Told to stop: finishing what it has, refusing new calls from other tiers (with a
+    /// retryable error, so they go elsewhere).
+    pub stopping: std::sync::atomic::AtomicBool,
     /// The gossip mesh, when it is on.
     pub mesh: std::sync::OnceLock<Arc<crate::mesh::Mesh>>,
     /// The machine's size, read once at start.
@@ -173,6 +176,7 @@ impl Node {
                 .map_err(|e| anyhow::anyhow!("http client: {e}"))?,
             peers: std::sync::OnceLock::new(),
             quic_streams: AtomicU32::new(0),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             mesh: std::sync::OnceLock::new(),
             addresses: std::sync::OnceLock::new(),
             dispatch: std::sync::OnceLock::new(),
@@ -449,6 +453,15 @@ impl Node {
     /// Loads an image tar into the container engine; returns the image names it held.
     pub async fn load_image(&self, tar: Bytes) -> Result<Vec<String>, DeployError> {
         Ok(self.container_executor()?.load_image(tar).await?)
+    }
+
+    /// Starts stopping: new calls from other tiers are refused with a retryable error (they
+    /// go elsewhere), and the mesh is told this member is leaving. What is running finishes.
+    pub fn begin_stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        if let Some(m) = self.mesh.get() {
+            m.leave();
+        }
     }
 
     /// Removes this node's containers (at stop).

@@ -108,6 +108,7 @@ impl Running {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let workers = tokio::spawn(self.node.clone().run_async_workers(self.async_rx));
+        let endpoint = self.quic.clone();
         let quic = self.quic.map(|endpoint| {
             let c = &self.node.config;
             let dir = c.quic.tls_dir.clone().unwrap_or_default();
@@ -123,8 +124,12 @@ impl Running {
         // Graceful: in-flight requests finish, but idle keep-alive connections must not hold
         // the process up forever, so the drain has a deadline.
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let node = self.node.clone();
         let server = axum::serve(self.listener, app).with_graceful_shutdown(async move {
             shutdown.await;
+            // Other tiers stop sending here (the mesh hears it is leaving, QUIC refuses new
+            // calls) while what is running finishes.
+            node.begin_stop();
             let _ = stopping_tx.send(());
         });
         let deadline = async {
@@ -138,9 +143,18 @@ impl Running {
             r = server => r.map_err(|e| anyhow::anyhow!("gateway: {e}"))?,
             _ = deadline => tracing::warn!("connections still open {DRAIN_DEADLINE:?} after the stop signal; closing them"),
         }
+        if let Some(e) = &endpoint {
+            quic::drain(e, &self.node, DRAIN_DEADLINE).await;
+        }
         workers.abort();
         if let Some(q) = quic {
             q.abort();
+        }
+        if let Some(m) = self.node.mesh.get() {
+            // The goodbye was queued when the stop began; let it reach the other members
+            // before the mesh connections go.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            m.stop();
         }
         self.node.stop_containers().await;
         self.node.flush().await;

@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fogline_core::config::MeshSection;
-use fogline_core::mesh::{ClusterView, Gossip, Introduce, LoadReport, Member, Timing};
+use fogline_core::mesh::{ClusterView, Gossip, Introduce, Leave, LoadReport, Member, Timing};
 use libp2p::core::transport::upgrade::Version;
 use libp2p::core::Transport;
 use libp2p::futures::StreamExt;
@@ -169,6 +169,8 @@ pub struct Mesh {
     self_name: String,
     task: std::sync::OnceLock<tokio::task::AbortHandle>,
     traffic: Arc<Traffic>,
+    /// Told when the member is stopping: it says goodbye and sends nothing more.
+    leaving: tokio::sync::Notify,
 }
 
 /// One row of `fogline mesh` / `GET /v1/mesh`.
@@ -215,6 +217,12 @@ impl Mesh {
         &self.traffic
     }
 
+    /// Tells every member this one is stopping (they place nothing more on it), and sends
+    /// nothing after. The process goes on serving what it has; [`Mesh::stop`] ends it.
+    pub fn leave(&self) {
+        self.leaving.notify_one();
+    }
+
     /// Leaves the mesh at once, as a killed process would: its connections drop and it
     /// sends nothing more.
     pub fn stop(&self) {
@@ -249,7 +257,11 @@ fn row(m: &Member, now: u64, me: &str) -> MemberRow {
         warm: r.warm.clone(),
         cold_starts: r.cold_starts,
         warm_starts: r.warm_starts,
-        state: format!("{:?}", m.state).to_lowercase(),
+        state: if m.left {
+            "left".to_string()
+        } else {
+            format!("{:?}", m.state).to_lowercase()
+        },
         age_ms: now.saturating_sub(m.heard_ms),
         this: r.node == me,
     }
@@ -364,6 +376,7 @@ pub async fn start_member(
         self_name: name.to_string(),
         task: std::sync::OnceLock::new(),
         traffic,
+        leaving: tokio::sync::Notify::new(),
     });
     let task = tokio::spawn(drive(
         swarm,
@@ -535,9 +548,29 @@ async fn drive(
     for ev in early {
         handle(&mut swarm, ev, &mesh, &mut peers, &mut full);
     }
+    // Said goodbye: nothing more is sent, but events are still handled (so the goodbye
+    // leaves, and pings are answered) until the task is stopped.
+    let mut gone = false;
     loop {
         tokio::select! {
-            _ = every.tick() => {
+            _ = mesh.leaving.notified(), if !gone => {
+                gone = true;
+                seq += 1;
+                let bye = Leave { node: mesh.self_name.clone(), seq };
+                mesh.view
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .apply_leave(&bye, mesh.now_ms());
+                let sent = swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(topic.clone(), Gossip::Leave(bye).encode());
+                tracing::info!("leaving the mesh: told the other members ({})", match sent {
+                    Ok(_) => "sent".to_string(),
+                    Err(e) => e.to_string(),
+                });
+            }
+            _ = every.tick(), if !gone => {
                 redial(&mut swarm, &mesh, &join, &mut peers);
                 seq += 1;
                 let r = reporter.report(&me, &mesh.listen, &site, seq);
@@ -545,7 +578,7 @@ async fn drive(
                 publish(&mut swarm, &topic, &mesh, &r, &mut full);
                 last_sent = Some(r);
             }
-            _ = check.tick() => {
+            _ = check.tick(), if !gone => {
                 // Send at once when load moved a lot since the last report, or a member
                 // joined that has not had our whole report (several joins, one report).
                 let r = reporter.report(&me, &mesh.listen, &site, seq + 1);
@@ -562,7 +595,7 @@ async fn drive(
             ev = swarm.select_next_some() => {
                 handle(&mut swarm, ev, &mesh, &mut peers, &mut full);
                 // Greet a member that just subscribed now rather than at the next check.
-                if full.welcome_due() {
+                if full.welcome_due() && !gone {
                     seq += 1;
                     let r = reporter.report(&me, &mesh.listen, &site, seq);
                     publish(&mut swarm, &topic, &mesh, &r, &mut full);
@@ -765,6 +798,7 @@ fn handle(
                 // cannot be told apart from one forged by another member, and the whole
                 // report follows our subscription within moments.
                 Gossip::Beat(b) => v.get(&b.node).is_some_and(|m| m.report.peer == from),
+                Gossip::Leave(l) => v.get(&l.node).is_some_and(|m| m.report.peer == from),
                 Gossip::Introduce(_) => false,
             };
             if own {
@@ -779,7 +813,10 @@ fn handle(
                     }
                 }
                 let name = g.node().unwrap_or_default().to_string();
-                v.apply_gossip(g, now);
+                let goodbye = matches!(g, Gossip::Leave(_));
+                if v.apply_gossip(g, now) && goodbye {
+                    tracing::info!("mesh member {name} is stopping: no more placements on it");
+                }
                 if let Some(ms) = peers.rtt_ms.get(&source) {
                     if v.get(&name).is_some_and(|m| m.rtt_ms.is_none()) {
                         v.observe_rtt(&name, *ms);

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,11 @@ const CLIENT_IDLE: Duration = Duration::from_secs(6);
 /// Stream error codes (QUIC application error codes).
 const CODE_PROTOCOL: u32 = 1;
 const CODE_STALLED: u32 = 2;
+/// Connection closed by a stopping node after every stream it took was answered: a call
+/// that got no answer never ran there.
+const CODE_STOPPED: u32 = 3;
+/// Connection closed by a stopping node whose calls outlasted its drain deadline.
+const CODE_STOPPED_CUT: u32 = 4;
 
 /// Server-side limits.
 #[derive(Debug, Clone)]
@@ -171,6 +177,10 @@ pub async fn serve(
         })
     };
     while let Some(incoming) = endpoint.accept().await {
+        if node.stopping.load(Ordering::SeqCst) {
+            incoming.refuse();
+            continue;
+        }
         let node = node.clone();
         let limits = limits.clone();
         tokio::spawn(async move {
@@ -203,6 +213,39 @@ pub async fn serve(
         });
     }
     reloader.abort();
+}
+
+/// Ends QUIC serving for a node that is stopping ([`Node::begin_stop`] refuses new streams
+/// and connections): waits up to `deadline` for the streams it took to be answered, then
+/// closes every connection. Closed with [`CODE_STOPPED`], clients know that a call they
+/// got no answer for never ran, and send it elsewhere.
+pub async fn drain(endpoint: &Endpoint, node: &Node, deadline: Duration) {
+    let t = Instant::now();
+    while node.quic_streams.load(Ordering::SeqCst) > 0 && t.elapsed() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let left = node.quic_streams.load(Ordering::SeqCst);
+    if left == 0 {
+        endpoint.close(VarInt::from_u32(CODE_STOPPED), b"node stopping");
+    } else {
+        tracing::warn!(
+            "{left} QUIC call(s) still running {deadline:?} after the stop signal; closing them"
+        );
+        endpoint.close(
+            VarInt::from_u32(CODE_STOPPED_CUT),
+            b"node stopped with calls running",
+        );
+    }
+    // Lets the close reach the peers (bounded: a peer that is gone never acknowledges).
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+}
+
+/// Whether `conn` was closed by a node that stopped after answering every stream it took.
+fn stopped_cleanly(conn: &Connection) -> bool {
+    matches!(
+        conn.close_reason(),
+        Some(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == VarInt::from_u32(CODE_STOPPED)
+    )
 }
 
 fn stamp(dir: &std::path::Path) -> Vec<Option<std::time::SystemTime>> {
@@ -239,7 +282,25 @@ async fn serve_connection(conn: Connection, node: Arc<Node>, limits: QuicLimits)
             Ok(s) => s,
             Err(_) => return,
         };
+        // Counted before the stopping flag is read (the drain sets the flag, then reads the
+        // count): a stream is either refused here or waited for by the drain.
+        node.quic_streams.fetch_add(1, Ordering::SeqCst);
+        if node.stopping.load(Ordering::SeqCst) {
+            node.quic_streams.fetch_sub(1, Ordering::SeqCst);
+            // Nothing of it has run: the caller may send it anywhere else.
+            let msg = WireErrorMsg {
+                status: 503,
+                retryable: true,
+                message: format!("{} is stopping; try another place", node.id),
+            };
+            tokio::spawn(async move {
+                let _ = write_frame(&mut send, &Frame::Error(msg)).await;
+                let _ = send.finish();
+            });
+            continue;
+        }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
+            node.quic_streams.fetch_sub(1, Ordering::SeqCst);
             let msg = WireErrorMsg {
                 status: 429,
                 retryable: true,
@@ -258,11 +319,8 @@ async fn serve_connection(conn: Connection, node: Arc<Node>, limits: QuicLimits)
         let limits = limits.clone();
         let conn = conn.clone();
         tokio::spawn(async move {
-            node.quic_streams
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             serve_stream(&node, &conn, send, recv, &limits).await;
-            node.quic_streams
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            node.quic_streams.fetch_sub(1, Ordering::SeqCst);
             drop(permit);
         });
     }
@@ -280,6 +338,9 @@ async fn serve_stream(
     match result {
         Ok(()) => {
             let _ = send.finish();
+            // Until the caller has the whole reply, the stream counts as served now: a
+            // stopping node closes its connections only after that (see `drain`).
+            let _ = tokio::time::timeout(limits.stream_timeout, send.stopped()).await;
         }
         Err(QuicError::Stalled(_)) => {
             let _ = send.reset(VarInt::from_u32(CODE_STALLED));
@@ -731,7 +792,33 @@ impl Client {
         modules: &dyn ModuleSource,
     ) -> Result<Reply, QuicError> {
         let early = req.manifest.as_ref().is_some_and(|m| m.idempotent);
-        let (mut send, recv) = self.open(addr, early).await?;
+        let conn = self.connection(addr, early).await?;
+        match self.exchange(&conn, req, modules).await {
+            // Lost with the connection (not refused, not malformed): a clean stop means the
+            // node never took the stream.
+            Err(e @ QuicError::Stream(_)) if stopped_cleanly(&conn) => {
+                tracing::debug!("{addr} stopped before answering: {e}");
+                Err(QuicError::Remote(WireErrorMsg {
+                    status: 503,
+                    retryable: true,
+                    message: format!("{addr} stopped before running the call"),
+                }))
+            }
+            other => other,
+        }
+    }
+
+    /// One invocation on `conn`.
+    async fn exchange(
+        &self,
+        conn: &Connection,
+        req: &Request,
+        modules: &dyn ModuleSource,
+    ) -> Result<Reply, QuicError> {
+        let (mut send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| QuicError::Stream(e.to_string()))?;
         let inv = Invoke {
             function: req.function.clone(),
             manifest: req.manifest.clone(),
