@@ -45,7 +45,8 @@ pub struct Node {
     http: reqwest::Client,
     /// QUIC client for calls to other tiers (set when the node has certificates).
     pub peers: std::sync::OnceLock<Arc<crate::quic::Client>>,
-    /// QUIC streams being served now.
+    /// QUIC streams being served now (a stream counts until its caller has acknowledged
+    /// the whole reply).
     pub quic_streams: AtomicU32,
     /// Told to stop: finishing what it has, refusing new calls from other tiers (with a
     /// retryable error, so they go elsewhere).

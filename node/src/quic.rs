@@ -319,9 +319,8 @@ async fn serve_connection(conn: Connection, node: Arc<Node>, limits: QuicLimits)
         let limits = limits.clone();
         let conn = conn.clone();
         tokio::spawn(async move {
-            serve_stream(&node, &conn, send, recv, &limits).await;
+            serve_stream(&node, &conn, send, recv, &limits, permit).await;
             node.quic_streams.fetch_sub(1, Ordering::SeqCst);
-            drop(permit);
         });
     }
 }
@@ -332,14 +331,17 @@ async fn serve_stream(
     mut send: SendStream,
     recv: RecvStream,
     limits: &QuicLimits,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) {
     let mut r = FrameReader::new(recv, limits.stream_timeout);
     let result = handle_stream(node, &mut send, &mut r, limits).await;
     match result {
         Ok(()) => {
             let _ = send.finish();
-            // Until the caller has the whole reply, the stream counts as served now: a
-            // stopping node closes its connections only after that (see `drain`).
+            // The call is over (its slot is free), but until the caller has the whole reply
+            // the stream counts as served now: a stopping node closes its connections only
+            // after that (see `drain`).
+            drop(slot);
             let _ = tokio::time::timeout(limits.stream_timeout, send.stopped()).await;
         }
         Err(QuicError::Stalled(_)) => {
