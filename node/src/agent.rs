@@ -45,9 +45,10 @@ pub struct Node {
     http: reqwest::Client,
     /// QUIC client for calls to other tiers (set when the node has certificates).
     pub peers: std::sync::OnceLock<Arc<crate::quic::Client>>,
-    /// QUIC streams being served now (a stream counts until its caller has acknowledged
-    /// the whole reply).
+    /// QUIC streams being served now.
     pub quic_streams: AtomicU32,
+    /// Replies sent over QUIC, until their callers acknowledge them (for a clean stop).
+    pub delivering: crate::quic::Delivering,
     /// Told to stop: finishing what it has, refusing new calls from other tiers (with a
     /// retryable error, so they go elsewhere).
     pub stopping: std::sync::atomic::AtomicBool,
@@ -178,6 +179,7 @@ impl Node {
             peers: std::sync::OnceLock::new(),
             quic_streams: AtomicU32::new(0),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            delivering: Default::default(),
             mesh: std::sync::OnceLock::new(),
             addresses: std::sync::OnceLock::new(),
             dispatch: std::sync::OnceLock::new(),

@@ -224,6 +224,15 @@ pub async fn drain(endpoint: &Endpoint, node: &Node, deadline: Duration) {
     while node.quic_streams.load(Ordering::SeqCst) > 0 && t.elapsed() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // Replies written but not yet acknowledged would be lost with the connection.
+    let replies = node.delivering.take();
+    let wait = deadline.saturating_sub(t.elapsed());
+    let _ = tokio::time::timeout(wait, async {
+        for s in replies {
+            let _ = s.stopped().await;
+        }
+    })
+    .await;
     let left = node.quic_streams.load(Ordering::SeqCst);
     if left == 0 {
         endpoint.close(VarInt::from_u32(CODE_STOPPED), b"node stopping");
@@ -238,6 +247,32 @@ pub async fn drain(endpoint: &Endpoint, node: &Node, deadline: Duration) {
     }
     // Lets the close reach the peers (bounded: a peer that is gone never acknowledges).
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+}
+
+/// Finished reply streams that their callers may not have acknowledged yet.
+#[derive(Default)]
+pub struct Delivering {
+    streams: std::sync::Mutex<Vec<SendStream>>,
+    /// Length at which the list is next pruned of acknowledged streams.
+    prune_at: std::sync::atomic::AtomicUsize,
+}
+
+impl Delivering {
+    const MIN_PRUNE: usize = 256;
+
+    fn keep(&self, s: SendStream) {
+        let mut v = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        v.push(s);
+        if v.len() >= self.prune_at.load(Ordering::Relaxed).max(Self::MIN_PRUNE) {
+            use futures_util::FutureExt;
+            v.retain(|s| s.stopped().now_or_never().is_none());
+            self.prune_at.store(2 * v.len(), Ordering::Relaxed);
+        }
+    }
+
+    fn take(&self) -> Vec<SendStream> {
+        std::mem::take(&mut *self.streams.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 /// Whether `conn` was closed by a node that stopped after answering every stream it took.
@@ -338,11 +373,10 @@ async fn serve_stream(
     match result {
         Ok(()) => {
             let _ = send.finish();
-            // The call is over (its slot is free), but until the caller has the whole reply
-            // the stream counts as served now: a stopping node closes its connections only
-            // after that (see `drain`).
             drop(slot);
-            let _ = tokio::time::timeout(limits.stream_timeout, send.stopped()).await;
+            // Kept (not awaited: a wake-up per call costs more than the call) until the
+            // caller has acknowledged it, so a stopping node can wait for its replies.
+            node.delivering.keep(send);
         }
         Err(QuicError::Stalled(_)) => {
             let _ = send.reset(VarInt::from_u32(CODE_STALLED));
