@@ -338,7 +338,7 @@ impl NodeConfig {
     pub fn from_toml(file: &str, text: &str) -> Result<Self, ConfigError> {
         let cfg: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             file: file.to_string(),
-            message: e.to_string().trim_end().replace('\n', " "),
+            message: toml_problem(text, &e),
         })?;
         cfg.check(file)?;
         Ok(cfg)
@@ -617,6 +617,26 @@ fn default_result_ttl() -> Duration {
     Duration::from_secs(3600)
 }
 
+/// A TOML error on one line: where (line and column), what, and the line itself, e.g.
+/// ``line 3, column 6: invalid type: integer `5`, expected a string (in `id = 5`)``.
+pub(crate) fn toml_problem(text: &str, e: &toml::de::Error) -> String {
+    let what = e.message().trim_end().replace('\n', " ");
+    let Some(span) = e.span() else {
+        return what;
+    };
+    let start = span.start.min(text.len());
+    let before = text.get(..start).unwrap_or("");
+    let line_no = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let line = text[line_start..].lines().next().unwrap_or("").trim();
+    if line.is_empty() {
+        format!("line {line_no}, column {column}: {what}")
+    } else {
+        format!("line {line_no}, column {column}: {what} (in `{line}`)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -679,6 +699,25 @@ mod tests {
             msg.starts_with("n.toml:") && msg.contains("listen_addr"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn toml_errors_say_where_on_one_line() {
+        let e = NodeConfig::from_toml("n.toml", "version = 1\n[node]\nid = 5\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "n.toml: line 3, column 6: invalid type: integer `5`, expected a string (in `id = 5`)"
+        );
+        let e = NodeConfig::from_toml("n.toml", "version = 1\n[node\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("n.toml: line 2, column 6: "), "{msg}");
+        assert!(
+            msg.ends_with("(in `[node`)") && !msg.contains('\n'),
+            "{msg}"
+        );
+        // A multi-byte character before the error counts as one column.
+        let e = NodeConfig::from_toml("n.toml", "version = 1\n[node]\nid = \"é\" x\n").unwrap_err();
+        assert!(e.to_string().contains("line 3, column 10"), "{e}");
     }
 
     #[test]

@@ -61,7 +61,7 @@ impl StackFile {
     pub fn parse(file: &str, text: &str) -> Result<Self, StackError> {
         let stack: StackFile = toml::from_str(text).map_err(|e| StackError::Parse {
             file: file.to_string(),
-            message: e.to_string().trim_end().replace('\n', " "),
+            message: crate::config::toml_problem(text, &e),
         })?;
         if stack.version != 1 {
             return Err(StackError::Version {
