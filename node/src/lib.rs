@@ -122,30 +122,42 @@ impl Running {
         });
         let app = gateway::router(self.node.clone());
         // Graceful: in-flight requests finish, but idle keep-alive connections must not hold
-        // the process up forever, so the drain has a deadline.
-        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        // the process up forever, so the drain has a deadline. HTTP and QUIC drain together.
+        let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
         let node = self.node.clone();
         let server = axum::serve(self.listener, app).with_graceful_shutdown(async move {
             shutdown.await;
             // Other tiers stop sending here (the mesh hears it is leaving, QUIC refuses new
             // calls) while what is running finishes.
             node.begin_stop();
-            let _ = stopping_tx.send(());
+            let _ = stopping_tx.send(true);
         });
-        let deadline = async {
-            if stopping_rx.await.is_ok() {
-                tokio::time::sleep(DRAIN_DEADLINE).await;
-            } else {
-                std::future::pending::<()>().await;
+        // Whether the stop began (false: the gateway ended on its own, and the sender with it).
+        let stop_began = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            rx.wait_for(|s| *s).await.is_ok()
+        };
+        let http = async {
+            tokio::select! {
+                r = server => r.map_err(|e| anyhow::anyhow!("gateway: {e}")),
+                _ = async {
+                    if !stop_began(stopping_rx.clone()).await {
+                        std::future::pending::<()>().await;
+                    }
+                    tokio::time::sleep(DRAIN_DEADLINE).await;
+                } => {
+                    tracing::warn!("connections still open {DRAIN_DEADLINE:?} after the stop signal; closing them");
+                    Ok(())
+                }
             }
         };
-        tokio::select! {
-            r = server => r.map_err(|e| anyhow::anyhow!("gateway: {e}"))?,
-            _ = deadline => tracing::warn!("connections still open {DRAIN_DEADLINE:?} after the stop signal; closing them"),
-        }
-        if let Some(e) = &endpoint {
-            quic::drain(e, &self.node, DRAIN_DEADLINE).await;
-        }
+        let quic_drain = async {
+            if let Some(e) = &endpoint {
+                if stop_began(stopping_rx.clone()).await {
+                    quic::drain(e, &self.node, DRAIN_DEADLINE).await;
+                }
+            }
+        };
+        tokio::join!(http, quic_drain).0?;
         workers.abort();
         if let Some(q) = quic {
             q.abort();

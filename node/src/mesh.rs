@@ -565,10 +565,10 @@ async fn drive(
                     .behaviour_mut()
                     .gossipsub
                     .publish(topic.clone(), Gossip::Leave(bye).encode());
-                tracing::info!("leaving the mesh: told the other members ({})", match sent {
-                    Ok(_) => "sent".to_string(),
-                    Err(e) => e.to_string(),
-                });
+                match sent {
+                    Ok(_) => tracing::info!("{} leaving the mesh: told the other members", mesh.self_name),
+                    Err(e) => tracing::info!("{} leaving the mesh; no member to tell ({e})", mesh.self_name),
+                }
             }
             _ = every.tick(), if !gone => {
                 redial(&mut swarm, &mesh, &join, &mut peers);
