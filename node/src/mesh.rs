@@ -496,7 +496,12 @@ struct Peers {
     /// Latest ping round trip per connected peer (ms): the first ping goes out as a
     /// connection opens, before the peer's whole report names it, so it waits here.
     rtt_ms: HashMap<PeerId, f64>,
+    /// When a report from a peer was last refused with a warning.
+    warned: HashMap<PeerId, Instant>,
 }
+
+/// Least time between warnings about one member's unusable reports.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// When the next whole report is due.
 struct FullDue {
@@ -782,7 +787,18 @@ fn handle(
             let g = match Gossip::decode(&message.data) {
                 Ok(g) => g,
                 Err(e) => {
-                    tracing::warn!("dropping a load report from {source}: {e}");
+                    // A broken member sends one every interval: warn once a minute per member.
+                    let now = Instant::now();
+                    let quiet = peers
+                        .warned
+                        .get(&source)
+                        .is_some_and(|t| now.duration_since(*t) < WARN_EVERY);
+                    if quiet {
+                        tracing::debug!("dropping a load report from {source}: {e}");
+                    } else {
+                        peers.warned.insert(source, now);
+                        tracing::warn!("dropping a load report from {source}: {e} (said at most once a minute per member)");
+                    }
                     return;
                 }
             };
@@ -921,6 +937,7 @@ fn handle(
                 peers.conns.remove(&peer_id);
                 peers.dialed.remove(&peer_id);
                 peers.rtt_ms.remove(&peer_id);
+                peers.warned.remove(&peer_id);
             }
         }
         SwarmEvent::OutgoingConnectionError {
