@@ -1,6 +1,6 @@
 //! The gossip mesh with real processes: convergence of 10 members, death and rejoin, a
-//! member with the wrong cluster key kept out, and a partition between two network
-//! namespaces that heals.
+//! member that stops saying goodbye and comes back, a member with the wrong cluster key
+//! kept out, and a partition between two network namespaces that heals.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -158,6 +158,26 @@ fn ten_members_converge_see_a_death_and_a_rejoin() {
     let out = run_ok(fogline().args(["--gateway", &nodes[3].url, "mesh"]));
     assert_eq!(out.lines().count(), 11, "{out}");
     assert!(out.lines().any(|l| l.starts_with("m3*")), "{out}");
+
+    // Stop m7 (SIGTERM): it says goodbye, so every other member shows it `left` right
+    // away, before its silence could have marked it dead; restarted, it is alive again.
+    let exit = nodes[7].terminate();
+    assert!(exit.success(), "m7 exited with {exit}");
+    // Only a goodbye shows as `left` (silence shows as suspect, then dead).
+    let took = wait_until("every other member shows m7 left", 5, || {
+        nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 7)
+            .all(|(_, n)| states(n).contains(&("m7".into(), "left".into())))
+    });
+    eprintln!("a stopped member was shown left everywhere {took:?} after it exited");
+    nodes[7] = member(dir.path(), &pki, "m7", "127.0.0.1", Some(&join));
+    wait_until("m7 alive everywhere after its restart", 20, || {
+        nodes
+            .iter()
+            .all(|n| states(n).iter().filter(|(_, s)| s == "alive").count() == 10)
+    });
 }
 
 /// Each member joins through the one started before it, so all but the first two find the
