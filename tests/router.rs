@@ -384,8 +384,12 @@ async fn a_stopped_node_finishes_its_calls_and_the_router_loses_none() {
         alive(&router) == vec!["edge-1", "edge-2", "router"]
     });
     // Not idempotent (the default), and long enough that several are always running.
-    let r = deploy(&router, "primes", "primes/primes.wasm", json!({})).await;
-    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    // Deployed on each edge too, so neither is compiling it (seconds in a debug build) when
+    // the stop comes: the stop waits for running calls only up to its deadline.
+    for n in [&router, &edges[0], &edges[1]] {
+        let r = deploy(n, "primes", "primes/primes.wasm", json!({})).await;
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    }
     let c = client();
     let mut before = HashMap::new();
     for _ in 0..40 {

@@ -606,8 +606,10 @@ async fn housekeeping(router: Weak<Router>) {
             };
             let (gone, known): (Vec<SocketAddr>, Vec<String>) = mesh.with_view(|v| {
                 (
+                    // A member that said goodbye is still finishing the calls it took on
+                    // these connections; it closes them itself when done.
                     v.members()
-                        .filter(|m| m.state == State::Dead)
+                        .filter(|m| m.state == State::Dead && !m.left)
                         .filter_map(|m| m.report.quic.as_deref()?.parse().ok())
                         .collect(),
                     v.members().map(|m| m.report.node.clone()).collect(),
