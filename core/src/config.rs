@@ -250,6 +250,10 @@ pub struct NodeSection {
     /// The tier this agent serves: `edge` for nodes, `cloud` for the bridge.
     #[serde(default)]
     pub tier: Tier,
+    /// On SIGTERM, how long calls already running may take to finish (HTTP and QUIC)
+    /// before they are cut.
+    #[serde(default = "default_stop_timeout", with = "duration_str")]
+    pub stop_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -352,6 +356,7 @@ impl NodeConfig {
                 id: None,
                 data_dir,
                 tier: Tier::Edge,
+                stop_timeout: default_stop_timeout(),
             },
             http: HttpSection {
                 listen,
@@ -377,6 +382,12 @@ impl NodeConfig {
                 file: file.to_string(),
                 version: self.version,
             });
+        }
+        if self.node.stop_timeout > Duration::from_secs(3600) {
+            return Err(invalid(
+                "node.stop_timeout",
+                format!("{:?} is longer than an hour", self.node.stop_timeout),
+            ));
         }
         if self.wasm.instances == 0 || self.wasm.instances > 100_000 {
             return Err(invalid(
@@ -500,6 +511,7 @@ impl Default for NodeSection {
             id: None,
             data_dir: default_data_dir(),
             tier: Tier::Edge,
+            stop_timeout: default_stop_timeout(),
         }
     }
 }
@@ -600,6 +612,9 @@ fn default_true() -> bool {
 }
 fn default_interval() -> Duration {
     Duration::from_secs(1)
+}
+fn default_stop_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_max_streams() -> u32 {
     256
@@ -718,6 +733,18 @@ mod tests {
         // A multi-byte character before the error counts as one column.
         let e = NodeConfig::from_toml("n.toml", "version = 1\n[node]\nid = \"é\" x\n").unwrap_err();
         assert!(e.to_string().contains("line 3, column 10"), "{e}");
+    }
+
+    #[test]
+    fn the_stop_timeout_defaults_to_5s_and_is_bounded() {
+        let c = NodeConfig::from_toml("n.toml", "version = 1\n").unwrap();
+        assert_eq!(c.node.stop_timeout, Duration::from_secs(5));
+        let c = NodeConfig::from_toml("n.toml", "version = 1\n[node]\nstop_timeout = \"90s\"\n")
+            .unwrap();
+        assert_eq!(c.node.stop_timeout, Duration::from_secs(90));
+        let e = NodeConfig::from_toml("n.toml", "version = 1\n[node]\nstop_timeout = \"2h\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("node.stop_timeout"), "{e}");
     }
 
     #[test]

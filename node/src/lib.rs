@@ -27,9 +27,6 @@ use fogline_core::config::NodeConfig;
 
 pub use agent::Node;
 
-/// How long a stopping node waits for open connections before closing them.
-const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// A node that is listening.
 pub struct Running {
     pub addr: SocketAddr,
@@ -109,6 +106,7 @@ impl Running {
     ) -> anyhow::Result<()> {
         let workers = tokio::spawn(self.node.clone().run_async_workers(self.async_rx));
         let endpoint = self.quic.clone();
+        let stop_timeout = self.node.config.node.stop_timeout;
         let quic = self.quic.map(|endpoint| {
             let c = &self.node.config;
             let dir = c.quic.tls_dir.clone().unwrap_or_default();
@@ -143,9 +141,9 @@ impl Running {
                     if !stop_began(stopping_rx.clone()).await {
                         std::future::pending::<()>().await;
                     }
-                    tokio::time::sleep(DRAIN_DEADLINE).await;
+                    tokio::time::sleep(stop_timeout).await;
                 } => {
-                    tracing::warn!("connections still open {DRAIN_DEADLINE:?} after the stop signal; closing them");
+                    tracing::warn!("connections still open {stop_timeout:?} after the stop signal (node.stop_timeout); closing them");
                     Ok(())
                 }
             }
@@ -153,7 +151,7 @@ impl Running {
         let quic_drain = async {
             if let Some(e) = &endpoint {
                 if stop_began(stopping_rx.clone()).await {
-                    quic::drain(e, &self.node, DRAIN_DEADLINE).await;
+                    quic::drain(e, &self.node, stop_timeout).await;
                 }
             }
         };

@@ -238,7 +238,7 @@ pub async fn drain(endpoint: &Endpoint, node: &Node, deadline: Duration) {
         endpoint.close(VarInt::from_u32(CODE_STOPPED), b"node stopping");
     } else {
         tracing::warn!(
-            "{left} QUIC call(s) still running {deadline:?} after the stop signal; closing them"
+            "{left} QUIC call(s) still running {deadline:?} after the stop signal (node.stop_timeout); closing them"
         );
         endpoint.close(
             VarInt::from_u32(CODE_STOPPED_CUT),
