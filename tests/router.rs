@@ -9,69 +9,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
-
-/// CPUs this process may use (the tests pin edge nodes to one each, like separate boards).
-fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// Starts `fogline ROLE` as mesh member `name`, pinned to `cpu` when there is one to spare.
-fn member(
-    dir: &Path,
-    pki: &Path,
-    role: &str,
-    name: &str,
-    join: Option<&str>,
-    cpu: Option<usize>,
-) -> NodeProc {
-    let cfg = dir.join("member.toml");
-    std::fs::write(
-        &cfg,
-        "version = 1\n[mesh]\nmdns = false\ninterval = \"500ms\"\n",
-    )
-    .unwrap();
-    let cert_role = match role {
-        "bridge" => "bridge",
-        _ => "node",
-    };
-    let tls = issue(pki, name, cert_role);
-    let mut cmd = match cpu.filter(|_| cpus() >= 2 && Path::new("/usr/bin/taskset").exists()) {
-        Some(c) => {
-            let mut t = std::process::Command::new("/usr/bin/taskset");
-            t.args(["-c", &c.to_string()]).arg(bin());
-            t
-        }
-        None => std::process::Command::new(bin()),
-    };
-    cmd.env_remove("FOGLINE_GATEWAY")
-        .env_remove("FOGLINE_TOKEN")
-        .current_dir(dir)
-        .arg(role)
-        .arg("--config")
-        .arg(&cfg)
-        .args(["--id", name, "--data-dir"])
-        .arg(dir.join(name))
-        .args([
-            "--http",
-            "127.0.0.1:0",
-            "--quic",
-            "127.0.0.1:0",
-            "--tls-dir",
-        ])
-        .arg(&tls)
-        .args(["--mesh", "/ip4/127.0.0.1/tcp/0"]);
-    if let Some(j) = join {
-        cmd.args(["--join", j]);
-    }
-    NodeProc::spawn_cmd(cmd, dir.join(name), dir)
-}
 
 /// `GET /v1/placements?limit=N` of the router.
 async fn placements(c: &reqwest::Client, router: &str, limit: usize) -> Value {
@@ -82,23 +25,6 @@ async fn placements(c: &reqwest::Client, router: &str, limit: usize) -> Value {
         .json()
         .await
         .unwrap()
-}
-
-/// Invokes through the router; returns (status, placed-on node, body).
-async fn call(c: &reqwest::Client, router: &str, f: &str, body: &str) -> (u16, String, String) {
-    let r = c
-        .post(format!("{router}/function/{f}"))
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let placed = r
-        .headers()
-        .get("x-fogline-placed-on")
-        .map(|v| v.to_str().unwrap().split(' ').next().unwrap().to_string())
-        .unwrap_or_default();
-    (status, placed, r.text().await.unwrap())
 }
 
 /// Where `n` calls of hello went.
@@ -363,118 +289,4 @@ async fn the_router_places_learns_moves_off_load_and_survives_a_kill() {
     let (s, _, msg) = call(&c, &router.url, "hello", "x").await;
     assert_eq!(s, 503, "{msg}");
     assert!(msg.contains("no live place can run \"hello\""), "{msg}");
-}
-
-/// An edge node stopped with SIGTERM while calls that are not idempotent stream in: it tells
-/// the mesh it is leaving, refuses new calls with a retryable error, finishes the ones it
-/// took and exits cleanly; not one call fails.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_stopped_node_finishes_its_calls_and_the_router_loses_none() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let pki = pki(d);
-    let first = member(d, &pki, "node", "edge-1", None, Some(0));
-    let seed = mesh_json(&first)["self"].as_str().unwrap().to_string();
-    let mut edges = [
-        first,
-        member(d, &pki, "node", "edge-2", Some(&seed), Some(1)),
-    ];
-    let router = member(d, &pki, "router", "router", Some(&seed), None);
-    wait_until("the router sees both edges", 20, || {
-        alive(&router) == vec!["edge-1", "edge-2", "router"]
-    });
-    // Not idempotent (the default), and long enough that several are always running.
-    // Deployed on each edge too, so neither is compiling it (seconds in a debug build) when
-    // the stop comes: the stop waits for running calls only up to its deadline.
-    for n in [&router, &edges[0], &edges[1]] {
-        let r = deploy(n, "primes", "primes/primes.wasm", json!({})).await;
-        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
-    }
-    let c = client();
-    let mut before = HashMap::new();
-    for _ in 0..40 {
-        let (s, placed, body) = call(&c, &router.url, "primes", "3000000").await;
-        assert_eq!((s, body.as_str()), (200, "216816\n"));
-        *before.entry(placed).or_insert(0) += 1;
-    }
-
-    let failures = Arc::new(AtomicU32::new(0));
-    let done = Arc::new(AtomicU32::new(0));
-    let on_victim_after_stop = Arc::new(AtomicU32::new(0));
-    let running = Arc::new(AtomicBool::new(true));
-    let stopped = Arc::new(AtomicBool::new(false));
-    let victim_name = Arc::new(std::sync::Mutex::new(String::new()));
-    let mut callers = Vec::new();
-    for _ in 0..6 {
-        let (url, failures, done, running, stopped, late, victim) = (
-            router.url.clone(),
-            failures.clone(),
-            done.clone(),
-            running.clone(),
-            stopped.clone(),
-            on_victim_after_stop.clone(),
-            victim_name.clone(),
-        );
-        callers.push(tokio::spawn(async move {
-            let c = client();
-            while running.load(Ordering::Relaxed) {
-                let (s, placed, body) = call(&c, &url, "primes", "3000000").await;
-                if s != 200 || body != "216816\n" {
-                    eprintln!("failed call: {s} {body}");
-                    failures.fetch_add(1, Ordering::Relaxed);
-                }
-                if stopped.load(Ordering::SeqCst) && placed == *victim.lock().unwrap() {
-                    late.fetch_add(1, Ordering::Relaxed);
-                }
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    // Stop the edge running the most calls right now.
-    let mut running_now = Vec::new();
-    for e in &edges {
-        running_now.push(status(&e.url).await["instances_in_use"].as_u64().unwrap());
-    }
-    let vi = if running_now[0] >= running_now[1] {
-        0
-    } else {
-        1
-    };
-    let victim = ["edge-1", "edge-2"][vi];
-    let in_use = running_now[vi];
-    *victim_name.lock().unwrap() = victim.to_string();
-    stopped.store(true, Ordering::SeqCst);
-    let t = Instant::now();
-    let exit = tokio::task::block_in_place(|| edges[vi].terminate());
-    let took = t.elapsed();
-    assert!(exit.success(), "{victim} exited with {exit}");
-    let states = mesh_json(&router)["members"].as_array().unwrap().clone();
-    let state = states
-        .iter()
-        .find(|m| m["id"] == victim)
-        .map(|m| m["state"].as_str().unwrap().to_string());
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    running.store(false, Ordering::Relaxed);
-    for c in callers {
-        c.await.unwrap();
-    }
-    eprintln!(
-        "stopped {victim} ({before:?} before) with {in_use} call(s) running there: it exited in \
-         {took:?}, {} call(s) it ran came back after the signal; {} calls, {} failed",
-        on_victim_after_stop.load(Ordering::Relaxed),
-        done.load(Ordering::Relaxed),
-        failures.load(Ordering::Relaxed)
-    );
-    assert_eq!(failures.load(Ordering::Relaxed), 0);
-    assert!(done.load(Ordering::Relaxed) > 20);
-    // The router heard the goodbye before the process was gone, not by its silence.
-    assert_eq!(state.as_deref(), Some("left"), "{states:?}");
-    let table = run_ok(fogline().args(["--gateway", &router.url, "mesh"]));
-    assert!(
-        table
-            .lines()
-            .any(|l| l.starts_with(victim) && l.contains("left")),
-        "{table}"
-    );
 }

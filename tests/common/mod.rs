@@ -290,3 +290,76 @@ pub async fn metrics(url: &str) -> String {
         .await
         .expect("metrics text")
 }
+
+/// CPUs this process may use (the tests pin edge nodes to one each, like separate boards).
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Starts `fogline ROLE` as mesh member `name`, pinned to `cpu` when there is one to spare.
+pub fn member(
+    dir: &Path,
+    pki: &Path,
+    role: &str,
+    name: &str,
+    join: Option<&str>,
+    cpu: Option<usize>,
+) -> NodeProc {
+    let cfg = dir.join("member.toml");
+    std::fs::write(
+        &cfg,
+        "version = 1\n[mesh]\nmdns = false\ninterval = \"500ms\"\n",
+    )
+    .unwrap();
+    let cert_role = match role {
+        "bridge" => "bridge",
+        _ => "node",
+    };
+    let tls = issue(pki, name, cert_role);
+    let mut cmd = match cpu.filter(|_| cpus() >= 2 && Path::new("/usr/bin/taskset").exists()) {
+        Some(c) => {
+            let mut t = std::process::Command::new("/usr/bin/taskset");
+            t.args(["-c", &c.to_string()]).arg(bin());
+            t
+        }
+        None => std::process::Command::new(bin()),
+    };
+    cmd.env_remove("FOGLINE_GATEWAY")
+        .env_remove("FOGLINE_TOKEN")
+        .current_dir(dir)
+        .arg(role)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--id", name, "--data-dir"])
+        .arg(dir.join(name))
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--quic",
+            "127.0.0.1:0",
+            "--tls-dir",
+        ])
+        .arg(&tls)
+        .args(["--mesh", "/ip4/127.0.0.1/tcp/0"]);
+    if let Some(j) = join {
+        cmd.args(["--join", j]);
+    }
+    NodeProc::spawn_cmd(cmd, dir.join(name), dir)
+}
+
+/// Invokes through the router; returns (status, placed-on node, body).
+pub async fn call(c: &reqwest::Client, router: &str, f: &str, body: &str) -> (u16, String, String) {
+    let r = c
+        .post(format!("{router}/function/{f}"))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let placed = r
+        .headers()
+        .get("x-fogline-placed-on")
+        .map(|v| v.to_str().unwrap().split(' ').next().unwrap().to_string())
+        .unwrap_or_default();
+    (status, placed, r.text().await.unwrap())
+}
