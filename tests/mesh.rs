@@ -43,6 +43,13 @@ fn states(n: &NodeProc) -> Vec<(String, String)> {
     id_states(&view(n))
 }
 
+/// Whether every member's view shows all of `nodes` alive.
+fn every_view_shows_all_alive(nodes: &[NodeProc]) -> bool {
+    nodes
+        .iter()
+        .all(|n| states(n).iter().filter(|(_, s)| s == "alive").count() == nodes.len())
+}
+
 /// (id, state) of each member of a `/v1/mesh` member list.
 fn id_states(members: &[Value]) -> Vec<(String, String)> {
     members
@@ -151,9 +158,7 @@ fn ten_members_converge_see_a_death_and_a_rejoin() {
     // Restart it on the same data folder: it rejoins and is alive everywhere again.
     nodes[5] = member(dir.path(), &pki, "m5", "127.0.0.1", Some(&join));
     wait_until("m5 alive everywhere again", 20, || {
-        nodes
-            .iter()
-            .all(|n| states(n).iter().filter(|(_, s)| s == "alive").count() == 10)
+        every_view_shows_all_alive(&nodes)
     });
     let out = run_ok(fogline().args(["--gateway", &nodes[3].url, "mesh"]));
     assert_eq!(out.lines().count(), 11, "{out}");
@@ -174,9 +179,7 @@ fn ten_members_converge_see_a_death_and_a_rejoin() {
     eprintln!("a stopped member was shown left everywhere {took:?} after it exited");
     nodes[7] = member(dir.path(), &pki, "m7", "127.0.0.1", Some(&join));
     wait_until("m7 alive everywhere after its restart", 20, || {
-        nodes
-            .iter()
-            .all(|n| states(n).iter().filter(|(_, s)| s == "alive").count() == 10)
+        every_view_shows_all_alive(&nodes)
     });
 }
 
@@ -200,11 +203,7 @@ fn members_joining_in_a_chain_find_everyone() {
     wait_until(
         "5 members chained by their join addresses all alive everywhere",
         20,
-        || {
-            nodes
-                .iter()
-                .all(|n| states(n).iter().filter(|(_, s)| s == "alive").count() == 5)
-        },
+        || every_view_shows_all_alive(&nodes),
     );
 }
 

@@ -313,7 +313,7 @@ async fn serve_connection(conn: Connection, node: Arc<Node>, limits: QuicLimits)
     tracing::debug!(remote = %conn.remote_address(), role = role.as_str(), "QUIC peer connected");
     let slots = Arc::new(Semaphore::new(limits.max_streams as usize));
     loop {
-        let (mut send, recv) = match conn.accept_bi().await {
+        let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
             Err(_) => return,
         };
@@ -323,31 +323,20 @@ async fn serve_connection(conn: Connection, node: Arc<Node>, limits: QuicLimits)
         if node.stopping.load(Ordering::SeqCst) {
             node.quic_streams.fetch_sub(1, Ordering::SeqCst);
             // Nothing of it has run: the caller may send it anywhere else.
-            let msg = WireErrorMsg {
-                status: 503,
-                retryable: true,
-                message: format!("{} is stopping; try another place", node.id),
-            };
-            tokio::spawn(async move {
-                let _ = write_frame(&mut send, &Frame::Error(msg)).await;
-                let _ = send.finish();
-            });
+            refuse(
+                send,
+                503,
+                format!("{} is stopping; try another place", node.id),
+            );
             continue;
         }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             node.quic_streams.fetch_sub(1, Ordering::SeqCst);
-            let msg = WireErrorMsg {
-                status: 429,
-                retryable: true,
-                message: format!(
-                    "more than {} concurrent streams on this connection; retry shortly",
-                    limits.max_streams
-                ),
-            };
-            tokio::spawn(async move {
-                let _ = write_frame(&mut send, &Frame::Error(msg)).await;
-                let _ = send.finish();
-            });
+            let message = format!(
+                "more than {} concurrent streams on this connection; retry shortly",
+                limits.max_streams
+            );
+            refuse(send, 429, message);
             continue;
         };
         let node = node.clone();
@@ -525,6 +514,15 @@ async fn ensure_function(
         Ok(_) => Ok(Ok(())),
         Err(e) => Ok(Err((400, e.to_string()))),
     }
+}
+
+/// Answers a stream it will not serve with a retryable error, without holding up the
+/// accept loop.
+fn refuse(mut send: SendStream, status: u16, message: String) {
+    tokio::spawn(async move {
+        let _ = reply_error(&mut send, status, true, message).await;
+        let _ = send.finish();
+    });
 }
 
 async fn reply_error(
