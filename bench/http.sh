@@ -19,7 +19,7 @@ work=$(mktemp -d)
 cleanup() { kill "$pid" 2>/dev/null || true; kill "${mpid:-0}" 2>/dev/null || true; [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-(cd "$work" && exec "$bin" up --single --data-dir "$work/.fogline" --http 127.0.0.1:0 >"$work/out" 2>"$work/err") &
+(cd "$work" && exec "$bin" up --single --data-dir "$work/.fogline" --http 127.0.0.1:0 --coap 127.0.0.1:0 >"$work/out" 2>"$work/err") &
 pid=$!
 for _ in $(seq 1 100); do grep -q "gateway listening" "$work/out" 2>/dev/null && break; sleep 0.1; done
 url=$(sed -n 's/^gateway listening on //p' "$work/out" | head -1)
@@ -80,7 +80,7 @@ awk -v a="$f64_rps" -v b="$n64_rps" 'BEGIN { printf "fogline / nginx throughput 
 printf 'node agent RSS: idle %.1f MB, after the load %.1f MB\n' "$(echo "$rss_idle/1024" | bc -l)" "$(echo "$rss_after/1024" | bc -l)"
 
 # Through the router: a local mesh (router, two edge nodes, a cloud bridge) in one process.
-(cd "$work" && exec "$bin" up --data-dir "$work/mesh" --http 127.0.0.1:0 >"$work/mout" 2>"$work/merr") &
+(cd "$work" && exec "$bin" up --data-dir "$work/mesh" --http 127.0.0.1:0 --coap 127.0.0.1:0 >"$work/mout" 2>"$work/merr") &
 mpid=$!
 for _ in $(seq 1 100); do grep -q "local mesh ready" "$work/mout" 2>/dev/null && break; sleep 0.1; done
 murl=$(sed -n 's/^gateway listening on //p' "$work/mout" | head -1)

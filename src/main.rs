@@ -84,6 +84,9 @@ struct UpArgs {
     /// Run one node alone (gateway and sandboxes, no mesh, no router).
     #[arg(long, conflicts_with = "edges")]
     single: bool,
+    /// CoAP address (UDP) of the router (or the single node); port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:5683")]
+    coap: SocketAddr,
 }
 
 #[derive(Args)]
@@ -103,6 +106,9 @@ struct NodeArgs {
     /// Overrides `quic.listen` (turns QUIC on; needs --tls-dir or quic.tls_dir).
     #[arg(long)]
     quic: Option<SocketAddr>,
+    /// Overrides `coap.listen` (turns the CoAP trigger on, UDP).
+    #[arg(long)]
+    coap: Option<SocketAddr>,
     /// Overrides `quic.tls_dir`: a folder made by `fogline certs issue`.
     #[arg(long)]
     tls_dir: Option<PathBuf>,
@@ -169,6 +175,9 @@ impl NodeArgs {
         }
         if let Some(q) = self.quic {
             cfg.quic.listen = Some(q);
+        }
+        if let Some(c) = self.coap {
+            cfg.coap.listen = Some(c);
         }
         if let Some(t) = self.tls_dir {
             cfg.quic.tls_dir = Some(t);
@@ -246,10 +255,13 @@ fn main() -> ExitCode {
     let result = rt.block_on(async move {
         match cli.command {
             Command::Up(a) if a.single => {
-                let cfg = fogline_core::config::NodeConfig::local(a.data_dir, a.http);
+                let mut cfg = fogline_core::config::NodeConfig::local(a.data_dir, a.http);
+                cfg.coap.listen = Some(a.coap);
                 serve::node(cfg, &[]).await
             }
-            Command::Up(a) => serve::local_mesh(a.data_dir, a.http, usize::from(a.edges)).await,
+            Command::Up(a) => {
+                serve::local_mesh(a.data_dir, a.http, a.coap, usize::from(a.edges)).await
+            }
             Command::Node(a) => {
                 let join = a.join.clone();
                 let cfg = a.into_config(None)?;

@@ -46,7 +46,10 @@ pub async fn node(cfg: NodeConfig, join: &[String]) -> anyhow::Result<()> {
         if let Some(q) = running.quic_addr {
             writeln!(out, "quic listening on {q}")?;
         }
-        if let Some(m) = running.node.mesh.get() {
+        if let Some(c) = running.coap_addr {
+            writeln!(out, "coap listening on {c}")?;
+        }
+        if let Some(m) = running.node.links.mesh.get() {
             writeln!(out, "mesh listening on {}", m.address)?;
         }
         print_new_token(&mut out, running.new_token.as_deref(), &data_dir)?;
@@ -58,20 +61,6 @@ pub async fn node(cfg: NodeConfig, join: &[String]) -> anyhow::Result<()> {
             data_dir.display()
         )?;
         out.flush()?;
-    }
-    // After the start lines, which scripts read first.
-    if let Some(m) = running
-        .node
-        .config
-        .router
-        .as_ref()
-        .and_then(|r| r.mqtt.clone())
-    {
-        tokio::spawn(fogline_router::mqtt::run(
-            std::sync::Arc::downgrade(&running.node),
-            m,
-            running.node.id.clone(),
-        ));
     }
     running.serve(shutdown_signal()).await?;
     eprintln!("stopped");
@@ -121,6 +110,7 @@ fn init_tracing() {
 pub async fn local_mesh(
     data_dir: std::path::PathBuf,
     http: std::net::SocketAddr,
+    coap: std::net::SocketAddr,
     edges: usize,
 ) -> anyhow::Result<()> {
     use fogline_core::config::{RouterSection, Tier};
@@ -153,6 +143,7 @@ pub async fn local_mesh(
     let cloud = fogline_node::bind(member("cloud", Role::Bridge, Tier::Cloud, any)?).await?;
     let seed = cloud
         .node
+        .links
         .mesh
         .get()
         .map(|m| m.address.clone())
@@ -166,11 +157,12 @@ pub async fn local_mesh(
     }
     let mut rc = member("router", Role::Router, Tier::Edge, http)?;
     rc.router = Some(RouterSection::default());
+    rc.coap.listen = Some(coap);
     let router = fogline_node::bind_with(rc, &join).await?;
     fogline_router::Router::install(&router.node, RouterSection::default());
     // Ready means ready: the router's view holds every member before the first call can
     // come in (gossip takes up to an interval), so no early call meets "no live place".
-    if let Some(mesh) = router.node.mesh.get() {
+    if let Some(mesh) = router.node.links.mesh.get() {
         let want = nodes.len();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
         loop {
@@ -195,6 +187,9 @@ pub async fn local_mesh(
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "gateway listening on http://{}", router.addr)?;
+        if let Some(c) = router.coap_addr {
+            writeln!(out, "coap listening on {c}")?;
+        }
         print_new_token(&mut out, router.new_token.as_deref(), &data_dir)?;
         for (name, r) in &nodes {
             writeln!(

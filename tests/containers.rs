@@ -412,3 +412,76 @@ async fn without_the_engine_container_functions_answer_503_and_wasm_ones_run() {
         docker(&["rm", "-f", &c]);
     }
 }
+
+/// Containers labelled as owned by the member whose data folder is `data`.
+fn containers_owned(data: &Path) -> Vec<String> {
+    let owner = fogline_node::executor::container::owner_of(data);
+    let out = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!(
+            "label={}={owner}",
+            fogline_node::executor::container::LABEL_OWNER
+        ),
+        "--format",
+        "{{.Names}}",
+    ]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The README's local mesh with container functions: the router keeps the manifest and
+/// places each call on a member that runs containers, which checks the image on its own
+/// engine (it was answered as if it were Wasm: "the manifest names no module").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_functions_are_placed_by_the_router_on_up() {
+    if !have_docker() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join(".fogline");
+    let mut n = NodeProc::up_mesh(dir.path());
+    wait_until("every member of the local mesh is alive", 15, || {
+        alive(&n).len() == 4
+    });
+    let (st, body) = put_container(&n, "thumbs", json!({"runtime": "container", "image": IMAGE, "memory": "64Mi", "timeout": "10s", "container": {"mode": "stream", "cmd": ["--stream"]}})).await;
+    assert!(st == 201 || st == 200, "{st} {body}");
+    let mut placed = std::collections::BTreeSet::new();
+    let mut warm = 0;
+    for i in 0..20 {
+        let r = invoke(&n, "thumbs", ppm(16, 16)).await;
+        let status = r.status();
+        let on = r
+            .headers()
+            .get("x-fogline-placed-on")
+            .map(|v| v.to_str().unwrap().to_string());
+        let cold = r.headers().get("x-fogline-cold").cloned();
+        let out = r.bytes().await.unwrap();
+        assert_eq!(status, 200, "call {i}: {}", String::from_utf8_lossy(&out));
+        assert!(out.starts_with(b"P6\n"), "call {i}: not a thumbnail");
+        let on = on.expect("the router says where the call ran");
+        assert!(!on.starts_with("router"), "{on}");
+        placed.insert(on);
+        if cold.is_some_and(|c| c == "false") {
+            warm += 1;
+        }
+    }
+    eprintln!("container calls placed on {placed:?}, {warm} of 20 warm");
+    assert!(warm > 0, "no call found a warm instance");
+    // A memory bomb is stopped on the member that ran it, and named as such to the caller.
+    put_container(&n, "membomb", json!({"runtime": "container", "image": IMAGE, "memory": "32Mi", "timeout": "30s", "container": {"cmd": ["--misbehave", "membomb"]}})).await;
+    let r = invoke(&n, "membomb", vec![]).await;
+    let status = r.status();
+    let msg = r.text().await.unwrap();
+    assert_eq!(status, 500, "{msg}");
+    assert!(msg.contains("out of memory"), "{msg}");
+    assert_eq!(invoke(&n, "thumbs", ppm(4, 4)).await.status(), 200);
+    assert!(n.terminate().success());
+    for member in ["edge-1", "edge-2", "cloud"] {
+        let left = containers_owned(&data.join(member));
+        assert!(left.is_empty(), "{member} left {left:?}");
+    }
+}

@@ -10,11 +10,7 @@ use common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_runs_a_local_mesh_with_zero_configuration() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join(".fogline");
-    let mut cmd = fogline();
-    cmd.current_dir(dir.path())
-        .args(["up", "--http", "127.0.0.1:0"]);
-    let mut n = NodeProc::spawn_cmd(cmd, data.clone(), dir.path());
+    let mut n = NodeProc::up_mesh(dir.path());
     // The client finds the gateway's token in ./.fogline, as in the README's quick start.
     let out = run_ok(
         fogline()

@@ -35,6 +35,52 @@ pub struct NodeConfig {
     pub router: Option<RouterSection>,
     #[serde(default)]
     pub container: ContainerSection,
+    /// The CoAP trigger (RFC 7252 over UDP), for constrained devices.
+    #[serde(default)]
+    pub coap: CoapSection,
+    /// The MQTT trigger: messages on mapped topics invoke functions (on a router they are
+    /// placed like any call). `[router.mqtt]` is still read, as before.
+    pub mqtt: Option<MqttSection>,
+}
+
+/// The CoAP trigger: `POST coap://HOST/function/NAME` runs a function.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CoapSection {
+    /// UDP address to listen on; absent: CoAP is off. Port 0 picks a free port.
+    pub listen: Option<SocketAddr>,
+    /// A confirmable request still running after this is acknowledged at once (an empty
+    /// ACK) and answered later in a separate response, so the client stops retransmitting.
+    #[serde(default = "default_coap_ack_after", with = "duration_str")]
+    pub ack_after: Duration,
+    /// Largest block of a block-wise response (16 to 1024 bytes, a power of two); a client
+    /// may ask for smaller ones.
+    #[serde(default = "default_coap_block")]
+    pub block_size: u32,
+    /// Requests running at once; more are answered 5.03 with Max-Age.
+    #[serde(default = "default_coap_max_exchanges")]
+    pub max_exchanges: u32,
+}
+
+impl Default for CoapSection {
+    fn default() -> Self {
+        CoapSection {
+            listen: None,
+            ack_after: default_coap_ack_after(),
+            block_size: default_coap_block(),
+            max_exchanges: default_coap_max_exchanges(),
+        }
+    }
+}
+
+fn default_coap_ack_after() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_coap_block() -> u32 {
+    1024
+}
+fn default_coap_max_exchanges() -> u32 {
+    1024
 }
 
 /// Container functions, run by the local Docker engine.
@@ -133,6 +179,42 @@ fn default_placements_kept() -> usize {
 }
 fn default_reply_prefix() -> String {
     "fogline/reply".into()
+}
+
+/// Checks an MQTT section; the key of a problem names the section it was read from.
+fn check_mqtt(m: &MqttSection, under_router: bool) -> Result<(), (&'static str, String)> {
+    let key = |router: &'static str, top: &'static str| if under_router { router } else { top };
+    if m.broker
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .is_none()
+    {
+        return Err((
+            key("router.mqtt.broker", "mqtt.broker"),
+            format!("{:?} must be HOST:PORT", m.broker),
+        ));
+    }
+    if m.reply_prefix.is_empty() || m.reply_prefix.contains(['+', '#', '\0']) {
+        return Err((
+            key("router.mqtt.reply_prefix", "mqtt.reply_prefix"),
+            format!("{:?} must be a topic without wildcards", m.reply_prefix),
+        ));
+    }
+    for (i, t) in m.triggers.iter().enumerate() {
+        check_topic_filter(&t.topic).map_err(|p| {
+            (
+                key("router.mqtt.trigger.topic", "mqtt.trigger.topic"),
+                format!("trigger {}: {p}", i + 1),
+            )
+        })?;
+        crate::manifest::validate_name(&t.function).map_err(|e| {
+            (
+                key("router.mqtt.trigger.function", "mqtt.trigger.function"),
+                format!("trigger {}: {}", i + 1, e.problem),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Whether an MQTT topic matches a filter (`+` one level, `#` the rest, `$`-topics only
@@ -368,7 +450,16 @@ impl NodeConfig {
             mesh: MeshSection::default(),
             router: None,
             container: ContainerSection::default(),
+            coap: CoapSection::default(),
+            mqtt: None,
         }
+    }
+
+    /// The MQTT trigger's settings, from `[mqtt]` or (as before) `[router.mqtt]`.
+    pub fn mqtt(&self) -> Option<&MqttSection> {
+        self.mqtt
+            .as_ref()
+            .or_else(|| self.router.as_ref().and_then(|r| r.mqtt.as_ref()))
     }
 
     fn check(&self, file: &str) -> Result<(), ConfigError> {
@@ -448,38 +539,37 @@ impl NodeConfig {
                     format!("{} is outside 16..=100000", r.window),
                 ));
             }
-            if let Some(m) = &r.mqtt {
-                if m.broker
-                    .rsplit_once(':')
-                    .and_then(|(_, p)| p.parse::<u16>().ok())
-                    .is_none()
-                {
-                    return Err(invalid(
-                        "router.mqtt.broker",
-                        format!("{:?} must be HOST:PORT", m.broker),
-                    ));
-                }
-                if m.reply_prefix.is_empty() || m.reply_prefix.contains(['+', '#', '\0']) {
-                    return Err(invalid(
-                        "router.mqtt.reply_prefix",
-                        format!("{:?} must be a topic without wildcards", m.reply_prefix),
-                    ));
-                }
-                for (i, t) in m.triggers.iter().enumerate() {
-                    check_topic_filter(&t.topic).map_err(|p| {
-                        invalid(
-                            "router.mqtt.trigger.topic",
-                            format!("trigger {}: {p}", i + 1),
-                        )
-                    })?;
-                    crate::manifest::validate_name(&t.function).map_err(|e| {
-                        invalid(
-                            "router.mqtt.trigger.function",
-                            format!("trigger {}: {}", i + 1, e.problem),
-                        )
-                    })?;
-                }
-            }
+        }
+        if self.mqtt.is_some() && self.router.as_ref().is_some_and(|r| r.mqtt.is_some()) {
+            return Err(invalid(
+                "mqtt",
+                "set either [mqtt] or [router.mqtt], not both".into(),
+            ));
+        }
+        if let Some(m) = self.mqtt() {
+            check_mqtt(m, self.mqtt.is_none()).map_err(|(k, p)| invalid(k, p))?;
+        }
+        let c = &self.coap;
+        if !(16..=1024).contains(&c.block_size) || !c.block_size.is_power_of_two() {
+            return Err(invalid(
+                "coap.block_size",
+                format!("{} is not a power of two from 16 to 1024", c.block_size),
+            ));
+        }
+        if c.ack_after > Duration::from_secs(2) {
+            return Err(invalid(
+                "coap.ack_after",
+                format!(
+                    "{:?} is longer than CoAP's ACK_TIMEOUT of 2s: clients would retransmit first",
+                    c.ack_after
+                ),
+            ));
+        }
+        if c.max_exchanges == 0 || c.max_exchanges > 100_000 {
+            return Err(invalid(
+                "coap.max_exchanges",
+                format!("{} is outside 1..=100000", c.max_exchanges),
+            ));
         }
         if let Some(id) = &self.node.id {
             if id.is_empty()

@@ -18,6 +18,7 @@
 //!
 //! Drivers (`fogline-node`, `fogline-router`, …) move bytes and time into these types.
 
+pub mod coap;
 pub mod config;
 pub mod digest;
 pub mod forecast;

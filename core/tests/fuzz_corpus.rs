@@ -23,3 +23,8 @@ fn frame_decode_corpus_replays_cleanly() {
 fn gossip_view_corpus_replays_cleanly() {
     replay("gossip_view", fogline_core::mesh::check_gossip);
 }
+
+#[test]
+fn coap_server_corpus_replays_cleanly() {
+    replay("coap_server", fogline_core::coap::check_server);
+}

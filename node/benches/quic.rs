@@ -318,8 +318,12 @@ async fn raw_echo(conn: &quinn::Connection, body: &Bytes) {
 /// A bare quinn server that echoes each stream, on an endpoint with the node's TLS, ALPN
 /// and transport settings.
 async fn raw_echo_server(tls: &TlsDir, limits: &QuicLimits) -> SocketAddr {
-    let ep = fogline_node::quic::bind_server("127.0.0.1:0".parse().expect("addr"), tls, limits)
-        .expect("endpoint");
+    let ep = fogline_node::triggers::quic::bind_server(
+        "127.0.0.1:0".parse().expect("addr"),
+        tls,
+        limits,
+    )
+    .expect("endpoint");
     let addr = ep.local_addr().expect("addr");
     tokio::spawn(async move {
         while let Some(inc) = ep.accept().await {

@@ -1,15 +1,17 @@
-//! The seam between the gateways and placement: a node runs calls itself; a router sets a
-//! [`Dispatch`] that decides where each call runs. The HTTP gateway, the QUIC server and the
-//! async queue all go through [`Node::call`](crate::agent::Node::call), so every ingress is
-//! placed the same way.
+//! The seam between triggers and placement. Every trigger calls
+//! [`Node::call`](crate::agent::Node::call): a node runs the call itself; a router has a
+//! [`Dispatch`] installed that decides where each call runs. A call sent to an explicit
+//! member (`X-Fogline-Target`) goes through [`Node::call_at`](crate::agent::Node::call_at),
+//! the same path a router's placement takes to reach that member.
+//!
+//! This module depends on nothing else in the node: a router holds its own handle on the
+//! node it places for, so there is no cycle between the agent and placement.
 
 use std::future::Future;
 use std::pin::Pin;
 
 use bytes::Bytes;
 use fogline_core::config::Tier;
-
-use crate::agent::Node;
 
 /// A boxed future borrowing its inputs.
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -31,6 +33,9 @@ pub struct Placed {
     pub run_ms: f64,
     /// Places tried (more than one after a failure of an idempotent call).
     pub attempts: u32,
+    /// Whether the member it ran on fetched the module from us first (calls sent to
+    /// another member); none when it ran here.
+    pub module_sent: Option<bool>,
 }
 
 /// A call that produced no output, with the status and message for the caller.
@@ -58,7 +63,6 @@ impl Refused {
 pub trait Dispatch: Send + Sync {
     fn dispatch<'a>(
         &'a self,
-        node: &'a Node,
         function: &'a str,
         body: Bytes,
     ) -> BoxFut<'a, Result<Placed, Refused>>;

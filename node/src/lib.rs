@@ -1,173 +1,140 @@
-//! Fogline's node agent: runs functions in sandboxes and serves them over HTTP.
+//! Fogline's node agent: runs functions in sandboxes and takes invocations from every
+//! trigger. The router and the cloud bridge are node agents with more parts installed.
 //!
-//! Layout, top-down:
-//! - [`agent`]: the [`Node`](agent::Node): deployed functions, per-function concurrency
-//!   limits, the durable async queue, status;
-//! - [`gateway`]: the OpenFaaS-compatible HTTP API over a node (axum);
-//! - [`executor`]: the sandbox trait and its Wasm implementation (wasmtime);
-//! - [`store`]: durable state in sled; [`logs`], [`metrics`]: what operators read.
+//! The rooms, and where each kind of change goes:
+//! - [`triggers`]: every way an invocation arrives (HTTP, QUIC, MQTT, CoAP), one module each
+//!   behind the [`Trigger`](triggers::Trigger) trait. **A new trigger** is a module there and
+//!   one line in [`triggers::bind`].
+//! - [`executor`]: the sandboxes (Wasm, containers) behind one
+//!   [`Executor`](executor::Executor) trait and the [`Executors`](executor::Executors)
+//!   registry keyed by runtime. **A new sandbox** is a module there and one line in
+//!   [`Executors::open`](executor::Executors::open).
+//! - [`agent`]: the [`Node`]: its function registry, admission (per-function concurrency),
+//!   the durable async queue and callbacks, and [`Node::call`], the one invocation path.
+//! - [`dispatch`]: the seam placement plugs into; **a new placement policy** goes in
+//!   `fogline-core` (`policy`, `placement`), driven by the router crate through this seam.
+//! - [`quic`] (framing and the client that calls other tiers), [`tls`] (certificates and
+//!   roles), [`mesh`] (gossiped membership and load): how members reach each other.
+//! - [`store`] (durable state in sled), [`logs`], [`metrics`], [`sysinfo`] (the machine),
+//!   [`token`] (the admin token): what the other rooms keep and report.
 //!
-//! [`serve`] ties them together for `fogline up` and `fogline node`.
+//! Dependencies between the rooms run one way: triggers → agent → executor, dispatch,
+//! quic, mesh, store. [`bind`] wires them for `fogline node`, `bridge`, `router` and `up`.
 
 pub mod agent;
 pub mod dispatch;
 pub mod executor;
-pub mod gateway;
 pub mod logs;
 pub mod mesh;
 pub mod metrics;
 pub mod quic;
 pub mod store;
+pub mod sysinfo;
 pub mod tls;
+pub mod token;
+pub mod triggers;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use fogline_core::config::NodeConfig;
 
 pub use agent::Node;
+use triggers::Trigger;
 
-/// A node that is listening.
+/// A node whose triggers are bound; call [`Running::serve`] to start serving.
 pub struct Running {
+    /// The HTTP gateway's address.
     pub addr: SocketAddr,
     /// The QUIC endpoint's address, when QUIC is on.
     pub quic_addr: Option<SocketAddr>,
-    quic: Option<quinn::Endpoint>,
-    pub node: std::sync::Arc<Node>,
+    /// The CoAP socket's address, when CoAP is on.
+    pub coap_addr: Option<SocketAddr>,
+    pub node: Arc<Node>,
     pub new_token: Option<String>,
-    listener: tokio::net::TcpListener,
+    triggers: Vec<Box<dyn Trigger>>,
     async_rx: tokio::sync::mpsc::Receiver<u64>,
 }
 
-/// Opens the node and binds its gateway; call [`Running::serve`] to start serving.
+/// Opens the node and binds its triggers; call [`Running::serve`] to start serving.
 pub async fn bind(config: NodeConfig) -> anyhow::Result<Running> {
     bind_with(config, &[]).await
 }
 
 /// [`bind`], joining the mesh through `join` as well as the config's members.
 pub async fn bind_with(config: NodeConfig, join: &[String]) -> anyhow::Result<Running> {
-    let listen = config.http.listen;
+    let triggers = triggers::bind(&config).await?;
     let opened = Node::open(config).await?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    let addr = listener.local_addr()?;
     let node = opened.node;
-    let q = &node.config.quic;
-    if let Some(dir) = &q.tls_dir {
+    if let Some(dir) = &node.config.quic.tls_dir {
         let client = quic::Client::new(&tls::TlsDir::load(dir)?)?;
-        let _ = node.peers.set(std::sync::Arc::new(client));
+        let _ = node.links.peers.set(Arc::new(client));
     }
-    let quic = match (q.listen, &q.tls_dir) {
-        (Some(listen), Some(dir)) => {
-            let tls = tls::TlsDir::load(dir)?;
-            match tls.role() {
-                Some(r) if r.serves() => {}
-                Some(r) => anyhow::bail!(
-                    "{}: the certificate's role is {}, which cannot accept connections; issue one with --role node or bridge",
-                    dir.display(),
-                    r.as_str()
-                ),
-                None => anyhow::bail!(
-                    "{}: the certificate carries no Fogline role; issue it with `fogline certs issue`",
-                    dir.display()
-                ),
-            }
-            Some(quic::bind_server(
-                listen,
-                &tls,
-                &quic::QuicLimits::from_config(&node.config),
-            )?)
-        }
-        _ => None,
+    let at = |name: &str| {
+        triggers
+            .iter()
+            .find(|t| t.name() == name)
+            .and_then(|t| t.address())
     };
-    let quic_addr = quic.as_ref().map(|e| e.local_addr()).transpose()?;
-    let _ = node.addresses.set((quic_addr, addr));
+    let addr = at("gateway").ok_or_else(|| anyhow::anyhow!("the gateway is not bound"))?;
+    let (quic_addr, coap_addr) = (at("quic"), at("coap"));
+    let _ = node.links.addresses.set((quic_addr, addr));
     if node.config.mesh.listen.is_some() {
-        let mesh = mesh::start(node.clone(), join).await?;
-        let _ = node.mesh.set(mesh);
+        let m = mesh::start(node.clone(), &node.id, &node.config, join).await?;
+        let _ = node.links.mesh.set(m);
     }
     Ok(Running {
         addr,
         quic_addr,
-        quic,
+        coap_addr,
         node,
         new_token: opened.new_token,
-        listener,
+        triggers,
         async_rx: opened.async_rx,
     })
 }
 
 impl Running {
-    /// Serves until `shutdown` resolves, then finishes in-flight requests and flushes.
+    /// Serves until `shutdown` resolves; then every trigger finishes what it took (within
+    /// `node.stop_timeout`), the mesh hears the goodbye, the sandboxes stop, and the store
+    /// is flushed.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let workers = tokio::spawn(self.node.clone().run_async_workers(self.async_rx));
-        let endpoint = self.quic.clone();
-        let stop_timeout = self.node.config.node.stop_timeout;
-        let quic = self.quic.map(|endpoint| {
-            let c = &self.node.config;
-            let dir = c.quic.tls_dir.clone().unwrap_or_default();
-            tokio::spawn(quic::serve(
-                endpoint,
-                self.node.clone(),
-                dir,
-                quic::QuicLimits::from_config(c),
-                c.quic.reload_every,
-            ))
-        });
-        let app = gateway::router(self.node.clone());
-        // Graceful: in-flight requests finish, but idle keep-alive connections must not hold
-        // the process up forever, so the drain has a deadline. HTTP and QUIC drain together.
+        let node = self.node;
+        let workers = tokio::spawn(node.clone().run_async_workers(self.async_rx));
+        let deadline = node.config.node.stop_timeout;
         let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
-        let node = self.node.clone();
-        let server = axum::serve(self.listener, app).with_graceful_shutdown(async move {
-            shutdown.await;
-            // Other tiers stop sending here (the mesh hears it is leaving, QUIC refuses new
-            // calls) while what is running finishes.
-            node.begin_stop();
-            let _ = stopping_tx.send(true);
-        });
-        // Whether the stop began (false: the gateway ended on its own, and the sender with it).
-        let stop_began = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            rx.wait_for(|s| *s).await.is_ok()
-        };
-        let http = async {
-            tokio::select! {
-                r = server => r.map_err(|e| anyhow::anyhow!("gateway: {e}")),
-                _ = async {
-                    if !stop_began(stopping_rx.clone()).await {
-                        std::future::pending::<()>().await;
-                    }
-                    tokio::time::sleep(stop_timeout).await;
-                } => {
-                    tracing::warn!("connections still open {stop_timeout:?} after the stop signal (node.stop_timeout); closing them");
-                    Ok(())
-                }
-            }
-        };
-        let quic_drain = async {
-            if let Some(e) = &endpoint {
-                if stop_began(stopping_rx.clone()).await {
-                    quic::drain(e, &self.node, stop_timeout).await;
-                }
-            }
-        };
-        tokio::join!(http, quic_drain).0?;
-        workers.abort();
-        if let Some(q) = quic {
-            q.abort();
+        let mut serving = Vec::new();
+        for t in self.triggers {
+            let name = t.name();
+            let task = tokio::spawn(t.serve(node.clone(), stopping_rx.clone(), deadline));
+            serving.push((name, task));
         }
-        if let Some(m) = self.node.mesh.get() {
+        shutdown.await;
+        // Other tiers stop sending here (the mesh hears it is leaving, QUIC refuses new
+        // calls) while what is running finishes.
+        node.begin_stop();
+        let _ = stopping_tx.send(true);
+        let mut result = Ok(());
+        for (name, task) in serving {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(e) => result = Err(anyhow::anyhow!("{name} trigger: {e}")),
+            }
+        }
+        workers.abort();
+        if let Some(m) = node.links.mesh.get() {
             // The goodbye was queued when the stop began; let it reach the other members
             // before the mesh connections go.
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             m.stop();
         }
-        self.node.stop_containers().await;
-        self.node.flush().await;
-        Ok(())
+        node.stop_sandboxes().await;
+        node.flush().await;
+        result
     }
 }

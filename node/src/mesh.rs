@@ -49,8 +49,6 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
 use serde::Serialize;
 
-use crate::agent::Node;
-
 const TOPIC: &str = "fogline/2";
 /// The mesh protocol's version, as identify tells it.
 const MESH_PROTOCOL: &str = "/fogline/2";
@@ -68,12 +66,6 @@ pub const DIAL_GRACE: Duration = Duration::from_millis(1500);
 pub trait Reporter: Send + Sync + 'static {
     /// Its report now: `peer` its libp2p id, `mesh` its mesh address.
     fn report(&self, peer: &str, mesh: &str, site: &str, seq: u64) -> LoadReport;
-}
-
-impl Reporter for Node {
-    fn report(&self, peer: &str, mesh: &str, site: &str, seq: u64) -> LoadReport {
-        self.load_report(peer, mesh, site, seq)
-    }
 }
 
 #[derive(NetworkBehaviour)]
@@ -279,23 +271,22 @@ pub fn load_key(path: &Path) -> Result<PreSharedKey, MeshError> {
     })
 }
 
-/// Starts the mesh for `node`; returns once it listens. `join` adds to the config's list.
-pub async fn start(node: Arc<Node>, extra_join: &[String]) -> Result<Arc<Mesh>, MeshError> {
-    let cfg = node.config.mesh.clone();
+/// Starts the mesh for the member `name` configured by `config`, reporting what `reporter`
+/// says; returns once it listens. `join` adds to the config's list.
+pub async fn start(
+    reporter: Arc<dyn Reporter>,
+    name: &str,
+    config: &fogline_core::config::NodeConfig,
+    extra_join: &[String],
+) -> Result<Arc<Mesh>, MeshError> {
+    let cfg = config.mesh.clone();
     let key_path = cfg
         .key_file
         .clone()
-        .or_else(|| {
-            node.config
-                .quic
-                .tls_dir
-                .as_ref()
-                .map(|d| d.join("mesh.key"))
-        })
+        .or_else(|| config.quic.tls_dir.as_ref().map(|d| d.join("mesh.key")))
         .ok_or_else(|| MeshError::Other("no mesh key: set mesh.key_file or quic.tls_dir".into()))?;
     let psk = load_key(&key_path)?;
-    let name = node.id.clone();
-    start_member(node, &name, &cfg, psk, extra_join).await
+    start_member(reporter, name, &cfg, psk, extra_join).await
 }
 
 /// Starts a mesh member that reports what `reporter` says, named `name`. Returns once it

@@ -109,6 +109,8 @@ pub struct Metrics {
     /// calls that found it warm, over every function since start.
     pub cold_starts: AtomicU64,
     pub warm_starts: AtomicU64,
+    /// CoAP datagrams dropped because they were not CoAP.
+    pub coap_malformed: AtomicU64,
 }
 
 /// Point-in-time values rendered beside the series.
@@ -235,6 +237,11 @@ impl Metrics {
                 "fogline_warm_starts_total",
                 "Calls that found their function warm.",
                 self.warm_starts.load(Ordering::Relaxed),
+            ),
+            (
+                "fogline_coap_malformed_total",
+                "CoAP datagrams dropped because they could not be decoded.",
+                self.coap_malformed.load(Ordering::Relaxed),
             ),
             (
                 "fogline_mesh_sent_bytes_total",

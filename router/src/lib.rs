@@ -4,11 +4,8 @@
 //! code in `fogline-core`, shared with the simulator; this crate drives them with real
 //! sockets and clocks.
 //!
-//! A router is a node agent (same store, same OpenFaaS gateway, same QUIC endpoint) with a
-//! [`Dispatch`] installed, so every ingress (HTTP, QUIC, the async queue, [`mqtt`]) is placed
-//! the same way.
-
-pub mod mqtt;
+//! A router is a node agent (same store, same triggers: HTTP, QUIC, MQTT, CoAP) with a
+//! [`Dispatch`] installed, so every ingress and the async queue are placed the same way.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -25,7 +22,7 @@ use fogline_core::policy::Weights;
 use fogline_core::predict::Source;
 use fogline_core::FunctionManifest;
 use fogline_node::dispatch::{BoxFut, Dispatch, Placed, Refused};
-use fogline_node::quic::{QuicError, Request};
+use fogline_node::quic::QuicError;
 use fogline_node::Node;
 use serde::Serialize;
 
@@ -115,7 +112,7 @@ impl Router {
             rng: AtomicU64::new(seed),
             started: Instant::now(),
         });
-        let _ = node.dispatch.set(r.clone());
+        let _ = node.links.dispatch.set(r.clone());
         tokio::spawn(housekeeping(Arc::downgrade(&r)));
         if r.cfg.prepare_ahead {
             tokio::spawn(forecasting(Arc::downgrade(&r)));
@@ -148,7 +145,7 @@ impl Router {
         down.retain(|_, until| *until > now);
         let outstanding = lock(&self.outstanding);
         let mine = |id: &str| f64::from(outstanding.get(id).copied().unwrap_or(0));
-        if let Some(mesh) = node.mesh.get() {
+        if let Some(mesh) = node.links.mesh.get() {
             mesh.with_view(|view| {
                 for m in view.members() {
                     let r = &m.report;
@@ -181,7 +178,7 @@ impl Router {
                 }
             });
         }
-        if node.runs_functions() && f.runtime == fogline_core::Runtime::Wasm {
+        if node.can_run(f.runtime) {
             let g = node.gauges();
             let service = node.metrics.function(&f.name).service_ms().map(f64::from);
             out.push(Place {
@@ -190,7 +187,7 @@ impl Router {
                 addr: None,
                 rtt_ms: 0.0,
                 load_per_core: f64::from(g.instances_in_use).max(mine(&node.id))
-                    / f64::from(node.cores.max(1)),
+                    / f64::from(node.machine.cores.max(1)),
                 warm: service.is_some(),
                 service_ms: service,
             });
@@ -372,7 +369,9 @@ impl Router {
             } = failure;
             if place_failed {
                 lock(&self.down).insert(place.id.clone(), Instant::now() + DOWN_FOR);
-                if let (true, Some(addr), Some(client)) = (broken, place.addr, node.peers.get()) {
+                if let (true, Some(addr), Some(client)) =
+                    (broken, place.addr, node.links.peers.get())
+                {
                     client.forget(addr).await;
                 }
                 tracing::warn!(function = %f.name, place = %place.id, "place failed: {}", refused.message);
@@ -437,7 +436,7 @@ impl Router {
                 }),
             };
         };
-        let Some(client) = node.peers.get() else {
+        let Some(client) = node.links.peers.get() else {
             return Err(Failure {
                 refused: Refused::new(
                     503,
@@ -448,23 +447,8 @@ impl Router {
                 broken: false,
             });
         };
-        let req = Request {
-            function: f.name.clone(),
-            manifest: Some(f.clone()),
-            body: body.clone(),
-        };
-        match client.invoke(addr, &req, node).await {
-            Ok(reply) => Ok(Placed {
-                body: reply.body,
-                node: reply.result.node,
-                tier: place.tier,
-                cold: reply.result.cold,
-                truncated: false,
-                predicted_ms: None,
-                took_ms: 0.0,
-                run_ms: reply.result.run_us as f64 / 1e3,
-                attempts: 1,
-            }),
+        match client.send(addr, f, body.clone(), node).await {
+            Ok(reply) => Ok(reply.into_placed(place.tier)),
             Err(QuicError::Remote(m)) => Err(Failure {
                 place_failed: false,
                 executed_maybe: !m.retryable,
@@ -517,7 +501,7 @@ impl Router {
             }
             prepared.insert(key, Instant::now());
         }
-        let (Some(addr), Some(client)) = (target.addr, node.peers.get()) else {
+        let (Some(addr), Some(client)) = (target.addr, node.links.peers.get()) else {
             return;
         };
         match client.prepare(addr, f, node).await {
@@ -548,7 +532,7 @@ struct Failure {
 }
 
 fn no_place_message(node: &Node, function: &str) -> String {
-    let (alive, total) = node.mesh.get().map_or((0, 0), |m| {
+    let (alive, total) = node.links.mesh.get().map_or((0, 0), |m| {
         m.with_view(|v| {
             (
                 v.members()
@@ -558,7 +542,7 @@ fn no_place_message(node: &Node, function: &str) -> String {
             )
         })
     });
-    let mesh = if node.mesh.get().is_none() {
+    let mesh = if node.links.mesh.get().is_none() {
         "the mesh is off (no mesh.listen)".to_string()
     } else {
         format!("{alive} of {total} other members alive, none able to run it now")
@@ -572,11 +556,15 @@ fn no_place_message(node: &Node, function: &str) -> String {
 impl Dispatch for Router {
     fn dispatch<'a>(
         &'a self,
-        node: &'a Node,
         function: &'a str,
         body: Bytes,
     ) -> BoxFut<'a, Result<Placed, Refused>> {
-        Box::pin(self.place(node, function, body))
+        Box::pin(async move {
+            let Some(node) = self.node.upgrade() else {
+                return Err(Refused::new(503, "this router is stopping"));
+            };
+            self.place(&node, function, body).await
+        })
     }
 
     fn placements(&self, limit: usize) -> serde_json::Value {
@@ -601,7 +589,7 @@ async fn housekeeping(router: Weak<Router>) {
         n += 1;
         if n.is_multiple_of(20) {
             let Some(node) = r.node.upgrade() else { return };
-            let (Some(mesh), Some(client)) = (node.mesh.get(), node.peers.get()) else {
+            let (Some(mesh), Some(client)) = (node.links.mesh.get(), node.links.peers.get()) else {
                 continue;
             };
             let (gone, known): (Vec<SocketAddr>, Vec<String>) = mesh.with_view(|v| {

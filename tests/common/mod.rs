@@ -35,6 +35,8 @@ pub struct NodeProc {
     pub token: String,
     /// The QUIC address, when the node serves QUIC.
     pub quic: Option<std::net::SocketAddr>,
+    /// The CoAP address, when the node serves CoAP.
+    pub coap: Option<std::net::SocketAddr>,
     pub stdout_rest: mpsc::Receiver<String>,
 }
 
@@ -47,8 +49,17 @@ impl NodeProc {
         cmd.current_dir(dir)
             .args(["up", "--single", "--data-dir"])
             .arg(&data)
-            .args(["--http", "127.0.0.1:0"]);
+            .args(["--http", "127.0.0.1:0", "--coap", "127.0.0.1:0"]);
         Self::spawn(cmd, data, dir)
+    }
+
+    /// `fogline up --http 127.0.0.1:0 --coap 127.0.0.1:0`, run from `dir`: the README's local
+    /// mesh (a router, two edge nodes, a cloud bridge), data in `dir/.fogline`.
+    pub fn up_mesh(dir: &Path) -> Self {
+        let mut cmd = fogline();
+        cmd.current_dir(dir)
+            .args(["up", "--http", "127.0.0.1:0", "--coap", "127.0.0.1:0"]);
+        Self::spawn(cmd, dir.join(".fogline"), dir)
     }
 
     /// `fogline node --config <config> --data-dir <dir>/node --http 127.0.0.1:0`.
@@ -119,9 +130,13 @@ impl NodeProc {
             .unwrap_or_else(|| panic!("unexpected first line: {first:?}"))
             .to_string();
         let mut quic = None;
+        let mut coap = None;
         while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
             if let Some(q) = line.strip_prefix("quic listening on ") {
                 quic = Some(q.parse().expect("quic address"));
+            }
+            if let Some(c) = line.strip_prefix("coap listening on ") {
+                coap = Some(c.parse().expect("coap address"));
             }
             if line.contains(" ready; data in ") || line.starts_with("local mesh ready") {
                 break;
@@ -137,6 +152,7 @@ impl NodeProc {
             data_dir,
             token,
             quic,
+            coap,
             stdout_rest: rx,
         }
     }

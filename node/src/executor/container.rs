@@ -703,6 +703,57 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[async_trait::async_trait]
 impl super::Executor for ContainerExecutor {
+    fn runtime(&self) -> fogline_core::Runtime {
+        fogline_core::Runtime::Container
+    }
+
+    fn available(&self) -> bool {
+        ContainerExecutor::available(self)
+    }
+
+    /// A member that does not run the function checks only that its engine has the image.
+    async fn check(
+        &self,
+        manifest: &FunctionManifest,
+        _module: Option<Bytes>,
+    ) -> Result<(), ExecError> {
+        match &manifest.image {
+            Some(image) => self.check_image(image).await,
+            None => Err(ExecError::Invalid(
+                "a container function needs an image".into(),
+            )),
+        }
+    }
+
+    async fn warm_up(&self, manifest: &FunctionManifest) -> Result<(), ExecError> {
+        super::Executor::prepare(self, manifest, None)
+            .await
+            .map(|_| ())
+    }
+
+    fn is_warm(&self, manifest: &FunctionManifest) -> bool {
+        ContainerExecutor::is_warm(self, &manifest.name)
+    }
+
+    fn in_use(&self) -> u32 {
+        ContainerExecutor::in_use(self)
+    }
+
+    async fn load_archive(&self, archive: Bytes) -> Result<Vec<String>, ExecError> {
+        self.load_image(archive).await
+    }
+
+    async fn sweep(&self) -> Result<usize, ExecError> {
+        ContainerExecutor::sweep(self).await
+    }
+
+    async fn stop(&self) {
+        match ContainerExecutor::sweep(self).await {
+            Ok(0) | Err(_) => {}
+            Ok(n) => tracing::info!("removed {n} container(s) of this node"),
+        }
+    }
+
     async fn prepare(
         &self,
         manifest: &FunctionManifest,

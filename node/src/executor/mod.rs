@@ -1,14 +1,27 @@
-//! One executor trait, implemented by each sandbox.
+//! Sandboxes: one [`Executor`] trait, one module per sandbox, and the [`Executors`] registry
+//! the agent asks for "the executor of this runtime". The agent never branches on the
+//! runtime itself.
 //!
-//! Every sandbox follows the same lifecycle, so the gateway (and later the router) never
-//! cares which one ran a call:
-//! 1. **prepare** at deploy: validate and compile the function, cache what can be cached;
-//! 2. **invoke**: a fresh, isolated instance per call, request on stdin, response on stdout;
-//! 3. **reclaim**: drop everything held for a function when it is deleted.
+//! Every sandbox follows the same lifecycle:
+//! 1. **check** (a router that keeps a manifest without running it) or **prepare** at
+//!    deploy: validate and compile the function, cache what can be cached;
+//! 2. **warm up** ahead of calls (the router's prepare-ahead);
+//! 3. **invoke**: a fresh, isolated instance per call, request on stdin, response on stdout;
+//! 4. **reclaim** a function's instances when it is updated or deleted, and **forget** its
+//!    code once no function uses it;
+//! 5. **sweep** leftovers of an earlier run at start, and **stop** (remove what it runs).
+//!
+//! Adding a sandbox: a `Runtime` variant in `fogline-core`'s manifest, one module here
+//! implementing [`Executor`] (the methods without defaults: `runtime`, `prepare`, `invoke`,
+//! `is_warm`, `in_use`; override the rest where the sandbox holds something), and one line in
+//! [`Executors::open`](registry::Executors::open).
 
 pub mod capture;
 pub mod container;
+pub mod registry;
 pub mod wasm;
+
+pub use registry::Executors;
 
 use std::time::Duration;
 
@@ -79,6 +92,24 @@ pub fn tail(stderr: &Bytes) -> String {
 /// The sandbox contract shared by Wasm and containers.
 #[async_trait::async_trait]
 pub trait Executor: Send + Sync + 'static {
+    /// The runtime this sandbox runs (its key in the registry).
+    fn runtime(&self) -> fogline_core::Runtime;
+
+    /// Whether the sandbox takes calls now (a container engine may be down).
+    fn available(&self) -> bool {
+        true
+    }
+
+    /// Deploy-time check on a member that keeps the manifest without running it (a router):
+    /// what can be checked without preparing an instance. By default, [`prepare`](Self::prepare).
+    async fn check(
+        &self,
+        manifest: &FunctionManifest,
+        module: Option<Bytes>,
+    ) -> Result<(), ExecError> {
+        self.prepare(manifest, module).await.map(|_| ())
+    }
+
     /// Deploy-time work. `module` is the function's code (Wasm bytes), where it has some.
     /// Returns how long compilation took, when anything was compiled.
     async fn prepare(
@@ -96,8 +127,50 @@ pub trait Executor: Send + Sync + 'static {
         load: &dyn ModuleSource,
     ) -> Result<Output, ExecError>;
 
-    /// Drops whatever was held for this function.
-    async fn reclaim(&self, manifest: &FunctionManifest);
+    /// Loads a deployed function ahead of calls (the router's prepare-ahead). By default
+    /// nothing: what [`prepare`](Self::prepare) did at deploy is enough.
+    async fn warm_up(&self, _manifest: &FunctionManifest) -> Result<(), ExecError> {
+        Ok(())
+    }
+
+    /// Whether a call of this function would start warm now.
+    fn is_warm(&self, manifest: &FunctionManifest) -> bool;
+
+    /// Instances running calls now.
+    fn in_use(&self) -> u32;
+
+    /// Instance slots reserved ahead (0: none reserved, instances made on demand).
+    fn slots(&self) -> u32 {
+        0
+    }
+
+    /// Whether instances come from a pre-reserved pool.
+    fn pooled(&self) -> bool {
+        false
+    }
+
+    /// Drops the instances held for this function (it was updated or deleted).
+    async fn reclaim(&self, _manifest: &FunctionManifest) {}
+
+    /// Drops the function's code from caches: no deployed function uses it any more.
+    async fn forget_code(&self, _manifest: &FunctionManifest) {}
+
+    /// Loads an archive of code into the sandbox (an image tar for containers); returns the
+    /// names it held.
+    async fn load_archive(&self, _archive: Bytes) -> Result<Vec<String>, ExecError> {
+        Err(ExecError::Invalid(format!(
+            "the {} sandbox takes no archives",
+            self.runtime()
+        )))
+    }
+
+    /// Removes what an earlier run of this member left behind; returns how many.
+    async fn sweep(&self) -> Result<usize, ExecError> {
+        Ok(0)
+    }
+
+    /// Stops everything the sandbox runs (the member is stopping).
+    async fn stop(&self) {}
 }
 
 /// Where an executor gets a module's bytes when it needs them again.

@@ -454,6 +454,26 @@ impl WasmExecutor {
 
 #[async_trait::async_trait]
 impl Executor for Arc<WasmExecutor> {
+    fn runtime(&self) -> fogline_core::Runtime {
+        fogline_core::Runtime::Wasm
+    }
+
+    fn is_warm(&self, manifest: &FunctionManifest) -> bool {
+        manifest.module.is_some_and(|d| self.is_loaded(&d))
+    }
+
+    fn in_use(&self) -> u32 {
+        WasmExecutor::in_use(self)
+    }
+
+    fn slots(&self) -> u32 {
+        WasmExecutor::slots(self)
+    }
+
+    fn pooled(&self) -> bool {
+        WasmExecutor::pooled(self)
+    }
+
     async fn prepare(
         &self,
         manifest: &FunctionManifest,
@@ -499,7 +519,7 @@ impl Executor for Arc<WasmExecutor> {
         }
     }
 
-    async fn reclaim(&self, manifest: &FunctionManifest) {
+    async fn forget_code(&self, manifest: &FunctionManifest) {
         if let Some(d) = manifest.module {
             self.modules
                 .write()

@@ -1,20 +1,60 @@
-//! The MQTT trigger: messages on configured topic filters invoke functions; each result is
-//! published to the message's MQTT 5 response topic (with its correlation data), or else to
-//! `REPLY_PREFIX/<function>`. A message that cannot be used is logged and dropped; the
-//! trigger keeps running, and reconnects when the broker goes away.
+//! The MQTT trigger: messages on configured topic filters invoke functions (on a router,
+//! placed like any call); each result is published to the message's MQTT 5 response topic
+//! (with its correlation data), or else to `REPLY_PREFIX/<function>`. A message that cannot
+//! be used is logged and dropped; the trigger keeps running, and reconnects when the broker
+//! goes away.
 
-use std::sync::Weak;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fogline_core::config::{topic_matches, MqttSection};
-use fogline_node::Node;
+use fogline_core::config::{topic_matches, MqttSection, NodeConfig};
+
+use crate::agent::Node;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 
+/// The MQTT trigger: a client of the configured broker.
+pub struct Mqtt {
+    cfg: MqttSection,
+}
+
+impl Mqtt {
+    /// The trigger `[mqtt]` (or `[router.mqtt]`) configures; `None` when there is none.
+    pub fn from_config(config: &NodeConfig) -> anyhow::Result<Option<Mqtt>> {
+        Ok(config.mqtt().map(|cfg| Mqtt { cfg: cfg.clone() }))
+    }
+}
+
+impl super::Trigger for Mqtt {
+    fn name(&self) -> &'static str {
+        "mqtt"
+    }
+
+    fn address(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
+
+    fn serve(
+        self: Box<Self>,
+        node: Arc<Node>,
+        stopping: tokio::sync::watch::Receiver<bool>,
+        _deadline: Duration,
+    ) -> crate::dispatch::BoxFut<'static, anyhow::Result<()>> {
+        Box::pin(async move {
+            let id = node.id.clone();
+            tokio::select! {
+                _ = run(Arc::downgrade(&node), self.cfg, id) => {}
+                _ = super::stopped(stopping) => {}
+            }
+            Ok(())
+        })
+    }
+}
+
 /// Connects to the broker and serves the triggers until the node is gone.
-pub async fn run(node: Weak<Node>, cfg: MqttSection, node_id: String) {
+async fn run(node: std::sync::Weak<Node>, cfg: MqttSection, node_id: String) {
     let Some((host, port)) = cfg
         .broker
         .rsplit_once(':')

@@ -1,4 +1,4 @@
-//! The HTTP gateway: the OpenFaaS API subset that OpenFaaS clients use, plus Fogline's own
+//! The HTTP trigger, the gateway: the OpenFaaS API subset that OpenFaaS clients use, plus Fogline's own
 //! `/v1` routes. Handlers parse, call the [`Node`], and map its typed errors onto statuses.
 //!
 //! | route | what |
@@ -37,6 +37,61 @@ use serde::Deserialize;
 use crate::agent::{call_id, parse_call_id, DeployError, InvokeError, Node};
 
 type Shared = Arc<Node>;
+
+/// The gateway, bound.
+pub struct Http {
+    listener: tokio::net::TcpListener,
+}
+
+impl Http {
+    pub async fn bind(config: &fogline_core::config::NodeConfig) -> anyhow::Result<Http> {
+        let listen = config.http.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+        Ok(Http { listener })
+    }
+}
+
+impl super::Trigger for Http {
+    fn name(&self) -> &'static str {
+        "gateway"
+    }
+
+    fn address(&self) -> Option<std::net::SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    fn serve(
+        self: Box<Self>,
+        node: Arc<Node>,
+        stopping: tokio::sync::watch::Receiver<bool>,
+        deadline: std::time::Duration,
+    ) -> crate::dispatch::BoxFut<'static, anyhow::Result<()>> {
+        Box::pin(async move {
+            // Graceful: in-flight requests finish, but idle keep-alive connections must not
+            // hold the process up forever, so the drain has a deadline.
+            let server = axum::serve(self.listener, router(node)).with_graceful_shutdown({
+                let s = stopping.clone();
+                async move {
+                    super::stopped(s).await;
+                }
+            });
+            tokio::select! {
+                r = server => r.map_err(|e| anyhow::anyhow!("gateway: {e}")),
+                _ = async {
+                    if !super::stopped(stopping).await {
+                        std::future::pending::<()>().await;
+                    }
+                    tokio::time::sleep(deadline).await;
+                } => {
+                    tracing::warn!("connections still open {deadline:?} after the stop signal (node.stop_timeout); closing them");
+                    Ok(())
+                }
+            }
+        })
+    }
+}
 
 /// Builds the gateway's routes over a node.
 pub fn router(node: Shared) -> Router {
@@ -133,6 +188,9 @@ fn placed_response(out: crate::dispatch::Placed) -> Response {
         put("x-fogline-truncated", "true".into());
     }
     put("x-fogline-node", out.node.clone());
+    if let Some(sent) = out.module_sent {
+        put("x-fogline-module-sent", sent.to_string());
+    }
     if let Some(p) = out.predicted_ms {
         put(
             "x-fogline-placed-on",
@@ -155,8 +213,8 @@ fn refused(e: crate::dispatch::Refused) -> Response {
     r
 }
 
-/// Runs the call on another tier over QUIC (`X-Fogline-Target: quic://HOST:PORT`), sending
-/// this node's manifest so the peer can fetch the module by hash if it lacks it.
+/// Runs the call on the member named by `X-Fogline-Target: quic://HOST:PORT`, through the
+/// node's one path for calls sent to another member.
 async fn forward(node: &Shared, name: &str, body: Bytes, target: &HeaderValue) -> Response {
     let Some(addr) = target
         .to_str()
@@ -169,51 +227,9 @@ async fn forward(node: &Shared, name: &str, body: Bytes, target: &HeaderValue) -
             "X-Fogline-Target must be quic://IP:PORT",
         );
     };
-    let Some(client) = node.peers.get() else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "this node has no certificates (quic.tls_dir), so it cannot call other tiers",
-        );
-    };
-    let Some(f) = node.lookup(name) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("function {name:?} not found"),
-        );
-    };
-    let req = crate::quic::Request {
-        function: name.to_string(),
-        manifest: Some(f.manifest.clone()),
-        body,
-    };
-    match client.invoke(addr, &req, node.as_ref()).await {
-        Ok(reply) => {
-            let mut r = Response::new(Body::from(reply.body));
-            let h = r.headers_mut();
-            if let Ok(v) = HeaderValue::from_str(&reply.result.node) {
-                h.insert("x-fogline-node", v);
-            }
-            h.insert(
-                "x-fogline-cold",
-                HeaderValue::from_static(if reply.result.cold { "true" } else { "false" }),
-            );
-            h.insert(
-                "x-fogline-module-sent",
-                HeaderValue::from_static(if reply.sent_module { "true" } else { "false" }),
-            );
-            r
-        }
-        Err(crate::quic::QuicError::Remote(m)) => {
-            let status = StatusCode::from_u16(m.status).unwrap_or(StatusCode::BAD_GATEWAY);
-            text(status, format!("on {addr}: {}", m.message))
-        }
-        Err(e) => {
-            client.forget(addr).await;
-            text(
-                StatusCode::BAD_GATEWAY,
-                format!("forwarding to {addr} failed: {e}"),
-            )
-        }
+    match node.call_at(name, body, addr).await {
+        Ok(out) => placed_response(out),
+        Err(e) => refused(e),
     }
 }
 
@@ -286,7 +302,7 @@ struct Limit {
 }
 
 async fn placements(State(node): State<Shared>, Query(q): Query<Limit>) -> Response {
-    match node.dispatch.get() {
+    match node.links.dispatch.get() {
         Some(d) => axum::Json(d.placements(q.limit.unwrap_or(100))).into_response(),
         None => text(
             StatusCode::NOT_FOUND,
@@ -539,7 +555,10 @@ async fn upload_image(State(node): State<Shared>, headers: HeaderMap, body: Body
             "the request body must be an image tar; it is empty",
         );
     }
-    match node.load_image(tar).await {
+    match node
+        .load_archive(fogline_core::Runtime::Container, tar)
+        .await
+    {
         Ok(images) => axum::Json(serde_json::json!({ "images": images })).into_response(),
         Err(e) => deploy_error(e),
     }
@@ -676,7 +695,7 @@ async fn status(State(node): State<Shared>) -> Response {
 }
 
 async fn mesh_view(State(node): State<Shared>) -> Response {
-    match node.mesh.get() {
+    match node.links.mesh.get() {
         Some(m) => axum::Json(serde_json::json!({ "self": m.address, "members": m.rows() }))
             .into_response(),
         None => text(

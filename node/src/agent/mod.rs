@@ -1,0 +1,700 @@
+//! The node agent: the parts a member is made of, and the one invocation path every
+//! trigger uses ([`Node::call`]).
+//!
+//! - [`registry`]: deployed functions by name;
+//! - [`admission`]: per-function concurrency (429 beyond it);
+//! - [`queue`]: the durable async queue and its workers;
+//! - [`callbacks`]: async results POSTed to their callers.
+//!
+//! The sandboxes are behind [`Executors`](crate::executor::Executors); the node never
+//! branches on a function's runtime.
+
+pub mod admission;
+pub mod callbacks;
+pub mod queue;
+pub mod registry;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use fogline_core::config::{NodeConfig, Tier};
+use fogline_core::{Digest, FunctionManifest, ManifestError, Runtime};
+use tokio::sync::mpsc;
+
+use crate::executor::{ExecError, Executors, Invocation, ModuleSource, Output};
+use crate::logs::Logs;
+use crate::metrics::{Gauges, Metrics};
+use crate::store::{Store, StoreError, StoredFunction};
+use crate::sysinfo::Machine;
+pub use registry::{Deployed, Functions};
+
+/// What a member does, stated when it starts (from its config's sections).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    /// Edge or cloud.
+    pub tier: Tier,
+    /// Places every call it takes (a [`Dispatch`](crate::dispatch::Dispatch) is installed).
+    pub router: bool,
+    /// Runs functions for others: every node and bridge; a router only in device mode.
+    pub runs_functions: bool,
+}
+
+impl Roles {
+    pub fn of(config: &NodeConfig) -> Roles {
+        Roles {
+            tier: config.node.tier,
+            router: config.router.is_some(),
+            runs_functions: config.router.as_ref().is_none_or(|r| r.device),
+        }
+    }
+}
+
+/// How this member reaches the rest of the continuum; each is set once, when its part starts.
+#[derive(Default)]
+pub struct Links {
+    /// QUIC client for calls to other tiers (set when the node has certificates).
+    pub peers: OnceLock<Arc<crate::quic::Client>>,
+    /// The gossip mesh, when it is on.
+    pub mesh: OnceLock<Arc<crate::mesh::Mesh>>,
+    /// Set on a router: decides where each call runs.
+    pub dispatch: OnceLock<Arc<dyn crate::dispatch::Dispatch>>,
+    /// Where other tiers reach this node: QUIC (when on) and HTTP.
+    pub addresses: OnceLock<(Option<std::net::SocketAddr>, std::net::SocketAddr)>,
+}
+
+/// Calls other tiers have running here, for a clean stop.
+#[derive(Default)]
+pub struct Serving {
+    /// QUIC streams being served now.
+    pub quic_streams: AtomicU32,
+    /// Told to stop: finishing what it has, refusing new calls from other tiers (with a
+    /// retryable error, so they go elsewhere).
+    pub stopping: AtomicBool,
+}
+
+/// The node agent: a handful of parts, shared by every trigger and the async workers.
+pub struct Node {
+    pub id: String,
+    pub config: NodeConfig,
+    pub roles: Roles,
+    pub machine: Machine,
+    pub metrics: Metrics,
+    pub logs: Logs,
+    pub links: Links,
+    pub serving: Serving,
+    functions: Functions,
+    executors: Executors,
+    store: Store,
+    queue: queue::AsyncQueue,
+    callbacks: callbacks::Callbacks,
+    token: String,
+    started: Instant,
+}
+
+/// Why a deploy was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("module {0} is not on this node; upload it first (PUT /v1/modules or PUT /v1/functions/NAME)")]
+    UnknownModule(Digest),
+    #[error("runtime `{0}` is not available on this node")]
+    Runtime(Runtime),
+    #[error("function {0:?} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Exec(#[from] ExecError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a call produced no output.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("function {0:?} not found")]
+    NotFound(String),
+    #[error("function {function:?} is at its limit of {limit} concurrent calls; retry shortly")]
+    Busy { function: String, limit: u32 },
+    #[error("async queue is full ({0} calls waiting); retry shortly")]
+    QueueFull(u64),
+    #[error("function {function:?} {source}")]
+    Exec { function: String, source: ExecError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a deploy did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeployReport {
+    pub name: String,
+    pub digest: String,
+    pub created: bool,
+    /// Milliseconds spent compiling, when the module had to be compiled.
+    pub compile_ms: Option<f64>,
+}
+
+/// Node status for `fogline status` and `GET /v1/status`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct NodeStatus {
+    pub id: String,
+    pub tier: String,
+    pub version: String,
+    pub uptime_s: u64,
+    pub functions: usize,
+    pub instances_in_use: u32,
+    pub instance_slots: u32,
+    pub pooling: bool,
+    pub async_queued: u64,
+    pub quic_streams: u32,
+    pub data_dir: String,
+}
+
+/// A freshly opened node and the pieces its caller must drive.
+pub struct Opened {
+    pub node: Arc<Node>,
+    /// Set when this start created the admin token (print it once).
+    pub new_token: Option<String>,
+    pub async_rx: mpsc::Receiver<u64>,
+}
+
+impl Node {
+    /// Opens the data folder, the store and the executors, and reloads deployed functions.
+    pub async fn open(config: NodeConfig) -> anyhow::Result<Opened> {
+        let dir = config.node.data_dir.clone();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| anyhow::anyhow!("cannot create data folder {}: {e}", dir.display()))?;
+        let (token, new_token) = crate::token::load_or_create(&dir.join("admin.token"))?;
+        let store = Store::open(&dir.join("store"))?;
+        let id = config
+            .node
+            .id
+            .clone()
+            .unwrap_or_else(crate::sysinfo::hostname);
+        let executors = Executors::open(&config, &id).await?;
+        let functions = Functions::default();
+        for f in store.functions()? {
+            functions.insert(Deployed::new(f.manifest, f.created_at));
+        }
+        let pending: Vec<u64> = store.pending()?.into_iter().map(|(id, _)| id).collect();
+        let (queue, async_rx) = queue::AsyncQueue::new(config.async_calls.max_queued, &pending);
+        if !pending.is_empty() {
+            tracing::info!(
+                "resuming {} async calls accepted before the last stop",
+                pending.len()
+            );
+        }
+        let node = Node {
+            id,
+            roles: Roles::of(&config),
+            machine: Machine::read(),
+            metrics: Metrics::default(),
+            logs: Logs::new(1000),
+            links: Links::default(),
+            serving: Serving::default(),
+            functions,
+            executors,
+            store,
+            queue,
+            callbacks: callbacks::Callbacks::new()?,
+            token,
+            started: Instant::now(),
+            config,
+        };
+        Ok(Opened {
+            node: Arc::new(node),
+            new_token,
+            async_rx,
+        })
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.config.node.data_dir
+    }
+
+    pub fn lookup(&self, name: &str) -> Option<Arc<Deployed>> {
+        self.functions.get(name)
+    }
+
+    pub fn list(&self) -> Vec<Arc<Deployed>> {
+        self.functions.list()
+    }
+
+    /// The sandboxes of this member.
+    pub fn executors(&self) -> &Executors {
+        &self.executors
+    }
+
+    /// Stores a module; returns its digest.
+    pub fn put_module(&self, bytes: &[u8]) -> Result<Digest, StoreError> {
+        self.store.put_module(bytes)
+    }
+
+    pub fn has_module(&self, d: &Digest) -> bool {
+        self.store.has_module(d).unwrap_or(false)
+    }
+
+    /// A module's bytes, for peers that fetch it by hash.
+    pub fn module(&self, d: &Digest) -> Option<Bytes> {
+        self.store.module(d).ok().flatten()
+    }
+
+    /// What this agent can take on, as reported to other tiers.
+    pub fn capacity(&self) -> fogline_core::wire::Capacity {
+        let g = self.gauges();
+        fogline_core::wire::Capacity {
+            node: self.id.clone(),
+            tier: self.roles.tier.as_str().to_string(),
+            cores: self.machine.cores,
+            memory_bytes: self.machine.memory_bytes,
+            instance_slots: g.instance_slots,
+            instances_in_use: g.instances_in_use,
+            functions: g.functions as u32,
+        }
+    }
+
+    /// Validates, compiles and stores a function. `module` uploads its code in the same step.
+    pub async fn deploy(
+        &self,
+        mut manifest: FunctionManifest,
+        module: Option<Bytes>,
+        must_exist: bool,
+    ) -> Result<DeployReport, DeployError> {
+        if let Some(bytes) = &module {
+            manifest.module = Some(Digest::of(bytes));
+        }
+        manifest.validate(&self.config.manifest_limits())?;
+        let previous = self.lookup(&manifest.name);
+        if must_exist && previous.is_none() {
+            return Err(DeployError::NotFound(manifest.name));
+        }
+        // Code that travels by hash: the bytes given, or the ones stored.
+        let digest = manifest.module;
+        let bytes = match (digest, module) {
+            (None, _) => None,
+            (Some(_), Some(b)) => Some(b),
+            (Some(d), None) => Some(
+                self.store
+                    .module(&d)?
+                    .ok_or(DeployError::UnknownModule(d))?,
+            ),
+        };
+        let compile = if self.roles.runs_functions {
+            let exec = self.executors.of(&manifest)?;
+            if let Some(prev) = &previous {
+                if let Ok(old) = self.executors.of(&prev.manifest) {
+                    old.reclaim(&prev.manifest).await;
+                }
+            }
+            exec.prepare(&manifest, bytes.clone()).await?
+        } else {
+            // A router that does not run functions itself keeps the manifest, checked as far
+            // as its own sandboxes can; the nodes it places the function on check it again.
+            if let Ok(exec) = self.executors.of(&manifest) {
+                if exec.available() {
+                    exec.check(&manifest, bytes.clone()).await?;
+                }
+            }
+            None
+        };
+        if let Some(b) = &bytes {
+            self.store.put_module(b)?;
+        }
+        let created_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        self.store.put_function(&StoredFunction {
+            manifest: manifest.clone(),
+            created_at: created_at.clone(),
+        })?;
+        self.functions
+            .insert(Deployed::new(manifest.clone(), created_at));
+        // The old code goes once no function uses it any more.
+        if let Some(prev) = &previous {
+            if let Some(old) = prev.manifest.module.filter(|d| Some(*d) != digest) {
+                if self.store.drop_module_if_unused(&old)? {
+                    if let Ok(e) = self.executors.of(&prev.manifest) {
+                        e.forget_code(&prev.manifest).await;
+                    }
+                }
+            }
+        }
+        let what = if previous.is_some() {
+            "updated"
+        } else {
+            "deployed"
+        };
+        let source = match (&digest, &manifest.image) {
+            (Some(d), _) => format!("module {d}"),
+            (None, Some(i)) => format!("image {i}"),
+            (None, None) => "no code".to_string(),
+        };
+        self.logs
+            .push(&manifest.name, &self.id, &format!("{what} with {source}"));
+        tracing::info!(function = %manifest.name, "{what} with {source}");
+        Ok(DeployReport {
+            name: manifest.name,
+            digest: digest.map_or_else(
+                || manifest.image.clone().unwrap_or_default(),
+                |d| d.to_string(),
+            ),
+            created: previous.is_none(),
+            compile_ms: compile.map(|d| d.as_secs_f64() * 1e3),
+        })
+    }
+
+    /// Removes a function; returns false when there was none.
+    pub async fn remove(&self, name: &str) -> Result<bool, DeployError> {
+        let Some(old) = self.functions.remove(name) else {
+            return Ok(false);
+        };
+        self.store.delete_function(name)?;
+        if let Ok(e) = self.executors.of(&old.manifest) {
+            e.reclaim(&old.manifest).await;
+            if let Some(d) = old.manifest.module {
+                if self.store.drop_module_if_unused(&d)? {
+                    e.forget_code(&old.manifest).await;
+                }
+            }
+        }
+        self.metrics.remove(name);
+        self.logs.remove(name);
+        tracing::info!(function = name, "removed");
+        Ok(true)
+    }
+
+    /// Loads an archive of code (an image tar) into the sandbox of `runtime`; returns the
+    /// names it held.
+    pub async fn load_archive(
+        &self,
+        runtime: Runtime,
+        archive: Bytes,
+    ) -> Result<Vec<String>, DeployError> {
+        Ok(self.executors.get(runtime)?.load_archive(archive).await?)
+    }
+
+    /// Starts stopping: new calls from other tiers are refused with a retryable error (they
+    /// go elsewhere), and the mesh is told this member is leaving. What is running finishes.
+    pub fn begin_stop(&self) {
+        self.serving.stopping.store(true, Ordering::SeqCst);
+        if let Some(m) = self.links.mesh.get() {
+            m.leave();
+        }
+    }
+
+    /// Whether this member was told to stop.
+    pub fn stopping(&self) -> bool {
+        self.serving.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Stops what the sandboxes run (at stop).
+    pub async fn stop_sandboxes(&self) {
+        self.executors.stop().await;
+    }
+
+    /// Loads a deployed function ahead of calls (the router's prepare-ahead).
+    pub async fn warm_up(&self, name: &str) -> Result<(), DeployError> {
+        let f = self
+            .lookup(name)
+            .ok_or_else(|| DeployError::NotFound(name.to_string()))?;
+        self.executors.of(&f.manifest)?.warm_up(&f.manifest).await?;
+        Ok(())
+    }
+
+    /// Whether this agent offers to run functions for others: every node and bridge; a
+    /// router only in device mode.
+    pub fn runs_functions(&self) -> bool {
+        self.roles.runs_functions
+    }
+
+    /// Whether this member could run `runtime` itself now.
+    pub fn can_run(&self, runtime: Runtime) -> bool {
+        self.roles.runs_functions && self.executors.get(runtime).is_ok_and(|e| e.available())
+    }
+
+    /// The one invocation path every trigger uses: placed by the router when this is one
+    /// (or sent to an explicit `target`), else run here.
+    pub async fn call(
+        &self,
+        name: &str,
+        body: Bytes,
+    ) -> Result<crate::dispatch::Placed, crate::dispatch::Refused> {
+        if let Some(d) = self.links.dispatch.get() {
+            return d.dispatch(name, body).await;
+        }
+        self.run_here(name, body)
+            .await
+            .map_err(|e| crate::dispatch::Refused::new(e.status(), e.to_string()))
+    }
+
+    /// Sends one call to the member at `addr` over QUIC (an explicit target), with this
+    /// member's manifest so that one can fetch the module by hash when it lacks it.
+    pub async fn call_at(
+        &self,
+        name: &str,
+        body: Bytes,
+        addr: std::net::SocketAddr,
+    ) -> Result<crate::dispatch::Placed, crate::dispatch::Refused> {
+        use crate::dispatch::Refused;
+        let Some(client) = self.links.peers.get() else {
+            return Err(Refused::new(
+                400,
+                "this node has no certificates (quic.tls_dir), so it cannot call other tiers",
+            ));
+        };
+        let Some(f) = self.lookup(name) else {
+            return Err(Refused::new(404, format!("function {name:?} not found")));
+        };
+        let t0 = Instant::now();
+        match client.send(addr, &f.manifest, body, self).await {
+            Ok(reply) => {
+                // Its tier as the mesh knows it (forwarded calls do not show it otherwise).
+                let tier = self
+                    .links
+                    .mesh
+                    .get()
+                    .and_then(|m| {
+                        m.with_view(|v| {
+                            v.members()
+                                .find(|m| m.report.node == reply.result.node)
+                                .map(|m| m.report.tier)
+                        })
+                    })
+                    .unwrap_or(self.roles.tier);
+                let mut placed = reply.into_placed(tier);
+                placed.took_ms = t0.elapsed().as_secs_f64() * 1e3;
+                Ok(placed)
+            }
+            Err(crate::quic::QuicError::Remote(m)) => {
+                Err(Refused::new(m.status, format!("on {addr}: {}", m.message)))
+            }
+            Err(e) => {
+                client.forget(addr).await;
+                Err(Refused::new(
+                    502,
+                    format!("forwarding to {addr} failed: {e}"),
+                ))
+            }
+        }
+    }
+
+    /// Runs one call on this agent, described as placed here (a router in device mode
+    /// uses this for its own place).
+    pub async fn run_here(
+        &self,
+        name: &str,
+        body: Bytes,
+    ) -> Result<crate::dispatch::Placed, InvokeError> {
+        let t0 = Instant::now();
+        let out = self.invoke(name, body).await?;
+        Ok(self.placed_here(out, t0.elapsed()))
+    }
+
+    /// Describes a call that ran on this agent.
+    fn placed_here(&self, out: Output, took: Duration) -> crate::dispatch::Placed {
+        crate::dispatch::Placed {
+            node: self.id.clone(),
+            tier: self.roles.tier,
+            cold: out.cold,
+            truncated: out.truncated,
+            predicted_ms: None,
+            took_ms: took.as_secs_f64() * 1e3,
+            run_ms: (out.startup + out.run).as_secs_f64() * 1e3,
+            attempts: 1,
+            body: out.stdout,
+            module_sent: None,
+        }
+    }
+
+    /// Runs one call now, on this agent.
+    pub async fn invoke(&self, name: &str, body: Bytes) -> Result<Output, InvokeError> {
+        let f = self
+            .lookup(name)
+            .ok_or_else(|| InvokeError::NotFound(name.to_string()))?;
+        let metrics = self.metrics.function(name);
+        let t0 = Instant::now();
+        let result = self.run(&f, body).await;
+        let code = match &result {
+            Ok(_) => 200,
+            Err(e) => e.status(),
+        };
+        metrics.count(code);
+        metrics.latency.observe(t0.elapsed());
+        match &result {
+            Ok(out) => {
+                metrics.observe_service(out.startup + out.run);
+                if out.cold {
+                    metrics.cold_start.observe(out.startup);
+                    self.metrics.cold_starts.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    metrics.warm_start.observe(out.startup);
+                    self.metrics.warm_starts.fetch_add(1, Ordering::Relaxed);
+                }
+                if !out.stderr.is_empty() {
+                    self.logs
+                        .push(name, &self.id, &String::from_utf8_lossy(&out.stderr));
+                }
+            }
+            Err(e) => self.logs.push(name, &self.id, &format!("call failed: {e}")),
+        }
+        result
+    }
+
+    async fn run(&self, f: &Deployed, body: Bytes) -> Result<Output, InvokeError> {
+        let _admitted = f.admission.try_admit().map_err(|limit| InvokeError::Busy {
+            function: f.manifest.name.clone(),
+            limit,
+        })?;
+        let exec = |source| InvokeError::Exec {
+            function: f.manifest.name.clone(),
+            source,
+        };
+        self.executors
+            .of(&f.manifest)
+            .map_err(exec)?
+            .invoke(&f.manifest, Invocation { body }, &StoreSource(&self.store))
+            .await
+            .map_err(exec)
+    }
+
+    pub fn gauges(&self) -> Gauges {
+        // Zero without a mesh.
+        let mesh = |f: fn(&crate::mesh::Traffic) -> &std::sync::atomic::AtomicU64| {
+            self.links
+                .mesh
+                .get()
+                .map_or(0, |m| f(m.traffic()).load(Ordering::Relaxed))
+        };
+        Gauges {
+            instances_in_use: self.executors.in_use(),
+            instance_slots: self.executors.slots(),
+            async_queued: self.queue.depth() as usize,
+            functions: self.functions.len(),
+            mesh_sent: mesh(|t| &t.sent),
+            mesh_received: mesh(|t| &t.received),
+            mesh_connections: mesh(|t| &t.connections),
+        }
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        let g = self.gauges();
+        NodeStatus {
+            id: self.id.clone(),
+            tier: self.roles.tier.as_str().to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_s: self.started.elapsed().as_secs(),
+            functions: g.functions,
+            instances_in_use: g.instances_in_use,
+            instance_slots: g.instance_slots,
+            pooling: self.executors.pooled(),
+            async_queued: g.async_queued as u64,
+            quic_streams: self.serving.quic_streams.load(Ordering::Relaxed),
+            data_dir: self.config.node.data_dir.display().to_string(),
+        }
+    }
+
+    /// Makes everything accepted so far durable.
+    pub async fn flush(&self) {
+        if let Err(e) = self.store.flush().await {
+            tracing::error!("flushing the store: {e}");
+        }
+    }
+
+    pub fn invocations(&self, name: &str) -> u64 {
+        self.metrics.function(name).total()
+    }
+}
+
+impl InvokeError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            InvokeError::NotFound(_) => 404,
+            InvokeError::Busy { .. } | InvokeError::QueueFull(_) => 429,
+            InvokeError::Exec { source, .. } => match source {
+                ExecError::Timeout(_) => 504,
+                ExecError::Busy(_) => 429,
+                ExecError::Unavailable(_) => 503,
+                _ => 500,
+            },
+            InvokeError::Store(_) => 500,
+        }
+    }
+}
+
+/// How call ids appear in headers and URLs.
+pub fn call_id(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+pub fn parse_call_id(s: &str) -> Option<u64> {
+    if s.len() == 16 {
+        u64::from_str_radix(s, 16).ok()
+    } else {
+        None
+    }
+}
+
+impl crate::mesh::Reporter for Node {
+    /// This member's load report for the gossip mesh.
+    fn report(
+        &self,
+        peer: &str,
+        mesh: &str,
+        site: &str,
+        seq: u64,
+    ) -> fogline_core::mesh::LoadReport {
+        let g = self.gauges();
+        let warm = self
+            .list()
+            .iter()
+            .filter(|f| self.executors.is_warm(&f.manifest))
+            .map(|f| f.manifest.name.clone())
+            .collect();
+        let (quic, http) = match self.links.addresses.get() {
+            Some((q, h)) => (q.map(|a| a.to_string()), Some(h.to_string())),
+            None => (None, None),
+        };
+        fogline_core::mesh::LoadReport {
+            node: self.id.clone(),
+            peer: peer.to_string(),
+            tier: self.roles.tier,
+            site: site.to_string(),
+            cores: self.machine.cores,
+            memory_bytes: self.machine.memory_bytes,
+            runtimes: if self.roles.runs_functions {
+                self.executors.available()
+            } else {
+                Vec::new()
+            },
+            in_flight: g.instances_in_use,
+            queued: g.async_queued as u32,
+            service_ms: self.metrics.service_times(),
+            warm,
+            quic,
+            http,
+            mesh: Some(mesh.to_string()),
+            cold_starts: self.metrics.cold_starts.load(Ordering::Relaxed),
+            warm_starts: self.metrics.warm_starts.load(Ordering::Relaxed),
+            seq,
+        }
+    }
+}
+
+impl ModuleSource for Node {
+    fn module(&self, digest: &Digest) -> Option<Bytes> {
+        Node::module(self, digest)
+    }
+}
+
+struct StoreSource<'a>(&'a Store);
+
+impl ModuleSource for StoreSource<'_> {
+    fn module(&self, digest: &Digest) -> Option<Bytes> {
+        self.0.module(digest).ok().flatten()
+    }
+}

@@ -1,0 +1,339 @@
+//! The QUIC client: one connection per peer, reused; one stream per invocation.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fogline_core::wire::{self, Capacity, Frame, Invoke, InvokeResult, WireErrorMsg};
+use fogline_core::{Digest, FunctionManifest};
+use quinn::crypto::rustls::QuicClientConfig;
+use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+use tokio::sync::Mutex;
+
+use crate::executor::ModuleSource;
+use crate::tls::{self, TlsDir, TlsError};
+
+use super::*;
+
+/// Maps any connection failure to `addr` onto [`QuicError::Connect`] with its reason.
+fn connect_error<E: std::fmt::Display>(addr: SocketAddr) -> impl Fn(E) -> QuicError {
+    move |e| QuicError::Connect {
+        addr,
+        reason: e.to_string(),
+    }
+}
+
+/// What to invoke.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub function: String,
+    /// Sent so a peer without the function can run it, fetching its module from us.
+    pub manifest: Option<FunctionManifest>,
+    pub body: Bytes,
+}
+
+/// A successful remote invocation.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub result: InvokeResult,
+    pub body: Bytes,
+    /// Whether the peer fetched the module from us during this call.
+    pub sent_module: bool,
+}
+
+impl Reply {
+    /// The call as placed on the member that answered, which is of `tier`.
+    pub fn into_placed(self, tier: fogline_core::config::Tier) -> crate::dispatch::Placed {
+        crate::dispatch::Placed {
+            body: self.body,
+            node: self.result.node,
+            tier,
+            cold: self.result.cold,
+            truncated: false,
+            predicted_ms: None,
+            took_ms: 0.0,
+            run_ms: self.result.run_us as f64 / 1e3,
+            attempts: 1,
+            module_sent: Some(self.sent_module),
+        }
+    }
+}
+
+/// Answers a peer's request for a module with its bytes.
+async fn send_module(
+    send: &mut SendStream,
+    modules: &dyn ModuleSource,
+    d: &Digest,
+) -> Result<(), QuicError> {
+    let bytes = modules.module(d).ok_or_else(|| {
+        QuicError::Unexpected(format!(
+            "peer asked for module {d}, which this side does not have"
+        ))
+    })?;
+    write_body(send, &bytes).await
+}
+
+/// A QUIC client keeping one connection per peer, with TLS session resumption.
+pub struct Client {
+    endpoint: Endpoint,
+    conns: Mutex<HashMap<SocketAddr, Connection>>,
+    /// One TLS config per peer: every peer answers to the same server name, so a shared
+    /// session cache would offer one peer's ticket to another (which then rejects the 0-RTT
+    /// data). Each peer gets its own small session cache.
+    configs: Mutex<HashMap<SocketAddr, quinn::ClientConfig>>,
+    base: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+}
+
+impl Client {
+    pub fn new(tls: &TlsDir) -> Result<Self, QuicError> {
+        let bind = SocketAddr::from(([0, 0, 0, 0], 0));
+        let endpoint =
+            Endpoint::client(bind).map_err(|source| QuicError::Bind { addr: bind, source })?;
+        Ok(Client {
+            endpoint,
+            conns: Mutex::new(HashMap::new()),
+            configs: Mutex::new(HashMap::new()),
+            base: Arc::new(tls.client_config(wire::ALPN)?),
+            timeout: Duration::from_secs(30),
+        })
+    }
+
+    /// The TLS/transport config for one peer, with that peer's own session cache.
+    async fn config_for(&self, addr: SocketAddr) -> Result<quinn::ClientConfig, QuicError> {
+        let mut configs = self.configs.lock().await;
+        if let Some(c) = configs.get(&addr) {
+            return Ok(c.clone());
+        }
+        let mut tls = (*self.base).clone();
+        tls.resumption = rustls::client::Resumption::in_memory_sessions(4);
+        let crypto = QuicClientConfig::try_from(tls)
+            .map_err(|e| TlsError::Invalid(format!("QUIC client config: {e}")))?;
+        let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+        // A peer that vanished (killed, restarted) is noticed by the idle timeout: keep it
+        // short so a stale connection is replaced within seconds, not half a minute.
+        cfg.transport_config(Arc::new(transport(1024, CLIENT_IDLE)));
+        configs.insert(addr, cfg.clone());
+        Ok(cfg)
+    }
+
+    /// A live connection to `addr`, reusing one when it is still open. With `early`, a
+    /// resumed session sends before the handshake completes (0-RTT): only for idempotent work.
+    pub async fn connection(&self, addr: SocketAddr, early: bool) -> Result<Connection, QuicError> {
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(&addr) {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let cfg = self.config_for(addr).await?;
+        let connecting = self
+            .endpoint
+            .connect_with(cfg, addr, tls::PEER_NAME)
+            .map_err(connect_error(addr))?;
+        let conn = if early {
+            match connecting.into_0rtt() {
+                Ok((c, _accepted)) => c,
+                Err(connecting) => connecting.await.map_err(connect_error(addr))?,
+            }
+        } else {
+            connecting.await.map_err(connect_error(addr))?
+        };
+        conns.insert(addr, conn.clone());
+        Ok(conn)
+    }
+
+    /// A new bidirectional stream to `addr` (`early`: may ride 0-RTT).
+    async fn open(
+        &self,
+        addr: SocketAddr,
+        early: bool,
+    ) -> Result<(SendStream, RecvStream), QuicError> {
+        let conn = self.connection(addr, early).await?;
+        conn.open_bi()
+            .await
+            .map_err(|e| QuicError::Stream(e.to_string()))
+    }
+
+    /// Forgets a peer's connection (after it failed).
+    /// Closes it, so calls waiting on it fail now instead of at the idle timeout.
+    pub async fn forget(&self, addr: SocketAddr) {
+        if let Some(c) = self.conns.lock().await.remove(&addr) {
+            c.close(VarInt::from_u32(0), b"peer considered gone");
+        }
+    }
+
+    /// Invokes a function on `addr`. `modules` answers the peer's module requests.
+    /// Runs one call of the function `manifest` describes at `addr`; the peer fetches the
+    /// module from `modules` when it lacks it.
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        manifest: &FunctionManifest,
+        body: Bytes,
+        modules: &dyn ModuleSource,
+    ) -> Result<Reply, QuicError> {
+        let req = Request {
+            function: manifest.name.clone(),
+            manifest: Some(manifest.clone()),
+            body,
+        };
+        self.invoke(addr, &req, modules).await
+    }
+
+    pub async fn invoke(
+        &self,
+        addr: SocketAddr,
+        req: &Request,
+        modules: &dyn ModuleSource,
+    ) -> Result<Reply, QuicError> {
+        let early = req.manifest.as_ref().is_some_and(|m| m.idempotent);
+        let conn = self.connection(addr, early).await?;
+        match self.exchange(&conn, req, modules).await {
+            // Lost with the connection (not refused, not malformed): a clean stop means the
+            // node never took the stream.
+            Err(e @ QuicError::Stream(_)) if stopped_cleanly(&conn) => {
+                tracing::debug!("{addr} stopped before answering: {e}");
+                Err(QuicError::Remote(WireErrorMsg {
+                    status: 503,
+                    retryable: true,
+                    message: format!("{addr} stopped before running the call"),
+                }))
+            }
+            other => other,
+        }
+    }
+
+    /// One invocation on `conn`.
+    async fn exchange(
+        &self,
+        conn: &Connection,
+        req: &Request,
+        modules: &dyn ModuleSource,
+    ) -> Result<Reply, QuicError> {
+        let (mut send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| QuicError::Stream(e.to_string()))?;
+        let inv = Invoke {
+            function: req.function.clone(),
+            manifest: req.manifest.clone(),
+            body_len: req.body.len() as u64,
+        };
+        // A peer that refuses the stream stops reading it and answers at once; its answer
+        // says more than our failed write, so read it before giving up.
+        let mut written = write_frames(&mut send, Some(&Frame::Invoke(inv)), &req.body).await;
+        // Without a manifest the peer never asks for a module: end our side now, so the
+        // request leaves with its FIN and the stream closes with the reply.
+        if req.manifest.is_none() {
+            let _ = send.finish();
+        }
+        let mut r = FrameReader::new(recv, self.timeout);
+        let mut sent_module = false;
+        loop {
+            let frame = match (r.next().await, std::mem::replace(&mut written, Ok(()))) {
+                (Ok(f), _) => f,
+                (Err(QuicError::ZeroRttRejected), _)
+                | (Err(_), Err(QuicError::ZeroRttRejected)) => {
+                    return Err(QuicError::ZeroRttRejected)
+                }
+                (Err(_), Err(w)) => return Err(w),
+                (Err(e), Ok(())) => return Err(e),
+            };
+            match frame {
+                Frame::NeedModule(d) => {
+                    send_module(&mut send, modules, &d).await?;
+                    sent_module = true;
+                }
+                Frame::Result(result) => {
+                    let body = r.body(result.body_len, u64::MAX).await?;
+                    let _ = send.finish();
+                    return Ok(Reply {
+                        result,
+                        body,
+                        sent_module,
+                    });
+                }
+                Frame::Error(e) => {
+                    let _ = send.finish();
+                    return Err(QuicError::Remote(e));
+                }
+                other => {
+                    return Err(QuicError::Unexpected(format!(
+                        "expected a result, got {}",
+                        name(&other)
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Asks a peer to load a function ahead of calls (it fetches the module from us).
+    pub async fn prepare(
+        &self,
+        addr: SocketAddr,
+        manifest: &FunctionManifest,
+        modules: &dyn ModuleSource,
+    ) -> Result<Capacity, QuicError> {
+        let (mut send, recv) = self.open(addr, false).await?;
+        let inv = Invoke {
+            function: manifest.name.clone(),
+            manifest: Some(manifest.clone()),
+            body_len: 0,
+        };
+        write_frame(&mut send, &Frame::Prepare(inv)).await?;
+        let mut r = FrameReader::new(recv, self.timeout);
+        loop {
+            match r.next().await? {
+                Frame::NeedModule(d) => send_module(&mut send, modules, &d).await?,
+                Frame::StatusReply(c) => {
+                    let _ = send.finish();
+                    return Ok(c);
+                }
+                Frame::Error(e) => return Err(QuicError::Remote(e)),
+                other => {
+                    return Err(QuicError::Unexpected(format!(
+                        "expected StatusReply, got {}",
+                        name(&other)
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Asks a peer what it can take on.
+    pub async fn status(&self, addr: SocketAddr) -> Result<Capacity, QuicError> {
+        let (mut send, recv) = self.open(addr, true).await?;
+        write_frame(&mut send, &Frame::Status).await?;
+        let _ = send.finish();
+        match FrameReader::new(recv, self.timeout).next().await? {
+            Frame::StatusReply(c) => Ok(c),
+            Frame::Error(e) => Err(QuicError::Remote(e)),
+            other => Err(QuicError::Unexpected(format!(
+                "expected StatusReply, got {}",
+                name(&other)
+            ))),
+        }
+    }
+
+    /// Measures the time of a full handshake to `addr` on a fresh endpoint-level connection.
+    pub async fn handshake_time(&self, addr: SocketAddr) -> Result<Duration, QuicError> {
+        let cfg = self.config_for(addr).await?;
+        let t = Instant::now();
+        let c = self
+            .endpoint
+            .connect_with(cfg, addr, tls::PEER_NAME)
+            .map_err(connect_error(addr))?
+            .await
+            .map_err(connect_error(addr))?;
+        let d = t.elapsed();
+        c.close(VarInt::from_u32(0), b"");
+        Ok(d)
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}

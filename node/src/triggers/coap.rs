@@ -1,0 +1,237 @@
+//! The CoAP trigger (RFC 7252 over UDP, block-wise transfer per RFC 7959), for constrained
+//! devices that cannot afford TCP or TLS: `POST coap://HOST/function/NAME` runs NAME with
+//! the payload as its body and answers 2.05 Content with its output.
+//!
+//! The protocol (duplicates, blocks, acknowledgements, retransmission) is
+//! [`fogline_core::coap`]'s state machine; this driver moves datagrams and time into it and
+//! runs the calls it asks for through [`Node::call`], so on a router they are placed like
+//! any other call. A call still running after `coap.ack_after` is acknowledged at once
+//! (an empty ACK) and answered in a separate response. Datagrams that are not CoAP are
+//! dropped and counted (`fogline_coap_malformed_total`).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fogline_core::coap::{Event, Reply, Server, Settings, OCTET_STREAM, TEXT_PLAIN};
+use fogline_core::config::NodeConfig;
+use tokio::net::UdpSocket;
+use tokio::sync::{watch, Notify};
+
+use crate::agent::Node;
+use crate::dispatch::BoxFut;
+
+/// The CoAP trigger, bound.
+pub struct Coap {
+    socket: UdpSocket,
+    settings: Settings,
+    ack_after: Duration,
+}
+
+impl Coap {
+    /// Binds `coap.listen`; `None` when CoAP is off.
+    pub async fn bind(config: &NodeConfig) -> anyhow::Result<Option<Coap>> {
+        let Some(listen) = config.coap.listen else {
+            return Ok(None);
+        };
+        let socket = UdpSocket::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen for CoAP on {listen}: {e}"))?;
+        Ok(Some(Coap {
+            socket,
+            settings: Settings {
+                max_body: usize::try_from(config.http.max_body.bytes()).unwrap_or(usize::MAX),
+                block_size: config.coap.block_size as usize,
+                max_exchanges: config.coap.max_exchanges as usize,
+                ..Settings::default()
+            },
+            ack_after: config.coap.ack_after,
+        }))
+    }
+}
+
+impl super::Trigger for Coap {
+    fn name(&self) -> &'static str {
+        "coap"
+    }
+
+    fn address(&self) -> Option<SocketAddr> {
+        self.socket.local_addr().ok()
+    }
+
+    fn serve(
+        self: Box<Self>,
+        node: Arc<Node>,
+        stopping: watch::Receiver<bool>,
+        deadline: Duration,
+    ) -> BoxFut<'static, anyhow::Result<()>> {
+        Box::pin(serve(*self, node, stopping, deadline))
+    }
+}
+
+/// What the receive loop and the calls share.
+struct Driver {
+    socket: UdpSocket,
+    server: Mutex<Server<SocketAddr>>,
+    started: Instant,
+    /// Rung when a call's answer may have set a retransmission timer.
+    wake: Notify,
+    ack_after: Duration,
+}
+
+impl Driver {
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn server(&self) -> std::sync::MutexGuard<'_, Server<SocketAddr>> {
+        self.server.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends the datagrams among `events` (answers never ask for another call).
+    async fn transmit(&self, events: Vec<Event<SocketAddr>>) {
+        for ev in events {
+            if let Event::Transmit(peer, bytes) = ev {
+                if let Err(e) = self.socket.send_to(&bytes, peer).await {
+                    tracing::debug!("coap: sending to {peer}: {e}");
+                }
+            }
+        }
+    }
+
+    async fn send(&self, events: Vec<Event<SocketAddr>>, node: &Arc<Node>, me: &Arc<Driver>) {
+        for ev in events {
+            match ev {
+                Event::Transmit(peer, bytes) => {
+                    if let Err(e) = self.socket.send_to(&bytes, peer).await {
+                        tracing::debug!("coap: sending to {peer}: {e}");
+                    }
+                }
+                Event::Invoke {
+                    id,
+                    function,
+                    body,
+                    content_format,
+                    accept,
+                } => {
+                    let (node, me) = (node.clone(), me.clone());
+                    tokio::spawn(async move {
+                        let reply = me
+                            .run(&node, id, &function, body, content_format, accept)
+                            .await;
+                        let out = me.server().complete(me.now(), id, reply);
+                        me.transmit(out).await;
+                        me.wake.notify_one();
+                    });
+                }
+            }
+        }
+    }
+
+    /// Runs one call; acknowledges its request first when it takes longer than `ack_after`.
+    async fn run(
+        &self,
+        node: &Node,
+        id: u64,
+        function: &str,
+        body: Vec<u8>,
+        content_format: Option<u16>,
+        accept: Option<u16>,
+    ) -> Reply {
+        if let Err(e) = fogline_core::manifest::validate_name(function) {
+            return Reply::error(400, &e.to_string());
+        }
+        let call = node.call(function, Bytes::from(body));
+        tokio::pin!(call);
+        let result = match tokio::time::timeout(self.ack_after, &mut call).await {
+            Ok(r) => r,
+            Err(_) => {
+                let ack = self.server().acknowledge(id);
+                if let Some(Event::Transmit(peer, bytes)) = ack {
+                    let _ = self.socket.send_to(&bytes, peer).await;
+                }
+                call.await
+            }
+        };
+        match result {
+            Ok(placed) => {
+                let format = accept.or(content_format).unwrap_or_else(|| {
+                    if std::str::from_utf8(&placed.body).is_ok() {
+                        TEXT_PLAIN
+                    } else {
+                        OCTET_STREAM
+                    }
+                });
+                Reply::content(placed.body.to_vec(), Some(format))
+            }
+            Err(e) => Reply::error(e.status, &e.message),
+        }
+    }
+}
+
+async fn serve(
+    coap: Coap,
+    node: Arc<Node>,
+    stopping: watch::Receiver<bool>,
+    deadline: Duration,
+) -> anyhow::Result<()> {
+    let mut first_mid = [0u8; 2];
+    let _ = getrandom::fill(&mut first_mid);
+    let me = Arc::new(Driver {
+        socket: coap.socket,
+        server: Mutex::new(
+            Server::new(coap.settings).with_first_message_id(u16::from_be_bytes(first_mid)),
+        ),
+        started: Instant::now(),
+        wake: Notify::new(),
+        ack_after: coap.ack_after,
+    });
+    let mut buf = vec![0u8; 65_536];
+    let stop = super::stopped(stopping.clone());
+    tokio::pin!(stop);
+    loop {
+        let next = me.server().poll_timeout();
+        let timer = async {
+            match next {
+                Some(at) => {
+                    tokio::time::sleep(Duration::from_millis(at.saturating_sub(me.now()))).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = me.socket.recv_from(&mut buf) => {
+                let (n, peer) = match r {
+                    Ok(x) => x,
+                    // An ICMP error for an earlier send (the client went away): not ours to fix.
+                    Err(e) => {
+                        tracing::debug!("coap: receiving: {e}");
+                        continue;
+                    }
+                };
+                let received = me.server().receive(me.now(), peer, &buf[..n]);
+                match received {
+                    Ok(events) => me.send(events, &node, &me).await,
+                    Err(e) => {
+                        node.metrics.coap_malformed.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!("coap: dropped a datagram from {peer}: {e}");
+                    }
+                }
+            }
+            _ = timer => {
+                let out = me.server().handle_timeout(me.now());
+                me.transmit(out).await;
+            }
+            _ = me.wake.notified() => {}
+            _ = &mut stop => break,
+        }
+    }
+    // Stopping: no new requests; the calls taken finish and are answered.
+    let t = Instant::now();
+    while me.server().running() > 0 && t.elapsed() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,512 @@
+//! The QUIC trigger: other tiers (routers, bridges, nodes) and QUIC devices invoke here,
+//! one stream per call over one mutually authenticated connection per peer. A router places
+//! what it takes; a node runs it, fetching the caller's module by hash when it lacks it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fogline_core::wire::{self, Frame, Invoke, InvokeResult, WireErrorMsg};
+use fogline_core::Digest;
+use quinn::crypto::rustls::QuicServerConfig;
+use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+use tokio::sync::Semaphore;
+
+use crate::agent::Node;
+use crate::tls::{self, Role, TlsDir, TlsError};
+
+use crate::quic::*;
+
+/// The QUIC server, bound.
+pub struct QuicServer {
+    endpoint: Endpoint,
+    tls_dir: std::path::PathBuf,
+    limits: QuicLimits,
+    reload_every: Duration,
+}
+
+impl QuicServer {
+    /// Binds `quic.listen` with the member's certificate; `None` when QUIC is off.
+    pub fn bind(config: &fogline_core::config::NodeConfig) -> anyhow::Result<Option<QuicServer>> {
+        let q = &config.quic;
+        let (Some(listen), Some(dir)) = (q.listen, &q.tls_dir) else {
+            return Ok(None);
+        };
+        let tls = TlsDir::load(dir)?;
+        match tls.role() {
+            Some(r) if r.serves() => {}
+            Some(r) => anyhow::bail!(
+                "{}: the certificate's role is {}, which cannot accept connections; issue one with --role node or bridge",
+                dir.display(),
+                r.as_str()
+            ),
+            None => anyhow::bail!(
+                "{}: the certificate carries no Fogline role; issue it with `fogline certs issue`",
+                dir.display()
+            ),
+        }
+        let limits = QuicLimits::from_config(config);
+        Ok(Some(QuicServer {
+            endpoint: bind_server(listen, &tls, &limits)?,
+            tls_dir: dir.clone(),
+            limits,
+            reload_every: q.reload_every,
+        }))
+    }
+}
+
+impl super::Trigger for QuicServer {
+    fn name(&self) -> &'static str {
+        "quic"
+    }
+
+    fn address(&self) -> Option<SocketAddr> {
+        self.endpoint.local_addr().ok()
+    }
+
+    fn serve(
+        self: Box<Self>,
+        node: Arc<Node>,
+        stopping: tokio::sync::watch::Receiver<bool>,
+        deadline: Duration,
+    ) -> crate::dispatch::BoxFut<'static, anyhow::Result<()>> {
+        Box::pin(async move {
+            let delivering = Arc::new(Delivering::default());
+            let endpoint = self.endpoint.clone();
+            let serving = tokio::spawn(serve(
+                self.endpoint,
+                node.clone(),
+                self.tls_dir,
+                self.limits,
+                self.reload_every,
+                delivering.clone(),
+            ));
+            if super::stopped(stopping).await {
+                drain(&endpoint, &node, deadline, &delivering).await;
+            }
+            serving.abort();
+            Ok(())
+        })
+    }
+}
+
+pub fn bind_server(
+    addr: SocketAddr,
+    tls: &TlsDir,
+    limits: &QuicLimits,
+) -> Result<Endpoint, QuicError> {
+    let cfg = server_config(tls, limits)?;
+    Endpoint::server(cfg, addr).map_err(|source| QuicError::Bind { addr, source })
+}
+
+fn server_config(tls: &TlsDir, limits: &QuicLimits) -> Result<quinn::ServerConfig, QuicError> {
+    let crypto = QuicServerConfig::try_from(tls.server_config(wire::ALPN)?)
+        .map_err(|e| TlsError::Invalid(format!("QUIC server config: {e}")))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(Arc::new(transport(limits.max_streams, limits.idle_timeout)));
+    Ok(cfg)
+}
+
+/// Accepts connections until the endpoint closes; reloads the certificate when its files
+/// change (polled every `reload_every`).
+pub async fn serve(
+    endpoint: Endpoint,
+    node: Arc<Node>,
+    tls_dir: std::path::PathBuf,
+    limits: QuicLimits,
+    reload_every: Duration,
+    delivering: Arc<Delivering>,
+) {
+    let reloader = {
+        let endpoint = endpoint.clone();
+        let limits = limits.clone();
+        tokio::spawn(async move {
+            let mut seen = stamp(&tls_dir);
+            loop {
+                tokio::time::sleep(reload_every).await;
+                let now = stamp(&tls_dir);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                match TlsDir::load(&tls_dir)
+                    .map_err(QuicError::from)
+                    .and_then(|t| server_config(&t, &limits))
+                {
+                    Ok(cfg) => {
+                        endpoint.set_server_config(Some(cfg));
+                        tracing::info!("reloaded TLS certificate from {}", tls_dir.display());
+                    }
+                    Err(e) => tracing::warn!("not reloading TLS from {}: {e}", tls_dir.display()),
+                }
+            }
+        })
+    };
+    while let Some(incoming) = endpoint.accept().await {
+        if node.serving.stopping.load(Ordering::SeqCst) {
+            incoming.refuse();
+            continue;
+        }
+        let node = node.clone();
+        let limits = limits.clone();
+        let delivering = delivering.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.accept() {
+                // Serve early: a resumed session's 0-RTT streams (idempotent calls only, as
+                // the client sends them) run as soon as they arrive. The client's identity
+                // is known early only on resumption (from the session it resumes); on a
+                // full handshake it is known, and the certificate checked, once the
+                // handshake completes, and nothing is served before.
+                Ok(connecting) => match connecting.into_0rtt() {
+                    Ok((conn, done)) => {
+                        if peer_role(&conn).is_none() {
+                            done.await;
+                        }
+                        match conn.close_reason() {
+                            Some(e) => Err(e),
+                            None => Ok(conn),
+                        }
+                    }
+                    Err(connecting) => connecting.await,
+                },
+                Err(e) => Err(e),
+            };
+            match conn {
+                Ok(conn) => serve_connection(conn, node, limits, delivering).await,
+                // The reason (unknown CA, expired, no certificate) is what rustls reported.
+                Err(e) => tracing::warn!("refused QUIC connection from {remote}: {e}"),
+            }
+        });
+    }
+    reloader.abort();
+}
+
+/// Ends QUIC serving for a node that is stopping ([`Node::begin_stop`] refuses new streams
+/// and connections): waits up to `deadline` for the streams it took to be answered, then
+/// closes every connection. Closed with [`CODE_STOPPED`], clients know that a call they
+/// got no answer for never ran, and send it elsewhere.
+pub async fn drain(endpoint: &Endpoint, node: &Node, deadline: Duration, delivering: &Delivering) {
+    let t = Instant::now();
+    while node.serving.quic_streams.load(Ordering::SeqCst) > 0 && t.elapsed() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Replies written but not yet acknowledged would be lost with the connection.
+    let replies = delivering.take();
+    let wait = deadline.saturating_sub(t.elapsed());
+    let _ = tokio::time::timeout(wait, async {
+        for s in replies {
+            let _ = s.stopped().await;
+        }
+    })
+    .await;
+    let left = node.serving.quic_streams.load(Ordering::SeqCst);
+    if left == 0 {
+        endpoint.close(VarInt::from_u32(CODE_STOPPED), b"node stopping");
+    } else {
+        tracing::warn!(
+            "{left} QUIC call(s) still running {deadline:?} after the stop signal (node.stop_timeout); closing them"
+        );
+        endpoint.close(
+            VarInt::from_u32(CODE_STOPPED_CUT),
+            b"node stopped with calls running",
+        );
+    }
+    // Lets the close reach the peers (bounded: a peer that is gone never acknowledges).
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+}
+
+/// Finished reply streams that their callers may not have acknowledged yet.
+#[derive(Default)]
+pub struct Delivering {
+    streams: std::sync::Mutex<Vec<SendStream>>,
+    /// Length at which the list is next pruned of acknowledged streams.
+    prune_at: std::sync::atomic::AtomicUsize,
+}
+
+impl Delivering {
+    const MIN_PRUNE: usize = 256;
+
+    fn keep(&self, s: SendStream) {
+        let mut v = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        v.push(s);
+        if v.len() >= self.prune_at.load(Ordering::Relaxed).max(Self::MIN_PRUNE) {
+            use futures_util::FutureExt;
+            v.retain(|s| s.stopped().now_or_never().is_none());
+            self.prune_at.store(2 * v.len(), Ordering::Relaxed);
+        }
+    }
+
+    fn take(&self) -> Vec<SendStream> {
+        std::mem::take(&mut *self.streams.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+fn stamp(dir: &std::path::Path) -> Vec<Option<std::time::SystemTime>> {
+    ["cert.pem", "key.pem", "ca.pem"]
+        .iter()
+        .map(|f| {
+            std::fs::metadata(dir.join(f))
+                .and_then(|m| m.modified())
+                .ok()
+        })
+        .collect()
+}
+
+fn peer_role(conn: &Connection) -> Option<Role> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    certs.first().and_then(tls::role_of)
+}
+
+async fn serve_connection(
+    conn: Connection,
+    node: Arc<Node>,
+    limits: QuicLimits,
+    delivering: Arc<Delivering>,
+) {
+    let Some(role) = peer_role(&conn) else {
+        conn.close(
+            VarInt::from_u32(CODE_PROTOCOL),
+            b"certificate carries no Fogline role",
+        );
+        return;
+    };
+    tracing::debug!(remote = %conn.remote_address(), role = role.as_str(), "QUIC peer connected");
+    let slots = Arc::new(Semaphore::new(limits.max_streams as usize));
+    loop {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        // Counted before the stopping flag is read (the drain sets the flag, then reads the
+        // count): a stream is either refused here or waited for by the drain.
+        node.serving.quic_streams.fetch_add(1, Ordering::SeqCst);
+        if node.serving.stopping.load(Ordering::SeqCst) {
+            node.serving.quic_streams.fetch_sub(1, Ordering::SeqCst);
+            // Nothing of it has run: the caller may send it anywhere else.
+            refuse(
+                send,
+                503,
+                format!("{} is stopping; try another place", node.id),
+            );
+            continue;
+        }
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            node.serving.quic_streams.fetch_sub(1, Ordering::SeqCst);
+            let message = format!(
+                "more than {} concurrent streams on this connection; retry shortly",
+                limits.max_streams
+            );
+            refuse(send, 429, message);
+            continue;
+        };
+        let node = node.clone();
+        let limits = limits.clone();
+        let conn = conn.clone();
+        let delivering = delivering.clone();
+        tokio::spawn(async move {
+            serve_stream(&node, &conn, send, recv, &limits, permit, &delivering).await;
+            node.serving.quic_streams.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+}
+
+async fn serve_stream(
+    node: &Node,
+    conn: &Connection,
+    mut send: SendStream,
+    recv: RecvStream,
+    limits: &QuicLimits,
+    slot: tokio::sync::OwnedSemaphorePermit,
+    delivering: &Delivering,
+) {
+    let mut r = FrameReader::new(recv, limits.stream_timeout);
+    let result = handle_stream(node, &mut send, &mut r, limits).await;
+    match result {
+        Ok(()) => {
+            let _ = send.finish();
+            drop(slot);
+            // Kept (not awaited: a wake-up per call costs more than the call) until the
+            // caller has acknowledged it, so a stopping node can wait for its replies.
+            delivering.keep(send);
+        }
+        Err(QuicError::Stalled(_)) => {
+            let _ = send.reset(VarInt::from_u32(CODE_STALLED));
+            r.recv.stop(VarInt::from_u32(CODE_STALLED)).ok();
+        }
+        Err(QuicError::Wire(e)) => {
+            // A peer that breaks framing cannot be trusted with the rest of the connection.
+            tracing::warn!(remote = %conn.remote_address(), "closing QUIC connection: {e}");
+            conn.close(VarInt::from_u32(CODE_PROTOCOL), e.to_string().as_bytes());
+        }
+        Err(e) => tracing::debug!("QUIC stream: {e}"),
+    }
+}
+
+async fn handle_stream(
+    node: &Node,
+    send: &mut SendStream,
+    r: &mut FrameReader,
+    limits: &QuicLimits,
+) -> Result<(), QuicError> {
+    let inv = match r.next().await? {
+        Frame::Invoke(inv) => inv,
+        Frame::Status => return write_frame(send, &Frame::StatusReply(node.capacity())).await,
+        Frame::Prepare(inv) => {
+            if inv.manifest.is_none() || node.roles.router {
+                return reply_error(
+                    send,
+                    400,
+                    false,
+                    "Prepare needs a manifest, and a node to run it".into(),
+                )
+                .await;
+            }
+            return match ensure_function(node, &inv, send, r, limits).await? {
+                Ok(()) => match node.warm_up(&inv.function).await {
+                    Ok(()) => write_frame(send, &Frame::StatusReply(node.capacity())).await,
+                    Err(e) => reply_error(send, 503, true, e.to_string()).await,
+                },
+                Err((status, msg)) => reply_error(send, status, false, msg).await,
+            };
+        }
+        other => {
+            return Err(QuicError::Unexpected(format!(
+                "expected Invoke or Status, got {}",
+                name(&other)
+            )))
+        }
+    };
+    if inv.body_len > limits.max_body {
+        return reply_error(
+            send,
+            413,
+            false,
+            format!(
+                "request body of {} bytes exceeds this node's limit of {}",
+                inv.body_len, limits.max_body
+            ),
+        )
+        .await;
+    }
+    let body = r.body(inv.body_len, limits.max_body).await?;
+    // 0-RTT data can be replayed by whoever captured it: only idempotent calls may use it.
+    if r.recv.is_0rtt() {
+        let idempotent = match (&inv.manifest, node.lookup(&inv.function)) {
+            (_, Some(local)) => local.manifest.idempotent,
+            (Some(m), None) => m.idempotent,
+            (None, None) => false,
+        };
+        if !idempotent {
+            return reply_error(
+                send,
+                425,
+                true,
+                format!("{} is not idempotent: it cannot be sent as 0-RTT early data; send it after the handshake", inv.function),
+            )
+            .await;
+        }
+    }
+    // A router places the call (its own functions are the ones it knows); a node runs it,
+    // loading the caller's manifest and module first when it lacks them.
+    if !node.roles.router {
+        if let Err((status, msg)) = ensure_function(node, &inv, send, r, limits).await? {
+            return reply_error(send, status, false, msg).await;
+        }
+    }
+    match node.call(&inv.function, body).await {
+        Ok(out) => {
+            let res = InvokeResult {
+                status: 200,
+                cold: out.cold,
+                run_us: (out.run_ms * 1e3) as u64,
+                node: out.node,
+                body_len: out.body.len() as u64,
+            };
+            write_frames(send, Some(&Frame::Result(res)), &out.body).await
+        }
+        Err(e) => {
+            let retryable = e.retryable();
+            reply_error(send, e.status, retryable, e.message).await
+        }
+    }
+}
+
+/// Makes the invoked function runnable here: the local one, or the caller's manifest with
+/// its module fetched from the caller when missing. `Ok(Err(..))` is a refusal to report.
+async fn ensure_function(
+    node: &Node,
+    inv: &Invoke,
+    send: &mut SendStream,
+    r: &mut FrameReader,
+    limits: &QuicLimits,
+) -> Result<Result<(), (u16, String)>, QuicError> {
+    let local = node.lookup(&inv.function);
+    let Some(m) = &inv.manifest else {
+        return Ok(match local {
+            Some(_) => Ok(()),
+            None => Err((404, format!("function {:?} not found", inv.function))),
+        });
+    };
+    if m.name != inv.function {
+        return Ok(Err((
+            400,
+            format!("manifest is for {:?}, not {:?}", m.name, inv.function),
+        )));
+    }
+    if local.as_ref().is_some_and(|l| l.manifest == *m) {
+        return Ok(Ok(()));
+    }
+    // Code that travels by hash (a Wasm module) is fetched from the caller when missing;
+    // code the manifest names (a container image) is checked by the deploy on this member.
+    let module = match m.module {
+        None => None,
+        Some(digest) if node.has_module(&digest) => None,
+        Some(digest) => {
+            write_frame(send, &Frame::NeedModule(digest)).await?;
+            let bytes = r.body_until_end(limits.max_module).await?;
+            if Digest::of(&bytes) != digest {
+                return Ok(Err((
+                    400,
+                    format!("module bytes do not match their hash {digest}; refusing them"),
+                )));
+            }
+            Some(Bytes::from(bytes))
+        }
+    };
+    match node.deploy(m.clone(), module, false).await {
+        Ok(_) => Ok(Ok(())),
+        Err(e) => Ok(Err((400, e.to_string()))),
+    }
+}
+
+/// Answers a stream it will not serve with a retryable error, without holding up the
+/// accept loop.
+fn refuse(mut send: SendStream, status: u16, message: String) {
+    tokio::spawn(async move {
+        let _ = reply_error(&mut send, status, true, message).await;
+        let _ = send.finish();
+    });
+}
+
+async fn reply_error(
+    send: &mut SendStream,
+    status: u16,
+    retryable: bool,
+    message: String,
+) -> Result<(), QuicError> {
+    write_frame(
+        send,
+        &Frame::Error(WireErrorMsg {
+            status,
+            retryable,
+            message,
+        }),
+    )
+    .await
+}
