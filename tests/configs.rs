@@ -36,7 +36,8 @@ fn every_example_config_loads() {
                 "router.toml" => {
                     let r = cfg.router.as_ref().unwrap();
                     assert!(!r.device);
-                    assert!(!r.mqtt.as_ref().unwrap().triggers.is_empty());
+                    assert!(!cfg.mqtt().unwrap().triggers.is_empty());
+                    assert!(cfg.coap.listen.is_some());
                 }
                 _ => {
                     assert_eq!(tier, "edge");

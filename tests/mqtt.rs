@@ -213,3 +213,40 @@ async fn mqtt_messages_invoke_functions_and_bad_ones_are_dropped() {
         );
     }
 }
+
+/// Any node takes MQTT (`[mqtt]`), not only a router: the call runs on the node itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_node_takes_mqtt_calls() {
+    if !have_mosquitto() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    let _broker = Broker::start(d, port);
+    let cfg = d.join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version = 1\n[node]\nid = \"edge-m\"\n[mqtt]\nbroker = \"127.0.0.1:{port}\"\n\
+             [[mqtt.trigger]]\ntopic = \"sensors/+/temp\"\nfunction = \"hello\"\n"
+        ),
+    )
+    .unwrap();
+    let node = NodeProc::node(d, &cfg);
+    let line = node
+        .stdout_rest
+        .recv_timeout(Duration::from_secs(15))
+        .unwrap();
+    assert!(
+        line.starts_with("mqtt trigger connected to 127.0.0.1:"),
+        "{line}"
+    );
+    let r = deploy(&node, "hello", "hello/hello.wasm", serde_json::json!({})).await;
+    assert!(r.status().is_success());
+    let sub = subscribe(port, "fogline/reply/#");
+    publish(port, "sensors/k1/temp", "node", &[]);
+    let got = received(sub);
+    assert!(got.ends_with("|hello, node"), "{got}");
+    assert!(got.contains("placed-on:edge-m (edge)"), "{got}");
+}

@@ -15,6 +15,12 @@
 //!   learning from outcomes.
 //! - [`sim`]: the continuum simulator (same planner and cluster view, baselines, oracle).
 //! - [`wire`]: the tier-to-tier frame protocol (QUIC streams), pure encode/decode.
+//! - [`coap`]: CoAP server exchanges (RFC 7252, block-wise RFC 7959) as a state machine
+//!   given the time: duplicates, blocks, acknowledgements, retransmission.
+//!
+//! A new placement policy goes in [`policy`] (how a place is chosen from predictions) and
+//! [`placement`] (what is predicted and learnt), where the router and the simulator both
+//! drive it.
 //!
 //! Drivers (`fogline-node`, `fogline-router`, …) move bytes and time into these types.
 

@@ -191,6 +191,17 @@ pub enum Runtime {
     Container,
 }
 
+impl Runtime {
+    /// Whether the function's code is a module that travels by hash (uploaded with the
+    /// manifest, fetched by peers); otherwise the manifest names it (a container image).
+    pub fn code_is_module(self) -> bool {
+        match self {
+            Runtime::Wasm => true,
+            Runtime::Container => false,
+        }
+    }
+}
+
 impl fmt::Display for Runtime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

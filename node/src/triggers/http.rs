@@ -506,7 +506,7 @@ async fn upload_function(
         Ok(b) => b,
         Err(r) => return r,
     };
-    let is_container = manifest.runtime == fogline_core::Runtime::Container;
+    let is_container = !manifest.runtime.code_is_module();
     if module.is_empty() && !is_container {
         return text(
             StatusCode::BAD_REQUEST,
