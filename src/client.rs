@@ -81,6 +81,13 @@ pub struct DeployArgs {
     /// Milliseconds running on the device itself must save (energy weight).
     #[arg(long, value_name = "MS")]
     device_energy_ms: Option<u32>,
+    /// Deploy over QUIC instead of HTTP: quic://[MEMBER@]HOST:PORT (Wasm functions; needs
+    /// --tls-dir with an operator certificate).
+    #[arg(long, requires = "tls_dir", conflicts_with_all = ["file", "image", "image_tar"])]
+    via: Option<String>,
+    /// With --via: the operator's certificate folder (`fogline certs issue NAME --role operator`).
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -95,7 +102,8 @@ pub struct InvokeArgs {
     /// With --async: URL that receives the result.
     #[arg(long, requires = "is_async")]
     callback: Option<String>,
-    /// Invoke over QUIC instead of HTTP: quic://HOST:PORT.
+    /// Invoke over QUIC instead of HTTP: quic://[MEMBER@]HOST:PORT (with MEMBER, the
+    /// certificate there must name that member).
     #[arg(long, requires = "tls_dir")]
     via: Option<String>,
     /// With --via: this client's certificate folder (from `fogline certs issue --role client`).
@@ -155,8 +163,10 @@ impl Gateway {
         }
     }
 
+    /// Sends with the token when there is one: every route but invocations and /healthz
+    /// needs it.
     async fn send(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
-        rb.send().await.map_err(|e| {
+        self.admin(rb).send().await.map_err(|e| {
             let why = if e.is_connect() {
                 "is the node running? (fogline up)"
             } else {
@@ -298,7 +308,74 @@ pub async fn deploy(common: &Common, a: DeployArgs) -> anyhow::Result<()> {
         .wasm
         .clone()
         .ok_or_else(|| anyhow!("give --wasm FILE with the function's module, or --image NAME"))?;
+    if let Some(via) = &a.via {
+        return deploy_quic(via, a.tls_dir.as_deref(), &name, spec, &wasm).await;
+    }
     deploy_one(&gw, &name, &spec, &wasm).await
+}
+
+/// The QUIC client and the address (with the member expected there) that `--via` names.
+async fn quic_peer(
+    via: &str,
+    tls_dir: Option<&Path>,
+) -> anyhow::Result<(fogline_node::quic::Client, std::net::SocketAddr)> {
+    let target = via.strip_prefix("quic://").unwrap_or(via);
+    let (member, host) = match target.split_once('@') {
+        Some((m, h)) if !m.is_empty() => (Some(m), h),
+        Some(_) => bail!("--via {via}: no member name before '@'"),
+        None => (None, target),
+    };
+    let addr: std::net::SocketAddr = tokio::net::lookup_host(host)
+        .await
+        .with_context(|| format!("--via {via}: not a HOST:PORT"))?
+        .next()
+        .ok_or_else(|| anyhow!("--via {via}: no address"))?;
+    let dir = tls_dir.ok_or_else(|| anyhow!("--via needs --tls-dir with a certificate"))?;
+    let tls = fogline_node::tls::TlsDir::load(dir)?;
+    let client = fogline_node::quic::Client::new(&tls)?;
+    if let Some(m) = member {
+        client.expect(addr, m);
+    }
+    Ok((client, addr))
+}
+
+/// `fogline deploy NAME --wasm F --via quic://ADDR`: the manifest goes in a Prepare frame,
+/// the member asks for the module by hash, and loads it.
+async fn deploy_quic(
+    via: &str,
+    tls_dir: Option<&Path>,
+    name: &str,
+    mut spec: serde_json::Map<String, serde_json::Value>,
+    wasm: &Path,
+) -> anyhow::Result<()> {
+    use fogline_node::quic::QuicError;
+    let module =
+        std::fs::read(wasm).with_context(|| format!("cannot read module {}", wasm.display()))?;
+    spec.insert("name".into(), name.into());
+    let mut manifest = fogline_core::FunctionManifest::from_json(&serde_json::to_vec(&spec)?)?;
+    let digest = fogline_core::Digest::of(&module);
+    manifest.module = Some(digest);
+    let (client, addr) = quic_peer(via, tls_dir).await?;
+    struct One(fogline_core::Digest, bytes::Bytes);
+    impl fogline_node::executor::ModuleSource for One {
+        fn module(&self, d: &fogline_core::Digest) -> Option<bytes::Bytes> {
+            (*d == self.0).then(|| self.1.clone())
+        }
+    }
+    let progress = Progress::start(format!(
+        "deploying {name} ({}) over QUIC",
+        human_bytes(module.len())
+    ));
+    let r = client
+        .prepare(addr, &manifest, &One(digest, module.into()))
+        .await;
+    progress.stop();
+    match r {
+        Ok(cap) => println!("deployed {name} ({digest}) on {} over QUIC", cap.node),
+        Err(QuicError::Remote(m)) => bail!("{} {}", m.status, m.message),
+        Err(e) => bail!("{e}"),
+    }
+    Ok(())
 }
 
 fn spec_of_stack(f: &StackFunction) -> serde_json::Map<String, serde_json::Value> {
@@ -521,17 +598,8 @@ async fn invoke_quic(
     name: &str,
     body: Vec<u8>,
 ) -> anyhow::Result<()> {
-    use fogline_node::quic::{Client, QuicError, Request};
-    let target = via.strip_prefix("quic://").unwrap_or(via);
-    let addr: std::net::SocketAddr = tokio::net::lookup_host(target)
-        .await
-        .with_context(|| format!("--via {via}: not a HOST:PORT"))?
-        .next()
-        .ok_or_else(|| anyhow!("--via {via}: no address"))?;
-    let dir =
-        tls_dir.ok_or_else(|| anyhow!("--via needs --tls-dir with this client's certificate"))?;
-    let tls = fogline_node::tls::TlsDir::load(dir)?;
-    let client = Client::new(&tls)?;
+    use fogline_node::quic::{QuicError, Request};
+    let (client, addr) = quic_peer(via, tls_dir).await?;
     let req = Request {
         function: name.to_string(),
         manifest: None,

@@ -133,7 +133,7 @@ enum CertsCmd {
     /// Issue a certificate for NAME with a role, signed by the CA.
     Issue {
         name: String,
-        /// client, node, bridge or router.
+        /// client, operator, node, bridge or router (see the role table in the README).
         #[arg(long)]
         role: String,
         /// The CA's folder (from `certs init`).
@@ -227,7 +227,7 @@ fn certs(c: CertsCmd) -> anyhow::Result<()> {
             days,
             expired,
         } => {
-            let role = tls::Role::parse(&role)?;
+            let role = tls::parse_role(&role)?;
             let validity = if expired {
                 tls::Validity::Expired
             } else {
@@ -265,6 +265,7 @@ fn main() -> ExitCode {
             Command::Node(a) => {
                 let join = a.join.clone();
                 let cfg = a.into_config(None)?;
+                check_cert_role(&cfg, fogline_node::tls::Role::Node, "node")?;
                 if cfg.router.is_some() {
                     anyhow::bail!(
                         "the config has a [router] section: run it with `fogline router`"
@@ -280,17 +281,16 @@ fn main() -> ExitCode {
                     r.device = true;
                     cfg.node.tier = fogline_core::config::Tier::Device;
                 }
+                check_cert_role(&cfg, fogline_node::tls::Role::Router, "router")?;
                 serve::node(cfg, &join).await
             }
             Command::Placements(a) => client::placements(&cli.client, a).await,
             Command::Simulate(a) => simulate::run(a),
             Command::Bridge(a) => {
                 let join = a.join.clone();
-                serve::node(
-                    a.into_config(Some(fogline_core::config::Tier::Cloud))?,
-                    &join,
-                )
-                .await
+                let cfg = a.into_config(Some(fogline_core::config::Tier::Cloud))?;
+                check_cert_role(&cfg, fogline_node::tls::Role::Bridge, "bridge")?;
+                serve::node(cfg, &join).await
             }
             Command::Mesh(a) => client::mesh(&cli.client, a).await,
             Command::Certs(c) => certs(c),
@@ -308,6 +308,29 @@ fn main() -> ExitCode {
             eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A member runs with a certificate of its own role: what other members let it do follows
+/// from that role, so a mismatch would fail call by call instead of once, here.
+fn check_cert_role(
+    cfg: &fogline_core::config::NodeConfig,
+    want: fogline_node::tls::Role,
+    command: &str,
+) -> anyhow::Result<()> {
+    let Some(dir) = &cfg.quic.tls_dir else {
+        return Ok(());
+    };
+    match fogline_node::tls::TlsDir::load(dir)?.role() {
+        Some(r) if r == want => Ok(()),
+        Some(r) => anyhow::bail!(
+            "`fogline {command}` needs a certificate of role {want}, but the one in {} is {r}; issue one with `fogline certs issue NAME --role {want}`",
+            dir.display()
+        ),
+        None => anyhow::bail!(
+            "{}: the certificate carries no Fogline role; issue it with `fogline certs issue`",
+            dir.display()
+        ),
     }
 }
 

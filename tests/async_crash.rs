@@ -91,7 +91,7 @@ async fn sigkill_mid_way_loses_no_accepted_call() {
         .expect("the restarted node resumes the calls left queued by the kill");
     assert!(resumed > 0);
 
-    let c = client();
+    let c = authed(&node.token);
     let deadline = Instant::now() + Duration::from_secs(240);
     for id in &accepted {
         loop {

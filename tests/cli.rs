@@ -73,7 +73,7 @@ fn quick_start_needs_no_token_or_flags_beyond_the_gateway() {
     let id = run_ok(cli().args(["invoke", "hello", "--async", "--data", "later"]))
         .trim()
         .to_string();
-    assert_eq!(id.len(), 16, "{id}");
+    assert_eq!(id.len(), 32, "{id}: 128 random bits");
 
     let logs = run_ok(cli().args(["logs", "hello"]));
     assert!(logs.contains("deployed with module"), "{logs}");

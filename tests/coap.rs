@@ -55,7 +55,7 @@ async fn deploy_wasm(n: &NodeProc, name: &str, module: &str, extra: &[&str]) {
 
 /// Invocations of `function` the node counted, by status code.
 async fn calls(n: &NodeProc, function: &str, code: u16) -> u64 {
-    let m = metrics(&n.url).await;
+    let m = metrics(n).await;
     let prefix = format!(
         "gateway_function_invocation_total{{function_name=\"{function}\",code=\"{code}\"}} "
     );
@@ -65,7 +65,7 @@ async fn calls(n: &NodeProc, function: &str, code: u16) -> u64 {
 }
 
 async fn malformed(n: &NodeProc) -> u64 {
-    let m = metrics(&n.url).await;
+    let m = metrics(n).await;
     m.lines()
         .find_map(|l| l.strip_prefix("fogline_coap_malformed_total "))
         .map(|v| v.trim().parse().unwrap())

@@ -263,7 +263,7 @@ async fn container_functions_run_isolated_and_fail_cleanly() {
         inspect.trim(),
         format!("none true [ALL] [no-new-privileges] 65534:65534 {} 64 map[/tmp:rw,noexec,nosuid,size={}]", 64 << 20, 16 << 20)
     );
-    let metrics = metrics(&n.url).await;
+    let metrics = metrics(&n).await;
     let warm_line = metrics
         .lines()
         .find(|l| l.starts_with("fogline_instantiate_seconds_count{function_name=\"thumbs\"}"))

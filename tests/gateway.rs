@@ -14,7 +14,7 @@ use serde_json::json;
 async fn openfaas_routes_work_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let node = NodeProc::up(dir.path());
-    let c = client();
+    let c = authed(&node.token);
     let u = &node.url;
 
     assert_eq!(
@@ -165,7 +165,7 @@ async fn openfaas_routes_work_end_to_end() {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("follow"));
-    let m = metrics(u).await;
+    let m = metrics(&node).await;
     assert!(
         m.contains("gateway_function_invocation_total{function_name=\"hello\",code=\"200\"} 2"),
         "{m}"
@@ -203,8 +203,19 @@ async fn openfaas_routes_work_end_to_end() {
 #[tokio::test]
 async fn async_calls_are_retrievable_and_call_back() {
     let dir = tempfile::tempdir().unwrap();
-    let node = NodeProc::up(dir.path());
-    let c = client();
+    // A one-shot HTTP listener stands in for the caller's callback endpoint; the node allows
+    // callbacks to it (a loopback address: allowed only because the prefix names it).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/", listener.local_addr().unwrap());
+    let cb = format!("{base}done");
+    let cfg = dir.path().join("n.toml");
+    std::fs::write(
+        &cfg,
+        format!("version = 1\n[async]\ncallback_allow = [\"{base}\"]\n"),
+    )
+    .unwrap();
+    let node = NodeProc::node(dir.path(), &cfg);
+    let c = authed(&node.token);
     let u = &node.url;
     assert_eq!(
         deploy(&node, "hello", "hello/hello.wasm", json!({}))
@@ -212,10 +223,25 @@ async fn async_calls_are_retrievable_and_call_back() {
             .status(),
         201
     );
-
-    // A one-shot HTTP listener stands in for the caller's callback endpoint.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let cb = format!("http://{}/done", listener.local_addr().unwrap());
+    // Callbacks go only under the allowed prefixes, checked at submit.
+    for (url, why) in [
+        ("http://127.0.0.2:9/done", "not under an allowed prefix"),
+        (
+            "http://169.254.169.254/latest/meta-data",
+            "not under an allowed prefix",
+        ),
+        ("ftp://x", "not an http:// or https:// URL"),
+    ] {
+        let r = c
+            .post(format!("{u}/async-function/hello"))
+            .header("X-Callback-Url", url)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{url}");
+        let msg = r.text().await.unwrap();
+        assert!(msg.contains(why), "{url}: {msg}");
+    }
     let received = tokio::spawn(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (mut s, _) = listener.accept().await.unwrap();
@@ -267,12 +293,43 @@ async fn async_calls_are_retrievable_and_call_back() {
         "{req}"
     );
     assert!(req.ends_with("hello, later"), "{req}");
+    // Signed as Standard Webhooks describes; checked here with Python's own HMAC.
+    let header = |name: &str| {
+        req.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("no {name} in {req}"))
+    };
+    assert_eq!(header("webhook-id"), id);
+    let secret = std::fs::read_to_string(node.data_dir.join("webhook.secret")).unwrap();
+    let script = "import base64,hashlib,hmac,sys\n\
+        key=base64.b64decode(sys.argv[1].strip()[len('whsec_'):])\n\
+        msg=(sys.argv[2]+'.'+sys.argv[3]+'.'+sys.argv[4]).encode()\n\
+        print('v1,'+base64.b64encode(hmac.new(key,msg,hashlib.sha256).digest()).decode())";
+    let expect = std::process::Command::new("python3")
+        .args([
+            "-c",
+            script,
+            &secret,
+            &id,
+            &header("webhook-timestamp"),
+            "hello, later",
+        ])
+        .output()
+        .expect("python3 computes the expected signature");
+    assert_eq!(
+        header("webhook-signature"),
+        String::from_utf8_lossy(&expect.stdout).trim(),
+        "{req}"
+    );
 
     let r = c.get(format!("{u}/v1/calls/{id}")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "hello, later");
     assert_eq!(
-        c.get(format!("{u}/v1/calls/00000000000fffff"))
+        c.get(format!("{u}/v1/calls/0000000000000000000000000000ffff"))
             .send()
             .await
             .unwrap()
@@ -287,13 +344,6 @@ async fn async_calls_are_retrievable_and_call_back() {
             .status(),
         404
     );
-    let r = c
-        .post(format!("{u}/async-function/hello"))
-        .header("X-Callback-Url", "ftp://x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
 }
 
 #[tokio::test]
@@ -367,6 +417,38 @@ async fn bad_input_gets_a_clear_error() {
     let r = c
         .delete(format!("{u}/system/functions"))
         .json(&json!({"functionName": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Every route but invocations and /healthz needs the token, reads too (as OpenFaaS
+    // puts /system/* behind auth): function lists hold env values, logs hold outputs.
+    for path in [
+        "/system/functions",
+        "/system/function/x",
+        "/system/info",
+        "/system/logs?name=x",
+        "/metrics",
+        "/v1/status",
+        "/v1/mesh",
+        "/v1/placements",
+        "/v1/calls/00000000000fffff",
+    ] {
+        let r = c.get(format!("{u}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+        assert!(
+            r.text().await.unwrap().contains("needs the admin token"),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        c.get(format!("{u}/healthz")).send().await.unwrap().status(),
+        200
+    );
+    // X-Fogline-Target makes the node dial an address: admin only.
+    let r = c
+        .post(format!("{u}/function/x"))
+        .header("X-Fogline-Target", "quic://127.0.0.1:9")
         .send()
         .await
         .unwrap();
@@ -515,7 +597,7 @@ async fn bad_input_gets_a_clear_error() {
             "{name}: timeout took {:?}",
             t.elapsed()
         );
-        let st = status(u).await;
+        let st = status(&node).await;
         assert_eq!(
             st["instances_in_use"], 0,
             "{name}: the timed-out instance must be gone"
@@ -669,7 +751,7 @@ async fn payload_limit_and_token_for_invoke_come_from_the_config() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let st = status(u).await;
+    let st = status(&node).await;
     assert_eq!(st["pooling"], false);
     assert_eq!(st["instance_slots"], 8);
 }
@@ -688,4 +770,81 @@ fn futures_stream(
         }
     }
     S(chunks.into())
+}
+
+/// Host directories only under `[wasm] allowed_dirs`, resolved: `..`, a folder outside and
+/// a symlink leading out are refused at deploy with the reason; a writable grant needs
+/// `allow_write_dirs`; an allowed, read-only one is readable by the function.
+#[tokio::test]
+async fn host_directories_only_under_the_allowed_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let allowed = d.join("allowed");
+    let etc = allowed.join("etc");
+    let secret = d.join("secret");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::create_dir_all(&secret).unwrap();
+    std::fs::write(etc.join("passwd"), "granted:x:1\n").unwrap();
+    std::fs::write(secret.join("passwd"), "root:x:0\n").unwrap();
+    std::os::unix::fs::symlink(&secret, allowed.join("escape")).unwrap();
+    let cfg = d.join("n.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version = 1\n[wasm]\nallowed_dirs = [\"{}\"]\n",
+            allowed.display()
+        ),
+    )
+    .unwrap();
+    let node = NodeProc::node(d, &cfg);
+    let put = |name: &'static str, host: String, read_only: bool| {
+        let node = &node;
+        async move {
+            let manifest =
+                json!({"dirs": [{"host": host, "guest": "/etc", "read_only": read_only}]});
+            let r = client()
+                .put(format!("{}/v1/functions/{name}", node.url))
+                .bearer_auth(&node.token)
+                .header("x-fogline-manifest", manifest.to_string())
+                .body(std::fs::read(example("misbehave/openfile.wasm")).unwrap())
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    for (host, read_only, why) in [
+        (
+            secret.display().to_string(),
+            true,
+            "not under an allowed directory",
+        ),
+        (
+            format!("{}/../secret", allowed.display()),
+            true,
+            "must not contain `..`",
+        ),
+        (
+            allowed.join("escape").display().to_string(),
+            true,
+            "not under an allowed directory",
+        ),
+        (
+            etc.display().to_string(),
+            false,
+            "only read-only directories",
+        ),
+    ] {
+        let (status, msg) = put("bad", host.clone(), read_only).await;
+        assert_eq!(status, 400, "{host}: {msg}");
+        assert!(msg.contains(why), "{host}: {msg}");
+    }
+    let (status, msg) = put("reader", etc.display().to_string(), true).await;
+    assert_eq!(status, 201, "{msg}");
+    let r = client()
+        .post(format!("{}/function/reader", node.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "granted:x:1\n");
 }

@@ -102,7 +102,7 @@ fn ten_members_converge_see_a_death_and_a_rejoin() {
         .build()
         .unwrap();
     let metric = |n: &NodeProc, name: &str| -> u64 {
-        let text = rt.block_on(metrics(&n.url));
+        let text = rt.block_on(metrics(n));
         let prefix = format!("{name} ");
         text.lines()
             .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
@@ -160,7 +160,13 @@ fn ten_members_converge_see_a_death_and_a_rejoin() {
     wait_until("m5 alive everywhere again", 20, || {
         every_view_shows_all_alive(&nodes)
     });
-    let out = run_ok(fogline().args(["--gateway", &nodes[3].url, "mesh"]));
+    let out = run_ok(fogline().args([
+        "--gateway",
+        &nodes[3].url,
+        "--token",
+        &nodes[3].token,
+        "mesh",
+    ]));
     assert_eq!(out.lines().count(), 11, "{out}");
     assert!(out.lines().any(|l| l.starts_with("m3*")), "{out}");
 
@@ -364,7 +370,7 @@ fn ns_member(
 
 fn ns_view(ns: &str, n: &NodeProc) -> Vec<(String, String)> {
     let out = in_ns(ns)
-        .args(["--gateway", &n.url, "mesh", "--json"])
+        .args(["--gateway", &n.url, "--token", &n.token, "mesh", "--json"])
         .output()
         .unwrap();
     assert!(
@@ -388,7 +394,7 @@ fn a_partition_between_two_sites_is_survived_and_heals() {
     let a1 = ns_member(dir.path(), &pki, sa, "a1", &ipa, None, false);
     let join = {
         let out = in_ns(sa)
-            .args(["--gateway", &a1.url, "mesh", "--json"])
+            .args(["--gateway", &a1.url, "--token", &a1.token, "mesh", "--json"])
             .output()
             .unwrap();
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -103,7 +103,7 @@ async fn invocations_cross_tiers_and_modules_travel_by_hash() {
 
     assert_eq!(
         deploy(
-            &n1,
+            &cloud,
             "hello",
             "hello/hello.wasm",
             json!({"idempotent": true})
@@ -112,15 +112,16 @@ async fn invocations_cross_tiers_and_modules_travel_by_hash() {
         .status(),
         201
     );
-    let c = client();
-    // node-1 → node-2 and node-1 → cloud: the peers have never seen `hello`; they ask for
-    // the module by hash over the same stream, check it, compile it once, and run it.
-    for target in [&n2, &cloud] {
+    let c = authed(&cloud.token);
+    // cloud → node-1 and cloud → node-2 (a bridge may send the functions deployed on it):
+    // the nodes have never seen `hello`; they ask for the module by hash over the same
+    // stream, check it, compile it once, and run it. Naming the member checks its identity.
+    for (target, name) in [(&n1, "node-1"), (&n2, "node-2")] {
         let q = target.quic.unwrap();
         for (i, expect_fetch) in [(0, "true"), (1, "false")] {
             let r = c
-                .post(format!("{}/function/hello", n1.url))
-                .header("X-Fogline-Target", format!("quic://{q}"))
+                .post(format!("{}/function/hello", cloud.url))
+                .header("X-Fogline-Target", format!("quic://{name}@{q}"))
                 .body(format!("hop {i}"))
                 .send()
                 .await
@@ -132,6 +133,41 @@ async fn invocations_cross_tiers_and_modules_travel_by_hash() {
             assert!(target.data_dir.ends_with(&ran_on), "ran on {ran_on}");
         }
     }
+    // The member at node-2's address is not node-1: the caller refuses it, naming both.
+    let r = c
+        .post(format!("{}/function/hello", cloud.url))
+        .header(
+            "X-Fogline-Target",
+            format!("quic://node-1@{}", n2.quic.unwrap()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let msg = r.text().await.unwrap();
+    assert!(msg.contains("is not \"node-1\""), "{msg}");
+    // A node may not deploy on another node: node-1 forwarding its own function with its
+    // manifest is refused by node-2, which says why, logs the peer and counts it.
+    deploy(&n1, "own", "hello/hello.wasm", json!({})).await;
+    let r = authed(&n1.token)
+        .post(format!("{}/function/own", n1.url))
+        .header("X-Fogline-Target", format!("quic://{}", n2.quic.unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let msg = r.text().await.unwrap();
+    assert!(msg.contains("role node may not deploy"), "{msg}");
+    let m = metrics(&n2).await;
+    assert!(
+        m.contains("fogline_refusals_total{reason=\"role\",role=\"node\",action=\"deploy\"} 1"),
+        "{m}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("node.stderr")).unwrap();
+    assert!(
+        log.contains("peer=node-1") && log.contains("role node may not deploy"),
+        "{log}"
+    );
     // The bridge now has the function: a device calls it directly over QUIC with the CLI.
     let out = run_ok(
         fogline()
@@ -334,7 +370,7 @@ async fn bad_frames_stalls_floods_and_forged_modules_are_refused() {
         .expect("reset within 5 s");
     assert!(res.is_err(), "the stalled stream is reset: {res:?}");
     assert!(t.elapsed() >= Duration::from_millis(400));
-    let st = status(&node.url).await;
+    let st = status(&node).await;
     assert_eq!(
         st["quic_streams"], 0,
         "the stalled stream's resources are freed"
@@ -397,6 +433,16 @@ async fn bad_frames_stalls_floods_and_forged_modules_are_refused() {
         manifest: Some(m),
         body: Bytes::new(),
     };
+    // A device may not send code at all…
+    match c.invoke(addr, &req, &Liar).await {
+        Err(QuicError::Remote(e)) => {
+            assert_eq!(e.status, 403);
+            assert_eq!(e.message, "role client may not deploy");
+        }
+        other => panic!("{other:?}"),
+    }
+    // …and an operator's module must match its hash.
+    let c = Client::new(&TlsDir::load(&pki.issue("ops", "operator", &[])).unwrap()).unwrap();
     match c.invoke(addr, &req, &Liar).await {
         Err(QuicError::Remote(e)) => {
             assert_eq!(e.status, 400);

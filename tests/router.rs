@@ -54,7 +54,7 @@ async fn the_router_places_learns_moves_off_load_and_survives_a_kill() {
     wait_until("the router sees every member", 20, || {
         alive(&router) == everyone
     });
-    let c = client();
+    let c = authed(&router.token);
 
     // Deploy through the router: nodes fetch the module by hash on first use.
     let r = deploy(
@@ -136,7 +136,7 @@ async fn the_router_places_learns_moves_off_load_and_survives_a_kill() {
             .sum::<u64>()
             > 0
     });
-    let table = run_ok(fogline().args(["--gateway", &router.url, "placements", "--limit", "3"]));
+    let table = run_ok(router.cli().args(["placements", "--limit", "3"]));
     assert!(
         table.contains("hello") && table.contains("median prediction error"),
         "{table}"
@@ -252,9 +252,9 @@ async fn the_router_places_learns_moves_off_load_and_survives_a_kill() {
     let mut on_cloud = None;
     let t = Instant::now();
     while on_cloud.is_none() && t.elapsed() < Duration::from_secs(3) {
-        if status(&other.url).await["instances_in_use"].as_u64() == Some(1) {
+        if status(other).await["instances_in_use"].as_u64() == Some(1) {
             on_cloud = Some(false);
-        } else if status(&cloud.url).await["instances_in_use"].as_u64() == Some(1) {
+        } else if status(&cloud).await["instances_in_use"].as_u64() == Some(1) {
             on_cloud = Some(true);
         } else {
             tokio::time::sleep(Duration::from_millis(50)).await;

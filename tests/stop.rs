@@ -84,7 +84,7 @@ async fn a_stopped_node_finishes_its_calls_and_the_router_loses_none() {
     // Stop the edge running the most calls right now.
     let mut running_now = Vec::new();
     for e in &edges {
-        running_now.push(status(&e.url).await["instances_in_use"].as_u64().unwrap());
+        running_now.push(status(e).await["instances_in_use"].as_u64().unwrap());
     }
     let vi = if running_now[0] >= running_now[1] {
         0
@@ -120,7 +120,8 @@ async fn a_stopped_node_finishes_its_calls_and_the_router_loses_none() {
     assert!(done.load(Ordering::Relaxed) > 20);
     // The router heard the goodbye before the process was gone, not by its silence.
     assert_eq!(state.as_deref(), Some("left"), "{states:?}");
-    let table = run_ok(fogline().args(["--gateway", &router.url, "mesh"]));
+    let table =
+        run_ok(fogline().args(["--gateway", &router.url, "--token", &router.token, "mesh"]));
     assert!(
         table
             .lines()

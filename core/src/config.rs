@@ -377,6 +377,13 @@ pub struct WasmSection {
     /// Most stderr kept per invocation for the function's log.
     #[serde(default = "default_max_stderr")]
     pub max_stderr: ByteSize,
+    /// Host directories a function's manifest may grant (it may name these or folders
+    /// inside them, after resolving symlinks). Empty (the default): none.
+    #[serde(default)]
+    pub allowed_dirs: Vec<PathBuf>,
+    /// Whether a granted directory may be writable; otherwise every grant is read-only.
+    #[serde(default)]
+    pub allow_write_dirs: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -400,6 +407,11 @@ pub struct AsyncSection {
     /// How long results stay retrievable by call id.
     #[serde(default = "default_result_ttl", with = "duration_str")]
     pub result_ttl: Duration,
+    /// URL prefixes callbacks may go to (`https://hooks.example.com/`). Empty (the
+    /// default): callbacks are refused at submit. Loopback and link-local hosts are
+    /// reached only when a prefix names such a host itself.
+    #[serde(default)]
+    pub callback_allow: Vec<String>,
 }
 
 /// A config file that cannot be used, with the file and the problem.
@@ -491,6 +503,22 @@ impl NodeConfig {
                 "wasm.max_memory",
                 format!("{} is outside 1Mi..=4Gi", self.wasm.max_memory),
             ));
+        }
+        for p in &self.async_calls.callback_allow {
+            if crate::callback::Prefix::parse(p).is_none() {
+                return Err(invalid(
+                    "async.callback_allow",
+                    format!("{p:?} must be an http:// or https:// URL prefix with a host"),
+                ));
+            }
+        }
+        for d in &self.wasm.allowed_dirs {
+            if !d.is_absolute() || d.components().any(|c| c == std::path::Component::ParentDir) {
+                return Err(invalid(
+                    "wasm.allowed_dirs",
+                    format!("{} must be an absolute path without `..`", d.display()),
+                ));
+            }
         }
         if self.http.max_body < ByteSize(1024) {
             return Err(invalid(
@@ -648,6 +676,8 @@ impl Default for WasmSection {
             max_timeout: default_max_timeout(),
             max_output: default_max_output(),
             max_stderr: default_max_stderr(),
+            allowed_dirs: Vec::new(),
+            allow_write_dirs: false,
         }
     }
 }
@@ -657,6 +687,7 @@ impl Default for AsyncSection {
             workers: default_async_workers(),
             max_queued: default_async_queue(),
             result_ttl: default_result_ttl(),
+            callback_allow: Vec::new(),
         }
     }
 }

@@ -15,6 +15,9 @@
 //!   learning from outcomes.
 //! - [`sim`]: the continuum simulator (same planner and cluster view, baselines, oracle).
 //! - [`wire`]: the tier-to-tier frame protocol (QUIC streams), pure encode/decode.
+//! - [`callback`]: where async results may be delivered, and their Standard Webhooks
+//!   signatures.
+//! - [`roles`]: what each certificate role may ask of a member.
 //! - [`coap`]: CoAP server exchanges (RFC 7252, block-wise RFC 7959) as a state machine
 //!   given the time: duplicates, blocks, acknowledgements, retransmission.
 //!
@@ -24,6 +27,7 @@
 //!
 //! Drivers (`fogline-node`, `fogline-router`, …) move bytes and time into these types.
 
+pub mod callback;
 pub mod coap;
 pub mod config;
 pub mod digest;
@@ -34,6 +38,7 @@ pub mod openfaas;
 pub mod placement;
 pub mod policy;
 pub mod predict;
+pub mod roles;
 pub mod sim;
 pub mod stack;
 pub mod units;

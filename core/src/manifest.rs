@@ -391,17 +391,19 @@ impl FunctionManifest {
             ));
         }
         for (i, d) in self.dirs.iter().enumerate() {
-            if !d.host.starts_with('/') {
-                return Err(ManifestError::new(
-                    format!("dirs[{i}].host"),
-                    format!("{:?} must be an absolute path", d.host),
-                ));
-            }
-            if !d.guest.starts_with('/') {
-                return Err(ManifestError::new(
-                    format!("dirs[{i}].guest"),
-                    format!("{:?} must be an absolute path", d.guest),
-                ));
+            for (field, path) in [("host", &d.host), ("guest", &d.guest)] {
+                if !path.starts_with('/') {
+                    return Err(ManifestError::new(
+                        format!("dirs[{i}].{field}"),
+                        format!("{path:?} must be an absolute path"),
+                    ));
+                }
+                if path.split('/').any(|seg| seg == "..") || path.contains('\0') {
+                    return Err(ManifestError::new(
+                        format!("dirs[{i}].{field}"),
+                        format!("{path:?} must not contain `..`"),
+                    ));
+                }
             }
         }
         Ok(())

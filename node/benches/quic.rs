@@ -61,6 +61,15 @@ async fn run() {
         Validity::Days(1),
     )
     .expect("client cert");
+    // The resumed-connection figure is a router's 0-RTT call: routers send the manifest.
+    tls::issue(
+        &pki,
+        "router",
+        Role::Router,
+        &pki.join("router"),
+        Validity::Days(1),
+    )
+    .expect("router cert");
 
     // A node agent with QUIC, as `fogline node` runs it.
     let mut cfg = NodeConfig::local(
@@ -174,7 +183,8 @@ async fn run() {
     raw_hs.sort();
 
     // Resumed connection: same client, connection dropped, reconnect + first invocation.
-    let resumer = Client::new(&dev).expect("client");
+    let router = TlsDir::load(&pki.join("router")).expect("router tls");
+    let resumer = Client::new(&router).expect("client");
     let mut hello = FunctionManifest::wasm(
         "hello",
         Digest::of(&std::fs::read(examples.join("hello/hello.wasm")).expect("wasm")),

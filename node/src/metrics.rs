@@ -111,6 +111,8 @@ pub struct Metrics {
     pub warm_starts: AtomicU64,
     /// CoAP datagrams dropped because they were not CoAP.
     pub coap_malformed: AtomicU64,
+    /// Requests refused for who sent them, by labels (`reason`, and what was refused).
+    refusals: std::sync::Mutex<BTreeMap<String, u64>>,
 }
 
 /// Point-in-time values rendered beside the series.
@@ -159,8 +161,37 @@ impl Metrics {
             .remove(name);
     }
 
+    /// Counts a refusal; `labels` say why, e.g. `reason="role",role="client",action="deploy"`.
+    pub fn refused(&self, labels: String) {
+        *self
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(labels)
+            .or_insert(0) += 1;
+    }
+
+    /// Refusals counted with exactly these labels.
+    pub fn refusals(&self, labels: &str) -> u64 {
+        self.refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(labels)
+            .copied()
+            .unwrap_or(0)
+    }
+
     pub fn render(&self, g: &Gauges) -> String {
         let mut out = String::with_capacity(4096);
+        out.push_str("# HELP fogline_refusals_total Requests refused for who sent them (role, identity, token), by reason.\n# TYPE fogline_refusals_total counter\n");
+        for (labels, n) in self
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(out, "fogline_refusals_total{{{labels}}} {n}");
+        }
         let fns = self.functions.read().unwrap_or_else(|p| p.into_inner());
         out.push_str(
             "# HELP gateway_function_invocation_total Function invocations by status code.\n",

@@ -54,7 +54,14 @@ pub struct Store {
     modules: sled::Tree,
     queue: sled::Tree,
     results: sled::Tree,
+    /// Each async call's public id (16 random bytes), by its internal sequence number,
+    /// and back. Calls accepted by a release before these ids have none.
+    public_ids: sled::Tree,
+    by_public: sled::Tree,
 }
+
+/// The id callers are given for an async call: 128 random bits, not guessable.
+pub type PublicId = [u8; 16];
 
 impl Store {
     pub fn open(dir: &std::path::Path) -> Result<Self, StoreError> {
@@ -72,6 +79,8 @@ impl Store {
             modules: db.open_tree("modules")?,
             queue: db.open_tree("queue")?,
             results: db.open_tree("results")?,
+            public_ids: db.open_tree("public_ids")?,
+            by_public: db.open_tree("by_public")?,
             db,
         })
     }
@@ -137,12 +146,37 @@ impl Store {
 
     // ---- async calls ---------------------------------------------------------------
 
-    /// Persists a call durably and returns its id. Returns only after the disk has it.
-    pub async fn enqueue(&self, call: &AsyncCall) -> Result<u64, StoreError> {
+    /// Persists a call durably and returns its ids (internal, public). Returns only after
+    /// the disk has it.
+    pub async fn enqueue(&self, call: &AsyncCall) -> Result<(u64, PublicId), StoreError> {
         let id = self.db.generate_id()?;
+        let mut public = [0u8; 16];
+        getrandom::fill(&mut public).map_err(|e| StoreError::Corrupt {
+            tree: "public_ids",
+            problem: format!("no randomness for a call id: {e}"),
+        })?;
+        self.public_ids.insert(id.to_be_bytes(), &public)?;
+        self.by_public.insert(public, &id.to_be_bytes())?;
         self.queue.insert(id.to_be_bytes(), encode_call(call))?;
         self.durable().await?;
-        Ok(id)
+        Ok((id, public))
+    }
+
+    /// The public id of call `id`, when it has one.
+    pub fn public_id(&self, id: u64) -> Result<Option<PublicId>, StoreError> {
+        Ok(self
+            .public_ids
+            .get(id.to_be_bytes())?
+            .and_then(|v| v.as_ref().try_into().ok()))
+    }
+
+    /// The internal id of the call a caller knows as `public`.
+    pub fn by_public(&self, public: &PublicId) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .by_public
+            .get(public)?
+            .and_then(|v| v.as_ref().try_into().ok())
+            .map(u64::from_be_bytes))
     }
 
     /// Calls accepted but not finished, oldest first.
@@ -197,7 +231,10 @@ impl Store {
                 .map(|r| r.finished_ms < cutoff_ms)
                 .unwrap_or(true)
             {
-                self.results.remove(k)?;
+                self.results.remove(&k)?;
+                if let Some(p) = self.public_ids.remove(&k)? {
+                    self.by_public.remove(p)?;
+                }
                 n += 1;
             }
         }
@@ -389,7 +426,7 @@ mod tests {
     async fn state_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let d;
-        let id;
+        let (id, public);
         {
             let s = Store::open(dir.path()).unwrap();
             d = s.put_module(b"\0asm\x01\0\0\0").unwrap();
@@ -398,7 +435,7 @@ mod tests {
                 created_at: "2026-01-01T00:00:00Z".into(),
             })
             .unwrap();
-            id = s
+            (id, public) = s
                 .enqueue(&AsyncCall {
                     function: "f".into(),
                     callback: Some("http://x/".into()),
@@ -415,6 +452,9 @@ mod tests {
         let pending = s.pending().unwrap();
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].0, id);
+        // The public id survives too, and leads back to the call.
+        assert_eq!(s.public_id(id).unwrap(), Some(public));
+        assert_eq!(s.by_public(&public).unwrap(), Some(id));
         assert_eq!(pending[0].1.callback.as_deref(), Some("http://x/"));
         assert_eq!(&pending[0].1.body[..], b"hi");
         s.complete(
@@ -431,6 +471,7 @@ mod tests {
         assert_eq!(s.result(id).unwrap().unwrap().body, &b"out"[..]);
         assert_eq!(s.sweep_results(6).unwrap(), 1);
         assert!(s.result(id).unwrap().is_none());
+        assert_eq!(s.by_public(&public).unwrap(), None, "swept with its result");
     }
 
     fn reopen(path: &std::path::Path) -> Store {

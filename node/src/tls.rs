@@ -21,50 +21,20 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 /// The name every server-capable peer's certificate carries, and clients verify.
 pub const PEER_NAME: &str = "peer.fogline.internal";
 
-/// What a certificate allows its holder to be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// A device or CLI: may invoke.
-    Client,
-    /// An edge node agent.
-    Node,
-    /// The cloud tier.
-    Bridge,
-    /// A router (edge gateway).
-    Router,
+pub use fogline_core::roles::{Action, Refusal, Role};
+
+/// The DNS name that carries a role in a certificate.
+fn role_dns(role: Role) -> String {
+    format!("{}.role.fogline.internal", role.as_str())
 }
 
-impl Role {
-    pub const ALL: [Role; 4] = [Role::Client, Role::Node, Role::Bridge, Role::Router];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Client => "client",
-            Role::Node => "node",
-            Role::Bridge => "bridge",
-            Role::Router => "router",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Role, TlsError> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| {
-                TlsError::Invalid(format!(
-                    "unknown role {s:?}: expected client, node, bridge or router"
-                ))
-            })
-    }
-
-    fn dns(self) -> String {
-        format!("{}.role.fogline.internal", self.as_str())
-    }
-
-    /// Whether holders may accept connections from other peers.
-    pub fn serves(self) -> bool {
-        self != Role::Client
-    }
+/// Parses a role named on the command line.
+pub fn parse_role(s: &str) -> Result<Role, TlsError> {
+    Role::parse(s).ok_or_else(|| {
+        TlsError::Invalid(format!(
+            "unknown role {s:?}: expected client, operator, node, bridge or router"
+        ))
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,7 +145,7 @@ pub fn issue(
     let ca_name = std::fs::read_to_string(&name_path).map_err(|e| file_err(&name_path, e))?;
     let issuer = Issuer::new(ca_params(ca_name.trim()), ca_key);
 
-    let mut sans = vec![name.to_string(), role.dns()];
+    let mut sans = vec![name.to_string(), role_dns(role)];
     if role.serves() {
         sans.push(PEER_NAME.to_string());
     }
@@ -207,9 +177,14 @@ pub fn issue(
     write(&out.join("cert.pem"), cert.pem(), false)?;
     write(&out.join("key.pem"), key.serialize_pem(), true)?;
     write(&out.join("ca.pem"), ca_pem, false)?;
+    // Only mesh members get the mesh's key: a device's or an operator's bundle cannot join.
     let mesh_key = ca_dir.join("mesh.key");
-    if let Ok(k) = std::fs::read_to_string(&mesh_key) {
-        write(&out.join("mesh.key"), k, true)?;
+    if role.joins_mesh() {
+        if let Ok(k) = std::fs::read_to_string(&mesh_key) {
+            write(&out.join("mesh.key"), k, true)?;
+        }
+    } else if out.join("mesh.key").exists() {
+        std::fs::remove_file(out.join("mesh.key")).map_err(|e| file_err(out, e))?;
     }
     Ok(())
 }
@@ -286,6 +261,11 @@ impl TlsDir {
         role_of(&self.chain[0])
     }
 
+    /// The member this folder's certificate names.
+    pub fn name(&self) -> Option<String> {
+        name_of(&self.chain[0])
+    }
+
     fn provider() -> Arc<rustls::crypto::CryptoProvider> {
         Arc::new(rustls::crypto::ring::default_provider())
     }
@@ -333,10 +313,20 @@ pub fn peer_server_name() -> ServerName<'static> {
 pub fn role_of(cert: &CertificateDer<'_>) -> Option<Role> {
     let ee = webpki::EndEntityCert::try_from(cert).ok()?;
     Role::ALL.into_iter().find(|r| {
-        ServerName::try_from(r.dns())
+        ServerName::try_from(role_dns(*r))
             .ok()
             .is_some_and(|n| ee.verify_is_valid_for_subject_name(&n).is_ok())
     })
+}
+
+/// The member a certificate names (its first DNS name that is not one of Fogline's own).
+pub fn name_of(cert: &CertificateDer<'_>) -> Option<String> {
+    let ee = webpki::EndEntityCert::try_from(cert).ok()?;
+    let name = ee
+        .valid_dns_names()
+        .find(|n| !n.ends_with(".fogline.internal"))
+        .map(str::to_string);
+    name
 }
 
 #[cfg(test)]
@@ -364,6 +354,12 @@ mod tests {
             .unwrap();
             let t = TlsDir::load(&out).unwrap();
             assert_eq!(t.role(), Some(role));
+            assert_eq!(
+                t.name().as_deref(),
+                Some(format!("p-{}", role.as_str()).as_str())
+            );
+            // Only mesh members get the mesh's key.
+            assert_eq!(out.join("mesh.key").exists(), role.joins_mesh(), "{role}");
             t.server_config(b"x").unwrap();
             t.client_config(b"x").unwrap();
         }

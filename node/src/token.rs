@@ -5,22 +5,33 @@ use std::path::Path;
 
 /// Reads the token at `path`, or makes one; the second value is set when it was made now.
 pub fn load_or_create(path: &Path) -> anyhow::Result<(String, Option<String>)> {
+    load_or_create_with(path, || {
+        let mut raw = [0u8; 24];
+        getrandom::fill(&mut raw)
+            .map_err(|e| anyhow::anyhow!("no randomness for the admin token: {e}"))?;
+        Ok(hex::encode(raw))
+    })
+}
+
+/// Reads the secret at `path`, or writes the one `make` makes (readable by the owner
+/// only); the second value is set when it was made now.
+pub fn load_or_create_with(
+    path: &Path,
+    make: impl FnOnce() -> anyhow::Result<String>,
+) -> anyhow::Result<(String, Option<String>)> {
     if let Ok(t) = std::fs::read_to_string(path) {
         let t = t.trim().to_string();
         if t.len() >= 16 {
             return Ok((t, None));
         }
         anyhow::bail!(
-            "{} is damaged (too short); delete it to create a new token",
+            "{} is damaged (too short); delete it to create a new one",
             path.display()
         );
     }
-    let mut raw = [0u8; 24];
-    getrandom::fill(&mut raw)
-        .map_err(|e| anyhow::anyhow!("no randomness for the admin token: {e}"))?;
-    let token = hex::encode(raw);
-    write_private(path, &token)?;
-    Ok((token.clone(), Some(token)))
+    let secret = make()?;
+    write_private(path, &secret)?;
+    Ok((secret.clone(), Some(secret)))
 }
 
 #[cfg(unix)]

@@ -447,6 +447,8 @@ impl Router {
                 broken: false,
             });
         };
+        // The member the mesh says is there, and no other, must answer.
+        client.expect(addr, &place.id);
         match client.send(addr, f, body.clone(), node).await {
             Ok(reply) => Ok(reply.into_placed(place.tier)),
             Err(QuicError::Remote(m)) => Err(Failure {
@@ -504,6 +506,7 @@ impl Router {
         let (Some(addr), Some(client)) = (target.addr, node.links.peers.get()) else {
             return;
         };
+        client.expect(addr, &target.id);
         match client.prepare(addr, f, node).await {
             Ok(_) => tracing::info!(
                 function = %f.name,

@@ -184,6 +184,19 @@ impl Drop for NodeProc {
     }
 }
 
+/// A client that sends `token` with every request (the gateway's read routes need it).
+pub fn authed(token: &str) -> reqwest::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    reqwest::Client::builder()
+        .default_headers(h)
+        .build()
+        .expect("client")
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -192,9 +205,10 @@ pub fn client() -> reqwest::Client {
 }
 
 /// `GET /v1/status` of a node, as JSON.
-pub async fn status(url: &str) -> serde_json::Value {
+pub async fn status(n: &NodeProc) -> serde_json::Value {
     client()
-        .get(format!("{url}/v1/status"))
+        .get(format!("{}/v1/status", n.url))
+        .bearer_auth(&n.token)
         .send()
         .await
         .expect("status request")
@@ -265,7 +279,7 @@ pub fn issue(pki: &Path, name: &str, role: &str) -> PathBuf {
 
 /// `GET /v1/mesh` through the real CLI (`fogline mesh --json`).
 pub fn mesh_json(n: &NodeProc) -> serde_json::Value {
-    let out = run_ok(fogline().args(["--gateway", &n.url, "mesh", "--json"]));
+    let out = run_ok(fogline().args(["--gateway", &n.url, "--token", &n.token, "mesh", "--json"]));
     serde_json::from_str(&out).expect("mesh --json prints JSON")
 }
 
@@ -296,9 +310,10 @@ pub fn alive(n: &NodeProc) -> Vec<String> {
 }
 
 /// `GET /metrics` of a gateway, as text.
-pub async fn metrics(url: &str) -> String {
+pub async fn metrics(n: &NodeProc) -> String {
     client()
-        .get(format!("{url}/metrics"))
+        .get(format!("{}/metrics", n.url))
+        .bearer_auth(&n.token)
         .send()
         .await
         .expect("metrics request")
@@ -329,6 +344,7 @@ pub fn member(
     .unwrap();
     let cert_role = match role {
         "bridge" => "bridge",
+        "router" => "router",
         _ => "node",
     };
     let tls = issue(pki, name, cert_role);

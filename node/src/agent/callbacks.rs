@@ -1,34 +1,60 @@
-//! Callbacks: an async call's result POSTed to the URL its caller named.
+//! Callbacks: an async call's result POSTed to the URL its caller named, if the node's
+//! `[async] callback_allow` covers it (checked at submit, and again at delivery with the
+//! host resolved, so a name cannot be pointed at an internal address in between), signed as
+//! Standard Webhooks describes with the node's secret (`<data-dir>/webhook.secret`).
 
 use std::time::Duration;
 
 use bytes::Bytes;
+use fogline_core::callback::{self, CallbackError};
 
 use crate::logs::Logs;
 
 /// Sends callbacks, retrying a failed one a few times.
 pub struct Callbacks {
-    http: reqwest::Client,
+    allow: Vec<String>,
+    secret: Vec<u8>,
 }
 
 impl Callbacks {
-    pub fn new() -> anyhow::Result<Callbacks> {
-        Ok(Callbacks {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .map_err(|e| anyhow::anyhow!("http client: {e}"))?,
-        })
+    /// `secret` signs every delivery; `allow` are the URL prefixes deliveries may go to.
+    pub fn new(allow: Vec<String>, secret: Vec<u8>) -> Callbacks {
+        Callbacks { allow, secret }
+    }
+
+    /// Checks a callback URL at submit.
+    pub fn check(&self, url: &str) -> Result<(), CallbackError> {
+        callback::check(url, &self.allow).map(|_| ())
     }
 
     /// Delivers one result; what could not be delivered is written to the function's log.
     pub async fn deliver(&self, logs: &Logs, node: &str, call: &Finished<'_>, url: &str) {
-        let id = super::call_id(call.id);
+        let id = &call.id;
+        let client = match self.client_for(url).await {
+            Ok(c) => c,
+            Err(why) => {
+                tracing::warn!("callback for call {id} refused: {why}");
+                logs.push(
+                    call.function,
+                    node,
+                    &format!("callback for call {id} refused: {why}"),
+                );
+                return;
+            }
+        };
         for attempt in 0..3u32 {
-            let res = self
-                .http
+            let ts = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let res = client
                 .post(url)
-                .header("X-Call-Id", &id)
+                .header("webhook-id", id.as_str())
+                .header("webhook-timestamp", ts.to_string())
+                .header(
+                    "webhook-signature",
+                    callback::sign(&self.secret, id, ts, &call.body),
+                )
+                .header("X-Call-Id", id.as_str())
                 .header("X-Function-Name", call.function)
                 .header("X-Function-Status", call.status.to_string())
                 .body(call.body.clone())
@@ -47,11 +73,37 @@ impl Callbacks {
             &format!("callback to {url} for call {id} failed after 3 attempts"),
         );
     }
+
+    /// An HTTP client pinned to the address the URL's host resolves to now, once that
+    /// address is allowed.
+    async fn client_for(&self, url: &str) -> Result<reqwest::Client, String> {
+        let allowed = callback::check(url, &self.allow).map_err(|e| e.to_string())?;
+        let (host, port) = allowed
+            .host_port()
+            .ok_or_else(|| format!("{url:?} has no host and port"))?;
+        let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|e| format!("resolving {host}: {e}"))?
+            .collect();
+        let first = *addrs
+            .first()
+            .ok_or_else(|| format!("{host} resolves to no address"))?;
+        for a in &addrs {
+            allowed.check_ip(a.ip()).map_err(|e| e.to_string())?;
+        }
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .resolve(&host, first)
+            .build()
+            .map_err(|e| format!("http client: {e}"))
+    }
 }
 
 /// A finished async call, as its callback reports it.
 pub struct Finished<'a> {
-    pub id: u64,
+    /// The call id its caller was given.
+    pub id: String,
     pub function: &'a str,
     pub status: u16,
     pub body: Bytes,

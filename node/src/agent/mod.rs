@@ -120,6 +120,8 @@ pub enum InvokeError {
     Busy { function: String, limit: u32 },
     #[error("async queue is full ({0} calls waiting); retry shortly")]
     QueueFull(u64),
+    #[error(transparent)]
+    Callback(#[from] fogline_core::callback::CallbackError),
     #[error("function {function:?} {source}")]
     Exec { function: String, source: ExecError },
     #[error(transparent)]
@@ -168,11 +170,7 @@ impl Node {
             .map_err(|e| anyhow::anyhow!("cannot create data folder {}: {e}", dir.display()))?;
         let (token, new_token) = crate::token::load_or_create(&dir.join("admin.token"))?;
         let store = Store::open(&dir.join("store"))?;
-        let id = config
-            .node
-            .id
-            .clone()
-            .unwrap_or_else(crate::sysinfo::hostname);
+        let id = member_id(&config)?;
         let executors = Executors::open(&config, &id).await?;
         let functions = Functions::default();
         for f in store.functions()? {
@@ -198,7 +196,10 @@ impl Node {
             executors,
             store,
             queue,
-            callbacks: callbacks::Callbacks::new()?,
+            callbacks: callbacks::Callbacks::new(
+                config.async_calls.callback_allow.clone(),
+                webhook_secret(&dir.join("webhook.secret"))?,
+            ),
             token,
             started: Instant::now(),
             config,
@@ -432,12 +433,14 @@ impl Node {
     }
 
     /// Sends one call to the member at `addr` over QUIC (an explicit target), with this
-    /// member's manifest so that one can fetch the module by hash when it lacks it.
+    /// member's manifest so that one can fetch the module by hash when it lacks it. With
+    /// `member`, the certificate at `addr` must name that member.
     pub async fn call_at(
         &self,
         name: &str,
         body: Bytes,
         addr: std::net::SocketAddr,
+        member: Option<&str>,
     ) -> Result<crate::dispatch::Placed, crate::dispatch::Refused> {
         use crate::dispatch::Refused;
         let Some(client) = self.links.peers.get() else {
@@ -446,6 +449,9 @@ impl Node {
                 "this node has no certificates (quic.tls_dir), so it cannot call other tiers",
             ));
         };
+        if let Some(m) = member {
+            client.expect(addr, m);
+        }
         let Some(f) = self.lookup(name) else {
             return Err(Refused::new(404, format!("function {name:?} not found")));
         };
@@ -614,6 +620,7 @@ impl InvokeError {
     pub fn status(&self) -> u16 {
         match self {
             InvokeError::NotFound(_) => 404,
+            InvokeError::Callback(_) => 400,
             InvokeError::Busy { .. } | InvokeError::QueueFull(_) => 429,
             InvokeError::Exec { source, .. } => match source {
                 ExecError::Timeout(_) => 504,
@@ -626,17 +633,47 @@ impl InvokeError {
     }
 }
 
-/// How call ids appear in headers and URLs.
-pub fn call_id(id: u64) -> String {
-    format!("{id:016x}")
+/// The member's id: its certificate's name when it has one (a configured `node.id` must be
+/// the same), else `node.id`, else the host name.
+fn member_id(config: &NodeConfig) -> anyhow::Result<String> {
+    let named = match &config.quic.tls_dir {
+        Some(dir) => crate::tls::TlsDir::load(dir)?.name().map(|n| (n, dir)),
+        None => None,
+    };
+    Ok(match (&config.node.id, named) {
+        (Some(id), Some((cert, dir))) if *id != cert => anyhow::bail!(
+            "node.id is {id:?}, but the certificate in {} names {cert:?}: a member is the one its certificate names; drop node.id (or --id), or issue a certificate for {id:?}",
+            dir.display()
+        ),
+        (_, Some((cert, _))) => cert,
+        (Some(id), None) => id.clone(),
+        (None, None) => crate::sysinfo::hostname(),
+    })
 }
 
-pub fn parse_call_id(s: &str) -> Option<u64> {
-    if s.len() == 16 {
-        u64::from_str_radix(s, 16).ok()
-    } else {
-        None
-    }
+/// A new call id for a synchronous call (128 random bits, as async calls get).
+pub fn new_call_id() -> String {
+    let mut b = [0u8; 16];
+    // Without randomness the id is only less unique, not unsafe: it grants nothing.
+    let _ = getrandom::fill(&mut b);
+    hex::encode(b)
+}
+
+/// The secret that signs this member's callbacks: made at the first start.
+fn webhook_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let text = crate::token::load_or_create_with(path, || {
+        let mut raw = [0u8; 32];
+        getrandom::fill(&mut raw)
+            .map_err(|e| anyhow::anyhow!("no randomness for the webhook secret: {e}"))?;
+        Ok(fogline_core::callback::secret_text(&raw))
+    })?
+    .0;
+    fogline_core::callback::secret_bytes(&text).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} is damaged (not whsec_BASE64); delete it to make a new one",
+            path.display()
+        )
+    })
 }
 
 impl crate::mesh::Reporter for Node {

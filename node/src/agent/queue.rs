@@ -50,9 +50,12 @@ impl Node {
         name: &str,
         body: Bytes,
         callback: Option<String>,
-    ) -> Result<u64, InvokeError> {
+    ) -> Result<String, InvokeError> {
         if self.lookup(name).is_none() {
             return Err(InvokeError::NotFound(name.to_string()));
+        }
+        if let Some(url) = &callback {
+            self.callbacks.check(url)?;
         }
         let q = &self.queue;
         let queued = q.queued.fetch_add(1, Ordering::AcqRel);
@@ -65,8 +68,8 @@ impl Node {
             callback,
             body,
         };
-        let id = match self.store.enqueue(&call).await {
-            Ok(id) => id,
+        let (id, public) = match self.store.enqueue(&call).await {
+            Ok(ids) => ids,
             Err(e) => {
                 q.queued.fetch_sub(1, Ordering::AcqRel);
                 return Err(e.into());
@@ -75,15 +78,46 @@ impl Node {
         // The channel is as large as the queue limit, so this only fails while shutting down;
         // the call is on disk and runs after the restart.
         let _ = q.tx.try_send(id);
-        Ok(id)
+        Ok(hex::encode(public))
     }
 
-    /// The result of an async call: `Ok(None)` when unknown, `Some(None)` when still queued.
-    pub fn call_result(&self, id: u64) -> Result<Option<Option<CallResult>>, StoreError> {
+    /// The result of the async call its caller knows as `id`: `Ok(None)` when unknown,
+    /// `Some(None)` when still queued.
+    pub fn call_result(&self, id: &str) -> Result<Option<Option<CallResult>>, StoreError> {
+        let Some(id) = self.internal_call_id(id)? else {
+            return Ok(None);
+        };
         if let Some(r) = self.store.result(id)? {
             return Ok(Some(Some(r)));
         }
         Ok(self.store.call(id)?.map(|_| None))
+    }
+
+    /// The call a caller's id names: 32 hex digits (128 random bits), or the 16 hex digits
+    /// of a call accepted by a release before those (which has no random id).
+    fn internal_call_id(&self, id: &str) -> Result<Option<u64>, StoreError> {
+        match id.len() {
+            32 => {
+                let mut public = [0u8; 16];
+                if hex::decode_to_slice(id, &mut public).is_err() {
+                    return Ok(None);
+                }
+                self.store.by_public(&public)
+            }
+            16 => match u64::from_str_radix(id, 16) {
+                Ok(n) if self.store.public_id(n)?.is_none() => Ok(Some(n)),
+                _ => Ok(None),
+            },
+            _ => Ok(None),
+        }
+    }
+
+    /// The id callers know call `id` by.
+    fn public_call_id(&self, id: u64) -> String {
+        match self.store.public_id(id) {
+            Ok(Some(p)) => hex::encode(p),
+            _ => format!("{id:016x}"),
+        }
     }
 
     /// Runs queued async calls, `workers` at a time, until the channel closes.
@@ -141,7 +175,7 @@ impl Node {
         self.queue.queued.fetch_sub(1, Ordering::AcqRel);
         if let Some(url) = call.callback {
             let done = Finished {
-                id,
+                id: self.public_call_id(id),
                 function: &call.function,
                 status,
                 body,

@@ -18,6 +18,7 @@
 
 pub mod capture;
 pub mod container;
+pub mod dirs;
 pub mod registry;
 pub mod wasm;
 

@@ -60,6 +60,8 @@ pub struct WasmExecutor {
     /// Woken when an instance starts while it is parked.
     ticker: std::thread::Thread,
     parked: Arc<AtomicBool>,
+    /// Which host directories functions may be granted.
+    dirs: super::dirs::DirPolicy,
 }
 
 /// Per-instance state.
@@ -176,6 +178,7 @@ impl WasmExecutor {
             max_output: usize::try_from(cfg.max_output.bytes()).unwrap_or(usize::MAX),
             max_stderr: usize::try_from(cfg.max_stderr.bytes()).unwrap_or(usize::MAX),
             stop_ticker,
+            dirs: super::dirs::DirPolicy::new(&cfg.allowed_dirs, cfg.allow_write_dirs),
         })
     }
 
@@ -295,13 +298,15 @@ impl WasmExecutor {
         for (k, v) in &manifest.env {
             b.env(k, v);
         }
-        for d in &manifest.dirs {
+        for (i, d) in manifest.dirs.iter().enumerate() {
             let perms = if d.read_only {
                 FsPerms::ReadOnly
             } else {
                 FsPerms::ReadWrite
             };
-            b.preopened_dir(&d.host, &d.guest, perms).map_err(|e| {
+            // Checked again at each call: a link placed since the deploy must not lead out.
+            let host = self.dirs.check(i, d)?;
+            b.preopened_dir(&host, &d.guest, perms).map_err(|e| {
                 ExecError::Unavailable(format!("cannot open granted directory {}: {e}", d.host))
             })?;
         }
@@ -442,6 +447,9 @@ impl WasmExecutor {
         manifest: &FunctionManifest,
         module: Option<Bytes>,
     ) -> Result<Option<Duration>, ExecError> {
+        for (i, d) in manifest.dirs.iter().enumerate() {
+            self.dirs.check(i, d)?;
+        }
         let digest = manifest
             .module
             .ok_or_else(|| ExecError::Invalid("a wasm function needs a module".into()))?;

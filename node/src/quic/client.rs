@@ -17,6 +17,26 @@ use crate::tls::{self, TlsDir, TlsError};
 
 use super::*;
 
+/// Like [`connect_error`], saying so when the peer is not the member expected there.
+fn identity_error(
+    addr: SocketAddr,
+    name: &str,
+) -> impl Fn(quinn::ConnectionError) -> QuicError + '_ {
+    move |e| {
+        let reason = e.to_string();
+        if reason.contains("not valid for name") || reason.contains("NotValidForName") {
+            QuicError::Connect {
+                addr,
+                reason: format!(
+                    "the member at {addr} is not {name:?}: its certificate names another member ({reason})"
+                ),
+            }
+        } else {
+            QuicError::Connect { addr, reason }
+        }
+    }
+}
+
 /// Maps any connection failure to `addr` onto [`QuicError::Connect`] with its reason.
 fn connect_error<E: std::fmt::Display>(addr: SocketAddr) -> impl Fn(E) -> QuicError {
     move |e| QuicError::Connect {
@@ -78,11 +98,16 @@ async fn send_module(
 /// A QUIC client keeping one connection per peer, with TLS session resumption.
 pub struct Client {
     endpoint: Endpoint,
-    conns: Mutex<HashMap<SocketAddr, Connection>>,
+    /// Open connections, with the name each verified.
+    conns: Mutex<HashMap<SocketAddr, (Connection, String)>>,
     /// One TLS config per peer: every peer answers to the same server name, so a shared
     /// session cache would offer one peer's ticket to another (which then rejects the 0-RTT
     /// data). Each peer gets its own small session cache.
     configs: Mutex<HashMap<SocketAddr, quinn::ClientConfig>>,
+    /// The member expected at an address (from the mesh, or `quic://NAME@ADDR`): its
+    /// certificate must name it. Where none is expected, any member of the cluster that
+    /// accepts connections will do.
+    expected: std::sync::Mutex<HashMap<SocketAddr, String>>,
     base: Arc<rustls::ClientConfig>,
     timeout: Duration,
 }
@@ -96,6 +121,7 @@ impl Client {
             endpoint,
             conns: Mutex::new(HashMap::new()),
             configs: Mutex::new(HashMap::new()),
+            expected: std::sync::Mutex::new(HashMap::new()),
             base: Arc::new(tls.client_config(wire::ALPN)?),
             timeout: Duration::from_secs(30),
         })
@@ -119,29 +145,49 @@ impl Client {
         Ok(cfg)
     }
 
+    /// Says which member must answer at `addr`: connections there verify that its
+    /// certificate names `name`. A connection made for another name is replaced.
+    pub fn expect(&self, addr: SocketAddr, name: &str) {
+        let mut e = self.expected.lock().unwrap_or_else(|p| p.into_inner());
+        if e.get(&addr).is_none_or(|n| n != name) {
+            e.insert(addr, name.to_string());
+        }
+    }
+
+    /// The TLS name a connection to `addr` verifies.
+    fn server_name(&self, addr: SocketAddr) -> String {
+        self.expected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&addr)
+            .cloned()
+            .unwrap_or_else(|| tls::PEER_NAME.to_string())
+    }
+
     /// A live connection to `addr`, reusing one when it is still open. With `early`, a
     /// resumed session sends before the handshake completes (0-RTT): only for idempotent work.
     pub async fn connection(&self, addr: SocketAddr, early: bool) -> Result<Connection, QuicError> {
+        let name = self.server_name(addr);
         let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(&addr) {
-            if c.close_reason().is_none() {
+        if let Some((c, made_for)) = conns.get(&addr) {
+            if c.close_reason().is_none() && *made_for == name {
                 return Ok(c.clone());
             }
         }
         let cfg = self.config_for(addr).await?;
         let connecting = self
             .endpoint
-            .connect_with(cfg, addr, tls::PEER_NAME)
+            .connect_with(cfg, addr, &name)
             .map_err(connect_error(addr))?;
         let conn = if early {
             match connecting.into_0rtt() {
                 Ok((c, _accepted)) => c,
-                Err(connecting) => connecting.await.map_err(connect_error(addr))?,
+                Err(connecting) => connecting.await.map_err(identity_error(addr, &name))?,
             }
         } else {
-            connecting.await.map_err(connect_error(addr))?
+            connecting.await.map_err(identity_error(addr, &name))?
         };
-        conns.insert(addr, conn.clone());
+        conns.insert(addr, (conn.clone(), name));
         Ok(conn)
     }
 
@@ -160,7 +206,7 @@ impl Client {
     /// Forgets a peer's connection (after it failed).
     /// Closes it, so calls waiting on it fail now instead of at the idle timeout.
     pub async fn forget(&self, addr: SocketAddr) {
-        if let Some(c) = self.conns.lock().await.remove(&addr) {
+        if let Some((c, _)) = self.conns.lock().await.remove(&addr) {
             c.close(VarInt::from_u32(0), b"peer considered gone");
         }
     }

@@ -276,3 +276,15 @@ pub(crate) fn stopped_cleanly(conn: &Connection) -> bool {
         Some(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == VarInt::from_u32(CODE_STOPPED)
     )
 }
+
+/// Parses `quic://[MEMBER@]IP:PORT`: the member that must answer there (when named), and
+/// its address.
+pub fn parse_target(t: &str) -> Option<(Option<String>, SocketAddr)> {
+    let rest = t.strip_prefix("quic://").unwrap_or(t);
+    let (member, addr) = match rest.split_once('@') {
+        Some((m, a)) if !m.is_empty() => (Some(m.to_string()), a),
+        Some(_) => return None,
+        None => (None, rest),
+    };
+    Some((member, addr.parse().ok()?))
+}

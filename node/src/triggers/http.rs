@@ -34,7 +34,7 @@ use fogline_core::openfaas::{
 use fogline_core::{FunctionManifest, ManifestError};
 use serde::Deserialize;
 
-use crate::agent::{call_id, parse_call_id, DeployError, InvokeError, Node};
+use crate::agent::{new_call_id, DeployError, InvokeError, Node};
 
 type Shared = Arc<Node>;
 
@@ -95,11 +95,15 @@ impl super::Trigger for Http {
 
 /// Builds the gateway's routes over a node.
 pub fn router(node: Shared) -> Router {
-    Router::new()
+    // Invocations are open unless `http.invoke_requires_token` (OpenFaaS's default); every
+    // other route but /healthz needs the token, as OpenFaaS puts /system/* behind auth.
+    let open = Router::new()
         .route("/function/{name}", post(invoke))
         .route("/function/{name}/{*rest}", post(invoke_sub))
         .route("/async-function/{name}", post(invoke_async))
         .route("/async-function/{name}/{*rest}", post(invoke_async_sub))
+        .route("/healthz", get(|| async { "OK" }));
+    let guarded = Router::new()
         .route(
             "/system/functions",
             get(list_functions)
@@ -110,7 +114,6 @@ pub fn router(node: Shared) -> Router {
         .route("/system/function/{name}", get(function_status))
         .route("/system/info", get(system_info))
         .route("/system/logs", get(function_logs))
-        .route("/healthz", get(|| async { "OK" }))
         .route("/metrics", get(metrics))
         .route("/v1/functions/{name}", put(upload_function))
         .route("/v1/modules", put(upload_module))
@@ -119,10 +122,27 @@ pub fn router(node: Shared) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/mesh", get(mesh_view))
         .route("/v1/placements", get(placements))
+        .route_layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            require_token,
+        ));
+    open.merge(guarded)
         .fallback(fallback)
         // Bodies are read with explicit limits in each handler.
         .layer(DefaultBodyLimit::disable())
         .with_state(node)
+}
+
+/// Lets a request through only with the token.
+async fn require_token(
+    State(node): State<Shared>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match authorize(&node, req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(r) => r,
+    }
 }
 
 // ---- invocation -----------------------------------------------------------------------
@@ -160,12 +180,24 @@ async fn invoke_inner(node: Shared, name: String, headers: HeaderMap, body: Body
         Err(r) => return r,
     };
     if let Some(target) = headers.get("x-fogline-target") {
-        return forward(&node, &name, body, target).await;
+        // Making this member dial an address of the caller's choice is an admin's call.
+        if let Err(r) = authorize(&node, &headers) {
+            return r;
+        }
+        return with_call_id(forward(&node, &name, body, target).await);
     }
-    match node.call(&name, body).await {
+    with_call_id(match node.call(&name, body).await {
         Ok(out) => placed_response(out),
         Err(e) => refused(e),
+    })
+}
+
+/// Every answer to an invocation carries the call's id (128 random bits).
+fn with_call_id(mut r: Response) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&new_call_id()) {
+        r.headers_mut().insert("x-call-id", v);
     }
+    r
 }
 
 fn placed_response(out: crate::dispatch::Placed) -> Response {
@@ -216,18 +248,13 @@ fn refused(e: crate::dispatch::Refused) -> Response {
 /// Runs the call on the member named by `X-Fogline-Target: quic://HOST:PORT`, through the
 /// node's one path for calls sent to another member.
 async fn forward(node: &Shared, name: &str, body: Bytes, target: &HeaderValue) -> Response {
-    let Some(addr) = target
-        .to_str()
-        .ok()
-        .and_then(|t| t.strip_prefix("quic://"))
-        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
-    else {
+    let Some((member, addr)) = target.to_str().ok().and_then(crate::quic::parse_target) else {
         return text(
             StatusCode::BAD_REQUEST,
-            "X-Fogline-Target must be quic://IP:PORT",
+            "X-Fogline-Target must be quic://IP:PORT or quic://MEMBER@IP:PORT",
         );
     };
-    match node.call_at(name, body, addr).await {
+    match node.call_at(name, body, addr, member.as_deref()).await {
         Ok(out) => placed_response(out),
         Err(e) => refused(e),
     }
@@ -266,10 +293,11 @@ async fn invoke_async_inner(
         Ok(n) => n,
         Err(r) => return r,
     };
+    // The node checks it against `[async] callback_allow`.
     let callback = match headers.get("x-callback-url").map(|v| v.to_str()) {
         None => None,
-        Some(Ok(u)) if u.starts_with("http://") || u.starts_with("https://") => Some(u.to_string()),
-        Some(_) => {
+        Some(Ok(u)) => Some(u.to_string()),
+        Some(Err(_)) => {
             return text(
                 StatusCode::BAD_REQUEST,
                 "X-Callback-Url must be an http:// or https:// URL",
@@ -282,7 +310,6 @@ async fn invoke_async_inner(
     };
     match node.submit(&name, body, callback).await {
         Ok(id) => {
-            let id = call_id(id);
             let mut r = (StatusCode::ACCEPTED, format!("accepted: call {id}\n")).into_response();
             if let Ok(v) = HeaderValue::from_str(&id) {
                 r.headers_mut().insert("x-call-id", v);
@@ -312,16 +339,10 @@ async fn placements(State(node): State<Shared>, Query(q): Query<Limit>) -> Respo
 }
 
 async fn call_result(State(node): State<Shared>, Path(id): Path<String>) -> Response {
-    let Some(n) = parse_call_id(&id) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("call {id:?} not found (call ids are 16 hex digits)"),
-        );
-    };
-    match node.call_result(n) {
+    match node.call_result(&id) {
         Ok(None) => text(
             StatusCode::NOT_FOUND,
-            format!("call {id} not found (results are kept for a limited time)"),
+            format!("call {id:?} not found (call ids are 32 hex digits; results are kept for a limited time)"),
         ),
         Ok(Some(None)) => {
             let mut r = (StatusCode::ACCEPTED, format!("call {id} is queued\n")).into_response();
@@ -745,10 +766,18 @@ fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), Response> {
         });
     match given {
         Some(t) if constant_time_eq(t.as_bytes(), node.token().as_bytes()) => Ok(()),
-        Some(_) => Err(unauthorized("the token is wrong")),
-        None => Err(unauthorized(
-            "this route needs the admin token: send Authorization: Bearer <token> (the token is in <data-dir>/admin.token)",
-        )),
+        Some(_) => {
+            node.metrics
+                .refused("reason=\"token\",problem=\"wrong\"".into());
+            Err(unauthorized("the token is wrong"))
+        }
+        None => {
+            node.metrics
+                .refused("reason=\"token\",problem=\"missing\"".into());
+            Err(unauthorized(
+                "this route needs the admin token: send Authorization: Bearer <token> (the token is in <data-dir>/admin.token)",
+            ))
+        }
     }
 }
 

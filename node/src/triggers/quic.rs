@@ -256,11 +256,46 @@ fn stamp(dir: &std::path::Path) -> Vec<Option<std::time::SystemTime>> {
 }
 
 fn peer_role(conn: &Connection) -> Option<Role> {
+    peer_cert(conn).as_ref().and_then(tls::role_of)
+}
+
+/// The peer's (CA-verified) certificate.
+fn peer_cert(conn: &Connection) -> Option<rustls::pki_types::CertificateDer<'static>> {
     let certs = conn
         .peer_identity()?
         .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
         .ok()?;
-    certs.first().and_then(tls::role_of)
+    certs.first().cloned()
+}
+
+/// Checks that `peer`'s role allows `action`; a refusal is logged with the peer's name,
+/// counted, and answered with the reason (403).
+async fn allowed(
+    node: &Node,
+    peer: &Peer,
+    action: tls::Action,
+    send: &mut SendStream,
+) -> Result<bool, QuicError> {
+    let Err(refusal) = peer.role.check(action) else {
+        return Ok(true);
+    };
+    tracing::warn!(peer = %peer.name, "refused over QUIC: {refusal}");
+    node.metrics.refused(format!(
+        "reason=\"role\",role=\"{}\",action=\"{}\"",
+        refusal.role,
+        action_label(action)
+    ));
+    reply_error(send, 403, false, refusal.to_string()).await?;
+    Ok(false)
+}
+
+fn action_label(a: tls::Action) -> &'static str {
+    match a {
+        tls::Action::Invoke => "invoke",
+        tls::Action::Status => "status",
+        tls::Action::Deploy => "deploy",
+        tls::Action::Prepare => "prepare",
+    }
 }
 
 async fn serve_connection(
@@ -276,7 +311,17 @@ async fn serve_connection(
         );
         return;
     };
-    tracing::debug!(remote = %conn.remote_address(), role = role.as_str(), "QUIC peer connected");
+    let name = peer_cert(&conn)
+        .and_then(|c| tls::name_of(&c))
+        .unwrap_or_else(|| conn.remote_address().to_string());
+    tracing::debug!(remote = %conn.remote_address(), peer = %name, role = role.as_str(), "QUIC peer connected");
+    let ctx = Arc::new(Link {
+        conn,
+        peer: Peer { role, name },
+        limits,
+        delivering,
+    });
+    let (conn, limits) = (&ctx.conn, &ctx.limits);
     let slots = Arc::new(Semaphore::new(limits.max_streams as usize));
     loop {
         let (send, recv) = match conn.accept_bi().await {
@@ -306,27 +351,39 @@ async fn serve_connection(
             continue;
         };
         let node = node.clone();
-        let limits = limits.clone();
-        let conn = conn.clone();
-        let delivering = delivering.clone();
+        let ctx = ctx.clone();
         tokio::spawn(async move {
-            serve_stream(&node, &conn, send, recv, &limits, permit, &delivering).await;
+            serve_stream(&node, &ctx, send, recv, permit).await;
             node.serving.quic_streams.fetch_sub(1, Ordering::SeqCst);
         });
     }
 }
 
+/// Who is at the other end of a connection, from its certificate.
+pub struct Peer {
+    pub role: tls::Role,
+    /// The member (or device) its certificate names.
+    pub name: String,
+}
+
+/// One connection and what its streams share.
+struct Link {
+    conn: Connection,
+    peer: Peer,
+    limits: QuicLimits,
+    delivering: Arc<Delivering>,
+}
+
 async fn serve_stream(
     node: &Node,
-    conn: &Connection,
+    link: &Link,
     mut send: SendStream,
     recv: RecvStream,
-    limits: &QuicLimits,
     slot: tokio::sync::OwnedSemaphorePermit,
-    delivering: &Delivering,
 ) {
+    let (conn, limits, delivering) = (&link.conn, &link.limits, &link.delivering);
     let mut r = FrameReader::new(recv, limits.stream_timeout);
-    let result = handle_stream(node, &mut send, &mut r, limits).await;
+    let result = handle_stream(node, &link.peer, &mut send, &mut r, limits).await;
     match result {
         Ok(()) => {
             let _ = send.finish();
@@ -350,24 +407,47 @@ async fn serve_stream(
 
 async fn handle_stream(
     node: &Node,
+    peer: &Peer,
     send: &mut SendStream,
     r: &mut FrameReader,
     limits: &QuicLimits,
 ) -> Result<(), QuicError> {
+    use tls::Action;
     let inv = match r.next().await? {
-        Frame::Invoke(inv) => inv,
-        Frame::Status => return write_frame(send, &Frame::StatusReply(node.capacity())).await,
-        Frame::Prepare(inv) => {
-            if inv.manifest.is_none() || node.roles.router {
-                return reply_error(
-                    send,
-                    400,
-                    false,
-                    "Prepare needs a manifest, and a node to run it".into(),
-                )
-                .await;
+        Frame::Invoke(inv) => {
+            // Sending a manifest deploys it here: only roles that may deploy send one.
+            let action = if inv.manifest.is_some() {
+                Action::Deploy
+            } else {
+                Action::Invoke
+            };
+            if !allowed(node, peer, action, send).await? {
+                return Ok(());
             }
+            inv
+        }
+        Frame::Status => {
+            if !allowed(node, peer, Action::Status, send).await? {
+                return Ok(());
+            }
+            return write_frame(send, &Frame::StatusReply(node.capacity())).await;
+        }
+        Frame::Prepare(inv) => {
+            // Its manifest deploys the function first.
+            for action in [Action::Deploy, Action::Prepare] {
+                if !allowed(node, peer, action, send).await? {
+                    return Ok(());
+                }
+            }
+            if inv.manifest.is_none() {
+                return reply_error(send, 400, false, "Prepare needs a manifest".into()).await;
+            }
+            // A deploy (an operator's `fogline deploy --via quic://…`), then a warm instance
+            // where this member runs functions.
             return match ensure_function(node, &inv, send, r, limits).await? {
+                Ok(()) if !node.runs_functions() => {
+                    write_frame(send, &Frame::StatusReply(node.capacity())).await
+                }
                 Ok(()) => match node.warm_up(&inv.function).await {
                     Ok(()) => write_frame(send, &Frame::StatusReply(node.capacity())).await,
                     Err(e) => reply_error(send, 503, true, e.to_string()).await,
