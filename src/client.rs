@@ -28,6 +28,9 @@ pub struct Common {
     /// Admin token (default: read from .fogline/admin.token).
     #[arg(long, env = "FOGLINE_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// A CA certificate (PEM) to trust for an https:// gateway, e.g. the cluster's ca.pem.
+    #[arg(long, env = "FOGLINE_CACERT", global = true)]
+    cacert: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -148,7 +151,15 @@ impl Gateway {
                 .ok()
                 .map(|t| t.trim().to_string())
         });
-        let http = reqwest::Client::builder().build().context("http client")?;
+        let mut builder = reqwest::Client::builder();
+        if let Some(ca) = &c.cacert {
+            let pem = std::fs::read(ca)
+                .with_context(|| format!("cannot read --cacert {}", ca.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("--cacert {}: not a PEM certificate", ca.display()))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build().context("http client")?;
         Ok(Gateway { base, token, http })
     }
 

@@ -106,6 +106,10 @@ struct NodeArgs {
     /// Overrides `quic.listen` (turns QUIC on; needs --tls-dir or quic.tls_dir).
     #[arg(long)]
     quic: Option<SocketAddr>,
+    /// Serves the gateway over HTTPS (`http.tls`), with the member's certificate unless
+    /// `http.cert` and `http.key` name another.
+    #[arg(long)]
+    https: bool,
     /// Overrides `coap.listen` (turns the CoAP trigger on, UDP).
     #[arg(long)]
     coap: Option<SocketAddr>,
@@ -179,6 +183,9 @@ impl NodeArgs {
         if let Some(c) = self.coap {
             cfg.coap.listen = Some(c);
         }
+        if self.https {
+            cfg.http.tls = true;
+        }
         if let Some(t) = self.tls_dir {
             cfg.quic.tls_dir = Some(t);
         }
@@ -198,6 +205,11 @@ impl NodeArgs {
         }
         if let Some(t) = tier {
             cfg.node.tier = t;
+        }
+        if cfg.http.tls && cfg.http.cert.is_none() && cfg.quic.tls_dir.is_none() {
+            anyhow::bail!(
+                "--https needs a certificate: pass --tls-dir DIR (the member's own), or set http.cert and http.key"
+            );
         }
         if cfg.quic.listen.is_some() && cfg.quic.tls_dir.is_none() {
             anyhow::bail!(

@@ -32,6 +32,12 @@ pub async fn node(cfg: NodeConfig, join: &[String]) -> anyhow::Result<()> {
     init_tracing();
     let data_dir = cfg.node.data_dir.clone();
     let running = fogline_node::bind_with(cfg, join).await?;
+    if running.scheme == "http" && !running.addr.ip().is_loopback() {
+        tracing::warn!(
+            "the gateway serves plain HTTP on {}: tokens and results cross the network unencrypted; serve HTTPS with --https (http.tls = true)",
+            running.addr
+        );
+    }
     let role = match &running.node.config.router {
         Some(r) => {
             fogline_router::Router::install(&running.node, r.clone());
@@ -42,7 +48,11 @@ pub async fn node(cfg: NodeConfig, join: &[String]) -> anyhow::Result<()> {
     {
         // The first line is the contract scripts rely on: where the gateway listens.
         let mut out = std::io::stdout().lock();
-        writeln!(out, "gateway listening on http://{}", running.addr)?;
+        writeln!(
+            out,
+            "gateway listening on {}://{}",
+            running.scheme, running.addr
+        )?;
         if let Some(q) = running.quic_addr {
             writeln!(out, "quic listening on {q}")?;
         }

@@ -353,6 +353,13 @@ pub struct HttpSection {
     /// Whether invoking a function also needs the admin token.
     #[serde(default)]
     pub invoke_requires_token: bool,
+    /// Serve the gateway over TLS (HTTPS), with `cert` and `key`, or else the member's own
+    /// certificate (`quic.tls_dir`).
+    #[serde(default)]
+    pub tls: bool,
+    /// PEM certificate chain and private key for HTTPS under a public name.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -502,6 +509,18 @@ impl NodeConfig {
             return Err(invalid(
                 "wasm.max_memory",
                 format!("{} is outside 1Mi..=4Gi", self.wasm.max_memory),
+            ));
+        }
+        if self.http.cert.is_some() != self.http.key.is_some() {
+            return Err(invalid(
+                "http.cert",
+                "give both http.cert and http.key, or neither".into(),
+            ));
+        }
+        if self.http.tls && self.http.cert.is_none() && self.quic.tls_dir.is_none() {
+            return Err(invalid(
+                "http.tls",
+                "HTTPS needs a certificate: set http.cert and http.key, or quic.tls_dir (the member's own)".into(),
             ));
         }
         for p in &self.async_calls.callback_allow {
@@ -664,6 +683,9 @@ impl Default for HttpSection {
             max_body: default_max_body(),
             max_module: default_max_module(),
             invoke_requires_token: false,
+            tls: false,
+            cert: None,
+            key: None,
         }
     }
 }

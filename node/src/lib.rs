@@ -47,6 +47,8 @@ use triggers::Trigger;
 pub struct Running {
     /// The HTTP gateway's address.
     pub addr: SocketAddr,
+    /// `http` or `https`, as the gateway serves.
+    pub scheme: &'static str,
     /// The QUIC endpoint's address, when QUIC is on.
     pub quic_addr: Option<SocketAddr>,
     /// The CoAP socket's address, when CoAP is on.
@@ -86,6 +88,11 @@ pub async fn bind_with(config: NodeConfig, join: &[String]) -> anyhow::Result<Ru
     }
     Ok(Running {
         addr,
+        scheme: if node.config.http.tls {
+            "https"
+        } else {
+            "http"
+        },
         quic_addr,
         coap_addr,
         node,

@@ -41,15 +41,50 @@ type Shared = Arc<Node>;
 /// The gateway, bound.
 pub struct Http {
     listener: tokio::net::TcpListener,
+    /// Set when it serves HTTPS.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Http {
     pub async fn bind(config: &fogline_core::config::NodeConfig) -> anyhow::Result<Http> {
+        let tls = super::https::server_config(config)?;
         let listen = config.http.listen;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-        Ok(Http { listener })
+        Ok(Http { listener, tls })
+    }
+}
+
+/// Serves `app` on `listener` until `stopping`; then in-flight requests finish, but idle
+/// keep-alive connections must not hold the process up forever, so the drain has a deadline.
+async fn run<L>(
+    listener: L,
+    app: Router,
+    stopping: tokio::sync::watch::Receiver<bool>,
+    deadline: std::time::Duration,
+) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let server = axum::serve(listener, app).with_graceful_shutdown({
+        let s = stopping.clone();
+        async move {
+            super::stopped(s).await;
+        }
+    });
+    tokio::select! {
+        r = server => r.map_err(|e| anyhow::anyhow!("gateway: {e}")),
+        _ = async {
+            if !super::stopped(stopping).await {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(deadline).await;
+        } => {
+            tracing::warn!("connections still open {deadline:?} after the stop signal (node.stop_timeout); closing them");
+            Ok(())
+        }
     }
 }
 
@@ -69,25 +104,13 @@ impl super::Trigger for Http {
         deadline: std::time::Duration,
     ) -> crate::dispatch::BoxFut<'static, anyhow::Result<()>> {
         Box::pin(async move {
-            // Graceful: in-flight requests finish, but idle keep-alive connections must not
-            // hold the process up forever, so the drain has a deadline.
-            let server = axum::serve(self.listener, router(node)).with_graceful_shutdown({
-                let s = stopping.clone();
-                async move {
-                    super::stopped(s).await;
+            let app = router(node);
+            match self.tls {
+                Some(tls) => {
+                    let l = super::https::TlsListener::new(self.listener, tls)?;
+                    run(l, app, stopping, deadline).await
                 }
-            });
-            tokio::select! {
-                r = server => r.map_err(|e| anyhow::anyhow!("gateway: {e}")),
-                _ = async {
-                    if !super::stopped(stopping).await {
-                        std::future::pending::<()>().await;
-                    }
-                    tokio::time::sleep(deadline).await;
-                } => {
-                    tracing::warn!("connections still open {deadline:?} after the stop signal (node.stop_timeout); closing them");
-                    Ok(())
-                }
+                None => run(self.listener, app, stopping, deadline).await,
             }
         })
     }

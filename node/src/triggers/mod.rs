@@ -16,6 +16,7 @@
 
 pub mod coap;
 pub mod http;
+pub mod https;
 pub mod mqtt;
 pub mod quic;
 
