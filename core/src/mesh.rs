@@ -162,6 +162,34 @@ pub enum Gossip {
     /// The member is stopping: place nothing more on it. Its last message; a later whole
     /// report (a restart numbers from the wall clock) brings it back.
     Leave(Leave),
+    /// Sent before each whole report: proof that the libp2p peer speaking holds the
+    /// certificate of the member it reports for. Members with a cluster CA accept a whole
+    /// report only from the peer so proven.
+    Proof(Proof),
+}
+
+/// A member's certificate and its signature over (member, libp2p peer): binds the peer to
+/// the member. Checked by the node (the certificate against the cluster CA).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proof {
+    pub node: String,
+    pub peer: String,
+    /// The member's certificate, DER.
+    pub cert: Vec<u8>,
+    /// TLS signature scheme of `sig`, as numbered in TLS.
+    pub scheme: u16,
+    pub sig: Vec<u8>,
+}
+
+impl Proof {
+    /// What the signature covers.
+    pub fn message(node: &str, peer: &str) -> Vec<u8> {
+        let mut m = b"fogline mesh identity v1\0".to_vec();
+        m.extend_from_slice(node.as_bytes());
+        m.push(0);
+        m.extend_from_slice(peer.as_bytes());
+        m
+    }
 }
 
 /// A member's goodbye, numbered after everything it sent before.
@@ -207,6 +235,7 @@ impl Gossip {
             Gossip::Full(r) => Some(&r.node),
             Gossip::Beat(b) => Some(&b.node),
             Gossip::Leave(l) => Some(&l.node),
+            Gossip::Proof(p) => Some(&p.node),
             Gossip::Introduce(_) => None,
         }
     }
@@ -215,7 +244,7 @@ impl Gossip {
         match self {
             Gossip::Full(r) => &r.service_ms,
             Gossip::Beat(b) => &b.service_ms,
-            Gossip::Introduce(_) | Gossip::Leave(_) => &[],
+            Gossip::Introduce(_) | Gossip::Leave(_) | Gossip::Proof(_) => &[],
         }
     }
 
@@ -223,7 +252,7 @@ impl Gossip {
         match self {
             Gossip::Full(r) => Some((&mut r.service_ms, &mut r.warm)),
             Gossip::Beat(b) => Some((&mut b.service_ms, &mut b.warm)),
-            Gossip::Introduce(_) | Gossip::Leave(_) => None,
+            Gossip::Introduce(_) | Gossip::Leave(_) | Gossip::Proof(_) => None,
         }
     }
 
@@ -532,7 +561,8 @@ impl ClusterView {
             Gossip::Full(r) => self.apply(r, now_ms),
             Gossip::Beat(b) => self.apply_beat(b, now_ms),
             Gossip::Leave(l) => self.apply_leave(&l, now_ms),
-            Gossip::Introduce(_) => false,
+            // Proofs are checked by the driver, which holds the cluster CA.
+            Gossip::Introduce(_) | Gossip::Proof(_) => false,
         }
     }
 

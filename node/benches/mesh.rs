@@ -98,7 +98,7 @@ async fn run(n: usize) {
             .map(|m| m.address.clone())
             .into_iter()
             .collect();
-        let m = start_member(rep.clone(), &rep.name, &cfg, psk, &join)
+        let m = start_member(rep.clone(), &rep.name, &cfg, psk, &join, None)
             .await
             .expect("member");
         reps.push(rep);
@@ -232,6 +232,7 @@ async fn run(n: usize) {
         &cfg,
         psk,
         std::slice::from_ref(&members[0].address),
+        None,
     )
     .await
     .expect("member");

@@ -93,6 +93,8 @@ pub struct Traffic {
     pub sent: std::sync::atomic::AtomicU64,
     pub received: std::sync::atomic::AtomicU64,
     pub connections: std::sync::atomic::AtomicU64,
+    /// Whole reports and proofs refused for who sent them (a member speaking for another).
+    pub forged: std::sync::atomic::AtomicU64,
 }
 
 /// A socket that counts what passes through it.
@@ -163,6 +165,9 @@ pub struct Mesh {
     traffic: Arc<Traffic>,
     /// Told when the member is stopping: it says goodbye and sends nothing more.
     leaving: tokio::sync::Notify,
+    /// With the cluster's certificates: whole reports are accepted only from the peer that
+    /// proved it holds the reporting member's certificate.
+    identity: Option<crate::tls::MeshIdentity>,
 }
 
 /// One row of `fogline mesh` / `GET /v1/mesh`.
@@ -272,7 +277,8 @@ pub fn load_key(path: &Path) -> Result<PreSharedKey, MeshError> {
 }
 
 /// Starts the mesh for the member `name` configured by `config`, reporting what `reporter`
-/// says; returns once it listens. `join` adds to the config's list.
+/// says; returns once it listens. `join` adds to the config's list. With certificates
+/// (`quic.tls_dir`), reports are bound to them.
 pub async fn start(
     reporter: Arc<dyn Reporter>,
     name: &str,
@@ -286,7 +292,15 @@ pub async fn start(
         .or_else(|| config.quic.tls_dir.as_ref().map(|d| d.join("mesh.key")))
         .ok_or_else(|| MeshError::Other("no mesh key: set mesh.key_file or quic.tls_dir".into()))?;
     let psk = load_key(&key_path)?;
-    start_member(reporter, name, &cfg, psk, extra_join).await
+    let identity = match &config.quic.tls_dir {
+        Some(dir) => Some(
+            crate::tls::TlsDir::load(dir)
+                .and_then(|t| crate::tls::MeshIdentity::new(&t))
+                .map_err(|e| MeshError::Other(e.to_string()))?,
+        ),
+        None => None,
+    };
+    start_member(reporter, name, &cfg, psk, extra_join, identity).await
 }
 
 /// Starts a mesh member that reports what `reporter` says, named `name`. Returns once it
@@ -297,6 +311,7 @@ pub async fn start_member(
     cfg: &MeshSection,
     psk: PreSharedKey,
     extra_join: &[String],
+    identity: Option<crate::tls::MeshIdentity>,
 ) -> Result<Arc<Mesh>, MeshError> {
     let listen = cfg
         .listen
@@ -368,6 +383,7 @@ pub async fn start_member(
         task: std::sync::OnceLock::new(),
         traffic,
         leaving: tokio::sync::Notify::new(),
+        identity,
     });
     let task = tokio::spawn(drive(
         swarm,
@@ -489,6 +505,8 @@ struct Peers {
     rtt_ms: HashMap<PeerId, f64>,
     /// When a report from a peer was last refused with a warning.
     warned: HashMap<PeerId, Instant>,
+    /// The peer each member proved it speaks through (with certificates only).
+    bound: HashMap<String, PeerId>,
 }
 
 /// Least time between warnings about one member's unusable reports.
@@ -713,6 +731,49 @@ fn introduce(swarm: &mut Swarm<Behaviour>, topic: &IdentTopic, peers: &Peers, se
     next
 }
 
+/// Takes a member's proof of identity: the peer it came from now speaks for that member.
+fn proven(mesh: &Mesh, peers: &mut Peers, source: PeerId, p: fogline_core::mesh::Proof) {
+    let Some(id) = &mesh.identity else {
+        return;
+    };
+    if peers.bound.get(&p.node) == Some(&source) {
+        return;
+    }
+    match id.verify(&p, &source.to_string()) {
+        Ok(()) => {
+            tracing::debug!("mesh member {} proved its identity as {source}", p.node);
+            peers.bound.insert(p.node, source);
+        }
+        Err(why) => forged(
+            mesh,
+            peers,
+            source,
+            &format!(
+                "a proof of identity for {} from peer {source}: {why}",
+                p.node
+            ),
+        ),
+    }
+}
+
+/// Counts a refused report or proof; warns at most once a minute per peer.
+fn forged(mesh: &Mesh, peers: &mut Peers, source: PeerId, what: &str) {
+    mesh.traffic
+        .forged
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let now = Instant::now();
+    if peers
+        .warned
+        .get(&source)
+        .is_some_and(|t| now.duration_since(*t) < WARN_EVERY)
+    {
+        tracing::debug!("refused {what}");
+    } else {
+        peers.warned.insert(source, now);
+        tracing::warn!("refused {what} (said at most once a minute per member)");
+    }
+}
+
 /// A restarted member must outrank its own earlier reports: start from the wall clock.
 fn start_seq() -> u64 {
     std::time::SystemTime::now()
@@ -735,6 +796,21 @@ fn publish(
         .apply(r.clone(), mesh.now_ms());
     let profile = r.profile_bytes();
     let whole = full.newcomer || full.age >= FULL_EVERY || profile != full.profile;
+    if whole {
+        // The proof goes first, over the same connections, so it is checked before the
+        // report it vouches for arrives.
+        if let Some(id) = &mesh.identity {
+            match id.prove(&r.node, &r.peer) {
+                Ok(p) => {
+                    let _ = swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .publish(topic.clone(), Gossip::Proof(p).encode());
+                }
+                Err(e) => tracing::warn!("cannot prove this member's identity to the mesh: {e}"),
+            }
+        }
+    }
     let g = if whole {
         Gossip::Full(r.clone())
     } else {
@@ -796,17 +872,24 @@ fn handle(
             if let Gossip::Introduce(i) = g {
                 return introduced(swarm, peers, source, i);
             }
+            if let Gossip::Proof(p) = g {
+                return proven(mesh, peers, source, p);
+            }
             let now = mesh.now_ms();
             let from = source.to_string();
             let mut v = mesh.view.lock().unwrap_or_else(|p| p.into_inner());
             let own = match &g {
-                Gossip::Full(r) => r.peer == from,
+                // With certificates, only from the peer that proved it is this member.
+                Gossip::Full(r) => {
+                    r.peer == from
+                        && (mesh.identity.is_none() || peers.bound.get(&r.node) == Some(&source))
+                }
                 // A beat from a member whose whole report has not come yet is dropped: it
                 // cannot be told apart from one forged by another member, and the whole
                 // report follows our subscription within moments.
                 Gossip::Beat(b) => v.get(&b.node).is_some_and(|m| m.report.peer == from),
                 Gossip::Leave(l) => v.get(&l.node).is_some_and(|m| m.report.peer == from),
-                Gossip::Introduce(_) => false,
+                Gossip::Introduce(_) | Gossip::Proof(_) => false,
             };
             if own {
                 if let Gossip::Full(r) = &g {
@@ -830,10 +913,16 @@ fn handle(
                     }
                 }
             } else if let Gossip::Full(r) = g {
-                tracing::warn!(
-                    "dropping a report for {} ({}) sent by another peer {source}",
-                    r.node,
-                    r.peer
+                let why = if r.peer != from {
+                    format!("it names peer {}", r.peer)
+                } else {
+                    "that member has not proved it holds its certificate".to_string()
+                };
+                forged(
+                    mesh,
+                    peers,
+                    source,
+                    &format!("a whole report for {} from peer {source}: {why}", r.node),
                 );
             }
         }

@@ -126,6 +126,8 @@ pub struct Gauges {
     pub mesh_received: u64,
     /// Mesh connections open now.
     pub mesh_connections: u64,
+    /// Whole reports and proofs refused because a member spoke for another.
+    pub mesh_forged: u64,
 }
 
 impl Metrics {
@@ -270,6 +272,11 @@ impl Metrics {
                 self.warm_starts.load(Ordering::Relaxed),
             ),
             (
+                "fogline_mesh_forged_total",
+                "Mesh reports and proofs refused because the sender is not the member it spoke for.",
+                g.mesh_forged,
+            ),
+            (
                 "fogline_coap_malformed_total",
                 "CoAP datagrams dropped because they could not be decoded.",
                 self.coap_malformed.load(Ordering::Relaxed),
@@ -314,6 +321,7 @@ mod tests {
             functions: 1,
             mesh_sent: 0,
             mesh_connections: 0,
+            mesh_forged: 0,
             mesh_received: 0,
         });
         assert!(

@@ -303,6 +303,108 @@ impl TlsDir {
     }
 }
 
+/// Proves to other mesh members that this member's libp2p peer holds its certificate, and
+/// checks their proofs against the cluster CA.
+pub struct MeshIdentity {
+    cert: CertificateDer<'static>,
+    signer: Arc<dyn rustls::sign::SigningKey>,
+    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+}
+
+impl std::fmt::Debug for MeshIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MeshIdentity")
+    }
+}
+
+impl MeshIdentity {
+    pub fn new(tls: &TlsDir) -> Result<MeshIdentity, TlsError> {
+        let signer = rustls::crypto::ring::sign::any_supported_type(&tls.key)
+            .map_err(|e| TlsError::Invalid(format!("the member's key cannot sign: {e}")))?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(tls.roots.clone()),
+            TlsDir::provider(),
+        )
+        .build()
+        .map_err(|e| TlsError::Invalid(format!("certificate verifier: {e}")))?;
+        Ok(MeshIdentity {
+            cert: tls.chain[0].clone(),
+            signer,
+            verifier,
+        })
+    }
+
+    /// This member's proof that `peer` speaks for `node`.
+    pub fn prove(&self, node: &str, peer: &str) -> Result<fogline_core::mesh::Proof, TlsError> {
+        use rustls::SignatureScheme as S;
+        let signer = self
+            .signer
+            .choose_scheme(&[
+                S::ECDSA_NISTP256_SHA256,
+                S::ECDSA_NISTP384_SHA384,
+                S::ED25519,
+                S::RSA_PSS_SHA256,
+            ])
+            .ok_or_else(|| {
+                TlsError::Invalid("the member's key has no usable signature scheme".into())
+            })?;
+        let sig = signer
+            .sign(&fogline_core::mesh::Proof::message(node, peer))
+            .map_err(|e| TlsError::Invalid(format!("signing the mesh proof: {e}")))?;
+        Ok(fogline_core::mesh::Proof {
+            node: node.to_string(),
+            peer: peer.to_string(),
+            cert: self.cert.to_vec(),
+            scheme: u16::from(signer.scheme()),
+            sig,
+        })
+    }
+
+    /// Checks a proof that came from the libp2p peer `from`: a certificate of the cluster's
+    /// CA, of a mesh member's role, naming the member reported for, whose key signed this
+    /// peer. The error says which check failed.
+    pub fn verify(&self, p: &fogline_core::mesh::Proof, from: &str) -> Result<(), String> {
+        if p.peer != from {
+            return Err(format!(
+                "the proof is for peer {}, but came from {from}",
+                p.peer
+            ));
+        }
+        let cert = CertificateDer::from(p.cert.clone());
+        self.verifier
+            .verify_client_cert(&cert, &[], rustls::pki_types::UnixTime::now())
+            .map_err(|e| format!("its certificate is not one of this cluster's: {e}"))?;
+        match name_of(&cert) {
+            Some(n) if n == p.node => {}
+            Some(n) => return Err(format!("its certificate names {n:?}, not {:?}", p.node)),
+            None => return Err("its certificate names no member".into()),
+        }
+        match role_of(&cert) {
+            Some(r) if r.joins_mesh() => {}
+            Some(r) => return Err(format!("a {r} certificate is not a mesh member's")),
+            None => return Err("its certificate carries no role".into()),
+        }
+        let scheme = rustls::SignatureScheme::from(p.scheme);
+        let algs = TlsDir::provider()
+            .signature_verification_algorithms
+            .mapping
+            .iter()
+            .find(|(s, _)| *s == scheme)
+            .map(|(_, a)| *a)
+            .ok_or_else(|| format!("signature scheme {scheme:?} is not supported"))?;
+        let ee = webpki::EndEntityCert::try_from(&cert).map_err(|e| e.to_string())?;
+        let msg = fogline_core::mesh::Proof::message(&p.node, &p.peer);
+        if algs
+            .iter()
+            .any(|alg| ee.verify_signature(*alg, &msg, &p.sig).is_ok())
+        {
+            Ok(())
+        } else {
+            Err("its signature does not verify".into())
+        }
+    }
+}
+
 /// The server name clients verify.
 pub fn peer_server_name() -> ServerName<'static> {
     ServerName::try_from(PEER_NAME)

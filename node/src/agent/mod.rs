@@ -583,6 +583,7 @@ impl Node {
             mesh_sent: mesh(|t| &t.sent),
             mesh_received: mesh(|t| &t.received),
             mesh_connections: mesh(|t| &t.connections),
+            mesh_forged: mesh(|t| &t.forged),
         }
     }
 
