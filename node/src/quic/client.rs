@@ -99,7 +99,7 @@ async fn send_module(
 pub struct Client {
     endpoint: Endpoint,
     /// Open connections, with the name each verified.
-    conns: Mutex<HashMap<SocketAddr, (Connection, String)>>,
+    conns: Mutex<HashMap<SocketAddr, (Connection, Arc<str>)>>,
     /// One TLS config per peer: every peer answers to the same server name, so a shared
     /// session cache would offer one peer's ticket to another (which then rejects the 0-RTT
     /// data). Each peer gets its own small session cache.
@@ -107,7 +107,7 @@ pub struct Client {
     /// The member expected at an address (from the mesh, or `quic://NAME@ADDR`): its
     /// certificate must name it. Where none is expected, any member of the cluster that
     /// accepts connections will do.
-    expected: std::sync::Mutex<HashMap<SocketAddr, String>>,
+    expected: std::sync::RwLock<HashMap<SocketAddr, Arc<str>>>,
     base: Arc<rustls::ClientConfig>,
     timeout: Duration,
 }
@@ -121,7 +121,7 @@ impl Client {
             endpoint,
             conns: Mutex::new(HashMap::new()),
             configs: Mutex::new(HashMap::new()),
-            expected: std::sync::Mutex::new(HashMap::new()),
+            expected: std::sync::RwLock::new(HashMap::new()),
             base: Arc::new(tls.client_config(wire::ALPN)?),
             timeout: Duration::from_secs(30),
         })
@@ -148,20 +148,29 @@ impl Client {
     /// Says which member must answer at `addr`: connections there verify that its
     /// certificate names `name`. A connection made for another name is replaced.
     pub fn expect(&self, addr: SocketAddr, name: &str) {
-        let mut e = self.expected.lock().unwrap_or_else(|p| p.into_inner());
-        if e.get(&addr).is_none_or(|n| n != name) {
-            e.insert(addr, name.to_string());
+        // Called for every placed call; it changes only when a member moves.
+        let same = self
+            .expected
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&addr)
+            .is_some_and(|n| &**n == name);
+        if !same {
+            self.expected
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(addr, Arc::from(name));
         }
     }
 
     /// The TLS name a connection to `addr` verifies.
-    fn server_name(&self, addr: SocketAddr) -> String {
+    fn server_name(&self, addr: SocketAddr) -> Arc<str> {
         self.expected
-            .lock()
+            .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&addr)
             .cloned()
-            .unwrap_or_else(|| tls::PEER_NAME.to_string())
+            .unwrap_or_else(|| Arc::from(tls::PEER_NAME))
     }
 
     /// A live connection to `addr`, reusing one when it is still open. With `early`, a
