@@ -32,6 +32,7 @@ pub async fn node(cfg: NodeConfig, join: &[String]) -> anyhow::Result<()> {
     init_tracing();
     let data_dir = cfg.node.data_dir.clone();
     let running = fogline_node::bind_with(cfg, join).await?;
+    let stop = shutdown_signal();
     if running.scheme == "http" && !running.addr.ip().is_loopback() {
         tracing::warn!(
             "the gateway serves plain HTTP on {}: tokens and results cross the network unencrypted; serve HTTPS with --https (http.tls = true)",
@@ -72,30 +73,38 @@ pub async fn node(cfg: NodeConfig, join: &[String]) -> anyhow::Result<()> {
         )?;
         out.flush()?;
     }
-    running.serve(shutdown_signal()).await?;
+    running.serve(stop).await?;
     eprintln!("stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or Ctrl-C. The handlers are registered when this is called, not
+/// when the future is first polled: a member is told to stop as soon as it said it is ready.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            match (term, int) {
+                (Some(mut t), Some(mut i)) => {
+                    tokio::select! {
+                        _ = t.recv() => {}
+                        _ = i.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async move {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -194,6 +203,7 @@ pub async fn local_mesh(
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
+    let stop = shutdown_signal();
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "gateway listening on http://{}", router.addr)?;
@@ -228,7 +238,7 @@ pub async fn local_mesh(
     for (_, r) in nodes {
         tasks.push(tokio::spawn(r.serve(stopped(stop_rx.clone()))));
     }
-    shutdown_signal().await;
+    stop.await;
     let _ = stop_tx.send(true);
     for t in tasks {
         match t.await {
