@@ -19,8 +19,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "fogline")
 
 
-def get(url, timeout=2.0):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
+def get(url, token, timeout=2.0):
+    req = urllib.request.Request(url, headers={"Authorization": "Bearer " + token})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
         return json.loads(r.read())
 
 
@@ -51,7 +52,7 @@ def start(work, pki, name, join=None):
 def views(members, pool):
     def one(m):
         try:
-            return get(m["url"] + "/v1/mesh")["members"]
+            return get(m["url"] + "/v1/mesh", m["token"])["members"]
         except Exception:
             return []
     return list(pool.map(one, members))

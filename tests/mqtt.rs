@@ -250,3 +250,143 @@ async fn a_plain_node_takes_mqtt_calls() {
     assert!(got.ends_with("|hello, node"), "{got}");
     assert!(got.contains("placed-on:edge-m (edge)"), "{got}");
 }
+
+/// MQTT with credentials: Mosquitto over TLS (its certificate from the cluster CA) with a
+/// password file and no anonymous access. The trigger connects with TLS and the password
+/// read from its file; a wrong password is refused by the broker and said in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_over_tls_with_a_password() {
+    if !have_mosquitto() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = pki(d);
+    let broker_tls = issue(&pki, "broker", "node");
+    let ca = pki.join("ca.pem");
+    let pw = d.join("passwords");
+    let st = Command::new("mosquitto_passwd")
+        .args(["-c", "-b"])
+        .arg(&pw)
+        .args(["fogline", "s3cret"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let port = free_port();
+    let conf = d.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "user root\nlistener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n\
+             allow_anonymous false\npassword_file {}\npersistence false\n",
+            ca.display(),
+            broker_tls.join("cert.pem").display(),
+            broker_tls.join("key.pem").display(),
+            pw.display()
+        ),
+    )
+    .unwrap();
+    let _broker = Broker {
+        child: Command::new(BROKER)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    };
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "mosquitto did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let node_with = |name: &str, password: &str| {
+        let pass = d.join(format!("{name}.pass"));
+        std::fs::write(&pass, format!("{password}\n")).unwrap();
+        let cfg = d.join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "version = 1\n[node]\nid = \"{name}\"\n[mqtt]\nbroker = \"127.0.0.1:{port}\"\n\
+                 tls = true\nca = \"{}\"\nusername = \"fogline\"\npassword_file = \"{}\"\n\
+                 client_id = \"{name}\"\n\
+                 [[mqtt.trigger]]\ntopic = \"secure/+/temp\"\nfunction = \"hello\"\n",
+                ca.display(),
+                pass.display()
+            ),
+        )
+        .unwrap();
+        NodeProc::role(d, "node", name, &cfg, &[])
+    };
+    let node = node_with("edge-t", "s3cret");
+    let line = node
+        .stdout_rest
+        .recv_timeout(Duration::from_secs(15))
+        .unwrap();
+    assert!(
+        line.starts_with("mqtt trigger connected to 127.0.0.1:"),
+        "{line}"
+    );
+    let r = deploy(&node, "hello", "hello/hello.wasm", serde_json::json!({})).await;
+    assert!(r.status().is_success());
+    let tls_args = |cmd: &mut Command| {
+        cmd.args([
+            "-V",
+            "5",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "--cafile",
+        ])
+        .arg(&ca)
+        .args(["-u", "fogline", "-P", "s3cret"]);
+    };
+    let mut sub = Command::new("mosquitto_sub");
+    tls_args(&mut sub);
+    let sub = sub
+        .args([
+            "-t",
+            "fogline/reply/#",
+            "-C",
+            "1",
+            "-W",
+            "15",
+            "-F",
+            "%t|%p",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let mut publ = Command::new("mosquitto_pub");
+    tls_args(&mut publ);
+    assert!(publ
+        .args(["-t", "secure/k1/temp", "-m", "over tls", "-q", "1"])
+        .status()
+        .unwrap()
+        .success());
+    let got = received(sub);
+    assert_eq!(got, "fogline/reply/hello|hello, over tls");
+
+    // A wrong password: the broker refuses the connection, and the node says so.
+    let _wrong = node_with("edge-w", "nope");
+    let t = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(d.join("node.stderr")).unwrap();
+        if log
+            .lines()
+            .any(|l| l.contains("mqtt: broker 127.0.0.1:") && l.contains("NotAuthorized"))
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "no refusal in the log: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -143,6 +143,16 @@ pub struct MqttSection {
     /// `PREFIX/<function>`.
     #[serde(default = "default_reply_prefix")]
     pub reply_prefix: String,
+    /// Connect over TLS, trusting `ca` (PEM; default: the cluster CA in `quic.tls_dir`).
+    #[serde(default)]
+    pub tls: bool,
+    pub ca: Option<PathBuf>,
+    /// A client certificate and key (PEM) to present to the broker.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Credentials: the user name here, the password in a file (kept out of the config).
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
     #[serde(default, rename = "trigger")]
     pub triggers: Vec<MqttTrigger>,
 }
@@ -198,6 +208,24 @@ fn check_mqtt(m: &MqttSection, under_router: bool) -> Result<(), (&'static str, 
         return Err((
             key("router.mqtt.reply_prefix", "mqtt.reply_prefix"),
             format!("{:?} must be a topic without wildcards", m.reply_prefix),
+        ));
+    }
+    if m.username.is_some() != m.password_file.is_some() {
+        return Err((
+            key("router.mqtt.username", "mqtt.username"),
+            "give both username and password_file, or neither".into(),
+        ));
+    }
+    if m.cert.is_some() != m.key.is_some() {
+        return Err((
+            key("router.mqtt.cert", "mqtt.cert"),
+            "give both cert and key, or neither".into(),
+        ));
+    }
+    if (m.ca.is_some() || m.cert.is_some()) && !m.tls {
+        return Err((
+            key("router.mqtt.tls", "mqtt.tls"),
+            "ca, cert and key are for a TLS connection: set tls = true".into(),
         ));
     }
     for (i, t) in m.triggers.iter().enumerate() {

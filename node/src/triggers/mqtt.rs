@@ -18,13 +18,81 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 /// The MQTT trigger: a client of the configured broker.
 pub struct Mqtt {
     cfg: MqttSection,
+    /// Read at start: TLS settings and the password (a missing file fails the start).
+    tls: Option<Arc<rustls::ClientConfig>>,
+    password: Option<String>,
 }
 
 impl Mqtt {
     /// The trigger `[mqtt]` (or `[router.mqtt]`) configures; `None` when there is none.
     pub fn from_config(config: &NodeConfig) -> anyhow::Result<Option<Mqtt>> {
-        Ok(config.mqtt().map(|cfg| Mqtt { cfg: cfg.clone() }))
+        let Some(cfg) = config.mqtt() else {
+            return Ok(None);
+        };
+        let password = match &cfg.password_file {
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| anyhow::anyhow!("mqtt.password_file {}: {e}", f.display()))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let tls = if cfg.tls {
+            Some(Arc::new(client_tls(cfg, config.quic.tls_dir.as_deref())?))
+        } else {
+            None
+        };
+        Ok(Some(Mqtt {
+            cfg: cfg.clone(),
+            tls,
+            password,
+        }))
     }
+}
+
+/// TLS to the broker: its CA (`mqtt.ca`, else the cluster's), and a client certificate
+/// when `mqtt.cert` and `mqtt.key` name one.
+fn client_tls(
+    cfg: &MqttSection,
+    tls_dir: Option<&std::path::Path>,
+) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let ca = match (&cfg.ca, tls_dir) {
+        (Some(ca), _) => ca.clone(),
+        (None, Some(dir)) => dir.join("ca.pem"),
+        (None, None) => anyhow::bail!(
+            "mqtt.tls needs the broker's CA: set mqtt.ca, or quic.tls_dir (the cluster CA)"
+        ),
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in
+        CertificateDer::pem_file_iter(&ca).map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?
+    {
+        roots
+            .add(c.map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+    .with_root_certificates(roots);
+    Ok(match (&cfg.cert, &cfg.key) {
+        (Some(c), Some(k)) => {
+            let chain = CertificateDer::pem_file_iter(c)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", c.display()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", c.display()))?;
+            let key = PrivateKeyDer::from_pem_file(k)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", k.display()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| anyhow::anyhow!("mqtt.cert and mqtt.key do not fit: {e}"))?
+        }
+        _ => builder.with_no_client_auth(),
+    })
 }
 
 impl super::Trigger for Mqtt {
@@ -45,7 +113,7 @@ impl super::Trigger for Mqtt {
         Box::pin(async move {
             let id = node.id.clone();
             tokio::select! {
-                _ = run(Arc::downgrade(&node), self.cfg, id) => {}
+                _ = run(Arc::downgrade(&node), *self, id) => {}
                 _ = super::stopped(stopping) => {}
             }
             Ok(())
@@ -54,7 +122,8 @@ impl super::Trigger for Mqtt {
 }
 
 /// Connects to the broker and serves the triggers until the node is gone.
-async fn run(node: std::sync::Weak<Node>, cfg: MqttSection, node_id: String) {
+async fn run(node: std::sync::Weak<Node>, m: Mqtt, node_id: String) {
+    let cfg = m.cfg;
     let Some((host, port)) = cfg
         .broker
         .rsplit_once(':')
@@ -73,6 +142,14 @@ async fn run(node: std::sync::Weak<Node>, cfg: MqttSection, node_id: String) {
         .upgrade()
         .map_or(1 << 20, |n| n.config.http.max_body.bytes());
     opts.set_max_packet_size(Some(max_body as u32 + 64 * 1024));
+    if let (Some(user), Some(pass)) = (&cfg.username, m.password) {
+        opts.set_credentials(user.clone(), pass);
+    }
+    if let Some(tls) = m.tls {
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls),
+        ));
+    }
     let (client, mut events) = AsyncClient::new(opts, 256);
     let mut connected_once = false;
     loop {
