@@ -106,6 +106,17 @@ fn publish(port: u16, topic: &str, payload: &str, extra: &[&str]) {
     assert!(st.success());
 }
 
+/// Waits for the member's MQTT trigger to connect, then deploys `hello` on it.
+async fn connected_with_hello(n: &NodeProc) {
+    let line = n.stdout_rest.recv_timeout(Duration::from_secs(15)).unwrap();
+    assert!(
+        line.starts_with("mqtt trigger connected to 127.0.0.1:"),
+        "{line}"
+    );
+    let r = deploy(n, "hello", "hello/hello.wasm", serde_json::json!({})).await;
+    assert!(r.status().is_success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_messages_invoke_functions_and_bad_ones_are_dropped() {
     if !have_mosquitto() {
@@ -126,16 +137,7 @@ async fn mqtt_messages_invoke_functions_and_bad_ones_are_dropped() {
     )
     .unwrap();
     let router = NodeProc::role(d, "router", "router", &cfg, &["--device"]);
-    let line = router
-        .stdout_rest
-        .recv_timeout(Duration::from_secs(15))
-        .unwrap();
-    assert!(
-        line.starts_with("mqtt trigger connected to 127.0.0.1:"),
-        "{line}"
-    );
-    let r = deploy(&router, "hello", "hello/hello.wasm", serde_json::json!({})).await;
-    assert!(r.status().is_success());
+    connected_with_hello(&router).await;
 
     // A mapped topic: the result goes to the default reply topic, with placement details.
     let sub = subscribe(port, "fogline/reply/#");
@@ -234,16 +236,7 @@ async fn a_plain_node_takes_mqtt_calls() {
     )
     .unwrap();
     let node = NodeProc::node(d, &cfg);
-    let line = node
-        .stdout_rest
-        .recv_timeout(Duration::from_secs(15))
-        .unwrap();
-    assert!(
-        line.starts_with("mqtt trigger connected to 127.0.0.1:"),
-        "{line}"
-    );
-    let r = deploy(&node, "hello", "hello/hello.wasm", serde_json::json!({})).await;
-    assert!(r.status().is_success());
+    connected_with_hello(&node).await;
     let sub = subscribe(port, "fogline/reply/#");
     publish(port, "sensors/k1/temp", "node", &[]);
     let got = received(sub);
@@ -322,16 +315,7 @@ async fn mqtt_over_tls_with_a_password() {
         NodeProc::role(d, "node", name, &cfg, &[])
     };
     let node = node_with("edge-t", "s3cret");
-    let line = node
-        .stdout_rest
-        .recv_timeout(Duration::from_secs(15))
-        .unwrap();
-    assert!(
-        line.starts_with("mqtt trigger connected to 127.0.0.1:"),
-        "{line}"
-    );
-    let r = deploy(&node, "hello", "hello/hello.wasm", serde_json::json!({})).await;
-    assert!(r.status().is_success());
+    connected_with_hello(&node).await;
     let tls_args = |cmd: &mut Command| {
         cmd.args([
             "-V",
