@@ -226,7 +226,8 @@ impl FunctionStatus {
             name: m.name.clone(),
             image,
             namespace: NAMESPACE.to_string(),
-            env_vars: m.env.clone(),
+            // Names only: values (often credentials) never leave the node.
+            env_vars: m.env.keys().map(|k| (k.clone(), String::new())).collect(),
             labels: m.labels.clone(),
             annotations,
             limits: FunctionResources {
