@@ -447,6 +447,16 @@ async fn container_functions_are_placed_by_the_router_on_up() {
     wait_until("every member of the local mesh is alive", 15, || {
         alive(&n).len() == 4
     });
+    // A name the engine refuses outright is the caller's mistake: 400 with the reason (it
+    // was a 500 "internal error").
+    let (st, body) = put_container(
+        &n,
+        "bad",
+        json!({"runtime": "container", "image": "Not/A:Valid:Ref"}),
+    )
+    .await;
+    assert_eq!(st, 400, "{body}");
+    assert!(body.contains("not a valid image reference"), "{body}");
     let (st, body) = put_container(&n, "thumbs", json!({"runtime": "container", "image": IMAGE, "memory": "64Mi", "timeout": "10s", "container": {"mode": "stream", "cmd": ["--stream"]}})).await;
     assert!(st == 201 || st == 200, "{st} {body}");
     let mut placed = std::collections::BTreeSet::new();

@@ -217,6 +217,14 @@ impl ContainerExecutor {
             }) => Err(ExecError::Invalid(format!(
                 "image {image:?} does not exist on this node's container engine; build or load it first (docker build, or deploy with --image-tar)"
             ))),
+            // The engine refuses the name itself (upper case, bad characters): the caller's
+            // mistake, not ours.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 400,
+                message,
+            }) => Err(ExecError::Invalid(format!(
+                "image {image:?} is not a valid image reference: {message}"
+            ))),
             Err(e) => Err(self.map_err(e)),
         }
     }
