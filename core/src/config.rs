@@ -419,6 +419,14 @@ pub struct WasmSection {
     /// Whether a granted directory may be writable; otherwise every grant is read-only.
     #[serde(default)]
     pub allow_write_dirs: bool,
+    /// Compiled modules kept in memory; past it the least recently used is dropped (its
+    /// next call loads the compiled artifact from disk again).
+    #[serde(default = "default_cache_max")]
+    pub cache_max: usize,
+}
+
+fn default_cache_max() -> usize {
+    256
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -558,6 +566,12 @@ impl NodeConfig {
                     format!("{p:?} must be an http:// or https:// URL prefix with a host"),
                 ));
             }
+        }
+        if self.wasm.cache_max == 0 || self.wasm.cache_max > 100_000 {
+            return Err(invalid(
+                "wasm.cache_max",
+                format!("{} is outside 1..=100000", self.wasm.cache_max),
+            ));
         }
         for d in &self.wasm.allowed_dirs {
             if !d.is_absolute() || d.components().any(|c| c == std::path::Component::ParentDir) {
@@ -728,6 +742,7 @@ impl Default for WasmSection {
             max_stderr: default_max_stderr(),
             allowed_dirs: Vec::new(),
             allow_write_dirs: false,
+            cache_max: default_cache_max(),
         }
     }
 }

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -48,7 +48,11 @@ const IDLE_PARK: Duration = Duration::from_secs(1);
 pub struct WasmExecutor {
     engine: Engine,
     linker: Linker<Ctx>,
-    modules: RwLock<HashMap<Digest, InstancePre<Ctx>>>,
+    /// Compiled modules in memory, each with when it was last used (a tick of `uses`), at
+    /// most `cache_max` of them.
+    modules: RwLock<HashMap<Digest, (InstancePre<Ctx>, AtomicU64)>>,
+    uses: AtomicU64,
+    cache_max: usize,
     in_use: Arc<AtomicU32>,
     slots: u32,
     pooled: bool,
@@ -168,6 +172,8 @@ impl WasmExecutor {
             engine,
             linker,
             modules: RwLock::new(HashMap::new()),
+            uses: AtomicU64::new(0),
+            cache_max: cfg.cache_max.max(1),
             in_use,
             ticker: ticker.thread().clone(),
             parked,
@@ -189,7 +195,11 @@ impl WasmExecutor {
 
     /// Whether a module is loaded (its next call starts warm).
     pub fn is_loaded(&self, digest: &Digest) -> bool {
-        self.cached(digest).is_some()
+        // A look, not a use: reports ask about every module every interval.
+        self.modules
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(digest)
     }
 
     /// Instances running now.
@@ -240,10 +250,7 @@ impl WasmExecutor {
             .linker
             .instantiate_pre(&module)
             .map_err(|e| ExecError::Invalid(format!("module cannot be linked: {}", root(&e))))?;
-        self.modules
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(*digest, pre.clone());
+        self.keep(*digest, pre.clone());
         Ok((pre, compiled))
     }
 
@@ -272,11 +279,32 @@ impl WasmExecutor {
     }
 
     fn cached(&self, digest: &Digest) -> Option<InstancePre<Ctx>> {
-        self.modules
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(digest)
-            .cloned()
+        let modules = self.modules.read().unwrap_or_else(|p| p.into_inner());
+        let (pre, used) = modules.get(digest)?;
+        used.store(self.uses.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        Some(pre.clone())
+    }
+
+    /// Keeps `pre` in memory, dropping the least recently used modules past `cache_max`.
+    fn keep(&self, digest: Digest, pre: InstancePre<Ctx>) {
+        let now = self.uses.fetch_add(1, Ordering::Relaxed);
+        let mut modules = self.modules.write().unwrap_or_else(|p| p.into_inner());
+        modules.insert(digest, (pre, AtomicU64::new(now)));
+        while modules.len() > self.cache_max {
+            let Some(oldest) = modules
+                .iter()
+                .min_by_key(|(_, (_, used))| used.load(Ordering::Relaxed))
+                .map(|(d, _)| *d)
+            else {
+                break;
+            };
+            modules.remove(&oldest);
+        }
+    }
+
+    /// Compiled modules held in memory now.
+    pub fn cached_modules(&self) -> usize {
+        self.modules.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Runs one call of a loaded module (`t0`: when the call began, loading included).
@@ -648,6 +676,67 @@ mod tests {
             .err()
             .expect("pooling=on must fail here");
         assert!(e.to_string().contains("Wasm engine"), "{e}");
+    }
+
+    fn example(rel: &str) -> Bytes {
+        let path = format!("{}/../examples/{rel}", env!("CARGO_MANIFEST_DIR"));
+        Bytes::from(std::fs::read(path).unwrap())
+    }
+
+    #[test]
+    fn compiled_modules_in_memory_are_bounded_least_recently_used_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = WasmSection {
+            instances: 4,
+            cache_max: 2,
+            ..WasmSection::default()
+        };
+        let exec = Arc::new(WasmExecutor::new(&cfg, dir.path().to_path_buf()).unwrap());
+        let fs: Vec<(FunctionManifest, Bytes)> = [
+            "hello/hello.wasm",
+            "primes/primes.wasm",
+            "misbehave/fail.wasm",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, rel)| {
+            let wasm = example(rel);
+            (
+                FunctionManifest::wasm(format!("f{i}"), Digest::of(&wasm)),
+                wasm,
+            )
+        })
+        .collect();
+        let d = |i: usize| fs[i].0.module.unwrap();
+        exec.prepare_blocking(&fs[0].0, Some(fs[0].1.clone()))
+            .unwrap();
+        exec.prepare_blocking(&fs[1].0, Some(fs[1].1.clone()))
+            .unwrap();
+        // f0 is used after f1 (a look, as reports take, is not a use).
+        assert!(exec.cached(&d(0)).is_some());
+        assert!(exec.is_loaded(&d(1)));
+        exec.prepare_blocking(&fs[2].0, Some(fs[2].1.clone()))
+            .unwrap();
+        assert_eq!(exec.cached_modules(), 2);
+        assert!(exec.is_loaded(&d(0)) && !exec.is_loaded(&d(1)) && exec.is_loaded(&d(2)));
+        // The evicted one runs again, cold, from its compiled artifact on disk.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let out = rt
+            .block_on(exec.invoke(
+                &fs[1].0,
+                Invocation {
+                    body: Bytes::from_static(b"1000"),
+                },
+                &Src(fs[1].1.clone()),
+            ))
+            .unwrap();
+        assert!(out.cold);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "168");
+        assert_eq!(exec.cached_modules(), 2);
+        assert!(exec.is_loaded(&d(1)));
     }
 
     #[test]
