@@ -318,15 +318,7 @@ async fn coap_calls_to_a_router_are_placed() {
         ]);
         assert_eq!(out.trim(), format!("hello, c{i}"));
     }
-    let p: serde_json::Value = client()
-        .get(format!("{}/v1/placements?limit=10", n.url))
-        .bearer_auth(&n.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let p = placements(&authed(&n.token), &n.url, 10).await;
     let placed = p["placements"].as_array().unwrap();
     assert_eq!(placed.len(), 10, "{p}");
     for d in placed {

@@ -38,12 +38,17 @@ struct Broker {
 
 impl Broker {
     fn start(dir: &Path, port: u16) -> Broker {
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        Broker::with_config(
+            dir,
+            port,
+            &format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
         )
-        .unwrap();
+    }
+
+    /// Mosquitto with `config` (which must listen on `port`), once it accepts connections.
+    fn with_config(dir: &Path, port: u16, config: &str) -> Broker {
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(&conf, config).unwrap();
         let child = Command::new(BROKER)
             .arg("-c")
             .arg(&conf)
@@ -266,10 +271,10 @@ async fn mqtt_over_tls_with_a_password() {
         .unwrap();
     assert!(st.success());
     let port = free_port();
-    let conf = d.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
+    let _broker = Broker::with_config(
+        d,
+        port,
+        &format!(
             "user root\nlistener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n\
              allow_anonymous false\npassword_file {}\npersistence false\n",
             ca.display(),
@@ -277,25 +282,7 @@ async fn mqtt_over_tls_with_a_password() {
             broker_tls.join("key.pem").display(),
             pw.display()
         ),
-    )
-    .unwrap();
-    let _broker = Broker {
-        child: Command::new(BROKER)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    };
-    let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "mosquitto did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    );
     let node_with = |name: &str, password: &str| {
         let pass = d.join(format!("{name}.pass"));
         std::fs::write(&pass, format!("{password}\n")).unwrap();

@@ -14,18 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{json, Value};
-
-/// `GET /v1/placements?limit=N` of the router.
-async fn placements(c: &reqwest::Client, router: &str, limit: usize) -> Value {
-    c.get(format!("{router}/v1/placements?limit={limit}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
+use serde_json::json;
 
 /// Where `n` calls of hello went.
 async fn shares(c: &reqwest::Client, router: &str, n: usize) -> HashMap<String, usize> {

@@ -174,6 +174,10 @@ pub enum Gossip {
 pub struct Proof {
     pub node: String,
     pub peer: String,
+    /// The number of the whole report it comes before. Gossipsub drops a message it has
+    /// already published, so every proof must differ from the last in its bytes, whatever
+    /// the signature scheme (Ed25519 signs the same message the same way every time).
+    pub seq: u64,
     /// The member's certificate, DER.
     pub cert: Vec<u8>,
     /// TLS signature scheme of `sig`, as numbered in TLS.

@@ -97,6 +97,17 @@ impl Role {
 }
 
 impl Action {
+    /// A one-word name, for metric labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            Action::Invoke => "invoke",
+            Action::Status => "status",
+            Action::Deploy => "deploy",
+            Action::Prepare => "prepare",
+        }
+    }
+
+    /// As a refusal says it: `role client may not deploy`.
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Invoke => "invoke",

@@ -635,6 +635,22 @@ fn dial_due(me: &PeerId, peer: &PeerId, since: Instant) -> bool {
 }
 
 impl Peers {
+    /// Warns about what `source` sent, at most once a minute per peer (debug otherwise): a
+    /// broken or hostile member sends the same every interval.
+    fn warn(&mut self, source: PeerId, what: std::fmt::Arguments<'_>) {
+        let now = Instant::now();
+        if self
+            .warned
+            .get(&source)
+            .is_some_and(|t| now.duration_since(*t) < WARN_EVERY)
+        {
+            tracing::debug!("{what}");
+        } else {
+            self.warned.insert(source, now);
+            tracing::warn!("{what} (said at most once a minute per member)");
+        }
+    }
+
     /// Remembers `peer` at `addr`; true if it was not known before.
     fn learn(&mut self, peer: PeerId, addr: Multiaddr) -> bool {
         let room = self.known.len() < MAX_PEERS;
@@ -761,17 +777,7 @@ fn forged(mesh: &Mesh, peers: &mut Peers, source: PeerId, what: &str) {
     mesh.traffic
         .forged
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let now = Instant::now();
-    if peers
-        .warned
-        .get(&source)
-        .is_some_and(|t| now.duration_since(*t) < WARN_EVERY)
-    {
-        tracing::debug!("refused {what}");
-    } else {
-        peers.warned.insert(source, now);
-        tracing::warn!("refused {what} (said at most once a minute per member)");
-    }
+    peers.warn(source, format_args!("refused {what}"));
 }
 
 /// A restarted member must outrank its own earlier reports: start from the wall clock.
@@ -800,7 +806,7 @@ fn publish(
         // The proof goes first, over the same connections, so it is checked before the
         // report it vouches for arrives.
         if let Some(id) = &mesh.identity {
-            match id.prove(&r.node, &r.peer) {
+            match id.prove(&r.node, &r.peer, r.seq) {
                 Ok(p) => {
                     let _ = swarm
                         .behaviour_mut()
@@ -855,17 +861,10 @@ fn handle(
                 Ok(g) => g,
                 Err(e) => {
                     // A broken member sends one every interval: warn once a minute per member.
-                    let now = Instant::now();
-                    let quiet = peers
-                        .warned
-                        .get(&source)
-                        .is_some_and(|t| now.duration_since(*t) < WARN_EVERY);
-                    if quiet {
-                        tracing::debug!("dropping a load report from {source}: {e}");
-                    } else {
-                        peers.warned.insert(source, now);
-                        tracing::warn!("dropping a load report from {source}: {e} (said at most once a minute per member)");
-                    }
+                    peers.warn(
+                        source,
+                        format_args!("dropping a load report from {source}: {e}"),
+                    );
                     return;
                 }
             };

@@ -309,6 +309,9 @@ pub struct MeshIdentity {
     cert: CertificateDer<'static>,
     signer: Arc<dyn rustls::sign::SigningKey>,
     verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    /// The last proof signed: the signature covers the member and the peer, so it is made
+    /// again only when one of them changes.
+    last: std::sync::Mutex<Option<fogline_core::mesh::Proof>>,
 }
 
 impl std::fmt::Debug for MeshIdentity {
@@ -331,11 +334,31 @@ impl MeshIdentity {
             cert: tls.chain[0].clone(),
             signer,
             verifier,
+            last: std::sync::Mutex::new(None),
         })
     }
 
-    /// This member's proof that `peer` speaks for `node`.
-    pub fn prove(&self, node: &str, peer: &str) -> Result<fogline_core::mesh::Proof, TlsError> {
+    /// This member's proof that `peer` speaks for `node`, sent before whole report `seq`.
+    pub fn prove(
+        &self,
+        node: &str,
+        peer: &str,
+        seq: u64,
+    ) -> Result<fogline_core::mesh::Proof, TlsError> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let mut p = match last.as_ref().filter(|p| p.node == node && p.peer == peer) {
+            Some(p) => p.clone(),
+            None => {
+                let p = self.sign(node, peer)?;
+                *last = Some(p.clone());
+                p
+            }
+        };
+        p.seq = seq;
+        Ok(p)
+    }
+
+    fn sign(&self, node: &str, peer: &str) -> Result<fogline_core::mesh::Proof, TlsError> {
         use rustls::SignatureScheme as S;
         let signer = self
             .signer
@@ -354,6 +377,7 @@ impl MeshIdentity {
         Ok(fogline_core::mesh::Proof {
             node: node.to_string(),
             peer: peer.to_string(),
+            seq: 0,
             cert: self.cert.to_vec(),
             scheme: u16::from(signer.scheme()),
             sig,

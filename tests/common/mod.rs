@@ -309,6 +309,17 @@ pub fn alive(n: &NodeProc) -> Vec<String> {
     v
 }
 
+/// `GET /v1/placements?limit=N` of a router.
+pub async fn placements(c: &reqwest::Client, router: &str, limit: usize) -> serde_json::Value {
+    c.get(format!("{router}/v1/placements?limit={limit}"))
+        .send()
+        .await
+        .expect("placements request")
+        .json()
+        .await
+        .expect("placements JSON")
+}
+
 /// `GET /metrics` of a gateway, as text.
 pub async fn metrics(n: &NodeProc) -> String {
     client()

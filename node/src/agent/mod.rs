@@ -101,8 +101,6 @@ pub enum DeployError {
     Manifest(#[from] ManifestError),
     #[error("module {0} is not on this node; upload it first (PUT /v1/modules or PUT /v1/functions/NAME)")]
     UnknownModule(Digest),
-    #[error("runtime `{0}` is not available on this node")]
-    Runtime(Runtime),
     #[error("function {0:?} not found")]
     NotFound(String),
     #[error("{0}")]
@@ -417,8 +415,8 @@ impl Node {
         self.roles.runs_functions && self.executors.get(runtime).is_ok_and(|e| e.available())
     }
 
-    /// The one invocation path every trigger uses: placed by the router when this is one
-    /// (or sent to an explicit `target`), else run here.
+    /// The one invocation path every trigger uses: placed by the router when this is one,
+    /// else run here. (A call for an explicit member goes through [`Node::call_at`].)
     pub async fn call(
         &self,
         name: &str,
@@ -458,7 +456,7 @@ impl Node {
         let t0 = Instant::now();
         match client.send(addr, &f.manifest, body, self).await {
             Ok(reply) => {
-                // Its tier as the mesh knows it (forwarded calls do not show it otherwise).
+                // The reply does not say the member's tier; the mesh knows it.
                 let tier = self
                     .links
                     .mesh

@@ -108,6 +108,8 @@ pub struct Client {
     /// certificate must name it. Where none is expected, any member of the cluster that
     /// accepts connections will do.
     expected: std::sync::RwLock<HashMap<SocketAddr, Arc<str>>>,
+    /// The name any member that accepts connections answers to.
+    any_member: Arc<str>,
     base: Arc<rustls::ClientConfig>,
     timeout: Duration,
 }
@@ -122,6 +124,7 @@ impl Client {
             conns: Mutex::new(HashMap::new()),
             configs: Mutex::new(HashMap::new()),
             expected: std::sync::RwLock::new(HashMap::new()),
+            any_member: Arc::from(tls::PEER_NAME),
             base: Arc::new(tls.client_config(wire::ALPN)?),
             timeout: Duration::from_secs(30),
         })
@@ -170,7 +173,7 @@ impl Client {
             .unwrap_or_else(|p| p.into_inner())
             .get(&addr)
             .cloned()
-            .unwrap_or_else(|| Arc::from(tls::PEER_NAME))
+            .unwrap_or_else(|| self.any_member.clone())
     }
 
     /// A live connection to `addr`, reusing one when it is still open. With `early`, a

@@ -90,25 +90,27 @@ impl Driver {
         self.server.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Sends one datagram; a failure is the client's to notice (it retransmits).
+    async fn send_to(&self, peer: SocketAddr, bytes: &[u8]) {
+        if let Err(e) = self.socket.send_to(bytes, peer).await {
+            tracing::debug!("coap: sending to {peer}: {e}");
+        }
+    }
+
     /// Sends the datagrams among `events` (answers never ask for another call).
     async fn transmit(&self, events: Vec<Event<SocketAddr>>) {
         for ev in events {
             if let Event::Transmit(peer, bytes) = ev {
-                if let Err(e) = self.socket.send_to(&bytes, peer).await {
-                    tracing::debug!("coap: sending to {peer}: {e}");
-                }
+                self.send_to(peer, &bytes).await;
             }
         }
     }
 
-    async fn send(&self, events: Vec<Event<SocketAddr>>, node: &Arc<Node>, me: &Arc<Driver>) {
+    /// Sends the datagrams among `events` and starts the calls they ask for.
+    async fn send(self: &Arc<Self>, events: Vec<Event<SocketAddr>>, node: &Arc<Node>) {
         for ev in events {
             match ev {
-                Event::Transmit(peer, bytes) => {
-                    if let Err(e) = self.socket.send_to(&bytes, peer).await {
-                        tracing::debug!("coap: sending to {peer}: {e}");
-                    }
-                }
+                Event::Transmit(peer, bytes) => self.send_to(peer, &bytes).await,
                 Event::Invoke {
                     id,
                     function,
@@ -116,7 +118,7 @@ impl Driver {
                     content_format,
                     accept,
                 } => {
-                    let (node, me) = (node.clone(), me.clone());
+                    let (node, me) = (node.clone(), self.clone());
                     tokio::spawn(async move {
                         let reply = me
                             .run(&node, id, &function, body, content_format, accept)
@@ -149,9 +151,7 @@ impl Driver {
             Ok(r) => r,
             Err(_) => {
                 let ack = self.server().acknowledge(id);
-                if let Some(Event::Transmit(peer, bytes)) = ack {
-                    let _ = self.socket.send_to(&bytes, peer).await;
-                }
+                self.transmit(ack.into_iter().collect()).await;
                 call.await
             }
         };
@@ -213,7 +213,7 @@ async fn serve(
                 };
                 let received = me.server().receive(me.now(), peer, &buf[..n]);
                 match received {
-                    Ok(events) => me.send(events, &node, &me).await,
+                    Ok(events) => me.send(events, &node).await,
                     Err(e) => {
                         node.metrics.coap_malformed.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!("coap: dropped a datagram from {peer}: {e}");

@@ -631,9 +631,7 @@ async fn upload_module(State(node): State<Shared>, headers: HeaderMap, body: Bod
 
 fn deploy_error(e: DeployError) -> Response {
     let status = match &e {
-        DeployError::Manifest(_) | DeployError::UnknownModule(_) | DeployError::Runtime(_) => {
-            StatusCode::BAD_REQUEST
-        }
+        DeployError::Manifest(_) | DeployError::UnknownModule(_) => StatusCode::BAD_REQUEST,
         DeployError::NotFound(_) => StatusCode::NOT_FOUND,
         DeployError::Exec(crate::executor::ExecError::Invalid(_)) => StatusCode::BAD_REQUEST,
         DeployError::Exec(crate::executor::ExecError::Unavailable(_)) => {

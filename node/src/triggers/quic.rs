@@ -145,7 +145,7 @@ pub async fn serve(
         })
     };
     while let Some(incoming) = endpoint.accept().await {
-        if node.serving.stopping.load(Ordering::SeqCst) {
+        if node.stopping() {
             incoming.refuse();
             continue;
         }
@@ -283,19 +283,10 @@ async fn allowed(
     node.metrics.refused(format!(
         "reason=\"role\",role=\"{}\",action=\"{}\"",
         refusal.role,
-        action_label(action)
+        action.label()
     ));
     reply_error(send, 403, false, refusal.to_string()).await?;
     Ok(false)
-}
-
-fn action_label(a: tls::Action) -> &'static str {
-    match a {
-        tls::Action::Invoke => "invoke",
-        tls::Action::Status => "status",
-        tls::Action::Deploy => "deploy",
-        tls::Action::Prepare => "prepare",
-    }
 }
 
 async fn serve_connection(
@@ -331,7 +322,7 @@ async fn serve_connection(
         // Counted before the stopping flag is read (the drain sets the flag, then reads the
         // count): a stream is either refused here or waited for by the drain.
         node.serving.quic_streams.fetch_add(1, Ordering::SeqCst);
-        if node.serving.stopping.load(Ordering::SeqCst) {
+        if node.stopping() {
             node.serving.quic_streams.fetch_sub(1, Ordering::SeqCst);
             // Nothing of it has run: the caller may send it anywhere else.
             refuse(
