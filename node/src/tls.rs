@@ -460,6 +460,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn mesh_proofs_verify_and_each_is_a_new_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("pki");
+        init_ca(&ca).unwrap();
+        let out = dir.path().join("edge-1");
+        issue(&ca, "edge-1", Role::Node, &out, Validity::Days(1)).unwrap();
+        let id = MeshIdentity::new(&TlsDir::load(&out).unwrap()).unwrap();
+        let (a, b) = (
+            id.prove("edge-1", "peer-a", 1).unwrap(),
+            id.prove("edge-1", "peer-a", 2).unwrap(),
+        );
+        for p in [&a, &b] {
+            id.verify(p, "peer-a").unwrap();
+        }
+        // Gossipsub drops a message it already published: two proofs must differ.
+        let enc =
+            |p: &fogline_core::mesh::Proof| fogline_core::mesh::Gossip::Proof(p.clone()).encode();
+        assert_ne!(enc(&a), enc(&b));
+        let e = id.verify(&a, "peer-b").unwrap_err();
+        assert!(e.contains("came from peer-b"), "{e}");
+        let e = id
+            .verify(&id.prove("edge-2", "peer-a", 3).unwrap(), "peer-a")
+            .unwrap_err();
+        assert!(e.contains("names \"edge-1\", not \"edge-2\""), "{e}");
+    }
+
+    #[test]
     fn issued_certificates_carry_their_role() {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("pki");
