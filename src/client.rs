@@ -31,6 +31,27 @@ pub struct Common {
     /// A CA certificate (PEM) to trust for an https:// gateway, e.g. the cluster's ca.pem.
     #[arg(long, env = "FOGLINE_CACERT", global = true)]
     cacert: Option<PathBuf>,
+    /// The namespace to deploy to, list, invoke, remove from (default: openfaas-fn).
+    #[arg(long, short = 'n', env = "FOGLINE_NAMESPACE", global = true)]
+    namespace: Option<String>,
+}
+
+impl Common {
+    /// `?namespace=` for system routes, when one was given.
+    fn ns_query(&self) -> Vec<(&'static str, String)> {
+        self.namespace
+            .iter()
+            .map(|n| ("namespace", n.clone()))
+            .collect()
+    }
+
+    /// The function's key in invocation routes: NAME or NAME.NAMESPACE.
+    fn key(&self, name: &str) -> anyhow::Result<String> {
+        Ok(fogline_core::access::qualify(
+            name,
+            self.namespace.as_deref(),
+        )?)
+    }
 }
 
 #[derive(Args)]
@@ -69,6 +90,10 @@ pub struct DeployArgs {
     /// Environment variable, K=V (repeatable).
     #[arg(long = "env", value_parser = parse_kv)]
     env: Vec<(String, String)>,
+    /// A secret of its namespace the function reads at /var/openfaas/secrets/NAME
+    /// (repeatable; create it first with `fogline secret create`).
+    #[arg(long = "secret")]
+    secrets: Vec<String>,
     /// Label, K=V (repeatable).
     #[arg(long = "label", value_parser = parse_kv)]
     labels: Vec<(String, String)>,
@@ -138,6 +163,8 @@ struct Gateway {
     base: String,
     token: Option<String>,
     http: reqwest::Client,
+    /// `?namespace=` for system routes.
+    ns: Vec<(&'static str, String)>,
 }
 
 impl Gateway {
@@ -160,7 +187,12 @@ impl Gateway {
             builder = builder.add_root_certificate(cert);
         }
         let http = builder.build().context("http client")?;
-        Ok(Gateway { base, token, http })
+        Ok(Gateway {
+            base,
+            token,
+            http,
+            ns: c.ns_query(),
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -284,6 +316,9 @@ pub async fn deploy(common: &Common, a: DeployArgs) -> anyhow::Result<()> {
             serde_json::to_value(a.labels.iter().cloned().collect::<BTreeMap<_, _>>())?,
         );
     }
+    if !a.secrets.is_empty() {
+        spec.insert("secrets".into(), serde_json::to_value(&a.secrets)?);
+    }
     if a.idempotent {
         spec.insert("idempotent".into(), true.into());
     }
@@ -320,7 +355,8 @@ pub async fn deploy(common: &Common, a: DeployArgs) -> anyhow::Result<()> {
         .clone()
         .ok_or_else(|| anyhow!("give --wasm FILE with the function's module, or --image NAME"))?;
     if let Some(via) = &a.via {
-        return deploy_quic(via, a.tls_dir.as_deref(), &name, spec, &wasm).await;
+        let key = common.key(&name)?;
+        return deploy_quic(via, a.tls_dir.as_deref(), &key, spec, &wasm).await;
     }
     deploy_one(&gw, &name, &spec, &wasm).await
 }
@@ -440,6 +476,7 @@ async fn deploy_one(
     let progress = Progress::start(format!("deploying {name} ({})", human_bytes(size)));
     let rb = gw
         .admin(gw.http.put(gw.url(&format!("/v1/functions/{name}"))))
+        .query(&gw.ns)
         .header("x-fogline-manifest", header)
         .header("content-type", "application/wasm")
         .body(module);
@@ -495,6 +532,7 @@ async fn deploy_container(
 ) -> anyhow::Result<()> {
     let rb = gw
         .admin(gw.http.put(gw.url(&format!("/v1/functions/{name}"))))
+        .query(&gw.ns)
         .header("x-fogline-manifest", serde_json::to_string(spec)?);
     let resp = check(gw.send(rb).await?).await?;
     let report: serde_json::Value = resp.json().await.context("reading the gateway's answer")?;
@@ -564,13 +602,14 @@ pub async fn invoke(common: &Common, a: InvokeArgs) -> anyhow::Result<()> {
             buf
         }
     };
+    let key = common.key(&a.name)?;
     if let Some(via) = &a.via {
-        return invoke_quic(via, a.tls_dir.as_deref(), &a.name, body).await;
+        return invoke_quic(via, a.tls_dir.as_deref(), &key, body).await;
     }
     if a.is_async {
         let mut rb = gw
             .http
-            .post(gw.url(&format!("/async-function/{}", a.name)))
+            .post(gw.url(&format!("/async-function/{key}")))
             .body(body);
         if let Some(cb) = &a.callback {
             rb = rb.header("x-callback-url", cb);
@@ -585,11 +624,7 @@ pub async fn invoke(common: &Common, a: InvokeArgs) -> anyhow::Result<()> {
         println!("{id}");
         return Ok(());
     }
-    let rb = gw.admin(
-        gw.http
-            .post(gw.url(&format!("/function/{}", a.name)))
-            .body(body),
-    );
+    let rb = gw.admin(gw.http.post(gw.url(&format!("/function/{key}"))).body(body));
     let resp = check(gw.send(rb).await?).await?;
     let out = resp
         .bytes()
@@ -637,7 +672,11 @@ async fn invoke_quic(
 
 pub async fn ls(common: &Common) -> anyhow::Result<()> {
     let gw = Gateway::new(common)?;
-    let resp = check(gw.send(gw.http.get(gw.url("/system/functions"))).await?).await?;
+    let resp = check(
+        gw.send(gw.http.get(gw.url("/system/functions")).query(&gw.ns))
+            .await?,
+    )
+    .await?;
     let list: Vec<FunctionStatus> = resp.json().await.context("reading the function list")?;
     println!(
         "{:<24} {:<10} {:>12} {:>8} {:>8}  MODULE",
@@ -668,6 +707,7 @@ pub async fn rm(common: &Common, a: RmArgs) -> anyhow::Result<()> {
     let gw = Gateway::new(common)?;
     let rb = gw
         .admin(gw.http.delete(gw.url("/system/functions")))
+        .query(&gw.ns)
         .json(&serde_json::json!({ "functionName": a.name }));
     check(gw.send(rb).await?).await?;
     println!("removed {}", a.name);
@@ -679,7 +719,8 @@ pub async fn logs(common: &Common, a: LogsArgs) -> anyhow::Result<()> {
     let rb = gw
         .http
         .get(gw.url("/system/logs"))
-        .query(&[("name", a.name.as_str()), ("tail", &a.tail.to_string())]);
+        .query(&[("name", a.name.as_str()), ("tail", &a.tail.to_string())])
+        .query(&gw.ns);
     let resp = check(gw.send(rb).await?).await?;
     let text = resp.text().await?;
     for line in text.lines().filter(|l| !l.is_empty()) {
@@ -834,5 +875,233 @@ pub async fn placements(common: &Common, a: PlacementsArgs) -> anyhow::Result<()
             e * 100.0
         );
     }
+    Ok(())
+}
+
+#[derive(clap::Subcommand)]
+pub enum NamespaceCmd {
+    /// Create a namespace; prints its token once (alone on the last line).
+    Create {
+        name: String,
+        /// Anyone may invoke its functions without a token.
+        #[arg(long)]
+        public: bool,
+    },
+    /// List namespaces.
+    Ls,
+}
+
+pub async fn namespace(common: &Common, c: NamespaceCmd) -> anyhow::Result<()> {
+    let gw = Gateway::new(common)?;
+    match c {
+        NamespaceCmd::Create { name, public } => {
+            let rb = gw
+                .http
+                .post(gw.url("/system/namespaces"))
+                .json(&serde_json::json!({ "name": name, "public": public }));
+            let v: serde_json::Value = check(gw.send(rb).await?)
+                .await?
+                .json()
+                .await
+                .context("reading the gateway's answer")?;
+            let token = v["token"]
+                .as_str()
+                .ok_or_else(|| anyhow!("the gateway returned no token"))?;
+            println!(
+                "namespace {name} created{} (token id {}); its token, shown once:",
+                if public { ", public" } else { "" },
+                v["token_id"].as_str().unwrap_or("?")
+            );
+            println!("{token}");
+        }
+        NamespaceCmd::Ls => {
+            let resp = check(gw.send(gw.http.get(gw.url("/system/namespaces"))).await?).await?;
+            let list: Vec<String> = resp.json().await.context("reading the namespaces")?;
+            for n in list {
+                println!("{n}");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(clap::Subcommand)]
+pub enum TokenCmd {
+    /// List minted tokens (ids and grants; secrets are never kept).
+    Ls,
+    /// Mint a token for --namespace (default openfaas-fn); prints it once (alone on the
+    /// last line).
+    Create {
+        /// deploy, invoke or read (repeatable; default: all three).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// What it is for.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Revoke a token by id: refused from the next request on.
+    Revoke { id: String },
+}
+
+pub async fn token(common: &Common, c: TokenCmd) -> anyhow::Result<()> {
+    let gw = Gateway::new(common)?;
+    match c {
+        TokenCmd::Ls => {
+            let resp = check(gw.send(gw.http.get(gw.url("/v1/tokens"))).await?).await?;
+            let list: Vec<serde_json::Value> = resp.json().await.context("reading the tokens")?;
+            println!(
+                "{:<16}  {:<20}  {:<20}  {:<20}  NOTE",
+                "ID", "NAMESPACE", "SCOPES", "CREATED"
+            );
+            for t in list {
+                let g = &t["grant"];
+                let scopes: Vec<&str> = g["scopes"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|s| s.as_str()).collect())
+                    .unwrap_or_default();
+                println!(
+                    "{:<16}  {:<20}  {:<20}  {:<20}  {}",
+                    t["id"].as_str().unwrap_or("?"),
+                    g["namespace"].as_str().unwrap_or("(admin)"),
+                    scopes.join(","),
+                    t["created_at"].as_str().unwrap_or(""),
+                    t["note"].as_str().unwrap_or("")
+                );
+            }
+        }
+        TokenCmd::Create { scopes, note } => {
+            let ns = common
+                .namespace
+                .clone()
+                .unwrap_or_else(|| fogline_core::access::DEFAULT_NAMESPACE.to_string());
+            let scopes: Vec<String> = if scopes.is_empty() {
+                vec!["deploy".into(), "invoke".into(), "read".into()]
+            } else {
+                for s in &scopes {
+                    fogline_core::access::Scope::parse(s).map_err(|e| anyhow!("--scope: {e}"))?;
+                }
+                scopes
+            };
+            let rb = gw
+                .http
+                .post(gw.url("/v1/tokens"))
+                .json(&serde_json::json!({ "namespace": ns, "scopes": scopes, "note": note }));
+            let v: serde_json::Value = check(gw.send(rb).await?)
+                .await?
+                .json()
+                .await
+                .context("reading the gateway's answer")?;
+            println!(
+                "token {} for namespace {ns} ({}), shown once:",
+                v["id"].as_str().unwrap_or("?"),
+                scopes.join(",")
+            );
+            println!(
+                "{}",
+                v["token"]
+                    .as_str()
+                    .ok_or_else(|| anyhow!("the gateway returned no token"))?
+            );
+        }
+        TokenCmd::Revoke { id } => {
+            let rb = gw.http.delete(gw.url(&format!("/v1/tokens/{id}")));
+            check(gw.send(rb).await?).await?;
+            println!("token {id} revoked");
+        }
+    }
+    Ok(())
+}
+
+#[derive(clap::Subcommand)]
+pub enum SecretCmd {
+    /// Create a secret in --namespace (default openfaas-fn); functions deployed with
+    /// `--secret NAME` read it at /var/openfaas/secrets/NAME.
+    Create(SecretValueArgs),
+    /// Replace a secret's value (functions using it see the new one).
+    Update(SecretValueArgs),
+    /// List a namespace's secrets (names only: values are never returned).
+    Ls,
+    /// Remove a secret.
+    Rm { name: String },
+}
+
+#[derive(Args)]
+pub struct SecretValueArgs {
+    name: String,
+    /// The value, on the command line (it lands in the shell's history: prefer --from-file).
+    #[arg(
+        long,
+        conflicts_with = "from_file",
+        required_unless_present = "from_file"
+    )]
+    from_literal: Option<String>,
+    /// A file holding the value (any bytes).
+    #[arg(long)]
+    from_file: Option<PathBuf>,
+}
+
+pub async fn secret(common: &Common, c: SecretCmd) -> anyhow::Result<()> {
+    let gw = Gateway::new(common)?;
+    let ns = common
+        .namespace
+        .clone()
+        .unwrap_or_else(|| fogline_core::access::DEFAULT_NAMESPACE.to_string());
+    match c {
+        SecretCmd::Create(a) => put_secret(&gw, &ns, a, true).await?,
+        SecretCmd::Update(a) => put_secret(&gw, &ns, a, false).await?,
+        SecretCmd::Ls => {
+            let rb = gw.http.get(gw.url("/system/secrets")).query(&gw.ns);
+            let list: Vec<serde_json::Value> = check(gw.send(rb).await?)
+                .await?
+                .json()
+                .await
+                .context("reading the secrets")?;
+            for s in list {
+                println!("{}", s["name"].as_str().unwrap_or("?"));
+            }
+        }
+        SecretCmd::Rm { name } => {
+            let rb = gw
+                .http
+                .delete(gw.url("/system/secrets"))
+                .json(&serde_json::json!({ "name": name, "namespace": ns }));
+            check(gw.send(rb).await?).await?;
+            println!("secret {name} removed from {ns}");
+        }
+    }
+    Ok(())
+}
+
+async fn put_secret(
+    gw: &Gateway,
+    ns: &str,
+    a: SecretValueArgs,
+    create: bool,
+) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let value = match (&a.from_literal, &a.from_file) {
+        (Some(v), _) => v.clone().into_bytes(),
+        (None, Some(f)) => {
+            std::fs::read(f).with_context(|| format!("cannot read --from-file {}", f.display()))?
+        }
+        (None, None) => bail!("give --from-literal VALUE or --from-file FILE"),
+    };
+    let body = serde_json::json!({
+        "name": a.name,
+        "namespace": ns,
+        "rawValue": base64::engine::general_purpose::STANDARD.encode(&value),
+    });
+    let rb = if create {
+        gw.http.post(gw.url("/system/secrets"))
+    } else {
+        gw.http.put(gw.url("/system/secrets"))
+    };
+    check(gw.send(rb.json(&body)).await?).await?;
+    println!(
+        "secret {} {} in {ns} ({} bytes)",
+        a.name,
+        if create { "created" } else { "updated" },
+        value.len()
+    );
     Ok(())
 }

@@ -59,6 +59,15 @@ enum Command {
     Placements(client::PlacementsArgs),
     /// Compare placement policies on a simulated continuum (seeded, deterministic).
     Simulate(simulate::SimArgs),
+    /// Namespaces: functions, secrets and tokens kept apart.
+    #[command(subcommand)]
+    Namespace(client::NamespaceCmd),
+    /// Tokens scoped to a namespace: mint, list, revoke.
+    #[command(subcommand)]
+    Token(client::TokenCmd),
+    /// Secrets of a namespace, read by functions as files.
+    #[command(subcommand)]
+    Secret(client::SecretCmd),
 }
 
 #[derive(Args)]
@@ -312,6 +321,9 @@ fn main() -> ExitCode {
             Command::Rm(a) => client::rm(&cli.client, a).await,
             Command::Logs(a) => client::logs(&cli.client, a).await,
             Command::Status => client::status(&cli.client).await,
+            Command::Namespace(c) => client::namespace(&cli.client, c).await,
+            Command::Token(c) => client::token(&cli.client, c).await,
+            Command::Secret(c) => client::secret(&cli.client, c).await,
         }
     });
     match result {

@@ -495,3 +495,72 @@ async fn container_functions_are_placed_by_the_router_on_up() {
         assert!(left.is_empty(), "{member} left {left:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_function_reads_its_secrets_from_tmpfs() {
+    if !have_docker() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    clean("ct-secrets");
+    let n = node(dir.path(), "ct-secrets", "");
+    run_ok(n.cli().args([
+        "secret",
+        "create",
+        "thumb-key",
+        "--from-literal",
+        "s3cr3t-for-a-container",
+    ]));
+    run_ok(
+        n.cli()
+            .args(["secret", "create", "not-named", "--from-literal", "other"]),
+    );
+    let cat = |path: &str| {
+        json!({"runtime": "container", "image": IMAGE, "secrets": ["thumb-key"],
+        "container": {"cmd": ["--cat", path]}})
+    };
+    let (s, body) = put_container(&n, "reader", cat("/var/openfaas/secrets/thumb-key")).await;
+    assert_eq!(s, 201, "{body}");
+    let r = invoke(&n, "reader", Vec::new()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "s3cr3t-for-a-container");
+    // Only the secrets it names are in its folder.
+    let (s, body) = put_container(&n, "snoop", cat("/var/openfaas/secrets/not-named")).await;
+    assert_eq!(s, 201, "{body}");
+    assert_ne!(invoke(&n, "snoop", Vec::new()).await.status(), 200);
+    // The folder is a read-only bind of a memory-backed one.
+    // (Inspected on a warm stream-mode instance: exec-mode containers go with their call.)
+    let warm = json!({"runtime": "container", "image": IMAGE, "secrets": ["thumb-key"],
+        "container": {"mode": "stream", "cmd": ["--stream"]}});
+    let (s, body) = put_container(&n, "warm", warm).await;
+    assert_eq!(s, 201, "{body}");
+    assert_eq!(invoke(&n, "warm", ppm(8, 8)).await.status(), 200);
+    let c = containers_of("ct-secrets").into_iter().next();
+    let c = c.expect("a warm container of the function");
+    {
+        let out = docker(&[
+            "inspect",
+            "--format",
+            "{{range .Mounts}}{{.Source}} {{.Destination}} {{.RW}};{{end}}",
+            &c,
+        ]);
+        let mounts = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            mounts.contains("/dev/shm/") && mounts.contains(" /var/openfaas/secrets false"),
+            "{mounts}"
+        );
+    }
+    // The value is in none of the container's settings (no env, no labels).
+    let list = client()
+        .get(format!("{}/system/functions", n.url))
+        .bearer_auth(&n.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!list.contains("s3cr3t"), "{list}");
+    drop(n);
+    clean("ct-secrets");
+}

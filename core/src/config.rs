@@ -41,6 +41,25 @@ pub struct NodeConfig {
     /// The MQTT trigger: messages on mapped topics invoke functions (on a router they are
     /// placed like any call). `[router.mqtt]` is still read, as before.
     pub mqtt: Option<MqttSection>,
+    /// Per-namespace quotas: `[quota.NAME]`, and `[quota."*"]` for every namespace without
+    /// its own entry (the default namespace included).
+    #[serde(default)]
+    pub quota: std::collections::BTreeMap<String, crate::access::Quota>,
+    #[serde(default)]
+    pub secrets: SecretsSection,
+}
+
+/// Where secrets' key and their files for functions live.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsSection {
+    /// The key that encrypts secrets at rest: outside the store, readable by the owner
+    /// only. Default: `DATA_DIR/secrets.key`; put it on another disk or a mounted secret to
+    /// keep it apart from backups of the data folder.
+    pub key_file: Option<PathBuf>,
+    /// A memory-backed folder (tmpfs) where each function's secrets are laid out for its
+    /// sandbox. Default: `/dev/shm/fogline-UID/NODE`, else `$XDG_RUNTIME_DIR`.
+    pub mount_dir: Option<PathBuf>,
 }
 
 /// The CoAP trigger: `POST coap://HOST/function/NAME` runs a function.
@@ -507,7 +526,14 @@ impl NodeConfig {
             container: ContainerSection::default(),
             coap: CoapSection::default(),
             mqtt: None,
+            quota: Default::default(),
+            secrets: SecretsSection::default(),
         }
+    }
+
+    /// The quota of namespace `ns`: its own entry, else `"*"`'s, else none.
+    pub fn quota_of(&self, ns: &str) -> Option<&crate::access::Quota> {
+        self.quota.get(ns).or_else(|| self.quota.get("*"))
     }
 
     /// The MQTT trigger's settings, from `[mqtt]` or (as before) `[router.mqtt]`.
@@ -565,6 +591,13 @@ impl NodeConfig {
                     "async.callback_allow",
                     format!("{p:?} must be an http:// or https:// URL prefix with a host"),
                 ));
+            }
+        }
+        for ns in self.quota.keys() {
+            if ns != "*" {
+                if let Err(e) = crate::access::validate_namespace(ns) {
+                    return Err(invalid("quota", e.problem));
+                }
             }
         }
         if self.wasm.cache_max == 0 || self.wasm.cache_max > 100_000 {

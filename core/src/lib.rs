@@ -18,6 +18,7 @@
 //! - [`callback`]: where async results may be delivered, and their Standard Webhooks
 //!   signatures.
 //! - [`roles`]: what each certificate role may ask of a member.
+//! - [`access`]: namespaces, token scopes and quotas: what each gateway token may do.
 //! - [`coap`]: CoAP server exchanges (RFC 7252, block-wise RFC 7959) as a state machine
 //!   given the time: duplicates, blocks, acknowledgements, retransmission.
 //!
@@ -27,6 +28,7 @@
 //!
 //! Drivers (`fogline-node`, `fogline-router`, …) move bytes and time into these types.
 
+pub mod access;
 pub mod callback;
 pub mod coap;
 pub mod config;

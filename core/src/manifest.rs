@@ -23,7 +23,8 @@ pub struct FunctionManifest {
     /// Manifest format version; only 1 exists.
     #[serde(default = "default_version")]
     pub version: u32,
-    /// Name used in URLs: lowercase letters, digits and `-`, 1 to 63 characters.
+    /// Name used in URLs: lowercase letters, digits and `-`, 1 to 63 characters; in a
+    /// namespace other than the default, `NAME.NAMESPACE` (see [`crate::access`]).
     pub name: String,
     /// Which sandbox runs it.
     #[serde(default)]
@@ -46,6 +47,9 @@ pub struct FunctionManifest {
     /// Environment variables the function sees.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Secrets of its namespace the function reads at `/var/openfaas/secrets/NAME`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
     /// Safe to run twice: may be retried elsewhere and sent as 0-RTT data.
     #[serde(default)]
     pub idempotent: bool,
@@ -259,6 +263,7 @@ impl FunctionManifest {
             timeout: default_timeout(),
             max_concurrency: default_max_concurrency(),
             env: BTreeMap::new(),
+            secrets: Vec::new(),
             idempotent: false,
             labels: BTreeMap::new(),
             dirs: Vec::new(),
@@ -292,7 +297,10 @@ impl FunctionManifest {
                 ),
             ));
         }
-        validate_name(&self.name)?;
+        validate_key(&self.name)?;
+        for s in &self.secrets {
+            validate_secret_name(s).map_err(|e| ManifestError::new("secrets", e.problem))?;
+        }
         match self.runtime {
             Runtime::Wasm => {
                 if self.module.is_none() {
@@ -412,18 +420,43 @@ impl FunctionManifest {
 
 /// Function names appear in URLs, metric labels and container names.
 pub fn validate_name(name: &str) -> Result<(), ManifestError> {
-    let ok_chars = name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    let ok_ends = name
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && !name.ends_with('-');
-    if name.is_empty() || name.len() > 63 || !ok_chars || !ok_ends {
+    if !crate::access::is_label(name) {
         return Err(ManifestError::new(
             "name",
             format!("{name:?} must be 1 to 63 lowercase letters, digits or '-', starting with a letter or digit and not ending with '-'"),
+        ));
+    }
+    Ok(())
+}
+
+/// A function's key: `NAME` or `NAME.NAMESPACE`.
+pub fn validate_key(key: &str) -> Result<(), ManifestError> {
+    let (name, ns) = crate::access::split(key);
+    validate_name(name)?;
+    if key.contains('.') {
+        crate::access::validate_namespace(ns)?;
+        if ns == crate::access::DEFAULT_NAMESPACE {
+            return Err(ManifestError::new(
+                "name",
+                format!("{key:?}: a function of the default namespace is named without it"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A secret's name: what a file may be called under `/var/openfaas/secrets/`.
+pub fn validate_secret_name(name: &str) -> Result<(), ManifestError> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.' || b == b'_'
+        })
+        && !name.starts_with('.');
+    if !ok {
+        return Err(ManifestError::new(
+            "name",
+            format!("secret name {name:?} must be 1 to 253 lowercase letters, digits, '-', '_' or '.', not starting with '.'"),
         ));
     }
     Ok(())

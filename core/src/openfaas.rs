@@ -14,8 +14,8 @@ use crate::units::{parse_duration, ByteSize};
 #[cfg(test)]
 use std::time::Duration;
 
-/// The only namespace a Fogline node has; OpenFaaS clients send it by default.
-pub const NAMESPACE: &str = "openfaas-fn";
+/// The default namespace; OpenFaaS clients send it when they name none.
+pub const NAMESPACE: &str = crate::access::DEFAULT_NAMESPACE;
 
 pub const ANN_TIMEOUT: &str = "fogline.dev/timeout";
 pub const ANN_MAX_CONCURRENCY: &str = "fogline.dev/max-concurrency";
@@ -47,7 +47,7 @@ pub struct FunctionDeployment {
 }
 
 /// For fields the gateway spec does not mark nullable: absent is fine, `null` is an error.
-fn non_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+pub fn non_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
@@ -78,6 +78,9 @@ pub struct FunctionStatus {
     pub image: String,
     pub namespace: String,
     pub env_vars: BTreeMap<String, String>,
+    /// Names of the secrets it reads (never their values).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub limits: FunctionResources,
@@ -118,14 +121,11 @@ pub struct LogEntry {
     pub text: String,
 }
 
-/// Accepts no namespace, or the one Fogline serves.
-pub fn check_namespace(ns: Option<&str>) -> Result<(), ManifestError> {
-    match ns {
-        None | Some("") | Some(NAMESPACE) => Ok(()),
-        Some(other) => Err(ManifestError::new(
-            "namespace",
-            format!("namespace {other:?} does not exist; Fogline serves only {NAMESPACE:?}"),
-        )),
+/// The namespace a request names: none or empty is the default.
+pub fn namespace_of(ns: Option<&str>) -> Result<&str, ManifestError> {
+    match ns.filter(|n| !n.is_empty()) {
+        None => Ok(NAMESPACE),
+        Some(n) => crate::access::validate_namespace(n).map(|()| n),
     }
 }
 
@@ -133,13 +133,12 @@ impl FunctionDeployment {
     /// Maps the OpenFaaS request onto a manifest. The result still needs
     /// [`FunctionManifest::validate`].
     pub fn to_manifest(&self) -> Result<FunctionManifest, ManifestError> {
-        check_namespace(self.namespace.as_deref())?;
-        if self.secrets.as_ref().is_some_and(|s| !s.is_empty()) {
-            return Err(ManifestError::new(
-                "secrets",
-                "secrets are not supported yet; pass values through envVars",
-            ));
-        }
+        let key = crate::access::qualify(&self.service, self.namespace.as_deref()).map_err(
+            |e| match e.field.as_str() {
+                "name" => ManifestError::new("service", e.problem),
+                _ => e,
+            },
+        )?;
         let (runtime, module, image) = if self.image.starts_with("sha256:") {
             let d: Digest = self
                 .image
@@ -153,12 +152,15 @@ impl FunctionDeployment {
         };
         let mut m = FunctionManifest {
             version: MANIFEST_VERSION,
-            name: self.service.clone(),
+            name: key.clone(),
             runtime,
             module,
             image,
-            ..FunctionManifest::wasm(self.service.clone(), Digest([0; 32]))
+            ..FunctionManifest::wasm(key, Digest([0; 32]))
         };
+        if let Some(secrets) = &self.secrets {
+            m.secrets = secrets.clone();
+        }
         if let Some(env) = &self.env_vars {
             m.env = env.clone();
         }
@@ -222,12 +224,14 @@ impl FunctionStatus {
         );
         annotations.insert(ANN_IDEMPOTENT.to_string(), m.idempotent.to_string());
         annotations.insert("fogline.dev/runtime".to_string(), m.runtime.to_string());
+        let (name, namespace) = crate::access::split(&m.name);
         FunctionStatus {
-            name: m.name.clone(),
+            name: name.to_string(),
             image,
-            namespace: NAMESPACE.to_string(),
+            namespace: namespace.to_string(),
             // Names only: values (often credentials) never leave the node.
             env_vars: m.env.keys().map(|k| (k.clone(), String::new())).collect(),
+            secrets: m.secrets.clone(),
             labels: m.labels.clone(),
             annotations,
             limits: FunctionResources {
@@ -299,8 +303,10 @@ mod tests {
             ..Default::default()
         };
         let mut a = base.clone();
-        a.namespace = Some("other".into());
+        a.namespace = Some("Other".into());
         assert_eq!(a.to_manifest().unwrap_err().field, "namespace");
+        a.namespace = Some("team-a".into());
+        assert_eq!(a.to_manifest().unwrap().name, "f.team-a");
         let mut b = base.clone();
         b.limits = Some(FunctionResources {
             memory: Some("lots".into()),

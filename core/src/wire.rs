@@ -20,6 +20,8 @@
 //! Data* End                              ─►
 //!                                        ◄─ NeedModule{digest}      (only if it lacks the module)
 //! Data* End  (the module's bytes)        ─►
+//!                                        ◄─ NeedSecrets{names}      (when it deploys a manifest naming secrets)
+//! Data* End  (their values, postcard)    ─►
 //!                                        ◄─ Result{status, ..} Data* End   or   Error{..}
 //! ```
 //!
@@ -56,6 +58,7 @@ pub enum Kind {
     Status = 7,
     StatusReply = 8,
     Prepare = 9,
+    NeedSecrets = 10,
 }
 
 impl Kind {
@@ -70,6 +73,7 @@ impl Kind {
             7 => Kind::Status,
             8 => Kind::StatusReply,
             9 => Kind::Prepare,
+            10 => Kind::NeedSecrets,
             _ => return None,
         })
     }
@@ -89,7 +93,14 @@ pub enum Frame {
     /// Load a function ahead of calls (fetching its module from the sender if needed);
     /// answered with `StatusReply` or `Error`. `body_len` is zero.
     Prepare(Invoke),
+    /// The callee deploys a manifest naming these secrets: the caller answers with their
+    /// values as a body ([`SecretValues`], postcard) closed by `End`. Only a caller that
+    /// may send manifests is asked.
+    NeedSecrets(Vec<String>),
 }
+
+/// A function's secrets, as the caller sends them after `NeedSecrets`.
+pub type SecretValues = Vec<(String, Vec<u8>)>;
 
 /// Start of an invocation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -200,6 +211,7 @@ pub fn decode_payload(kind: Kind, payload: &[u8]) -> Result<Frame, WireError> {
         Kind::Status => empty(Frame::Status),
         Kind::StatusReply => Ok(Frame::StatusReply(msg(kind, payload)?)),
         Kind::Prepare => Ok(Frame::Prepare(msg(kind, payload)?)),
+        Kind::NeedSecrets => Ok(Frame::NeedSecrets(msg(kind, payload)?)),
     }
 }
 
@@ -243,6 +255,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
         Frame::Status => Kind::Status,
         Frame::StatusReply(m) => put(out, m, Kind::StatusReply),
         Frame::Prepare(m) => put(out, m, Kind::Prepare),
+        Frame::NeedSecrets(m) => put(out, m, Kind::NeedSecrets),
     };
     let len = (out.len() - start - HEADER) as u32;
     out[start + 1] = kind as u8;
@@ -344,6 +357,10 @@ mod tests {
             message: "busy".into(),
         }));
         roundtrip(Frame::NeedModule(Digest::of(b"m")));
+        roundtrip(Frame::NeedSecrets(vec![
+            "db-password".into(),
+            "api-key".into(),
+        ]));
         roundtrip(Frame::Status);
         roundtrip(Frame::StatusReply(Capacity {
             node: "cloud".into(),

@@ -5,6 +5,7 @@
  *                        stdin, responses framed the same way on stdout (stream mode)
  *   thumbnail --misbehave exit|flood|forkbomb|membomb|hang
  *                        ways a function goes wrong, for the node's tests
+ *   thumbnail --cat PATH prints a file, e.g. a secret at /var/openfaas/secrets/NAME
  *
  * Built as a static binary for a FROM scratch image: see build.sh. */
 #include <stdio.h>
@@ -168,8 +169,22 @@ static int misbehave(const char *how) {
     return fail("unknown --misbehave mode");
 }
 
+static int cat(const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        perror(path);
+        return 1;
+    }
+    char buf[4096];
+    size_t got;
+    while ((got = fread(buf, 1, sizeof buf, f)) > 0) fwrite(buf, 1, got, stdout);
+    fclose(f);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "--stream")) return stream();
+    if (argc > 2 && !strcmp(argv[1], "--cat")) return cat(argv[2]);
     if (argc > 2 && !strcmp(argv[1], "--misbehave")) return misbehave(argv[2]);
     size_t cap = 1 << 16, n = 0;
     unsigned char *in = malloc(cap);

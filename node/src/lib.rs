@@ -15,8 +15,9 @@
 //!   `fogline-core` (`policy`, `placement`), driven by the router crate through this seam.
 //! - [`quic`] (framing and the client that calls other tiers), [`tls`] (certificates and
 //!   roles), [`mesh`] (gossiped membership and load): how members reach each other.
-//! - [`store`] (durable state in sled), [`logs`], [`metrics`], [`sysinfo`] (the machine),
-//!   [`token`] (the admin token): what the other rooms keep and report.
+//! - [`store`] (durable state in sled), [`secrets`] (sealed at rest, laid out per function
+//!   on tmpfs), [`logs`], [`metrics`], [`sysinfo`] (the machine), [`token`] (the admin
+//!   token): what the other rooms keep and report.
 //!
 //! Dependencies between the rooms run one way: triggers → agent → executor, dispatch,
 //! quic, mesh, store. [`bind`] wires them for `fogline node`, `bridge`, `router` and `up`.
@@ -28,6 +29,7 @@ pub mod logs;
 pub mod mesh;
 pub mod metrics;
 pub mod quic;
+pub mod secrets;
 pub mod store;
 pub mod sysinfo;
 pub mod tls;

@@ -85,6 +85,12 @@ impl Store {
         })
     }
 
+    /// A tree of its own for a part of the node that keeps small records (tokens,
+    /// namespaces, secrets).
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
     // ---- modules -------------------------------------------------------------------
 
     /// Stores a module under its digest (a no-op when it is already there).

@@ -406,3 +406,26 @@ pub async fn call(c: &reqwest::Client, router: &str, f: &str, body: &str) -> (u1
         .unwrap_or_default();
     (status, placed, r.text().await.unwrap())
 }
+
+/// Every file under `dir`, at any depth.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// A GET's status and body.
+pub async fn get(c: &reqwest::Client, url: String) -> (u16, String) {
+    let r = c.get(url).send().await.expect("GET");
+    (r.status().as_u16(), r.text().await.expect("body"))
+}

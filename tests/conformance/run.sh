@@ -29,7 +29,7 @@ url=$(sed -n 's/^gateway listening on //p' "$work/out" | head -1)
 token=$(cat "$work/.fogline/admin.token")
 "$bin" --gateway "$url" --token "$token" deploy hello --wasm "$root/examples/hello/hello.wasm" >/dev/null
 
-paths='^/(function/\{functionName\}|function/\{functionName\}\.\{namespace\}|async-function/\{functionName\}|async-function/\{functionName\}\.\{namespace\}|system/functions|system/function/\{functionName\}|system/info|system/logs|healthz|metrics)$'
+paths='^/(function/\{functionName\}|function/\{functionName\}\.\{namespace\}|async-function/\{functionName\}|async-function/\{functionName\}\.\{namespace\}|system/functions|system/function/\{functionName\}|system/info|system/logs|system/secrets|system/namespaces|healthz|metrics)$'
 cd "$here"
 schemathesis --config-file "$here/schemathesis.toml" run "$here/openfaas-gateway.openapi.yml" \
     --url "$url" \

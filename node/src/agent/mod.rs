@@ -1,7 +1,8 @@
 //! The node agent: the parts a member is made of, and the one invocation path every
 //! trigger uses ([`Node::call`]).
 //!
-//! - [`registry`]: deployed functions by name;
+//! - [`registry`]: deployed functions by key (`NAME` or `NAME.NAMESPACE`);
+//! - [`access`]: tokens, namespaces and their quotas;
 //! - [`admission`]: per-function concurrency (429 beyond it);
 //! - [`queue`]: the durable async queue and its workers;
 //! - [`callbacks`]: async results POSTed to their callers.
@@ -9,6 +10,7 @@
 //! The sandboxes are behind [`Executors`](crate::executor::Executors); the node never
 //! branches on a function's runtime.
 
+pub mod access;
 pub mod admission;
 pub mod callbacks;
 pub mod queue;
@@ -90,7 +92,8 @@ pub struct Node {
     store: Store,
     queue: queue::AsyncQueue,
     callbacks: callbacks::Callbacks,
-    token: String,
+    pub access: access::Access,
+    pub secrets: crate::secrets::Secrets,
     started: Instant,
 }
 
@@ -107,6 +110,11 @@ pub enum DeployError {
     Exec(#[from] ExecError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Past its namespace's quota (403).
+    #[error("{0}")]
+    Quota(String),
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretError),
 }
 
 /// Why a call produced no output.
@@ -125,6 +133,9 @@ pub enum InvokeError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// The label whose change tells members a function's secrets changed.
+pub const SECRETS_REV: &str = "fogline.dev/secrets-rev";
 
 /// What a deploy did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -168,10 +179,17 @@ impl Node {
             .map_err(|e| anyhow::anyhow!("cannot create data folder {}: {e}", dir.display()))?;
         let (token, new_token) = crate::token::load_or_create(&dir.join("admin.token"))?;
         let store = Store::open(&dir.join("store"))?;
+        let access = access::Access::open(token, &store, config.quota.clone())?;
+        let secrets = crate::secrets::Secrets::open(&config, &store)?;
         let id = member_id(&config)?;
         let executors = Executors::open(&config, &id).await?;
         let functions = Functions::default();
         for f in store.functions()? {
+            if !f.manifest.secrets.is_empty() {
+                if let Err(e) = secrets.mount(&f.manifest.name, &f.manifest.secrets) {
+                    tracing::warn!(function = %f.manifest.name, "its secrets are not laid out: {e}");
+                }
+            }
             functions.insert(Deployed::new(f.manifest, f.created_at));
         }
         let pending: Vec<u64> = store.pending()?.into_iter().map(|(id, _)| id).collect();
@@ -198,7 +216,8 @@ impl Node {
                 config.async_calls.callback_allow.clone(),
                 webhook_secret(&dir.join("webhook.secret"))?,
             ),
-            token,
+            access,
+            secrets,
             started: Instant::now(),
             config,
         };
@@ -209,8 +228,31 @@ impl Node {
         })
     }
 
+    /// The admin token.
     pub fn token(&self) -> &str {
-        &self.token
+        self.access.admin_token()
+    }
+
+    /// Whether a caller without a token may invoke the function of key `key`: in the
+    /// default namespace unless `http.invoke_requires_token`, elsewhere when the namespace
+    /// is public.
+    pub fn open_to_anyone(&self, key: &str) -> bool {
+        match key.split_once('.') {
+            None => !self.config.http.invoke_requires_token,
+            Some((_, ns)) => self.access.is_public(ns),
+        }
+    }
+
+    /// What namespace `ns` holds now.
+    fn usage(&self, ns: &str) -> fogline_core::access::Usage {
+        let mut u = fogline_core::access::Usage::default();
+        for f in self.list() {
+            if fogline_core::access::split(&f.manifest.name).1 == ns {
+                u.functions += 1;
+                u.memory += f.manifest.memory.bytes();
+            }
+        }
+        u
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -273,6 +315,16 @@ impl Node {
         if must_exist && previous.is_none() {
             return Err(DeployError::NotFound(manifest.name));
         }
+        let ns = fogline_core::access::split(&manifest.name).1;
+        if let Some(q) = self.access.quota(ns) {
+            q.admits_deploy(
+                ns,
+                self.usage(ns),
+                manifest.memory.bytes(),
+                previous.as_ref().map(|p| p.manifest.memory.bytes()),
+            )
+            .map_err(|d| DeployError::Quota(d.0))?;
+        }
         // Code that travels by hash: the bytes given, or the ones stored.
         let digest = manifest.module;
         let bytes = match (digest, module) {
@@ -284,6 +336,14 @@ impl Node {
                     .ok_or(DeployError::UnknownModule(d))?,
             ),
         };
+        if !manifest.secrets.is_empty() {
+            self.secrets.mount(&manifest.name, &manifest.secrets)?;
+        } else if previous
+            .as_ref()
+            .is_some_and(|p| !p.manifest.secrets.is_empty())
+        {
+            self.secrets.unmount(&manifest.name);
+        }
         let compile = if self.roles.runs_functions {
             let exec = self.executors.of(&manifest)?;
             if let Some(prev) = &previous {
@@ -346,6 +406,38 @@ impl Node {
         })
     }
 
+    /// After `secret` of `ns` changed: every function naming it is deployed again with a
+    /// new `fogline.dev/secrets-rev` label, so its folder here is laid out anew and the
+    /// members a router places it on (which compare manifests) fetch the new value. After
+    /// a removal the folders are laid out without it; the functions keep running.
+    pub async fn refresh_secret(&self, ns: &str, secret: &str, removed: bool) {
+        for f in self.list() {
+            let m = &f.manifest;
+            let (_, f_ns) = fogline_core::access::split(&m.name);
+            if f_ns != ns || !m.secrets.iter().any(|s| s == secret) {
+                continue;
+            }
+            if removed {
+                let present: Vec<String> = m
+                    .secrets
+                    .iter()
+                    .filter(|s| self.secrets.get(ns, s).is_ok())
+                    .cloned()
+                    .collect();
+                if let Err(e) = self.secrets.mount(&m.name, &present) {
+                    tracing::warn!(function = %m.name, "laying out its secrets: {e}");
+                }
+                continue;
+            }
+            let mut m = m.clone();
+            m.labels
+                .insert(SECRETS_REV.to_string(), new_call_id()[..12].to_string());
+            if let Err(e) = self.deploy(m, None, true).await {
+                tracing::warn!(function = %f.manifest.name, "deploying again with the new secret: {e}");
+            }
+        }
+    }
+
     /// Removes a function; returns false when there was none.
     pub async fn remove(&self, name: &str) -> Result<bool, DeployError> {
         let Some(old) = self.functions.remove(name) else {
@@ -359,6 +451,9 @@ impl Node {
                     e.forget_code(&old.manifest).await;
                 }
             }
+        }
+        if !old.manifest.secrets.is_empty() {
+            self.secrets.unmount(name);
         }
         self.metrics.remove(name);
         self.logs.remove(name);
@@ -393,6 +488,7 @@ impl Node {
     /// Stops what the sandboxes run (at stop).
     pub async fn stop_sandboxes(&self) {
         self.executors.stop().await;
+        self.secrets.unmount_all();
     }
 
     /// Loads a deployed function ahead of calls (the router's prepare-ahead).
@@ -418,6 +514,20 @@ impl Node {
     /// The one invocation path every trigger uses: placed by the router when this is one,
     /// else run here. (A call for an explicit member goes through [`Node::call_at`].)
     pub async fn call(
+        &self,
+        name: &str,
+        body: Bytes,
+    ) -> Result<crate::dispatch::Placed, crate::dispatch::Refused> {
+        let _slot = self
+            .access
+            .admit_call(fogline_core::access::split(name).1)
+            .map_err(|e| crate::dispatch::Refused::new(429, e))?;
+        self.place(name, body).await
+    }
+
+    /// [`Node::call`] without counting it against its namespace's concurrency quota (the
+    /// async workers, bounded by their own number).
+    pub async fn place(
         &self,
         name: &str,
         body: Bytes,
@@ -738,6 +848,17 @@ impl crate::mesh::Reporter for Node {
 impl ModuleSource for Node {
     fn module(&self, digest: &Digest) -> Option<Bytes> {
         Node::module(self, digest)
+    }
+
+    /// Only secrets the function deployed here names, of its own namespace.
+    fn secrets(&self, key: &str, names: &[String]) -> Option<fogline_core::wire::SecretValues> {
+        let f = self.lookup(key)?;
+        let ns = fogline_core::access::split(key).1;
+        names
+            .iter()
+            .filter(|n| f.manifest.secrets.contains(n))
+            .map(|n| self.secrets.get(ns, n).ok().map(|v| (n.clone(), v)))
+            .collect()
     }
 }
 

@@ -81,16 +81,20 @@ impl Node {
         Ok(hex::encode(public))
     }
 
-    /// The result of the async call its caller knows as `id`: `Ok(None)` when unknown,
-    /// `Some(None)` when still queued.
-    pub fn call_result(&self, id: &str) -> Result<Option<Option<CallResult>>, StoreError> {
+    /// The function and result of the async call its caller knows as `id`: `Ok(None)`
+    /// when unknown, no result when still queued.
+    #[allow(clippy::type_complexity)]
+    pub fn call_result(
+        &self,
+        id: &str,
+    ) -> Result<Option<(String, Option<CallResult>)>, StoreError> {
         let Some(id) = self.internal_call_id(id)? else {
             return Ok(None);
         };
         if let Some(r) = self.store.result(id)? {
-            return Ok(Some(Some(r)));
+            return Ok(Some((r.function.clone(), Some(r))));
         }
-        Ok(self.store.call(id)?.map(|_| None))
+        Ok(self.store.call(id)?.map(|c| (c.function, None)))
     }
 
     /// The call a caller's id names: 32 hex digits (128 random bits), or the 16 hex digits
@@ -155,7 +159,7 @@ impl Node {
             }
         };
         let (status, body) = loop {
-            match self.call(&call.function, call.body.clone()).await {
+            match self.place(&call.function, call.body.clone()).await {
                 Ok(out) => break (200u16, out.body),
                 // Busy is back-pressure, not a result: wait and try again.
                 Err(e) if e.status == 429 => tokio::time::sleep(Duration::from_millis(20)).await,

@@ -62,6 +62,8 @@ struct Pool {
 
 /// Runs container functions.
 pub struct ContainerExecutor {
+    /// Where each function's secrets are laid out (see [`crate::secrets`]).
+    secrets_root: Option<std::path::PathBuf>,
     docker: Docker,
     node: String,
     owner: String,
@@ -113,6 +115,7 @@ impl ContainerExecutor {
             Err(_) => docker,
         };
         Ok(ContainerExecutor {
+            secrets_root: None,
             docker,
             node: node.to_string(),
             owner: owner.to_string(),
@@ -123,6 +126,13 @@ impl ContainerExecutor {
             in_use: AtomicU32::new(0),
             down: Mutex::new(None),
         })
+    }
+
+    /// Functions that name secrets see their folder under `root` at
+    /// `/var/openfaas/secrets`, bind-mounted read-only from a memory-backed filesystem.
+    pub fn with_secrets(mut self, root: std::path::PathBuf) -> Self {
+        self.secrets_root = Some(root);
+        self
     }
 
     /// Whether the engine answers now.
@@ -302,6 +312,14 @@ impl ContainerExecutor {
                     "/tmp".to_string(),
                     format!("rw,noexec,nosuid,size={}", c.tmpfs.bytes()),
                 )])),
+                binds: match (&self.secrets_root, m.secrets.is_empty()) {
+                    (Some(root), false) => Some(vec![format!(
+                        "{}:{}:ro",
+                        crate::secrets::function_dir(root, &m.name).display(),
+                        crate::secrets::GUEST_DIR
+                    )]),
+                    _ => None,
+                },
                 cap_drop: Some(vec!["ALL".into()]),
                 security_opt: Some(vec!["no-new-privileges".into()]),
                 ..Default::default()

@@ -177,4 +177,10 @@ pub trait Executor: Send + Sync + 'static {
 /// Where an executor gets a module's bytes when it needs them again.
 pub trait ModuleSource: Send + Sync {
     fn module(&self, digest: &fogline_core::Digest) -> Option<Bytes>;
+
+    /// The values of function `key`'s secrets `names`, for the member it is placed on
+    /// (asked only while that member deploys it). None: this side holds none.
+    fn secrets(&self, _key: &str, _names: &[String]) -> Option<fogline_core::wire::SecretValues> {
+        None
+    }
 }

@@ -23,7 +23,9 @@ impl Executors {
     /// container engine) is kept as the reason, which its functions' calls answer with.
     pub async fn open(config: &NodeConfig, id: &str) -> anyhow::Result<Executors> {
         let dir = &config.node.data_dir;
-        let wasm = Arc::new(WasmExecutor::new(&config.wasm, dir.join("compiled"))?);
+        let secrets = crate::secrets::mount_root(config);
+        let wasm =
+            Arc::new(WasmExecutor::new(&config.wasm, dir.join("compiled"))?.with_secrets(secrets));
         Ok(Executors {
             slots: vec![
                 (Runtime::Wasm, Ok(Arc::new(wasm) as Arc<dyn Executor>)),
@@ -112,7 +114,8 @@ async fn open_containers(config: &NodeConfig, id: &str) -> Result<Arc<ContainerE
     let c =
         ContainerExecutor::connect(&config.container.socket, id, &owner, max_output, max_stderr)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .with_secrets(crate::secrets::mount_root(config));
     match c.ping().await {
         Ok(()) => match c.sweep().await {
             Ok(0) => {}

@@ -46,6 +46,8 @@ const IDLE_PARK: Duration = Duration::from_secs(1);
 
 /// Runs Wasm functions.
 pub struct WasmExecutor {
+    /// Where each function's secrets are laid out (see [`crate::secrets`]).
+    secrets_root: Option<PathBuf>,
     engine: Engine,
     linker: Linker<Ctx>,
     /// Compiled modules in memory, each with when it was last used (a tick of `uses`), at
@@ -169,6 +171,7 @@ impl WasmExecutor {
                 .map_err(|e| ExecError::Internal(format!("starting epoch ticker: {e}")))?
         };
         Ok(WasmExecutor {
+            secrets_root: None,
             engine,
             linker,
             modules: RwLock::new(HashMap::new()),
@@ -186,6 +189,13 @@ impl WasmExecutor {
             stop_ticker,
             dirs: super::dirs::DirPolicy::new(&cfg.allowed_dirs, cfg.allow_write_dirs),
         })
+    }
+
+    /// Functions that name secrets see their folder under `root` at
+    /// `/var/openfaas/secrets`, read-only.
+    pub fn with_secrets(mut self, root: PathBuf) -> Self {
+        self.secrets_root = Some(root);
+        self
     }
 
     /// Whether instances come from the pooling allocator.
@@ -337,6 +347,13 @@ impl WasmExecutor {
             b.preopened_dir(&host, &d.guest, perms).map_err(|e| {
                 ExecError::Unavailable(format!("cannot open granted directory {}: {e}", d.host))
             })?;
+        }
+        if let (false, Some(root)) = (manifest.secrets.is_empty(), &self.secrets_root) {
+            let host = crate::secrets::function_dir(root, &manifest.name);
+            b.preopened_dir(&host, crate::secrets::GUEST_DIR, FsPerms::ReadOnly)
+                .map_err(|e| {
+                    ExecError::Unavailable(format!("cannot open its secrets folder: {e}"))
+                })?;
         }
         let limit = usize::try_from(manifest.memory.bytes()).unwrap_or(usize::MAX);
         let mut store = Store::new(

@@ -95,6 +95,20 @@ async fn send_module(
     write_body(send, &bytes).await
 }
 
+/// Answers a peer's request for a function's secrets with their values; when this side
+/// holds none, with an empty list (the peer's deploy then names what is missing).
+async fn send_secrets(
+    send: &mut SendStream,
+    modules: &dyn ModuleSource,
+    key: &str,
+    names: &[String],
+) -> Result<(), QuicError> {
+    let values = modules.secrets(key, names).unwrap_or_default();
+    let bytes = postcard::to_allocvec(&values)
+        .map_err(|e| QuicError::Unexpected(format!("encoding secrets: {e}")))?;
+    write_body(send, &Bytes::from(bytes)).await
+}
+
 /// A QUIC client keeping one connection per peer, with TLS session resumption.
 pub struct Client {
     endpoint: Endpoint,
@@ -305,6 +319,9 @@ impl Client {
                     send_module(&mut send, modules, &d).await?;
                     sent_module = true;
                 }
+                Frame::NeedSecrets(names) => {
+                    send_secrets(&mut send, modules, &req.function, &names).await?
+                }
                 Frame::Result(result) => {
                     let body = r.body(result.body_len, u64::MAX).await?;
                     let _ = send.finish();
@@ -346,6 +363,9 @@ impl Client {
         loop {
             match r.next().await? {
                 Frame::NeedModule(d) => send_module(&mut send, modules, &d).await?,
+                Frame::NeedSecrets(names) => {
+                    send_secrets(&mut send, modules, &manifest.name, &names).await?
+                }
                 Frame::StatusReply(c) => {
                     let _ = send.finish();
                     return Ok(c);

@@ -136,6 +136,7 @@ pub(crate) fn name(f: &Frame) -> &'static str {
         Frame::Status => "Status",
         Frame::StatusReply(_) => "StatusReply",
         Frame::Prepare(_) => "Prepare",
+        Frame::NeedSecrets(_) => "NeedSecrets",
     }
 }
 

@@ -142,8 +142,17 @@ impl Driver {
         content_format: Option<u16>,
         accept: Option<u16>,
     ) -> Reply {
-        if let Err(e) = fogline_core::manifest::validate_name(function) {
+        if let Err(e) = fogline_core::manifest::validate_key(function) {
             return Reply::error(400, &e.to_string());
+        }
+        if !node.open_to_anyone(function) {
+            // CoAP carries no token: only what anyone may invoke is served here.
+            node.metrics
+                .refused("reason=\"token\",problem=\"missing\"".into());
+            return Reply::error(
+                401,
+                &format!("{function} needs a token to invoke, which CoAP cannot carry; call it over HTTP or QUIC"),
+            );
         }
         let call = node.call(function, Bytes::from(body));
         tokio::pin!(call);

@@ -13,6 +13,13 @@
 //! | `GET /v1/calls/{id}` | an async call's result |
 //! | `GET /v1/status` | node status |
 //! | `GET /v1/mesh` | the gossip mesh as this node sees it |
+//! | `GET/POST /system/namespaces` | namespaces (creating one needs the admin token) |
+//! | `GET/POST/PUT/DELETE /system/secrets` | a namespace's secrets (names only ever listed) |
+//! | `GET/POST /v1/tokens`, `DELETE /v1/tokens/{id}` | minted tokens (admin) |
+//!
+//! Every route but invocations and `/healthz` needs a token; what each token may do is
+//! [`fogline_core::access`]. System routes take `?namespace=` (default `openfaas-fn`);
+//! invocations name a namespace as `/function/NAME.NAMESPACE`.
 
 // Helpers return a ready `Response` as their error: it goes straight back to axum, so boxing
 // it would only add an allocation on the error path.
@@ -21,14 +28,14 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
-use fogline_core::manifest::validate_name;
+use fogline_core::access::{Grant, Need, Scope};
 use fogline_core::openfaas::{
-    check_namespace, DeleteFunctionRequest, FunctionDeployment, FunctionStatus, GatewayInfo,
+    namespace_of, DeleteFunctionRequest, FunctionDeployment, FunctionStatus, GatewayInfo,
     ProviderInfo, VersionInfo,
 };
 use fogline_core::{FunctionManifest, ManifestError};
@@ -145,6 +152,19 @@ pub fn router(node: Shared) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/mesh", get(mesh_view))
         .route("/v1/placements", get(placements))
+        .route(
+            "/system/namespaces",
+            get(list_namespaces).post(create_namespace),
+        )
+        .route(
+            "/system/secrets",
+            get(list_secrets)
+                .post(create_secret)
+                .put(update_secret)
+                .delete(delete_secret),
+        )
+        .route("/v1/tokens", get(list_tokens).post(mint_token))
+        .route("/v1/tokens/{id}", delete(revoke_token))
         .route_layer(axum::middleware::from_fn_with_state(
             node.clone(),
             require_token,
@@ -156,14 +176,17 @@ pub fn router(node: Shared) -> Router {
         .with_state(node)
 }
 
-/// Lets a request through only with the token.
+/// Lets a request through only with a valid token, whose grant the handler then checks.
 async fn require_token(
     State(node): State<Shared>,
-    req: axum::extract::Request,
+    mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    match authorize(&node, req.headers()) {
-        Ok(()) => next.run(req).await,
+    match authenticate(&node, req.headers()) {
+        Ok(grant) => {
+            req.extensions_mut().insert(grant);
+            next.run(req).await
+        }
         Err(r) => r,
     }
 }
@@ -189,22 +212,20 @@ async fn invoke_sub(
 }
 
 async fn invoke_inner(node: Shared, name: String, headers: HeaderMap, body: Body) -> Response {
-    if node.config.http.invoke_requires_token {
-        if let Err(r) = authorize(&node, &headers) {
-            return r;
-        }
-    }
     let name = match function_name(&name) {
         Ok(n) => n,
         Err(r) => return r,
     };
+    if let Err(r) = may_invoke(&node, &name, &headers) {
+        return r;
+    }
     let body = match read_body(body, &headers, node.config.http.max_body.bytes()).await {
         Ok(b) => b,
         Err(r) => return r,
     };
     if let Some(target) = headers.get("x-fogline-target") {
         // Making this member dial an address of the caller's choice is an admin's call.
-        if let Err(r) = authorize(&node, &headers) {
+        if let Err(r) = authorize(&node, &headers, Need::Admin) {
             return r;
         }
         return with_call_id(forward(&node, &name, body, target).await);
@@ -307,15 +328,13 @@ async fn invoke_async_inner(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if node.config.http.invoke_requires_token {
-        if let Err(r) = authorize(&node, &headers) {
-            return r;
-        }
-    }
     let name = match function_name(&name) {
         Ok(n) => n,
         Err(r) => return r,
     };
+    if let Err(r) = may_invoke(&node, &name, &headers) {
+        return r;
+    }
     // The node checks it against `[async] callback_allow`.
     let callback = match headers.get("x-callback-url").map(|v| v.to_str()) {
         None => None,
@@ -351,7 +370,14 @@ struct Limit {
     limit: Option<usize>,
 }
 
-async fn placements(State(node): State<Shared>, Query(q): Query<Limit>) -> Response {
+async fn placements(
+    State(node): State<Shared>,
+    Extension(grant): Extension<Grant>,
+    Query(q): Query<Limit>,
+) -> Response {
+    if let Err(r) = permit(&node, &grant, Need::Member) {
+        return r;
+    }
     match node.links.dispatch.get() {
         Some(d) => axum::Json(d.placements(q.limit.unwrap_or(100))).into_response(),
         None => text(
@@ -361,8 +387,20 @@ async fn placements(State(node): State<Shared>, Query(q): Query<Limit>) -> Respo
     }
 }
 
-async fn call_result(State(node): State<Shared>, Path(id): Path<String>) -> Response {
-    match node.call_result(&id) {
+async fn call_result(
+    State(node): State<Shared>,
+    Extension(grant): Extension<Grant>,
+    Path(id): Path<String>,
+) -> Response {
+    let found = node.call_result(&id);
+    // A call is read by a token of its function's namespace.
+    if let Ok(Some((function, _))) = &found {
+        let ns = fogline_core::access::split(function).1;
+        if let Err(r) = permit(&node, &grant, Need::Any(ns)) {
+            return r;
+        }
+    }
+    match found.map(|f| f.map(|(_, r)| r)) {
         Ok(None) => text(
             StatusCode::NOT_FOUND,
             format!("call {id:?} not found (call ids are 32 hex digits; results are kept for a limited time)"),
@@ -398,37 +436,94 @@ fn invoke_error(e: InvokeError) -> Response {
     r
 }
 
-/// `name` or `name.namespace`, as OpenFaaS routes write it.
+/// The key of the function an invocation route names: `name` or `name.namespace`, as
+/// OpenFaaS routes write it.
 fn function_name(raw: &str) -> Result<String, Response> {
     let (name, ns) = match raw.split_once('.') {
         Some((n, ns)) => (n, Some(ns)),
         None => (raw, None),
     };
-    if let Err(e) = check_namespace(ns) {
-        return Err(text(
+    fogline_core::access::qualify(name, ns).map_err(|e| {
+        text(
             StatusCode::NOT_FOUND,
             format!("function {raw:?} not found: {}", e.problem),
-        ));
-    }
-    Ok(name.to_string())
+        )
+    })
 }
 
-// ---- management -----------------------------------------------------------------------
+/// Whether this request may invoke the function of key `key`: open in the default
+/// namespace (unless `http.invoke_requires_token`) and in public namespaces; elsewhere a
+/// token with the invoke scope of its namespace.
+fn may_invoke(node: &Node, key: &str, headers: &HeaderMap) -> Result<(), Response> {
+    if node.open_to_anyone(key) {
+        return Ok(());
+    }
+    let ns = fogline_core::access::split(key).1;
+    authorize(node, headers, Need::In(Scope::Invoke, ns)).map(drop)
+}
 
-async fn list_functions(State(node): State<Shared>) -> Response {
-    let list: Vec<FunctionStatus> = node.list().iter().map(|f| describe(&node, f)).collect();
+async fn list_functions(
+    State(node): State<Shared>,
+    Extension(grant): Extension<Grant>,
+    q: Query<NamespaceQuery>,
+) -> Response {
+    let ns = match scoped(&node, &grant, q.namespace.as_deref(), Scope::Read) {
+        Ok(ns) => ns,
+        Err(r) => return r,
+    };
+    let list: Vec<FunctionStatus> = node
+        .list()
+        .iter()
+        .filter(|f| fogline_core::access::split(&f.manifest.name).1 == ns)
+        .map(|f| describe(&node, f))
+        .collect();
     axum::Json(list).into_response()
+}
+
+/// The namespace a system route names (`?namespace=`, default `openfaas-fn`), when it
+/// exists and the grant has `scope` there; 404 when it does not (or cannot, by its name).
+fn scoped(node: &Node, grant: &Grant, ns: Option<&str>, scope: Scope) -> Result<String, Response> {
+    scoped_or(node, grant, ns, scope, StatusCode::NOT_FOUND)
+}
+
+/// [`scoped`], answering `missing` for a namespace that does not exist (400 where a
+/// route documents no 404: creating).
+fn scoped_or(
+    node: &Node,
+    grant: &Grant,
+    ns: Option<&str>,
+    scope: Scope,
+    missing: StatusCode,
+) -> Result<String, Response> {
+    let ns = namespace_of(ns)
+        .map_err(|e| text(missing, format!("namespace does not exist: {}", e.problem)))?;
+    permit(node, grant, Need::In(scope, ns))?;
+    if !node.access.exists(ns) {
+        return Err(text(
+            missing,
+            format!("namespace {ns:?} does not exist (create it with POST /system/namespaces or `fogline namespace create`)"),
+        ));
+    }
+    Ok(ns.to_string())
 }
 
 async fn function_status(
     State(node): State<Shared>,
+    Extension(grant): Extension<Grant>,
     Path(name): Path<String>,
     q: Query<NamespaceQuery>,
 ) -> Response {
-    if let Err(e) = check_namespace(q.namespace.as_deref()) {
-        return text(StatusCode::NOT_FOUND, e.to_string());
-    }
-    match node.lookup(&name) {
+    let ns = match scoped(&node, &grant, q.namespace.as_deref(), Scope::Read) {
+        Ok(ns) => ns,
+        Err(r) => return r,
+    };
+    let Ok(key) = fogline_core::access::qualify(&name, Some(&ns)) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("function {name:?} not found"),
+        );
+    };
+    match node.lookup(&key) {
         Some(f) => axum::Json(describe(&node, &f)).into_response(),
         None => text(
             StatusCode::NOT_FOUND,
@@ -451,26 +546,49 @@ fn describe(node: &Node, f: &crate::agent::Deployed) -> FunctionStatus {
     )
 }
 
-async fn deploy_function(State(node): State<Shared>, headers: HeaderMap, body: Body) -> Response {
-    deploy_openfaas(node, headers, body, false).await
+async fn deploy_function(
+    State(node): State<Shared>,
+    Extension(grant): Extension<Grant>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    deploy_openfaas(node, grant, headers, body, false).await
 }
 
-async fn update_function(State(node): State<Shared>, headers: HeaderMap, body: Body) -> Response {
-    deploy_openfaas(node, headers, body, true).await
+async fn update_function(
+    State(node): State<Shared>,
+    Extension(grant): Extension<Grant>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    deploy_openfaas(node, grant, headers, body, true).await
 }
 
-async fn deploy_openfaas(node: Shared, headers: HeaderMap, body: Body, update: bool) -> Response {
-    if let Err(r) = authorize(&node, &headers) {
-        return r;
-    }
-    let body = match read_body(body, &headers, 1 << 20).await {
-        Ok(b) => b,
+async fn deploy_openfaas(
+    node: Shared,
+    grant: Grant,
+    headers: HeaderMap,
+    body: Body,
+    update: bool,
+) -> Response {
+    let dep: FunctionDeployment = match json_body(&headers, body, 1 << 20).await {
+        Ok(v) => v,
         Err(r) => return r,
     };
-    let dep: FunctionDeployment = match parse_json(&body) {
-        Ok(d) => d,
-        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+    let missing = if update {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::BAD_REQUEST
     };
+    if let Err(r) = scoped_or(
+        &node,
+        &grant,
+        dep.namespace.as_deref(),
+        Scope::Deploy,
+        missing,
+    ) {
+        return r;
+    }
     let manifest = match dep.to_manifest() {
         Ok(m) => m,
         Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
@@ -482,19 +600,28 @@ async fn deploy_openfaas(node: Shared, headers: HeaderMap, body: Body, update: b
     }
 }
 
-async fn delete_function(State(node): State<Shared>, headers: HeaderMap, body: Body) -> Response {
-    if let Err(r) = authorize(&node, &headers) {
-        return r;
-    }
-    let body = match read_body(body, &headers, 64 * 1024).await {
-        Ok(b) => b,
+async fn delete_function(
+    State(node): State<Shared>,
+    Extension(grant): Extension<Grant>,
+    q: Query<NamespaceQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let ns = match scoped(&node, &grant, q.namespace.as_deref(), Scope::Deploy) {
+        Ok(ns) => ns,
         Err(r) => return r,
     };
-    let req: DeleteFunctionRequest = match parse_json(&body) {
-        Ok(d) => d,
-        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+    let req: DeleteFunctionRequest = match json_body(&headers, body, 64 * 1024).await {
+        Ok(v) => v,
+        Err(r) => return r,
     };
-    match node.remove(&req.function_name).await {
+    let Ok(key) = fogline_core::access::qualify(&req.function_name, Some(&ns)) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("function {:?} not found", req.function_name),
+        );
+    };
+    match node.remove(&key).await {
         Ok(true) => text(
             StatusCode::OK,
             format!("function {:?} deleted", req.function_name),
@@ -511,16 +638,26 @@ async fn delete_function(State(node): State<Shared>, headers: HeaderMap, body: B
 /// header carries the rest of the manifest as JSON (name and module are filled in).
 async fn upload_function(
     State(node): State<Shared>,
+    Extension(grant): Extension<Grant>,
     Path(name): Path<String>,
+    q: Query<NamespaceQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Err(r) = authorize(&node, &headers) {
-        return r;
-    }
-    if let Err(e) = validate_name(&name) {
-        return text(StatusCode::BAD_REQUEST, e.to_string());
-    }
+    let ns = match scoped_or(
+        &node,
+        &grant,
+        q.namespace.as_deref(),
+        Scope::Deploy,
+        StatusCode::BAD_REQUEST,
+    ) {
+        Ok(ns) => ns,
+        Err(r) => return r,
+    };
+    let name = match fogline_core::access::qualify(&name, Some(&ns)) {
+        Ok(k) => k,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+    };
     let mut spec = match headers.get("x-fogline-manifest").map(|v| v.as_bytes()) {
         None => serde_json::Map::new(),
         Some(raw) => match serde_json::from_slice::<serde_json::Value>(raw) {
@@ -579,8 +716,14 @@ async fn upload_function(
 
 /// `PUT /v1/images`: the body is an image tar (as `docker save` writes it), loaded into
 /// this node's container engine; answers with the image names it held.
-async fn upload_image(State(node): State<Shared>, headers: HeaderMap, body: Body) -> Response {
-    if let Err(r) = authorize(&node, &headers) {
+async fn upload_image(
+    State(node): State<Shared>,
+    Extension(grant): Extension<Grant>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    // Images go into the host's engine, shared by every namespace.
+    if let Err(r) = permit(&node, &grant, Need::Admin) {
         return r;
     }
     let tar = match read_body(
@@ -608,8 +751,13 @@ async fn upload_image(State(node): State<Shared>, headers: HeaderMap, body: Body
     }
 }
 
-async fn upload_module(State(node): State<Shared>, headers: HeaderMap, body: Body) -> Response {
-    if let Err(r) = authorize(&node, &headers) {
+async fn upload_module(
+    State(node): State<Shared>,
+    Extension(grant): Extension<Grant>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Err(r) = permit(&node, &grant, Need::DeployAnywhere) {
         return r;
     }
     let module = match read_body(body, &headers, node.config.http.max_module.bytes()).await {
@@ -637,6 +785,12 @@ fn deploy_error(e: DeployError) -> Response {
         DeployError::Exec(crate::executor::ExecError::Unavailable(_)) => {
             StatusCode::SERVICE_UNAVAILABLE
         }
+        DeployError::Quota(_) => StatusCode::FORBIDDEN,
+        // A deploy naming a secret that does not exist is a bad request, not a missing route.
+        DeployError::Secret(crate::secrets::SecretError::NotFound { .. }) => {
+            StatusCode::BAD_REQUEST
+        }
+        DeployError::Secret(e) => return secret_error(e),
         DeployError::Exec(_) | DeployError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     text(status, e.to_string())
@@ -690,6 +844,7 @@ fn parse_tail(t: Option<&str>) -> Result<i64, String> {
 
 async fn function_logs(
     State(node): State<Shared>,
+    Extension(grant): Extension<Grant>,
     q: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let q = match q {
@@ -701,10 +856,15 @@ async fn function_logs(
             )
         }
     };
-    if let Err(e) = check_namespace(q.namespace.as_deref()) {
-        return text(StatusCode::NOT_FOUND, e.to_string());
-    }
-    if node.lookup(&q.name).is_none() {
+    let ns = match scoped(&node, &grant, q.namespace.as_deref(), Scope::Read) {
+        Ok(ns) => ns,
+        Err(r) => return r,
+    };
+    let key = match fogline_core::access::qualify(&q.name, Some(&ns)) {
+        Ok(k) => k,
+        Err(e) => return text(StatusCode::NOT_FOUND, e.to_string()),
+    };
+    if node.lookup(&key).is_none() {
         return text(
             StatusCode::NOT_FOUND,
             format!("function {:?} not found", q.name),
@@ -715,7 +875,7 @@ async fn function_logs(
         Err(e) => return text(StatusCode::BAD_REQUEST, e),
     };
     let mut out = String::new();
-    for entry in node.logs.tail(&q.name, tail) {
+    for entry in node.logs.tail(&key, tail) {
         if let Ok(line) = serde_json::to_string(&entry) {
             out.push_str(&line);
             out.push('\n');
@@ -724,7 +884,10 @@ async fn function_logs(
     ([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response()
 }
 
-async fn metrics(State(node): State<Shared>) -> Response {
+async fn metrics(State(node): State<Shared>, Extension(grant): Extension<Grant>) -> Response {
+    if let Err(r) = permit(&node, &grant, Need::Member) {
+        return r;
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         node.metrics.render(&node.gauges()),
@@ -732,11 +895,17 @@ async fn metrics(State(node): State<Shared>) -> Response {
         .into_response()
 }
 
-async fn status(State(node): State<Shared>) -> Response {
+async fn status(State(node): State<Shared>, Extension(grant): Extension<Grant>) -> Response {
+    if let Err(r) = permit(&node, &grant, Need::Member) {
+        return r;
+    }
     axum::Json(node.status()).into_response()
 }
 
-async fn mesh_view(State(node): State<Shared>) -> Response {
+async fn mesh_view(State(node): State<Shared>, Extension(grant): Extension<Grant>) -> Response {
+    if let Err(r) = permit(&node, &grant, Need::Member) {
+        return r;
+    }
     match node.links.mesh.get() {
         Some(m) => axum::Json(serde_json::json!({ "self": m.address, "members": m.rows() }))
             .into_response(),
@@ -769,36 +938,363 @@ fn text(status: StatusCode, msg: impl Into<String>) -> Response {
         .into_response()
 }
 
-/// Admin routes take `Authorization: Bearer TOKEN`, or Basic auth with the token as the
-/// password (what faas-cli sends).
-fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), Response> {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            if let Some(t) = v.strip_prefix("Bearer ") {
-                Some(t.trim().to_string())
-            } else {
-                let b = v.strip_prefix("Basic ")?;
-                let decoded = base64_decode(b.trim())?;
-                let s = String::from_utf8(decoded).ok()?;
-                Some(s.split_once(':')?.1.to_string())
-            }
-        });
-    match given {
-        Some(t) if constant_time_eq(t.as_bytes(), node.token().as_bytes()) => Ok(()),
-        Some(_) => {
+/// The token a request carries: `Authorization: Bearer TOKEN`, or Basic auth with the
+/// token as the password (what faas-cli sends).
+fn given_token(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    if let Some(t) = v.strip_prefix("Bearer ") {
+        return Some(t.trim().to_string());
+    }
+    let b = v.strip_prefix("Basic ")?;
+    let decoded = base64_decode(b.trim())?;
+    let s = String::from_utf8(decoded).ok()?;
+    Some(s.split_once(':')?.1.to_string())
+}
+
+/// The grant of the request's token; 401 without a valid one.
+fn authenticate(node: &Node, headers: &HeaderMap) -> Result<Grant, Response> {
+    use crate::agent::access::AuthError;
+    match node.access.authenticate(given_token(headers).as_deref()) {
+        Ok(g) => Ok(g),
+        Err(AuthError::Wrong) => {
             node.metrics
                 .refused("reason=\"token\",problem=\"wrong\"".into());
-            Err(unauthorized("the token is wrong"))
+            Err(unauthorized("the token is wrong (or was revoked)"))
         }
-        None => {
+        Err(AuthError::Missing) => {
             node.metrics
                 .refused("reason=\"token\",problem=\"missing\"".into());
             Err(unauthorized(
-                "this route needs the admin token: send Authorization: Bearer <token> (the token is in <data-dir>/admin.token)",
+                "this route needs a token: send Authorization: Bearer <token> (the admin token is in <data-dir>/admin.token)",
             ))
         }
+    }
+}
+
+/// 403 naming what the grant lacks.
+fn permit(node: &Node, grant: &Grant, need: Need<'_>) -> Result<(), Response> {
+    grant.allows(need).map_err(|d| {
+        node.metrics
+            .refused("reason=\"scope\",problem=\"denied\"".into());
+        text(StatusCode::FORBIDDEN, d.0)
+    })
+}
+
+/// [`authenticate`], then [`permit`].
+fn authorize(node: &Node, headers: &HeaderMap, need: Need<'_>) -> Result<Grant, Response> {
+    let g = authenticate(node, headers)?;
+    permit(node, &g, need)?;
+    Ok(g)
+}
+
+// ---- secrets --------------------------------------------------------------------------
+
+fn secret_error(e: &crate::secrets::SecretError) -> Response {
+    use crate::secrets::SecretError as E;
+    let status = match e {
+        E::NotFound { .. } => StatusCode::NOT_FOUND,
+        E::Exists { .. } => StatusCode::CONFLICT,
+        E::Invalid(_) => StatusCode::BAD_REQUEST,
+        E::Sealed(_) | E::Io(_) | E::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    text(status, e.to_string())
+}
+
+async fn list_secrets(
+    State(node): State<Shared>,
+    Extension(grant): Extension<Grant>,
+    q: Query<NamespaceQuery>,
+) -> Response {
+    let ns = match scoped(&node, &grant, q.namespace.as_deref(), Scope::Read) {
+        Ok(ns) => ns,
+        Err(r) => return r,
+    };
+    match node.secrets.names(&ns) {
+        Ok(names) => axum::Json(
+            names
+                .into_iter()
+                .map(|n| serde_json::json!({ "name": n, "namespace": ns }))
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(e) => secret_error(&e),
+    }
+}
+
+/// The OpenFaaS `Secret` body: a name, its namespace, and `value` (text) or `rawValue`
+/// (base64).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SecretBody {
+    name: String,
+    #[serde(default, deserialize_with = "fogline_core::openfaas::non_null")]
+    namespace: Option<String>,
+    #[serde(default, deserialize_with = "fogline_core::openfaas::non_null")]
+    value: Option<String>,
+    #[serde(default, deserialize_with = "fogline_core::openfaas::non_null")]
+    raw_value: Option<String>,
+}
+
+/// Parses a secrets request and checks the grant may deploy in its namespace.
+async fn secret_request(
+    node: &Node,
+    grant: &Grant,
+    q: &NamespaceQuery,
+    headers: &HeaderMap,
+    body: Body,
+    missing: StatusCode,
+) -> Result<(String, SecretBody), Response> {
+    let req: SecretBody = json_body(headers, body, (crate::secrets::MAX_VALUE as u64) * 2).await?;
+    let ns = req.namespace.as_deref().or(q.namespace.as_deref());
+    let ns = scoped_or(node, grant, ns, Scope::Deploy, missing)?;
+    Ok((ns, req))
+}
+
+fn secret_value(req: &SecretBody) -> Result<Vec<u8>, Response> {
+    match (&req.value, &req.raw_value) {
+        (Some(v), None) => Ok(v.as_bytes().to_vec()),
+        (None, Some(raw)) => base64_decode(raw.trim())
+            .ok_or_else(|| text(StatusCode::BAD_REQUEST, "rawValue is not valid base64")),
+        (Some(_), Some(_)) => Err(text(
+            StatusCode::BAD_REQUEST,
+            "give value or rawValue, not both",
+        )),
+        (None, None) => Err(text(
+            StatusCode::BAD_REQUEST,
+            "give the secret's value (value, or rawValue in base64)",
+        )),
+    }
+}
+
+async fn create_secret(
+    State(node): State<Shared>,
+    Extension(grant): Extension<Grant>,
+    q: Query<NamespaceQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    put_secret(node, grant, q.0, headers, body, true).await
+}
+
+async fn update_secret(
+    State(node): State<Shared>,
+    Extension(grant): Extension<Grant>,
+    q: Query<NamespaceQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    put_secret(node, grant, q.0, headers, body, false).await
+}
+
+async fn put_secret(
+    node: Shared,
+    grant: Grant,
+    q: NamespaceQuery,
+    headers: HeaderMap,
+    body: Body,
+    create: bool,
+) -> Response {
+    let missing = if create {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::NOT_FOUND
+    };
+    let (ns, req) = match secret_request(&node, &grant, &q, &headers, body, missing).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let value = match secret_value(&req) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    match node.secrets.put(&ns, &req.name, &value, create) {
+        Ok(()) => {
+            if !create {
+                node.refresh_secret(&ns, &req.name, false).await;
+            }
+            let what = if create { "created" } else { "updated" };
+            tracing::info!(namespace = %ns, secret = %req.name, "secret {what}");
+            let status = if create {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            text(status, format!("secret {:?} {what}", req.name))
+        }
+        Err(e) => secret_error(&e),
+    }
+}
+
+async fn delete_secret(
+    State(node): State<Shared>,
+    Extension(grant): Extension<Grant>,
+    q: Query<NamespaceQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let (ns, req) =
+        match secret_request(&node, &grant, &q, &headers, body, StatusCode::NOT_FOUND).await {
+            Ok(r) => r,
+            Err(r) => return r,
+        };
+    match node.secrets.delete(&ns, &req.name) {
+        Ok(true) => {
+            node.refresh_secret(&ns, &req.name, true).await;
+            tracing::info!(namespace = %ns, secret = %req.name, "secret removed");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(false) => secret_error(&crate::secrets::SecretError::NotFound {
+            namespace: ns,
+            name: req.name,
+        }),
+        Err(e) => secret_error(&e),
+    }
+}
+
+// ---- namespaces and tokens ------------------------------------------------------------
+
+async fn list_namespaces(
+    State(node): State<Shared>,
+    Extension(grant): Extension<Grant>,
+) -> Response {
+    let names: Vec<String> = node
+        .access
+        .namespaces()
+        .into_iter()
+        .map(|n| n.name)
+        .filter(|n| grant.namespace().is_none_or(|mine| mine == n))
+        .collect();
+    axum::Json(names).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewNamespace {
+    name: String,
+    #[serde(default)]
+    public: bool,
+    /// Accepted as OpenFaaS sends them; not kept.
+    #[serde(default)]
+    #[allow(dead_code)]
+    labels: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    annotations: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// `POST /system/namespaces {"name": N, "public": false}`: creates it and mints its token,
+/// returned this once.
+async fn create_namespace(
+    State(node): State<Shared>,
+    Extension(grant): Extension<Grant>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Err(r) = permit(&node, &grant, Need::Admin) {
+        return r;
+    }
+    let req: NewNamespace = match json_body(&headers, body, 64 * 1024).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    match node.access.create_namespace(&req.name, req.public) {
+        Ok(true) => {}
+        Ok(false) => {
+            return text(
+                StatusCode::CONFLICT,
+                format!("namespace {:?} exists already", req.name),
+            )
+        }
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    }
+    let grant = crate::agent::access::namespace_grant(&req.name);
+    match node
+        .access
+        .mint(grant, Some(format!("namespace {}", req.name)))
+    {
+        Ok((rec, token)) => {
+            tracing::info!(namespace = %req.name, public = req.public, token = %rec.id, "namespace created");
+            (
+                StatusCode::CREATED,
+                axum::Json(serde_json::json!({
+                    "name": req.name, "public": req.public, "token_id": rec.id, "token": token,
+                })),
+            )
+                .into_response()
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn list_tokens(State(node): State<Shared>, Extension(grant): Extension<Grant>) -> Response {
+    if let Err(r) = permit(&node, &grant, Need::Admin) {
+        return r;
+    }
+    let list: Vec<_> = node
+        .access
+        .tokens()
+        .into_iter()
+        .map(|t| serde_json::json!({ "id": t.id, "grant": t.grant, "created_at": t.created_at, "note": t.note }))
+        .collect();
+    axum::Json(list).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    namespace: String,
+    scopes: Vec<Scope>,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+/// `POST /v1/tokens {"namespace": N, "scopes": ["read"]}`: mints a namespace token,
+/// returned this once.
+async fn mint_token(
+    State(node): State<Shared>,
+    Extension(grant): Extension<Grant>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Err(r) = permit(&node, &grant, Need::Admin) {
+        return r;
+    }
+    let req: NewToken = match json_body(&headers, body, 64 * 1024).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let mut scopes = req.scopes;
+    scopes.sort();
+    scopes.dedup();
+    let grant = Grant::Namespace {
+        namespace: req.namespace,
+        scopes,
+    };
+    match node.access.mint(grant, req.note) {
+        Ok((rec, token)) => (
+            StatusCode::CREATED,
+            axum::Json(serde_json::json!({ "id": rec.id, "grant": rec.grant, "token": token })),
+        )
+            .into_response(),
+        Err(e) => text(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+async fn revoke_token(
+    State(node): State<Shared>,
+    Extension(grant): Extension<Grant>,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = permit(&node, &grant, Need::Admin) {
+        return r;
+    }
+    match node.access.revoke(&id) {
+        Ok(true) => {
+            tracing::info!(token = %id, "token revoked");
+            text(StatusCode::OK, format!("token {id} revoked"))
+        }
+        Ok(false) => text(StatusCode::NOT_FOUND, format!("no token with id {id:?}")),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 
@@ -809,10 +1305,6 @@ fn unauthorized(msg: &str) -> Response {
         HeaderValue::from_static("Bearer realm=\"fogline\""),
     );
     r
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn base64_decode(s: &str) -> Option<Vec<u8>> {
@@ -879,6 +1371,16 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: u64) -> Result<Bytes,
     }
 }
 
+/// Reads a JSON body of at most `limit` bytes; 400 naming the field when it does not parse.
+async fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    limit: u64,
+) -> Result<T, Response> {
+    let body = read_body(body, headers, limit).await?;
+    parse_json(&body).map_err(|e| text(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
 /// JSON parsing whose errors name the field.
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ManifestError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
@@ -919,7 +1421,8 @@ mod tests {
     fn names_with_namespaces() {
         assert_eq!(function_name("hello").unwrap(), "hello");
         assert_eq!(function_name("hello.openfaas-fn").unwrap(), "hello");
-        assert!(function_name("hello.other").is_err());
+        assert_eq!(function_name("hello.team-a").unwrap(), "hello.team-a");
+        assert!(function_name("hello.Other").is_err());
     }
 
     #[test]

@@ -550,6 +550,28 @@ async fn ensure_function(
             Some(Bytes::from(bytes))
         }
     };
+    // Secrets come from the caller (a router or bridge that holds them, or an operator):
+    // only to the member the function is deployed on, and only as it deploys it.
+    if !m.secrets.is_empty() {
+        write_frame(send, &Frame::NeedSecrets(m.secrets.clone())).await?;
+        let limit = (m.secrets.len() as u64 + 1) * (crate::secrets::MAX_VALUE as u64 + 512);
+        let bytes = r.body_until_end(limit).await?;
+        let values: fogline_core::wire::SecretValues = match postcard::from_bytes(&bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                return Ok(Err((
+                    400,
+                    format!("secrets sent for {:?} do not decode: {e}", m.name),
+                )))
+            }
+        };
+        let ns = fogline_core::access::split(&m.name).1;
+        for (name, value) in values.iter().filter(|(n, _)| m.secrets.contains(n)) {
+            if let Err(e) = node.secrets.set(ns, name, value) {
+                return Ok(Err((400, e.to_string())));
+            }
+        }
+    }
     match node.deploy(m.clone(), module, false).await {
         Ok(_) => Ok(Ok(())),
         Err(e) => Ok(Err((400, e.to_string()))),
