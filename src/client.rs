@@ -889,6 +889,9 @@ pub enum NamespaceCmd {
     },
     /// List namespaces.
     Ls,
+    /// Print the secret --namespace's callbacks are signed with (Standard Webhooks
+    /// `whsec_…`), alone on its line, for the receivers to verify them.
+    WebhookSecret,
 }
 
 pub async fn namespace(common: &Common, c: NamespaceCmd) -> anyhow::Result<()> {
@@ -913,6 +916,11 @@ pub async fn namespace(common: &Common, c: NamespaceCmd) -> anyhow::Result<()> {
                 v["token_id"].as_str().unwrap_or("?")
             );
             println!("{token}");
+        }
+        NamespaceCmd::WebhookSecret => {
+            let rb = gw.http.get(gw.url("/v1/webhook-secret")).query(&gw.ns);
+            let text = check(gw.send(rb).await?).await?.text().await?;
+            println!("{}", text.trim());
         }
         NamespaceCmd::Ls => {
             let resp = check(gw.send(gw.http.get(gw.url("/system/namespaces"))).await?).await?;

@@ -245,37 +245,8 @@ async fn async_calls_are_retrievable_and_call_back() {
         let msg = r.text().await.unwrap();
         assert!(msg.contains(why), "{url}: {msg}");
     }
-    let received = tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (mut s, _) = listener.accept().await.unwrap();
-        let mut buf = Vec::new();
-        let mut tmp = [0u8; 4096];
-        loop {
-            let n = s.read(&mut tmp).await.unwrap();
-            buf.extend_from_slice(&tmp[..n]);
-            let text = String::from_utf8_lossy(&buf).to_string();
-            if let Some(end) = text.find("\r\n\r\n") {
-                let len: usize = text
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().parse().unwrap())
-                    })
-                    .unwrap_or(0);
-                if buf.len() >= end + 4 + len {
-                    s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-                        .await
-                        .unwrap();
-                    return text;
-                }
-            }
-            if n == 0 {
-                return text;
-            }
-        }
-    });
-
+    let listener = std::sync::Arc::new(listener);
+    let received = tokio::spawn(one_request(listener.clone()));
     let r = c
         .post(format!("{u}/async-function/hello"))
         .header("X-Callback-Url", &cb)
@@ -296,37 +267,47 @@ async fn async_calls_are_retrievable_and_call_back() {
         "{req}"
     );
     assert!(req.ends_with("hello, later"), "{req}");
-    // Signed as Standard Webhooks describes; checked here with Python's own HMAC.
-    let header = |name: &str| {
-        req.lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-            })
-            .unwrap_or_else(|| panic!("no {name} in {req}"))
-    };
-    assert_eq!(header("webhook-id"), id);
+    // Signed as Standard Webhooks describes, with the node's secret for the default
+    // namespace; checked with Python's own HMAC.
     let secret = std::fs::read_to_string(node.data_dir.join("webhook.secret")).unwrap();
-    let script = "import base64,hashlib,hmac,sys\n\
-        key=base64.b64decode(sys.argv[1].strip()[len('whsec_'):])\n\
-        msg=(sys.argv[2]+'.'+sys.argv[3]+'.'+sys.argv[4]).encode()\n\
-        print('v1,'+base64.b64encode(hmac.new(key,msg,hashlib.sha256).digest()).decode())";
-    let expect = std::process::Command::new("python3")
-        .args([
-            "-c",
-            script,
-            &secret,
-            &id,
-            &header("webhook-timestamp"),
-            "hello, later",
-        ])
-        .output()
-        .expect("python3 computes the expected signature");
-    assert_eq!(
-        header("webhook-signature"),
-        String::from_utf8_lossy(&expect.stdout).trim(),
-        "{req}"
-    );
+    assert_signed(&req, &secret, &id, "hello, later");
+
+    // Another namespace's callbacks are signed with a secret of its own, which its token
+    // reads (`fogline namespace webhook-secret`).
+    let out = run_ok(node.cli().args(["namespace", "create", "team-c"]));
+    let tok = out.lines().last().unwrap().to_string();
+    let mut as_team = fogline();
+    as_team.args(["--gateway", u, "--token", &tok, "-n", "team-c"]);
+    let ns_secret = run_ok(as_team.args(["namespace", "webhook-secret"]));
+    assert!(ns_secret.starts_with("whsec_") && ns_secret.trim() != secret.trim());
+    let mut deploy_c = fogline();
+    deploy_c.args([
+        "--gateway",
+        u,
+        "--token",
+        &tok,
+        "-n",
+        "team-c",
+        "deploy",
+        "hello",
+        "--wasm",
+    ]);
+    run_ok(deploy_c.arg(example("hello/hello.wasm")));
+    let received = tokio::spawn(one_request(listener));
+    let r = authed(&tok)
+        .post(format!("{u}/async-function/hello.team-c"))
+        .header("X-Callback-Url", &cb)
+        .body("team")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id_c = r.headers()["x-call-id"].to_str().unwrap().to_string();
+    let req = tokio::time::timeout(Duration::from_secs(20), received)
+        .await
+        .expect("callback within 20 s")
+        .unwrap();
+    assert_signed(&req, &ns_secret, &id_c, "hello, team");
 
     let r = c.get(format!("{u}/v1/calls/{id}")).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -853,4 +834,63 @@ async fn host_directories_only_under_the_allowed_ones() {
         .await
         .unwrap();
     assert_eq!(r.text().await.unwrap(), "granted:x:1\n");
+}
+
+/// Accepts one HTTP request on `listener`, answers 200, and returns it as text.
+async fn one_request(listener: std::sync::Arc<tokio::net::TcpListener>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut s, _) = listener.accept().await.unwrap();
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    loop {
+        let n = s.read(&mut tmp).await.unwrap();
+        buf.extend_from_slice(&tmp[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .await
+                    .unwrap();
+                return text;
+            }
+        }
+        if n == 0 {
+            return text;
+        }
+    }
+}
+
+/// Checks a delivered callback's Standard Webhooks headers against `secret`, computing the
+/// expected signature with Python's own HMAC.
+fn assert_signed(req: &str, secret: &str, id: &str, body: &str) {
+    let header = |name: &str| {
+        req.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("no {name} in {req}"))
+    };
+    assert_eq!(header("webhook-id"), id);
+    let script = "import base64,hashlib,hmac,sys\n\
+        key=base64.b64decode(sys.argv[1].strip()[len('whsec_'):])\n\
+        msg=(sys.argv[2]+'.'+sys.argv[3]+'.'+sys.argv[4]).encode()\n\
+        print('v1,'+base64.b64encode(hmac.new(key,msg,hashlib.sha256).digest()).decode())";
+    let expect = std::process::Command::new("python3")
+        .args(["-c", script, secret, id, &header("webhook-timestamp"), body])
+        .output()
+        .expect("python3 computes the expected signature");
+    assert_eq!(
+        header("webhook-signature"),
+        String::from_utf8_lossy(&expect.stdout).trim(),
+        "{req}"
+    );
 }

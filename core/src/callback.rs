@@ -171,6 +171,21 @@ pub fn secret_text(raw: &[u8]) -> String {
     )
 }
 
+/// The secret that signs the callbacks of namespace `ns`: the member's own for the default
+/// namespace, else HMAC-SHA256 of the namespace's name under it, so each namespace's
+/// receivers verify with a secret that is theirs alone and that no one needs to store.
+pub fn namespace_secret(member: &[u8], ns: &str) -> Vec<u8> {
+    if ns == crate::access::DEFAULT_NAMESPACE {
+        return member.to_vec();
+    }
+    let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(member) else {
+        return member.to_vec();
+    };
+    mac.update(b"fogline webhook secret of namespace ");
+    mac.update(ns.as_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
 /// The bytes of a `whsec_…` secret.
 pub fn secret_bytes(text: &str) -> Option<Vec<u8>> {
     let b64 = text.trim().strip_prefix("whsec_")?;
@@ -245,5 +260,17 @@ mod tests {
             secret_bytes(&secret_text(&[1, 2, 3])).unwrap(),
             vec![1, 2, 3]
         );
+    }
+
+    #[test]
+    fn each_namespace_signs_with_its_own_secret() {
+        let member = [7u8; 32];
+        assert_eq!(namespace_secret(&member, "openfaas-fn"), member);
+        let a = namespace_secret(&member, "team-a");
+        let b = namespace_secret(&member, "team-b");
+        assert_ne!(a, b);
+        assert_ne!(a, member);
+        assert_eq!(a, namespace_secret(&member, "team-a"));
+        assert_ne!(sign(&a, "id", 1, b"x"), sign(&b, "id", 1, b"x"));
     }
 }

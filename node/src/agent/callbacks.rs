@@ -1,7 +1,9 @@
 //! Callbacks: an async call's result POSTed to the URL its caller named, if the node's
 //! `[async] callback_allow` covers it (checked at submit, and again at delivery with the
 //! host resolved, so a name cannot be pointed at an internal address in between), signed as
-//! Standard Webhooks describes with the node's secret (`<data-dir>/webhook.secret`).
+//! Standard Webhooks describes with the secret of the function's namespace (the node's own,
+//! `<data-dir>/webhook.secret`, for the default namespace; one derived from it for each
+//! other, see [`callback::namespace_secret`]).
 
 use std::time::Duration;
 
@@ -20,6 +22,11 @@ impl Callbacks {
     /// `secret` signs every delivery; `allow` are the URL prefixes deliveries may go to.
     pub fn new(allow: Vec<String>, secret: Vec<u8>) -> Callbacks {
         Callbacks { allow, secret }
+    }
+
+    /// The secret that signs namespace `ns`'s callbacks, as `whsec_…`.
+    pub fn secret_of(&self, ns: &str) -> String {
+        callback::secret_text(&callback::namespace_secret(&self.secret, ns))
     }
 
     /// Checks a callback URL at submit.
@@ -42,6 +49,8 @@ impl Callbacks {
                 return;
             }
         };
+        let ns = fogline_core::access::split(call.function).1;
+        let secret = callback::namespace_secret(&self.secret, ns);
         for attempt in 0..3u32 {
             let ts = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -52,7 +61,7 @@ impl Callbacks {
                 .header("webhook-timestamp", ts.to_string())
                 .header(
                     "webhook-signature",
-                    callback::sign(&self.secret, id, ts, &call.body),
+                    callback::sign(&secret, id, ts, &call.body),
                 )
                 .header("X-Call-Id", id.as_str())
                 .header("X-Function-Name", call.function)

@@ -228,6 +228,11 @@ impl Node {
         })
     }
 
+    /// The secret namespace `ns`'s callbacks are signed with (`whsec_…`).
+    pub fn webhook_secret(&self, ns: &str) -> String {
+        self.callbacks.secret_of(ns)
+    }
+
     /// The admin token.
     pub fn token(&self) -> &str {
         self.access.admin_token()

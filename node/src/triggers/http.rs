@@ -16,6 +16,7 @@
 //! | `GET/POST /system/namespaces` | namespaces (creating one needs the admin token) |
 //! | `GET/POST/PUT/DELETE /system/secrets` | a namespace's secrets (names only ever listed) |
 //! | `GET/POST /v1/tokens`, `DELETE /v1/tokens/{id}` | minted tokens (admin) |
+//! | `GET /v1/webhook-secret` | the secret a namespace's callbacks are signed with (read) |
 //!
 //! Every route but invocations and `/healthz` needs a token; what each token may do is
 //! [`fogline_core::access`]. System routes take `?namespace=` (default `openfaas-fn`);
@@ -164,6 +165,7 @@ pub fn router(node: Shared) -> Router {
                 .delete(delete_secret),
         )
         .route("/v1/tokens", get(list_tokens).post(mint_token))
+        .route("/v1/webhook-secret", get(webhook_secret))
         .route("/v1/tokens/{id}", delete(revoke_token))
         .route_layer(axum::middleware::from_fn_with_state(
             node.clone(),
@@ -1152,6 +1154,18 @@ async fn delete_secret(
 }
 
 // ---- namespaces and tokens ------------------------------------------------------------
+
+/// `GET /v1/webhook-secret?namespace=N`: what receivers of N's callbacks verify with.
+async fn webhook_secret(
+    State(node): State<Shared>,
+    Extension(grant): Extension<Grant>,
+    q: Query<NamespaceQuery>,
+) -> Response {
+    match scoped(&node, &grant, q.namespace.as_deref(), Scope::Read) {
+        Ok(ns) => text(StatusCode::OK, node.webhook_secret(&ns)),
+        Err(r) => r,
+    }
+}
 
 async fn list_namespaces(
     State(node): State<Shared>,
