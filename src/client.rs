@@ -1113,3 +1113,18 @@ async fn put_secret(
     );
     Ok(())
 }
+
+/// Hands a signed revocation list to the member at `url` (admin token).
+pub async fn push_revocations(
+    common: &Common,
+    url: &str,
+    signed: &fogline_core::revocation::SignedList,
+) -> anyhow::Result<()> {
+    let mut c = common.clone();
+    c.gateway = url.to_string();
+    let gw = Gateway::new(&c)?;
+    let rb = gw.http.post(gw.url("/v1/revocations")).json(signed);
+    let text = check(gw.send(rb).await?).await?.text().await?;
+    println!("{url}: {}", text.trim());
+    Ok(())
+}

@@ -162,6 +162,18 @@ enum CertsCmd {
         #[arg(long, hide = true)]
         expired: bool,
     },
+    /// Revoke NAME's certificate: added to the CA's signed revocation list
+    /// (DIR/revocations.json), which members refuse within seconds once one holds it.
+    Revoke {
+        name: String,
+        /// The CA's folder (from `certs init`).
+        #[arg(long)]
+        ca: PathBuf,
+        /// Hand the list to the member whose gateway is at URL (admin token): it spreads
+        /// it over the mesh.
+        #[arg(long, value_name = "URL")]
+        push: Option<String>,
+    },
 }
 
 impl NodeArgs {
@@ -229,7 +241,7 @@ impl NodeArgs {
     }
 }
 
-fn certs(c: CertsCmd) -> anyhow::Result<()> {
+async fn certs(c: CertsCmd, common: &client::Common) -> anyhow::Result<()> {
     use fogline_node::tls;
     match c {
         CertsCmd::Init { dir } => {
@@ -256,6 +268,23 @@ fn certs(c: CertsCmd) -> anyhow::Result<()> {
             };
             tls::issue(&ca, &name, role, &out, validity)?;
             println!("issued {name} ({}) in {}", role.as_str(), out.display());
+        }
+        CertsCmd::Revoke { name, ca, push } => {
+            let (signed, entry) = tls::revoke(&ca, &name)?;
+            match &entry.fingerprint {
+                Some(f) => println!("revoked the certificate of {name} (sha256 {f})"),
+                None => println!(
+                    "revoked every certificate naming {name} (no copy of it in {}: issued before copies were kept)",
+                    ca.join("issued").display()
+                ),
+            }
+            println!(
+                "revocation list in {} (hand it to any member: --push URL, or POST /v1/revocations)",
+                ca.join("revocations.json").display()
+            );
+            if let Some(url) = push {
+                client::push_revocations(common, &url, &signed).await?;
+            }
         }
     }
     Ok(())
@@ -314,7 +343,7 @@ fn main() -> ExitCode {
                 serve::node(cfg, &join).await
             }
             Command::Mesh(a) => client::mesh(&cli.client, a).await,
-            Command::Certs(c) => certs(c),
+            Command::Certs(c) => certs(c, &cli.client).await,
             Command::Deploy(a) => client::deploy(&cli.client, a).await,
             Command::Invoke(a) => client::invoke(&cli.client, a).await,
             Command::Ls => client::ls(&cli.client).await,

@@ -18,6 +18,7 @@
 //! - [`callback`]: where async results may be delivered, and their Standard Webhooks
 //!   signatures.
 //! - [`roles`]: what each certificate role may ask of a member.
+//! - [`revocation`]: the cluster's certificate revocation list, signed by its CA.
 //! - [`access`]: namespaces, token scopes and quotas: what each gateway token may do.
 //! - [`coap`]: CoAP server exchanges (RFC 7252, block-wise RFC 7959) as a state machine
 //!   given the time: duplicates, blocks, acknowledgements, retransmission.
@@ -40,6 +41,7 @@ pub mod openfaas;
 pub mod placement;
 pub mod policy;
 pub mod predict;
+pub mod revocation;
 pub mod roles;
 pub mod sim;
 pub mod stack;

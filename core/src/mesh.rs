@@ -20,6 +20,8 @@ use crate::manifest::Runtime;
 
 /// Largest encoded report; lists are cut to fit.
 pub const MAX_REPORT: usize = 4096;
+/// Largest gossip message decoded: a report, or a revocation list (a few hundred entries).
+pub const MAX_GOSSIP: usize = 64 * 1024;
 /// Most functions listed as warm or with a service time.
 pub const MAX_LISTED: usize = 48;
 /// Most members named in one [`Introduce`], and the longest address it carries: a longer
@@ -61,7 +63,7 @@ pub struct LoadReport {
 /// A report that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReportError {
-    #[error("load report of {0} bytes exceeds the limit of {MAX_REPORT}")]
+    #[error("gossip message of {0} bytes exceeds the limit of {MAX_GOSSIP}")]
     TooLarge(usize),
     #[error("malformed load report: {0}")]
     Malformed(String),
@@ -166,6 +168,12 @@ pub enum Gossip {
     /// certificate of the member it reports for. Members with a cluster CA accept a whole
     /// report only from the peer so proven.
     Proof(Proof),
+    /// The cluster's revocation list, signed by its CA: whoever verifies a newer one than
+    /// it holds keeps it and refuses those certificates. Sent by a member that was handed
+    /// one, and again with its whole reports, so members that join later hear it too. The
+    /// second field is when it was sent (ms): gossip drops a message it has seen, and a
+    /// list sent again must not be one.
+    Revocations(crate::revocation::SignedList, u64),
 }
 
 /// A member's certificate and its signature over (member, libp2p peer): binds the peer to
@@ -240,6 +248,7 @@ impl Gossip {
             Gossip::Beat(b) => Some(&b.node),
             Gossip::Leave(l) => Some(&l.node),
             Gossip::Proof(p) => Some(&p.node),
+            Gossip::Revocations(..) => None,
             Gossip::Introduce(_) => None,
         }
     }
@@ -248,7 +257,10 @@ impl Gossip {
         match self {
             Gossip::Full(r) => &r.service_ms,
             Gossip::Beat(b) => &b.service_ms,
-            Gossip::Introduce(_) | Gossip::Leave(_) | Gossip::Proof(_) => &[],
+            Gossip::Introduce(_)
+            | Gossip::Leave(_)
+            | Gossip::Proof(_)
+            | Gossip::Revocations(..) => &[],
         }
     }
 
@@ -256,7 +268,10 @@ impl Gossip {
         match self {
             Gossip::Full(r) => Some((&mut r.service_ms, &mut r.warm)),
             Gossip::Beat(b) => Some((&mut b.service_ms, &mut b.warm)),
-            Gossip::Introduce(_) | Gossip::Leave(_) | Gossip::Proof(_) => None,
+            Gossip::Introduce(_)
+            | Gossip::Leave(_)
+            | Gossip::Proof(_)
+            | Gossip::Revocations(..) => None,
         }
     }
 
@@ -285,7 +300,7 @@ impl Gossip {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, ReportError> {
-        if bytes.len() > MAX_REPORT {
+        if bytes.len() > MAX_GOSSIP {
             return Err(ReportError::TooLarge(bytes.len()));
         }
         let g: Gossip =
@@ -566,7 +581,7 @@ impl ClusterView {
             Gossip::Beat(b) => self.apply_beat(b, now_ms),
             Gossip::Leave(l) => self.apply_leave(&l, now_ms),
             // Proofs are checked by the driver, which holds the cluster CA.
-            Gossip::Introduce(_) | Gossip::Proof(_) => false,
+            Gossip::Introduce(_) | Gossip::Proof(_) | Gossip::Revocations(..) => false,
         }
     }
 
@@ -973,8 +988,8 @@ mod tests {
             Err(ReportError::Malformed(_))
         ));
         assert_eq!(
-            Gossip::decode(&vec![0u8; MAX_REPORT + 1]),
-            Err(ReportError::TooLarge(MAX_REPORT + 1))
+            Gossip::decode(&vec![0u8; MAX_GOSSIP + 1]),
+            Err(ReportError::TooLarge(MAX_GOSSIP + 1))
         );
     }
 

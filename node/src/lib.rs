@@ -14,7 +14,8 @@
 //! - [`dispatch`]: the seam placement plugs into; **a new placement policy** goes in
 //!   `fogline-core` (`policy`, `placement`), driven by the router crate through this seam.
 //! - [`quic`] (framing and the client that calls other tiers), [`tls`] (certificates and
-//!   roles), [`mesh`] (gossiped membership and load): how members reach each other.
+//!   roles), [`revocation`] (the certificates members refuse), [`mesh`] (gossiped
+//!   membership and load): how members reach each other.
 //! - [`store`] (durable state in sled), [`secrets`] (sealed at rest, laid out per function
 //!   on tmpfs), [`logs`], [`metrics`], [`sysinfo`] (the machine), [`token`] (the admin
 //!   token): what the other rooms keep and report.
@@ -29,6 +30,7 @@ pub mod logs;
 pub mod mesh;
 pub mod metrics;
 pub mod quic;
+pub mod revocation;
 pub mod secrets;
 pub mod store;
 pub mod sysinfo;
@@ -72,8 +74,9 @@ pub async fn bind_with(config: NodeConfig, join: &[String]) -> anyhow::Result<Ru
     let opened = Node::open(config).await?;
     let node = opened.node;
     if let Some(dir) = &node.config.quic.tls_dir {
-        let client = quic::Client::new(&tls::TlsDir::load(dir)?)?;
-        let _ = node.links.peers.set(Arc::new(client));
+        let client = Arc::new(quic::Client::new(&tls::TlsDir::load(dir)?)?);
+        client.enforce(node.revocations.clone());
+        let _ = node.links.peers.set(client);
     }
     let at = |name: &str| {
         triggers

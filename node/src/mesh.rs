@@ -66,6 +66,11 @@ pub const DIAL_GRACE: Duration = Duration::from_millis(1500);
 pub trait Reporter: Send + Sync + 'static {
     /// Its report now: `peer` its libp2p id, `mesh` its mesh address.
     fn report(&self, peer: &str, mesh: &str, site: &str, seq: u64) -> LoadReport;
+
+    /// The revocation list it enforces, which the mesh passes on and adds to.
+    fn revocations(&self) -> Option<Arc<crate::revocation::Revocations>> {
+        None
+    }
 }
 
 #[derive(NetworkBehaviour)]
@@ -168,6 +173,8 @@ pub struct Mesh {
     /// With the cluster's certificates: whole reports are accepted only from the peer that
     /// proved it holds the reporting member's certificate.
     identity: Option<crate::tls::MeshIdentity>,
+    /// The revocation list the member enforces: passed on, and revoked members unbound.
+    revocations: Option<Arc<crate::revocation::Revocations>>,
 }
 
 /// One row of `fogline mesh` / `GET /v1/mesh`.
@@ -383,6 +390,7 @@ pub async fn start_member(
         task: std::sync::OnceLock::new(),
         traffic,
         leaving: tokio::sync::Notify::new(),
+        revocations: reporter.revocations(),
         identity,
     });
     let task = tokio::spawn(drive(
@@ -507,6 +515,8 @@ struct Peers {
     warned: HashMap<PeerId, Instant>,
     /// The peer each member proved it speaks through (with certificates only).
     bound: HashMap<String, PeerId>,
+    /// The certificate each bound member proved itself with, to unbind it if revoked.
+    bound_cert: HashMap<String, Vec<u8>>,
 }
 
 /// Least time between warnings about one member's unusable reports.
@@ -559,6 +569,11 @@ async fn drive(
             .unwrap_or_else(Instant::now),
     };
     let mut peers = Peers::default();
+    let mut revoked = match &mesh.revocations {
+        Some(r) => r.watch(),
+        // Never changes.
+        None => tokio::sync::watch::channel(0).1,
+    };
     for ev in early {
         handle(&mut swarm, ev, &mesh, &mut peers, &mut full);
     }
@@ -583,6 +598,10 @@ async fn drive(
                     Ok(_) => tracing::info!("{} leaving the mesh: told the other members", mesh.self_name),
                     Err(e) => tracing::info!("{} leaving the mesh; no member to tell ({e})", mesh.self_name),
                 }
+            }
+            Ok(()) = revoked.changed() => {
+                unbind_revoked(&mesh, &mut peers);
+                send_revocations(&mut swarm, &topic, &mesh);
             }
             _ = every.tick(), if !gone => {
                 redial(&mut swarm, &mesh, &join, &mut peers);
@@ -755,9 +774,14 @@ fn proven(mesh: &Mesh, peers: &mut Peers, source: PeerId, p: fogline_core::mesh:
     if peers.bound.get(&p.node) == Some(&source) {
         return;
     }
-    match id.verify(&p, &source.to_string()) {
+    let revoked = mesh.revocations.as_ref().and_then(|r| {
+        r.check(&rustls::pki_types::CertificateDer::from(p.cert.as_slice()))
+            .err()
+    });
+    match revoked.map_or_else(|| id.verify(&p, &source.to_string()), Err) {
         Ok(()) => {
             tracing::debug!("mesh member {} proved its identity as {source}", p.node);
+            peers.bound_cert.insert(p.node.clone(), p.cert);
             peers.bound.insert(p.node, source);
         }
         Err(why) => forged(
@@ -769,6 +793,43 @@ fn proven(mesh: &Mesh, peers: &mut Peers, source: PeerId, p: fogline_core::mesh:
                 p.node
             ),
         ),
+    }
+}
+
+/// Passes on the revocation list this member holds (a newcomer hears it with our whole
+/// report).
+fn send_revocations(swarm: &mut Swarm<Behaviour>, topic: &IdentTopic, mesh: &Mesh) {
+    let Some(list) = mesh.revocations.as_ref().and_then(|r| r.signed()) else {
+        return;
+    };
+    let g = Gossip::Revocations(list, start_seq());
+    let _ = swarm
+        .behaviour_mut()
+        .gossipsub
+        .publish(topic.clone(), g.encode());
+}
+
+/// Members whose certificate a new list revokes are no longer heard, and are shown gone.
+fn unbind_revoked(mesh: &Mesh, peers: &mut Peers) {
+    let Some(r) = &mesh.revocations else {
+        return;
+    };
+    let revoked: Vec<(String, String)> = peers
+        .bound_cert
+        .iter()
+        .filter_map(|(node, der)| {
+            let cert = rustls::pki_types::CertificateDer::from(der.as_slice());
+            r.check(&cert).err().map(|why| (node.clone(), why))
+        })
+        .collect();
+    let mut v = mesh.view.lock().unwrap_or_else(|p| p.into_inner());
+    for (node, why) in revoked {
+        peers.bound.remove(&node);
+        peers.bound_cert.remove(&node);
+        tracing::warn!("mesh member {node} is no longer heard: {why}");
+        if let Some(seq) = v.get(&node).map(|m| m.report.seq + 1) {
+            v.apply_leave(&Leave { node, seq }, mesh.now_ms());
+        }
     }
 }
 
@@ -816,6 +877,7 @@ fn publish(
                 Err(e) => tracing::warn!("cannot prove this member's identity to the mesh: {e}"),
             }
         }
+        send_revocations(swarm, topic, mesh);
     }
     let g = if whole {
         Gossip::Full(r.clone())
@@ -874,6 +936,19 @@ fn handle(
             if let Gossip::Proof(p) = g {
                 return proven(mesh, peers, source, p);
             }
+            if let Gossip::Revocations(list, _) = g {
+                // Taken when it verifies against the CA and is newer; the watch then
+                // unbinds revoked members here and closes their QUIC connections.
+                if let Some(r) = &mesh.revocations {
+                    if let Err(why) = r.accept(&list) {
+                        peers.warn(
+                            source,
+                            format_args!("refused a revocation list from {source}: {why}"),
+                        );
+                    }
+                }
+                return;
+            }
             let now = mesh.now_ms();
             let from = source.to_string();
             let mut v = mesh.view.lock().unwrap_or_else(|p| p.into_inner());
@@ -886,9 +961,12 @@ fn handle(
                 // A beat from a member whose whole report has not come yet is dropped: it
                 // cannot be told apart from one forged by another member, and the whole
                 // report follows our subscription within moments.
-                Gossip::Beat(b) => v.get(&b.node).is_some_and(|m| m.report.peer == from),
+                Gossip::Beat(b) => {
+                    v.get(&b.node).is_some_and(|m| m.report.peer == from)
+                        && (mesh.identity.is_none() || peers.bound.get(&b.node) == Some(&source))
+                }
                 Gossip::Leave(l) => v.get(&l.node).is_some_and(|m| m.report.peer == from),
-                Gossip::Introduce(_) | Gossip::Proof(_) => false,
+                Gossip::Introduce(_) | Gossip::Proof(_) | Gossip::Revocations(..) => false,
             };
             if own {
                 if let Gossip::Full(r) = &g {

@@ -175,6 +175,10 @@ pub fn issue(
     let cert = p.signed_by(&key, &issuer)?;
     std::fs::create_dir_all(out).map_err(|e| file_err(out, e))?;
     write(&out.join("cert.pem"), cert.pem(), false)?;
+    // The CA keeps a copy of what it issued, so `certs revoke NAME` can name it exactly.
+    let issued = ca_dir.join("issued");
+    std::fs::create_dir_all(&issued).map_err(|e| file_err(&issued, e))?;
+    write(&issued.join(format!("{name}.pem")), cert.pem(), false)?;
     write(&out.join("key.pem"), key.serialize_pem(), true)?;
     write(&out.join("ca.pem"), ca_pem, false)?;
     // Only mesh members get the mesh's key: a device's or an operator's bundle cannot join.
@@ -187,6 +191,123 @@ pub fn issue(
         std::fs::remove_file(out.join("mesh.key")).map_err(|e| file_err(out, e))?;
     }
     Ok(())
+}
+
+/// A certificate's fingerprint: SHA-256 of its DER bytes, hex.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    hex::encode(fogline_core::Digest::of(cert.as_ref()).0)
+}
+
+/// Adds `name`'s certificate (the last one issued for it, by the copy in `CA/issued/`; or
+/// every certificate naming it, when there is no copy) to the CA's revocation list, signs
+/// the list with the CA's key and writes it to `CA/revocations.json`. Returns the signed
+/// list and the entry.
+pub fn revoke(
+    ca_dir: &Path,
+    name: &str,
+) -> Result<
+    (
+        fogline_core::revocation::SignedList,
+        fogline_core::revocation::Revoked,
+    ),
+    TlsError,
+> {
+    use fogline_core::revocation::{RevocationList, Revoked, SignedList};
+    let list_path = ca_dir.join("revocations.json");
+    let current = match std::fs::read_to_string(&list_path) {
+        Ok(text) => {
+            let signed: SignedList =
+                serde_json::from_str(&text).map_err(|e| file_err(&list_path, e))?;
+            signed.parse().map_err(|e| file_err(&list_path, e))?
+        }
+        Err(_) => RevocationList::default(),
+    };
+    let copy = ca_dir.join("issued").join(format!("{name}.pem"));
+    let fingerprint = match std::fs::read(&copy) {
+        Ok(pem) => {
+            let cert = CertificateDer::from_pem_slice(&pem).map_err(|e| file_err(&copy, e))?;
+            Some(self::fingerprint(&cert))
+        }
+        Err(_) => None,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let entry = Revoked {
+        name: name.to_string(),
+        fingerprint,
+        revoked_at: now.as_secs(),
+    };
+    let list = current.with(entry.clone(), now.as_secs(), now.as_millis() as u64);
+    let signed = sign_list(ca_dir, &list)?;
+    let text = serde_json::to_string_pretty(&signed)
+        .map_err(|e| TlsError::Invalid(format!("encoding the list: {e}")))?;
+    write(&list_path, text, false)?;
+    Ok((signed, entry))
+}
+
+/// Signs a revocation list with the CA's key.
+fn sign_list(
+    ca_dir: &Path,
+    list: &fogline_core::revocation::RevocationList,
+) -> Result<fogline_core::revocation::SignedList, TlsError> {
+    use rustls::SignatureScheme as S;
+    let key_path = ca_dir.join("ca.key");
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| file_err(&key_path, e))?;
+    let signer =
+        rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| file_err(&key_path, e))?;
+    let signer = signer
+        .choose_scheme(&[
+            S::ECDSA_NISTP256_SHA256,
+            S::ECDSA_NISTP384_SHA384,
+            S::ED25519,
+        ])
+        .ok_or_else(|| TlsError::Invalid("the CA's key has no usable signature scheme".into()))?;
+    let json = serde_json::to_string(list)
+        .map_err(|e| TlsError::Invalid(format!("encoding the list: {e}")))?;
+    let sig = signer
+        .sign(&fogline_core::revocation::SignedList::message(&json))
+        .map_err(|e| TlsError::Invalid(format!("signing the list: {e}")))?;
+    Ok(fogline_core::revocation::SignedList {
+        list: json,
+        scheme: u16::from(signer.scheme()),
+        sig: hex::encode(sig),
+    })
+}
+
+/// Checks a revocation list's signature against the cluster CA's certificate; returns the
+/// list. The error says what failed.
+pub fn verify_list(
+    ca: &CertificateDer<'_>,
+    signed: &fogline_core::revocation::SignedList,
+) -> Result<fogline_core::revocation::RevocationList, String> {
+    let sig = hex::decode(&signed.sig).map_err(|_| "its signature is not hex".to_string())?;
+    let msg = fogline_core::revocation::SignedList::message(&signed.list);
+    if !signed_by(ca, signed.scheme, &msg, &sig)? {
+        return Err("its signature does not verify with this cluster's CA".into());
+    }
+    signed.parse()
+}
+
+/// Whether `sig` (TLS signature scheme `scheme`) over `msg` verifies with `cert`'s key.
+fn signed_by(
+    cert: &CertificateDer<'_>,
+    scheme: u16,
+    msg: &[u8],
+    sig: &[u8],
+) -> Result<bool, String> {
+    let scheme = rustls::SignatureScheme::from(scheme);
+    let algs = TlsDir::provider()
+        .signature_verification_algorithms
+        .mapping
+        .iter()
+        .find(|(s, _)| *s == scheme)
+        .map(|(_, a)| *a)
+        .ok_or_else(|| format!("signature scheme {scheme:?} is not supported"))?;
+    let ee = webpki::EndEntityCert::try_from(cert).map_err(|e| format!("its certificate: {e}"))?;
+    Ok(algs
+        .iter()
+        .any(|alg| ee.verify_signature(*alg, msg, sig).is_ok()))
 }
 
 fn unix_now() -> u64 {
@@ -408,20 +529,8 @@ impl MeshIdentity {
             Some(r) => return Err(format!("a {r} certificate is not a mesh member's")),
             None => return Err("its certificate carries no role".into()),
         }
-        let scheme = rustls::SignatureScheme::from(p.scheme);
-        let algs = TlsDir::provider()
-            .signature_verification_algorithms
-            .mapping
-            .iter()
-            .find(|(s, _)| *s == scheme)
-            .map(|(_, a)| *a)
-            .ok_or_else(|| format!("signature scheme {scheme:?} is not supported"))?;
-        let ee = webpki::EndEntityCert::try_from(&cert).map_err(|e| e.to_string())?;
         let msg = fogline_core::mesh::Proof::message(&p.node, &p.peer);
-        if algs
-            .iter()
-            .any(|alg| ee.verify_signature(*alg, &msg, &p.sig).is_ok())
-        {
+        if signed_by(&cert, p.scheme, &msg, &p.sig)? {
             Ok(())
         } else {
             Err("its signature does not verify".into())

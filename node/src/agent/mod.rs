@@ -94,6 +94,8 @@ pub struct Node {
     callbacks: callbacks::Callbacks,
     pub access: access::Access,
     pub secrets: crate::secrets::Secrets,
+    /// The certificates this member refuses.
+    pub revocations: Arc<crate::revocation::Revocations>,
     started: Instant,
 }
 
@@ -181,6 +183,10 @@ impl Node {
         let store = Store::open(&dir.join("store"))?;
         let access = access::Access::open(token, &store, config.quota.clone())?;
         let secrets = crate::secrets::Secrets::open(&config, &store)?;
+        let revocations = Arc::new(crate::revocation::Revocations::open(
+            &dir,
+            config.quic.tls_dir.as_deref(),
+        )?);
         let id = member_id(&config)?;
         let executors = Executors::open(&config, &id).await?;
         let functions = Functions::default();
@@ -218,6 +224,7 @@ impl Node {
             ),
             access,
             secrets,
+            revocations,
             started: Instant::now(),
             config,
         };
@@ -805,6 +812,10 @@ fn webhook_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
 }
 
 impl crate::mesh::Reporter for Node {
+    fn revocations(&self) -> Option<Arc<crate::revocation::Revocations>> {
+        Some(self.revocations.clone())
+    }
+
     /// This member's load report for the gossip mesh.
     fn report(
         &self,

@@ -126,6 +126,8 @@ pub struct Client {
     any_member: Arc<str>,
     base: Arc<rustls::ClientConfig>,
     timeout: Duration,
+    /// The certificates the member refuses to call (set on a member; a CLI client has none).
+    revocations: std::sync::OnceLock<Arc<crate::revocation::Revocations>>,
 }
 
 impl Client {
@@ -141,6 +143,7 @@ impl Client {
             any_member: Arc::from(tls::PEER_NAME),
             base: Arc::new(tls.client_config(wire::ALPN)?),
             timeout: Duration::from_secs(30),
+            revocations: std::sync::OnceLock::new(),
         })
     }
 
@@ -213,8 +216,50 @@ impl Client {
         } else {
             connecting.await.map_err(identity_error(addr, &name))?
         };
+        if let Some(why) = self.revoked(&conn) {
+            conn.close(VarInt::from_u32(CODE_REVOKED), why.as_bytes());
+            return Err(QuicError::Remote(WireErrorMsg {
+                status: 502,
+                retryable: true,
+                message: format!("{addr}: {why}"),
+            }));
+        }
         conns.insert(addr, (conn.clone(), name));
         Ok(conn)
+    }
+
+    /// Refuses members whose certificates `list` revokes: new connections to them fail,
+    /// and open ones are closed as soon as a list revoking them is taken.
+    pub fn enforce(self: &Arc<Self>, list: Arc<crate::revocation::Revocations>) {
+        let mut changed = list.watch();
+        if self.revocations.set(list).is_err() {
+            return;
+        }
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while changed.changed().await.is_ok() {
+                let Some(me) = me.upgrade() else { return };
+                let mut conns = me.conns.lock().await;
+                conns.retain(|addr, (c, _)| match me.revoked(c) {
+                    Some(why) => {
+                        tracing::warn!("closing the connection to {addr}: {why}");
+                        c.close(VarInt::from_u32(CODE_REVOKED), why.as_bytes());
+                        false
+                    }
+                    None => true,
+                });
+            }
+        });
+    }
+
+    /// Why the member at the other end of `c` is refused, if it is.
+    fn revoked(&self, c: &Connection) -> Option<String> {
+        let list = self.revocations.get()?;
+        let certs = c
+            .peer_identity()?
+            .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+            .ok()?;
+        list.check(certs.first()?).err()
     }
 
     /// A new bidirectional stream to `addr` (`early`: may ride 0-RTT).
@@ -264,6 +309,14 @@ impl Client {
         let early = req.manifest.as_ref().is_some_and(|m| m.idempotent);
         let conn = self.connection(addr, early).await?;
         match self.exchange(&conn, req, modules).await {
+            // Refused for our certificate: the peer's reason says which and why.
+            Err(QuicError::Stream(_)) if refused_reason(&conn).is_some() => {
+                Err(QuicError::Remote(WireErrorMsg {
+                    status: 403,
+                    retryable: false,
+                    message: refused_reason(&conn).unwrap_or_default(),
+                }))
+            }
             // Lost with the connection (not refused, not malformed): a clean stop means the
             // node never took the stream.
             Err(e @ QuicError::Stream(_)) if stopped_cleanly(&conn) => {

@@ -35,6 +35,8 @@ pub(crate) const CODE_STALLED: u32 = 2;
 pub(crate) const CODE_STOPPED: u32 = 3;
 /// Connection closed by a stopping node whose calls outlasted its drain deadline.
 pub(crate) const CODE_STOPPED_CUT: u32 = 4;
+/// The peer's certificate is revoked: the reason names it (`certificate of dev-7 is revoked`).
+pub(crate) const CODE_REVOKED: u32 = 5;
 
 /// Server-side limits.
 #[derive(Debug, Clone)]
@@ -276,6 +278,19 @@ pub(crate) fn stopped_cleanly(conn: &Connection) -> bool {
         conn.close_reason(),
         Some(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == VarInt::from_u32(CODE_STOPPED)
     )
+}
+
+/// Why the peer closed `conn` because of our certificate (`certificate of dev-7 is
+/// revoked`), when it did.
+pub(crate) fn refused_reason(conn: &Connection) -> Option<String> {
+    match conn.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(c))
+            if c.error_code == VarInt::from_u32(CODE_REVOKED) =>
+        {
+            Some(String::from_utf8_lossy(&c.reason).into_owned())
+        }
+        _ => None,
+    }
 }
 
 /// Parses `quic://[MEMBER@]IP:PORT`: the member that must answer there (when named), and

@@ -17,6 +17,7 @@
 //! | `GET/POST/PUT/DELETE /system/secrets` | a namespace's secrets (names only ever listed) |
 //! | `GET/POST /v1/tokens`, `DELETE /v1/tokens/{id}` | minted tokens (admin) |
 //! | `GET /v1/webhook-secret` | the secret a namespace's callbacks are signed with (read) |
+//! | `GET/POST /v1/revocations` | the certificate revocation list held; hand it a newer one (admin) |
 //!
 //! Every route but invocations and `/healthz` needs a token; what each token may do is
 //! [`fogline_core::access`]. System routes take `?namespace=` (default `openfaas-fn`);
@@ -166,6 +167,7 @@ pub fn router(node: Shared) -> Router {
         )
         .route("/v1/tokens", get(list_tokens).post(mint_token))
         .route("/v1/webhook-secret", get(webhook_secret))
+        .route("/v1/revocations", get(revocations).post(take_revocations))
         .route("/v1/tokens/{id}", delete(revoke_token))
         .route_layer(axum::middleware::from_fn_with_state(
             node.clone(),
@@ -1150,6 +1152,60 @@ async fn delete_secret(
             name: req.name,
         }),
         Err(e) => secret_error(&e),
+    }
+}
+
+// ---- revocations ----------------------------------------------------------------------
+
+/// `GET /v1/revocations`: the signed list this member enforces (404 when none).
+async fn revocations(State(node): State<Shared>, Extension(grant): Extension<Grant>) -> Response {
+    if let Err(r) = permit(&node, &grant, Need::Member) {
+        return r;
+    }
+    match node.revocations.signed() {
+        Some(s) => axum::Json(s).into_response(),
+        None => text(
+            StatusCode::NOT_FOUND,
+            "this member holds no revocation list",
+        ),
+    }
+}
+
+/// `POST /v1/revocations`: a list signed by the cluster CA (`fogline certs revoke --push`);
+/// taken when it verifies and is newer, then spread over the mesh.
+async fn take_revocations(
+    State(node): State<Shared>,
+    Extension(grant): Extension<Grant>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Err(r) = permit(&node, &grant, Need::Admin) {
+        return r;
+    }
+    let signed: fogline_core::revocation::SignedList =
+        match json_body(&headers, body, 4 << 20).await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+    match node.revocations.accept(&signed) {
+        Ok(true) => text(
+            StatusCode::OK,
+            format!(
+                "revocation list {} taken; spreading over the mesh",
+                node.revocations.number()
+            ),
+        ),
+        Ok(false) => text(
+            StatusCode::OK,
+            format!(
+                "this member holds list {} already, as new or newer",
+                node.revocations.number()
+            ),
+        ),
+        Err(e) => text(
+            StatusCode::BAD_REQUEST,
+            format!("revocation list refused: {e}"),
+        ),
     }
 }
 

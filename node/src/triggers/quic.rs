@@ -305,7 +305,29 @@ async fn serve_connection(
     let name = peer_cert(&conn)
         .and_then(|c| tls::name_of(&c))
         .unwrap_or_else(|| conn.remote_address().to_string());
+    let revoked = |conn: &Connection| {
+        let why = peer_cert(conn).and_then(|c| node.revocations.check(&c).err())?;
+        tracing::warn!(remote = %conn.remote_address(), "refused QUIC peer: {why}");
+        node.metrics.refused("reason=\"revoked\"".into());
+        Some(why)
+    };
+    if let Some(why) = revoked(&conn) {
+        // A close while the peer may still be finishing its handshake loses its reason
+        // (QUIC then sends a bare APPLICATION_ERROR), so the reason goes on the peer's
+        // first stream, and the connection is closed after it (or after 2 s without one).
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            if let Ok((mut send, _recv)) = conn.accept_bi().await {
+                let _ = reply_error(&mut send, 403, false, why.clone()).await;
+                let _ = send.finish();
+                let _ = send.stopped().await;
+            }
+        })
+        .await;
+        conn.close(VarInt::from_u32(CODE_REVOKED), why.as_bytes());
+        return;
+    }
     tracing::debug!(remote = %conn.remote_address(), peer = %name, role = role.as_str(), "QUIC peer connected");
+    let mut list = node.revocations.watch();
     let ctx = Arc::new(Link {
         conn,
         peer: Peer { role, name },
@@ -315,9 +337,19 @@ async fn serve_connection(
     let (conn, limits) = (&ctx.conn, &ctx.limits);
     let slots = Arc::new(Semaphore::new(limits.max_streams as usize));
     loop {
-        let (send, recv) = match conn.accept_bi().await {
-            Ok(s) => s,
-            Err(_) => return,
+        let (send, recv) = tokio::select! {
+            s = conn.accept_bi() => match s {
+                Ok(s) => s,
+                Err(_) => return,
+            },
+            // A newer revocation list: an open connection is checked again at once.
+            Ok(()) = list.changed() => {
+                if let Some(why) = revoked(conn) {
+                    conn.close(VarInt::from_u32(CODE_REVOKED), why.as_bytes());
+                    return;
+                }
+                continue;
+            }
         };
         // Counted before the stopping flag is read (the drain sets the flag, then reads the
         // count): a stream is either refused here or waited for by the drain.
