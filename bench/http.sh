@@ -13,8 +13,8 @@ dur=${DURATION:-10s}
 for tool in wrk nginx; do
     command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install wrk nginx-light)" >&2; exit 1; }
 done
-(cd "$root" && cargo build --release -q)
-bin=$root/target/release/fogline
+[ -n "${FOGLINE_BIN:-}" ] || (cd "$root" && cargo build --release -q)
+bin=${FOGLINE_BIN:-$root/target/release/fogline}
 work=$(mktemp -d)
 cleanup() { kill "$pid" 2>/dev/null || true; kill "${mpid:-0}" 2>/dev/null || true; [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT

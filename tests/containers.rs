@@ -564,3 +564,44 @@ async fn a_container_function_reads_its_secrets_from_tmpfs() {
     drop(n);
     clean("ct-secrets");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_gc_images_the_last_functions_image_goes_with_it() {
+    if !have_docker() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    clean("ct-gc");
+    let tag = "fogline-gc-test:v1";
+    assert!(docker(&["tag", IMAGE, tag]).status.success());
+    let n = node(dir.path(), "ct-gc", "[container]\ngc_images = true\n");
+    let spec = json!({"runtime": "container", "image": tag});
+    for f in ["one", "two"] {
+        let (s, body) = put_container(&n, f, spec.clone()).await;
+        assert_eq!(s, 201, "{body}");
+    }
+    assert_eq!(invoke(&n, "one", ppm(8, 8)).await.status(), 200);
+    let rm = |f: &'static str| {
+        client()
+            .delete(format!("{}/system/functions", n.url))
+            .bearer_auth(&n.token)
+            .json(&json!({"functionName": f}))
+            .send()
+    };
+    assert_eq!(rm("one").await.unwrap().status(), 200);
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert!(
+        docker(&["image", "inspect", tag]).status.success(),
+        "another function still uses the image"
+    );
+    assert_eq!(rm("two").await.unwrap().status(), 200);
+    wait_until("the unused image to be removed", 10, || {
+        !docker(&["image", "inspect", tag]).status.success()
+    });
+    assert!(
+        docker(&["image", "inspect", IMAGE]).status.success(),
+        "only the tag the functions used goes"
+    );
+    drop(n);
+    clean("ct-gc");
+}

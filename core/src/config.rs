@@ -112,6 +112,10 @@ pub struct ContainerSection {
     /// The engine's socket.
     #[serde(default = "default_docker_socket")]
     pub socket: PathBuf,
+    /// Remove a function's image from the engine when the last function using it is
+    /// deleted (off by default: the engine's images may be the operator's too).
+    #[serde(default)]
+    pub gc_images: bool,
 }
 
 impl Default for ContainerSection {
@@ -119,6 +123,7 @@ impl Default for ContainerSection {
         ContainerSection {
             enabled: true,
             socket: default_docker_socket(),
+            gc_images: false,
         }
     }
 }
@@ -442,10 +447,18 @@ pub struct WasmSection {
     /// next call loads the compiled artifact from disk again).
     #[serde(default = "default_cache_max")]
     pub cache_max: usize,
+    /// Compiled artifacts kept on disk (`DATA/compiled`); past it the least recently used
+    /// are removed (their next load compiles again).
+    #[serde(default = "default_disk_cache_max")]
+    pub disk_cache_max: ByteSize,
 }
 
 fn default_cache_max() -> usize {
     256
+}
+
+fn default_disk_cache_max() -> ByteSize {
+    ByteSize(1 << 30)
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -592,6 +605,12 @@ impl NodeConfig {
                     format!("{p:?} must be an http:// or https:// URL prefix with a host"),
                 ));
             }
+        }
+        if self.wasm.disk_cache_max < ByteSize::mib(1) {
+            return Err(invalid(
+                "wasm.disk_cache_max",
+                format!("{} is below 1Mi", self.wasm.disk_cache_max),
+            ));
         }
         for ns in self.quota.keys() {
             if ns != "*" {
@@ -776,6 +795,7 @@ impl Default for WasmSection {
             allowed_dirs: Vec::new(),
             allow_write_dirs: false,
             cache_max: default_cache_max(),
+            disk_cache_max: default_disk_cache_max(),
         }
     }
 }

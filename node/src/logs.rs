@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use fogline_core::openfaas::{LogEntry, NAMESPACE};
+use fogline_core::openfaas::LogEntry;
 
 pub struct Logs {
     per_function: usize,
@@ -38,9 +38,10 @@ impl Logs {
             if ring.len() == self.per_function {
                 ring.pop_front();
             }
+            let (name, namespace) = fogline_core::access::split(function);
             ring.push_back(LogEntry {
-                name: function.to_string(),
-                namespace: NAMESPACE.to_string(),
+                name: name.to_string(),
+                namespace: namespace.to_string(),
                 instance: instance.to_string(),
                 timestamp: timestamp.clone(),
                 text: line,

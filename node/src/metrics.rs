@@ -128,6 +128,8 @@ pub struct Gauges {
     pub mesh_connections: u64,
     /// Whole reports and proofs refused because a member spoke for another.
     pub mesh_forged: u64,
+    /// Compiled code kept and made by the sandboxes.
+    pub code: crate::executor::CodeCache,
 }
 
 impl Metrics {
@@ -253,6 +255,16 @@ impl Metrics {
                 "Mesh connections open now (one per other member in a settled mesh).",
                 g.mesh_connections,
             ),
+            (
+                "fogline_code_in_memory",
+                "Compiled modules held in memory (at most wasm.cache_max).",
+                g.code.in_memory,
+            ),
+            (
+                "fogline_code_disk_bytes",
+                "Bytes of compiled artifacts on disk (at most wasm.disk_cache_max).",
+                g.code.disk_bytes,
+            ),
         ];
         for (metric, help, v) in gauges {
             let _ = writeln!(
@@ -280,6 +292,16 @@ impl Metrics {
                 "fogline_coap_malformed_total",
                 "CoAP datagrams dropped because they could not be decoded.",
                 self.coap_malformed.load(Ordering::Relaxed),
+            ),
+            (
+                "fogline_compiles_total",
+                "Modules compiled from their code (concurrent cold calls of one module compile it once).",
+                g.code.compiles,
+            ),
+            (
+                "fogline_artifact_loads_total",
+                "Modules loaded from a compiled artifact on disk.",
+                g.code.artifact_loads,
             ),
             (
                 "fogline_mesh_sent_bytes_total",
@@ -323,6 +345,7 @@ mod tests {
             mesh_connections: 0,
             mesh_forged: 0,
             mesh_received: 0,
+            code: Default::default(),
         });
         assert!(
             text.contains(

@@ -463,6 +463,15 @@ impl Node {
                     e.forget_code(&old.manifest).await;
                 }
             }
+            if let Some(image) = &old.manifest.image {
+                if !self
+                    .list()
+                    .iter()
+                    .any(|f| f.manifest.image.as_ref() == Some(image))
+                {
+                    e.forget_code(&old.manifest).await;
+                }
+            }
         }
         if !old.manifest.secrets.is_empty() {
             self.secrets.unmount(name);
@@ -704,6 +713,7 @@ impl Node {
             mesh_received: mesh(|t| &t.received),
             mesh_connections: mesh(|t| &t.connections),
             mesh_forged: mesh(|t| &t.forged),
+            code: self.executors.code_cache(),
         }
     }
 

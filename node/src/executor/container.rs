@@ -64,6 +64,8 @@ struct Pool {
 pub struct ContainerExecutor {
     /// Where each function's secrets are laid out (see [`crate::secrets`]).
     secrets_root: Option<std::path::PathBuf>,
+    /// Remove an image when no function uses it any more (`container.gc_images`).
+    gc_images: bool,
     docker: Docker,
     node: String,
     owner: String,
@@ -116,6 +118,7 @@ impl ContainerExecutor {
         };
         Ok(ContainerExecutor {
             secrets_root: None,
+            gc_images: false,
             docker,
             node: node.to_string(),
             owner: owner.to_string(),
@@ -126,6 +129,12 @@ impl ContainerExecutor {
             in_use: AtomicU32::new(0),
             down: Mutex::new(None),
         })
+    }
+
+    /// Removes images no function uses any more (`container.gc_images`).
+    pub fn with_image_gc(mut self, on: bool) -> Self {
+        self.gc_images = on;
+        self
     }
 
     /// Functions that name secrets see their folder under `root` at
@@ -835,5 +844,32 @@ impl super::Executor for ContainerExecutor {
                 self.remove_later(i.id);
             }
         }
+    }
+
+    /// No function uses the image any more: with `container.gc_images`, it goes (the
+    /// engine keeps it while a container, even a stopped one, still uses it).
+    async fn forget_code(&self, manifest: &FunctionManifest) {
+        let (true, Some(image)) = (self.gc_images, &manifest.image) else {
+            return;
+        };
+        // Its containers are being removed in the background: try again while they go.
+        let (docker, image) = (self.docker.clone(), image.clone());
+        tokio::spawn(async move {
+            let mut last = None;
+            for _ in 0..20 {
+                let none = None::<bollard::query_parameters::RemoveImageOptions>;
+                match docker.remove_image(&image, none, None).await {
+                    Ok(_) => {
+                        tracing::info!("removed image {image}: no function uses it");
+                        return;
+                    }
+                    Err(e) => last = Some(e),
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            if let Some(e) = last {
+                tracing::warn!("not removing image {image}: {e}");
+            }
+        });
     }
 }

@@ -150,6 +150,11 @@ pub trait Executor: Send + Sync + 'static {
         false
     }
 
+    /// What the sandbox keeps of compiled code, for `/metrics`.
+    fn code_cache(&self) -> CodeCache {
+        CodeCache::default()
+    }
+
     /// Drops the instances held for this function (it was updated or deleted).
     async fn reclaim(&self, _manifest: &FunctionManifest) {}
 
@@ -172,6 +177,31 @@ pub trait Executor: Send + Sync + 'static {
 
     /// Stops everything the sandbox runs (the member is stopping).
     async fn stop(&self) {}
+}
+
+/// What a sandbox keeps of compiled code, and how often it made it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CodeCache {
+    /// Compiled modules held in memory.
+    pub in_memory: u64,
+    /// Bytes of compiled artifacts on disk.
+    pub disk_bytes: u64,
+    /// Modules compiled from their code.
+    pub compiles: u64,
+    /// Modules loaded from a compiled artifact on disk.
+    pub artifact_loads: u64,
+}
+
+impl std::ops::Add for CodeCache {
+    type Output = CodeCache;
+    fn add(self, o: CodeCache) -> CodeCache {
+        CodeCache {
+            in_memory: self.in_memory + o.in_memory,
+            disk_bytes: self.disk_bytes + o.disk_bytes,
+            compiles: self.compiles + o.compiles,
+            artifact_loads: self.artifact_loads + o.artifact_loads,
+        }
+    }
 }
 
 /// Where an executor gets a module's bytes when it needs them again.

@@ -94,6 +94,13 @@ impl Executors {
         self.iter().any(|e| e.pooled())
     }
 
+    /// Compiled code kept and made, over every sandbox.
+    pub fn code_cache(&self) -> super::CodeCache {
+        self.iter()
+            .map(|e| e.code_cache())
+            .fold(super::CodeCache::default(), |a, b| a + b)
+    }
+
     /// Stops every sandbox (the member is stopping).
     pub async fn stop(&self) {
         for e in self.iter() {
@@ -115,7 +122,8 @@ async fn open_containers(config: &NodeConfig, id: &str) -> Result<Arc<ContainerE
         ContainerExecutor::connect(&config.container.socket, id, &owner, max_output, max_stderr)
             .await
             .map_err(|e| e.to_string())?
-            .with_secrets(crate::secrets::mount_root(config));
+            .with_secrets(crate::secrets::mount_root(config))
+            .with_image_gc(config.container.gc_images);
     match c.ping().await {
         Ok(()) => match c.sweep().await {
             Ok(0) => {}

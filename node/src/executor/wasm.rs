@@ -60,6 +60,13 @@ pub struct WasmExecutor {
     pooled: bool,
     cache_dir: PathBuf,
     engine_key: String,
+    /// Most bytes of compiled artifacts kept on disk, and how many there are now.
+    disk_cache_max: u64,
+    disk_bytes: AtomicU64,
+    /// One lock per module being loaded: concurrent cold calls of a module compile it once.
+    loading: std::sync::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    compiles: AtomicU64,
+    artifact_loads: AtomicU64,
     max_output: usize,
     max_stderr: usize,
     stop_ticker: Arc<AtomicBool>,
@@ -170,7 +177,7 @@ impl WasmExecutor {
                 })
                 .map_err(|e| ExecError::Internal(format!("starting epoch ticker: {e}")))?
         };
-        Ok(WasmExecutor {
+        let w = WasmExecutor {
             secrets_root: None,
             engine,
             linker,
@@ -182,13 +189,21 @@ impl WasmExecutor {
             parked,
             slots: cfg.instances,
             pooled,
+            disk_cache_max: cfg.disk_cache_max.bytes(),
+            disk_bytes: AtomicU64::new(0),
+            loading: std::sync::Mutex::new(HashMap::new()),
+            compiles: AtomicU64::new(0),
+            artifact_loads: AtomicU64::new(0),
             cache_dir,
             engine_key,
             max_output: usize::try_from(cfg.max_output.bytes()).unwrap_or(usize::MAX),
             max_stderr: usize::try_from(cfg.max_stderr.bytes()).unwrap_or(usize::MAX),
             stop_ticker,
             dirs: super::dirs::DirPolicy::new(&cfg.allowed_dirs, cfg.allow_write_dirs),
-        })
+        };
+        // What an older engine compiled, or past the bound, goes now.
+        w.bound_disk(Path::new(""));
+        Ok(w)
     }
 
     /// Functions that name secrets see their folder under `root` at
@@ -242,8 +257,11 @@ impl WasmExecutor {
                     ExecError::Invalid(format!("not a valid WebAssembly module: {}", root(&e)))
                 })?;
                 compiled = Some(t.elapsed());
-                if let Err(e) = module.serialize().map(|art| write_atomic(&path, &art)) {
-                    tracing::warn!("not caching compiled module {digest}: {e}");
+                self.compiles.fetch_add(1, Ordering::Relaxed);
+                match module.serialize().map(|art| write_atomic(&path, &art)) {
+                    Ok(Ok(())) => self.bound_disk(&path),
+                    Ok(Err(e)) => tracing::warn!("not caching compiled module {digest}: {e}"),
+                    Err(e) => tracing::warn!("not caching compiled module {digest}: {e}"),
                 }
                 module
             }
@@ -274,12 +292,71 @@ impl WasmExecutor {
         // complete write) from `Module::serialize` of an engine whose compatibility hash is
         // part of the file name; wasmtime checks its own header and engine settings too.
         match unsafe { Module::deserialize_file(&self.engine, path) } {
-            Ok(m) => Some(m),
+            Ok(m) => {
+                self.artifact_loads.fetch_add(1, Ordering::Relaxed);
+                // Its modification time is its last use: the disk bound drops the oldest.
+                let _ = std::fs::File::options()
+                    .append(true)
+                    .open(path)
+                    .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                Some(m)
+            }
             Err(e) => {
                 tracing::warn!("discarding cached artifact {}: {e}", path.display());
                 let _ = std::fs::remove_file(path);
                 None
             }
+        }
+    }
+
+    /// Removes artifacts, least recently used first, until those on disk fit in
+    /// `wasm.disk_cache_max` (`keep`, just written, stays); also what an older engine
+    /// wrote, which this one would never load.
+    fn bound_disk(&self, keep: &Path) {
+        let suffix = format!("-{}.cwasm", self.engine_key);
+        let mut files = Vec::new();
+        for e in std::fs::read_dir(&self.cache_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let path = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(&suffix) {
+                // Another engine's artifact, or an interrupted write.
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            if let Ok(m) = e.metadata() {
+                let used = m.modified().unwrap_or(std::time::UNIX_EPOCH);
+                files.push((used, m.len(), path));
+            }
+        }
+        files.sort();
+        let mut total: u64 = files.iter().map(|(_, len, _)| len).sum();
+        for (_, len, path) in &files {
+            if total <= self.disk_cache_max {
+                break;
+            }
+            if path != keep && std::fs::remove_file(path).is_ok() {
+                total -= len;
+            }
+        }
+        self.disk_bytes.store(total, Ordering::Relaxed);
+    }
+
+    /// The lock that makes one caller load `digest` while the others wait for it.
+    fn loading(&self, digest: &Digest) -> Arc<tokio::sync::Mutex<()>> {
+        let mut l = self.loading.lock().unwrap_or_else(|p| p.into_inner());
+        l.entry(*digest).or_default().clone()
+    }
+
+    /// Forgets the lock once no caller holds it.
+    fn loaded(&self, digest: &Digest, gate: Arc<tokio::sync::Mutex<()>>) {
+        let mut l = self.loading.lock().unwrap_or_else(|p| p.into_inner());
+        drop(gate);
+        if l.get(digest).is_some_and(|g| Arc::strong_count(g) == 1) {
+            l.remove(digest);
         }
     }
 
@@ -554,13 +631,25 @@ impl Executor for Arc<WasmExecutor> {
         let (pre, cold) = match self.cached(&digest) {
             Some(pre) => (pre, false),
             None => {
-                // Compiling (or reading the cached artifact) blocks: off the async worker.
-                let bytes = source.module(&digest);
-                let this = self.clone();
-                let pre = tokio::task::spawn_blocking(move || this.load(&digest, bytes))
-                    .await
-                    .map_err(|e| ExecError::Internal(format!("compile task failed: {e}")))??;
-                (pre.0, true)
+                // One call loads it; calls that come meanwhile wait and take its result.
+                let gate = self.loading(&digest);
+                let held = gate.lock().await;
+                let loaded = match self.cached(&digest) {
+                    Some(pre) => Ok(pre),
+                    None => {
+                        // Compiling (or reading the cached artifact) blocks: off the async
+                        // worker.
+                        let bytes = source.module(&digest);
+                        let this = self.clone();
+                        tokio::task::spawn_blocking(move || this.load(&digest, bytes))
+                            .await
+                            .map_err(|e| ExecError::Internal(format!("compile task failed: {e}")))
+                            .and_then(|r| r.map(|(pre, _)| pre))
+                    }
+                };
+                drop(held);
+                self.loaded(&digest, gate);
+                (loaded?, true)
             }
         };
         // Epoch ticks stop a guest running its own code; one waiting in a host call (a
@@ -578,6 +667,26 @@ impl Executor for Arc<WasmExecutor> {
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&d);
+            // No function uses it: its compiled artifact goes too.
+            let path = self.artifact_path(&d);
+            if let Ok(m) = std::fs::metadata(&path) {
+                if std::fs::remove_file(&path).is_ok() {
+                    let _ =
+                        self.disk_bytes
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                                Some(b.saturating_sub(m.len()))
+                            });
+                }
+            }
+        }
+    }
+
+    fn code_cache(&self) -> super::CodeCache {
+        super::CodeCache {
+            in_memory: self.cached_modules() as u64,
+            disk_bytes: self.disk_bytes.load(Ordering::Relaxed),
+            compiles: self.compiles.load(Ordering::Relaxed),
+            artifact_loads: self.artifact_loads.load(Ordering::Relaxed),
         }
     }
 }
