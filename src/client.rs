@@ -902,11 +902,7 @@ pub async fn namespace(common: &Common, c: NamespaceCmd) -> anyhow::Result<()> {
                 .http
                 .post(gw.url("/system/namespaces"))
                 .json(&serde_json::json!({ "name": name, "public": public }));
-            let v: serde_json::Value = check(gw.send(rb).await?)
-                .await?
-                .json()
-                .await
-                .context("reading the gateway's answer")?;
+            let v = answer(&gw, rb).await?;
             let token = v["token"]
                 .as_str()
                 .ok_or_else(|| anyhow!("the gateway returned no token"))?;
@@ -937,12 +933,25 @@ pub async fn namespace(common: &Common, c: NamespaceCmd) -> anyhow::Result<()> {
 pub enum TokenCmd {
     /// List minted tokens (ids and grants; secrets are never kept).
     Ls,
-    /// Mint a token for --namespace (default openfaas-fn); prints it once (alone on the
-    /// last line).
+    /// Mint a token for --namespace (default openfaas-fn), or with --role a join token for
+    /// `fogline join` (on a bridge or router that takes enrollments); prints it once,
+    /// alone on the last line.
     Create {
         /// deploy, invoke or read (repeatable; default: all three).
-        #[arg(long = "scope")]
+        #[arg(long = "scope", conflicts_with = "role")]
         scopes: Vec<String>,
+        /// A join token for a new member of this role: node or bridge.
+        #[arg(long)]
+        role: Option<String>,
+        /// With --role: how long the token may be used, e.g. 1h or 10m.
+        #[arg(long, requires = "role", default_value = "1h")]
+        ttl: String,
+        /// With --role: how many boards may join with it.
+        #[arg(long, requires = "role", default_value_t = 1)]
+        uses: u32,
+        /// With --role: the site the new member joins (its mesh site).
+        #[arg(long, requires = "role")]
+        site: Option<String>,
         /// What it is for.
         #[arg(long)]
         note: Option<String>,
@@ -963,21 +972,63 @@ pub async fn token(common: &Common, c: TokenCmd) -> anyhow::Result<()> {
             );
             for t in list {
                 let g = &t["grant"];
-                let scopes: Vec<&str> = g["scopes"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|s| s.as_str()).collect())
-                    .unwrap_or_default();
+                let (what, scopes) = if g["kind"] == "join" {
+                    (
+                        format!("join:{}", g["role"].as_str().unwrap_or("?")),
+                        format!(
+                            "{} uses left, until {}",
+                            g["uses_left"],
+                            humantime::format_rfc3339_seconds(
+                                std::time::UNIX_EPOCH
+                                    + Duration::from_secs(g["expires_at"].as_u64().unwrap_or(0))
+                            )
+                        ),
+                    )
+                } else {
+                    let scopes: Vec<&str> = g["scopes"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(|s| s.as_str()).collect())
+                        .unwrap_or_default();
+                    (
+                        g["namespace"].as_str().unwrap_or("(admin)").to_string(),
+                        scopes.join(","),
+                    )
+                };
                 println!(
                     "{:<16}  {:<20}  {:<20}  {:<20}  {}",
                     t["id"].as_str().unwrap_or("?"),
-                    g["namespace"].as_str().unwrap_or("(admin)"),
-                    scopes.join(","),
+                    what,
+                    scopes,
                     t["created_at"].as_str().unwrap_or(""),
                     t["note"].as_str().unwrap_or("")
                 );
             }
         }
-        TokenCmd::Create { scopes, note } => {
+        TokenCmd::Create {
+            role: Some(role),
+            ttl,
+            uses,
+            site,
+            note,
+            ..
+        } => {
+            let rb = gw.http.post(gw.url("/v1/tokens")).json(&serde_json::json!({
+                "role": role, "ttl": ttl, "uses": uses, "site": site, "note": note,
+            }));
+            let v = answer(&gw, rb).await?;
+            println!(
+                "join token {} for a {role} ({uses} use(s), {ttl}{}); on the new board run `fogline join TOKEN`; shown once:",
+                v["id"].as_str().unwrap_or("?"),
+                site.map(|s| format!(", site {s}")).unwrap_or_default()
+            );
+            println!(
+                "{}",
+                v["token"]
+                    .as_str()
+                    .ok_or_else(|| anyhow!("the gateway returned no token"))?
+            );
+        }
+        TokenCmd::Create { scopes, note, .. } => {
             let ns = common
                 .namespace
                 .clone()
@@ -994,11 +1045,7 @@ pub async fn token(common: &Common, c: TokenCmd) -> anyhow::Result<()> {
                 .http
                 .post(gw.url("/v1/tokens"))
                 .json(&serde_json::json!({ "namespace": ns, "scopes": scopes, "note": note }));
-            let v: serde_json::Value = check(gw.send(rb).await?)
-                .await?
-                .json()
-                .await
-                .context("reading the gateway's answer")?;
+            let v = answer(&gw, rb).await?;
             println!(
                 "token {} for namespace {ns} ({}), shown once:",
                 v["id"].as_str().unwrap_or("?"),
@@ -1112,6 +1159,15 @@ async fn put_secret(
         value.len()
     );
     Ok(())
+}
+
+/// Sends a request and reads the gateway's JSON answer.
+async fn answer(gw: &Gateway, rb: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
+    check(gw.send(rb).await?)
+        .await?
+        .json()
+        .await
+        .context("reading the gateway's answer")
 }
 
 /// Hands a signed revocation list to the member at `url` (admin token).

@@ -4,6 +4,7 @@
 //! file). Clients of a gateway: `deploy`, `invoke`, `ls`, `rm`, `logs`, `status`.
 
 mod client;
+mod join;
 mod serve;
 mod simulate;
 
@@ -41,6 +42,8 @@ enum Command {
     /// Make the cluster's certificates.
     #[command(subcommand)]
     Certs(CertsCmd),
+    /// Enroll this board with a join token and start it as a node (or bridge).
+    Join(join::JoinArgs),
     /// Deploy a function from a Wasm module, or every function of a stack file.
     Deploy(client::DeployArgs),
     /// Invoke a function; the request body comes from --data or stdin.
@@ -344,6 +347,7 @@ fn main() -> ExitCode {
             }
             Command::Mesh(a) => client::mesh(&cli.client, a).await,
             Command::Certs(c) => certs(c, &cli.client).await,
+            Command::Join(a) => join::run(a).await,
             Command::Deploy(a) => client::deploy(&cli.client, a).await,
             Command::Invoke(a) => client::invoke(&cli.client, a).await,
             Command::Ls => client::ls(&cli.client).await,

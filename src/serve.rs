@@ -60,6 +60,9 @@ pub async fn node(cfg: NodeConfig, join: &[String]) -> anyhow::Result<()> {
         if let Some(c) = running.coap_addr {
             writeln!(out, "coap listening on {c}")?;
         }
+        if let Some(e) = running.enroll_addr {
+            writeln!(out, "enroll listening on {e}")?;
+        }
         if let Some(m) = running.node.links.mesh.get() {
             writeln!(out, "mesh listening on {}", m.address)?;
         }

@@ -103,6 +103,9 @@ pub enum Grant {
         namespace: String,
         scopes: Vec<Scope>,
     },
+    /// A join token: lets a new board be issued a certificate (`fogline join`), nothing
+    /// else.
+    Join(crate::enroll::JoinGrant),
 }
 
 /// What a request needs.
@@ -134,6 +137,11 @@ impl Grant {
         let (ns, scopes) = match self {
             Grant::Admin => return Ok(()),
             Grant::Namespace { namespace, scopes } => (namespace.as_str(), scopes),
+            Grant::Join(_) => {
+                return Err(Denied(
+                    "a join token is only for `fogline join`, not for the gateway".into(),
+                ))
+            }
         };
         let ok = match need {
             Need::Admin => false,
@@ -163,7 +171,7 @@ impl Grant {
     /// The one namespace this grant is limited to, if any.
     pub fn namespace(&self) -> Option<&str> {
         match self {
-            Grant::Admin => None,
+            Grant::Admin | Grant::Join(_) => None,
             Grant::Namespace { namespace, .. } => Some(namespace),
         }
     }

@@ -47,6 +47,29 @@ pub struct NodeConfig {
     pub quota: std::collections::BTreeMap<String, crate::access::Quota>,
     #[serde(default)]
     pub secrets: SecretsSection,
+    /// Enrollment of new boards by join token (`fogline join`): on a bridge or router
+    /// that holds the cluster CA.
+    pub enroll: Option<EnrollSection>,
+}
+
+/// Where new boards enroll, and the CA that signs them.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollSection {
+    /// TLS address joiners reach (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// The address join tokens name, when `listen` is not what joiners reach (a wildcard
+    /// or a NAT); default: `listen`.
+    pub advertise: Option<String>,
+    /// The cluster CA's folder (`fogline certs init`), with its key.
+    pub ca_dir: PathBuf,
+    /// Days a certificate issued to a joiner is valid.
+    #[serde(default = "default_cert_days")]
+    pub cert_days: u32,
+}
+
+fn default_cert_days() -> u32 {
+    365
 }
 
 /// Where secrets' key and their files for functions live.
@@ -541,6 +564,7 @@ impl NodeConfig {
             mqtt: None,
             quota: Default::default(),
             secrets: SecretsSection::default(),
+            enroll: None,
         }
     }
 

@@ -19,6 +19,7 @@
 //!   signatures.
 //! - [`roles`]: what each certificate role may ask of a member.
 //! - [`revocation`]: the cluster's certificate revocation list, signed by its CA.
+//! - [`enroll`]: join tokens and the enrollment exchange of `fogline join`.
 //! - [`access`]: namespaces, token scopes and quotas: what each gateway token may do.
 //! - [`coap`]: CoAP server exchanges (RFC 7252, block-wise RFC 7959) as a state machine
 //!   given the time: duplicates, blocks, acknowledgements, retransmission.
@@ -34,6 +35,7 @@ pub mod callback;
 pub mod coap;
 pub mod config;
 pub mod digest;
+pub mod enroll;
 pub mod forecast;
 pub mod manifest;
 pub mod mesh;

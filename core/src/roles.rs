@@ -16,7 +16,8 @@
 use std::fmt;
 
 /// What a certificate allows its holder to be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     /// A device or a client program: may invoke.
     Client,

@@ -13,6 +13,7 @@
 //!   the durable async queue and callbacks, and [`Node::call`], the one invocation path.
 //! - [`dispatch`]: the seam placement plugs into; **a new placement policy** goes in
 //!   `fogline-core` (`policy`, `placement`), driven by the router crate through this seam.
+//! - [`enroll`]: new boards joining by token (the issuer's listener and `fogline join`).
 //! - [`quic`] (framing and the client that calls other tiers), [`tls`] (certificates and
 //!   roles), [`revocation`] (the certificates members refuse), [`mesh`] (gossiped
 //!   membership and load): how members reach each other.
@@ -25,6 +26,7 @@
 
 pub mod agent;
 pub mod dispatch;
+pub mod enroll;
 pub mod executor;
 pub mod logs;
 pub mod mesh;
@@ -57,6 +59,8 @@ pub struct Running {
     pub quic_addr: Option<SocketAddr>,
     /// The CoAP socket's address, when CoAP is on.
     pub coap_addr: Option<SocketAddr>,
+    /// The enrollment listener's address, when this member takes enrollments.
+    pub enroll_addr: Option<SocketAddr>,
     pub node: Arc<Node>,
     pub new_token: Option<String>,
     triggers: Vec<Box<dyn Trigger>>,
@@ -85,7 +89,7 @@ pub async fn bind_with(config: NodeConfig, join: &[String]) -> anyhow::Result<Ru
             .and_then(|t| t.address())
     };
     let addr = at("gateway").ok_or_else(|| anyhow::anyhow!("the gateway is not bound"))?;
-    let (quic_addr, coap_addr) = (at("quic"), at("coap"));
+    let (quic_addr, coap_addr, enroll_addr) = (at("quic"), at("coap"), at("enroll"));
     let _ = node.links.addresses.set((quic_addr, addr));
     if node.config.mesh.listen.is_some() {
         let m = mesh::start(node.clone(), &node.id, &node.config, join).await?;
@@ -100,6 +104,7 @@ pub async fn bind_with(config: NodeConfig, join: &[String]) -> anyhow::Result<Ru
         },
         quic_addr,
         coap_addr,
+        enroll_addr,
         node,
         new_token: opened.new_token,
         triggers,

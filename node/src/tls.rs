@@ -107,6 +107,8 @@ fn ca_params(name: &str) -> CertificateParams {
 #[derive(Debug, Clone, Copy)]
 pub enum Validity {
     Days(u32),
+    /// A short life (enrollment tests, rotation).
+    Seconds(u64),
     /// Already expired: for testing refusals.
     Expired,
 }
@@ -120,6 +122,77 @@ pub fn issue(
     out: &Path,
     validity: Validity,
 ) -> Result<(), TlsError> {
+    let key = KeyPair::generate()?;
+    let signed = sign_member(ca_dir, name, role, &key, validity)?;
+    write_member_dir(out, &signed, &key.serialize_pem())
+}
+
+/// Writes a member's folder (a `--tls-dir`): `cert.pem`, `key.pem` and `mesh.key`
+/// readable by the owner only, `ca.pem`.
+pub fn write_member_dir(out: &Path, signed: &Signed, key_pem: &str) -> Result<(), TlsError> {
+    std::fs::create_dir_all(out).map_err(|e| file_err(out, e))?;
+    write(&out.join("cert.pem"), signed.cert_pem.clone(), false)?;
+    write(&out.join("key.pem"), key_pem.to_string(), true)?;
+    write(&out.join("ca.pem"), signed.ca_pem.clone(), false)?;
+    // Only mesh members get the mesh's key: a device's or an operator's bundle cannot join.
+    match &signed.mesh_key {
+        Some(k) => write(&out.join("mesh.key"), k.clone(), true)?,
+        None if out.join("mesh.key").exists() => {
+            std::fs::remove_file(out.join("mesh.key")).map_err(|e| file_err(out, e))?
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// A new member key made on this machine: its PEM (kept here) and its raw public key (sent
+/// to the issuer).
+pub fn new_member_key() -> Result<(String, Vec<u8>), TlsError> {
+    let key = KeyPair::generate()?;
+    Ok((key.serialize_pem(), key.public_key_raw().to_vec()))
+}
+
+/// A member's certificate as the CA signed it, with what goes beside it in its folder.
+pub struct Signed {
+    pub cert_pem: String,
+    pub ca_pem: String,
+    /// The mesh's key, for roles that join the mesh.
+    pub mesh_key: Option<String>,
+}
+
+/// A joiner's public key: the raw uncompressed ECDSA P-256 point it sent (its private key
+/// stays on the board).
+pub struct JoinerKey(Vec<u8>);
+
+impl JoinerKey {
+    pub fn from_raw(raw: Vec<u8>) -> Result<JoinerKey, TlsError> {
+        if raw.len() != 65 || raw[0] != 4 {
+            return Err(TlsError::Invalid(
+                "the public key must be an uncompressed ECDSA P-256 point (65 bytes)".into(),
+            ));
+        }
+        Ok(JoinerKey(raw))
+    }
+}
+
+impl rcgen::PublicKeyData for JoinerKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.0
+    }
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+/// Signs a certificate for `name` with `role` over `key`, by the CA in `ca_dir` (which
+/// keeps a copy, so `certs revoke NAME` can name it exactly).
+pub fn sign_member(
+    ca_dir: &Path,
+    name: &str,
+    role: Role,
+    key: &impl rcgen::PublicKeyData,
+    validity: Validity,
+) -> Result<Signed, TlsError> {
     if name.is_empty()
         || name.len() > 63
         || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
@@ -160,37 +233,35 @@ pub fn issue(
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
+    let now = rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs(unix_now());
     match validity {
         Validity::Days(d) => {
-            let now = rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs(unix_now());
             p.not_before = now - std::time::Duration::from_secs(300);
             p.not_after = now + std::time::Duration::from_secs(u64::from(d) * 86_400);
+        }
+        Validity::Seconds(s) => {
+            p.not_before = now - std::time::Duration::from_secs(60);
+            p.not_after = now + std::time::Duration::from_secs(s);
         }
         Validity::Expired => {
             p.not_before = rcgen::date_time_ymd(2020, 1, 1);
             p.not_after = rcgen::date_time_ymd(2021, 1, 1);
         }
     }
-    let key = KeyPair::generate()?;
-    let cert = p.signed_by(&key, &issuer)?;
-    std::fs::create_dir_all(out).map_err(|e| file_err(out, e))?;
-    write(&out.join("cert.pem"), cert.pem(), false)?;
-    // The CA keeps a copy of what it issued, so `certs revoke NAME` can name it exactly.
+    let cert = p.signed_by(key, &issuer)?;
     let issued = ca_dir.join("issued");
     std::fs::create_dir_all(&issued).map_err(|e| file_err(&issued, e))?;
     write(&issued.join(format!("{name}.pem")), cert.pem(), false)?;
-    write(&out.join("key.pem"), key.serialize_pem(), true)?;
-    write(&out.join("ca.pem"), ca_pem, false)?;
-    // Only mesh members get the mesh's key: a device's or an operator's bundle cannot join.
-    let mesh_key = ca_dir.join("mesh.key");
-    if role.joins_mesh() {
-        if let Ok(k) = std::fs::read_to_string(&mesh_key) {
-            write(&out.join("mesh.key"), k, true)?;
-        }
-    } else if out.join("mesh.key").exists() {
-        std::fs::remove_file(out.join("mesh.key")).map_err(|e| file_err(out, e))?;
-    }
-    Ok(())
+    let mesh_key = if role.joins_mesh() {
+        std::fs::read_to_string(ca_dir.join("mesh.key")).ok()
+    } else {
+        None
+    };
+    Ok(Signed {
+        cert_pem: cert.pem(),
+        ca_pem,
+        mesh_key,
+    })
 }
 
 /// A certificate's fingerprint: SHA-256 of its DER bytes, hex.

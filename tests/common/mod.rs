@@ -347,10 +347,23 @@ pub fn member(
     join: Option<&str>,
     cpu: Option<usize>,
 ) -> NodeProc {
-    let cfg = dir.join("member.toml");
+    member_with(dir, pki, role, name, join, cpu, "")
+}
+
+/// [`member`] with more config sections (`extra`, TOML).
+pub fn member_with(
+    dir: &Path,
+    pki: &Path,
+    role: &str,
+    name: &str,
+    join: Option<&str>,
+    cpu: Option<usize>,
+    extra: &str,
+) -> NodeProc {
+    let cfg = dir.join(format!("{name}.toml"));
     std::fs::write(
         &cfg,
-        "version = 1\n[mesh]\nmdns = false\ninterval = \"500ms\"\n",
+        format!("version = 1\n[mesh]\nmdns = false\ninterval = \"500ms\"\n{extra}"),
     )
     .unwrap();
     let cert_role = match role {

@@ -41,6 +41,8 @@ pub struct NamespaceRecord {
 pub enum AuthError {
     Missing,
     Wrong,
+    /// A join token, which is for `fogline join` only.
+    JoinOnly,
 }
 
 /// A call counted against its namespace's concurrency quota until dropped.
@@ -118,11 +120,36 @@ impl Access {
         let tokens = read(&self.tokens);
         let t = tokens.get(id).ok_or(AuthError::Wrong)?;
         let want = hex::decode(&t.hash).unwrap_or_default();
-        if constant_time_eq(&token_hash(secret), &want) {
-            Ok(t.grant.clone())
-        } else {
-            Err(AuthError::Wrong)
+        if !constant_time_eq(&token_hash(secret), &want) {
+            return Err(AuthError::Wrong);
         }
+        match &t.grant {
+            Grant::Join(_) => Err(AuthError::JoinOnly),
+            g => Ok(g.clone()),
+        }
+    }
+
+    /// Takes one use of a join token at `now` (unix seconds); the refusal says why.
+    pub fn redeem(&self, token: &str, now: u64) -> Result<fogline_core::enroll::JoinGrant, String> {
+        let (id, secret) = parse_token(token).ok_or("the join token is damaged")?;
+        let mut tokens = write(&self.tokens);
+        let t = tokens
+            .get_mut(id)
+            .ok_or("the join token is unknown or was revoked")?;
+        let want = hex::decode(&t.hash).unwrap_or_default();
+        if !constant_time_eq(&token_hash(secret), &want) {
+            return Err("the join token's secret is wrong".into());
+        }
+        let Grant::Join(g) = &mut t.grant else {
+            return Err("this token is not a join token".into());
+        };
+        g.check(now)?;
+        g.uses_left -= 1;
+        let granted = g.clone();
+        let record = t.clone();
+        drop(tokens);
+        self.save(&self.token_tree, id, &record)?;
+        Ok(granted)
     }
 
     /// Mints a token; its text is returned once and never kept.

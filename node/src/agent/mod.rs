@@ -65,6 +65,8 @@ pub struct Links {
     pub dispatch: OnceLock<Arc<dyn crate::dispatch::Dispatch>>,
     /// Where other tiers reach this node: QUIC (when on) and HTTP.
     pub addresses: OnceLock<(Option<std::net::SocketAddr>, std::net::SocketAddr)>,
+    /// Set when this member takes enrollments (`[enroll]`).
+    pub issuer: OnceLock<crate::enroll::Issuer>,
 }
 
 /// Calls other tiers have running here, for a clean stop.

@@ -965,6 +965,13 @@ fn authenticate(node: &Node, headers: &HeaderMap) -> Result<Grant, Response> {
                 .refused("reason=\"token\",problem=\"wrong\"".into());
             Err(unauthorized("the token is wrong (or was revoked)"))
         }
+        Err(AuthError::JoinOnly) => {
+            node.metrics
+                .refused("reason=\"token\",problem=\"join_only\"".into());
+            Err(unauthorized(
+                "a join token is only for `fogline join`, not for the gateway",
+            ))
+        }
         Err(AuthError::Missing) => {
             node.metrics
                 .refused("reason=\"token\",problem=\"missing\"".into());
@@ -1312,14 +1319,28 @@ async fn list_tokens(State(node): State<Shared>, Extension(grant): Extension<Gra
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewToken {
-    namespace: String,
+    /// A namespace token: its namespace and scopes.
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
     scopes: Vec<Scope>,
+    /// A join token: the role it signs (node or bridge), how long and how often it may
+    /// be used, and the site the new member joins.
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    ttl: Option<String>,
+    #[serde(default)]
+    uses: Option<u32>,
+    #[serde(default)]
+    site: Option<String>,
     #[serde(default)]
     note: Option<String>,
 }
 
-/// `POST /v1/tokens {"namespace": N, "scopes": ["read"]}`: mints a namespace token,
-/// returned this once.
+/// `POST /v1/tokens`: `{"namespace": N, "scopes": ["read"]}` mints a namespace token;
+/// `{"role": "node", "ttl": "1h", "uses": 1, "site": "S"}` a join token for `fogline
+/// join` (on a member that takes enrollments). The token is returned this once.
 async fn mint_token(
     State(node): State<Shared>,
     Extension(grant): Extension<Grant>,
@@ -1333,21 +1354,93 @@ async fn mint_token(
         Ok(v) => v,
         Err(r) => return r,
     };
-    let mut scopes = req.scopes;
-    scopes.sort();
-    scopes.dedup();
-    let grant = Grant::Namespace {
-        namespace: req.namespace,
-        scopes,
+    let grant = match (&req.role, req.namespace.clone()) {
+        (Some(_), Some(_)) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "a token is for a namespace or for joining (role), not both",
+            )
+        }
+        (Some(role), None) => match join_grant(&node, role, &req) {
+            Ok(g) => g,
+            Err(r) => return r,
+        },
+        (None, Some(namespace)) => {
+            let mut scopes = req.scopes.clone();
+            scopes.sort();
+            scopes.dedup();
+            Grant::Namespace { namespace, scopes }
+        }
+        (None, None) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "name the token's namespace (with scopes), or a role for a join token",
+            )
+        }
     };
+    let is_join = matches!(grant, Grant::Join(_));
     match node.access.mint(grant, req.note) {
-        Ok((rec, token)) => (
-            StatusCode::CREATED,
-            axum::Json(serde_json::json!({ "id": rec.id, "grant": rec.grant, "token": token })),
-        )
-            .into_response(),
+        Ok((rec, token)) => {
+            // A join token carries where to enroll and which CA to trust.
+            let token = match (is_join, node.links.issuer.get()) {
+                (true, Some(i)) => fogline_core::enroll::JoinToken {
+                    addr: i.addr.clone(),
+                    ca: i.ca_fingerprint.clone(),
+                    token,
+                }
+                .encode(),
+                _ => token,
+            };
+            (
+                StatusCode::CREATED,
+                axum::Json(serde_json::json!({ "id": rec.id, "grant": rec.grant, "token": token })),
+            )
+                .into_response()
+        }
         Err(e) => text(StatusCode::BAD_REQUEST, e),
     }
+}
+
+/// The grant of a join token, when this member takes enrollments.
+fn join_grant(node: &Node, role: &str, req: &NewToken) -> Result<Grant, Response> {
+    use fogline_core::roles::Role;
+    if node.links.issuer.get().is_none() {
+        return Err(text(
+            StatusCode::BAD_REQUEST,
+            "this member takes no enrollments: set [enroll] (listen, ca_dir) on a bridge or router that holds the cluster CA",
+        ));
+    }
+    let role = match Role::parse(role) {
+        Some(r @ (Role::Node | Role::Bridge)) => r,
+        _ => {
+            return Err(text(
+                StatusCode::BAD_REQUEST,
+                format!("a join token is for role node or bridge, not {role:?}"),
+            ))
+        }
+    };
+    let ttl = match req.ttl.as_deref().map(fogline_core::units::parse_duration) {
+        None => std::time::Duration::from_secs(3600),
+        Some(Ok(d)) => d,
+        Some(Err(e)) => return Err(text(StatusCode::BAD_REQUEST, format!("ttl: {e}"))),
+    };
+    if let Some(site) = &req.site {
+        if site.is_empty() || site.len() > 63 {
+            return Err(text(
+                StatusCode::BAD_REQUEST,
+                "site must be 1 to 63 characters",
+            ));
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Ok(Grant::Join(fogline_core::enroll::JoinGrant {
+        role,
+        site: req.site.clone(),
+        expires_at: now + ttl.as_secs(),
+        uses_left: req.uses.unwrap_or(1),
+    }))
 }
 
 async fn revoke_token(

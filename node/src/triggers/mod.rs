@@ -59,6 +59,9 @@ pub async fn bind(config: &NodeConfig) -> anyhow::Result<Vec<Box<dyn Trigger>>> 
     if let Some(m) = mqtt::Mqtt::from_config(config)? {
         out.push(Box::new(m));
     }
+    if let Some(e) = crate::enroll::Enroll::bind(config).await? {
+        out.push(Box::new(e));
+    }
     Ok(out)
 }
 

@@ -1,0 +1,359 @@
+//! Enrollment by join token: the issuer's side (`[enroll]` on a bridge or router that holds
+//! the cluster CA: a TLS listener taking `POST /v1/enroll`) and the joiner's side
+//! ([`request`], used by `fogline join`).
+//!
+//! The joiner generates its key on the board and sends only the public key with the token;
+//! it trusts the issuer only if the issuer's TLS chain carries the CA whose SHA-256 the token
+//! names, and its certificate is signed by that CA. The issuer takes one use of the token,
+//! signs a certificate of the token's role (never another), and answers with it, the CA, the
+//! mesh key and where to join. Every refusal is named on both sides and counted.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use fogline_core::config::{EnrollSection, NodeConfig};
+use fogline_core::enroll::{EnrollReply, EnrollRequest, JoinToken};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+
+use crate::agent::Node;
+
+/// The enrollment listener, bound.
+pub struct Enroll {
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    section: EnrollSection,
+    /// SHA-256 of the CA certificate, hex: what join tokens pin.
+    ca_fingerprint: String,
+}
+
+impl Enroll {
+    /// Binds `[enroll] listen`; `None` when enrollment is off.
+    pub async fn bind(config: &NodeConfig) -> anyhow::Result<Option<Enroll>> {
+        let Some(section) = &config.enroll else {
+            return Ok(None);
+        };
+        let Some(dir) = &config.quic.tls_dir else {
+            anyhow::bail!(
+                "[enroll] is served with the member's own certificate: set quic.tls_dir (or --tls-dir)"
+            );
+        };
+        let ca_key = section.ca_dir.join("ca.key");
+        if !ca_key.exists() {
+            anyhow::bail!(
+                "enroll.ca_dir: {} holds no CA key (ca.key): enrollment signs certificates with it",
+                section.ca_dir.display()
+            );
+        }
+        let ca = CertificateDer::from_pem_file(dir.join("ca.pem"))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("ca.pem").display()))?;
+        let ca_of_dir = CertificateDer::from_pem_file(section.ca_dir.join("ca.pem"))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", section.ca_dir.join("ca.pem").display()))?;
+        if ca != ca_of_dir {
+            anyhow::bail!(
+                "enroll.ca_dir {} is another cluster's CA than the one in {}",
+                section.ca_dir.display(),
+                dir.display()
+            );
+        }
+        let mut chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(dir.join("cert.pem"))
+                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("cert.pem").display()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("cert.pem").display()))?;
+        // The CA goes with the chain: the joiner has only its fingerprint.
+        chain.push(ca.clone());
+        let key = PrivateKeyDer::from_pem_file(dir.join("key.pem"))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("key.pem").display()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| anyhow::anyhow!("the member's certificate and key do not fit: {e}"))?;
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let listener = tokio::net::TcpListener::bind(section.listen)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("cannot listen on {} (enroll.listen): {e}", section.listen)
+            })?;
+        Ok(Some(Enroll {
+            listener,
+            tls: Arc::new(tls),
+            section: section.clone(),
+            ca_fingerprint: crate::tls::fingerprint(&ca),
+        }))
+    }
+}
+
+/// What a member that takes enrollments tells token minting.
+pub struct Issuer {
+    /// The address join tokens name.
+    pub addr: String,
+    pub ca_fingerprint: String,
+    section: EnrollSection,
+}
+
+impl crate::triggers::Trigger for Enroll {
+    fn name(&self) -> &'static str {
+        "enroll"
+    }
+
+    fn address(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    fn serve(
+        self: Box<Self>,
+        node: Arc<Node>,
+        stopping: tokio::sync::watch::Receiver<bool>,
+        _deadline: Duration,
+    ) -> crate::dispatch::BoxFut<'static, anyhow::Result<()>> {
+        Box::pin(async move {
+            let bound = self.listener.local_addr()?;
+            let addr = self
+                .section
+                .advertise
+                .clone()
+                .unwrap_or_else(|| bound.to_string());
+            let _ = node.links.issuer.set(Issuer {
+                addr,
+                ca_fingerprint: self.ca_fingerprint.clone(),
+                section: self.section.clone(),
+            });
+            let app = Router::new()
+                .route("/v1/enroll", post(enroll))
+                .with_state(node);
+            let listener = crate::triggers::https::TlsListener::new(self.listener, self.tls)?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    crate::triggers::stopped(stopping).await;
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("enrollment: {e}"))
+        })
+    }
+}
+
+async fn enroll(State(node): State<Arc<Node>>, body: axum::body::Bytes) -> Response {
+    let req: EnrollRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("bad enrollment request: {e}\n"),
+            )
+                .into_response()
+        }
+    };
+    match issue(&node, &req) {
+        Ok(reply) => {
+            tracing::info!(member = %reply.name, role = reply.role.as_str(), "enrolled a new member");
+            axum::Json(reply).into_response()
+        }
+        Err((status, why)) => {
+            tracing::warn!("refused an enrollment as {:?}: {why}", req.name);
+            node.metrics.refused("reason=\"join\"".into());
+            (status, format!("{why}\n")).into_response()
+        }
+    }
+}
+
+/// Takes a use of the token and signs the joiner's certificate.
+fn issue(node: &Node, req: &EnrollRequest) -> Result<EnrollReply, (StatusCode, String)> {
+    let issuer = node.links.issuer.get().ok_or((
+        StatusCode::SERVICE_UNAVAILABLE,
+        "enrollment is starting".to_string(),
+    ))?;
+    let key = hex::decode(&req.public_key)
+        .ok()
+        .and_then(|raw| crate::tls::JoinerKey::from_raw(raw).ok())
+        .ok_or((
+            StatusCode::BAD_REQUEST,
+            "the public key must be an uncompressed ECDSA P-256 point, hex".to_string(),
+        ))?;
+    if let Some(m) = node.links.mesh.get() {
+        let taken = m.with_view(|v| {
+            v.members()
+                .any(|x| x.report.node == req.name && x.state != fogline_core::mesh::State::Dead)
+        });
+        if taken {
+            return Err((
+                StatusCode::CONFLICT,
+                format!(
+                    "a member named {:?} is in the mesh already; join with another --id",
+                    req.name
+                ),
+            ));
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let grant = node
+        .access
+        .redeem(&req.token, now)
+        .map_err(|why| (StatusCode::FORBIDDEN, why))?;
+    let signed = crate::tls::sign_member(
+        &issuer.section.ca_dir,
+        &req.name,
+        grant.role,
+        &key,
+        crate::tls::Validity::Days(issuer.section.cert_days),
+    )
+    .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+    let join = node
+        .links
+        .mesh
+        .get()
+        .map(|m| vec![m.address.clone()])
+        .unwrap_or_default();
+    Ok(EnrollReply {
+        name: req.name.clone(),
+        role: grant.role,
+        cert_pem: signed.cert_pem,
+        ca_pem: signed.ca_pem,
+        mesh_key: signed.mesh_key.unwrap_or_default(),
+        join,
+        site: grant.site,
+    })
+}
+
+/// The joiner's side: sends `req` to the issuer the token names, trusting it only with the
+/// CA the token pins. The error names the problem (the issuer's own words for a refusal).
+pub async fn request(token: &JoinToken, req: &EnrollRequest) -> anyhow::Result<EnrollReply> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned {
+            ca: token.ca.to_ascii_lowercase(),
+            provider,
+        }))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect(&token.addr),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("{}: no answer in 10 s", token.addr))?
+    .map_err(|e| anyhow::anyhow!("cannot reach the issuer at {}: {e}", token.addr))?;
+    let mut stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(crate::tls::peer_server_name(), tcp)
+        .await
+        .map_err(|e| anyhow::anyhow!("the issuer at {}: {e}", token.addr))?;
+    let body = serde_json::to_vec(req)?;
+    let head = format!(
+        "POST /v1/enroll HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        token.addr,
+        body.len()
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(&body).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
+        .await
+        .map_err(|_| anyhow::anyhow!("the issuer at {} did not answer in 30 s", token.addr))?
+        .or_else(|e| {
+            // A peer that closes without TLS close_notify still sent its whole answer.
+            if raw.is_empty() {
+                Err(e)
+            } else {
+                Ok(0)
+            }
+        })?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("the issuer's answer is not HTTP"))?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("the issuer's answer has no status"))?;
+    if status != 200 {
+        anyhow::bail!("the issuer refused: {} ({status})", body.trim());
+    }
+    serde_json::from_str(body.trim())
+        .map_err(|e| anyhow::anyhow!("the issuer's answer does not parse: {e}"))
+}
+
+/// Trusts a server whose chain carries the pinned CA and whose certificate that CA signed.
+#[derive(Debug)]
+struct Pinned {
+    ca: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| crate::tls::fingerprint(c) == self.ca)
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the issuer is not of the cluster the join token names (its CA's fingerprint differs)".into(),
+                )
+            })?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(ca.clone().into_owned())
+            .map_err(|e| rustls::Error::General(format!("the pinned CA: {e}")))?;
+        rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?
+        .verify_server_cert(end_entity, &[], server_name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
