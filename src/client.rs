@@ -750,6 +750,9 @@ pub async fn status(common: &Common) -> anyhow::Result<()> {
     );
     println!("async queue {}", s.async_queued);
     println!("data        {}", s.data_dir);
+    if let Some(e) = &s.certificate_expires {
+        println!("certificate expires {e}");
+    }
     Ok(())
 }
 

@@ -93,6 +93,11 @@ pub async fn run(a: JoinArgs) -> anyhow::Result<()> {
     if let Some(site) = &reply.site {
         text.push_str(&format!("site = {site:?}\n"));
     }
+    if let Some(ms) = reply.interval_ms {
+        text.push_str(&format!("interval = \"{ms}ms\"\n"));
+    }
+    // Renewed from the same issuer before it expires.
+    text.push_str(&format!("\n[renew]\nissuer = {:?}\n", token.addr));
     std::fs::write(&cfg_path, text)
         .with_context(|| format!("cannot write {}", cfg_path.display()))?;
     let said = format!(

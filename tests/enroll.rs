@@ -188,3 +188,86 @@ async fn a_board_joins_with_a_token_and_serves_calls() {
     assert!(log.contains("refused an enrollment as \"edge-10\": the join token is used up"));
     drop(edge);
 }
+
+/// A member whose certificate lives 20 s renews it at two thirds of its life from its
+/// issuer, without a restart and without a failed call, and keeps doing so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_renews_its_certificate_before_it_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = pki(d);
+    let enroll = format!(
+        "[enroll]\nlisten = \"127.0.0.1:0\"\nca_dir = {:?}\ncert_life = \"20s\"\n",
+        pki.display().to_string()
+    );
+    let r = member_with(d, &pki, "router", "router-1", None, None, &enroll);
+    let token = mint(&r, &["node"]);
+    let mut edge = NodeProc::spawn_cmd(join_cmd(d, &token, "edge-r"), d.join("edge-r"), d);
+    let pid = edge.child.id();
+    wait_until("the router to see edge-r alive", 15, || {
+        alive(&r).contains(&"edge-r".to_string())
+    });
+    let first = status(&edge).await["certificate_expires"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = run_ok(edge.cli().arg("status"));
+    assert!(
+        out.contains(&format!("certificate expires {first}")),
+        "{out}"
+    );
+    assert_eq!(
+        deploy(&r, "hello", "hello/hello.wasm", json!({}))
+            .await
+            .status(),
+        201
+    );
+    let dev = issue(&pki, "dev-1", "client");
+    let c = client();
+    let t0 = Instant::now();
+    let (mut calls, mut failed) = (0, Vec::new());
+    // Past the first certificate's end, and past the second renewal.
+    while t0.elapsed() < Duration::from_secs(30) {
+        let (s, _, body) = call(&c, &r.url, "hello", "r").await;
+        calls += 1;
+        if s != 200 {
+            failed.push(format!("{:?} {s} {body}", t0.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !failed.is_empty() {
+        let log = std::fs::read_to_string(d.join("node.stderr")).unwrap();
+        let lines: Vec<&str> = log.lines().filter(|l| !l.contains("DEBUG")).collect();
+        panic!(
+            "{} of {calls} calls failed: {:?} .. {:?}\n{}",
+            failed.len(),
+            &failed[0],
+            failed.last(),
+            lines.join("\n")
+        );
+    }
+    // A new connection, well after the first certificate expired, finds a valid one.
+    let out = run_ok(
+        fogline()
+            .args(["invoke", "hello", "--data", "new", "--via"])
+            .arg(format!("quic://edge-r@{}", edge.quic.unwrap()))
+            .arg("--tls-dir")
+            .arg(&dev),
+    );
+    assert_eq!(out, "hello, new");
+    let now = status(&edge).await["certificate_expires"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(now > first, "{now} is not later than {first}");
+    assert_eq!(edge.child.id(), pid);
+    assert!(edge.child.try_wait().unwrap().is_none(), "edge-r restarted");
+    let log = std::fs::read_to_string(d.join("node.stderr")).unwrap();
+    let renewals = log.matches("renewed this member's certificate").count();
+    assert!(
+        renewals >= 2,
+        "{renewals} renewals in 30 s of a 20 s certificate"
+    );
+    println!("{calls} calls, none failed; {renewals} renewals; expiry {first} -> {now}");
+    edge.kill();
+}

@@ -50,6 +50,7 @@ pub struct NodeConfig {
     /// Enrollment of new boards by join token (`fogline join`): on a bridge or router
     /// that holds the cluster CA.
     pub enroll: Option<EnrollSection>,
+    pub renew: Option<RenewSection>,
 }
 
 /// Where new boards enroll, and the CA that signs them.
@@ -63,13 +64,23 @@ pub struct EnrollSection {
     pub advertise: Option<String>,
     /// The cluster CA's folder (`fogline certs init`), with its key.
     pub ca_dir: PathBuf,
-    /// Days a certificate issued to a joiner is valid.
-    #[serde(default = "default_cert_days")]
-    pub cert_days: u32,
+    /// How long a certificate issued (or renewed) here is valid; members renew at two
+    /// thirds of it.
+    #[serde(default = "default_cert_life", with = "duration_str")]
+    pub cert_life: Duration,
 }
 
-fn default_cert_days() -> u32 {
-    365
+fn default_cert_life() -> Duration {
+    Duration::from_secs(365 * 86_400)
+}
+
+/// Renewing this member's certificate before it expires, from an issuer (`[enroll]` of a
+/// bridge or router): at two thirds of its life, without a restart.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RenewSection {
+    /// The issuer's enrollment address (`fogline join` writes the one its token named).
+    pub issuer: String,
 }
 
 /// Where secrets' key and their files for functions live.
@@ -565,6 +576,7 @@ impl NodeConfig {
             quota: Default::default(),
             secrets: SecretsSection::default(),
             enroll: None,
+            renew: None,
         }
     }
 

@@ -103,6 +103,31 @@ pub struct EnrollReply {
     pub join: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site: Option<String>,
+    /// The mesh's gossip interval (ms): every member gossips at the same pace, or the
+    /// faster ones take the slower for gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_ms: Option<u64>,
+}
+
+/// A member renewing its certificate: the new public key, signed with its current key
+/// (whose certificate comes along).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewRequest {
+    pub cert_pem: String,
+    /// The new raw ECDSA P-256 public key, hex.
+    pub public_key: String,
+    /// TLS signature scheme of `sig`.
+    pub scheme: u16,
+    /// Signature over [`RenewRequest::message`] by the current key, hex.
+    pub sig: String,
+}
+
+impl RenewRequest {
+    pub fn message(public_key: &str) -> Vec<u8> {
+        let mut m = b"fogline certificate renewal v1\n".to_vec();
+        m.extend_from_slice(public_key.as_bytes());
+        m
+    }
 }
 
 #[cfg(test)]

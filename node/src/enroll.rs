@@ -129,6 +129,7 @@ impl crate::triggers::Trigger for Enroll {
             });
             let app = Router::new()
                 .route("/v1/enroll", post(enroll))
+                .route("/v1/renew", post(take_renewal))
                 .with_state(node);
             let listener = crate::triggers::https::TlsListener::new(self.listener, self.tls)?;
             axum::serve(listener, app)
@@ -163,6 +164,80 @@ async fn enroll(State(node): State<Arc<Node>>, body: axum::body::Bytes) -> Respo
             (status, format!("{why}\n")).into_response()
         }
     }
+}
+
+async fn take_renewal(State(node): State<Arc<Node>>, body: axum::body::Bytes) -> Response {
+    let req: fogline_core::enroll::RenewRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("bad renewal request: {e}\n"),
+            )
+                .into_response()
+        }
+    };
+    match renewal(&node, &req) {
+        Ok(reply) => {
+            tracing::info!(member = %reply.name, "renewed a member's certificate");
+            axum::Json(reply).into_response()
+        }
+        Err((status, why)) => {
+            tracing::warn!("refused a certificate renewal: {why}");
+            node.metrics.refused("reason=\"renew\"".into());
+            (status, format!("{why}\n")).into_response()
+        }
+    }
+}
+
+/// Signs a new certificate for the member whose current (valid, not revoked) certificate
+/// signed the request: same name, same role, the new key.
+fn renewal(
+    node: &Node,
+    req: &fogline_core::enroll::RenewRequest,
+) -> Result<EnrollReply, (StatusCode, String)> {
+    let issuer = node.links.issuer.get().ok_or((
+        StatusCode::SERVICE_UNAVAILABLE,
+        "enrollment is starting".to_string(),
+    ))?;
+    let ca = CertificateDer::from_pem_file(issuer.section.ca_dir.join("ca.pem"))
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let cert = CertificateDer::from_pem_slice(req.cert_pem.as_bytes()).map_err(|e| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("the current certificate: {e}"),
+        )
+    })?;
+    let (name, role) =
+        crate::tls::check_renewal(&ca, &cert, req).map_err(|why| (StatusCode::FORBIDDEN, why))?;
+    node.revocations
+        .check(&cert)
+        .map_err(|why| (StatusCode::FORBIDDEN, why))?;
+    let key = hex::decode(&req.public_key)
+        .ok()
+        .and_then(|raw| crate::tls::JoinerKey::from_raw(raw).ok())
+        .ok_or((
+            StatusCode::BAD_REQUEST,
+            "the public key must be an uncompressed ECDSA P-256 point, hex".to_string(),
+        ))?;
+    let signed = crate::tls::sign_member(
+        &issuer.section.ca_dir,
+        &name,
+        role,
+        &key,
+        crate::tls::Validity::Seconds(issuer.section.cert_life.as_secs()),
+    )
+    .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+    Ok(EnrollReply {
+        name,
+        role,
+        cert_pem: signed.cert_pem,
+        ca_pem: signed.ca_pem,
+        mesh_key: String::new(),
+        join: Vec::new(),
+        site: None,
+        interval_ms: None,
+    })
 }
 
 /// Takes a use of the token and signs the joiner's certificate.
@@ -205,7 +280,7 @@ fn issue(node: &Node, req: &EnrollRequest) -> Result<EnrollReply, (StatusCode, S
         &req.name,
         grant.role,
         &key,
-        crate::tls::Validity::Days(issuer.section.cert_days),
+        crate::tls::Validity::Seconds(issuer.section.cert_life.as_secs()),
     )
     .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
     let join = node
@@ -222,46 +297,86 @@ fn issue(node: &Node, req: &EnrollRequest) -> Result<EnrollReply, (StatusCode, S
         mesh_key: signed.mesh_key.unwrap_or_default(),
         join,
         site: grant.site,
+        interval_ms: Some(node.config.mesh.interval.as_millis() as u64),
     })
 }
 
 /// The joiner's side: sends `req` to the issuer the token names, trusting it only with the
 /// CA the token pins. The error names the problem (the issuer's own words for a refusal).
 pub async fn request(token: &JoinToken, req: &EnrollRequest) -> anyhow::Result<EnrollReply> {
+    send(
+        &token.addr,
+        &token.ca,
+        "/v1/enroll",
+        &serde_json::to_vec(req)?,
+    )
+    .await
+}
+
+/// A member's side of renewal: its new public key, signed with its current key, to the
+/// issuer at `addr` (trusted only with the cluster's CA).
+pub async fn renew(
+    addr: &str,
+    tls_dir: &std::path::Path,
+    public_key: &[u8],
+) -> anyhow::Result<EnrollReply> {
+    let public_key = hex::encode(public_key);
+    let (scheme, sig) = crate::tls::sign_with_member_key(
+        tls_dir,
+        &fogline_core::enroll::RenewRequest::message(&public_key),
+    )?;
+    let cert_pem = std::fs::read_to_string(tls_dir.join("cert.pem"))?;
+    let ca = CertificateDer::from_pem_file(tls_dir.join("ca.pem"))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", tls_dir.join("ca.pem").display()))?;
+    let req = fogline_core::enroll::RenewRequest {
+        cert_pem,
+        public_key,
+        scheme,
+        sig: hex::encode(sig),
+    };
+    send(
+        addr,
+        &crate::tls::fingerprint(&ca),
+        "/v1/renew",
+        &serde_json::to_vec(&req)?,
+    )
+    .await
+}
+
+/// POSTs JSON to an issuer over TLS pinned to the CA of fingerprint `ca`; its JSON answer.
+async fn send(addr: &str, ca: &str, path: &str, body: &[u8]) -> anyhow::Result<EnrollReply> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(Pinned {
-            ca: token.ca.to_ascii_lowercase(),
+            ca: ca.to_ascii_lowercase(),
             provider,
         }))
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tcp = tokio::time::timeout(
         Duration::from_secs(10),
-        tokio::net::TcpStream::connect(&token.addr),
+        tokio::net::TcpStream::connect(addr),
     )
     .await
-    .map_err(|_| anyhow::anyhow!("{}: no answer in 10 s", token.addr))?
-    .map_err(|e| anyhow::anyhow!("cannot reach the issuer at {}: {e}", token.addr))?;
+    .map_err(|_| anyhow::anyhow!("{addr}: no answer in 10 s"))?
+    .map_err(|e| anyhow::anyhow!("cannot reach the issuer at {addr}: {e}"))?;
     let mut stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
         .connect(crate::tls::peer_server_name(), tcp)
         .await
-        .map_err(|e| anyhow::anyhow!("the issuer at {}: {e}", token.addr))?;
-    let body = serde_json::to_vec(req)?;
+        .map_err(|e| anyhow::anyhow!("the issuer at {addr}: {e}"))?;
     let head = format!(
-        "POST /v1/enroll HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        token.addr,
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     );
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     stream.write_all(head.as_bytes()).await?;
-    stream.write_all(&body).await?;
+    stream.write_all(body).await?;
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
         .await
-        .map_err(|_| anyhow::anyhow!("the issuer at {} did not answer in 30 s", token.addr))?
+        .map_err(|_| anyhow::anyhow!("the issuer at {addr} did not answer in 30 s"))?
         .or_else(|e| {
             // A peer that closes without TLS close_notify still sent its whole answer.
             if raw.is_empty() {

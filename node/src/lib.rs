@@ -13,7 +13,8 @@
 //!   the durable async queue and callbacks, and [`Node::call`], the one invocation path.
 //! - [`dispatch`]: the seam placement plugs into; **a new placement policy** goes in
 //!   `fogline-core` (`policy`, `placement`), driven by the router crate through this seam.
-//! - [`enroll`]: new boards joining by token (the issuer's listener and `fogline join`).
+//! - [`enroll`]: new boards joining by token (the issuer's listener and `fogline join`);
+//!   [`renew`]: members renewing their certificates before they expire.
 //! - [`quic`] (framing and the client that calls other tiers), [`tls`] (certificates and
 //!   roles), [`revocation`] (the certificates members refuse), [`mesh`] (gossiped
 //!   membership and load): how members reach each other.
@@ -32,6 +33,7 @@ pub mod logs;
 pub mod mesh;
 pub mod metrics;
 pub mod quic;
+pub mod renew;
 pub mod revocation;
 pub mod secrets;
 pub mod store;
@@ -95,6 +97,7 @@ pub async fn bind_with(config: NodeConfig, join: &[String]) -> anyhow::Result<Ru
         let m = mesh::start(node.clone(), &node.id, &node.config, join).await?;
         let _ = node.links.mesh.set(m);
     }
+    renew::start(node.clone());
     Ok(Running {
         addr,
         scheme: if node.config.http.tls {

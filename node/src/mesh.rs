@@ -177,6 +177,16 @@ pub struct Mesh {
     revocations: Option<Arc<crate::revocation::Revocations>>,
 }
 
+impl Mesh {
+    /// Proves this member's identity with a renewed certificate from now on.
+    pub fn reload_identity(&self, tls: &crate::tls::TlsDir) -> Result<(), crate::tls::TlsError> {
+        match &self.identity {
+            Some(id) => id.reload(tls),
+            None => Ok(()),
+        }
+    }
+}
+
 /// One row of `fogline mesh` / `GET /v1/mesh`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct MemberRow {

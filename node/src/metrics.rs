@@ -130,6 +130,8 @@ pub struct Gauges {
     pub mesh_forged: u64,
     /// Compiled code kept and made by the sandboxes.
     pub code: crate::executor::CodeCache,
+    /// When this member's certificate expires, unix seconds (0: it has none).
+    pub certificate_expiry: u64,
 }
 
 impl Metrics {
@@ -261,6 +263,11 @@ impl Metrics {
                 g.code.in_memory,
             ),
             (
+                "fogline_certificate_expiry_timestamp_seconds",
+                "When this member's certificate expires (unix seconds; 0 without one). Members with [renew] renew it at two thirds of its life.",
+                g.certificate_expiry,
+            ),
+            (
                 "fogline_code_disk_bytes",
                 "Bytes of compiled artifacts on disk (at most wasm.disk_cache_max).",
                 g.code.disk_bytes,
@@ -346,6 +353,7 @@ mod tests {
             mesh_forged: 0,
             mesh_received: 0,
             code: Default::default(),
+            certificate_expiry: 0,
         });
         assert!(
             text.contains(

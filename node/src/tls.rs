@@ -127,6 +127,17 @@ pub fn issue(
     write_member_dir(out, &signed, &key.serialize_pem())
 }
 
+/// Replaces a member's certificate and key after a renewal: each written beside and
+/// renamed over (the key first), so a reader finds whole files.
+pub fn write_renewed(dir: &Path, cert_pem: &str, key_pem: &str) -> Result<(), TlsError> {
+    for (name, text, private) in [("key.pem", key_pem, true), ("cert.pem", cert_pem, false)] {
+        let tmp = dir.join(format!(".{name}.new"));
+        write(&tmp, text.to_string(), private)?;
+        std::fs::rename(&tmp, dir.join(name)).map_err(|e| file_err(&dir.join(name), e))?;
+    }
+    Ok(())
+}
+
 /// Writes a member's folder (a `--tls-dir`): `cert.pem`, `key.pem` and `mesh.key`
 /// readable by the owner only, `ca.pem`.
 pub fn write_member_dir(out: &Path, signed: &Signed, key_pem: &str) -> Result<(), TlsError> {
@@ -240,7 +251,9 @@ pub fn sign_member(
             p.not_after = now + std::time::Duration::from_secs(u64::from(d) * 86_400);
         }
         Validity::Seconds(s) => {
-            p.not_before = now - std::time::Duration::from_secs(60);
+            // Backdated for clocks a little behind, by a tenth of its life at most, so a
+            // member renewing at two thirds of it renews after the fact, not at once.
+            p.not_before = now - std::time::Duration::from_secs((s / 10).min(300));
             p.not_after = now + std::time::Duration::from_secs(s);
         }
         Validity::Expired => {
@@ -262,6 +275,67 @@ pub fn sign_member(
         ca_pem,
         mesh_key,
     })
+}
+
+/// A certificate's validity: (not before, not after), unix seconds. Read from the DER
+/// (`TBSCertificate`'s fifth field) with no X.509 library: the node only needs these.
+pub fn validity(cert: &CertificateDer<'_>) -> Option<(u64, u64)> {
+    /// One DER element at the front of `b`: (tag, contents, rest).
+    fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, b) = b.split_first()?;
+        let (&first, mut b) = b.split_first()?;
+        let len = if first < 0x80 {
+            usize::from(first)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || b.len() < n {
+                return None;
+            }
+            let len = b[..n]
+                .iter()
+                .fold(0usize, |a, x| (a << 8) | usize::from(*x));
+            b = &b[n..];
+            len
+        };
+        (b.len() >= len).then(|| (tag, &b[..len], &b[len..]))
+    }
+    fn time(tag: u8, t: &[u8]) -> Option<u64> {
+        let t = std::str::from_utf8(t).ok()?.strip_suffix('Z')?;
+        let (year, rest) = match tag {
+            0x17 => {
+                let yy: u64 = t.get(..2)?.parse().ok()?;
+                (if yy >= 50 { 1900 + yy } else { 2000 + yy }, t.get(2..)?)
+            }
+            0x18 => (t.get(..4)?.parse().ok()?, t.get(4..)?),
+            _ => return None,
+        };
+        let num = |r: std::ops::Range<usize>| rest.get(r)?.parse::<u64>().ok();
+        let (mo, d, h, mi, s) = (num(0..2)?, num(2..4)?, num(4..6)?, num(6..8)?, num(8..10)?);
+        // Days from 1970-01-01 to the date (proleptic Gregorian, as civil_from_days inverts).
+        let (y, m) = if mo <= 2 {
+            (year - 1, mo + 9)
+        } else {
+            (year, mo - 3)
+        };
+        let era = y / 400;
+        let yoe = y - era * 400;
+        let doy = (153 * m + 2) / 5 + d - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = (era * 146_097 + doe).checked_sub(719_468)?;
+        Some(days * 86_400 + h * 3600 + mi * 60 + s)
+    }
+    let (_, cert, _) = tlv(cert.as_ref())?;
+    let (_, tbs, _) = tlv(cert)?;
+    let mut rest = tbs;
+    // [0] version (optional), serial, signature algorithm, issuer, then validity.
+    let (tag, _, r) = tlv(rest)?;
+    rest = if tag == 0xa0 { tlv(r)?.2 } else { r };
+    let (_, _, r) = tlv(rest)?;
+    let (_, _, r) = tlv(r)?;
+    let (_, validity, _) = tlv(r)?;
+    let (t1, nb, r) = tlv(validity)?;
+    let (t2, na, _) = tlv(r)?;
+    Some((time(t1, nb)?, time(t2, na)?))
 }
 
 /// A certificate's fingerprint: SHA-256 of its DER bytes, hex.
@@ -322,28 +396,77 @@ fn sign_list(
     ca_dir: &Path,
     list: &fogline_core::revocation::RevocationList,
 ) -> Result<fogline_core::revocation::SignedList, TlsError> {
-    use rustls::SignatureScheme as S;
-    let key_path = ca_dir.join("ca.key");
-    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| file_err(&key_path, e))?;
-    let signer =
-        rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| file_err(&key_path, e))?;
-    let signer = signer
-        .choose_scheme(&[
-            S::ECDSA_NISTP256_SHA256,
-            S::ECDSA_NISTP384_SHA384,
-            S::ED25519,
-        ])
-        .ok_or_else(|| TlsError::Invalid("the CA's key has no usable signature scheme".into()))?;
     let json = serde_json::to_string(list)
         .map_err(|e| TlsError::Invalid(format!("encoding the list: {e}")))?;
-    let sig = signer
-        .sign(&fogline_core::revocation::SignedList::message(&json))
-        .map_err(|e| TlsError::Invalid(format!("signing the list: {e}")))?;
+    let (scheme, sig) = sign_with(
+        &ca_dir.join("ca.key"),
+        &fogline_core::revocation::SignedList::message(&json),
+    )?;
     Ok(fogline_core::revocation::SignedList {
         list: json,
-        scheme: u16::from(signer.scheme()),
+        scheme,
         sig: hex::encode(sig),
     })
+}
+
+/// Signs `msg` with the private key in the PEM file `key_path`: (TLS scheme, signature).
+fn sign_with(key_path: &Path, msg: &[u8]) -> Result<(u16, Vec<u8>), TlsError> {
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| file_err(key_path, e))?;
+    let signer =
+        rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| file_err(key_path, e))?;
+    let signer = choose_signer(signer.as_ref())
+        .ok_or_else(|| file_err(key_path, "the key has no usable signature scheme"))?;
+    let sig = signer
+        .sign(msg)
+        .map_err(|e| TlsError::Invalid(format!("signing: {e}")))?;
+    Ok((u16::from(signer.scheme()), sig))
+}
+
+/// A signer for `key` in the first scheme Fogline signs with that it supports.
+fn choose_signer(key: &dyn rustls::sign::SigningKey) -> Option<Box<dyn rustls::sign::Signer>> {
+    use rustls::SignatureScheme as S;
+    key.choose_scheme(&[
+        S::ECDSA_NISTP256_SHA256,
+        S::ECDSA_NISTP384_SHA384,
+        S::ED25519,
+        S::RSA_PSS_SHA256,
+    ])
+}
+
+/// Signs `msg` with the member key of the folder `tls_dir`.
+pub fn sign_with_member_key(tls_dir: &Path, msg: &[u8]) -> Result<(u16, Vec<u8>), TlsError> {
+    sign_with(&tls_dir.join("key.pem"), msg)
+}
+
+/// Checks a renewal: the current certificate is of this CA, valid now, of a member role,
+/// and its key signed the new public key. Returns its name and role.
+pub fn check_renewal(
+    ca: &CertificateDer<'_>,
+    cert: &CertificateDer<'_>,
+    req: &fogline_core::enroll::RenewRequest,
+) -> Result<(String, Role), String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(ca.clone().into_owned())
+        .map_err(|e| format!("the CA: {e}"))?;
+    rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        TlsDir::provider(),
+    )
+    .build()
+    .map_err(|e| e.to_string())?
+    .verify_client_cert(cert, &[], rustls::pki_types::UnixTime::now())
+    .map_err(|e| format!("the current certificate is not valid in this cluster: {e}"))?;
+    let name = name_of(cert).ok_or("the current certificate names no member")?;
+    let role = role_of(cert).ok_or("the current certificate carries no role")?;
+    let sig = hex::decode(&req.sig).map_err(|_| "the signature is not hex".to_string())?;
+    let msg = fogline_core::enroll::RenewRequest::message(&req.public_key);
+    if !signed_by(cert, req.scheme, &msg, &sig)? {
+        return Err(format!(
+            "the request is not signed by the key of {name}'s current certificate"
+        ));
+    }
+    Ok((name, role))
 }
 
 /// Checks a revocation list's signature against the cluster CA's certificate; returns the
@@ -498,8 +621,8 @@ impl TlsDir {
 /// Proves to other mesh members that this member's libp2p peer holds its certificate, and
 /// checks their proofs against the cluster CA.
 pub struct MeshIdentity {
-    cert: CertificateDer<'static>,
-    signer: Arc<dyn rustls::sign::SigningKey>,
+    /// This member's certificate and key (replaced when renewed).
+    own: std::sync::RwLock<(CertificateDer<'static>, Arc<dyn rustls::sign::SigningKey>)>,
     verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
     /// The last proof signed: the signature covers the member and the peer, so it is made
     /// again only when one of them changes.
@@ -523,11 +646,19 @@ impl MeshIdentity {
         .build()
         .map_err(|e| TlsError::Invalid(format!("certificate verifier: {e}")))?;
         Ok(MeshIdentity {
-            cert: tls.chain[0].clone(),
-            signer,
+            own: std::sync::RwLock::new((tls.chain[0].clone(), signer)),
             verifier,
             last: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Proves with the certificate and key in `tls` from now on (after a renewal).
+    pub fn reload(&self, tls: &TlsDir) -> Result<(), TlsError> {
+        let signer = rustls::crypto::ring::sign::any_supported_type(&tls.key)
+            .map_err(|e| TlsError::Invalid(format!("the member's key cannot sign: {e}")))?;
+        *self.own.write().unwrap_or_else(|p| p.into_inner()) = (tls.chain[0].clone(), signer);
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        Ok(())
     }
 
     /// This member's proof that `peer` speaks for `node`, sent before whole report `seq`.
@@ -551,18 +682,10 @@ impl MeshIdentity {
     }
 
     fn sign(&self, node: &str, peer: &str) -> Result<fogline_core::mesh::Proof, TlsError> {
-        use rustls::SignatureScheme as S;
-        let signer = self
-            .signer
-            .choose_scheme(&[
-                S::ECDSA_NISTP256_SHA256,
-                S::ECDSA_NISTP384_SHA384,
-                S::ED25519,
-                S::RSA_PSS_SHA256,
-            ])
-            .ok_or_else(|| {
-                TlsError::Invalid("the member's key has no usable signature scheme".into())
-            })?;
+        let (cert, key) = self.own.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let signer = choose_signer(key.as_ref()).ok_or_else(|| {
+            TlsError::Invalid("the member's key has no usable signature scheme".into())
+        })?;
         let sig = signer
             .sign(&fogline_core::mesh::Proof::message(node, peer))
             .map_err(|e| TlsError::Invalid(format!("signing the mesh proof: {e}")))?;
@@ -570,7 +693,7 @@ impl MeshIdentity {
             node: node.to_string(),
             peer: peer.to_string(),
             seq: 0,
-            cert: self.cert.to_vec(),
+            cert: cert.to_vec(),
             scheme: u16::from(signer.scheme()),
             sig,
         })
@@ -664,6 +787,24 @@ mod tests {
             .verify(&id.prove("edge-2", "peer-a", 3).unwrap(), "peer-a")
             .unwrap_err();
         assert!(e.contains("names \"edge-1\", not \"edge-2\""), "{e}");
+    }
+
+    #[test]
+    fn validity_is_read_from_the_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("pki");
+        init_ca(&ca).unwrap();
+        let out = dir.path().join("edge-1");
+        issue(&ca, "edge-1", Role::Node, &out, Validity::Seconds(20)).unwrap();
+        let cert = &TlsDir::load(&out).unwrap().chain[0];
+        let (nb, na) = validity(cert).unwrap();
+        assert_eq!(na - nb, 22, "a tenth of its life early, 20 s after now");
+        let now = unix_now();
+        assert!(na >= now + 18 && na <= now + 21, "{na} vs {now}");
+        issue(&ca, "old", Role::Node, &out, Validity::Expired).unwrap();
+        let cert = &TlsDir::load(&out).unwrap().chain[0];
+        // 2020-01-01 and 2021-01-01.
+        assert_eq!(validity(cert).unwrap(), (1_577_836_800, 1_609_459_200));
     }
 
     #[test]

@@ -165,6 +165,9 @@ pub struct NodeStatus {
     pub async_queued: u64,
     pub quic_streams: u32,
     pub data_dir: String,
+    /// When this member's certificate expires (RFC 3339), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_expires: Option<String>,
 }
 
 /// A freshly opened node and the pieces its caller must drive.
@@ -716,6 +719,14 @@ impl Node {
             mesh_connections: mesh(|t| &t.connections),
             mesh_forged: mesh(|t| &t.forged),
             code: self.executors.code_cache(),
+            certificate_expiry: self
+                .config
+                .quic
+                .tls_dir
+                .as_deref()
+                .and_then(|d| crate::tls::TlsDir::load(d).ok())
+                .and_then(|t| crate::tls::validity(&t.chain[0]))
+                .map_or(0, |(_, na)| na),
         }
     }
 
@@ -733,6 +744,13 @@ impl Node {
             async_queued: g.async_queued as u64,
             quic_streams: self.serving.quic_streams.load(Ordering::Relaxed),
             data_dir: self.config.node.data_dir.display().to_string(),
+            certificate_expires: self
+                .config
+                .quic
+                .tls_dir
+                .as_deref()
+                .and_then(|d| crate::tls::TlsDir::load(d).ok())
+                .and_then(|t| crate::renew::expiry_of(&t)),
         }
     }
 

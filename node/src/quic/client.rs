@@ -124,7 +124,9 @@ pub struct Client {
     expected: std::sync::RwLock<HashMap<SocketAddr, Arc<str>>>,
     /// The name any member that accepts connections answers to.
     any_member: Arc<str>,
-    base: Arc<rustls::ClientConfig>,
+    /// The TLS settings every peer's config starts from: replaced when the member's
+    /// certificate is renewed.
+    base: std::sync::RwLock<Arc<rustls::ClientConfig>>,
     timeout: Duration,
     /// The certificates the member refuses to call (set on a member; a CLI client has none).
     revocations: std::sync::OnceLock<Arc<crate::revocation::Revocations>>,
@@ -141,7 +143,7 @@ impl Client {
             configs: Mutex::new(HashMap::new()),
             expected: std::sync::RwLock::new(HashMap::new()),
             any_member: Arc::from(tls::PEER_NAME),
-            base: Arc::new(tls.client_config(wire::ALPN)?),
+            base: std::sync::RwLock::new(Arc::new(tls.client_config(wire::ALPN)?)),
             timeout: Duration::from_secs(30),
             revocations: std::sync::OnceLock::new(),
         })
@@ -153,7 +155,7 @@ impl Client {
         if let Some(c) = configs.get(&addr) {
             return Ok(c.clone());
         }
-        let mut tls = (*self.base).clone();
+        let mut tls = (**self.base.read().unwrap_or_else(|p| p.into_inner())).clone();
         tls.resumption = rustls::client::Resumption::in_memory_sessions(4);
         let crypto = QuicClientConfig::try_from(tls)
             .map_err(|e| TlsError::Invalid(format!("QUIC client config: {e}")))?;
@@ -226,6 +228,15 @@ impl Client {
         }
         conns.insert(addr, (conn.clone(), name));
         Ok(conn)
+    }
+
+    /// Presents the certificate in `tls` from now on (after a renewal): new connections use
+    /// it; open ones stay, as their peers checked the old one when they opened.
+    pub async fn reload(&self, tls: &TlsDir) -> Result<(), QuicError> {
+        let base = Arc::new(tls.client_config(wire::ALPN)?);
+        *self.base.write().unwrap_or_else(|p| p.into_inner()) = base;
+        self.configs.lock().await.clear();
+        Ok(())
     }
 
     /// Refuses members whose certificates `list` revokes: new connections to them fail,
