@@ -143,48 +143,42 @@ impl crate::triggers::Trigger for Enroll {
 }
 
 async fn enroll(State(node): State<Arc<Node>>, body: axum::body::Bytes) -> Response {
-    let req: EnrollRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("bad enrollment request: {e}\n"),
-            )
-                .into_response()
-        }
-    };
-    match issue(&node, &req) {
-        Ok(reply) => {
-            tracing::info!(member = %reply.name, role = reply.role.as_str(), "enrolled a new member");
-            axum::Json(reply).into_response()
-        }
-        Err((status, why)) => {
-            tracing::warn!("refused an enrollment as {:?}: {why}", req.name);
-            node.metrics.refused("reason=\"join\"".into());
-            (status, format!("{why}\n")).into_response()
-        }
-    }
+    answer(
+        &node,
+        "an enrollment",
+        "join",
+        &body,
+        |req: EnrollRequest| (format!(" as {:?}", req.name), issue(&node, &req)),
+    )
 }
 
 async fn take_renewal(State(node): State<Arc<Node>>, body: axum::body::Bytes) -> Response {
-    let req: fogline_core::enroll::RenewRequest = match serde_json::from_slice(&body) {
+    answer(&node, "a certificate renewal", "renew", &body, |req| {
+        (String::new(), renewal(&node, &req))
+    })
+}
+
+/// Parses a request and answers with what `serve` made of it; a refusal is logged (with
+/// what `serve` said of the request), counted, and answered with its reason.
+fn answer<T: serde::de::DeserializeOwned>(
+    node: &Node,
+    what: &str,
+    reason: &str,
+    body: &[u8],
+    serve: impl FnOnce(T) -> (String, Result<EnrollReply, (StatusCode, String)>),
+) -> Response {
+    let req: T = match serde_json::from_slice(body) {
         Ok(r) => r,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("bad renewal request: {e}\n"),
-            )
-                .into_response()
-        }
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("bad request: {e}\n")).into_response(),
     };
-    match renewal(&node, &req) {
-        Ok(reply) => {
-            tracing::info!(member = %reply.name, "renewed a member's certificate");
+    match serve(req) {
+        (_, Ok(reply)) => {
+            tracing::info!(member = %reply.name, role = reply.role.as_str(), "granted {what}");
             axum::Json(reply).into_response()
         }
-        Err((status, why)) => {
-            tracing::warn!("refused a certificate renewal: {why}");
-            node.metrics.refused("reason=\"renew\"".into());
+        (about, Err((status, why))) => {
+            tracing::warn!("refused {what}{about}: {why}");
+            node.metrics.refused(format!("reason=\"{reason}\""));
             (status, format!("{why}\n")).into_response()
         }
     }
