@@ -58,6 +58,7 @@ async fn renew_once(node: &Node, issuer: &str, dir: &Path) -> anyhow::Result<Str
     let reply = crate::enroll::renew(issuer, dir, &public).await?;
     crate::tls::write_renewed(dir, &reply.cert_pem, &key_pem)?;
     let tls = TlsDir::load(dir)?;
+    node.note_certificate(&tls);
     if let Some(c) = node.links.peers.get() {
         c.reload(&tls).await?;
     }
@@ -70,8 +71,10 @@ async fn renew_once(node: &Node, issuer: &str, dir: &Path) -> anyhow::Result<Str
 /// When the certificate in `tls` expires, RFC 3339.
 pub fn expiry_of(tls: &TlsDir) -> Option<String> {
     let (_, na) = crate::tls::validity(&tls.chain[0])?;
-    Some(
-        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(na))
-            .to_string(),
-    )
+    Some(rfc3339(na))
+}
+
+/// Unix seconds as RFC 3339.
+pub fn rfc3339(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(unix)).to_string()
 }

@@ -98,6 +98,9 @@ pub struct Node {
     pub secrets: crate::secrets::Secrets,
     /// The certificates this member refuses.
     pub revocations: Arc<crate::revocation::Revocations>,
+    /// When this member's certificate expires (unix seconds; 0 without one): read when it
+    /// is loaded, not per report.
+    certificate_expiry: std::sync::atomic::AtomicU64,
     started: Instant,
 }
 
@@ -230,14 +233,30 @@ impl Node {
             access,
             secrets,
             revocations,
+            certificate_expiry: std::sync::atomic::AtomicU64::new(0),
             started: Instant::now(),
             config,
         };
+        if let Some(tls) = node
+            .config
+            .quic
+            .tls_dir
+            .as_deref()
+            .and_then(|d| crate::tls::TlsDir::load(d).ok())
+        {
+            node.note_certificate(&tls);
+        }
         Ok(Opened {
             node: Arc::new(node),
             new_token,
             async_rx,
         })
+    }
+
+    /// Takes note of the member's certificate (at start, and when it is renewed or reloaded).
+    pub fn note_certificate(&self, tls: &crate::tls::TlsDir) {
+        let expiry = crate::tls::validity(&tls.chain[0]).map_or(0, |(_, na)| na);
+        self.certificate_expiry.store(expiry, Ordering::Relaxed);
     }
 
     /// The secret namespace `ns`'s callbacks are signed with (`whsec_…`).
@@ -719,14 +738,7 @@ impl Node {
             mesh_connections: mesh(|t| &t.connections),
             mesh_forged: mesh(|t| &t.forged),
             code: self.executors.code_cache(),
-            certificate_expiry: self
-                .config
-                .quic
-                .tls_dir
-                .as_deref()
-                .and_then(|d| crate::tls::TlsDir::load(d).ok())
-                .and_then(|t| crate::tls::validity(&t.chain[0]))
-                .map_or(0, |(_, na)| na),
+            certificate_expiry: self.certificate_expiry.load(Ordering::Relaxed),
         }
     }
 
@@ -744,13 +756,10 @@ impl Node {
             async_queued: g.async_queued as u64,
             quic_streams: self.serving.quic_streams.load(Ordering::Relaxed),
             data_dir: self.config.node.data_dir.display().to_string(),
-            certificate_expires: self
-                .config
-                .quic
-                .tls_dir
-                .as_deref()
-                .and_then(|d| crate::tls::TlsDir::load(d).ok())
-                .and_then(|t| crate::renew::expiry_of(&t)),
+            certificate_expires: match self.certificate_expiry.load(Ordering::Relaxed) {
+                0 => None,
+                na => Some(crate::renew::rfc3339(na)),
+            },
         }
     }
 

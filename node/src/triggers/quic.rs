@@ -121,6 +121,7 @@ pub async fn serve(
 ) {
     let reloader = {
         let endpoint = endpoint.clone();
+        let reloaded_for = node.clone();
         let limits = limits.clone();
         tokio::spawn(async move {
             let mut seen = stamp(&tls_dir);
@@ -133,10 +134,11 @@ pub async fn serve(
                 seen = now;
                 match TlsDir::load(&tls_dir)
                     .map_err(QuicError::from)
-                    .and_then(|t| server_config(&t, &limits))
+                    .and_then(|t| Ok((server_config(&t, &limits)?, t)))
                 {
-                    Ok(cfg) => {
+                    Ok((cfg, tls)) => {
                         endpoint.set_server_config(Some(cfg));
+                        reloaded_for.note_certificate(&tls);
                         tracing::info!("reloaded TLS certificate from {}", tls_dir.display());
                     }
                     Err(e) => tracing::warn!("not reloading TLS from {}: {e}", tls_dir.display()),
