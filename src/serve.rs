@@ -28,9 +28,14 @@ fn print_new_token(
     }
 }
 
-pub async fn node(cfg: NodeConfig, join: &[String]) -> anyhow::Result<()> {
+pub async fn node(mut cfg: NodeConfig, join: &[String]) -> anyhow::Result<()> {
     init_tracing();
     let data_dir = cfg.node.data_dir.clone();
+    // A member in a container or a cgroup sized as a small board fits itself to it.
+    let sized = fogline_core::sizing::fit(&mut cfg, fogline_node::sysinfo::limits());
+    if let Some(s) = &sized {
+        tracing::info!("{s}");
+    }
     let running = fogline_node::bind_with(cfg, join).await?;
     let stop = shutdown_signal();
     if running.scheme == "http" && !running.addr.ip().is_loopback() {
@@ -67,6 +72,9 @@ pub async fn node(cfg: NodeConfig, join: &[String]) -> anyhow::Result<()> {
             writeln!(out, "mesh listening on {}", m.address)?;
         }
         print_new_token(&mut out, running.new_token.as_deref(), &data_dir)?;
+        if let Some(s) = &sized {
+            writeln!(out, "{s}")?;
+        }
         writeln!(
             out,
             "{} {role} {} ready; data in {}",

@@ -605,3 +605,159 @@ async fn with_gc_images_the_last_functions_image_goes_with_it() {
     drop(n);
     clean("ct-gc");
 }
+
+/// The node in a container limited as a small board (256 MiB, 1 CPU) sizes itself to the
+/// limits, says so, and under 64 concurrent calls answers each with 200 or 429, never
+/// OOM-killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_limited_as_a_small_board_sizes_itself_and_holds() {
+    if !have_docker() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("rootfs");
+    std::fs::create_dir_all(&root).unwrap();
+    // The binary and the libraries it links, in an image FROM scratch.
+    std::fs::copy(bin(), root.join("fogline")).unwrap();
+    let ldd = Command::new("ldd").arg(bin()).output().unwrap();
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let path = line
+            .split_whitespace()
+            .find(|w| w.starts_with('/'))
+            .map(str::to_string);
+        if let Some(p) = path {
+            let dst = root.join(p.trim_start_matches('/'));
+            std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+            std::fs::copy(&p, &dst).unwrap();
+        }
+    }
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY rootfs/ /\nENTRYPOINT [\"/fogline\"]\n",
+    )
+    .unwrap();
+    let image = "fogline-small-board-test";
+    let built = Command::new("docker")
+        .args(["build", "-q", "-t", image])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let name = "fogline-small-board";
+    docker(&["rm", "-f", name]);
+    let run = docker(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--memory",
+        "256m",
+        "--memory-swap",
+        "256m",
+        "--cpus",
+        "1",
+        "-p",
+        "127.0.0.1::8080",
+        image,
+        "up",
+        "--single",
+        "--data-dir",
+        "/data",
+        "--http",
+        "0.0.0.0:8080",
+        "--coap",
+        "127.0.0.1:0",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let logs = || {
+        let o = docker(&["logs", name]);
+        String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
+    };
+    wait_until("the node in the container to be ready", 30, || {
+        logs().contains(" ready; data in ")
+    });
+    let out = logs();
+    assert!(
+        out.contains("sized for a limit of 256Mi of memory: 3 Wasm instances of at most 64Mi; 1 CPU: 1 async workers"),
+        "{out}"
+    );
+    let port = String::from_utf8_lossy(&docker(&["port", name, "8080"]).stdout)
+        .trim()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let url = format!("http://127.0.0.1:{port}");
+    // The admin token is inside the container's data folder: read it with docker cp.
+    let tok_path = dir.path().join("admin.token");
+    assert!(docker(&[
+        "cp",
+        &format!("{name}:/data/admin.token"),
+        tok_path.to_str().unwrap()
+    ])
+    .status
+    .success());
+    let token = std::fs::read_to_string(&tok_path)
+        .unwrap()
+        .trim()
+        .to_string();
+    let r = client()
+        .put(format!("{url}/v1/functions/hello"))
+        .bearer_auth(&token)
+        .body(std::fs::read(example("hello/hello.wasm")).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let stop = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let c = client();
+                let mut seen = std::collections::BTreeMap::<u16, u32>::new();
+                while std::time::Instant::now() < stop {
+                    let s = c
+                        .post(format!("{url}/function/hello"))
+                        .body("board")
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16())
+                        .unwrap_or(0);
+                    *seen.entry(s).or_default() += 1;
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut seen = std::collections::BTreeMap::<u16, u32>::new();
+    for t in tasks {
+        for (s, n) in t.await.unwrap() {
+            *seen.entry(s).or_default() += n;
+        }
+    }
+    println!("64 concurrent callers for 5 s on a 256 MiB, 1 CPU node: {seen:?}");
+    assert!(seen.get(&200).copied().unwrap_or(0) > 100, "{seen:?}");
+    assert!(seen.keys().all(|s| *s == 200 || *s == 429), "{seen:?}");
+    let state = String::from_utf8_lossy(
+        &docker(&[
+            "inspect",
+            "--format",
+            "{{.State.Running}} {{.State.OOMKilled}}",
+            name,
+        ])
+        .stdout,
+    )
+    .trim()
+    .to_string();
+    assert_eq!(state, "true false", "the node died or was OOM-killed");
+    docker(&["rm", "-f", name]);
+}

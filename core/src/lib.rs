@@ -20,6 +20,7 @@
 //! - [`roles`]: what each certificate role may ask of a member.
 //! - [`revocation`]: the cluster's certificate revocation list, signed by its CA.
 //! - [`enroll`]: join tokens and the enrollment exchange of `fogline join`.
+//! - [`sizing`]: a member fitting its Wasm slots and workers to its cgroup limits.
 //! - [`access`]: namespaces, token scopes and quotas: what each gateway token may do.
 //! - [`coap`]: CoAP server exchanges (RFC 7252, block-wise RFC 7959) as a state machine
 //!   given the time: duplicates, blocks, acknowledgements, retransmission.
@@ -46,6 +47,7 @@ pub mod predict;
 pub mod revocation;
 pub mod roles;
 pub mod sim;
+pub mod sizing;
 pub mod stack;
 pub mod units;
 pub mod wire;

@@ -41,3 +41,22 @@ pub fn hostname() -> String {
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "node".to_string())
 }
+
+/// The cgroup limits this process runs under (v2 first, then v1); none where none is set.
+pub fn limits() -> fogline_core::sizing::Limits {
+    use fogline_core::sizing::{cpu_limit, memory_limit, Limits};
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let machine = match total_memory() {
+        0 => u64::MAX,
+        m => m,
+    };
+    let memory = read("/sys/fs/cgroup/memory.max")
+        .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+        .and_then(|t| memory_limit(&t, machine));
+    let cpus = match read("/sys/fs/cgroup/cpu.max") {
+        Some(t) => cpu_limit(&t, None),
+        None => read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+            .and_then(|q| cpu_limit(&q, read("/sys/fs/cgroup/cpu/cpu.cfs_period_us").as_deref())),
+    };
+    Limits { memory, cpus }
+}
