@@ -36,15 +36,18 @@ pub struct JoinArgs {
     /// Only enroll and write the files; start later with `fogline node --config …`.
     #[arg(long)]
     no_start: bool,
+    /// Replace an existing config (the package's default /etc/fogline/node.toml).
+    #[arg(long)]
+    force: bool,
 }
 
 pub async fn run(a: JoinArgs) -> anyhow::Result<()> {
     let token = JoinToken::decode(&a.token).map_err(|e| anyhow!("{e}"))?;
     let name = a.id.unwrap_or_else(fogline_node::sysinfo::hostname);
     let cfg_path = a.config.unwrap_or_else(|| a.data_dir.join("node.toml"));
-    if cfg_path.exists() {
+    if cfg_path.exists() && !a.force {
         bail!(
-            "{} exists already: this board has joined before (start it with `fogline node --config {}`), or pass another --config",
+            "{} exists already: this board has joined before (start it with `fogline node --config {}`); pass another --config, or --force to replace it",
             cfg_path.display(),
             cfg_path.display()
         );

@@ -87,3 +87,24 @@ fn the_systemd_unit_runs_the_node_with_its_config() {
     let unit = std::fs::read_to_string(dir("configs/fogline-node.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/local/bin/fogline node --config /etc/fogline/node.toml"));
 }
+
+#[test]
+fn the_packaged_config_and_unit_fit_together() {
+    let text = std::fs::read_to_string(dir("packaging/deb/node.toml")).unwrap();
+    let cfg = NodeConfig::from_toml("packaging/deb/node.toml", &text).unwrap();
+    assert_eq!(
+        cfg.node.data_dir,
+        std::path::PathBuf::from("/var/lib/fogline")
+    );
+    assert!(!cfg.container.enabled, "no Docker socket unless granted");
+    let unit = std::fs::read_to_string(dir("packaging/deb/fogline-node.service")).unwrap();
+    for line in [
+        "ExecStart=/usr/bin/fogline node --config /etc/fogline/node.toml",
+        "User=fogline",
+        "StateDirectory=fogline",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=true",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "the unit lacks {line}");
+    }
+}

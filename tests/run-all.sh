@@ -29,6 +29,8 @@ else
 fi
 step "OpenAPI conformance (schemathesis)"
 tests/conformance/run.sh
+step "Debian package (install, start, remove, purge)"
+tests/package.sh
 
 # One closing line over every cargo test binary (any failure has already stopped the run).
 awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "\nall tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
