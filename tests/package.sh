@@ -47,6 +47,38 @@ kill -TERM "$pid"; wait "$pid" || true
 [ -f /var/lib/fogline/admin.token ] || fail "no admin token in the data folder"
 echo "package: installed node started from its unit's ExecStart and answered"
 
+# The README's "Add an edge node" with the package: join a router's cluster with a token
+# (replacing the default config), hand the folder to the unit's user, start the unit's line.
+work=$(mktemp -d)
+trap 'kill $rpid $npid 2>/dev/null || true; rm -rf "$work"' EXIT
+bin=target/debug/fogline
+$bin certs init --dir "$work/pki" >/dev/null
+$bin certs issue router-1 --role router --ca "$work/pki" --out "$work/pki/router-1" >/dev/null
+printf 'version = 1\n[mesh]\nmdns = false\n[enroll]\nlisten = "127.0.0.1:0"\nca_dir = "%s"\n' "$work/pki" >"$work/router.toml"
+$bin router --config "$work/router.toml" --data-dir "$work/router" --http 127.0.0.1:0 \
+    --quic 127.0.0.1:0 --tls-dir "$work/pki/router-1" --mesh /ip4/127.0.0.1/tcp/0 >"$work/router.out" 2>&1 &
+rpid=$!
+for _ in $(seq 1 100); do grep -q " ready; data in " "$work/router.out" && break; sleep 0.1; done
+rurl=$(sed -n 's/^gateway listening on //p' "$work/router.out" | head -1)
+token=$($bin --gateway "$rurl" --token "$(cat "$work/router/admin.token")" token create --role node | tail -1)
+/usr/bin/fogline join "$token" --id pkg-edge --no-start --force --config /etc/fogline/node.toml \
+    --http 127.0.0.1:0 --quic 127.0.0.1:0 --mesh /ip4/127.0.0.1/tcp/0 >/dev/null
+chown -R fogline:fogline /var/lib/fogline
+runuser -u fogline -- $exec_start >"$work/node.out" 2>&1 &
+npid=$!
+for _ in $(seq 1 100); do grep -q " ready; data in " "$work/node.out" && break; sleep 0.1; done
+grep -q "edge node pkg-edge ready" "$work/node.out" || { cat "$work/node.out"; fail "the joined packaged node did not start"; }
+seen=
+for _ in $(seq 1 150); do
+    if $bin --gateway "$rurl" --token "$(cat "$work/router/admin.token")" mesh 2>/dev/null | grep -q "pkg-edge.*alive"; then
+        seen=yes; break
+    fi
+    sleep 0.1
+done
+[ -n "$seen" ] || fail "the router never saw the packaged node alive"
+kill -TERM "$npid" "$rpid"; wait "$npid" "$rpid" 2>/dev/null || true
+echo "package: joined a cluster with a token, started from the unit's line, alive in the router's mesh"
+
 dpkg -r fogline >/dev/null
 [ ! -e /usr/bin/fogline ] || fail "remove left /usr/bin/fogline"
 [ ! -e /lib/systemd/system/fogline-node.service ] || fail "remove left the unit"
