@@ -25,7 +25,7 @@ pub struct Common {
         global = true
     )]
     gateway: String,
-    /// Admin token (default: read from .fogline/admin.token).
+    /// A token: the admin token (default: read from .fogline/admin.token) or a namespace's.
     #[arg(long, env = "FOGLINE_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
     /// A CA certificate (PEM) to trust for an https:// gateway, e.g. the cluster's ca.pem.

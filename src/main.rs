@@ -65,7 +65,7 @@ enum Command {
     /// Namespaces: functions, secrets and tokens kept apart.
     #[command(subcommand)]
     Namespace(client::NamespaceCmd),
-    /// Tokens scoped to a namespace: mint, list, revoke.
+    /// Tokens scoped to a namespace, and join tokens for new boards: mint, list, revoke.
     #[command(subcommand)]
     Token(client::TokenCmd),
     /// Secrets of a namespace, read by functions as files.
