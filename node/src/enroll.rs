@@ -20,7 +20,7 @@ use axum::Router;
 use fogline_core::config::{EnrollSection, NodeConfig};
 use fogline_core::enroll::{EnrollReply, EnrollRequest, JoinToken};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::agent::Node;
 
@@ -62,15 +62,10 @@ impl Enroll {
                 dir.display()
             );
         }
-        let mut chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(dir.join("cert.pem"))
-                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("cert.pem").display()))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("cert.pem").display()))?;
+        let mut chain = crate::triggers::https::read_chain(&dir.join("cert.pem"))?;
         // The CA goes with the chain: the joiner has only its fingerprint.
         chain.push(ca.clone());
-        let key = PrivateKeyDer::from_pem_file(dir.join("key.pem"))
-            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("key.pem").display()))?;
+        let key = crate::triggers::https::read_key(&dir.join("key.pem"))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -113,7 +108,7 @@ impl crate::triggers::Trigger for Enroll {
         self: Box<Self>,
         node: Arc<Node>,
         stopping: tokio::sync::watch::Receiver<bool>,
-        _deadline: Duration,
+        deadline: Duration,
     ) -> crate::dispatch::BoxFut<'static, anyhow::Result<()>> {
         Box::pin(async move {
             let bound = self.listener.local_addr()?;
@@ -132,12 +127,8 @@ impl crate::triggers::Trigger for Enroll {
                 .route("/v1/renew", post(take_renewal))
                 .with_state(node);
             let listener = crate::triggers::https::TlsListener::new(self.listener, self.tls)?;
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    crate::triggers::stopped(stopping).await;
-                })
-                .await
-                .map_err(|e| anyhow::anyhow!("enrollment: {e}"))
+            // Served as the gateway is: a stop waits for requests under way, up to the deadline.
+            crate::triggers::http::run(listener, app, stopping, deadline).await
         })
     }
 }

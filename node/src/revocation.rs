@@ -42,7 +42,7 @@ impl Revocations {
         if let Ok(text) = std::fs::read_to_string(&r.path) {
             match serde_json::from_str::<SignedList>(&text)
                 .map_err(|e| e.to_string())
-                .and_then(|s| r.accept(&s).map(drop))
+                .and_then(|s| r.take(&s, false).map(drop))
             {
                 Ok(()) => {}
                 Err(e) => tracing::warn!("{}: not used: {e}", r.path.display()),
@@ -54,6 +54,11 @@ impl Revocations {
     /// Takes a list when it verifies and is newer than the one held (then kept on disk and
     /// announced); `Ok(false)`: not newer.
     pub fn accept(&self, signed: &SignedList) -> Result<bool, String> {
+        self.take(signed, true)
+    }
+
+    /// [`Revocations::accept`]; `keep`: write it to disk (not when it was read from there).
+    fn take(&self, signed: &SignedList, keep: bool) -> Result<bool, String> {
         let Some(ca) = &self.ca else {
             return Err(
                 "this member has no cluster CA (quic.tls_dir) to check the list with".into(),
@@ -67,10 +72,7 @@ impl Revocations {
             }
             *cur = Some((signed.clone(), list.clone()));
         }
-        let on_disk = std::fs::read_to_string(&self.path)
-            .ok()
-            .and_then(|t| serde_json::from_str::<SignedList>(&t).ok());
-        if on_disk.as_ref() != Some(signed) {
+        if keep {
             let text = serde_json::to_string_pretty(signed).map_err(|e| e.to_string())?;
             std::fs::write(&self.path, text)
                 .map_err(|e| format!("keeping the list in {}: {e}", self.path.display()))?;

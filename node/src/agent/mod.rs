@@ -454,10 +454,12 @@ impl Node {
                 continue;
             }
             if removed {
+                // The names alone say which remain; their values are read once, by mount.
+                let remaining = self.secrets.names(ns).unwrap_or_default();
                 let present: Vec<String> = m
                     .secrets
                     .iter()
-                    .filter(|s| self.secrets.get(ns, s).is_ok())
+                    .filter(|s| remaining.contains(s))
                     .cloned()
                     .collect();
                 if let Err(e) = self.secrets.mount(&m.name, &present) {

@@ -266,11 +266,7 @@ impl Client {
     /// Why the member at the other end of `c` is refused, if it is.
     fn revoked(&self, c: &Connection) -> Option<String> {
         let list = self.revocations.get()?;
-        let certs = c
-            .peer_identity()?
-            .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-            .ok()?;
-        list.check(certs.first()?).err()
+        list.check(&peer_cert(c)?).err()
     }
 
     /// A new bidirectional stream to `addr` (`early`: may ride 0-RTT).

@@ -280,6 +280,15 @@ pub(crate) fn stopped_cleanly(conn: &Connection) -> bool {
     )
 }
 
+/// The peer's (CA-verified) certificate.
+pub(crate) fn peer_cert(conn: &Connection) -> Option<rustls::pki_types::CertificateDer<'static>> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    certs.first().cloned()
+}
+
 /// Why the peer closed `conn` because of our certificate (`certificate of dev-7 is
 /// revoked`), when it did.
 pub(crate) fn refused_reason(conn: &Connection) -> Option<String> {

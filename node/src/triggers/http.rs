@@ -67,7 +67,7 @@ impl Http {
 
 /// Serves `app` on `listener` until `stopping`; then in-flight requests finish, but idle
 /// keep-alive connections must not hold the process up forever, so the drain has a deadline.
-async fn run<L>(
+pub(crate) async fn run<L>(
     listener: L,
     app: Router,
     stopping: tokio::sync::watch::Receiver<bool>,

@@ -44,7 +44,7 @@ pub fn server_config(cfg: &NodeConfig) -> anyhow::Result<Option<Arc<rustls::Serv
     Ok(Some(Arc::new(tls)))
 }
 
-fn read_chain(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+pub(crate) fn read_chain(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let chain: Vec<_> = CertificateDer::pem_file_iter(path)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
         .collect::<Result<_, _>>()
@@ -55,7 +55,7 @@ fn read_chain(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     Ok(chain)
 }
 
-fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
+pub(crate) fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 

@@ -261,15 +261,6 @@ fn peer_role(conn: &Connection) -> Option<Role> {
     peer_cert(conn).as_ref().and_then(tls::role_of)
 }
 
-/// The peer's (CA-verified) certificate.
-fn peer_cert(conn: &Connection) -> Option<rustls::pki_types::CertificateDer<'static>> {
-    let certs = conn
-        .peer_identity()?
-        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-        .ok()?;
-    certs.first().cloned()
-}
-
 /// Checks that `peer`'s role allows `action`; a refusal is logged with the peer's name,
 /// counted, and answered with the reason (403).
 async fn allowed(
