@@ -11,7 +11,11 @@ use common::*;
 #[tokio::test]
 async fn a_store_written_by_the_previous_release_is_served() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join(".fogline");
+    // `fogline node`'s data folder (NodeProc::node); results older than `result_ttl` are
+    // swept, and the fixture's is as old as the fixture: keep them for a century here.
+    let data = dir.path().join("node");
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(&cfg, "version = 1\n[async]\nresult_ttl = \"36500days\"\n").unwrap();
     std::fs::create_dir_all(&data).unwrap();
     let st = std::process::Command::new("tar")
         .args(["-xzf"])
@@ -27,7 +31,7 @@ async fn a_store_written_by_the_previous_release_is_served() {
     std::fs::create_dir_all(&compiled).unwrap();
     let stale = compiled.join(format!("{}-0123456789abcdef.cwasm", "e0".repeat(32)));
     std::fs::write(&stale, b"not this engine's").unwrap();
-    let node = NodeProc::up(dir.path());
+    let node = NodeProc::node(dir.path(), &cfg);
     assert!(!stale.exists(), "another engine's artifact was kept");
     // The admin token of the old release still opens the gateway.
     let c = authed(&node.token);
