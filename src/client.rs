@@ -159,16 +159,16 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
-struct Gateway {
+pub(crate) struct Gateway {
     base: String,
     token: Option<String>,
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
     /// `?namespace=` for system routes.
     ns: Vec<(&'static str, String)>,
 }
 
 impl Gateway {
-    fn new(c: &Common) -> anyhow::Result<Self> {
+    pub(crate) fn new(c: &Common) -> anyhow::Result<Self> {
         let base = c.gateway.trim_end_matches('/').to_string();
         if !base.starts_with("http://") && !base.starts_with("https://") {
             bail!("--gateway {base:?} must start with http:// or https://");
@@ -195,7 +195,7 @@ impl Gateway {
         })
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
 
@@ -208,7 +208,10 @@ impl Gateway {
 
     /// Sends with the token when there is one: every route but invocations and /healthz
     /// needs it.
-    async fn send(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+    pub(crate) async fn send(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> anyhow::Result<reqwest::Response> {
         self.admin(rb).send().await.map_err(|e| {
             let why = if e.is_connect() {
                 "is the node running? (fogline up)"
@@ -233,7 +236,7 @@ fn root_cause(e: &dyn std::error::Error) -> String {
 }
 
 /// Turns a non-success response into an error carrying the gateway's own message.
-async fn check(resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
+pub(crate) async fn check(resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
     let status = resp.status();
     if status.is_success() {
         return Ok(resp);

@@ -7,6 +7,7 @@ mod client;
 mod join;
 mod serve;
 mod simulate;
+mod trace;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -60,6 +61,8 @@ enum Command {
     Mesh(client::MeshArgs),
     /// Show a router's recent placement decisions: candidates, predictions, choice, actual.
     Placements(client::PlacementsArgs),
+    /// Show one call's spans across every member it touched (by its X-Call-Id).
+    Trace(trace::TraceArgs),
     /// Compare placement policies on a simulated continuum (seeded, deterministic).
     Simulate(simulate::SimArgs),
     /// Namespaces: functions, secrets and tokens kept apart.
@@ -99,6 +102,10 @@ struct UpArgs {
     /// CoAP address (UDP) of the router (or the single node); port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:5683")]
     coap: SocketAddr,
+    /// Keep no call traces (`traceparent` is still carried on and every answer still has
+    /// its X-Call-Id): `[trace] enabled = false` on every member.
+    #[arg(long)]
+    no_trace: bool,
 }
 
 #[derive(Args)]
@@ -310,10 +317,18 @@ fn main() -> ExitCode {
             Command::Up(a) if a.single => {
                 let mut cfg = fogline_core::config::NodeConfig::local(a.data_dir, a.http);
                 cfg.coap.listen = Some(a.coap);
+                cfg.trace.enabled = !a.no_trace;
                 serve::node(cfg, &[]).await
             }
             Command::Up(a) => {
-                serve::local_mesh(a.data_dir, a.http, a.coap, usize::from(a.edges)).await
+                serve::local_mesh(
+                    a.data_dir,
+                    a.http,
+                    a.coap,
+                    usize::from(a.edges),
+                    !a.no_trace,
+                )
+                .await
             }
             Command::Node(a) => {
                 let join = a.join.clone();
@@ -339,6 +354,7 @@ fn main() -> ExitCode {
             }
             Command::Placements(a) => client::placements(&cli.client, a).await,
             Command::Simulate(a) => simulate::run(a),
+            Command::Trace(a) => trace::trace(&cli.client, a).await,
             Command::Bridge(a) => {
                 let join = a.join.clone();
                 let cfg = a.into_config(Some(fogline_core::config::Tier::Cloud))?;

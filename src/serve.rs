@@ -142,6 +142,7 @@ pub async fn local_mesh(
     http: std::net::SocketAddr,
     coap: std::net::SocketAddr,
     edges: usize,
+    trace: bool,
 ) -> anyhow::Result<()> {
     use fogline_core::config::{RouterSection, Tier};
     use fogline_node::tls::{self, Role, Validity};
@@ -167,6 +168,7 @@ pub async fn local_mesh(
         c.quic.tls_dir = Some(certs);
         c.mesh.listen = Some("/ip4/127.0.0.1/tcp/0".into());
         c.mesh.mdns = false;
+        c.trace.enabled = trace;
         anyhow::Ok(c)
     };
     let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
 use clap::Args;
-use fogline_core::sim::{self, Cdf, Inputs, Policy, Samples, Scenario, WorkloadData};
+use fogline_core::sim::{self, Policy};
 
 #[derive(Args)]
 pub struct SimArgs {
@@ -36,14 +36,25 @@ pub struct SimArgs {
     invocations: Option<usize>,
 }
 
-fn read(path: &Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).map_err(|e| anyhow!("{}: {e}", path.display()))
-}
-
 pub fn run(a: SimArgs) -> anyhow::Result<()> {
+    use fogline_node::simulate::{load, Files, Overrides};
     let policies = Policy::parse_list(&a.policy).map_err(|e| anyhow!("--policy: {e}"))?;
-    let text = read(&a.scenario)?;
-    let mut s = Scenario::parse(&a.scenario.display().to_string(), &text)?;
+    let text = std::fs::read_to_string(&a.scenario)
+        .map_err(|e| anyhow!("{}: {e}", a.scenario.display()))?;
+    // Paths in the scenario are relative to it; paths on the command line to the caller.
+    let base = a.scenario.parent().unwrap_or(Path::new("."));
+    let overrides = Overrides {
+        edge_rtt: a.edge_rtt,
+        cloud_rtt: a.cloud_rtt,
+        trace: a.trace,
+    };
+    let (mut s, inputs) = load(
+        &a.scenario.display().to_string(),
+        &text,
+        base,
+        &overrides,
+        &Files::Anywhere,
+    )?;
     if let Some(seed) = a.seed {
         s.seed = seed;
     }
@@ -53,48 +64,6 @@ pub fn run(a: SimArgs) -> anyhow::Result<()> {
         }
         s.invocations = n;
     }
-    // Paths in the scenario are relative to it; paths on the command line to the caller.
-    let base = a.scenario.parent().unwrap_or(Path::new("."));
-    let from_scenario = |p: &str| base.join(p);
-    let samples = |path: PathBuf| -> anyhow::Result<Samples> {
-        Ok(Samples::parse(&path.display().to_string(), &read(&path)?)?)
-    };
-    let cdf = |path: PathBuf| -> anyhow::Result<Cdf> {
-        Ok(Cdf::parse(&path.display().to_string(), &read(&path)?)?)
-    };
-    let edge_rtt = samples(a.edge_rtt.unwrap_or_else(|| from_scenario(&s.edge_rtt)))?;
-    let cloud_rtt = samples(a.cloud_rtt.unwrap_or_else(|| from_scenario(&s.cloud_rtt)))?;
-    let trace = a
-        .trace
-        .or_else(|| s.workload.trace.as_deref().map(from_scenario));
-    let workload = match trace {
-        Some(path) => {
-            let (calls, names) =
-                sim::data::parse_trace(&path.display().to_string(), &read(&path)?)?;
-            WorkloadData::Trace {
-                calls,
-                functions: names.len(),
-            }
-        }
-        None => {
-            let w = &s.workload;
-            let need = |p: &Option<String>, key: &str| -> anyhow::Result<PathBuf> {
-                p.as_deref()
-                    .map(from_scenario)
-                    .ok_or_else(|| anyhow!("{}: `workload.{key}` is missing", a.scenario.display()))
-            };
-            WorkloadData::Azure {
-                exec: cdf(need(&w.exec_cdf, "exec_cdf")?)?,
-                popularity: cdf(need(&w.popularity_cdf, "popularity_cdf")?)?,
-                cv: cdf(need(&w.cv_cdf, "cv_cdf")?)?,
-            }
-        }
-    };
-    let inputs = Inputs {
-        edge_rtt,
-        cloud_rtt,
-        workload,
-    };
     let t = std::time::Instant::now();
     let report = sim::run(&s, &inputs, &policies);
     let took = t.elapsed();

@@ -176,6 +176,27 @@ async fn coap_calls_from_a_real_client_run_and_fail_cleanly() {
     // Confirmable and non-confirmable.
     let out = coap_client(&["-m", "post", "-e", "world", &uri(&n, "function/hello")]);
     assert_eq!(out.trim(), "hello, world");
+    // A traceparent option (65000) puts the call in the device's trace.
+    let out = coap_client(&[
+        "-m",
+        "post",
+        "-O",
+        "65000,00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "-e",
+        "traced",
+        &uri(&n, "function/hello"),
+    ]);
+    assert!(out.contains("hello, traced"), "{out}");
+    let (s, body) = get(
+        &authed(&n.token),
+        format!("{}/v1/traces/4bf92f3577b34da6a3ce929d0e0e4736", n.url),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert!(
+        body.contains("\"name\":\"coap\"") && body.contains("\"name\":\"run\""),
+        "{body}"
+    );
     let out = coap_client(&["-m", "post", "-N", "-e", "non", &uri(&n, "function/hello")]);
     assert_eq!(out.trim(), "hello, non");
 

@@ -155,6 +155,35 @@ async fn mqtt_messages_invoke_functions_and_bad_ones_are_dropped() {
         "{got}"
     );
 
+    // A `traceparent` user property puts the call in the sender's trace; the reply carries
+    // the trace on and names the call.
+    let sub = subscribe(port, "fogline/reply/#");
+    publish(
+        port,
+        "sensors/k2/temp",
+        "traced",
+        &[
+            "-D",
+            "publish",
+            "user-property",
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ],
+    );
+    let got = received(sub);
+    assert!(
+        got.contains("traceparent:00-4bf92f3577b34da6a3ce929d0e0e4736-")
+            && got.contains("call-id:"),
+        "{got}"
+    );
+    let (s, body) = get(
+        &authed(&router.token),
+        format!("{}/v1/traces/4bf92f3577b34da6a3ce929d0e0e4736", router.url),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains("\"name\":\"mqtt\""), "{body}");
+
     // MQTT 5 request/response: the reply goes to the response topic with the correlation data.
     let sub = subscribe(port, "dev/7/inbox");
     publish(

@@ -37,15 +37,21 @@ fi
 # The unit's ExecStart line, as its user.
 exec_start=$(sed -n 's/^ExecStart=//p' /lib/systemd/system/fogline-node.service)
 out=$(mktemp)
-runuser -u fogline -- $exec_start --http 127.0.0.1:0 >"$out" 2>&1 &
+# From /, as systemd starts it: the dashboard's scenarios come from the package.
+(cd / && exec runuser -u fogline -- $exec_start --http 127.0.0.1:0) >"$out" 2>&1 &
 pid=$!
 for _ in $(seq 1 100); do grep -q " ready; data in " "$out" && break; sleep 0.1; done
 grep -q " ready; data in /var/lib/fogline" "$out" || { cat "$out"; fail "the installed node did not start"; }
 url=$(sed -n 's/^gateway listening on //p' "$out" | head -1)
 curl -fsS "$url/healthz" >/dev/null || fail "the installed node does not answer"
+curl -fsS "$url/ui" | grep -q "app.js" || fail "the installed node serves no dashboard"
+sim=$(curl -fsS -H "Authorization: Bearer $(cat /var/lib/fogline/admin.token)" \
+    -d '{"scenario": "bursty-azure.toml", "invocations": 2000, "policies": "regression,oracle"}' \
+    "$url/v1/simulate") || fail "the installed node's simulator failed"
+echo "$sim" | grep -q '"name":"oracle"' || fail "the packaged scenario did not run: $sim"
 kill -TERM "$pid"; wait "$pid" || true
 [ -f /var/lib/fogline/admin.token ] || fail "no admin token in the data folder"
-echo "package: installed node started from its unit's ExecStart and answered"
+echo "package: installed node started from its unit's ExecStart, answered, and ran a packaged scenario"
 
 # The README's "Add an edge node" with the package: join a router's cluster with a token
 # (replacing the default config), hand the folder to the unit's user, start the unit's line.

@@ -472,6 +472,7 @@ async fn bad_frames_stalls_floods_and_forged_modules_are_refused() {
             function: "loop".into(),
             manifest: None,
             body_len: 10,
+            trace: None,
         }),
         &mut buf,
     );

@@ -32,17 +32,7 @@ async fn the_router_places_learns_moves_off_load_and_survives_a_kill() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let pki = pki(d);
-    let cloud = member(d, &pki, "bridge", "cloud", None, None);
-    let seed = mesh_json(&cloud)["self"].as_str().unwrap().to_string();
-    let mut edges = [
-        member(d, &pki, "node", "edge-1", Some(&seed), Some(0)),
-        member(d, &pki, "node", "edge-2", Some(&seed), Some(1)),
-    ];
-    let router = member(d, &pki, "router", "router", Some(&seed), None);
-    let everyone = vec!["cloud", "edge-1", "edge-2", "router"];
-    wait_until("the router sees every member", 20, || {
-        alive(&router) == everyone
-    });
+    let (cloud, mut edges, router) = continuum(d, &pki, "");
     let c = authed(&router.token);
 
     // Deploy through the router: nodes fetch the module by hash on first use.

@@ -79,6 +79,8 @@ pub enum Event<P> {
         /// The request's Content-Format, and the one it accepts back (CoAP's Accept).
         content_format: Option<u16>,
         accept: Option<u16>,
+        /// The request's [`TRACEPARENT`] option.
+        trace: Option<String>,
     },
 }
 
@@ -101,7 +103,16 @@ pub struct Reply {
     pub content_format: Option<u16>,
     /// Seconds a client should wait before trying again (with 5.03).
     pub max_age: Option<u32>,
+    /// The call's trace and id ([`TRACEPARENT`], [`CALL_ID`]), when it ran.
+    pub trace: Option<(String, String)>,
 }
+
+/// Option carrying a W3C `traceparent` in its text form, both ways (from the experimental
+/// range, RFC 7252 §12.2; elective and safe to forward, so a client or proxy that does not
+/// know it ignores it).
+pub const TRACEPARENT: u16 = 65000;
+/// Option carrying the call's id in the response (the HTTP gateway's `X-Call-Id`).
+pub const CALL_ID: u16 = 65004;
 
 impl Reply {
     /// 2.05 Content with the function's output.
@@ -111,6 +122,7 @@ impl Reply {
             payload,
             content_format,
             max_age: None,
+            trace: None,
         }
     }
 
@@ -136,6 +148,7 @@ impl Reply {
             payload: message.as_bytes().to_vec(),
             content_format: None,
             max_age: (code == ResponseType::ServiceUnavailable).then_some(1),
+            trace: None,
         }
     }
 
@@ -145,6 +158,7 @@ impl Reply {
             payload: message.into().into_bytes(),
             content_format: None,
             max_age: None,
+            trace: None,
         }
     }
 }
@@ -398,6 +412,7 @@ impl<P: Copy + Eq + Hash + std::fmt::Debug> Server<P> {
                 body,
                 content_format,
                 accept,
+                trace,
             } => {
                 if self.running.len() >= self.settings.max_exchanges {
                     let reply = Reply::error(
@@ -426,6 +441,7 @@ impl<P: Copy + Eq + Hash + std::fmt::Debug> Server<P> {
                     body,
                     content_format,
                     accept,
+                    trace,
                 }]
             }
         }
@@ -609,11 +625,16 @@ impl<P: Copy + Eq + Hash + std::fmt::Debug> Server<P> {
                 up
             }
         };
+        let trace = p
+            .get_first_option(CoapOption::Unknown(TRACEPARENT))
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::to_string);
         Parsed::Run {
             function,
             body,
             content_format,
             accept,
+            trace,
         }
     }
 
@@ -693,6 +714,10 @@ impl<P: Copy + Eq + Hash + std::fmt::Debug> Server<P> {
         }
         if let Some(age) = reply.max_age {
             packet.add_option(CoapOption::MaxAge, uint(age));
+        }
+        if let Some((parent, call)) = &reply.trace {
+            packet.add_option(CoapOption::Unknown(TRACEPARENT), parent.as_bytes().to_vec());
+            packet.add_option(CoapOption::Unknown(CALL_ID), call.as_bytes().to_vec());
         }
         if let Some(b1) = ex.block1 {
             packet.add_option(CoapOption::Block1, b1.encode());
@@ -863,6 +888,7 @@ enum Parsed {
         body: Vec<u8>,
         content_format: Option<u16>,
         accept: Option<u16>,
+        trace: Option<String>,
     },
 }
 

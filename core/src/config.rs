@@ -51,6 +51,70 @@ pub struct NodeConfig {
     /// that holds the cluster CA.
     pub enroll: Option<EnrollSection>,
     pub renew: Option<RenewSection>,
+    /// Call traces: kept per member, fetched on demand, optionally exported (OTLP).
+    #[serde(default)]
+    pub trace: TraceSection,
+    /// The dashboard at `/ui`.
+    #[serde(default)]
+    pub ui: UiSection,
+}
+
+/// Traces of calls (W3C Trace Context at every ingress, spans at every hop).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TraceSection {
+    /// Record spans. Off: `traceparent` is still carried on, and every answer still has
+    /// its `X-Call-Id`, but nothing is kept.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Most traces kept on this member (oldest dropped first).
+    #[serde(default = "default_trace_keep")]
+    pub keep: usize,
+    /// Most spans kept of one trace on this member.
+    #[serde(default = "default_trace_spans")]
+    pub max_spans: usize,
+    /// An OpenTelemetry collector's OTLP/HTTP traces endpoint
+    /// (`http://HOST:4318/v1/traces`): spans are sent there as OTLP JSON. Off by default.
+    pub otlp: Option<String>,
+    /// How often spans are sent to `otlp`.
+    #[serde(default = "default_otlp_every", with = "duration_str")]
+    pub otlp_every: Duration,
+}
+
+fn default_trace_keep() -> usize {
+    2000
+}
+fn default_trace_spans() -> usize {
+    256
+}
+fn default_otlp_every() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl Default for TraceSection {
+    fn default() -> Self {
+        TraceSection {
+            enabled: default_true(),
+            keep: default_trace_keep(),
+            max_spans: default_trace_spans(),
+            otlp: None,
+            otlp_every: default_otlp_every(),
+        }
+    }
+}
+
+/// The dashboard.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UiSection {
+    /// Serve `/ui` (default on; its data needs a token with read scope like every `/v1` route).
+    #[serde(default)]
+    pub disabled: bool,
+    /// The folder of simulator scenarios the Simulator page offers (files they name must
+    /// lie under its parent's parent, as `configs/sim` and `data` do in the source tree and
+    /// in the package). Default: `configs/sim` under the working folder, else
+    /// `/usr/share/fogline/configs/sim`.
+    pub scenarios: Option<PathBuf>,
 }
 
 /// Where new boards enroll, and the CA that signs them.
@@ -577,6 +641,8 @@ impl NodeConfig {
             secrets: SecretsSection::default(),
             enroll: None,
             renew: None,
+            trace: TraceSection::default(),
+            ui: UiSection::default(),
         }
     }
 
@@ -693,6 +759,31 @@ impl NodeConfig {
                 "mesh.key_file",
                 "the mesh needs the cluster key: set mesh.key_file, or quic.tls_dir holding mesh.key".into(),
             ));
+        }
+        if self.trace.keep == 0 || self.trace.keep > 1_000_000 {
+            return Err(invalid(
+                "trace.keep",
+                format!("{} is outside 1..=1000000", self.trace.keep),
+            ));
+        }
+        if self.trace.max_spans == 0 || self.trace.max_spans > 10_000 {
+            return Err(invalid(
+                "trace.max_spans",
+                format!("{} is outside 1..=10000", self.trace.max_spans),
+            ));
+        }
+        if let Some(u) = &self.trace.otlp {
+            let ok = url::Url::parse(u)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if !ok {
+                return Err(invalid(
+                    "trace.otlp",
+                    format!("{u:?} must be an http:// or https:// URL (a collector's /v1/traces)"),
+                ));
+            }
+        }
+        if self.trace.otlp_every < Duration::from_millis(100) {
+            return Err(invalid("trace.otlp_every", "must be at least 100ms".into()));
         }
         if self.mesh.interval < Duration::from_millis(50) {
             return Err(invalid("mesh.interval", "must be at least 50ms".into()));

@@ -24,6 +24,7 @@
 //! - [`access`]: namespaces, token scopes and quotas: what each gateway token may do.
 //! - [`coap`]: CoAP server exchanges (RFC 7252, block-wise RFC 7959) as a state machine
 //!   given the time: duplicates, blocks, acknowledgements, retransmission.
+//! - [`trace`]: W3C Trace Context (`traceparent`), the spans each hop records, a trace's tree.
 //!
 //! A new placement policy goes in [`policy`] (how a place is chosen from predictions) and
 //! [`placement`] (what is predicted and learnt), where the router and the simulator both
@@ -49,6 +50,7 @@ pub mod roles;
 pub mod sim;
 pub mod sizing;
 pub mod stack;
+pub mod trace;
 pub mod units;
 pub mod wire;
 

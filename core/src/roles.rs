@@ -42,6 +42,8 @@ pub enum Action {
     Deploy,
     /// Load a function ahead of calls.
     Prepare,
+    /// Read the spans of a trace (they name functions, members and timings).
+    ReadTraces,
 }
 
 impl Role {
@@ -71,7 +73,7 @@ impl Role {
     pub fn may(self, action: Action) -> bool {
         match action {
             Action::Invoke | Action::Status => true,
-            Action::Deploy | Action::Prepare => {
+            Action::Deploy | Action::Prepare | Action::ReadTraces => {
                 matches!(self, Role::Operator | Role::Router | Role::Bridge)
             }
         }
@@ -105,6 +107,7 @@ impl Action {
             Action::Status => "status",
             Action::Deploy => "deploy",
             Action::Prepare => "prepare",
+            Action::ReadTraces => "traces",
         }
     }
 
@@ -115,6 +118,7 @@ impl Action {
             Action::Status => "read status",
             Action::Deploy => "deploy",
             Action::Prepare => "prepare functions",
+            Action::ReadTraces => "read traces",
         }
     }
 }

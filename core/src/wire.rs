@@ -59,6 +59,8 @@ pub enum Kind {
     StatusReply = 8,
     Prepare = 9,
     NeedSecrets = 10,
+    TraceQuery = 11,
+    TraceReply = 12,
 }
 
 impl Kind {
@@ -74,6 +76,8 @@ impl Kind {
             8 => Kind::StatusReply,
             9 => Kind::Prepare,
             10 => Kind::NeedSecrets,
+            11 => Kind::TraceQuery,
+            12 => Kind::TraceReply,
             _ => return None,
         })
     }
@@ -97,6 +101,25 @@ pub enum Frame {
     /// values as a body ([`SecretValues`], postcard) closed by `End`. Only a caller that
     /// may send manifests is asked.
     NeedSecrets(Vec<String>),
+    /// The spans this member (and the members it sent the call on to) holds of a trace;
+    /// answered with `TraceReply`.
+    TraceQuery(TraceQuery),
+    TraceReply(TraceReply),
+}
+
+/// Asks a member for its spans of one trace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceQuery {
+    pub trace_id: crate::trace::TraceId,
+    /// How many further hops the member may ask in turn (0: only its own spans).
+    pub depth: u8,
+}
+
+/// A member's spans of a trace, and the members it could not ask.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceReply {
+    pub spans: Vec<crate::trace::Span>,
+    pub unreachable: Vec<String>,
 }
 
 /// A function's secrets, as the caller sends them after `NeedSecrets`.
@@ -114,6 +137,37 @@ pub struct Invoke {
     pub manifest: Option<FunctionManifest>,
     /// Length of the body that follows in `Data` frames.
     pub body_len: u64,
+    /// The caller's `traceparent` (W3C Trace Context), so the callee's spans join its
+    /// trace. Last, so a peer of an earlier release that does not send it is still read
+    /// (and one that does not know it ignores it).
+    pub trace: Option<String>,
+}
+
+/// `Invoke` as releases before traces sent it.
+#[derive(Deserialize)]
+struct InvokeV1 {
+    function: String,
+    #[serde(with = "json_inside")]
+    manifest: Option<FunctionManifest>,
+    body_len: u64,
+}
+
+fn invoke_payload(kind: Kind, p: &[u8]) -> Result<Invoke, WireError> {
+    postcard::from_bytes::<Invoke>(p)
+        .or_else(|e| {
+            postcard::from_bytes::<InvokeV1>(p)
+                .map(|v| Invoke {
+                    function: v.function,
+                    manifest: v.manifest,
+                    body_len: v.body_len,
+                    trace: None,
+                })
+                .map_err(|_| e)
+        })
+        .map_err(|e| WireError::Malformed {
+            kind,
+            problem: e.to_string(),
+        })
 }
 
 /// Outcome of an invocation; its body follows in `Data` frames.
@@ -196,7 +250,7 @@ pub fn decode_payload(kind: Kind, payload: &[u8]) -> Result<Frame, WireError> {
         }
     };
     match kind {
-        Kind::Invoke => Ok(Frame::Invoke(msg(kind, payload)?)),
+        Kind::Invoke => Ok(Frame::Invoke(invoke_payload(kind, payload)?)),
         Kind::Data => Ok(Frame::Data(payload.to_vec())),
         Kind::End => empty(Frame::End),
         Kind::Result => Ok(Frame::Result(msg(kind, payload)?)),
@@ -210,8 +264,10 @@ pub fn decode_payload(kind: Kind, payload: &[u8]) -> Result<Frame, WireError> {
         }
         Kind::Status => empty(Frame::Status),
         Kind::StatusReply => Ok(Frame::StatusReply(msg(kind, payload)?)),
-        Kind::Prepare => Ok(Frame::Prepare(msg(kind, payload)?)),
+        Kind::Prepare => Ok(Frame::Prepare(invoke_payload(kind, payload)?)),
         Kind::NeedSecrets => Ok(Frame::NeedSecrets(msg(kind, payload)?)),
+        Kind::TraceQuery => Ok(Frame::TraceQuery(msg(kind, payload)?)),
+        Kind::TraceReply => Ok(Frame::TraceReply(msg(kind, payload)?)),
     }
 }
 
@@ -256,6 +312,8 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
         Frame::StatusReply(m) => put(out, m, Kind::StatusReply),
         Frame::Prepare(m) => put(out, m, Kind::Prepare),
         Frame::NeedSecrets(m) => put(out, m, Kind::NeedSecrets),
+        Frame::TraceQuery(m) => put(out, m, Kind::TraceQuery),
+        Frame::TraceReply(m) => put(out, m, Kind::TraceReply),
     };
     let len = (out.len() - start - HEADER) as u32;
     out[start + 1] = kind as u8;
@@ -341,6 +399,22 @@ mod tests {
             function: "hello".into(),
             manifest: Some(FunctionManifest::wasm("hello", Digest::of(b"m"))),
             body_len: 5,
+            trace: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        }));
+        let trace_id = crate::trace::TraceId([7; 16]);
+        roundtrip(Frame::TraceQuery(TraceQuery { trace_id, depth: 2 }));
+        roundtrip(Frame::TraceReply(TraceReply {
+            spans: vec![crate::trace::Span {
+                trace_id,
+                span_id: crate::trace::SpanId([1; 8]),
+                parent_id: None,
+                name: "run".into(),
+                member: "edge-1".into(),
+                start_us: 1,
+                duration_us: 2,
+                attrs: vec![("function".into(), "hello".into())],
+            }],
+            unreachable: vec!["edge-2".into()],
         }));
         roundtrip(Frame::Data(b"world".to_vec()));
         roundtrip(Frame::End);
@@ -371,6 +445,35 @@ mod tests {
             instances_in_use: 1,
             functions: 3,
         }));
+    }
+
+    #[test]
+    fn an_invoke_from_a_release_before_traces_is_read() {
+        #[derive(Serialize)]
+        struct Old {
+            function: String,
+            manifest: Option<String>,
+            body_len: u64,
+        }
+        let payload = postcard::to_allocvec(&Old {
+            function: "hello".into(),
+            manifest: None,
+            body_len: 3,
+        })
+        .unwrap();
+        let mut buf = vec![VERSION, Kind::Invoke as u8, 0, 0];
+        buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        buf.extend_from_slice(&payload);
+        let (f, _) = Decoder.decode(&buf).unwrap().unwrap();
+        assert_eq!(
+            f,
+            Frame::Invoke(Invoke {
+                function: "hello".into(),
+                manifest: None,
+                body_len: 3,
+                trace: None,
+            })
+        );
     }
 
     #[test]

@@ -69,4 +69,23 @@ pub trait Dispatch: Send + Sync {
 
     /// Recent decisions, newest first, as JSON for `GET /v1/placements`.
     fn placements(&self, limit: usize) -> serde_json::Value;
+
+    /// Decisions from now on, each one JSON text (the dashboard's live stream).
+    fn watch(&self) -> Option<tokio::sync::broadcast::Receiver<std::sync::Arc<str>>> {
+        None
+    }
+
+    /// One function's figures as placement saw them (latency histogram, cold starts,
+    /// tiers and prediction error over time), as JSON.
+    fn function_stats(&self, _function: &str) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// Placement's own Prometheus metrics, appended to the member's `/metrics`.
+    fn metrics(&self, _out: &mut String) {}
+
+    /// The functions placement has figures for, with their number of calls.
+    fn watched_functions(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
 }

@@ -19,8 +19,9 @@
 //!   roles), [`revocation`] (the certificates members refuse), [`mesh`] (gossiped
 //!   membership and load): how members reach each other.
 //! - [`store`] (durable state in sled), [`secrets`] (sealed at rest, laid out per function
-//!   on tmpfs), [`logs`], [`metrics`], [`sysinfo`] (the machine), [`token`] (the admin
-//!   token): what the other rooms keep and report.
+//!   on tmpfs), [`logs`], [`metrics`], [`traces`] (spans of recent calls, gathered across
+//!   members on demand), [`sysinfo`] (the machine), [`token`] (the admin token): what the
+//!   other rooms keep and report.
 //!
 //! Dependencies between the rooms run one way: triggers → agent → executor, dispatch,
 //! quic, mesh, store. [`bind`] wires them for `fogline node`, `bridge`, `router` and `up`.
@@ -32,14 +33,17 @@ pub mod executor;
 pub mod logs;
 pub mod mesh;
 pub mod metrics;
+pub mod otlp;
 pub mod quic;
 pub mod renew;
 pub mod revocation;
 pub mod secrets;
+pub mod simulate;
 pub mod store;
 pub mod sysinfo;
 pub mod tls;
 pub mod token;
+pub mod traces;
 pub mod triggers;
 
 use std::future::Future;
@@ -98,6 +102,7 @@ pub async fn bind_with(config: NodeConfig, join: &[String]) -> anyhow::Result<Ru
         let _ = node.links.mesh.set(m);
     }
     renew::start(node.clone());
+    otlp::start(&node);
     Ok(Running {
         addr,
         scheme: if node.config.http.tls {

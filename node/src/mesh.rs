@@ -37,7 +37,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fogline_core::config::MeshSection;
-use fogline_core::mesh::{ClusterView, Gossip, Introduce, Leave, LoadReport, Member, Timing};
+use fogline_core::mesh::{
+    ClusterView, Gossip, Introduce, Leave, LoadReport, Member, State, Timing,
+};
 use libp2p::core::transport::upgrade::Version;
 use libp2p::core::Transport;
 use libp2p::futures::StreamExt;
@@ -224,6 +226,25 @@ impl Mesh {
     /// The current view, aged to now.
     pub fn rows(&self) -> Vec<MemberRow> {
         self.aged(|v, now| v.members().map(|m| row(m, now, &self.self_name)).collect())
+    }
+
+    /// Prometheus text for the mesh's health: members by state as this member sees them.
+    pub fn metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let (mut alive, mut suspect, mut dead) = (0, 0, 0);
+        self.with_view(|v| {
+            for m in v.members() {
+                match m.state {
+                    State::Alive => alive += 1,
+                    State::Suspect => suspect += 1,
+                    State::Dead => dead += 1,
+                }
+            }
+        });
+        let _ = writeln!(
+            out,
+            "# HELP fogline_mesh_members Members of the mesh as this member sees them, by state.\n# TYPE fogline_mesh_members gauge\nfogline_mesh_members{{state=\"alive\"}} {alive}\nfogline_mesh_members{{state=\"suspect\"}} {suspect}\nfogline_mesh_members{{state=\"dead\"}} {dead}"
+        );
     }
 
     /// What this member's mesh sockets have carried so far.

@@ -25,6 +25,9 @@ pub struct AsyncCall {
     pub function: String,
     pub callback: Option<String>,
     pub body: Bytes,
+    /// The trace the call continues (`traceparent`) and when it was accepted (unix µs);
+    /// kept beside the call, in a tree of its own.
+    pub trace: Option<(String, u64)>,
 }
 
 /// The outcome of an async call, kept for retrieval by id.
@@ -58,6 +61,8 @@ pub struct Store {
     /// and back. Calls accepted by a release before these ids have none.
     public_ids: sled::Tree,
     by_public: sled::Tree,
+    /// Each queued call's trace: `traceparent` and the time it was accepted.
+    call_traces: sled::Tree,
 }
 
 /// The id callers are given for an async call: 128 random bits, not guessable.
@@ -81,6 +86,7 @@ impl Store {
             results: db.open_tree("results")?,
             public_ids: db.open_tree("public_ids")?,
             by_public: db.open_tree("by_public")?,
+            call_traces: db.open_tree("call_traces")?,
             db,
         })
     }
@@ -164,6 +170,11 @@ impl Store {
         self.public_ids.insert(id.to_be_bytes(), &public)?;
         self.by_public.insert(public, &id.to_be_bytes())?;
         self.queue.insert(id.to_be_bytes(), encode_call(call))?;
+        if let Some((parent, at)) = &call.trace {
+            let mut v = at.to_be_bytes().to_vec();
+            v.extend_from_slice(parent.as_bytes());
+            self.call_traces.insert(id.to_be_bytes(), v)?;
+        }
         self.durable().await?;
         Ok((id, public))
     }
@@ -202,10 +213,20 @@ impl Store {
     }
 
     pub fn call(&self, id: u64) -> Result<Option<AsyncCall>, StoreError> {
-        self.queue
+        let Some(mut call) = self
+            .queue
             .get(id.to_be_bytes())?
             .map(|v| decode_call(&v))
-            .transpose()
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        // A damaged trace record loses the trace, never the call.
+        call.trace = self.call_traces.get(id.to_be_bytes())?.and_then(|v| {
+            let at = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+            Some((std::str::from_utf8(&v[8..]).ok()?.to_string(), at))
+        });
+        Ok(Some(call))
     }
 
     pub fn queued(&self) -> usize {
@@ -218,6 +239,7 @@ impl Store {
         self.results
             .insert(id.to_be_bytes(), encode_result(result))?;
         self.queue.remove(id.to_be_bytes())?;
+        self.call_traces.remove(id.to_be_bytes())?;
         Ok(())
     }
 
@@ -393,6 +415,7 @@ fn decode_call(v: &[u8]) -> Result<AsyncCall, StoreError> {
         function,
         callback,
         body: Bytes::copy_from_slice(r.buf),
+        trace: None,
     })
 }
 
@@ -446,6 +469,10 @@ mod tests {
                     function: "f".into(),
                     callback: Some("http://x/".into()),
                     body: Bytes::from_static(b"hi"),
+                    trace: Some((
+                        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+                        7,
+                    )),
                 })
                 .await
                 .unwrap();
@@ -463,6 +490,10 @@ mod tests {
         assert_eq!(s.by_public(&public).unwrap(), Some(id));
         assert_eq!(pending[0].1.callback.as_deref(), Some("http://x/"));
         assert_eq!(&pending[0].1.body[..], b"hi");
+        // Its trace too, read with the call.
+        let trace = s.call(id).unwrap().unwrap().trace.unwrap();
+        assert_eq!(trace.1, 7);
+        assert!(trace.0.starts_with("00-4bf92f35"));
         s.complete(
             id,
             &CallResult {

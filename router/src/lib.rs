@@ -26,6 +26,8 @@ use fogline_node::quic::QuicError;
 use fogline_node::Node;
 use serde::Serialize;
 
+pub mod watch;
+
 /// How long a place that failed is left out of placement.
 const DOWN_FOR: Duration = Duration::from_secs(2);
 /// How often models are refitted and the membership reconciled.
@@ -65,6 +67,8 @@ pub struct Decision {
     /// Seconds since the Unix epoch.
     pub at: f64,
     pub function: String,
+    /// The call's trace (`fogline trace ID`), when it is recorded.
+    pub trace: Option<String>,
     pub candidates: Vec<CandidateRecord>,
     pub chosen: String,
     pub explored: bool,
@@ -74,6 +78,8 @@ pub struct Decision {
     pub actual_ms: Option<f64>,
     pub status: u16,
     pub attempts: u32,
+    /// It had to load the function first.
+    pub cold: bool,
     pub error: Option<String>,
 }
 
@@ -89,6 +95,7 @@ pub struct Router {
     down: Mutex<HashMap<String, Instant>>,
     prepared: Mutex<HashMap<(String, String), Instant>>,
     log: Mutex<VecDeque<Decision>>,
+    watch: watch::Watch,
     rng: AtomicU64,
     started: Instant,
 }
@@ -109,6 +116,7 @@ impl Router {
             down: Mutex::new(HashMap::new()),
             prepared: Mutex::new(HashMap::new()),
             log: Mutex::new(VecDeque::new()),
+            watch: watch::Watch::new(),
             rng: AtomicU64::new(seed),
             started: Instant::now(),
         });
@@ -196,6 +204,7 @@ impl Router {
     }
 
     fn record(&self, d: Decision) {
+        self.watch.record(&d);
         let mut log = lock(&self.log);
         if log.len() >= self.cfg.placements_kept.max(1) {
             log.pop_back();
@@ -238,14 +247,28 @@ impl Router {
             })
             .collect();
         let roll = self.roll();
+        let mut placing = fogline_node::traces::span("placement");
         let plan = lock(&self.planner)
             .plan(function, payload_kb, &infos, deadline_ms, &weights, roll)
             .ok_or_else(|| Refused::new(503, no_place_message(node, function)))?;
+        if placing.recording() {
+            placing.attr("function", function);
+            placing.attr("chosen", &places[plan.chosen].id);
+            placing.attr("explored", plan.explored);
+            let candidates: Vec<String> = places
+                .iter()
+                .zip(&plan.scored)
+                .map(|(p, s)| format!("{} ({}) {:.2} ms", p.id, p.tier.as_str(), s.predicted_ms))
+                .collect();
+            placing.attr("candidates", candidates.join("; "));
+        }
+        drop(placing);
         let mut decision = Decision {
             at: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
             function: function.to_string(),
+            trace: fogline_node::traces::current_trace().map(|t| t.to_string()),
             candidates: places
                 .iter()
                 .zip(&plan.scored)
@@ -267,6 +290,7 @@ impl Router {
             actual_ms: None,
             status: 0,
             attempts: 0,
+            cold: false,
             error: None,
         };
         let result = self
@@ -277,6 +301,7 @@ impl Router {
                 decision.status = 200;
                 decision.ran_on = Some(p.node.clone());
                 decision.actual_ms = Some(p.took_ms);
+                decision.cold = p.cold;
             }
             Err(e) => {
                 decision.status = e.status;
@@ -308,6 +333,15 @@ impl Router {
             let place = &places[at];
             let scored = plan.scored[at];
             let t0 = Instant::now();
+            let mut attempt = fogline_node::traces::span("attempt");
+            if attempt.recording() {
+                attempt.attr("place", &place.id);
+                attempt.attr("tier", place.tier.as_str());
+                if let Some(a) = place.addr {
+                    attempt.attr("addr", a);
+                }
+                attempt.attr("predicted_ms", format!("{:.2}", scored.predicted_ms));
+            }
             *lock(&self.outstanding).entry(place.id.clone()).or_insert(0) += 1;
             // An idempotent call may be abandoned at a place that is far slower than
             // predicted (stalled, overloaded or gone) and run elsewhere; any other call
@@ -344,6 +378,14 @@ impl Router {
                 *n = n.saturating_sub(1);
             }
             let took = t0.elapsed();
+            match &outcome {
+                Ok(_) => attempt.attr("status", 200),
+                Err(f) => {
+                    attempt.attr("status", f.refused.status);
+                    attempt.attr("error", &f.refused.message);
+                }
+            }
+            drop(attempt);
             let failure = match outcome {
                 Ok(mut placed) => {
                     placed.took_ms = took.as_secs_f64() * 1e3;
@@ -568,6 +610,22 @@ impl Dispatch for Router {
             };
             self.place(&node, function, body).await
         })
+    }
+
+    fn watch(&self) -> Option<tokio::sync::broadcast::Receiver<std::sync::Arc<str>>> {
+        Some(self.watch.subscribe())
+    }
+
+    fn function_stats(&self, function: &str) -> Option<serde_json::Value> {
+        self.watch.function(function)
+    }
+
+    fn watched_functions(&self) -> Vec<(String, u64)> {
+        self.watch.functions()
+    }
+
+    fn metrics(&self, out: &mut String) {
+        self.watch.metrics(out);
     }
 
     fn placements(&self, limit: usize) -> serde_json::Value {

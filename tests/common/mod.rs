@@ -403,6 +403,35 @@ pub fn member_with(
     NodeProc::spawn_cmd(cmd, dir.join(name), dir)
 }
 
+/// A continuum on loopback: a cloud bridge, two edge nodes (each pinned to a CPU where
+/// there are two) and a router (with `router_extra` TOML), meshed, each with its own
+/// certificate; returned once the router sees every member alive.
+pub fn continuum(
+    dir: &Path,
+    pki: &Path,
+    router_extra: &str,
+) -> (NodeProc, [NodeProc; 2], NodeProc) {
+    let cloud = member(dir, pki, "bridge", "cloud", None, None);
+    let seed = mesh_json(&cloud)["self"].as_str().unwrap().to_string();
+    let edges = [
+        member(dir, pki, "node", "edge-1", Some(&seed), Some(0)),
+        member(dir, pki, "node", "edge-2", Some(&seed), Some(1)),
+    ];
+    let router = member_with(
+        dir,
+        pki,
+        "router",
+        "router",
+        Some(&seed),
+        None,
+        router_extra,
+    );
+    wait_until("the router sees every member", 20, || {
+        alive(&router) == ["cloud", "edge-1", "edge-2", "router"]
+    });
+    (cloud, edges, router)
+}
+
 /// Invokes through the router; returns (status, placed-on node, body).
 pub async fn call(c: &reqwest::Client, router: &str, f: &str, body: &str) -> (u16, String, String) {
     let r = c

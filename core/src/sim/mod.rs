@@ -130,6 +130,8 @@ pub struct PolicyResult {
     /// Calls sent elsewhere after their node failed, and calls lost after three places.
     pub retries: u64,
     pub failed: u64,
+    /// The latency (ms) under which each share of [`CDF_AT`] of the calls finished.
+    pub cdf_ms: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -867,8 +869,15 @@ fn run_policy(
         prediction_error,
         retries,
         failed,
+        cdf_ms: CDF_AT.iter().map(|p| q(*p)).collect(),
     }
 }
+
+/// The shares of calls [`PolicyResult::cdf_ms`] gives the latency at.
+pub const CDF_AT: [f64; 23] = [
+    0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96,
+    0.97, 0.98, 0.99, 0.995, 0.999, 1.0,
+];
 
 /// Runs every policy in `policies` on the scenario; deterministic for a seed.
 pub fn run(s: &Scenario, inputs: &Inputs, policies: &[Policy]) -> Report {

@@ -67,6 +67,13 @@ impl Node {
             function: name.to_string(),
             callback,
             body,
+            // The worker's spans continue the submitter's trace.
+            trace: crate::traces::outgoing().map(|t| {
+                let at = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros() as u64);
+                (t, at)
+            }),
         };
         let (id, public) = match self.store.enqueue(&call).await {
             Ok(ids) => ids,
@@ -158,6 +165,29 @@ impl Node {
                 return;
             }
         };
+        let rec = self
+            .traces
+            .begin(call.trace.as_ref().map(|(t, _)| t.as_str()), None);
+        let public = self.public_call_id(id);
+        rec.set_call_id(&public);
+        let status = crate::traces::Traces::run(rec.clone(), self.run_async_traced(id, call)).await;
+        let mut attrs = vec![("call".to_string(), public)];
+        if let Some(s) = status {
+            attrs.push(("status".into(), s.to_string()));
+        }
+        self.traces.commit(&rec, "async", attrs);
+    }
+
+    async fn run_async_traced(&self, id: u64, call: AsyncCall) -> Option<u16> {
+        crate::traces::note("function", &call.function);
+        if let Some((_, at)) = call.trace {
+            // From acceptance until a worker took it.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+            let waited = std::time::Duration::from_micros(now.saturating_sub(at));
+            crate::traces::past("queued", waited, waited, Vec::new());
+        }
         let (status, body) = loop {
             match self.place(&call.function, call.body.clone()).await {
                 Ok(out) => break (200u16, out.body),
@@ -174,7 +204,7 @@ impl Node {
         };
         if let Err(e) = self.store.complete(id, &result) {
             tracing::error!("async call {id:016x}: recording result: {e}");
-            return;
+            return None;
         }
         self.queue.queued.fetch_sub(1, Ordering::AcqRel);
         if let Some(url) = call.callback {
@@ -184,9 +214,11 @@ impl Node {
                 status,
                 body,
             };
+            let _delivery = crate::traces::span("callback");
             self.callbacks
                 .deliver(&self.logs, &self.id, &done, &url)
                 .await;
         }
+        Some(status)
     }
 }

@@ -641,10 +641,27 @@ impl Executor for Arc<WasmExecutor> {
                         // worker.
                         let bytes = source.module(&digest);
                         let this = self.clone();
+                        let t = Instant::now();
                         tokio::task::spawn_blocking(move || this.load(&digest, bytes))
                             .await
                             .map_err(|e| ExecError::Internal(format!("compile task failed: {e}")))
-                            .and_then(|r| r.map(|(pre, _)| pre))
+                            .and_then(|r| {
+                                r.map(|(pre, compiled)| {
+                                    // Compiled now, or read compiled from the disk cache.
+                                    let name = match compiled {
+                                        Some(_) => "compile",
+                                        None => "load compiled",
+                                    };
+                                    let took = t.elapsed();
+                                    crate::traces::past(
+                                        name,
+                                        took,
+                                        took,
+                                        vec![("module".into(), digest.to_string())],
+                                    );
+                                    pre
+                                })
+                            })
                     }
                 };
                 drop(held);

@@ -353,6 +353,7 @@ impl Client {
             function: req.function.clone(),
             manifest: req.manifest.clone(),
             body_len: req.body.len() as u64,
+            trace: crate::traces::outgoing(),
         };
         // A peer that refuses the stream stops reading it and answers at once; its answer
         // says more than our failed write, so read it before giving up.
@@ -417,6 +418,7 @@ impl Client {
             function: manifest.name.clone(),
             manifest: Some(manifest.clone()),
             body_len: 0,
+            trace: crate::traces::outgoing(),
         };
         write_frame(&mut send, &Frame::Prepare(inv)).await?;
         let mut r = FrameReader::new(recv, self.timeout);
@@ -451,6 +453,31 @@ impl Client {
             Frame::Error(e) => Err(QuicError::Remote(e)),
             other => Err(QuicError::Unexpected(format!(
                 "expected StatusReply, got {}",
+                name(&other)
+            ))),
+        }
+    }
+
+    /// Asks a peer for its spans of a trace (and those of the members it sent the call on
+    /// to, `depth` hops on).
+    pub async fn traces(
+        &self,
+        addr: SocketAddr,
+        trace_id: fogline_core::trace::TraceId,
+        depth: u8,
+    ) -> Result<wire::TraceReply, QuicError> {
+        let (mut send, recv) = self.open(addr, true).await?;
+        write_frame(
+            &mut send,
+            &Frame::TraceQuery(wire::TraceQuery { trace_id, depth }),
+        )
+        .await?;
+        let _ = send.finish();
+        match FrameReader::new(recv, self.timeout).next().await? {
+            Frame::TraceReply(r) => Ok(r),
+            Frame::Error(e) => Err(QuicError::Remote(e)),
+            other => Err(QuicError::Unexpected(format!(
+                "expected TraceReply, got {}",
                 name(&other)
             ))),
         }

@@ -139,6 +139,8 @@ pub(crate) fn name(f: &Frame) -> &'static str {
         Frame::StatusReply(_) => "StatusReply",
         Frame::Prepare(_) => "Prepare",
         Frame::NeedSecrets(_) => "NeedSecrets",
+        Frame::TraceQuery(_) => "TraceQuery",
+        Frame::TraceReply(_) => "TraceReply",
     }
 }
 

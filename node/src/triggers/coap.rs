@@ -117,12 +117,28 @@ impl Driver {
                     body,
                     content_format,
                     accept,
+                    trace,
                 } => {
                     let (node, me) = (node.clone(), self.clone());
                     tokio::spawn(async move {
-                        let reply = me
-                            .run(&node, id, &function, body, content_format, accept)
-                            .await;
+                        // In the device's trace when it sent one.
+                        let rec = node.traces.begin(trace.as_deref(), None);
+                        let call_id = crate::agent::new_call_id();
+                        rec.set_call_id(&call_id);
+                        let mut reply = crate::traces::Traces::run(
+                            rec.clone(),
+                            me.run(&node, id, &function, body, content_format, accept),
+                        )
+                        .await;
+                        node.traces.commit(
+                            &rec,
+                            "coap",
+                            vec![
+                                ("function".into(), function.clone()),
+                                ("code".into(), format!("{:?}", reply.code)),
+                            ],
+                        );
+                        reply.trace = Some((rec.traceparent(), call_id));
                         let out = me.server().complete(me.now(), id, reply);
                         me.transmit(out).await;
                         me.wake.notify_one();

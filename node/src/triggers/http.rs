@@ -18,6 +18,10 @@
 //! | `GET/POST /v1/tokens`, `DELETE /v1/tokens/{id}` | minted tokens (admin) |
 //! | `GET /v1/webhook-secret` | the secret a namespace's callbacks are signed with (read) |
 //! | `GET/POST /v1/revocations` | the certificate revocation list held; hand it a newer one (admin) |
+//! | `/ui…`, `/v1/placements/stream`, `/v1/traces…`, `/v1/simulate…` | the dashboard and what it reads ([`super::ui`]) |
+//!
+//! Every invocation's answer carries `X-Call-Id` and a `traceparent` (W3C Trace Context):
+//! the caller's trace continued, or a new one.
 //!
 //! Every route but invocations and `/healthz` needs a token; what each token may do is
 //! [`fogline_core::access`]. System routes take `?namespace=` (default `openfaas-fn`);
@@ -134,7 +138,11 @@ pub fn router(node: Shared) -> Router {
         .route("/function/{name}/{*rest}", post(invoke_sub))
         .route("/async-function/{name}", post(invoke_async))
         .route("/async-function/{name}/{*rest}", post(invoke_async_sub))
-        .route("/healthz", get(|| async { "OK" }));
+        .route("/healthz", get(|| async { "OK" }))
+        .route("/ui", get(super::ui::page))
+        .route("/ui/", get(super::ui::page))
+        .route("/ui/assets/{file}", get(super::ui::asset))
+        .route("/ui/{*page}", get(super::ui::page));
     let guarded = Router::new()
         .route(
             "/system/functions",
@@ -154,6 +162,12 @@ pub fn router(node: Shared) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/mesh", get(mesh_view))
         .route("/v1/placements", get(placements))
+        .route("/v1/placements/stream", get(super::ui::placement_stream))
+        .route("/v1/functions/{name}/stats", get(super::ui::function_stats))
+        .route("/v1/traces", get(super::ui::list_traces))
+        .route("/v1/traces/{id}", get(super::ui::get_trace))
+        .route("/v1/simulate/scenarios", get(super::ui::scenarios))
+        .route("/v1/simulate", post(super::ui::simulate))
         .route(
             "/system/namespaces",
             get(list_namespaces).post(create_namespace),
@@ -215,11 +229,62 @@ async fn invoke_sub(
     invoke_inner(node, name, headers, body).await
 }
 
+/// Runs an invocation's handler as one traced call: in the caller's trace (`traceparent`,
+/// `tracestate`) or a new one, answered with its `X-Call-Id` and `traceparent`.
+async fn traced<F>(node: &Node, headers: &HeaderMap, call_id: String, f: F) -> Response
+where
+    F: std::future::Future<Output = Response>,
+{
+    let header = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
+    let rec = node
+        .traces
+        .begin(header("traceparent"), header("tracestate"));
+    rec.set_call_id(&call_id);
+    let mut r = crate::traces::Traces::run(rec.clone(), f).await;
+    node.traces.commit(
+        &rec,
+        "http",
+        vec![("status".into(), r.status().as_u16().to_string())],
+    );
+    let h = r.headers_mut();
+    if !h.contains_key("x-call-id") {
+        if let Ok(v) = HeaderValue::from_str(&call_id) {
+            h.insert("x-call-id", v);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&rec.traceparent()) {
+        h.insert("traceparent", v);
+    }
+    if let Some(v) = rec.tracestate().and_then(|s| HeaderValue::from_str(s).ok()) {
+        h.insert("tracestate", v);
+    }
+    r
+}
+
 async fn invoke_inner(node: Shared, name: String, headers: HeaderMap, body: Body) -> Response {
+    let call_id = new_call_id();
+    let n = node.clone();
+    let (parts, f) = split_headers(headers);
+    traced(&n, &parts, call_id, invoke_call(node, name, f, body)).await
+}
+
+/// The two trace headers, apart from the rest (which the handler takes).
+fn split_headers(mut headers: HeaderMap) -> (HeaderMap, HeaderMap) {
+    let mut trace = HeaderMap::new();
+    for h in ["traceparent", "tracestate"] {
+        if let Some(v) = headers.remove(h) {
+            trace.insert(h, v);
+        }
+    }
+    (trace, headers)
+}
+
+async fn invoke_call(node: Shared, name: String, headers: HeaderMap, body: Body) -> Response {
     let name = match function_name(&name) {
         Ok(n) => n,
         Err(r) => return r,
     };
+    crate::traces::note("function", &name);
     if let Err(r) = may_invoke(&node, &name, &headers) {
         return r;
     }
@@ -232,20 +297,12 @@ async fn invoke_inner(node: Shared, name: String, headers: HeaderMap, body: Body
         if let Err(r) = authorize(&node, &headers, Need::Admin) {
             return r;
         }
-        return with_call_id(forward(&node, &name, body, target).await);
+        return forward(&node, &name, body, target).await;
     }
-    with_call_id(match node.call(&name, body).await {
+    match node.call(&name, body).await {
         Ok(out) => placed_response(out),
         Err(e) => refused(e),
-    })
-}
-
-/// Every answer to an invocation carries the call's id (128 random bits).
-fn with_call_id(mut r: Response) -> Response {
-    if let Ok(v) = HeaderValue::from_str(&new_call_id()) {
-        r.headers_mut().insert("x-call-id", v);
     }
-    r
 }
 
 fn placed_response(out: crate::dispatch::Placed) -> Response {
@@ -332,10 +389,20 @@ async fn invoke_async_inner(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // Until it is accepted the call has no id of its own; a refused one is known by this.
+    let provisional = new_call_id();
+    let n = node.clone();
+    let (parts, f) = split_headers(headers);
+    traced(&n, &parts, provisional, submit_call(node, name, f, body)).await
+}
+
+async fn submit_call(node: Shared, name: String, headers: HeaderMap, body: Body) -> Response {
     let name = match function_name(&name) {
         Ok(n) => n,
         Err(r) => return r,
     };
+    crate::traces::note("function", &name);
+    crate::traces::note("async", true);
     if let Err(r) = may_invoke(&node, &name, &headers) {
         return r;
     }
@@ -356,6 +423,7 @@ async fn invoke_async_inner(
     };
     match node.submit(&name, body, callback).await {
         Ok(id) => {
+            crate::traces::set_call_id(&id);
             let mut r = (StatusCode::ACCEPTED, format!("accepted: call {id}\n")).into_response();
             if let Ok(v) = HeaderValue::from_str(&id) {
                 r.headers_mut().insert("x-call-id", v);
@@ -370,8 +438,8 @@ async fn invoke_async_inner(
 }
 
 #[derive(serde::Deserialize)]
-struct Limit {
-    limit: Option<usize>,
+pub(super) struct Limit {
+    pub(super) limit: Option<usize>,
 }
 
 async fn placements(
@@ -892,11 +960,15 @@ async fn metrics(State(node): State<Shared>, Extension(grant): Extension<Grant>)
     if let Err(r) = permit(&node, &grant, Need::Member) {
         return r;
     }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        node.metrics.render(&node.gauges()),
-    )
-        .into_response()
+    let mut text = node.metrics.render(&node.gauges());
+    node.traces.metrics(&mut text);
+    if let Some(m) = node.links.mesh.get() {
+        m.metrics(&mut text);
+    }
+    if let Some(d) = node.links.dispatch.get() {
+        d.metrics(&mut text);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn status(State(node): State<Shared>, Extension(grant): Extension<Grant>) -> Response {
@@ -929,7 +1001,7 @@ async fn fallback(method: Method, uri: Uri) -> Response {
 
 // ---- helpers --------------------------------------------------------------------------
 
-fn text(status: StatusCode, msg: impl Into<String>) -> Response {
+pub(super) fn text(status: StatusCode, msg: impl Into<String>) -> Response {
     let mut m = msg.into();
     if !m.ends_with('\n') {
         m.push('\n');
@@ -983,7 +1055,7 @@ fn authenticate(node: &Node, headers: &HeaderMap) -> Result<Grant, Response> {
 }
 
 /// 403 naming what the grant lacks.
-fn permit(node: &Node, grant: &Grant, need: Need<'_>) -> Result<(), Response> {
+pub(super) fn permit(node: &Node, grant: &Grant, need: Need<'_>) -> Result<(), Response> {
     grant.allows(need).map_err(|d| {
         node.metrics
             .refused("reason=\"scope\",problem=\"denied\"".into());

@@ -19,6 +19,7 @@ pub mod http;
 pub mod https;
 pub mod mqtt;
 pub mod quic;
+pub mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;

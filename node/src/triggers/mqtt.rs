@@ -218,7 +218,36 @@ async fn handle(node: &Node, client: &AsyncClient, cfg: &MqttSection, p: Publish
         }
         None => format!("{}/{}", cfg.reply_prefix, trigger.function),
     };
-    let (status, body, placed_on) = match node.call(&trigger.function, p.payload.clone()).await {
+    // A `traceparent` (and `tracestate`) user property puts the call in the sender's trace.
+    let prop = |k: &str| {
+        props
+            .user_properties
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    };
+    let rec = node.traces.begin(prop("traceparent"), prop("tracestate"));
+    let call_id = crate::agent::new_call_id();
+    rec.set_call_id(&call_id);
+    let result =
+        crate::traces::Traces::run(rec.clone(), node.call(&trigger.function, p.payload.clone()))
+            .await;
+    node.traces.commit(
+        &rec,
+        "mqtt",
+        vec![
+            ("function".into(), trigger.function.clone()),
+            ("topic".into(), topic.to_string()),
+            (
+                "status".into(),
+                result
+                    .as_ref()
+                    .map_or_else(|e| e.status, |_| 200)
+                    .to_string(),
+            ),
+        ],
+    );
+    let (status, body, placed_on) = match result {
         Ok(placed) => (
             200u16,
             placed.body,
@@ -237,6 +266,8 @@ async fn handle(node: &Node, client: &AsyncClient, cfg: &MqttSection, p: Publish
     if !placed_on.is_empty() {
         user.push(("placed-on".to_string(), placed_on));
     }
+    user.push(("call-id".to_string(), call_id));
+    user.push(("traceparent".to_string(), rec.traceparent()));
     let out = PublishProperties {
         correlation_data: props.correlation_data,
         user_properties: user,

@@ -448,6 +448,22 @@ async fn handle_stream(
             }
             return write_frame(send, &Frame::StatusReply(node.capacity())).await;
         }
+        Frame::TraceQuery(q) => {
+            if !allowed(node, peer, Action::ReadTraces, send).await? {
+                return Ok(());
+            }
+            let depth = q.depth.min(crate::traces::MAX_DEPTH);
+            let mut reply = crate::traces::gather(node, q.trace_id, depth).await;
+            // One frame holds the reply: the newest spans past its size are left out.
+            while !reply.spans.is_empty()
+                && postcard::to_allocvec(&reply).map_or(0, |b| b.len())
+                    > fogline_core::wire::MAX_PAYLOAD
+            {
+                let keep = reply.spans.len() * 3 / 4;
+                reply.spans.truncate(keep);
+            }
+            return write_frame(send, &Frame::TraceReply(reply)).await;
+        }
         Frame::Prepare(inv) => {
             // Its manifest deploys the function first.
             for action in [Action::Deploy, Action::Prepare] {
@@ -478,6 +494,27 @@ async fn handle_stream(
             )))
         }
     };
+    // The call's spans here join the caller's trace (a router's attempt, a device's own).
+    let rec = node.traces.begin(inv.trace.as_deref(), None);
+    let function = inv.function.clone();
+    let served =
+        crate::traces::Traces::run(rec.clone(), serve_invoke(node, send, r, limits, inv)).await;
+    node.traces.commit(
+        &rec,
+        if node.roles.router { "quic" } else { "serve" },
+        vec![("function".into(), function)],
+    );
+    served
+}
+
+/// Runs an invocation a stream carries and writes its answer.
+async fn serve_invoke(
+    node: &Node,
+    send: &mut SendStream,
+    r: &mut FrameReader,
+    limits: &QuicLimits,
+    inv: Invoke,
+) -> Result<(), QuicError> {
     if inv.body_len > limits.max_body {
         return reply_error(
             send,
@@ -515,7 +552,9 @@ async fn handle_stream(
             return reply_error(send, status, false, msg).await;
         }
     }
-    match node.call(&inv.function, body).await {
+    let result = node.call(&inv.function, body).await;
+    crate::traces::note("status", result.as_ref().map_or_else(|e| e.status, |_| 200));
+    match result {
         Ok(out) => {
             let res = InvokeResult {
                 status: 200,
@@ -564,8 +603,12 @@ async fn ensure_function(
         None => None,
         Some(digest) if node.has_module(&digest) => None,
         Some(digest) => {
+            let mut fetch = crate::traces::span("module fetch");
+            fetch.attr("module", digest);
             write_frame(send, &Frame::NeedModule(digest)).await?;
             let bytes = r.body_until_end(limits.max_module).await?;
+            fetch.attr("bytes", bytes.len());
+            drop(fetch);
             if Digest::of(&bytes) != digest {
                 return Ok(Err((
                     400,

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The cost of tracing: `POST /function/hello` through the router of a `fogline up` local
+# mesh at 64 connections, with traces kept (the default) and with `--no-trace`, side by
+# side in the same run, alternating (on, off, on, off, …) so drift hits both alike; plus
+# the dashboard's live stream under load (first paint, rows and JS heap as placements
+# stream in at RATE/s), when chromium and selenium are here.
+#
+#   bench/trace.sh           (needs wrk: apt-get install wrk; the stream part needs
+#                             chromium chromium-driver and pip install selenium)
+#
+# Runs outside CI: figures depend on the machine; the README keeps the latest ones.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+dur=${DURATION:-10s}
+rounds=${ROUNDS:-3}
+command -v wrk >/dev/null || { echo "bench: wrk is missing (apt-get install wrk)" >&2; exit 1; }
+[ -n "${FOGLINE_BIN:-}" ] || (cd "$root" && cargo build --release -q)
+bin=${FOGLINE_BIN:-$root/target/release/fogline}
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+start() { # name extra-args… -> sets url_NAME, token_NAME
+    local name=$1; shift
+    mkdir -p "$work/$name"
+    (cd "$root" && exec "$bin" up --data-dir "$work/$name/.fogline" --http 127.0.0.1:0 --coap 127.0.0.1:0 "$@" >"$work/$name/out" 2>"$work/$name/err") &
+    pids+=($!)
+    for _ in $(seq 1 200); do grep -q "local mesh ready" "$work/$name/out" 2>/dev/null && break; sleep 0.1; done
+    local url token
+    url=$(sed -n 's/^gateway listening on //p' "$work/$name/out" | head -1)
+    token=$(cat "$work/$name/.fogline/admin.token")
+    "$bin" --gateway "$url" --token "$token" deploy hello --max-concurrency 256 --wasm "$root/examples/hello/hello.wasm" >/dev/null 2>&1
+    printf -v "url_$name" '%s' "$url"
+    printf -v "token_$name" '%s' "$token"
+}
+start on
+start off --no-trace
+
+payload=$(head -c 1024 /dev/zero | tr '\0' 'x')
+cat >"$work/post.lua" <<LUA
+wrk.method = "POST"
+wrk.body = "$payload"
+LUA
+rps() { wrk -t2 -c64 -d"$dur" -s "$work/post.lua" "$1/function/hello" | awk '/Requests\/sec/ {print $2}'; }
+# Warm both (models, connections, instances).
+wrk -t2 -c64 -d3s -s "$work/post.lua" "$url_on/function/hello" >/dev/null
+wrk -t2 -c64 -d3s -s "$work/post.lua" "$url_off/function/hello" >/dev/null
+
+echo "HTTP through the router of fogline up, 64 connections, 1 KiB body, $dur per run"
+printf '%-6s %14s %14s %8s\n' round "traces on /s" "traces off /s" "on/off"
+son=0; soff=0
+for r in $(seq 1 "$rounds"); do
+    on=$(rps "$url_on"); off=$(rps "$url_off")
+    son=$(echo "$son + $on" | bc -l); soff=$(echo "$soff + $off" | bc -l)
+    printf '%-6s %14.0f %14.0f %8.3f\n' "$r" "$on" "$off" "$(echo "$on / $off" | bc -l)"
+done
+printf '%-6s %14.0f %14.0f %8.3f   (target: tracing costs at most 5 %%, on/off >= 0.95)\n' mean \
+    "$(echo "$son / $rounds" | bc -l)" "$(echo "$soff / $rounds" | bc -l)" "$(echo "$son / $soff" | bc -l)"
+held=$(curl -fsS -H "Authorization: Bearer $token_on" "$url_on/v1/traces?limit=0" | python3 -c 'import json,sys; print(json.load(sys.stdin)["held"])')
+echo "traces held on the traced router after the runs: $held"
+rss_on=$(awk '/VmRSS/ {print $2}' "/proc/${pids[0]}/status"); rss_off=$(awk '/VmRSS/ {print $2}' "/proc/${pids[1]}/status")
+echo "resident memory of the whole local mesh: traces on $((rss_on / 1024)) MB, off $((rss_off / 1024)) MB"
+
+if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && python3 -c 'import selenium' 2>/dev/null; then
+    echo
+    echo "The dashboard's live stream: placements at ${RATE:-1000}/s for ${SECONDS_STREAM:-20} s while /ui/placements watches"
+    python3 "$root/tests/ui/browser.py" "$url_on" "$token_on" "$work" 4 --stream "${SECONDS_STREAM:-20}" "${RATE:-1000}"
+else
+    echo "(the dashboard's stream part needs chromium, chromium-driver and selenium: skipped)"
+fi
