@@ -7,6 +7,7 @@
 //! node's serving of it, module fetch, compile, start and run. Each member keeps its spans;
 //! a trace is put together by asking the members its attempts went to.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -97,14 +98,24 @@ impl TraceParent {
         })
     }
 
-    /// The header's text (version 00).
+    /// The header's text (version 00), made without intermediate strings (it is on every
+    /// answer).
     pub fn header(&self) -> String {
-        format!(
-            "00-{}-{}-{}",
-            self.trace_id,
-            self.parent_id,
-            if self.sampled { "01" } else { "00" }
-        )
+        let mut out = String::with_capacity(55);
+        out.push_str("00-");
+        push_hex(&mut out, &self.trace_id.0);
+        out.push('-');
+        push_hex(&mut out, &self.parent_id.0);
+        out.push_str(if self.sampled { "-01" } else { "-00" });
+        out
+    }
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
     }
 }
 
@@ -205,14 +216,14 @@ pub struct Span {
     pub parent_id: Option<SpanId>,
     /// `http`, `quic`, `coap`, `mqtt`, `async`, `placement`, `attempt`, `serve`,
     /// `queued`, `module fetch`, `compile`, `cold start`, `start`, `run`.
-    pub name: String,
+    pub name: Cow<'static, str>,
     /// The member that recorded it.
     pub member: String,
     /// Microseconds since the Unix epoch.
     pub start_us: u64,
     pub duration_us: u64,
     /// What else is worth knowing (function, place, status, candidates…).
-    pub attrs: Vec<(String, String)>,
+    pub attrs: Vec<(Cow<'static, str>, Cow<'static, str>)>,
 }
 
 impl Span {
@@ -220,8 +231,27 @@ impl Span {
         self.attrs
             .iter()
             .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
     }
+}
+
+/// An HTTP-like status as an attribute value, without allocating for the common ones.
+pub fn status_text(status: u16) -> Cow<'static, str> {
+    Cow::Borrowed(match status {
+        200 => "200",
+        202 => "202",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        413 => "413",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        _ => return Cow::Owned(status.to_string()),
+    })
 }
 
 /// A trace's spans in tree order: each span followed by its children (by start time),
@@ -321,7 +351,7 @@ mod tests {
             trace_id: TraceId([1; 16]),
             span_id: SpanId([id; 8]),
             parent_id: parent.map(|p| SpanId([p; 8])),
-            name: format!("s{id}"),
+            name: format!("s{id}").into(),
             member: "m".into(),
             start_us: start,
             duration_us: 10,
@@ -343,7 +373,7 @@ mod tests {
         ];
         let t: Vec<(usize, String)> = tree(&spans)
             .into_iter()
-            .map(|(d, s)| (d, s.name.clone()))
+            .map(|(d, s)| (d, s.name.to_string()))
             .collect();
         assert_eq!(
             t,

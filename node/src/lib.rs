@@ -20,8 +20,12 @@
 //!   membership and load): how members reach each other.
 //! - [`store`] (durable state in sled), [`secrets`] (sealed at rest, laid out per function
 //!   on tmpfs), [`logs`], [`metrics`], [`traces`] (spans of recent calls, gathered across
-//!   members on demand), [`sysinfo`] (the machine), [`token`] (the admin token): what the
-//!   other rooms keep and report.
+//!   members on demand; [`otlp`] sends them to a collector), [`sysinfo`] (the machine),
+//!   [`token`] (the admin token): what the other rooms keep and report.
+//! - [`simulate`]: loading simulator scenarios and their files (for `fogline simulate` and
+//!   the dashboard's Simulator page; the simulator itself is pure, in `fogline-core`).
+//! - The dashboard is [`triggers::ui`], part of the gateway; its page, script and style
+//!   are in `node/ui/`, compiled in.
 //!
 //! Dependencies between the rooms run one way: triggers → agent → executor, dispatch,
 //! quic, mesh, store. [`bind`] wires them for `fogline node`, `bridge`, `router` and `up`.

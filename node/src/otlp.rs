@@ -87,7 +87,7 @@ pub fn request(member: &str, spans: &[Span]) -> Value {
         .iter()
         .map(|s| {
             // Server for an ingress or a hop served, client for an attempt, else internal.
-            let kind = match s.name.as_str() {
+            let kind = match s.name.as_ref() {
                 "http" | "quic" | "coap" | "mqtt" | "serve" => 2,
                 "attempt" => 3,
                 "async" => 5,

@@ -9,7 +9,8 @@
 //! A trace is put together by [`gather`]: this member's spans, and those of every member
 //! its attempts went to, asked over QUIC.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime};
@@ -26,6 +27,12 @@ tokio::task_local! {
 }
 
 /// Spans of recent calls on this member.
+///
+/// The ring is a slab of `keep` slots reused in turn: once it has filled, keeping a trace
+/// allocates nothing (each slot keeps its buffers), and a call's own recording allocates
+/// only short-lived buffers freed when it commits. (An earlier version kept each trace as
+/// freshly allocated spans and strings: glibc's allocator then spent a tenth of a router's
+/// time on the churn.)
 pub struct Traces {
     cfg: TraceSection,
     member: String,
@@ -40,17 +47,129 @@ pub struct Traces {
     pub export_failed: AtomicU64,
 }
 
+/// An attribute of a span, as core's [`Span`] carries it.
+pub type Attr = (Cow<'static, str>, Cow<'static, str>);
+
+/// A call id (32 hex digits) as bytes.
+type CallId = [u8; 16];
+
+/// An attribute's value: fixed text, or a range of its trace's text buffer.
+#[derive(Clone, Copy)]
+enum Val {
+    Static(&'static str),
+    Text(u32, u32),
+    /// Milliseconds, said with two decimals when read (formatting a float costs more than
+    /// keeping it).
+    Ms(f64),
+    Addr(std::net::SocketAddr),
+}
+
+/// A span as recorded: no heap data of its own; its attributes are a range of its
+/// trace's attribute list, their values ranges of its text.
+#[derive(Clone, Copy)]
+struct Rec {
+    span_id: SpanId,
+    parent_id: Option<SpanId>,
+    name: &'static str,
+    start_us: u64,
+    duration_us: u64,
+    a0: u32,
+    an: u32,
+}
+
+type Kv = (&'static str, Val);
+
+impl Rec {
+    fn new(span_id: SpanId, parent_id: Option<SpanId>, name: &'static str, start_us: u64) -> Rec {
+        Rec {
+            span_id,
+            parent_id,
+            name,
+            start_us,
+            duration_us: 0,
+            a0: 0,
+            an: 0,
+        }
+    }
+
+    fn attrs<'a>(&self, attrs: &'a [Kv]) -> &'a [Kv] {
+        attrs
+            .get(self.a0 as usize..(self.a0 + self.an) as usize)
+            .unwrap_or(&[])
+    }
+
+    fn attr<'a>(&self, key: &str, attrs: &[Kv], text: &'a str) -> Option<Cow<'a, str>> {
+        self.attrs(attrs)
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| val(*v, text))
+    }
+
+    fn to_span(self, trace_id: TraceId, member: &str, attrs: &[Kv], text: &str) -> Span {
+        Span {
+            trace_id,
+            span_id: self.span_id,
+            parent_id: self.parent_id,
+            name: Cow::Borrowed(self.name),
+            member: member.to_string(),
+            start_us: self.start_us,
+            duration_us: self.duration_us,
+            attrs: self
+                .attrs(attrs)
+                .iter()
+                .map(|(k, v)| {
+                    let v = match *v {
+                        Val::Static(s) => Cow::Borrowed(s),
+                        other => Cow::Owned(val(other, text).into_owned()),
+                    };
+                    (Cow::Borrowed(*k), v)
+                })
+                .collect(),
+        }
+    }
+}
+
+fn val(v: Val, text: &str) -> Cow<'_, str> {
+    match v {
+        Val::Static(s) => Cow::Borrowed(s),
+        Val::Text(a, b) => Cow::Borrowed(text.get(a as usize..b as usize).unwrap_or("")),
+        Val::Ms(ms) => Cow::Owned(format!("{ms:.2}")),
+        Val::Addr(a) => Cow::Owned(a.to_string()),
+    }
+}
+
+/// Appends `value` to `text` and names the range it took.
+fn put(text: &mut String, value: impl std::fmt::Display) -> Val {
+    use std::fmt::Write;
+    let a = text.len();
+    let _ = write!(text, "{value}");
+    Val::Text(a as u32, text.len() as u32)
+}
+
 #[derive(Default)]
 struct Ring {
-    traces: HashMap<TraceId, Entry>,
-    order: VecDeque<TraceId>,
-    calls: HashMap<String, TraceId>,
+    slots: Vec<Slot>,
+    /// The slot the next new trace takes (the oldest, once the ring is full).
+    next: usize,
+    traces: HashMap<TraceId, usize>,
+    calls: HashMap<CallId, usize>,
     spans: usize,
 }
 
-struct Entry {
-    spans: Vec<Span>,
-    calls: Vec<String>,
+/// One trace's spans on this member and the calls it is found by (a sync call has one; an
+/// async call's submit and run share theirs). Its buffers are kept when it is reused.
+#[derive(Default)]
+struct Slot {
+    trace: TraceId,
+    calls: [Option<CallId>; 2],
+    spans: Vec<Rec>,
+    attrs: Vec<Kv>,
+    text: String,
+}
+
+fn call_id(id: &str) -> Option<CallId> {
+    let mut b = [0u8; 16];
+    (id.len() == 32 && hex::decode_to_slice(id, &mut b).is_ok()).then_some(b)
 }
 
 /// One call's trace on this member while it runs.
@@ -70,10 +189,61 @@ pub struct Recorder {
 struct Open {
     /// Spans open now, innermost last: a new span is a child of the last.
     stack: Vec<SpanId>,
-    spans: Vec<Span>,
-    call_id: Option<String>,
+    spans: Vec<Rec>,
+    /// The attributes of its spans, each span's together.
+    attrs: Vec<Kv>,
+    /// The text of this call's attribute values.
+    text: String,
+    call_id: Option<CallId>,
     /// Attributes of the root span noted on the way.
-    notes: Vec<(String, String)>,
+    notes: Vec<Kv>,
+}
+
+/// Buffers of finished recordings kept for the next ones, per thread.
+const POOLED: usize = 64;
+
+thread_local! {
+    static POOL: std::cell::RefCell<Vec<Open>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Open {
+    /// Buffers for a recorded call: a finished call's, else new ones with room for a
+    /// call's usual spans (each under 1 KiB, where glibc's allocator stays on its fast
+    /// paths), so recording allocates nothing once a thread has served a few calls.
+    fn reused() -> Open {
+        POOL.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| Open {
+            spans: Vec::with_capacity(8),
+            attrs: Vec::with_capacity(16),
+            text: String::with_capacity(256),
+            ..Open::default()
+        })
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if !self.sampled {
+            return;
+        }
+        let open = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
+        // Buffers that grew past the usual stay out of the pool.
+        if open.spans.capacity() > 32 || open.text.capacity() > 4096 {
+            return;
+        }
+        let mut o = std::mem::take(open);
+        o.stack.clear();
+        o.spans.clear();
+        o.attrs.clear();
+        o.text.clear();
+        o.notes.clear();
+        o.call_id = None;
+        POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOLED {
+                p.push(o);
+            }
+        });
+    }
 }
 
 /// A recent trace, as `GET /v1/traces` lists it.
@@ -149,15 +319,20 @@ impl Traces {
             .and(tracestate)
             .filter(|s| fogline_core::trace::check_tracestate(s).is_ok())
             .map(str::to_string);
+        let sampled = self.cfg.enabled && parent.is_none_or(|p| p.sampled);
         Arc::new(Recorder {
             trace_id: parent.map_or_else(new_trace_id, |p| p.trace_id),
             root: new_span_id(),
             parent: parent.map(|p| p.parent_id),
-            sampled: self.cfg.enabled && parent.is_none_or(|p| p.sampled),
+            sampled,
             tracestate,
             started: Instant::now(),
             start_us: now_us(),
-            inner: Mutex::new(Open::default()),
+            inner: Mutex::new(if sampled {
+                Open::reused()
+            } else {
+                Open::default()
+            }),
         })
     }
 
@@ -168,83 +343,109 @@ impl Traces {
 
     /// Ends a call's recording: its root span (`name`, with `attrs`) and every span made
     /// under it go to the ring (and to the exporter).
-    pub fn commit(&self, rec: &Recorder, name: &str, mut attrs: Vec<(String, String)>) {
+    pub fn commit(
+        &self,
+        rec: &Recorder,
+        name: &'static str,
+        attrs: &[(&'static str, &dyn std::fmt::Display)],
+    ) {
         if !rec.sampled {
             return;
         }
-        let (mut spans, call_id) = {
-            let mut open = lock(&rec.inner);
-            attrs.append(&mut open.notes);
-            (std::mem::take(&mut open.spans), open.call_id.take())
-        };
-        spans.push(Span {
-            trace_id: rec.trace_id,
-            span_id: rec.root,
-            parent_id: rec.parent,
-            name: name.to_string(),
-            member: String::new(),
-            start_us: rec.start_us,
-            duration_us: rec.started.elapsed().as_micros() as u64,
-            attrs,
-        });
-        for s in &mut spans {
-            s.member.clone_from(&self.member);
+        let mut open = lock(&rec.inner);
+        let open = &mut *open;
+        let mut root = Rec::new(rec.root, rec.parent, name, rec.start_us);
+        root.duration_us = rec.started.elapsed().as_micros() as u64;
+        root.a0 = open.attrs.len() as u32;
+        for (k, v) in attrs {
+            let v = put(&mut open.text, v);
+            open.attrs.push((k, v));
         }
+        open.attrs.append(&mut open.notes);
+        root.an = open.attrs.len() as u32 - root.a0;
+        open.spans.push(root);
         self.spans_recorded
-            .fetch_add(spans.len() as u64, Ordering::Relaxed);
+            .fetch_add(open.spans.len() as u64, Ordering::Relaxed);
         if let Some(tx) = self.export.get() {
-            if tx.try_send(spans.clone()).is_err() {
-                self.export_dropped
-                    .fetch_add(spans.len() as u64, Ordering::Relaxed);
+            let spans: Vec<Span> = open
+                .spans
+                .iter()
+                .map(|r| r.to_span(rec.trace_id, &self.member, &open.attrs, &open.text))
+                .collect();
+            let n = spans.len() as u64;
+            if tx.try_send(spans).is_err() {
+                self.export_dropped.fetch_add(n, Ordering::Relaxed);
             }
         }
         let mut ring = lock(&self.ring);
         let ring = &mut *ring;
-        if !ring.traces.contains_key(&rec.trace_id) {
-            ring.order.push_back(rec.trace_id);
-            ring.traces.insert(
-                rec.trace_id,
-                Entry {
-                    spans: Vec::new(),
-                    calls: Vec::new(),
-                },
-            );
-            while ring.order.len() > self.cfg.keep {
-                if let Some(old) = ring.order.pop_front() {
-                    if let Some(e) = ring.traces.remove(&old) {
-                        ring.spans -= e.spans.len();
-                        for c in e.calls {
-                            ring.calls.remove(&c);
-                        }
+        let at = match ring.traces.get(&rec.trace_id) {
+            Some(at) => *at,
+            None => {
+                let at = ring.next;
+                ring.next = (ring.next + 1) % self.cfg.keep;
+                if at == ring.slots.len() {
+                    ring.slots.push(Slot::default());
+                } else {
+                    // The oldest trace goes; its slot's buffers stay.
+                    let old = &mut ring.slots[at];
+                    ring.traces.remove(&old.trace);
+                    for c in old.calls.iter().flatten() {
+                        ring.calls.remove(c);
                     }
+                    ring.spans -= old.spans.len();
+                    old.spans.clear();
+                    old.attrs.clear();
+                    old.text.clear();
+                    old.calls = [None; 2];
+                }
+                ring.slots[at].trace = rec.trace_id;
+                ring.traces.insert(rec.trace_id, at);
+                at
+            }
+        };
+        let slot = &mut ring.slots[at];
+        let room = self.cfg.max_spans.saturating_sub(slot.spans.len());
+        let all = open.spans.len();
+        // Past the bound, the root (last) is the one worth keeping.
+        let (head, root) = if all <= room {
+            (all, false)
+        } else {
+            self.spans_dropped
+                .fetch_add((all - room) as u64, Ordering::Relaxed);
+            (room.saturating_sub(1), room > 0)
+        };
+        let text_base = slot.text.len() as u32;
+        slot.text.push_str(&open.text);
+        for i in (0..head).chain(root.then_some(all - 1)) {
+            let mut r = open.spans[i];
+            let a0 = slot.attrs.len() as u32;
+            for (k, v) in r.attrs(&open.attrs) {
+                let v = match *v {
+                    Val::Text(a, b) => Val::Text(a + text_base, b + text_base),
+                    kept => kept,
+                };
+                slot.attrs.push((k, v));
+            }
+            r.a0 = a0;
+            slot.spans.push(r);
+            ring.spans += 1;
+        }
+        if let Some(c) = open.call_id {
+            if !slot.calls.contains(&Some(c)) {
+                if let Some(free) = slot.calls.iter_mut().find(|s| s.is_none()) {
+                    *free = Some(c);
+                    ring.calls.insert(c, at);
                 }
             }
         }
-        let Some(entry) = ring.traces.get_mut(&rec.trace_id) else {
-            return;
-        };
-        let room = self.cfg.max_spans.saturating_sub(entry.spans.len());
-        if spans.len() > room {
-            self.spans_dropped
-                .fetch_add((spans.len() - room) as u64, Ordering::Relaxed);
-            // The root (last) is the one worth keeping.
-            let root = spans.pop();
-            spans.truncate(room.saturating_sub(1));
-            spans.extend(root.filter(|_| room > 0));
-        }
-        ring.spans += spans.len();
-        entry.spans.extend(spans);
-        if let Some(c) = call_id {
-            ring.calls.insert(c.clone(), rec.trace_id);
-            entry.calls.push(c);
-        }
     }
 
-    /// The trace a call id or trace id (32 hex digits) names, and this member's spans of it.
+    /// The trace a call id or trace id (32 hex digits) names, when this member holds it.
     pub fn find(&self, id: &str) -> Option<TraceId> {
         let ring = lock(&self.ring);
-        if let Some(t) = ring.calls.get(id) {
-            return Some(*t);
+        if let Some(at) = call_id(id).and_then(|c| ring.calls.get(&c)) {
+            return Some(ring.slots[*at].trace);
         }
         TraceId::parse(id)
             .ok()
@@ -253,47 +454,61 @@ impl Traces {
 
     /// This member's spans of `trace`.
     pub fn spans(&self, trace: TraceId) -> Vec<Span> {
-        lock(&self.ring)
-            .traces
-            .get(&trace)
-            .map(|e| e.spans.clone())
-            .unwrap_or_default()
+        let ring = lock(&self.ring);
+        let Some(slot) = ring.traces.get(&trace).map(|at| &ring.slots[*at]) else {
+            return Vec::new();
+        };
+        slot.spans
+            .iter()
+            .map(|r| r.to_span(trace, &self.member, &slot.attrs, &slot.text))
+            .collect()
     }
 
     /// The call ids recorded for `trace`.
     pub fn calls(&self, trace: TraceId) -> Vec<String> {
-        lock(&self.ring)
-            .traces
+        let ring = lock(&self.ring);
+        ring.traces
             .get(&trace)
-            .map(|e| e.calls.clone())
+            .map(|at| {
+                ring.slots[*at]
+                    .calls
+                    .iter()
+                    .flatten()
+                    .map(hex::encode)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     /// The newest `limit` traces this member holds.
     pub fn recent(&self, limit: usize) -> Vec<Summary> {
         let ring = lock(&self.ring);
-        ring.order
-            .iter()
-            .rev()
+        let n = ring.slots.len();
+        (0..n)
+            .map(|i| (ring.next + n - 1 - i) % n)
             .take(limit)
-            .filter_map(|t| {
-                let e = ring.traces.get(t)?;
-                // The entry's first span made on this member with no parent here.
-                let ids: HashSet<SpanId> = e.spans.iter().map(|s| s.span_id).collect();
-                let root = e
+            .filter_map(|at| {
+                let slot = &ring.slots[at];
+                // Its first span made on this member with no parent here.
+                let ids: HashSet<SpanId> = slot.spans.iter().map(|s| s.span_id).collect();
+                let root = slot
                     .spans
                     .iter()
                     .filter(|s| s.parent_id.is_none_or(|p| !ids.contains(&p)))
                     .min_by_key(|s| s.start_us)?;
                 Some(Summary {
-                    trace_id: *t,
-                    calls: e.calls.clone(),
-                    name: root.name.clone(),
-                    function: root.attr("function").map(str::to_string),
-                    status: root.attr("status").map(str::to_string),
+                    trace_id: slot.trace,
+                    calls: slot.calls.iter().flatten().map(hex::encode).collect(),
+                    name: root.name.to_string(),
+                    function: root
+                        .attr("function", &slot.attrs, &slot.text)
+                        .map(Cow::into_owned),
+                    status: root
+                        .attr("status", &slot.attrs, &slot.text)
+                        .map(Cow::into_owned),
                     start_us: root.start_us,
                     duration_us: root.duration_us,
-                    spans: e.spans.len(),
+                    spans: slot.spans.len(),
                 })
             })
             .collect()
@@ -342,7 +557,7 @@ impl Traces {
     /// Traces and spans held now.
     pub fn held(&self) -> (usize, usize) {
         let ring = lock(&self.ring);
-        (ring.order.len(), ring.spans)
+        (ring.traces.len(), ring.spans)
     }
 }
 
@@ -365,9 +580,10 @@ impl Recorder {
         self.tracestate.as_deref()
     }
 
-    /// Names the call this trace is found by (`fogline trace CALL_ID`).
+    /// Names the call this trace is found by (`fogline trace CALL_ID`): 32 hex digits
+    /// (an id of another shape, an async call's from before random ids, is not indexed).
     pub fn set_call_id(&self, id: &str) {
-        lock(&self.inner).call_id = Some(id.to_string());
+        lock(&self.inner).call_id = call_id(id);
     }
 
     fn current(&self) -> SpanId {
@@ -375,18 +591,61 @@ impl Recorder {
     }
 }
 
+/// Most attributes one span keeps (more are dropped).
+const MAX_ATTRS: usize = 6;
+
 /// A step of the call being recorded, timed from now until the guard is dropped.
 pub struct SpanGuard {
-    open: Option<(Arc<Recorder>, SpanId, SpanId, Instant, u64)>,
-    name: &'static str,
-    attrs: Vec<(String, String)>,
+    open: Option<OpenSpan>,
+}
+
+/// A span being recorded: its attributes wait here, so a span's are kept together.
+struct OpenSpan {
+    rec: Arc<Recorder>,
+    t0: Instant,
+    r: Rec,
+    attrs: [Kv; MAX_ATTRS],
+    n: usize,
 }
 
 impl SpanGuard {
     /// Adds what is worth knowing of this step (nothing when no call is recorded).
-    pub fn attr(&mut self, key: &str, value: impl std::fmt::Display) {
-        if self.open.is_some() {
-            self.attrs.push((key.to_string(), value.to_string()));
+    pub fn attr(&mut self, key: &'static str, value: impl std::fmt::Display) {
+        if let Some(o) = &mut self.open {
+            if o.n < MAX_ATTRS {
+                let v = put(&mut lock(&o.rec.inner).text, value);
+                o.attrs[o.n] = (key, v);
+                o.n += 1;
+            }
+        }
+    }
+
+    /// [`SpanGuard::attr`] for a time in milliseconds (kept as a number until read).
+    pub fn attr_ms(&mut self, key: &'static str, ms: f64) {
+        self.push(key, Val::Ms(ms));
+    }
+
+    /// [`SpanGuard::attr`] for an address (kept as one until read).
+    pub fn attr_addr(&mut self, key: &'static str, addr: std::net::SocketAddr) {
+        self.push(key, Val::Addr(addr));
+    }
+
+    fn push(&mut self, key: &'static str, v: Val) {
+        if let Some(o) = &mut self.open {
+            if o.n < MAX_ATTRS {
+                o.attrs[o.n] = (key, v);
+                o.n += 1;
+            }
+        }
+    }
+
+    /// [`SpanGuard::attr`] with fixed text (nothing is copied).
+    pub fn attr_static(&mut self, key: &'static str, value: &'static str) {
+        if let Some(o) = &mut self.open {
+            if o.n < MAX_ATTRS {
+                o.attrs[o.n] = (key, Val::Static(value));
+                o.n += 1;
+            }
         }
     }
 
@@ -398,24 +657,18 @@ impl SpanGuard {
 
 impl Drop for SpanGuard {
     fn drop(&mut self) {
-        let Some((rec, id, parent, t0, start_us)) = self.open.take() else {
+        let Some(mut o) = self.open.take() else {
             return;
         };
-        let span = Span {
-            trace_id: rec.trace_id,
-            span_id: id,
-            parent_id: Some(parent),
-            name: self.name.to_string(),
-            member: String::new(),
-            start_us,
-            duration_us: t0.elapsed().as_micros() as u64,
-            attrs: std::mem::take(&mut self.attrs),
-        };
-        let mut open = lock(&rec.inner);
-        if let Some(i) = open.stack.iter().rposition(|s| *s == id) {
+        o.r.duration_us = o.t0.elapsed().as_micros() as u64;
+        let mut open = lock(&o.rec.inner);
+        if let Some(i) = open.stack.iter().rposition(|s| *s == o.r.span_id) {
             open.stack.remove(i);
         }
-        open.spans.push(span);
+        o.r.a0 = open.attrs.len() as u32;
+        o.r.an = o.n as u32;
+        open.attrs.extend_from_slice(&o.attrs[..o.n]);
+        open.spans.push(o.r);
     }
 }
 
@@ -431,16 +684,18 @@ pub fn span(name: &'static str) -> SpanGuard {
                     o.stack.push(id);
                     parent
                 };
-                (rec.clone(), id, parent, Instant::now(), now_us())
+                OpenSpan {
+                    rec: rec.clone(),
+                    t0: Instant::now(),
+                    r: Rec::new(id, Some(parent), name, now_us()),
+                    attrs: [("", Val::Static("")); MAX_ATTRS],
+                    n: 0,
+                }
             })
         })
         .ok()
         .flatten();
-    SpanGuard {
-        open,
-        name,
-        attrs: Vec::new(),
-    }
+    SpanGuard { open }
 }
 
 /// Records a step that already happened: it began `ago` before now and lasted `took`.
@@ -448,23 +703,28 @@ pub fn past(
     name: &'static str,
     ago: std::time::Duration,
     took: std::time::Duration,
-    attrs: Vec<(String, String)>,
+    attrs: &[(&'static str, &dyn std::fmt::Display)],
 ) {
     let _ = CALL.try_with(|rec| {
         if !rec.sampled {
             return;
         }
         let parent = rec.current();
-        lock(&rec.inner).spans.push(Span {
-            trace_id: rec.trace_id,
-            span_id: new_span_id(),
-            parent_id: Some(parent),
-            name: name.to_string(),
-            member: String::new(),
-            start_us: now_us().saturating_sub(ago.as_micros() as u64),
-            duration_us: took.as_micros() as u64,
-            attrs,
-        });
+        let mut r = Rec::new(
+            new_span_id(),
+            Some(parent),
+            name,
+            now_us().saturating_sub(ago.as_micros() as u64),
+        );
+        r.duration_us = took.as_micros() as u64;
+        let mut open = lock(&rec.inner);
+        r.a0 = open.attrs.len() as u32;
+        for (k, v) in attrs {
+            let v = put(&mut open.text, v);
+            open.attrs.push((k, v));
+        }
+        r.an = open.attrs.len() as u32 - r.a0;
+        open.spans.push(r);
     });
 }
 
@@ -489,12 +749,21 @@ pub fn current_trace() -> Option<TraceId> {
 }
 
 /// Adds an attribute to the root span of the call being recorded.
-pub fn note(key: &str, value: impl std::fmt::Display) {
+pub fn note(key: &'static str, value: impl std::fmt::Display) {
     let _ = CALL.try_with(|rec| {
         if rec.sampled {
-            lock(&rec.inner)
-                .notes
-                .push((key.to_string(), value.to_string()));
+            let mut open = lock(&rec.inner);
+            let v = put(&mut open.text, value);
+            open.notes.push((key, v));
+        }
+    });
+}
+
+/// [`note`] with fixed text.
+pub fn note_static(key: &'static str, value: &'static str) {
+    let _ = CALL.try_with(|rec| {
+        if rec.sampled {
+            lock(&rec.inner).notes.push((key, Val::Static(value)));
         }
     });
 }
@@ -512,6 +781,7 @@ pub const MAX_DEPTH: u8 = 4;
 pub async fn gather(node: &Node, trace: TraceId, depth: u8) -> TraceReply {
     let mut spans = node.traces.spans(trace);
     let mut unreachable = Vec::new();
+    // Spans from other members name them already.
     if depth > 0 {
         let own = node.links.addresses.get().and_then(|(q, _)| *q);
         let mut asked = HashSet::new();
@@ -581,15 +851,15 @@ mod tests {
                 "run",
                 std::time::Duration::from_millis(1),
                 std::time::Duration::from_millis(1),
-                vec![],
+                &[],
             );
             drop(b);
-            set_call_id("c1");
+            set_call_id("c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1");
             hop
         })
         .await;
-        t.commit(&rec, "http", vec![("function".into(), "hello".into())]);
-        let id = t.find("c1").unwrap();
+        t.commit(&rec, "http", &[("function", &"hello")]);
+        let id = t.find("c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1").unwrap();
         assert_eq!(id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(t.find(&id.to_string()), Some(id));
         let spans = t.spans(id);
@@ -614,14 +884,16 @@ mod tests {
                 for _ in 0..10 {
                     let _s = span("step");
                 }
-                set_call_id(&format!("call{i}"));
+                set_call_id(&format!("{i:032x}"));
             })
             .await;
-            t.commit(&rec, "http", vec![]);
+            t.commit(&rec, "http", &[]);
         }
         assert_eq!(t.held(), (3, 12));
-        assert!(t.find("call0").is_none() && t.find("call1").is_none());
-        let newest = t.find("call4").unwrap();
+        assert!(
+            t.find(&format!("{:032x}", 0)).is_none() && t.find(&format!("{:032x}", 1)).is_none()
+        );
+        let newest = t.find(&format!("{:032x}", 4)).unwrap();
         let spans = t.spans(newest);
         assert_eq!(spans.len(), 4);
         assert!(spans.iter().any(|s| s.name == "http"), "the root is kept");
@@ -641,7 +913,7 @@ mod tests {
             outgoing()
         })
         .await;
-        t.commit(&rec, "http", vec![]);
+        t.commit(&rec, "http", &[]);
         assert_eq!(t.held(), (0, 0));
         assert!(hop.unwrap().ends_with("-00"), "still carried on");
         let off = Traces::new(
@@ -652,7 +924,7 @@ mod tests {
             "m".into(),
         );
         let rec = off.begin(None, None);
-        off.commit(&rec, "http", vec![]);
+        off.commit(&rec, "http", &[]);
         assert_eq!(off.held(), (0, 0));
         // Outside any call, steps are no-ops.
         assert!(!span("x").recording());

@@ -68,7 +68,7 @@ pub struct Decision {
     pub at: f64,
     pub function: String,
     /// The call's trace (`fogline trace ID`), when it is recorded.
-    pub trace: Option<String>,
+    pub trace: Option<fogline_core::trace::TraceId>,
     pub candidates: Vec<CandidateRecord>,
     pub chosen: String,
     pub explored: bool,
@@ -252,15 +252,15 @@ impl Router {
             .plan(function, payload_kb, &infos, deadline_ms, &weights, roll)
             .ok_or_else(|| Refused::new(503, no_place_message(node, function)))?;
         if placing.recording() {
-            placing.attr("function", function);
             placing.attr("chosen", &places[plan.chosen].id);
-            placing.attr("explored", plan.explored);
-            let candidates: Vec<String> = places
-                .iter()
-                .zip(&plan.scored)
-                .map(|(p, s)| format!("{} ({}) {:.2} ms", p.id, p.tier.as_str(), s.predicted_ms))
-                .collect();
-            placing.attr("candidates", candidates.join("; "));
+            placing.attr_static("explored", if plan.explored { "true" } else { "false" });
+            placing.attr(
+                "candidates",
+                Candidates {
+                    places: &places,
+                    scored: &plan.scored,
+                },
+            );
         }
         drop(placing);
         let mut decision = Decision {
@@ -268,7 +268,7 @@ impl Router {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
             function: function.to_string(),
-            trace: fogline_node::traces::current_trace().map(|t| t.to_string()),
+            trace: fogline_node::traces::current_trace(),
             candidates: places
                 .iter()
                 .zip(&plan.scored)
@@ -336,11 +336,11 @@ impl Router {
             let mut attempt = fogline_node::traces::span("attempt");
             if attempt.recording() {
                 attempt.attr("place", &place.id);
-                attempt.attr("tier", place.tier.as_str());
+                attempt.attr_static("tier", place.tier.as_str());
                 if let Some(a) = place.addr {
-                    attempt.attr("addr", a);
+                    attempt.attr_addr("addr", a);
                 }
-                attempt.attr("predicted_ms", format!("{:.2}", scored.predicted_ms));
+                attempt.attr_ms("predicted_ms", scored.predicted_ms);
             }
             *lock(&self.outstanding).entry(place.id.clone()).or_insert(0) += 1;
             // An idempotent call may be abandoned at a place that is far slower than
@@ -379,7 +379,7 @@ impl Router {
             }
             let took = t0.elapsed();
             match &outcome {
-                Ok(_) => attempt.attr("status", 200),
+                Ok(_) => attempt.attr_static("status", "200"),
                 Err(f) => {
                     attempt.attr("status", f.refused.status);
                     attempt.attr("error", &f.refused.message);
@@ -562,6 +562,31 @@ impl Router {
     /// Median relative prediction error so far.
     pub fn median_error(&self) -> Option<f64> {
         lock(&self.planner).median_error()
+    }
+}
+
+/// The candidates of a placement as its span says them: `edge-1 (edge) 3.20 ms; …`.
+struct Candidates<'a> {
+    places: &'a [Place],
+    scored: &'a [fogline_core::placement::Scored],
+}
+
+impl std::fmt::Display for Candidates<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (p, s)) in self.places.iter().zip(self.scored).enumerate() {
+            let sep = if i == 0 { "" } else { "; " };
+            // Hundredths as integers: float formatting is the costly part of this span.
+            let h = (s.predicted_ms.max(0.0) * 100.0).round() as u64;
+            write!(
+                f,
+                "{sep}{} ({}) {}.{:02} ms",
+                p.id,
+                p.tier.as_str(),
+                h / 100,
+                h % 100
+            )?;
+        }
+        Ok(())
     }
 }
 

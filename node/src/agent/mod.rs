@@ -695,14 +695,9 @@ impl Node {
                     if out.cold { "cold start" } else { "start" },
                     out.startup + out.run,
                     out.startup,
-                    Vec::new(),
+                    &[],
                 );
-                crate::traces::past(
-                    "run",
-                    out.run,
-                    out.run,
-                    vec![("function".into(), name.to_string())],
-                );
+                crate::traces::past("run", out.run, out.run, &[]);
                 metrics.observe_service(out.startup + out.run);
                 if out.cold {
                     metrics.cold_start.observe(out.startup);

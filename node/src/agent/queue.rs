@@ -171,11 +171,12 @@ impl Node {
         let public = self.public_call_id(id);
         rec.set_call_id(&public);
         let status = crate::traces::Traces::run(rec.clone(), self.run_async_traced(id, call)).await;
-        let mut attrs = vec![("call".to_string(), public)];
-        if let Some(s) = status {
-            attrs.push(("status".into(), s.to_string()));
+        match status {
+            Some(st) => self
+                .traces
+                .commit(&rec, "async", &[("call", &public), ("status", &st)]),
+            None => self.traces.commit(&rec, "async", &[("call", &public)]),
         }
-        self.traces.commit(&rec, "async", attrs);
     }
 
     async fn run_async_traced(&self, id: u64, call: AsyncCall) -> Option<u16> {
@@ -186,7 +187,7 @@ impl Node {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as u64);
             let waited = std::time::Duration::from_micros(now.saturating_sub(at));
-            crate::traces::past("queued", waited, waited, Vec::new());
+            crate::traces::past("queued", waited, waited, &[]);
         }
         let (status, body) = loop {
             match self.place(&call.function, call.body.clone()).await {

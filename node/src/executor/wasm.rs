@@ -653,12 +653,7 @@ impl Executor for Arc<WasmExecutor> {
                                         None => "load compiled",
                                     };
                                     let took = t.elapsed();
-                                    crate::traces::past(
-                                        name,
-                                        took,
-                                        took,
-                                        vec![("module".into(), digest.to_string())],
-                                    );
+                                    crate::traces::past(name, took, took, &[("module", &digest)]);
                                     pre
                                 })
                             })

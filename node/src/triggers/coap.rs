@@ -133,9 +133,9 @@ impl Driver {
                         node.traces.commit(
                             &rec,
                             "coap",
-                            vec![
-                                ("function".into(), function.clone()),
-                                ("code".into(), format!("{:?}", reply.code)),
+                            &[
+                                ("function", &function),
+                                ("code", &format_args!("{:?}", reply.code)),
                             ],
                         );
                         reply.trace = Some((rec.traceparent(), call_id));

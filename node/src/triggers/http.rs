@@ -241,11 +241,8 @@ where
         .begin(header("traceparent"), header("tracestate"));
     rec.set_call_id(&call_id);
     let mut r = crate::traces::Traces::run(rec.clone(), f).await;
-    node.traces.commit(
-        &rec,
-        "http",
-        vec![("status".into(), r.status().as_u16().to_string())],
-    );
+    node.traces
+        .commit(&rec, "http", &[("status", &r.status().as_u16())]);
     let h = r.headers_mut();
     if !h.contains_key("x-call-id") {
         if let Ok(v) = HeaderValue::from_str(&call_id) {
@@ -402,7 +399,7 @@ async fn submit_call(node: Shared, name: String, headers: HeaderMap, body: Body)
         Err(r) => return r,
     };
     crate::traces::note("function", &name);
-    crate::traces::note("async", true);
+    crate::traces::note_static("async", "true");
     if let Err(r) = may_invoke(&node, &name, &headers) {
         return r;
     }

@@ -9,6 +9,10 @@
 //! | MQTT (a client of a broker) | [`mqtt`] | `[mqtt]` | IoT devices publishing |
 //! | CoAP over UDP (RFC 7252) | [`coap`] | `[coap]` | constrained devices |
 //!
+//! The dashboard ([`ui`]) is part of the HTTP gateway: pages and the `/v1` routes they read.
+//! Every trigger starts a call's trace (or continues its caller's, W3C `traceparent`) with
+//! [`crate::traces`].
+//!
 //! Adding a trigger: a module here implementing [`Trigger`], its config section in
 //! `fogline-core`'s config, and one line in [`bind`]. Every trigger is bound before the node
 //! announces itself (so its address can be printed), served together, told together when

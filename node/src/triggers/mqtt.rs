@@ -235,15 +235,12 @@ async fn handle(node: &Node, client: &AsyncClient, cfg: &MqttSection, p: Publish
     node.traces.commit(
         &rec,
         "mqtt",
-        vec![
-            ("function".into(), trigger.function.clone()),
-            ("topic".into(), topic.to_string()),
+        &[
+            ("function", &trigger.function),
+            ("topic", &topic),
             (
-                "status".into(),
-                result
-                    .as_ref()
-                    .map_or_else(|e| e.status, |_| 200)
-                    .to_string(),
+                "status",
+                &result.as_ref().map_or_else(|e| e.status, |_| 200),
             ),
         ],
     );

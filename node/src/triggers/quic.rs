@@ -496,15 +496,14 @@ async fn handle_stream(
     };
     // The call's spans here join the caller's trace (a router's attempt, a device's own).
     let rec = node.traces.begin(inv.trace.as_deref(), None);
-    let function = inv.function.clone();
-    let served =
-        crate::traces::Traces::run(rec.clone(), serve_invoke(node, send, r, limits, inv)).await;
-    node.traces.commit(
-        &rec,
-        if node.roles.router { "quic" } else { "serve" },
-        vec![("function".into(), function)],
-    );
-    served
+    crate::traces::Traces::run(rec.clone(), async {
+        crate::traces::note("function", &inv.function);
+        let served = serve_invoke(node, send, r, limits, inv).await;
+        node.traces
+            .commit(&rec, if node.roles.router { "quic" } else { "serve" }, &[]);
+        served
+    })
+    .await
 }
 
 /// Runs an invocation a stream carries and writes its answer.
