@@ -338,7 +338,7 @@ mod tests {
     fn open(dir: &Path) -> (Secrets, Store) {
         let mut cfg = NodeConfig::local(dir.to_path_buf(), "127.0.0.1:0".parse().unwrap());
         cfg.secrets.mount_dir = Some(dir.join("mnt"));
-        let store = Store::open(&dir.join("store")).unwrap();
+        let store = crate::store::reopen(&dir.join("store"));
         (Secrets::open(&cfg, &store).unwrap(), store)
     }
 

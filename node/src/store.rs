@@ -447,6 +447,21 @@ fn decode_result(v: &[u8]) -> Result<CallResult, StoreError> {
     })
 }
 
+/// Opens a store a test has just closed: sled's own background flusher lets go of the
+/// file lock a moment after the last handle is dropped (a restart is a new process, where
+/// this cannot happen).
+#[cfg(test)]
+pub(crate) fn reopen(path: &std::path::Path) -> Store {
+    for _ in 0..250 {
+        match Store::open(path) {
+            Ok(s) => return s,
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+    #[allow(clippy::unwrap_used)]
+    Store::open(path).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -511,15 +526,7 @@ mod tests {
         assert_eq!(s.by_public(&public).unwrap(), None, "swept with its result");
     }
 
-    fn reopen(path: &std::path::Path) -> Store {
-        for _ in 0..250 {
-            match Store::open(path) {
-                Ok(s) => return s,
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
-            }
-        }
-        Store::open(path).unwrap()
-    }
+    use super::reopen;
 
     #[test]
     fn damaged_records_are_errors_not_panics() {

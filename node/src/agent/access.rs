@@ -306,7 +306,8 @@ mod tests {
     use super::*;
 
     fn open(dir: &std::path::Path, quotas: BTreeMap<String, Quota>) -> Access {
-        let store = Store::open(&dir.join("store")).unwrap();
+        // Reopened within the test: wait for the last handle's lock to go.
+        let store = crate::store::reopen(&dir.join("store"));
         Access::open("a".repeat(48), &store, quotas).unwrap()
     }
 
