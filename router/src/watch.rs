@@ -129,16 +129,22 @@ impl Watch {
         self.total(d);
         let at_s = d.at as u64;
         let mut fns = lock(&self.functions);
-        if !fns.contains_key(&d.function) && fns.len() >= FUNCTIONS {
-            if let Some(oldest) = fns
-                .iter()
-                .min_by_key(|(_, s)| s.last_s)
-                .map(|(k, _)| k.clone())
-            {
-                fns.remove(&oldest);
+        if !fns.contains_key(&d.function) {
+            if fns.len() >= FUNCTIONS {
+                if let Some(oldest) = fns
+                    .iter()
+                    .min_by_key(|(_, s)| s.last_s)
+                    .map(|(k, _)| k.clone())
+                {
+                    fns.remove(&oldest);
+                }
             }
+            // The name is copied once, when the function is first seen.
+            fns.insert(d.function.clone(), FunctionStats::default());
         }
-        let s = fns.entry(d.function.clone()).or_default();
+        let Some(s) = fns.get_mut(&d.function) else {
+            return;
+        };
         s.calls += 1;
         s.last_s = at_s;
         if d.attempts > 1 {
