@@ -158,32 +158,19 @@ impl SpanId {
     }
 }
 
-impl fmt::Display for TraceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
-
-impl fmt::Debug for TraceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TraceId({self})")
-    }
-}
-
-impl fmt::Display for SpanId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
-
-impl fmt::Debug for SpanId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SpanId({self})")
-    }
-}
-
-macro_rules! hex_serde {
+/// An id written as lowercase hex: in text, in JSON and on the wire alike.
+macro_rules! hex_id {
     ($t:ident, $n:expr) => {
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&hex::encode(self.0))
+            }
+        }
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({self})", stringify!($t))
+            }
+        }
         impl Serialize for $t {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.serialize_str(&hex::encode(self.0))
@@ -204,8 +191,8 @@ macro_rules! hex_serde {
         }
     };
 }
-hex_serde!(TraceId, 16);
-hex_serde!(SpanId, 8);
+hex_id!(TraceId, 16);
+hex_id!(SpanId, 8);
 
 /// One timed step of a call on one member.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -233,25 +220,6 @@ impl Span {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_ref())
     }
-}
-
-/// An HTTP-like status as an attribute value, without allocating for the common ones.
-pub fn status_text(status: u16) -> Cow<'static, str> {
-    Cow::Borrowed(match status {
-        200 => "200",
-        202 => "202",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        413 => "413",
-        429 => "429",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        _ => return Cow::Owned(status.to_string()),
-    })
 }
 
 /// A trace's spans in tree order: each span followed by its children (by start time),

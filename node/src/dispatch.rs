@@ -83,9 +83,4 @@ pub trait Dispatch: Send + Sync {
 
     /// Placement's own Prometheus metrics, appended to the member's `/metrics`.
     fn metrics(&self, _out: &mut String) {}
-
-    /// The functions placement has figures for, with their number of calls.
-    fn watched_functions(&self) -> Vec<(String, u64)> {
-        Vec::new()
-    }
 }

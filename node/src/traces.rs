@@ -47,9 +47,6 @@ pub struct Traces {
     pub export_failed: AtomicU64,
 }
 
-/// An attribute of a span, as core's [`Span`] carries it.
-pub type Attr = (Cow<'static, str>, Cow<'static, str>);
-
 /// A call id (32 hex digits) as bytes.
 type CallId = [u8; 16];
 
@@ -562,10 +559,6 @@ impl Traces {
 }
 
 impl Recorder {
-    pub fn trace_id(&self) -> TraceId {
-        self.trace_id
-    }
-
     /// The `traceparent` to answer the caller with: this call's root span on this member.
     pub fn traceparent(&self) -> String {
         TraceParent {
@@ -781,7 +774,6 @@ pub const MAX_DEPTH: u8 = 4;
 pub async fn gather(node: &Node, trace: TraceId, depth: u8) -> TraceReply {
     let mut spans = node.traces.spans(trace);
     let mut unreachable = Vec::new();
-    // Spans from other members name them already.
     if depth > 0 {
         let own = node.links.addresses.get().and_then(|(q, _)| *q);
         let mut asked = HashSet::new();

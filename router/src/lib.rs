@@ -645,10 +645,6 @@ impl Dispatch for Router {
         self.watch.function(function)
     }
 
-    fn watched_functions(&self) -> Vec<(String, u64)> {
-        self.watch.functions()
-    }
-
     fn metrics(&self, out: &mut String) {
         self.watch.metrics(out);
     }

@@ -247,16 +247,6 @@ impl Watch {
             "series": series,
         }))
     }
-
-    /// Names of the functions followed, most called first.
-    pub fn functions(&self) -> Vec<(String, u64)> {
-        let mut v: Vec<(String, u64)> = lock(&self.functions)
-            .iter()
-            .map(|(k, s)| (k.clone(), s.calls))
-            .collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        v
-    }
 }
 
 impl Default for Watch {
