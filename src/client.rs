@@ -130,6 +130,14 @@ pub struct InvokeArgs {
     /// With --async: URL that receives the result.
     #[arg(long, requires = "is_async")]
     callback: Option<String>,
+    /// With --async: an idempotency key; submitting again with it (within the node's
+    /// `[async] idempotency_window`) gives the same call, which runs once.
+    #[arg(long, requires = "is_async")]
+    idempotency_key: Option<String>,
+    /// With --async: how long the call may take to succeed, retries included (`30s`,
+    /// `10m`); then it goes to the dead-letter queue (default: the node's `[async] deadline`).
+    #[arg(long, requires = "is_async")]
+    deadline: Option<String>,
     /// Invoke over QUIC instead of HTTP: quic://[MEMBER@]HOST:PORT (with MEMBER, the
     /// certificate there must name that member).
     #[arg(long, requires = "tls_dir")]
@@ -164,7 +172,7 @@ pub(crate) struct Gateway {
     token: Option<String>,
     pub(crate) http: reqwest::Client,
     /// `?namespace=` for system routes.
-    ns: Vec<(&'static str, String)>,
+    pub(crate) ns: Vec<(&'static str, String)>,
 }
 
 impl Gateway {
@@ -616,6 +624,12 @@ pub async fn invoke(common: &Common, a: InvokeArgs) -> anyhow::Result<()> {
             .body(body);
         if let Some(cb) = &a.callback {
             rb = rb.header("x-callback-url", cb);
+        }
+        if let Some(k) = &a.idempotency_key {
+            rb = rb.header("x-idempotency-key", k);
+        }
+        if let Some(d) = &a.deadline {
+            rb = rb.header("x-fogline-deadline", d);
         }
         let resp = check(gw.send(gw.admin(rb)).await?).await?;
         let id = resp

@@ -4,6 +4,7 @@
 //! file). Clients of a gateway: `deploy`, `invoke`, `ls`, `rm`, `logs`, `status`.
 
 mod client;
+mod dlq;
 mod join;
 mod serve;
 mod simulate;
@@ -63,6 +64,9 @@ enum Command {
     Placements(client::PlacementsArgs),
     /// Show one call's spans across every member it touched (by its X-Call-Id).
     Trace(trace::TraceArgs),
+    /// The dead-letter queue: async calls given up after their attempts or deadline.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCmd),
     /// Compare placement policies on a simulated continuum (seeded, deterministic).
     Simulate(simulate::SimArgs),
     /// Namespaces: functions, secrets and tokens kept apart.
@@ -355,6 +359,7 @@ fn main() -> ExitCode {
             Command::Placements(a) => client::placements(&cli.client, a).await,
             Command::Simulate(a) => simulate::run(a),
             Command::Trace(a) => trace::trace(&cli.client, a).await,
+            Command::Dlq(c) => dlq::run(&cli.client, c).await,
             Command::Bridge(a) => {
                 let join = a.join.clone();
                 let cfg = a.into_config(Some(fogline_core::config::Tier::Cloud))?;

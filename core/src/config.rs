@@ -67,7 +67,8 @@ pub struct TraceSection {
     /// its `X-Call-Id`, but nothing is kept.
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// Most traces kept on this member (oldest dropped first).
+    /// Most traces kept on this member (oldest dropped first; an async call's submit and
+    /// run, recorded apart on one member, count as two).
     #[serde(default = "default_trace_keep")]
     pub keep: usize,
     /// Most spans kept of one trace on this member.
@@ -585,6 +586,54 @@ pub struct AsyncSection {
     /// reached only when a prefix names such a host itself.
     #[serde(default)]
     pub callback_allow: Vec<String>,
+    /// Attempts at an async call (the first included) before it goes to the dead-letter
+    /// queue; failures that fail the same way every time (4xx) are not retried.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// The wait after a first failed attempt; it doubles per failure (with jitter) up to
+    /// `retry_max`.
+    #[serde(default = "default_retry_base", with = "duration_str")]
+    pub retry_base: Duration,
+    #[serde(default = "default_retry_max", with = "duration_str")]
+    pub retry_max: Duration,
+    /// How long an async call may take to succeed, retries included, unless its
+    /// submitter sets `X-Fogline-Deadline`; then it goes to the dead-letter queue.
+    #[serde(default = "default_deadline", with = "duration_str")]
+    pub deadline: Duration,
+    /// How long an `X-Idempotency-Key` names its first call: a submission with the same
+    /// key (and function) within it is answered with that call, not run again.
+    #[serde(default = "default_idempotency_window", with = "duration_str")]
+    pub idempotency_window: Duration,
+    /// Calls held in the dead-letter queue; past it, the oldest are dropped (and counted).
+    #[serde(default = "default_max_dead")]
+    pub max_dead: u64,
+    /// How long a callback is retried (from its call's end) before it goes to the
+    /// dead-letter queue.
+    #[serde(default = "default_callback_for", with = "duration_str")]
+    pub callback_for: Duration,
+}
+
+fn default_callback_for() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+fn default_max_attempts() -> u32 {
+    8
+}
+fn default_retry_base() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_deadline() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_idempotency_window() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_max_dead() -> u64 {
+    100_000
 }
 
 /// A config file that cannot be used, with the file and the problem.
@@ -745,6 +794,20 @@ impl NodeConfig {
             return Err(invalid(
                 "async.workers",
                 format!("{} is outside 1..=1024", self.async_calls.workers),
+            ));
+        }
+        if self.async_calls.max_attempts == 0 || self.async_calls.max_attempts > 1000 {
+            return Err(invalid(
+                "async.max_attempts",
+                format!("{} is outside 1..=1000", self.async_calls.max_attempts),
+            ));
+        }
+        if self.async_calls.retry_base.is_zero()
+            || self.async_calls.retry_base > self.async_calls.retry_max
+        {
+            return Err(invalid(
+                "async.retry_base",
+                "must be above zero and at most async.retry_max".into(),
             ));
         }
         if self.quic.listen.is_some() && self.quic.tls_dir.is_none() {
@@ -933,6 +996,13 @@ impl Default for AsyncSection {
             max_queued: default_async_queue(),
             result_ttl: default_result_ttl(),
             callback_allow: Vec::new(),
+            max_attempts: default_max_attempts(),
+            retry_base: default_retry_base(),
+            retry_max: default_retry_max(),
+            deadline: default_deadline(),
+            idempotency_window: default_idempotency_window(),
+            max_dead: default_max_dead(),
+            callback_for: default_callback_for(),
         }
     }
 }

@@ -24,6 +24,7 @@
 //! - [`access`]: namespaces, token scopes and quotas: what each gateway token may do.
 //! - [`coap`]: CoAP server exchanges (RFC 7252, block-wise RFC 7959) as a state machine
 //!   given the time: duplicates, blocks, acknowledgements, retransmission.
+//! - [`delivery`]: retrying accepted work: which failures, backoff with jitter, giving up.
 //! - [`trace`]: W3C Trace Context (`traceparent`), the spans each hop records, a trace's tree.
 //!
 //! A new placement policy goes in [`policy`] (how a place is chosen from predictions) and
@@ -36,6 +37,7 @@ pub mod access;
 pub mod callback;
 pub mod coap;
 pub mod config;
+pub mod delivery;
 pub mod digest;
 pub mod enroll;
 pub mod forecast;

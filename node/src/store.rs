@@ -8,6 +8,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use fogline_core::delivery::Attempt;
 use fogline_core::{Digest, FunctionManifest};
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +29,74 @@ pub struct AsyncCall {
     /// The trace the call continues (`traceparent`) and when it was accepted (unix µs);
     /// kept beside the call, in a tree of its own.
     pub trace: Option<(String, u64)>,
+}
+
+/// What the queue keeps of a call beside its body: when it must have run, the
+/// idempotency key it was submitted with, and each failed attempt so far (so a restart
+/// neither forgets the attempts nor the deadline).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CallMeta {
+    /// Unix ms; 0: none (a call accepted by a release before deadlines).
+    pub deadline_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+}
+
+/// What a dead-letter entry gave up on: running a call, or telling its callback.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeadKind {
+    #[default]
+    Call,
+    Callback,
+}
+
+/// A callback waiting to be delivered: durable from the moment its call finished, retried
+/// with backoff for `[async] callback_for`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingCallback {
+    pub url: String,
+    pub function: String,
+    /// The call's status, as `X-Function-Status` says it.
+    pub status: u16,
+    /// When deliveries began (Unix ms).
+    pub since_ms: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+    #[serde(skip)]
+    pub body: Bytes,
+}
+
+/// A call that will not be tried again: in the dead-letter queue with every attempt's
+/// reason, until replayed or dropped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadCall {
+    #[serde(default)]
+    pub kind: DeadKind,
+    pub function: String,
+    /// The status its call ended with (for a dead callback, the one it was to report).
+    #[serde(default)]
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<String>,
+    /// When it was given up (Unix ms).
+    pub failed_ms: u64,
+    /// Why it was given up.
+    pub reason: String,
+    pub meta: CallMeta,
+    #[serde(skip)]
+    pub body: Bytes,
+}
+
+/// What submitting a call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// A new call, durable now: its internal and public ids.
+    New(u64, PublicId),
+    /// Its idempotency key names an earlier call (within the window): that call's ids.
+    Existing(u64, PublicId),
 }
 
 /// The outcome of an async call, kept for retrieval by id.
@@ -63,6 +132,15 @@ pub struct Store {
     by_public: sled::Tree,
     /// Each queued call's trace: `traceparent` and the time it was accepted.
     call_traces: sled::Tree,
+    /// Each queued call's [`CallMeta`] (JSON).
+    call_meta: sled::Tree,
+    /// The dead-letter queue: [`DeadCall`]s by internal id.
+    dead: sled::Tree,
+    /// `function NUL key` → the call it named (8 bytes), when (8 bytes, Unix ms) and its
+    /// public id (16 bytes).
+    idem: sled::Tree,
+    /// Callbacks not yet delivered: [`PendingCallback`]s by call id.
+    outbox: sled::Tree,
 }
 
 /// The id callers are given for an async call: 128 random bits, not guessable.
@@ -87,6 +165,10 @@ impl Store {
             public_ids: db.open_tree("public_ids")?,
             by_public: db.open_tree("by_public")?,
             call_traces: db.open_tree("call_traces")?,
+            call_meta: db.open_tree("call_meta")?,
+            dead: db.open_tree("dead")?,
+            idem: db.open_tree("idem")?,
+            outbox: db.open_tree("callback_outbox")?,
             db,
         })
     }
@@ -159,16 +241,49 @@ impl Store {
     // ---- async calls ---------------------------------------------------------------
 
     /// Persists a call durably and returns its ids (internal, public). Returns only after
-    /// the disk has it.
-    pub async fn enqueue(&self, call: &AsyncCall) -> Result<(u64, PublicId), StoreError> {
+    /// the disk has it. With an idempotency key that names a call accepted within
+    /// `window_ms`, nothing is written and that call is returned (even while the
+    /// submission that made it is still being written).
+    pub async fn enqueue(
+        &self,
+        call: &AsyncCall,
+        meta: &CallMeta,
+        window_ms: u64,
+    ) -> Result<Enqueued, StoreError> {
         let id = self.db.generate_id()?;
         let mut public = [0u8; 16];
         getrandom::fill(&mut public).map_err(|e| StoreError::Corrupt {
             tree: "public_ids",
             problem: format!("no randomness for a call id: {e}"),
         })?;
+        if let Some(key) = &meta.key {
+            let k = idem_key(&call.function, key);
+            let now = now_ms();
+            let mut mine = id.to_be_bytes().to_vec();
+            mine.extend_from_slice(&now.to_be_bytes());
+            mine.extend_from_slice(&public);
+            let mut seen = self.idem.get(&k)?;
+            loop {
+                if let Some(v) = &seen {
+                    let (earlier, at, earlier_public) = idem_value(v)?;
+                    if now.saturating_sub(at) < window_ms {
+                        return Ok(Enqueued::Existing(earlier, earlier_public));
+                    }
+                }
+                // First with this key (or the call it named is past the window): take it,
+                // unless a concurrent submission took it first.
+                match self
+                    .idem
+                    .compare_and_swap(&k, seen.clone(), Some(mine.clone()))?
+                {
+                    Ok(()) => break,
+                    Err(e) => seen = e.current,
+                }
+            }
+        }
         self.public_ids.insert(id.to_be_bytes(), &public)?;
         self.by_public.insert(public, &id.to_be_bytes())?;
+        self.call_meta.insert(id.to_be_bytes(), encode_json(meta))?;
         self.queue.insert(id.to_be_bytes(), encode_call(call))?;
         if let Some((parent, at)) = &call.trace {
             let mut v = at.to_be_bytes().to_vec();
@@ -176,7 +291,140 @@ impl Store {
             self.call_traces.insert(id.to_be_bytes(), v)?;
         }
         self.durable().await?;
-        Ok((id, public))
+        Ok(Enqueued::New(id, public))
+    }
+
+    /// What the queue knows of call `id` beside its body (defaults for a call from before
+    /// this was kept).
+    pub fn meta(&self, id: u64) -> Result<CallMeta, StoreError> {
+        match self.call_meta.get(id.to_be_bytes())? {
+            Some(v) => decode_json(&v, "call_meta"),
+            None => Ok(CallMeta::default()),
+        }
+    }
+
+    /// Records a failed attempt (durable before the retry is scheduled).
+    pub async fn set_meta(&self, id: u64, meta: &CallMeta) -> Result<(), StoreError> {
+        self.call_meta.insert(id.to_be_bytes(), encode_json(meta))?;
+        self.durable().await
+    }
+
+    /// Gives a call up: into the dead-letter queue, its failure as its result, off the
+    /// queue, all at once. Then the oldest dead calls past `max_dead` are dropped;
+    /// returns how many.
+    pub async fn bury(
+        &self,
+        id: u64,
+        dead: &DeadCall,
+        result: &CallResult,
+        callback: Option<&PendingCallback>,
+        max_dead: u64,
+    ) -> Result<usize, StoreError> {
+        self.finish(id, result, callback, Some(dead))?;
+        let dropped = self.trim_dead(max_dead)?;
+        self.durable().await?;
+        Ok(dropped)
+    }
+
+    /// The dead-letter queue, oldest first: internal id and the call.
+    pub fn dead_calls(&self) -> Result<Vec<(u64, DeadCall)>, StoreError> {
+        self.dead
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((key_id(&k, "dead")?, decode_with_body(&v, "dead")?))
+            })
+            .collect()
+    }
+
+    pub fn dead_call(&self, id: u64) -> Result<Option<DeadCall>, StoreError> {
+        self.dead
+            .get(id.to_be_bytes())?
+            .map(|v| decode_with_body(&v, "dead"))
+            .transpose()
+    }
+
+    pub fn dead_len(&self) -> usize {
+        self.dead.len()
+    }
+
+    /// Takes a dead call back onto the queue, as it was submitted, with no attempts made
+    /// and a new deadline; its old result is forgotten. A dead callback goes back to the
+    /// outbox, its deliveries starting over. `None` when it is not dead.
+    pub async fn revive(&self, id: u64, deadline_ms: u64) -> Result<Option<DeadKind>, StoreError> {
+        use sled::Transactional;
+        let k = id.to_be_bytes();
+        let Some(dead) = self.dead_call(id)? else {
+            return Ok(None);
+        };
+        if dead.kind == DeadKind::Callback {
+            let cb = encode_with_body(&PendingCallback {
+                url: dead.callback.clone().unwrap_or_default(),
+                function: dead.function.clone(),
+                status: dead.status,
+                since_ms: now_ms(),
+                attempts: Vec::new(),
+                body: dead.body.clone(),
+            });
+            let revived = (&self.dead, &self.outbox)
+                .transaction(|(dt, ot)| {
+                    if dt.remove(&k)?.is_none() {
+                        return Ok(false);
+                    }
+                    ot.insert(&k, cb.as_slice())?;
+                    Ok::<_, sled::transaction::ConflictableTransactionError<()>>(true)
+                })
+                .map_err(transaction_error)?;
+            self.durable().await?;
+            return Ok(revived.then_some(DeadKind::Callback));
+        }
+        let call = encode_call(&AsyncCall {
+            function: dead.function.clone(),
+            callback: dead.callback.clone(),
+            body: dead.body.clone(),
+            trace: None,
+        });
+        let meta = encode_json(&CallMeta {
+            deadline_ms,
+            key: dead.meta.key.clone(),
+            attempts: Vec::new(),
+        });
+        let revived = (&self.dead, &self.results, &self.queue, &self.call_meta)
+            .transaction(|(dt, rt, qt, mt)| {
+                if dt.remove(&k)?.is_none() {
+                    return Ok(false);
+                }
+                rt.remove(&k)?;
+                qt.insert(&k, call.as_slice())?;
+                mt.insert(&k, meta.as_slice())?;
+                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(true)
+            })
+            .map_err(transaction_error)?;
+        self.durable().await?;
+        Ok(revived.then_some(DeadKind::Call))
+    }
+
+    /// Drops a dead call for good. False when it is not dead.
+    pub async fn drop_dead(&self, id: u64) -> Result<bool, StoreError> {
+        let gone = self.dead.remove(id.to_be_bytes())?.is_some();
+        self.durable().await?;
+        Ok(gone)
+    }
+
+    /// Forgets idempotency keys older than `cutoff_ms`; returns how many.
+    pub fn sweep_keys(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for kv in self.idem.iter() {
+            let (k, v) = kv?;
+            if idem_value(&v)
+                .map(|(_, at, _)| at < cutoff_ms)
+                .unwrap_or(true)
+            {
+                self.idem.remove(&k)?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// The public id of call `id`, when it has one.
@@ -233,14 +481,117 @@ impl Store {
         self.queue.len()
     }
 
-    /// Records a call's result, then takes it off the queue (in that order: a crash between
-    /// the two re-runs the call instead of losing it).
-    pub fn complete(&self, id: u64, result: &CallResult) -> Result<(), StoreError> {
-        self.results
-            .insert(id.to_be_bytes(), encode_result(result))?;
-        self.queue.remove(id.to_be_bytes())?;
-        self.call_traces.remove(id.to_be_bytes())?;
-        Ok(())
+    /// Records a call's result, takes it off the queue and, when it has one, puts its
+    /// callback in the outbox, all at once; returns once that is on disk, so a call whose
+    /// result was acknowledged does not run again after a crash, and its callback is not
+    /// forgotten.
+    pub async fn complete(
+        &self,
+        id: u64,
+        result: &CallResult,
+        callback: Option<&PendingCallback>,
+    ) -> Result<(), StoreError> {
+        self.finish(id, result, callback, None)?;
+        self.durable().await
+    }
+
+    /// A call leaves the queue: its result recorded, its callback (if any) in the outbox,
+    /// and, when it was given up, itself in the dead-letter queue, all in one transaction.
+    fn finish(
+        &self,
+        id: u64,
+        result: &CallResult,
+        callback: Option<&PendingCallback>,
+        dead: Option<&DeadCall>,
+    ) -> Result<(), StoreError> {
+        use sled::Transactional;
+        let k = id.to_be_bytes();
+        let r = encode_result(result);
+        let cb = callback.map(encode_with_body);
+        let d = dead.map(encode_with_body);
+        (
+            &self.results,
+            &self.queue,
+            &self.call_meta,
+            &self.call_traces,
+            &self.outbox,
+            &self.dead,
+        )
+            .transaction(|(rt, qt, mt, tt, ot, dt)| {
+                rt.insert(&k, r.as_slice())?;
+                qt.remove(&k)?;
+                mt.remove(&k)?;
+                tt.remove(&k)?;
+                if let Some(cb) = &cb {
+                    ot.insert(&k, cb.as_slice())?;
+                }
+                if let Some(d) = &d {
+                    dt.insert(&k, d.as_slice())?;
+                }
+                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(transaction_error)
+    }
+
+    /// The callbacks not yet delivered, by call id.
+    pub fn pending_callbacks(&self) -> Result<Vec<u64>, StoreError> {
+        self.outbox
+            .iter()
+            .keys()
+            .map(|k| key_id(&k?, "callback_outbox"))
+            .collect()
+    }
+
+    pub fn callback(&self, id: u64) -> Result<Option<PendingCallback>, StoreError> {
+        self.outbox
+            .get(id.to_be_bytes())?
+            .map(|v| decode_with_body(&v, "callback_outbox"))
+            .transpose()
+    }
+
+    /// Records a failed delivery (durable before the next is scheduled).
+    pub async fn set_callback(&self, id: u64, cb: &PendingCallback) -> Result<(), StoreError> {
+        self.outbox.insert(id.to_be_bytes(), encode_with_body(cb))?;
+        self.durable().await
+    }
+
+    /// A delivered callback leaves the outbox.
+    pub async fn callback_delivered(&self, id: u64) -> Result<(), StoreError> {
+        self.outbox.remove(id.to_be_bytes())?;
+        self.durable().await
+    }
+
+    /// A callback given up: out of the outbox, into the dead-letter queue, at once.
+    pub async fn bury_callback(
+        &self,
+        id: u64,
+        dead: &DeadCall,
+        max_dead: u64,
+    ) -> Result<usize, StoreError> {
+        use sled::Transactional;
+        let k = id.to_be_bytes();
+        let d = encode_with_body(dead);
+        (&self.outbox, &self.dead)
+            .transaction(|(ot, dt)| {
+                ot.remove(&k)?;
+                dt.insert(&k, d.as_slice())?;
+                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(transaction_error)?;
+        let dropped = self.trim_dead(max_dead)?;
+        self.durable().await?;
+        Ok(dropped)
+    }
+
+    fn trim_dead(&self, max_dead: u64) -> Result<usize, StoreError> {
+        let mut dropped = 0;
+        while self.dead.len() as u64 > max_dead {
+            match self.dead.pop_min()? {
+                Some(_) => dropped += 1,
+                None => break,
+            }
+        }
+        Ok(dropped)
     }
 
     pub fn result(&self, id: u64) -> Result<Option<CallResult>, StoreError> {
@@ -396,6 +747,109 @@ impl<'a> Reader<'a> {
     }
 }
 
+fn idem_key(function: &str, key: &str) -> Vec<u8> {
+    let mut k = function.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// An idempotency key's call: its internal id, when it was submitted (Unix ms) and its
+/// public id.
+fn idem_value(v: &[u8]) -> Result<(u64, u64, PublicId), StoreError> {
+    let bad = || StoreError::Corrupt {
+        tree: "idem",
+        problem: "value is not 32 bytes".into(),
+    };
+    let v: &[u8; 32] = v.try_into().map_err(|_| bad())?;
+    let (id, rest) = v.split_at(8);
+    let (at, public) = rest.split_at(8);
+    Ok((
+        u64::from_be_bytes(id.try_into().map_err(|_| bad())?),
+        u64::from_be_bytes(at.try_into().map_err(|_| bad())?),
+        public.try_into().map_err(|_| bad())?,
+    ))
+}
+
+fn key_id(k: &[u8], tree: &'static str) -> Result<u64, StoreError> {
+    Ok(u64::from_be_bytes(k.try_into().map_err(|_| {
+        StoreError::Corrupt {
+            tree,
+            problem: "key is not 8 bytes".into(),
+        }
+    })?))
+}
+
+fn encode_json<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serializing these plain structs to JSON cannot fail.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(
+    v: &[u8],
+    tree: &'static str,
+) -> Result<T, StoreError> {
+    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+        tree,
+        problem: e.to_string(),
+    })
+}
+
+/// A record whose body is kept apart: the length of its JSON, its JSON, then the body.
+trait WithBody: Serialize + serde::de::DeserializeOwned {
+    fn body(&self) -> &Bytes;
+    fn set_body(&mut self, b: Bytes);
+}
+
+impl WithBody for DeadCall {
+    fn body(&self) -> &Bytes {
+        &self.body
+    }
+    fn set_body(&mut self, b: Bytes) {
+        self.body = b;
+    }
+}
+
+impl WithBody for PendingCallback {
+    fn body(&self) -> &Bytes {
+        &self.body
+    }
+    fn set_body(&mut self, b: Bytes) {
+        self.body = b;
+    }
+}
+
+fn encode_with_body<T: WithBody>(d: &T) -> Vec<u8> {
+    let json = encode_json(d);
+    let mut out = Vec::with_capacity(json.len() + d.body().len() + 4);
+    out.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(d.body());
+    out
+}
+
+fn decode_with_body<T: WithBody>(v: &[u8], tree: &'static str) -> Result<T, StoreError> {
+    let mut r = Reader { buf: v, tree };
+    let n = r.u32()? as usize;
+    let json = r.buf.get(..n).ok_or_else(|| StoreError::Corrupt {
+        tree,
+        problem: "truncated record".into(),
+    })?;
+    let mut d: T = decode_json(json, tree)?;
+    d.set_body(Bytes::copy_from_slice(&r.buf[n..]));
+    Ok(d)
+}
+
+fn transaction_error(e: sled::transaction::TransactionError<()>) -> StoreError {
+    match e {
+        sled::transaction::TransactionError::Storage(e) => StoreError::Db(e),
+        sled::transaction::TransactionError::Abort(()) => StoreError::Corrupt {
+            tree: "queue",
+            problem: "transaction aborted".into(),
+        },
+    }
+}
+
 fn encode_call(c: &AsyncCall) -> Vec<u8> {
     let mut out = Vec::with_capacity(c.body.len() + 64);
     put_str(&mut out, &c.function);
@@ -466,6 +920,122 @@ pub(crate) fn reopen(path: &std::path::Path) -> Store {
 mod tests {
     use super::*;
 
+    fn call(f: &str) -> AsyncCall {
+        AsyncCall {
+            function: f.into(),
+            callback: None,
+            body: Bytes::from_static(b"in"),
+            trace: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dead_call_is_kept_with_its_attempts_and_revives_under_its_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let keyed = CallMeta {
+            deadline_ms: 9,
+            key: Some("k".into()),
+            attempts: Vec::new(),
+        };
+        let Enqueued::New(id, public) = s.enqueue(&call("f"), &keyed, 60_000).await.unwrap() else {
+            panic!("a new key makes a new call")
+        };
+        // The same key names the same call; another function's is its own.
+        assert_eq!(
+            s.enqueue(&call("f"), &keyed, 60_000).await.unwrap(),
+            Enqueued::Existing(id, public)
+        );
+        assert!(matches!(
+            s.enqueue(&call("g"), &keyed, 60_000).await.unwrap(),
+            Enqueued::New(..)
+        ));
+        // Past the window, the key is free again.
+        assert!(matches!(
+            s.enqueue(&call("f"), &keyed, 0).await.unwrap(),
+            Enqueued::New(..)
+        ));
+        let mut meta = s.meta(id).unwrap();
+        assert_eq!(meta.key.as_deref(), Some("k"));
+        meta.attempts.push(Attempt {
+            at_ms: 1,
+            status: 503,
+            place: Some("edge-1".into()),
+            reason: "no live place".into(),
+        });
+        s.set_meta(id, &meta).await.unwrap();
+        let dead = DeadCall {
+            kind: DeadKind::Call,
+            function: "f".into(),
+            status: 503,
+            callback: None,
+            failed_ms: 2,
+            reason: "gave up".into(),
+            meta: s.meta(id).unwrap(),
+            body: Bytes::from_static(b"in"),
+        };
+        let failed = CallResult {
+            function: "f".into(),
+            status: 503,
+            finished_ms: 2,
+            body: Bytes::from_static(b"no"),
+        };
+        assert_eq!(s.bury(id, &dead, &failed, None, 10).await.unwrap(), 0);
+        assert!(s.call(id).unwrap().is_none(), "off the queue");
+        assert_eq!(s.result(id).unwrap().unwrap().status, 503);
+        assert_eq!(s.dead_call(id).unwrap().unwrap(), dead);
+        assert_eq!(s.revive(id, 99).await.unwrap(), Some(DeadKind::Call));
+        assert_eq!(s.revive(id, 99).await.unwrap(), None, "only once");
+        assert!(s.result(id).unwrap().is_none());
+        assert_eq!(s.call(id).unwrap().unwrap().body, &b"in"[..]);
+        let fresh = s.meta(id).unwrap();
+        assert_eq!((fresh.deadline_ms, fresh.attempts.len()), (99, 0));
+        // The queue of dead calls keeps its newest `max_dead`.
+        for _ in 0..3 {
+            let Enqueued::New(n, _) = s
+                .enqueue(&call("h"), &CallMeta::default(), 0)
+                .await
+                .unwrap()
+            else {
+                panic!()
+            };
+            s.bury(n, &dead, &failed, None, 2).await.unwrap();
+        }
+        assert_eq!(s.dead_len(), 2);
+        // A finished call's callback is in the outbox with its result, at once; given
+        // up, it is a dead callback, and revived it is back in the outbox.
+        let Enqueued::New(n, _) = s
+            .enqueue(&call("h"), &CallMeta::default(), 0)
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        let cb = PendingCallback {
+            url: "http://x/".into(),
+            function: "h".into(),
+            status: 200,
+            since_ms: 3,
+            attempts: Vec::new(),
+            body: Bytes::from_static(b"out"),
+        };
+        s.complete(n, &failed, Some(&cb)).await.unwrap();
+        assert_eq!(s.pending_callbacks().unwrap(), vec![n]);
+        assert_eq!(s.callback(n).unwrap().unwrap(), cb);
+        let dead_cb = DeadCall {
+            kind: DeadKind::Callback,
+            status: 200,
+            ..dead.clone()
+        };
+        s.bury_callback(n, &dead_cb, 10).await.unwrap();
+        assert!(s.pending_callbacks().unwrap().is_empty());
+        assert_eq!(s.revive(n, 0).await.unwrap(), Some(DeadKind::Callback));
+        let back = s.callback(n).unwrap().unwrap();
+        assert_eq!((back.status, &back.body[..]), (200, &b"in"[..]));
+        s.callback_delivered(n).await.unwrap();
+        assert!(s.pending_callbacks().unwrap().is_empty());
+    }
+
     #[tokio::test]
     async fn state_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
@@ -479,18 +1049,26 @@ mod tests {
                 created_at: "2026-01-01T00:00:00Z".into(),
             })
             .unwrap();
-            (id, public) = s
-                .enqueue(&AsyncCall {
-                    function: "f".into(),
-                    callback: Some("http://x/".into()),
-                    body: Bytes::from_static(b"hi"),
-                    trace: Some((
-                        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
-                        7,
-                    )),
-                })
+            let queued = s
+                .enqueue(
+                    &AsyncCall {
+                        function: "f".into(),
+                        callback: Some("http://x/".into()),
+                        body: Bytes::from_static(b"hi"),
+                        trace: Some((
+                            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+                            7,
+                        )),
+                    },
+                    &CallMeta::default(),
+                    0,
+                )
                 .await
                 .unwrap();
+            let Enqueued::New(i, p) = queued else {
+                panic!("{queued:?}")
+            };
+            (id, public) = (i, p);
         }
         // sled's own background flusher lets go of the file lock a moment after the last
         // handle is dropped (a restart is a new process, where this cannot happen).
@@ -517,7 +1095,9 @@ mod tests {
                 finished_ms: 5,
                 body: Bytes::from_static(b"out"),
             },
+            None,
         )
+        .await
         .unwrap();
         assert!(s.pending().unwrap().is_empty());
         assert_eq!(s.result(id).unwrap().unwrap().body, &b"out"[..]);

@@ -328,9 +328,10 @@ mod tests {
             assert_eq!(a.authenticate(Some(&text)), Ok(namespace_grant("team-a")));
             assert_eq!(a.authenticate(Some(&"a".repeat(48))), Ok(Grant::Admin));
             assert_eq!(a.authenticate(None), Err(AuthError::Missing));
+            // The token with its last character changed (to one it is not).
             let mut wrong = text.clone();
-            wrong.pop();
-            wrong.push('0');
+            let last = wrong.pop();
+            wrong.push(if last == Some('0') { '1' } else { '0' });
             assert_eq!(a.authenticate(Some(&wrong)), Err(AuthError::Wrong));
         }
         let a = open(dir.path(), BTreeMap::new());

@@ -1,4 +1,5 @@
-//! Callbacks: an async call's result POSTed to the URL its caller named, if the node's
+//! Callbacks: an async call's result POSTed to the URL its caller named (from a durable
+//! outbox, retried with backoff for `[async] callback_for`: see `outbox.rs`), if the node's
 //! `[async] callback_allow` covers it (checked at submit, and again at delivery with the
 //! host resolved, so a name cannot be pointed at an internal address in between), signed as
 //! Standard Webhooks describes with the secret of the function's namespace (the node's own,
@@ -10,9 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fogline_core::callback::{self, CallbackError};
 
-use crate::logs::Logs;
-
-/// Sends callbacks, retrying a failed one a few times.
+/// Sends callbacks, one delivery at a time.
 pub struct Callbacks {
     allow: Vec<String>,
     secret: Vec<u8>,
@@ -34,53 +33,47 @@ impl Callbacks {
         callback::check(url, &self.allow).map(|_| ())
     }
 
-    /// Delivers one result; what could not be delivered is written to the function's log.
-    pub async fn deliver(&self, logs: &Logs, node: &str, call: &Finished<'_>, url: &str) {
+    /// One delivery of a result: `Ok`, or why it failed and whether trying again may
+    /// help (a URL no longer allowed will not be).
+    pub async fn deliver_once(&self, call: &Finished<'_>, url: &str) -> Result<(), Undelivered> {
         let id = &call.id;
-        let client = match self.client_for(url).await {
-            Ok(c) => c,
-            Err(why) => {
-                tracing::warn!("callback for call {id} refused: {why}");
-                logs.push(
-                    call.function,
-                    node,
-                    &format!("callback for call {id} refused: {why}"),
-                );
-                return;
-            }
-        };
+        let client = self.client_for(url).await.map_err(|why| Undelivered {
+            status: 0,
+            reason: format!("refused: {why}"),
+            retry: false,
+        })?;
         let ns = fogline_core::access::split(call.function).1;
         let secret = callback::namespace_secret(&self.secret, ns);
-        for attempt in 0..3u32 {
-            let ts = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let res = client
-                .post(url)
-                .header("webhook-id", id.as_str())
-                .header("webhook-timestamp", ts.to_string())
-                .header(
-                    "webhook-signature",
-                    callback::sign(&secret, id, ts, &call.body),
-                )
-                .header("X-Call-Id", id.as_str())
-                .header("X-Function-Name", call.function)
-                .header("X-Function-Status", call.status.to_string())
-                .body(call.body.clone())
-                .send()
-                .await;
-            match res {
-                Ok(r) if r.status().is_success() => return,
-                Ok(r) => tracing::warn!("callback {url} for call {id}: HTTP {}", r.status()),
-                Err(e) => tracing::warn!("callback {url} for call {id}: {e}"),
-            }
-            tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let res = client
+            .post(url)
+            .header("webhook-id", id.as_str())
+            .header("webhook-timestamp", ts.to_string())
+            .header(
+                "webhook-signature",
+                callback::sign(&secret, id, ts, &call.body),
+            )
+            .header("X-Call-Id", id.as_str())
+            .header("X-Function-Name", call.function)
+            .header("X-Function-Status", call.status.to_string())
+            .body(call.body.clone())
+            .send()
+            .await;
+        match res {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(Undelivered {
+                status: r.status().as_u16(),
+                reason: format!("{url} answered HTTP {}", r.status()),
+                retry: true,
+            }),
+            Err(e) => Err(Undelivered {
+                status: 0,
+                reason: format!("{url}: {e}"),
+                retry: true,
+            }),
         }
-        logs.push(
-            call.function,
-            node,
-            &format!("callback to {url} for call {id} failed after 3 attempts"),
-        );
     }
 
     /// An HTTP client pinned to the address the URL's host resolves to now, once that
@@ -107,6 +100,15 @@ impl Callbacks {
             .build()
             .map_err(|e| format!("http client: {e}"))
     }
+}
+
+/// Why a callback was not delivered.
+pub struct Undelivered {
+    /// The receiver's status (0: no answer).
+    pub status: u16,
+    pub reason: String,
+    /// Whether another delivery may succeed.
+    pub retry: bool,
 }
 
 /// A finished async call, as its callback reports it.

@@ -13,6 +13,7 @@
 pub mod access;
 pub mod admission;
 pub mod callbacks;
+pub mod outbox;
 pub mod queue;
 pub mod registry;
 

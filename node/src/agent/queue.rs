@@ -1,5 +1,8 @@
 //! The durable async queue: a call is on disk before its id is returned, runs on one of
-//! `workers`, and its result is kept for `result_ttl`.
+//! `workers`, is retried with backoff while its failures may pass (the rules are
+//! `fogline_core::delivery`'s) and its deadline allows, and its result is kept for
+//! `result_ttl`; a call given up goes to the dead-letter queue with every attempt's
+//! reason, to be replayed or dropped.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -8,15 +11,68 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, Semaphore};
 
-use super::callbacks::Finished;
+use fogline_core::delivery::{Attempt, Backoff, Next};
+
 use super::{InvokeError, Node};
-use crate::store::{now_ms, AsyncCall, CallResult, StoreError};
+use crate::store::{
+    now_ms, AsyncCall, CallMeta, CallResult, DeadCall, DeadKind, Enqueued, PendingCallback,
+    StoreError,
+};
 
 /// Calls accepted and not yet finished, and the channel that hands them to the workers.
 pub struct AsyncQueue {
     queued: AtomicU64,
     max_queued: u64,
     tx: mpsc::Sender<u64>,
+    /// Attempts that failed and were scheduled again.
+    pub retries: AtomicU64,
+    /// Calls given up (into the dead-letter queue), and dead calls dropped past its bound.
+    pub dead: AtomicU64,
+    pub dead_dropped: AtomicU64,
+    /// Submissions answered with an earlier call of the same idempotency key.
+    pub deduplicated: AtomicU64,
+    /// Hands callbacks in the outbox to [`Node::run_outbox`].
+    pub(super) outbox_tx: mpsc::UnboundedSender<u64>,
+    outbox_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<u64>>>,
+    pub callbacks_sent: AtomicU64,
+    pub callback_retries: AtomicU64,
+}
+
+/// How a call is submitted, beyond its function and body.
+#[derive(Debug, Default, Clone)]
+pub struct Submit {
+    /// Where its result is POSTed.
+    pub callback: Option<String>,
+    /// `X-Idempotency-Key`: a second submission with it (same function, within
+    /// `[async] idempotency_window`) is the same call.
+    pub key: Option<String>,
+    /// How long it may take to succeed, retries included (default `[async] deadline`).
+    pub deadline: Option<Duration>,
+}
+
+/// An accepted call: the id its caller knows it by, and whether an earlier submission
+/// with the same idempotency key made it.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub id: String,
+    pub existing: bool,
+}
+
+/// A dead call as `GET /v1/dlq` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadEntry {
+    pub id: String,
+    /// `call` (running it was given up) or `callback` (telling its callback was).
+    pub kind: DeadKind,
+    pub function: String,
+    pub failed_ms: u64,
+    pub reason: String,
+    pub attempts: Vec<Attempt>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callback: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    pub body_bytes: usize,
 }
 
 impl AsyncQueue {
@@ -25,6 +81,7 @@ impl AsyncQueue {
     pub fn new(max_queued: u64, pending: &[u64]) -> (AsyncQueue, mpsc::Receiver<u64>) {
         let cap = (max_queued as usize).max(pending.len()).max(1);
         let (tx, rx) = mpsc::channel(cap);
+        let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
         for id in pending {
             // Cannot fail: the channel holds at least every pending call.
             let _ = tx.try_send(*id);
@@ -33,6 +90,14 @@ impl AsyncQueue {
             queued: AtomicU64::new(pending.len() as u64),
             max_queued,
             tx,
+            retries: AtomicU64::new(0),
+            dead: AtomicU64::new(0),
+            dead_dropped: AtomicU64::new(0),
+            deduplicated: AtomicU64::new(0),
+            outbox_tx,
+            outbox_rx: std::sync::Mutex::new(Some(outbox_rx)),
+            callbacks_sent: AtomicU64::new(0),
+            callback_retries: AtomicU64::new(0),
         };
         (q, rx)
     }
@@ -40,6 +105,50 @@ impl AsyncQueue {
     /// Calls waiting or running.
     pub fn depth(&self) -> u64 {
         self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Prometheus text for retries and the dead-letter queue (`dead_now`: held now).
+    pub fn metrics(&self, out: &mut String, dead_now: usize) {
+        use std::fmt::Write;
+        let _ = writeln!(out, "# HELP fogline_async_dead Async calls in the dead-letter queue now.\n# TYPE fogline_async_dead gauge\nfogline_async_dead {dead_now}");
+        for (metric, help, v) in [
+            (
+                "fogline_async_retries_total",
+                "Failed async attempts scheduled again (with backoff).",
+                &self.retries,
+            ),
+            (
+                "fogline_async_dead_total",
+                "Async calls given up: moved to the dead-letter queue.",
+                &self.dead,
+            ),
+            (
+                "fogline_async_dead_dropped_total",
+                "Dead calls dropped past [async] max_dead (the oldest first).",
+                &self.dead_dropped,
+            ),
+            (
+                "fogline_async_deduplicated_total",
+                "Submissions answered with the earlier call of their idempotency key.",
+                &self.deduplicated,
+            ),
+            (
+                "fogline_callbacks_delivered_total",
+                "Callbacks delivered (from the durable outbox).",
+                &self.callbacks_sent,
+            ),
+            (
+                "fogline_callback_retries_total",
+                "Callback deliveries that failed and were scheduled again.",
+                &self.callback_retries,
+            ),
+        ] {
+            let v = v.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "# HELP {metric} {help}\n# TYPE {metric} counter\n{metric} {v}"
+            );
+        }
     }
 }
 
@@ -49,12 +158,12 @@ impl Node {
         &self,
         name: &str,
         body: Bytes,
-        callback: Option<String>,
-    ) -> Result<String, InvokeError> {
+        how: Submit,
+    ) -> Result<Accepted, InvokeError> {
         if self.lookup(name).is_none() {
             return Err(InvokeError::NotFound(name.to_string()));
         }
-        if let Some(url) = &callback {
+        if let Some(url) = &how.callback {
             self.callbacks.check(url)?;
         }
         let q = &self.queue;
@@ -63,9 +172,10 @@ impl Node {
             q.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(InvokeError::QueueFull(queued));
         }
+        let cfg = &self.config.async_calls;
         let call = AsyncCall {
             function: name.to_string(),
-            callback,
+            callback: how.callback,
             body,
             // The worker's spans continue the submitter's trace.
             trace: crate::traces::outgoing().map(|t| {
@@ -75,17 +185,109 @@ impl Node {
                 (t, at)
             }),
         };
-        let (id, public) = match self.store.enqueue(&call).await {
-            Ok(ids) => ids,
+        let meta = CallMeta {
+            deadline_ms: now_ms()
+                .saturating_add(how.deadline.unwrap_or(cfg.deadline).as_millis() as u64),
+            key: how.key,
+            attempts: Vec::new(),
+        };
+        let window = cfg.idempotency_window.as_millis() as u64;
+        let (id, public, existing) = match self.store.enqueue(&call, &meta, window).await {
+            Ok(Enqueued::New(id, public)) => (id, public, false),
+            Ok(Enqueued::Existing(id, public)) => {
+                q.queued.fetch_sub(1, Ordering::AcqRel);
+                q.deduplicated.fetch_add(1, Ordering::Relaxed);
+                (id, public, true)
+            }
             Err(e) => {
                 q.queued.fetch_sub(1, Ordering::AcqRel);
                 return Err(e.into());
             }
         };
-        // The channel is as large as the queue limit, so this only fails while shutting down;
-        // the call is on disk and runs after the restart.
-        let _ = q.tx.try_send(id);
-        Ok(hex::encode(public))
+        if !existing {
+            // The channel is as large as the queue limit, so this only fails while
+            // shutting down; the call is on disk and runs after the restart.
+            let _ = q.tx.try_send(id);
+        }
+        Ok(Accepted {
+            id: hex::encode(public),
+            existing,
+        })
+    }
+
+    /// Prometheus text for the queue's retries and dead-letter queue.
+    pub fn queue_metrics(&self, out: &mut String) {
+        self.queue.metrics(out, self.store.dead_len());
+    }
+
+    /// The dead-letter queue, oldest first.
+    pub fn dead_calls(&self) -> Result<Vec<DeadEntry>, StoreError> {
+        Ok(self
+            .store
+            .dead_calls()?
+            .into_iter()
+            .map(|(id, d)| self.dead_entry(id, d))
+            .collect())
+    }
+
+    /// The dead call its caller knows as `id`.
+    pub fn dead_call(&self, id: &str) -> Result<Option<DeadEntry>, StoreError> {
+        let Some(n) = self.internal_call_id(id)? else {
+            return Ok(None);
+        };
+        Ok(self.store.dead_call(n)?.map(|d| self.dead_entry(n, d)))
+    }
+
+    fn dead_entry(&self, id: u64, d: DeadCall) -> DeadEntry {
+        DeadEntry {
+            id: self.public_call_id(id),
+            kind: d.kind,
+            function: d.function,
+            failed_ms: d.failed_ms,
+            reason: d.reason,
+            attempts: d.meta.attempts,
+            callback: d.callback,
+            idempotency_key: d.meta.key,
+            body_bytes: d.body.len(),
+        }
+    }
+
+    /// Puts a dead call back on the queue (same id, no attempts made, a new deadline of
+    /// `[async] deadline`). False when no dead call has this id.
+    pub async fn replay(&self, id: &str) -> Result<bool, InvokeError> {
+        let Some(n) = self.internal_call_id(id)? else {
+            return Ok(false);
+        };
+        let q = &self.queue;
+        let queued = q.queued.fetch_add(1, Ordering::AcqRel);
+        if queued >= q.max_queued {
+            q.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(InvokeError::QueueFull(queued));
+        }
+        let deadline = now_ms().saturating_add(self.config.async_calls.deadline.as_millis() as u64);
+        match self.store.revive(n, deadline).await? {
+            Some(DeadKind::Call) => {
+                let _ = q.tx.try_send(n);
+                Ok(true)
+            }
+            Some(DeadKind::Callback) => {
+                q.queued.fetch_sub(1, Ordering::AcqRel);
+                let _ = q.outbox_tx.send(n);
+                Ok(true)
+            }
+            None => {
+                q.queued.fetch_sub(1, Ordering::AcqRel);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Drops a dead call for good. False when no dead call has this id.
+    pub async fn drop_dead(&self, id: &str) -> Result<bool, StoreError> {
+        match self.internal_call_id(id)? {
+            Some(n) => self.store.drop_dead(n).await,
+            None => Ok(false),
+        }
     }
 
     /// The function and result of the async call its caller knows as `id`: `Ok(None)`
@@ -124,7 +326,7 @@ impl Node {
     }
 
     /// The id callers know call `id` by.
-    fn public_call_id(&self, id: u64) -> String {
+    pub(super) fn public_call_id(&self, id: u64) -> String {
         match self.store.public_id(id) {
             Ok(Some(p)) => hex::encode(p),
             _ => format!("{id:016x}"),
@@ -133,6 +335,15 @@ impl Node {
 
     /// Runs queued async calls, `workers` at a time, until the channel closes.
     pub async fn run_async_workers(self: Arc<Self>, mut rx: mpsc::Receiver<u64>) {
+        let outbox = self
+            .queue
+            .outbox_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(outbox) = outbox {
+            tokio::spawn(self.clone().run_outbox(outbox));
+        }
         let workers = Arc::new(Semaphore::new(self.config.async_calls.workers as usize));
         let mut sweep = tokio::time::interval(Duration::from_secs(60));
         loop {
@@ -150,6 +361,10 @@ impl Node {
                     let ttl = self.config.async_calls.result_ttl.as_millis() as u64;
                     if let Err(e) = self.store.sweep_results(now_ms().saturating_sub(ttl)) {
                         tracing::warn!("sweeping old async results: {e}");
+                    }
+                    let window = self.config.async_calls.idempotency_window.as_millis() as u64;
+                    if let Err(e) = self.store.sweep_keys(now_ms().saturating_sub(window)) {
+                        tracing::warn!("sweeping old idempotency keys: {e}");
                     }
                 }
             }
@@ -189,13 +404,10 @@ impl Node {
             let waited = std::time::Duration::from_micros(now.saturating_sub(at));
             crate::traces::past("queued", waited, waited, &[]);
         }
-        let (status, body) = loop {
-            match self.place(&call.function, call.body.clone()).await {
-                Ok(out) => break (200u16, out.body),
-                // Busy is back-pressure, not a result: wait and try again.
-                Err(e) if e.status == 429 => tokio::time::sleep(Duration::from_millis(20)).await,
-                Err(e) => break (e.status, Bytes::from(e.message)),
-            }
+        let (status, body) = match self.attempt(id, &call).await {
+            Some(done) => done,
+            // Scheduled again, or given up (and its callback told), or the store failed.
+            None => return None,
         };
         let result = CallResult {
             function: call.function.clone(),
@@ -203,23 +415,173 @@ impl Node {
             finished_ms: now_ms(),
             body: body.clone(),
         };
-        if let Err(e) = self.store.complete(id, &result) {
+        let callback = call.callback.map(|url| PendingCallback {
+            url,
+            function: call.function.clone(),
+            status,
+            since_ms: now_ms(),
+            attempts: Vec::new(),
+            body,
+        });
+        if let Err(e) = self.store.complete(id, &result, callback.as_ref()).await {
             tracing::error!("async call {id:016x}: recording result: {e}");
             return None;
         }
         self.queue.queued.fetch_sub(1, Ordering::AcqRel);
-        if let Some(url) = call.callback {
-            let done = Finished {
-                id: self.public_call_id(id),
-                function: &call.function,
-                status,
-                body,
-            };
-            let _delivery = crate::traces::span("callback");
-            self.callbacks
-                .deliver(&self.logs, &self.id, &done, &url)
-                .await;
+        if callback.is_some() {
+            let _ = self.queue.outbox_tx.send(id);
         }
         Some(status)
+    }
+
+    /// One attempt at call `id`: its answer, or `None` when it failed and was scheduled
+    /// again (after a backoff) or given up.
+    async fn attempt(&self, id: u64, call: &AsyncCall) -> Option<(u16, Bytes)> {
+        let mut meta = match self.store.meta(id) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!("async call {id:016x}: {e}");
+                return None;
+            }
+        };
+        let now = now_ms();
+        if meta.deadline_ms != 0 && now > meta.deadline_ms {
+            let why = format!(
+                "its deadline passed before attempt {}",
+                meta.attempts.len() + 1
+            );
+            self.give_up(id, call, meta, why).await;
+            return None;
+        }
+        let (status, reason, place) = match self.place(&call.function, call.body.clone()).await {
+            Ok(out) => return Some((200, out.body)),
+            Err(e) => (e.status, e.message, None::<String>),
+        };
+        meta.attempts.push(Attempt {
+            at_ms: now_ms(),
+            status,
+            place,
+            reason,
+        });
+        let cfg = &self.config.async_calls;
+        let backoff = Backoff {
+            base: cfg.retry_base,
+            max: cfg.retry_max,
+            max_attempts: cfg.max_attempts,
+        };
+        let idempotent = self
+            .lookup(&call.function)
+            .is_some_and(|f| f.manifest.idempotent);
+        let roll = f64::from(u32::from_be_bytes(super::random_bytes::<4>())) / 4_294_967_296.0;
+        let deadline = if meta.deadline_ms == 0 {
+            u64::MAX
+        } else {
+            meta.deadline_ms
+        };
+        match backoff.next(
+            meta.attempts.len() as u32,
+            status,
+            idempotent,
+            now_ms(),
+            deadline,
+            roll,
+        ) {
+            Next::Retry(wait) => {
+                if let Err(e) = self.store.set_meta(id, &meta).await {
+                    tracing::error!("async call {id:016x}: recording its attempt: {e}");
+                }
+                self.queue.retries.fetch_add(1, Ordering::Relaxed);
+                crate::traces::note("retry_in_ms", wait.as_millis());
+                tracing::debug!(
+                    "async call {id:016x} of {}: attempt {} failed (HTTP {status}); again in {wait:?}",
+                    call.function,
+                    meta.attempts.len()
+                );
+                let tx = self.queue.tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    // Closed only while shutting down: the call is on disk and runs
+                    // after the restart.
+                    let _ = tx.send(id).await;
+                });
+            }
+            Next::GiveUp(why) => self.give_up(id, call, meta, why).await,
+        }
+        None
+    }
+
+    /// Moves call `id` to the dead-letter queue, its last failure as its result, and tells
+    /// its callback.
+    async fn give_up(&self, id: u64, call: &AsyncCall, meta: CallMeta, why: String) {
+        let last = meta.attempts.last().cloned();
+        let status = last
+            .as_ref()
+            .map_or(504, |a| if a.status == 0 { 502 } else { a.status });
+        let message = match &last {
+            Some(a) => format!(
+                "{} (attempt {}: {}); {why}",
+                a.reason,
+                meta.attempts.len(),
+                a.status
+            ),
+            None => why.clone(),
+        };
+        tracing::warn!(
+            "async call {} of {} goes to the dead-letter queue: {why}",
+            self.public_call_id(id),
+            call.function
+        );
+        let dead = DeadCall {
+            kind: DeadKind::Call,
+            function: call.function.clone(),
+            status,
+            callback: call.callback.clone(),
+            failed_ms: now_ms(),
+            reason: why,
+            meta,
+            body: call.body.clone(),
+        };
+        let result = CallResult {
+            function: call.function.clone(),
+            status,
+            finished_ms: now_ms(),
+            body: Bytes::from(message),
+        };
+        // Its callback hears of the failure (through the outbox, as any).
+        let callback = call.callback.clone().map(|url| PendingCallback {
+            url,
+            function: call.function.clone(),
+            status,
+            since_ms: now_ms(),
+            attempts: Vec::new(),
+            body: result.body.clone(),
+        });
+        match self
+            .store
+            .bury(
+                id,
+                &dead,
+                &result,
+                callback.as_ref(),
+                self.config.async_calls.max_dead,
+            )
+            .await
+        {
+            Ok(dropped) => {
+                self.queue.dead.fetch_add(1, Ordering::Relaxed);
+                self.queue
+                    .dead_dropped
+                    .fetch_add(dropped as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!("async call {id:016x}: moving it to the dead-letter queue: {e}");
+                return;
+            }
+        }
+        self.queue.queued.fetch_sub(1, Ordering::AcqRel);
+        crate::traces::note("status", status);
+        if callback.is_some() {
+            let _ = self.queue.outbox_tx.send(id);
+        }
     }
 }

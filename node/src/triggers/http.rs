@@ -159,6 +159,12 @@ pub fn router(node: Shared) -> Router {
         .route("/v1/modules", put(upload_module))
         .route("/v1/images", put(upload_image))
         .route("/v1/calls/{id}", get(call_result))
+        .route("/v1/dlq", get(super::dlq::list))
+        .route(
+            "/v1/dlq/{id}",
+            get(super::dlq::show).delete(super::dlq::drop_call),
+        )
+        .route("/v1/dlq/{id}/replay", post(super::dlq::replay))
         .route("/v1/status", get(status))
         .route("/v1/mesh", get(mesh_view))
         .route("/v1/placements", get(placements))
@@ -414,14 +420,60 @@ async fn submit_call(node: Shared, name: String, headers: HeaderMap, body: Body)
             )
         }
     };
+    let key = match headers.get("x-idempotency-key").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(k)) if idempotency_key_ok(k) => Some(k.to_string()),
+        Some(_) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "X-Idempotency-Key must be 1 to 255 printable ASCII characters",
+            )
+        }
+    };
+    let deadline = match headers.get("x-fogline-deadline").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(d)) => match parse_deadline(d) {
+            Ok(d) => Some(d),
+            Err(why) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("X-Fogline-Deadline: {why}"),
+                )
+            }
+        },
+        Some(Err(_)) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "X-Fogline-Deadline must be a duration such as 30s, 10m or 2h",
+            )
+        }
+    };
     let body = match read_body(body, &headers, node.config.http.max_body.bytes()).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    match node.submit(&name, body, callback).await {
-        Ok(id) => {
+    let how = crate::agent::queue::Submit {
+        callback,
+        key,
+        deadline,
+    };
+    match node.submit(&name, body, how).await {
+        Ok(accepted) => {
+            let id = accepted.id;
             crate::traces::set_call_id(&id);
-            let mut r = (StatusCode::ACCEPTED, format!("accepted: call {id}\n")).into_response();
+            let mut r = if accepted.existing {
+                (
+                    StatusCode::ACCEPTED,
+                    format!("accepted earlier: call {id} has this idempotency key\n"),
+                )
+                    .into_response()
+            } else {
+                (StatusCode::ACCEPTED, format!("accepted: call {id}\n")).into_response()
+            };
+            if accepted.existing {
+                r.headers_mut()
+                    .insert("x-idempotent-replay", HeaderValue::from_static("true"));
+            }
             if let Ok(v) = HeaderValue::from_str(&id) {
                 r.headers_mut().insert("x-call-id", v);
             }
@@ -432,6 +484,25 @@ async fn submit_call(node: Shared, name: String, headers: HeaderMap, body: Body)
         }
         Err(e) => invoke_error(e),
     }
+}
+
+/// An idempotency key as callers may send it: 1 to 255 printable ASCII characters.
+fn idempotency_key_ok(k: &str) -> bool {
+    (1..=255).contains(&k.len()) && k.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+/// `X-Fogline-Deadline`: how long an async call may take to succeed, retries included
+/// (`30s`, `10m`, `2h`; at most 30 days).
+fn parse_deadline(d: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(d.trim())
+        .map_err(|e| format!("{d:?} is not a duration such as 30s, 10m or 2h ({e})"))?;
+    if d.is_zero() || d > std::time::Duration::from_secs(30 * 24 * 3600) {
+        return Err(format!(
+            "{} is outside 1ms..=30 days",
+            humantime::format_duration(d)
+        ));
+    }
+    Ok(d)
 }
 
 #[derive(serde::Deserialize)]
@@ -551,7 +622,12 @@ async fn list_functions(
 
 /// The namespace a system route names (`?namespace=`, default `openfaas-fn`), when it
 /// exists and the grant has `scope` there; 404 when it does not (or cannot, by its name).
-fn scoped(node: &Node, grant: &Grant, ns: Option<&str>, scope: Scope) -> Result<String, Response> {
+pub(super) fn scoped(
+    node: &Node,
+    grant: &Grant,
+    ns: Option<&str>,
+    scope: Scope,
+) -> Result<String, Response> {
     scoped_or(node, grant, ns, scope, StatusCode::NOT_FOUND)
 }
 
@@ -959,6 +1035,7 @@ async fn metrics(State(node): State<Shared>, Extension(grant): Extension<Grant>)
     }
     let mut text = node.metrics.render(&node.gauges());
     node.traces.metrics(&mut text);
+    node.queue_metrics(&mut text);
     if let Some(m) = node.links.mesh.get() {
         m.metrics(&mut text);
     }

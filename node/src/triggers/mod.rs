@@ -9,7 +9,8 @@
 //! | MQTT (a client of a broker) | [`mqtt`] | `[mqtt]` | IoT devices publishing |
 //! | CoAP over UDP (RFC 7252) | [`coap`] | `[coap]` | constrained devices |
 //!
-//! The dashboard ([`ui`]) is part of the HTTP gateway: pages and the `/v1` routes they read.
+//! The dashboard ([`ui`]) is part of the HTTP gateway: pages and the `/v1` routes they read;
+//! so is the async queue's dead-letter queue ([`dlq`]).
 //! Every trigger starts a call's trace (or continues its caller's, W3C `traceparent`) with
 //! [`crate::traces`].
 //!
@@ -19,6 +20,7 @@
 //! the node stops, and given the same deadline (`node.stop_timeout`) to finish what it took.
 
 pub mod coap;
+pub mod dlq;
 pub mod http;
 pub mod https;
 pub mod mqtt;
