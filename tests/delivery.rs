@@ -13,12 +13,12 @@ use serde_json::{json, Value};
 
 /// A node whose async calls get 3 attempts, 50 ms apart at first, and whose callbacks
 /// (to `allow`) are retried for 1 s.
-fn node_with(dir: &std::path::Path, allow: &str) -> NodeProc {
+fn node_with(dir: &std::path::Path, allow: &str, extra: &str) -> NodeProc {
     let cfg = dir.join("n.toml");
     std::fs::write(
         &cfg,
         format!(
-            "version = 1\n[async]\nmax_attempts = 3\nretry_base = \"50ms\"\nretry_max = \"200ms\"\ncallback_for = \"1s\"\ncallback_allow = [\"{allow}\"]\n"
+            "version = 1\n[async]\nmax_attempts = 3\nretry_base = \"50ms\"\nretry_max = \"200ms\"\ncallback_for = \"1s\"\ncallback_allow = [\"{allow}\"]\n{extra}"
         ),
     )
     .unwrap();
@@ -26,7 +26,7 @@ fn node_with(dir: &std::path::Path, allow: &str) -> NodeProc {
 }
 
 fn node(dir: &std::path::Path) -> NodeProc {
-    node_with(dir, "http://127.0.0.1:9/")
+    node_with(dir, "http://127.0.0.1:9/", "")
 }
 
 type Codes = std::sync::Arc<std::sync::Mutex<Vec<u16>>>;
@@ -119,7 +119,8 @@ async fn result(c: &reqwest::Client, node: &NodeProc, id: &str) -> (u16, String)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_call_is_retried_then_dead_lettered_with_each_reason_and_replays() {
     let dir = tempfile::tempdir().unwrap();
-    let node = node(dir.path());
+    // One call held per namespace (queued or dead), to see the bound refuse.
+    let node = node_with(dir.path(), "http://127.0.0.1:9/", "max_per_namespace = 1\n");
     let c = authed(&node.token);
     assert_eq!(
         deploy(&node, "flaky", "misbehave/fail.wasm", json!({}))
@@ -211,10 +212,21 @@ async fn a_failing_call_is_retried_then_dead_lettered_with_each_reason_and_repla
     let d: Value = serde_json::from_str(&d).unwrap();
     assert!(d["reason"].as_str().unwrap().contains("deadline"), "{d}");
     assert!(d["attempts"].as_array().unwrap().len() <= 1, "{d}");
+    // The namespace holds one call (dead): the next submission is refused, saying why;
+    // nothing held is dropped to make room.
+    let r = submit(&c, &node, "flaky", &[]).await;
+    assert_eq!(r.status(), 429);
+    let msg = r.text().await.unwrap();
+    assert!(
+        msg.contains("max_per_namespace") && msg.contains("openfaas-fn"),
+        "{msg}"
+    );
     let out = run_ok(node.cli().args(["dlq", "drop", &id]));
     assert!(out.contains("dropped"), "{out}");
     let (s, _) = get(&c, format!("{}/v1/dlq/{id}", node.url)).await;
     assert_eq!(s, 404);
+    let r = submit(&c, &node, "flaky", &[]).await;
+    assert_eq!(r.status(), 202, "room again once the dead call is dropped");
 
     // Bad headers are refused, naming the header.
     for (h, v, why) in [
@@ -327,7 +339,7 @@ async fn callbacks_are_retried_from_a_durable_outbox_then_dead_lettered() {
     let dir = tempfile::tempdir().unwrap();
     // Two refusals, then a success.
     let (base, mut got) = receiver(Codes::new(std::sync::Mutex::new(vec![503, 500, 200]))).await;
-    let node = node_with(dir.path(), &base);
+    let node = node_with(dir.path(), &base, "");
     let c = authed(&node.token);
     assert_eq!(
         deploy(&node, "hello", "hello/hello.wasm", json!({}))
@@ -366,7 +378,7 @@ async fn callbacks_are_retried_from_a_durable_outbox_then_dead_lettered() {
     let codes = Codes::new(std::sync::Mutex::new(vec![500]));
     let (base2, mut got2) = receiver(codes.clone()).await;
     drop(node);
-    let node = node_with(dir.path(), &base2);
+    let node = node_with(dir.path(), &base2, "");
     let c = authed(&node.token);
     let cb = format!("{base2}done");
     let r = submit(&c, &node, "hello", &[("x-callback-url", cb.as_str())]).await;

@@ -604,9 +604,10 @@ pub struct AsyncSection {
     /// key (and function) within it is answered with that call, not run again.
     #[serde(default = "default_idempotency_window", with = "duration_str")]
     pub idempotency_window: Duration,
-    /// Calls held in the dead-letter queue; past it, the oldest are dropped (and counted).
-    #[serde(default = "default_max_dead")]
-    pub max_dead: u64,
+    /// Async calls one namespace may hold on disk, queued or in the dead-letter queue;
+    /// past it, its submissions get 429 (nothing accepted is ever dropped to make room).
+    #[serde(default = "default_max_per_namespace")]
+    pub max_per_namespace: u64,
     /// How long a callback is retried (from its call's end) before it goes to the
     /// dead-letter queue.
     #[serde(default = "default_callback_for", with = "duration_str")]
@@ -632,7 +633,7 @@ fn default_deadline() -> Duration {
 fn default_idempotency_window() -> Duration {
     Duration::from_secs(24 * 3600)
 }
-fn default_max_dead() -> u64 {
+fn default_max_per_namespace() -> u64 {
     100_000
 }
 
@@ -800,6 +801,12 @@ impl NodeConfig {
             return Err(invalid(
                 "async.max_attempts",
                 format!("{} is outside 1..=1000", self.async_calls.max_attempts),
+            ));
+        }
+        if self.async_calls.max_per_namespace == 0 {
+            return Err(invalid(
+                "async.max_per_namespace",
+                "must be at least 1".into(),
             ));
         }
         if self.async_calls.retry_base.is_zero()
@@ -1001,7 +1008,7 @@ impl Default for AsyncSection {
             retry_max: default_retry_max(),
             deadline: default_deadline(),
             idempotency_window: default_idempotency_window(),
-            max_dead: default_max_dead(),
+            max_per_namespace: default_max_per_namespace(),
             callback_for: default_callback_for(),
         }
     }

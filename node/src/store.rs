@@ -310,20 +310,16 @@ impl Store {
     }
 
     /// Gives a call up: into the dead-letter queue, its failure as its result, off the
-    /// queue, all at once. Then the oldest dead calls past `max_dead` are dropped;
-    /// returns how many.
+    /// queue, all at once.
     pub async fn bury(
         &self,
         id: u64,
         dead: &DeadCall,
         result: &CallResult,
         callback: Option<&PendingCallback>,
-        max_dead: u64,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<(), StoreError> {
         self.finish(id, result, callback, Some(dead))?;
-        let dropped = self.trim_dead(max_dead)?;
-        self.durable().await?;
-        Ok(dropped)
+        self.durable().await
     }
 
     /// The dead-letter queue, oldest first: internal id and the call.
@@ -562,12 +558,7 @@ impl Store {
     }
 
     /// A callback given up: out of the outbox, into the dead-letter queue, at once.
-    pub async fn bury_callback(
-        &self,
-        id: u64,
-        dead: &DeadCall,
-        max_dead: u64,
-    ) -> Result<usize, StoreError> {
+    pub async fn bury_callback(&self, id: u64, dead: &DeadCall) -> Result<(), StoreError> {
         use sled::Transactional;
         let k = id.to_be_bytes();
         let d = encode_with_body(dead);
@@ -578,20 +569,7 @@ impl Store {
                 Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(transaction_error)?;
-        let dropped = self.trim_dead(max_dead)?;
-        self.durable().await?;
-        Ok(dropped)
-    }
-
-    fn trim_dead(&self, max_dead: u64) -> Result<usize, StoreError> {
-        let mut dropped = 0;
-        while self.dead.len() as u64 > max_dead {
-            match self.dead.pop_min()? {
-                Some(_) => dropped += 1,
-                None => break,
-            }
-        }
-        Ok(dropped)
+        self.durable().await
     }
 
     pub fn result(&self, id: u64) -> Result<Option<CallResult>, StoreError> {
@@ -980,7 +958,7 @@ mod tests {
             finished_ms: 2,
             body: Bytes::from_static(b"no"),
         };
-        assert_eq!(s.bury(id, &dead, &failed, None, 10).await.unwrap(), 0);
+        s.bury(id, &dead, &failed, None).await.unwrap();
         assert!(s.call(id).unwrap().is_none(), "off the queue");
         assert_eq!(s.result(id).unwrap().unwrap().status, 503);
         assert_eq!(s.dead_call(id).unwrap().unwrap(), dead);
@@ -990,7 +968,7 @@ mod tests {
         assert_eq!(s.call(id).unwrap().unwrap().body, &b"in"[..]);
         let fresh = s.meta(id).unwrap();
         assert_eq!((fresh.deadline_ms, fresh.attempts.len()), (99, 0));
-        // The queue of dead calls keeps its newest `max_dead`.
+        // Dead calls are kept, however many (the bound is at submit, per namespace).
         for _ in 0..3 {
             let Enqueued::New(n, _) = s
                 .enqueue(&call("h"), &CallMeta::default(), 0)
@@ -999,9 +977,9 @@ mod tests {
             else {
                 panic!()
             };
-            s.bury(n, &dead, &failed, None, 2).await.unwrap();
+            s.bury(n, &dead, &failed, None).await.unwrap();
         }
-        assert_eq!(s.dead_len(), 2);
+        assert_eq!(s.dead_len(), 3);
         // A finished call's callback is in the outbox with its result, at once; given
         // up, it is a dead callback, and revived it is back in the outbox.
         let Enqueued::New(n, _) = s
@@ -1027,7 +1005,7 @@ mod tests {
             status: 200,
             ..dead.clone()
         };
-        s.bury_callback(n, &dead_cb, 10).await.unwrap();
+        s.bury_callback(n, &dead_cb).await.unwrap();
         assert!(s.pending_callbacks().unwrap().is_empty());
         assert_eq!(s.revive(n, 0).await.unwrap(), Some(DeadKind::Callback));
         let back = s.callback(n).unwrap().unwrap();

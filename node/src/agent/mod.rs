@@ -136,6 +136,8 @@ pub enum InvokeError {
     Busy { function: String, limit: u32 },
     #[error("async queue is full ({0} calls waiting); retry shortly")]
     QueueFull(u64),
+    #[error("namespace {namespace:?} holds {held} async calls on this node, queued or in the dead-letter queue: its limit ([async] max_per_namespace); retry once they drain, or replay or drop dead ones (fogline dlq)")]
+    NamespaceFull { namespace: String, held: u64 },
     #[error(transparent)]
     Callback(#[from] fogline_core::callback::CallbackError),
     #[error("function {function:?} {source}")]
@@ -209,8 +211,20 @@ impl Node {
             }
             functions.insert(Deployed::new(f.manifest, f.created_at));
         }
-        let pending: Vec<u64> = store.pending()?.into_iter().map(|(id, _)| id).collect();
-        let (queue, async_rx) = queue::AsyncQueue::new(config.async_calls.max_queued, &pending);
+        let pending = store.pending()?;
+        let (queue, async_rx) = queue::AsyncQueue::new(
+            config.async_calls.max_queued,
+            config.async_calls.max_per_namespace,
+            &pending.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        );
+        // What each namespace holds on disk: its queued and dead-lettered calls.
+        for function in pending
+            .iter()
+            .map(|(_, c)| c.function.as_str())
+            .chain(store.dead_calls()?.iter().map(|(_, d)| d.function.as_str()))
+        {
+            queue.hold(fogline_core::access::split(function).1, 1);
+        }
         if !pending.is_empty() {
             tracing::info!(
                 "resuming {} async calls accepted before the last stop",
@@ -795,7 +809,9 @@ impl InvokeError {
         match self {
             InvokeError::NotFound(_) => 404,
             InvokeError::Callback(_) => 400,
-            InvokeError::Busy { .. } | InvokeError::QueueFull(_) => 429,
+            InvokeError::Busy { .. }
+            | InvokeError::QueueFull(_)
+            | InvokeError::NamespaceFull { .. } => 429,
             InvokeError::Exec { source, .. } => match source {
                 ExecError::Timeout(_) => 504,
                 ExecError::Busy(_) => 429,

@@ -128,12 +128,11 @@ impl Node {
                     },
                     body: cb.body,
                 };
-                match self.store.bury_callback(id, &dead, cfg.max_dead).await {
-                    Ok(dropped) => {
+                let ns = fogline_core::access::split(&dead.function).1.to_string();
+                match self.store.bury_callback(id, &dead).await {
+                    Ok(()) => {
                         self.queue.dead.fetch_add(1, Ordering::Relaxed);
-                        self.queue
-                            .dead_dropped
-                            .fetch_add(dropped as u64, Ordering::Relaxed);
+                        self.queue.hold(&ns, 1);
                     }
                     Err(e) => tracing::error!("callback of call {public}: {e}"),
                 }

@@ -28,7 +28,10 @@ pub struct AsyncQueue {
     pub retries: AtomicU64,
     /// Calls given up (into the dead-letter queue), and dead calls dropped past its bound.
     pub dead: AtomicU64,
-    pub dead_dropped: AtomicU64,
+    /// Calls each namespace holds on disk, queued or dead-lettered (bounded by
+    /// `[async] max_per_namespace`).
+    held: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    max_per_namespace: u64,
     /// Submissions answered with an earlier call of the same idempotency key.
     pub deduplicated: AtomicU64,
     /// Hands callbacks in the outbox to [`Node::run_outbox`].
@@ -78,7 +81,11 @@ pub struct DeadEntry {
 impl AsyncQueue {
     /// A queue holding the calls still `pending` from before a restart; the receiver goes to
     /// [`Node::run_async_workers`].
-    pub fn new(max_queued: u64, pending: &[u64]) -> (AsyncQueue, mpsc::Receiver<u64>) {
+    pub fn new(
+        max_queued: u64,
+        max_per_namespace: u64,
+        pending: &[u64],
+    ) -> (AsyncQueue, mpsc::Receiver<u64>) {
         let cap = (max_queued as usize).max(pending.len()).max(1);
         let (tx, rx) = mpsc::channel(cap);
         let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
@@ -92,7 +99,8 @@ impl AsyncQueue {
             tx,
             retries: AtomicU64::new(0),
             dead: AtomicU64::new(0),
-            dead_dropped: AtomicU64::new(0),
+            held: std::sync::Mutex::new(std::collections::HashMap::new()),
+            max_per_namespace,
             deduplicated: AtomicU64::new(0),
             outbox_tx,
             outbox_rx: std::sync::Mutex::new(Some(outbox_rx)),
@@ -100,6 +108,27 @@ impl AsyncQueue {
             callback_retries: AtomicU64::new(0),
         };
         (q, rx)
+    }
+
+    /// Counts `n` more (or fewer) calls held by namespace `ns`.
+    pub fn hold(&self, ns: &str, n: i64) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let v = held.entry(ns.to_string()).or_insert(0);
+        *v = v.saturating_add_signed(n);
+    }
+
+    /// Takes room for one more call of namespace `ns`, or says how full it is.
+    fn reserve(&self, ns: &str) -> Result<(), InvokeError> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let v = held.entry(ns.to_string()).or_insert(0);
+        if *v >= self.max_per_namespace {
+            return Err(InvokeError::NamespaceFull {
+                namespace: ns.to_string(),
+                held: *v,
+            });
+        }
+        *v += 1;
+        Ok(())
     }
 
     /// Calls waiting or running.
@@ -121,11 +150,6 @@ impl AsyncQueue {
                 "fogline_async_dead_total",
                 "Async calls given up: moved to the dead-letter queue.",
                 &self.dead,
-            ),
-            (
-                "fogline_async_dead_dropped_total",
-                "Dead calls dropped past [async] max_dead (the oldest first).",
-                &self.dead_dropped,
             ),
             (
                 "fogline_async_deduplicated_total",
@@ -172,6 +196,11 @@ impl Node {
             q.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(InvokeError::QueueFull(queued));
         }
+        let ns = fogline_core::access::split(name).1;
+        if let Err(e) = q.reserve(ns) {
+            q.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(e);
+        }
         let cfg = &self.config.async_calls;
         let call = AsyncCall {
             function: name.to_string(),
@@ -196,11 +225,13 @@ impl Node {
             Ok(Enqueued::New(id, public)) => (id, public, false),
             Ok(Enqueued::Existing(id, public)) => {
                 q.queued.fetch_sub(1, Ordering::AcqRel);
+                q.hold(ns, -1);
                 q.deduplicated.fetch_add(1, Ordering::Relaxed);
                 (id, public, true)
             }
             Err(e) => {
                 q.queued.fetch_sub(1, Ordering::AcqRel);
+                q.hold(ns, -1);
                 return Err(e.into());
             }
         };
@@ -272,6 +303,9 @@ impl Node {
             }
             Some(DeadKind::Callback) => {
                 q.queued.fetch_sub(1, Ordering::AcqRel);
+                if let Ok(Some(f)) = self.store.callback(n).map(|c| c.map(|c| c.function)) {
+                    q.hold(fogline_core::access::split(&f).1, -1);
+                }
                 let _ = q.outbox_tx.send(n);
                 Ok(true)
             }
@@ -284,10 +318,15 @@ impl Node {
 
     /// Drops a dead call for good. False when no dead call has this id.
     pub async fn drop_dead(&self, id: &str) -> Result<bool, StoreError> {
-        match self.internal_call_id(id)? {
-            Some(n) => self.store.drop_dead(n).await,
-            None => Ok(false),
+        let Some(n) = self.internal_call_id(id)? else {
+            return Ok(false);
+        };
+        let function = self.store.dead_call(n)?.map(|d| d.function);
+        let dropped = self.store.drop_dead(n).await?;
+        if let (true, Some(f)) = (dropped, function) {
+            self.queue.hold(fogline_core::access::split(&f).1, -1);
         }
+        Ok(dropped)
     }
 
     /// The function and result of the async call its caller knows as `id`: `Ok(None)`
@@ -428,6 +467,8 @@ impl Node {
             return None;
         }
         self.queue.queued.fetch_sub(1, Ordering::AcqRel);
+        self.queue
+            .hold(fogline_core::access::split(&call.function).1, -1);
         if callback.is_some() {
             let _ = self.queue.outbox_tx.send(id);
         }
@@ -556,22 +597,9 @@ impl Node {
             attempts: Vec::new(),
             body: result.body.clone(),
         });
-        match self
-            .store
-            .bury(
-                id,
-                &dead,
-                &result,
-                callback.as_ref(),
-                self.config.async_calls.max_dead,
-            )
-            .await
-        {
-            Ok(dropped) => {
+        match self.store.bury(id, &dead, &result, callback.as_ref()).await {
+            Ok(()) => {
                 self.queue.dead.fetch_add(1, Ordering::Relaxed);
-                self.queue
-                    .dead_dropped
-                    .fetch_add(dropped as u64, Ordering::Relaxed);
             }
             Err(e) => {
                 tracing::error!("async call {id:016x}: moving it to the dead-letter queue: {e}");
