@@ -4,8 +4,10 @@
 //! - [`registry`]: deployed functions by key (`NAME` or `NAME.NAMESPACE`);
 //! - [`access`]: tokens, namespaces and their quotas;
 //! - [`admission`]: per-function concurrency (429 beyond it);
-//! - [`queue`]: the durable async queue and its workers;
-//! - [`callbacks`]: async results POSTed to their callers.
+//! - [`queue`]: the durable async queue and its workers: retries with backoff, the
+//!   dead-letter queue, idempotency keys, the per-namespace bound;
+//! - [`outbox`]: callbacks delivered from a durable outbox, retried, then dead-lettered;
+//! - [`callbacks`]: one delivery of an async result to its caller (allow-list, signature).
 //!
 //! The sandboxes are behind [`Executors`](crate::executor::Executors); the node never
 //! branches on a function's runtime.
