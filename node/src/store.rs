@@ -69,6 +69,20 @@ pub struct PendingCallback {
     pub body: Bytes,
 }
 
+impl PendingCallback {
+    /// A callback to deliver from now on, none tried yet.
+    pub fn new(url: String, function: &str, status: u16, body: Bytes) -> PendingCallback {
+        PendingCallback {
+            url,
+            function: function.to_string(),
+            status,
+            since_ms: now_ms(),
+            attempts: Vec::new(),
+            body,
+        }
+    }
+}
+
 /// A call that will not be tried again: in the dead-letter queue with every attempt's
 /// reason, until replayed or dropped.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -354,14 +368,12 @@ impl Store {
             return Ok(None);
         };
         if dead.kind == DeadKind::Callback {
-            let cb = encode_with_body(&PendingCallback {
-                url: dead.callback.clone().unwrap_or_default(),
-                function: dead.function.clone(),
-                status: dead.status,
-                since_ms: now_ms(),
-                attempts: Vec::new(),
-                body: dead.body.clone(),
-            });
+            let cb = encode_with_body(&PendingCallback::new(
+                dead.callback.clone().unwrap_or_default(),
+                &dead.function,
+                dead.status,
+                dead.body.clone(),
+            ));
             let revived = (&self.dead, &self.outbox)
                 .transaction(|(dt, ot)| {
                     if dt.remove(&k)?.is_none() {

@@ -805,6 +805,19 @@ impl Node {
     }
 }
 
+impl Node {
+    /// How this member's async work is retried: `[async] retry_base` doubling up to
+    /// `retry_max`, at most `max_attempts` attempts.
+    fn backoff(&self, max_attempts: u32) -> fogline_core::delivery::Backoff {
+        let cfg = &self.config.async_calls;
+        fogline_core::delivery::Backoff {
+            base: cfg.retry_base,
+            max: cfg.retry_max,
+            max_attempts,
+        }
+    }
+}
+
 impl InvokeError {
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> u16 {
@@ -846,6 +859,11 @@ fn member_id(config: &NodeConfig) -> anyhow::Result<String> {
 /// A new call id for a synchronous call (128 random bits from the OS, as async calls get).
 pub fn new_call_id() -> String {
     hex::encode(random_bytes::<16>())
+}
+
+/// A random roll in [0, 1), for jitter.
+pub fn random_unit() -> f64 {
+    f64::from(u32::from_be_bytes(random_bytes::<4>())) / 4_294_967_296.0
 }
 
 /// Random bytes from the OS, asked for 4 KiB at a time per thread: a system call per call

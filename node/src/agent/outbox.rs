@@ -8,7 +8,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use fogline_core::delivery::{Attempt, Backoff, Next};
+use fogline_core::delivery::{Attempt, Next};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::callbacks::Finished;
@@ -76,18 +76,21 @@ impl Node {
             reason: failed.reason.clone(),
         });
         let cfg = &self.config.async_calls;
-        let backoff = Backoff {
-            base: cfg.retry_base,
-            max: cfg.retry_max,
-            max_attempts: u32::MAX,
-        };
-        let roll = f64::from(u32::from_be_bytes(super::random_bytes::<4>())) / 4_294_967_296.0;
+        // Bounded by time, not by attempts.
+        let backoff = self.backoff(u32::MAX);
         let until = cb
             .since_ms
             .saturating_add(cfg.callback_for.as_millis() as u64);
         let next = if failed.retry {
             // Any failure of a receiver may pass: retried like a 503.
-            backoff.next(cb.attempts.len() as u32, 503, true, now_ms(), until, roll)
+            backoff.next(
+                cb.attempts.len() as u32,
+                503,
+                true,
+                now_ms(),
+                until,
+                super::random_unit(),
+            )
         } else {
             Next::GiveUp("not retried".into())
         };

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, Semaphore};
 
-use fogline_core::delivery::{Attempt, Backoff, Next};
+use fogline_core::delivery::{Attempt, Next};
 
 use super::{InvokeError, Node};
 use crate::store::{
@@ -454,14 +454,9 @@ impl Node {
             finished_ms: now_ms(),
             body: body.clone(),
         };
-        let callback = call.callback.map(|url| PendingCallback {
-            url,
-            function: call.function.clone(),
-            status,
-            since_ms: now_ms(),
-            attempts: Vec::new(),
-            body,
-        });
+        let callback = call
+            .callback
+            .map(|url| PendingCallback::new(url, &call.function, status, body));
         if let Err(e) = self.store.complete(id, &result, callback.as_ref()).await {
             tracing::error!("async call {id:016x}: recording result: {e}");
             return None;
@@ -504,16 +499,10 @@ impl Node {
             place,
             reason,
         });
-        let cfg = &self.config.async_calls;
-        let backoff = Backoff {
-            base: cfg.retry_base,
-            max: cfg.retry_max,
-            max_attempts: cfg.max_attempts,
-        };
+        let backoff = self.backoff(self.config.async_calls.max_attempts);
         let idempotent = self
             .lookup(&call.function)
             .is_some_and(|f| f.manifest.idempotent);
-        let roll = f64::from(u32::from_be_bytes(super::random_bytes::<4>())) / 4_294_967_296.0;
         let deadline = if meta.deadline_ms == 0 {
             u64::MAX
         } else {
@@ -525,7 +514,7 @@ impl Node {
             idempotent,
             now_ms(),
             deadline,
-            roll,
+            super::random_unit(),
         ) {
             Next::Retry(wait) => {
                 if let Err(e) = self.store.set_meta(id, &meta).await {
@@ -589,14 +578,10 @@ impl Node {
             body: Bytes::from(message),
         };
         // Its callback hears of the failure (through the outbox, as any).
-        let callback = call.callback.clone().map(|url| PendingCallback {
-            url,
-            function: call.function.clone(),
-            status,
-            since_ms: now_ms(),
-            attempts: Vec::new(),
-            body: result.body.clone(),
-        });
+        let callback = call
+            .callback
+            .clone()
+            .map(|url| PendingCallback::new(url, &call.function, status, result.body.clone()));
         match self.store.bury(id, &dead, &result, callback.as_ref()).await {
             Ok(()) => {
                 self.queue.dead.fetch_add(1, Ordering::Relaxed);
