@@ -14,10 +14,17 @@ use fogline_core::roles::Role;
 #[derive(Args)]
 pub struct JoinArgs {
     /// The join token, from `fogline token create --role node` on a bridge or router.
-    token: String,
+    #[arg(required_unless_present = "token_file")]
+    token: Option<String>,
+    /// Read the join token from a file instead (a mounted secret).
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
     /// This member's name in the cluster (default: the host name).
-    #[arg(long)]
+    #[arg(long, env = "FOGLINE_ID")]
     id: Option<String>,
+    /// The tier this member serves (default: cloud for a bridge's token, else edge).
+    #[arg(long, value_parser = ["edge", "cloud"])]
+    tier: Option<String>,
     /// Where the node keeps its data, certificate and config.
     #[arg(long, default_value = "/var/lib/fogline")]
     data_dir: PathBuf,
@@ -33,6 +40,10 @@ pub struct JoinArgs {
     /// The mesh's listen address.
     #[arg(long, default_value = "/ip4/0.0.0.0/tcp/7001")]
     mesh: String,
+    /// Find members only through the issuer's join address, not mDNS (workers on a
+    /// shared host network).
+    #[arg(long)]
+    no_mdns: bool,
     /// Only enroll and write the files; start later with `fogline node --config …`.
     #[arg(long)]
     no_start: bool,
@@ -42,7 +53,13 @@ pub struct JoinArgs {
 }
 
 pub async fn run(a: JoinArgs) -> anyhow::Result<()> {
-    let token = JoinToken::decode(&a.token).map_err(|e| anyhow!("{e}"))?;
+    let text = match (&a.token, &a.token_file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the join token from {}", path.display()))?,
+        (None, None) => bail!("give the join token, or --token-file"),
+    };
+    let token = JoinToken::decode(&text).map_err(|e| anyhow!("{e}"))?;
     let name = a.id.unwrap_or_else(fogline_node::sysinfo::hostname);
     let cfg_path = a.config.unwrap_or_else(|| a.data_dir.join("node.toml"));
     if cfg_path.exists() && !a.force {
@@ -76,10 +93,10 @@ pub async fn run(a: JoinArgs) -> anyhow::Result<()> {
             reply.role
         );
     }
-    let tier = if reply.role == Role::Bridge {
-        "cloud"
-    } else {
-        "edge"
+    let tier = match a.tier.as_deref() {
+        Some(t) => t,
+        None if reply.role == Role::Bridge => "cloud",
+        None => "edge",
     };
     let mut text = format!(
         "# Written by `fogline join` ({name}, {role}); start with `fogline {cmd} --config {cfg}`.\nversion = 1\n\n[node]\ndata_dir = {data:?}\ntier = \"{tier}\"\n\n[http]\nlisten = \"{http}\"\n\n[quic]\nlisten = \"{quic}\"\ntls_dir = {tls:?}\n\n[mesh]\nlisten = {mesh:?}\njoin = {join:?}\n",
@@ -95,6 +112,9 @@ pub async fn run(a: JoinArgs) -> anyhow::Result<()> {
     );
     if let Some(site) = &reply.site {
         text.push_str(&format!("site = {site:?}\n"));
+    }
+    if a.no_mdns {
+        text.push_str("mdns = false\n");
     }
     if let Some(ms) = reply.interval_ms {
         text.push_str(&format!("interval = \"{ms}ms\"\n"));

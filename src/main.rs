@@ -8,6 +8,7 @@ mod dlq;
 mod join;
 mod serve;
 mod simulate;
+mod swarm;
 mod trace;
 
 use std::net::SocketAddr;
@@ -36,8 +37,15 @@ enum Command {
     Up(UpArgs),
     /// Run an edge node agent from a config file.
     Node(NodeArgs),
-    /// Run the cloud tier: the same agent with cloud-sized limits, serving QUIC and HTTP.
-    Bridge(NodeArgs),
+    /// Run the cloud tier: the same agent with cloud-sized limits, serving QUIC and HTTP;
+    /// with --swarm its workers run as a Docker Swarm service it sizes.
+    Bridge(BridgeArgs),
+    /// The worker image for a bridge's Swarm service.
+    #[command(subcommand)]
+    Image(swarm::ImageCmd),
+    /// A bridge's worker service on this Swarm manager: status, upgrade, removal.
+    #[command(subcommand)]
+    Swarm(swarm::SwarmCmd),
     /// Run a router: places every invocation on the device, an edge node or the cloud,
     /// wherever it is predicted to finish soonest (HTTP, QUIC and MQTT ingress).
     Router(RouterArgs),
@@ -148,6 +156,15 @@ struct NodeArgs {
     /// Overrides `mesh.site`.
     #[arg(long)]
     site: Option<String>,
+}
+
+#[derive(Args)]
+struct BridgeArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Run the workers as a Docker Swarm service sized by demand (`[swarm] enabled`).
+    #[arg(long)]
+    swarm: bool,
 }
 
 #[derive(Subcommand)]
@@ -361,11 +378,36 @@ fn main() -> ExitCode {
             Command::Trace(a) => trace::trace(&cli.client, a).await,
             Command::Dlq(c) => dlq::run(&cli.client, c).await,
             Command::Bridge(a) => {
-                let join = a.join.clone();
-                let cfg = a.into_config(Some(fogline_core::config::Tier::Cloud))?;
+                let join = a.node.join.clone();
+                let mut cfg = a
+                    .node
+                    .into_config(Some(fogline_core::config::Tier::Cloud))?;
                 check_cert_role(&cfg, fogline_node::tls::Role::Bridge, "bridge")?;
-                serve::node(cfg, &join).await
+                if cfg.router.is_some() {
+                    anyhow::bail!(
+                        "the config has a [router] section: run it with `fogline router`"
+                    );
+                }
+                if a.swarm {
+                    cfg.swarm.get_or_insert_with(Default::default).enabled = true;
+                }
+                let swarm = match cfg.swarm.as_ref().filter(|s| s.enabled) {
+                    None => None,
+                    Some(_) => match fogline_cloud_bridge::swarm::probe().await {
+                        fogline_cloud_bridge::swarm::Probe::Swarm(docker) => {
+                            fogline_cloud_bridge::swarm::prepare(&mut cfg)?;
+                            Some(docker)
+                        }
+                        fogline_cloud_bridge::swarm::Probe::Local(why) => {
+                            eprintln!("swarm: {why}; this bridge runs its functions itself");
+                            None
+                        }
+                    },
+                };
+                serve::node_with(cfg, &join, swarm).await
             }
+            Command::Image(c) => swarm::image(c).await,
+            Command::Swarm(c) => swarm::swarm(c).await,
             Command::Mesh(a) => client::mesh(&cli.client, a).await,
             Command::Certs(c) => certs(c, &cli.client).await,
             Command::Join(a) => join::run(a).await,

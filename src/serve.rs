@@ -28,7 +28,17 @@ fn print_new_token(
     }
 }
 
-pub async fn node(mut cfg: NodeConfig, join: &[String]) -> anyhow::Result<()> {
+pub async fn node(cfg: NodeConfig, join: &[String]) -> anyhow::Result<()> {
+    node_with(cfg, join, None).await
+}
+
+/// A member; a bridge given a Swarm manager (`swarm`) places on its workers instead of
+/// running functions.
+pub async fn node_with(
+    mut cfg: NodeConfig,
+    join: &[String],
+    swarm: Option<bollard::Docker>,
+) -> anyhow::Result<()> {
     init_tracing();
     let data_dir = cfg.node.data_dir.clone();
     // A member in a container or a cgroup sized as a small board fits itself to it.
@@ -44,12 +54,20 @@ pub async fn node(mut cfg: NodeConfig, join: &[String]) -> anyhow::Result<()> {
             running.addr
         );
     }
-    let role = match &running.node.config.router {
-        Some(r) => {
+    let swarm_cfg = running.node.config.swarm.clone().filter(|s| s.enabled);
+    let role = match (&running.node.config.router, swarm, swarm_cfg) {
+        (Some(r), Some(docker), Some(sw)) => {
+            let scope = fogline_cloud_bridge::swarm::scope(&sw);
+            let router =
+                fogline_router::Router::install_scoped(&running.node, r.clone(), Some(scope));
+            fogline_cloud_bridge::swarm::start(&running.node, &router, docker, sw);
+            "bridge"
+        }
+        (Some(r), _, _) => {
             fogline_router::Router::install(&running.node, r.clone());
             "router"
         }
-        None => "node",
+        (None, _, _) => "node",
     };
     {
         // The first line is the contract scripts rely on: where the gateway listens.

@@ -13,7 +13,7 @@ step "unit, property and whole-system tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"
-step "no containers left behind by the tests"
+step "no containers, Swarm services or secrets left behind by the tests"
 if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
     left=$(docker ps -aq --filter label=dev.fogline.node | wc -l)
     if [ "$left" -ne 0 ]; then
@@ -21,6 +21,14 @@ if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
         docker ps -a --filter label=dev.fogline.node
         exit 1
     fi
+    for kind in service secret; do
+        left=$(docker "$kind" ls -q --filter label=dev.fogline.bridge 2>/dev/null | wc -l)
+        if [ "$left" -ne 0 ]; then
+            echo "$left Swarm $kind(s) left by the tests:"
+            docker "$kind" ls --filter label=dev.fogline.bridge
+            exit 1
+        fi
+    done
     echo "none"
 elif [ "${CI:-}" = true ]; then
     echo "CI must have a running Docker engine"; exit 1

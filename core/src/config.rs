@@ -57,6 +57,89 @@ pub struct NodeConfig {
     /// The dashboard at `/ui`.
     #[serde(default)]
     pub ui: UiSection,
+    /// A bridge's workers as a Docker Swarm service (`fogline bridge --swarm`).
+    pub swarm: Option<SwarmSection>,
+}
+
+/// The cloud tier's workers as a replicated Docker Swarm service, sized by the bridge.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SwarmSection {
+    /// Run workers on Swarm (also `fogline bridge --swarm`).
+    #[serde(default)]
+    pub enabled: bool,
+    /// The workers' image (`fogline image build` makes `fogline:VERSION`).
+    #[serde(default = "default_swarm_image")]
+    pub image: String,
+    /// The service's name (adopted if it exists and is ours).
+    #[serde(default = "default_swarm_service")]
+    pub service: String,
+    /// Fewest replicas (0: none while idle; the first call waits for one).
+    #[serde(default)]
+    pub min_replicas: u32,
+    #[serde(default = "default_swarm_max")]
+    pub max_replicas: u32,
+    /// Calls in flight one replica is sized for.
+    #[serde(default = "default_target_inflight")]
+    pub target_inflight: u32,
+    /// How long demand must stay below the replicas before they are scaled down.
+    #[serde(default = "default_swarm_idle", with = "duration_str")]
+    pub idle: Duration,
+    /// Scale ahead of forecast arrivals (off: on calls in flight and waiting only, a
+    /// reactive scaler, for comparison).
+    #[serde(default = "default_true")]
+    pub forecast: bool,
+    /// The tasks' network: `host` (the default; workers bind loopback-free ports of their
+    /// host) or an overlay network's name.
+    #[serde(default = "default_swarm_network")]
+    pub network: String,
+    /// The host's Docker socket, mounted into workers that run container functions
+    /// (none: workers run Wasm functions only).
+    pub docker_socket: Option<PathBuf>,
+    /// The address workers bind and advertise (`127.0.0.1` on one host; on a
+    /// multi-host swarm, an address every host reaches, e.g. `0.0.0.0` with overlay).
+    #[serde(default = "default_swarm_bind")]
+    pub bind: std::net::IpAddr,
+}
+
+fn default_swarm_image() -> String {
+    format!("fogline:{}", env!("CARGO_PKG_VERSION"))
+}
+fn default_swarm_service() -> String {
+    "fogline-workers".into()
+}
+fn default_swarm_max() -> u32 {
+    4
+}
+fn default_target_inflight() -> u32 {
+    8
+}
+fn default_swarm_idle() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_swarm_network() -> String {
+    "host".into()
+}
+fn default_swarm_bind() -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+}
+
+impl Default for SwarmSection {
+    fn default() -> Self {
+        SwarmSection {
+            enabled: false,
+            image: default_swarm_image(),
+            service: default_swarm_service(),
+            min_replicas: 0,
+            max_replicas: default_swarm_max(),
+            target_inflight: default_target_inflight(),
+            idle: default_swarm_idle(),
+            forecast: true,
+            network: default_swarm_network(),
+            docker_socket: None,
+            bind: default_swarm_bind(),
+        }
+    }
 }
 
 /// Traces of calls (W3C Trace Context at every ingress, spans at every hop).
@@ -693,6 +776,7 @@ impl NodeConfig {
             renew: None,
             trace: TraceSection::default(),
             ui: UiSection::default(),
+            swarm: None,
         }
     }
 
@@ -802,6 +886,49 @@ impl NodeConfig {
                 "async.max_attempts",
                 format!("{} is outside 1..=1000", self.async_calls.max_attempts),
             ));
+        }
+        if let Some(sw) = &self.swarm {
+            if sw.max_replicas == 0 || sw.max_replicas > 1000 {
+                return Err(invalid(
+                    "swarm.max_replicas",
+                    format!("{} is outside 1..=1000", sw.max_replicas),
+                ));
+            }
+            if sw.min_replicas > sw.max_replicas {
+                return Err(invalid(
+                    "swarm.min_replicas",
+                    format!(
+                        "{} is above swarm.max_replicas ({})",
+                        sw.min_replicas, sw.max_replicas
+                    ),
+                ));
+            }
+            if sw.target_inflight == 0 {
+                return Err(invalid(
+                    "swarm.target_inflight",
+                    "must be at least 1".into(),
+                ));
+            }
+            // Workers are named SERVICE-SLOT-TASKID (member names: 63 letters, digits, '-').
+            let name_ok = !sw.service.is_empty()
+                && sw.service.len() <= 30
+                && sw
+                    .service
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && sw.service.as_bytes()[0].is_ascii_alphanumeric();
+            if !name_ok {
+                return Err(invalid(
+                    "swarm.service",
+                    format!(
+                        "{:?}: a service name is 1 to 30 letters, digits or '-', starting with a letter or digit (its workers are named SERVICE-SLOT-TASKID)",
+                        sw.service
+                    ),
+                ));
+            }
+            if sw.image.trim().is_empty() {
+                return Err(invalid("swarm.image", "is empty".into()));
+            }
         }
         if self.async_calls.max_per_namespace == 0 {
             return Err(invalid(

@@ -41,6 +41,12 @@ impl Arrivals {
     /// Predicted arrivals per second in the bucket after the current one. Only complete
     /// buckets are fitted (the current one is still filling).
     pub fn forecast_per_s(&self, now_ms: u64) -> f64 {
+        self.forecast_ahead(now_ms, 0)
+    }
+
+    /// Predicted arrivals per second `ahead_ms` past the bucket after the current one
+    /// (the trend carried on: what capacity started now will meet when it is ready).
+    pub fn forecast_ahead(&self, now_ms: u64, ahead_ms: u64) -> f64 {
         let cur = now_ms / self.bucket_ms;
         let first = cur.saturating_sub(self.keep as u64);
         // Points (x = bucket, y = count) for every complete bucket in the window, zeros too.
@@ -69,7 +75,8 @@ impl Arrivals {
         };
         let intercept = (sy - slope * sx) / n;
         // The next complete bucket after `cur` is at x = n + 1.
-        let next = intercept + slope * (n + 1.0);
+        let x = n + 1.0 + ahead_ms as f64 / self.bucket_ms as f64;
+        let next = intercept + slope * x;
         next.max(0.0) * 1000.0 / self.bucket_ms as f64
     }
 }
@@ -89,6 +96,9 @@ mod tests {
         }
         let f = a.forecast_per_s(5_000);
         assert!((f - 70.0).abs() < 1e-6, "{f}");
+        // Three seconds further along the same line.
+        let f = a.forecast_ahead(5_000, 3_000);
+        assert!((f - 100.0).abs() < 1e-6, "{f}");
     }
 
     #[test]

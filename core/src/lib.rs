@@ -25,6 +25,8 @@
 //! - [`coap`]: CoAP server exchanges (RFC 7252, block-wise RFC 7959) as a state machine
 //!   given the time: duplicates, blocks, acknowledgements, retransmission.
 //! - [`delivery`]: retrying accepted work: which failures, backoff with jitter, giving up.
+//! - [`scale`]: how many Swarm workers the cloud tier runs (demand now and forecast,
+//!   hysteresis).
 //! - [`trace`]: W3C Trace Context (`traceparent`), the spans each hop records, a trace's tree.
 //!
 //! A new placement policy goes in [`policy`] (how a place is chosen from predictions) and
@@ -49,6 +51,7 @@ pub mod policy;
 pub mod predict;
 pub mod revocation;
 pub mod roles;
+pub mod scale;
 pub mod sim;
 pub mod sizing;
 pub mod stack;

@@ -83,9 +83,28 @@ pub struct Decision {
     pub error: Option<String>,
 }
 
+/// Which members a router places on, when not every member of the mesh: a bridge
+/// placing on its own Swarm workers only.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub tier: Tier,
+    /// Member names start with it (a Swarm service's tasks: `SERVICE.`).
+    pub prefix: String,
+    /// With no place able to run a call, wait for one (up to the call's timeout) instead
+    /// of refusing it: workers are being started.
+    pub wait_for_place: bool,
+}
+
+/// Extra Prometheus text appended to the router's (a bridge's Swarm figures).
+pub type ExtraMetrics = Box<dyn Fn(&mut String) + Send + Sync>;
+
 /// The placement driver.
 pub struct Router {
     cfg: RouterSection,
+    scope: Option<Scope>,
+    /// Calls waiting for a place to appear (only with a scope that waits).
+    waiting: AtomicU64,
+    extra_metrics: std::sync::OnceLock<ExtraMetrics>,
     node: Weak<Node>,
     planner: Mutex<Planner>,
     arrivals: Mutex<HashMap<String, Arrivals>>,
@@ -103,6 +122,15 @@ pub struct Router {
 impl Router {
     /// Installs a router on `node` and starts its housekeeping; returns it.
     pub fn install(node: &Arc<Node>, cfg: RouterSection) -> Arc<Router> {
+        Self::install_scoped(node, cfg, None)
+    }
+
+    /// Installs a router that places only within `scope` (all members when none).
+    pub fn install_scoped(
+        node: &Arc<Node>,
+        cfg: RouterSection,
+        scope: Option<Scope>,
+    ) -> Arc<Router> {
         let seed = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0x5EED, |d| d.as_nanos() as u64)
@@ -110,6 +138,9 @@ impl Router {
         let r = Arc::new(Router {
             planner: Mutex::new(Planner::new(cfg.window)),
             cfg,
+            scope,
+            waiting: AtomicU64::new(0),
+            extra_metrics: std::sync::OnceLock::new(),
             node: Arc::downgrade(node),
             arrivals: Mutex::new(HashMap::new()),
             outstanding: Mutex::new(HashMap::new()),
@@ -159,6 +190,10 @@ impl Router {
                     let r = &m.report;
                     if m.state != State::Alive
                         || r.node == node.id
+                        || self
+                            .scope
+                            .as_ref()
+                            .is_some_and(|s| r.tier != s.tier || !r.node.starts_with(&s.prefix))
                         || !r.runtimes.contains(&f.runtime)
                         || down.contains_key(&r.node)
                     {
@@ -186,7 +221,7 @@ impl Router {
                 }
             });
         }
-        if node.can_run(f.runtime) {
+        if node.can_run(f.runtime) && self.scope.is_none() {
             let g = node.gauges();
             let service = node.metrics.function(&f.name).service_ms().map(f64::from);
             out.push(Place {
@@ -224,8 +259,29 @@ impl Router {
             .entry(function.to_string())
             .or_insert_with(|| Arrivals::new(1000, 10))
             .record(self.now_ms());
-        let places = self.places(node, f);
+        let mut places = self.places(node, f);
+        if places.is_empty() && self.scope.as_ref().is_some_and(|s| s.wait_for_place) {
+            places = self.wait_for_place(node, f).await;
+        }
         if places.is_empty() {
+            if let Some(scope) = &self.scope {
+                return Err(Refused::new(
+                    503,
+                    format!(
+                        "no {} member {}* can run {function:?}{}",
+                        scope.tier.as_str(),
+                        scope.prefix,
+                        if scope.wait_for_place {
+                            format!(
+                                " after waiting its timeout ({} ms) for one to start",
+                                f.timeout.as_millis()
+                            )
+                        } else {
+                            String::new()
+                        }
+                    ),
+                ));
+            }
             return Err(Refused::new(503, no_place_message(node, function)));
         }
         let weights = Weights {
@@ -559,6 +615,53 @@ impl Router {
         }
     }
 
+    /// Waits (up to `f`'s timeout) until some place can run `f`; the places then, or none.
+    async fn wait_for_place(&self, node: &Node, f: &FunctionManifest) -> Vec<Place> {
+        struct Waiting<'a>(&'a AtomicU64);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let _w = Waiting(&self.waiting);
+        let until = Instant::now() + f.timeout;
+        let t0 = Instant::now();
+        while Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let places = self.places(node, f);
+            if !places.is_empty() {
+                tracing::info!(function = %f.name, "a place appeared after {} ms", t0.elapsed().as_millis());
+                return places;
+            }
+        }
+        Vec::new()
+    }
+
+    /// Calls waiting for a place to appear.
+    pub fn waiting(&self) -> u32 {
+        self.waiting.load(Ordering::Relaxed) as u32
+    }
+
+    /// Calls this router has running at places now.
+    pub fn in_flight(&self) -> u32 {
+        lock(&self.outstanding).values().sum()
+    }
+
+    /// Forecast arrivals per second over every function, `ahead_ms` from now.
+    pub fn forecast_per_s(&self, ahead_ms: u64) -> f64 {
+        let now = self.now_ms();
+        lock(&self.arrivals)
+            .values()
+            .map(|a| a.forecast_ahead(now, ahead_ms))
+            .sum()
+    }
+
+    /// Adds Prometheus text to `/metrics` (set once).
+    pub fn set_extra_metrics(&self, f: ExtraMetrics) {
+        let _ = self.extra_metrics.set(f);
+    }
+
     /// Median relative prediction error so far.
     pub fn median_error(&self) -> Option<f64> {
         lock(&self.planner).median_error()
@@ -647,6 +750,9 @@ impl Dispatch for Router {
 
     fn metrics(&self, out: &mut String) {
         self.watch.metrics(out);
+        if let Some(f) = self.extra_metrics.get() {
+            f(out);
+        }
     }
 
     fn placements(&self, limit: usize) -> serde_json::Value {

@@ -360,6 +360,20 @@ pub fn member_with(
     cpu: Option<usize>,
     extra: &str,
 ) -> NodeProc {
+    let cmd = member_command(dir, pki, role, name, join, cpu, extra);
+    NodeProc::spawn_cmd(cmd, dir.join(name), dir)
+}
+
+/// The command [`member_with`] runs, to change (its environment) before starting it.
+pub fn member_command(
+    dir: &Path,
+    pki: &Path,
+    role: &str,
+    name: &str,
+    join: Option<&str>,
+    cpu: Option<usize>,
+    extra: &str,
+) -> Command {
     let cfg = dir.join(format!("{name}.toml"));
     std::fs::write(
         &cfg,
@@ -400,7 +414,7 @@ pub fn member_with(
     if let Some(j) = join {
         cmd.args(["--join", j]);
     }
-    NodeProc::spawn_cmd(cmd, dir.join(name), dir)
+    cmd
 }
 
 /// A continuum on loopback: a cloud bridge, two edge nodes (each pinned to a CPU where
