@@ -98,6 +98,18 @@ pub async fn run(a: JoinArgs) -> anyhow::Result<()> {
         None if reply.role == Role::Bridge => "cloud",
         None => "edge",
     };
+    // A wildcard listener is told to others as the address this host reaches the issuer
+    // from (on a multi-host swarm, each host's own).
+    let advertise = if a.quic.ip().is_unspecified() {
+        Some(route_to(&token.addr).with_context(|| {
+            format!(
+                "--quic {} is a wildcard, and the address this host uses to reach {} cannot be found",
+                a.quic, token.addr
+            )
+        })?)
+    } else {
+        None
+    };
     let mut text = format!(
         "# Written by `fogline join` ({name}, {role}); start with `fogline {cmd} --config {cfg}`.\nversion = 1\n\n[node]\ndata_dir = {data:?}\ntier = \"{tier}\"\n\n[http]\nlisten = \"{http}\"\n\n[quic]\nlisten = \"{quic}\"\ntls_dir = {tls:?}\n\n[mesh]\nlisten = {mesh:?}\njoin = {join:?}\n",
         role = reply.role,
@@ -110,6 +122,13 @@ pub async fn run(a: JoinArgs) -> anyhow::Result<()> {
         mesh = a.mesh,
         join = reply.join,
     );
+    if let Some(ip) = advertise {
+        text = text.replacen(
+            "\n[mesh]\n",
+            &format!("advertise = \"{ip}\"\n\n[mesh]\n"),
+            1,
+        );
+    }
     if let Some(site) = &reply.site {
         text.push_str(&format!("site = {site:?}\n"));
     }
@@ -138,4 +157,21 @@ pub async fn run(a: JoinArgs) -> anyhow::Result<()> {
     eprintln!("{said}");
     let cfg = crate::serve::load_node_config(&cfg_path)?;
     crate::serve::node(cfg, &[]).await
+}
+
+/// The local address this host sends from to reach `addr` (`HOST:PORT`); nothing is sent.
+fn route_to(addr: &str) -> anyhow::Result<std::net::IpAddr> {
+    use std::net::ToSocketAddrs as _;
+    let to = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| anyhow!("{addr} resolves to no address"))?;
+    let any: SocketAddr = if to.is_ipv4() {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
+    let s = std::net::UdpSocket::bind(any)?;
+    s.connect(to)?;
+    Ok(s.local_addr()?.ip())
 }

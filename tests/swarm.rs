@@ -176,11 +176,15 @@ impl Drop for Leave {
     }
 }
 
+/// One Swarm test at a time: a second engine joined by one would take the other's tasks.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_run_on_swarm_sized_by_demand() {
     if !swarm_here() {
         return;
     }
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let pki = pki(d);
@@ -404,4 +408,301 @@ async fn without_a_swarm_the_bridge_says_so_and_runs_functions_itself() {
     );
     let (s, body) = invoke(&client(), &b.url, "hello", "cloud").await;
     assert_eq!(s, 200, "{body}");
+}
+
+/// A second Docker engine in a network namespace of its own (its own data root, socket and
+/// address), joined to the swarm as a worker; left and stopped on drop.
+struct SecondEngine {
+    ns: String,
+    host_if: String,
+    dir: tempfile::TempDir,
+    pid: u32,
+    node_id: String,
+    ip: String,
+}
+
+impl SecondEngine {
+    fn sock(&self) -> String {
+        format!("unix://{}/docker.sock", self.dir.path().display())
+    }
+
+    fn docker(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("docker")
+            .env("DOCKER_HOST", self.sock())
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Starts it and joins it to the swarm whose manager is at `manager` (an address the
+    /// namespace reaches); `Err` says what stopped it.
+    fn start(manager: &str) -> Result<SecondEngine, String> {
+        let n = std::process::id() % 200 + 20;
+        let ns = format!("fldk{}", std::process::id());
+        let host_if = format!("fldh{}", std::process::id() % 100_000);
+        let ns_if = format!("fldn{}", std::process::id() % 100_000);
+        let ip = format!("10.251.{n}.2");
+        let ipc = |args: &[&str]| {
+            Command::new("ip")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let mut e = SecondEngine {
+            ns: ns.clone(),
+            host_if: host_if.clone(),
+            dir,
+            pid: 0,
+            node_id: String::new(),
+            ip: ip.clone(),
+        };
+        let ok = ipc(&["netns", "add", &ns])
+            && ipc(&[
+                "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+            ])
+            && ipc(&["link", "set", &ns_if, "netns", &ns])
+            && ipc(&["addr", "add", &format!("10.251.{n}.1/24"), "dev", &host_if])
+            && ipc(&["link", "set", &host_if, "up"])
+            && ipc(&["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", &ns_if])
+            && ipc(&["-n", &ns, "link", "set", &ns_if, "up"])
+            && ipc(&["-n", &ns, "link", "set", "lo", "up"])
+            && ipc(&[
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.251.{n}.1"),
+            ]);
+        if !ok {
+            return Err(
+                "cannot make a network namespace and veth pair (needs root and iproute2)".into(),
+            );
+        }
+        let d = e.dir.path().to_path_buf();
+        std::fs::write(d.join("daemon.json"), "{}").map_err(|e| e.to_string())?;
+        // nsenter, not `ip netns exec`: only the network is its own, so the cgroup
+        // mounts stay visible to the engine.
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{ns}"))
+            .arg("dockerd")
+            .arg("--config-file")
+            .arg(d.join("daemon.json"))
+            .arg("--data-root")
+            .arg(d.join("root"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("--pidfile")
+            .arg(d.join("docker.pid"))
+            .args([
+                "-H",
+                &e.sock(),
+                "--bridge=none",
+                "--iptables=false",
+                "--ip-masq=false",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(d.join("dockerd.log")).map_err(|e| e.to_string())?)
+            .spawn()
+            .map_err(|e| format!("cannot start dockerd: {e}"))?;
+        e.pid = child.id();
+        let t0 = Instant::now();
+        while e.docker(&["info", "--format", "{{.ID}}"]).is_none() {
+            if t0.elapsed() > Duration::from_secs(30) {
+                return Err(format!(
+                    "the second engine did not start: {}",
+                    std::fs::read_to_string(d.join("dockerd.log"))
+                        .unwrap_or_default()
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let token = docker(&["swarm", "join-token", "-q", "worker"]).ok_or("no join token")?;
+        e.docker(&[
+            "swarm",
+            "join",
+            "--token",
+            &token,
+            "--advertise-addr",
+            &ip,
+            &format!("{manager}:2377"),
+        ])
+        .ok_or_else(|| format!("the second engine could not join the swarm at {manager}"))?;
+        e.node_id = e
+            .docker(&["info", "--format", "{{.Swarm.NodeID}}"])
+            .unwrap_or_default();
+        Ok(e)
+    }
+}
+
+impl Drop for SecondEngine {
+    fn drop(&mut self) {
+        let _ = self.docker(&["swarm", "leave", "--force"]);
+        if !self.node_id.is_empty() {
+            let _ = docker(&["node", "rm", "--force", &self.node_id]);
+        }
+        if self.pid != 0 {
+            let _ = Command::new("kill").arg(self.pid.to_string()).status();
+            let t0 = Instant::now();
+            while std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
+                && t0.elapsed() < Duration::from_secs(20)
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_land_on_two_engines() {
+    if !swarm_here() {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    // The manager's own address: a second engine must reach it (not loopback).
+    let manager = docker(&["info", "--format", "{{.Swarm.NodeAddr}}"]).unwrap_or_default();
+    let under_ci = std::env::var("CI").as_deref() == Ok("true");
+    if manager.starts_with("127.") {
+        assert!(
+            !under_ci,
+            "CI must init the swarm on a routable address, not {manager}"
+        );
+        eprintln!("SKIPPED: the swarm advertises {manager}; a second engine cannot reach it");
+        return;
+    }
+    let engine = match SecondEngine::start(&manager) {
+        Ok(e) => e,
+        Err(why) => {
+            assert!(!under_ci, "CI must run a second engine: {why}");
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = pki(d);
+    let tag = format!("fogline-test:{}-two", std::process::id());
+    let service = format!("fl{}two", std::process::id());
+    let _leave = Leave {
+        service: service.clone(),
+        images: vec![tag.clone()],
+    };
+    run_ok(fogline().args(["image", "build", "--tag", &tag]));
+    // No registry: the image goes to the second engine as a file.
+    let saved = d.join("image.tar");
+    docker(&["save", "-o", saved.to_str().unwrap(), &tag]).unwrap();
+    engine
+        .docker(&["load", "-i", saved.to_str().unwrap()])
+        .expect("the second engine loads the image");
+
+    // The bridge listens where both engines reach it; workers bind every address and
+    // advertise the one their host reaches the bridge from.
+    let cfg = d.join("cloud.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version = 1\n[mesh]\nmdns = false\ninterval = \"500ms\"\n[enroll]\nlisten = \"{manager}:0\"\nca_dir = {:?}\n[swarm]\nenabled = true\nservice = \"{service}\"\nimage = \"{tag}\"\nmin_replicas = 2\nmax_replicas = 2\nbind = \"0.0.0.0\"\n",
+            pki.display().to_string()
+        ),
+    )
+    .unwrap();
+    let tls = issue(&pki, "cloud", "bridge");
+    let mut cmd = fogline();
+    cmd.current_dir(d)
+        .args(["bridge", "--config"])
+        .arg(&cfg)
+        .args(["--id", "cloud", "--data-dir"])
+        .arg(d.join("cloud"))
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--quic",
+            &format!("{manager}:0"),
+            "--tls-dir",
+        ])
+        .arg(&tls)
+        .args(["--mesh", &format!("/ip4/{manager}/tcp/0")]);
+    let b = NodeProc::spawn_cmd(cmd, d.join("cloud"), d);
+    wait_until("two workers running on two engines", 90, || {
+        let ids = docker(&[
+            "service",
+            "ps",
+            "-q",
+            "--filter",
+            "desired-state=running",
+            &service,
+        ])
+        .unwrap_or_default();
+        let nodes: std::collections::BTreeSet<String> = ids
+            .lines()
+            .filter_map(|t| docker(&["inspect", "--format", "{{.NodeID}}", t]))
+            .collect();
+        running(&service) == 2 && nodes.len() == 2
+    });
+    let workers = || -> Vec<(String, String)> {
+        mesh_json(&b)["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["state"] == "alive" && m["id"].as_str().unwrap().starts_with(&service))
+            .map(|m| {
+                (
+                    m["id"].as_str().unwrap().to_string(),
+                    m["address"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    wait_until("both workers alive in the bridge's mesh", 60, || {
+        workers().len() == 2
+    });
+    let w = workers();
+    assert!(
+        w.iter()
+            .any(|(_, a)| a.starts_with(&format!("{}:", engine.ip))),
+        "one worker advertises the second engine's address {}: {w:?}",
+        engine.ip
+    );
+    assert!(
+        w.iter().any(|(_, a)| a.starts_with(&format!("{manager}:"))),
+        "one advertises the manager's: {w:?}"
+    );
+    assert_eq!(
+        deploy(&b, "hello", "hello/hello.wasm", json!({}))
+            .await
+            .status(),
+        201
+    );
+    // Each worker, on its own engine, runs a call sent to it.
+    let c = client();
+    for (id, addr) in &w {
+        let r = c
+            .post(format!("{}/function/hello", b.url))
+            .bearer_auth(&b.token)
+            .header("x-fogline-target", format!("quic://{id}@{addr}"))
+            .body("two")
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert_eq!(
+            (status, text.as_str()),
+            (200, "hello, two"),
+            "{id} at {addr}"
+        );
+    }
+    drop(b);
 }

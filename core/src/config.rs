@@ -521,6 +521,10 @@ pub struct QuicSection {
     pub listen: Option<SocketAddr>,
     /// Folder made by `fogline certs issue` (cert.pem, key.pem, ca.pem).
     pub tls_dir: Option<PathBuf>,
+    /// The IP other members reach this endpoint (and the gateway) at, when `listen` is a
+    /// wildcard (`0.0.0.0`); default: the listen address. `fogline join` sets it to the
+    /// address this host uses to reach its issuer.
+    pub advertise: Option<std::net::IpAddr>,
     /// Invocations running at once per connection; more are refused with a retryable error.
     #[serde(default = "default_max_streams")]
     pub max_streams: u32,
@@ -1087,6 +1091,7 @@ impl Default for QuicSection {
         QuicSection {
             listen: None,
             tls_dir: None,
+            advertise: None,
             max_streams: default_max_streams(),
             stream_timeout: default_stream_timeout(),
             idle_timeout: default_idle_timeout(),

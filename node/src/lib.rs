@@ -100,7 +100,15 @@ pub async fn bind_with(config: NodeConfig, join: &[String]) -> anyhow::Result<Ru
     };
     let addr = at("gateway").ok_or_else(|| anyhow::anyhow!("the gateway is not bound"))?;
     let (quic_addr, coap_addr, enroll_addr) = (at("quic"), at("coap"), at("enroll"));
-    let _ = node.links.addresses.set((quic_addr, addr));
+    // What other members are told: a wildcard listener is reached at `quic.advertise`.
+    let shown = |a: SocketAddr| match node.config.quic.advertise {
+        Some(ip) if a.ip().is_unspecified() => SocketAddr::new(ip, a.port()),
+        _ => a,
+    };
+    let _ = node
+        .links
+        .addresses
+        .set((quic_addr.map(shown), shown(addr)));
     if node.config.mesh.listen.is_some() {
         let m = mesh::start(node.clone(), &node.id, &node.config, join).await?;
         let _ = node.links.mesh.set(m);

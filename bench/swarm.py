@@ -1,0 +1,268 @@
+#!/usr/bin/env python3
+"""The cloud tier on Docker Swarm, measured beside the engine's own limits in the same run.
+
+  bench/swarm.py          (needs a Swarm manager: docker swarm init; builds the release binary)
+
+1. Scale from zero: a call to a bridge whose service has 0 replicas, until its answer,
+   beside the engine's own time to take a service of the same image from 0 to 1 running
+   task (`docker service scale`, polled until Swarm says Running). Alternating, ROUNDS each.
+2. A burst forecast ahead: the offered rate ramps up to a peak; the replicas the bridge
+   asks for and Swarm runs, every half second, with the forecast on and with a reactive
+   scaler (`[swarm] forecast = false`: in-flight and waiting calls only), same load.
+3. Throughput through the bridge with 1 and 2 replicas (closed loop, CONNS connections).
+
+Runs outside CI: figures depend on the machine; the README keeps the latest ones.
+"""
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROUNDS = int(os.environ.get("ROUNDS", "5"))
+CONNS = int(os.environ.get("CONNS", "16"))
+TAG = f"fogline-bench:{os.getpid()}"
+SERVICE = f"flbench{os.getpid()}"
+
+
+def sh(*args, check=True):
+    r = subprocess.run(args, capture_output=True, text=True)
+    if check and r.returncode != 0:
+        sys.exit(f"bench: {' '.join(args)}: {r.stderr.strip()}")
+    return r.stdout.strip()
+
+
+def running(service):
+    out = sh("docker", "service", "ps", "--filter", "desired-state=running",
+             "--format", "{{.CurrentState}}", service, check=False)
+    return sum(1 for l in out.splitlines() if l.startswith("Running"))
+
+
+def replicas(service):
+    out = sh("docker", "service", "inspect", "--format",
+             "{{.Spec.Mode.Replicated.Replicas}}", service, check=False)
+    return int(out) if out.isdigit() else 0
+
+
+class Bridge:
+    def __init__(self, binary, work, name, swarm):
+        self.dir = os.path.join(work, name)
+        os.makedirs(self.dir)
+        pki = os.path.join(work, "pki")
+        tls = os.path.join(pki, name)
+        sh(binary, "certs", "issue", name, "--role", "bridge", "--ca", pki, "--out", tls)
+        cfg = os.path.join(self.dir, "bridge.toml")
+        with open(cfg, "w") as f:
+            f.write(f"""version = 1
+[mesh]
+mdns = false
+interval = "500ms"
+[wasm]
+instances = 256
+[enroll]
+listen = "127.0.0.1:0"
+ca_dir = "{pki}"
+[swarm]
+enabled = true
+image = "{TAG}"
+service = "{SERVICE}"
+{swarm}
+""")
+        self.err = open(os.path.join(self.dir, "err"), "w")
+        self.p = subprocess.Popen(
+            [binary, "bridge", "--config", cfg, "--id", name, "--data-dir", self.dir,
+             "--http", "127.0.0.1:0", "--quic", "127.0.0.1:0", "--tls-dir", tls,
+             "--mesh", "/ip4/127.0.0.1/tcp/0"],
+            stdout=subprocess.PIPE, stderr=self.err, text=True, cwd=ROOT)
+        first = self.p.stdout.readline()
+        self.url = first.strip().removeprefix("gateway listening on ")
+        for line in self.p.stdout:
+            if " ready; data in " in line:
+                break
+        self.token = open(os.path.join(self.dir, "admin.token")).read().strip()
+        threading.Thread(target=lambda: [None for _ in self.p.stdout], daemon=True).start()
+        deadline = time.time() + 30
+        while sh("docker", "service", "ls", "-q", "--filter", f"name={SERVICE}") == "":
+            if time.time() > deadline:
+                sys.exit("bench: the bridge made no service in 30 s")
+            time.sleep(0.2)
+
+    def deploy(self, binary, name, wasm, *extra):
+        sh(binary, "--gateway", self.url, "--token", self.token, "deploy", name,
+           "--wasm", os.path.join(ROOT, "examples", wasm), *extra)
+
+    def call(self, f, body=b""):
+        req = urllib.request.Request(f"{self.url}/function/{f}", data=body, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                r.read()
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except Exception:
+            return 0
+
+    def stop(self):
+        self.p.terminate()
+        self.p.wait()
+        sh(BIN, "swarm", "down", "--service", SERVICE, check=False)
+        deadline = time.time() + 60
+        while sh("docker", "ps", "-q", "--filter",
+                 f"label=com.docker.swarm.service.name={SERVICE}") and time.time() < deadline:
+            time.sleep(0.3)
+
+
+def wait(what, ok, secs=60):
+    deadline = time.time() + secs
+    while not ok():
+        if time.time() > deadline:
+            sys.exit(f"bench: {what} did not happen in {secs} s")
+        time.sleep(0.1)
+
+
+def engine_limit():
+    """0 → 1 running task of the same image, as the engine does it alone."""
+    name = f"{SERVICE}-limit"
+    sh("docker", "service", "create", "-d", "--name", name, "--replicas", "0",
+       "--network", "host", "--label", "dev.fogline.bench=1", TAG,
+       "up", "--single", "--data-dir", "/data", "--http", "127.0.0.1:0", "--coap", "127.0.0.1:0")
+    times = []
+    try:
+        for _ in range(ROUNDS):
+            t0 = time.time()
+            sh("docker", "service", "scale", "-d", f"{name}=1")
+            wait("the limit's task to run", lambda: running(name) >= 1)
+            times.append(time.time() - t0)
+            sh("docker", "service", "scale", "-d", f"{name}=0")
+            wait("the limit's task to stop", lambda: sh(
+                "docker", "ps", "-q", "--filter",
+                f"label=com.docker.swarm.service.name={name}") == "")
+    finally:
+        sh("docker", "service", "rm", name, check=False)
+    return times
+
+
+def scale_from_zero(work):
+    b = Bridge(BIN, work, "cloud-zero", 'min_replicas = 0\nmax_replicas = 2\nidle = "1s"')
+    b.deploy(BIN, "hello", "hello/hello.wasm")
+    times = []
+    try:
+        for _ in range(ROUNDS):
+            wait("zero replicas and no worker left", lambda: replicas(SERVICE) == 0 and sh(
+                "docker", "ps", "-q", "--filter",
+                f"label=com.docker.swarm.service.name={SERVICE}") == "", 90)
+            t0 = time.time()
+            status = b.call("hello", b"zero")
+            if status != 200:
+                sys.exit(f"bench: the first call answered {status}")
+            times.append(time.time() - t0)
+    finally:
+        b.stop()
+    return times
+
+
+def burst(work, forecast):
+    """A ramp from 5/s to PEAK/s over RAMP s, PEAK/s for 4 s; the timeline."""
+    peak, ramp, hold = 120.0, 8.0, 4.0
+    name = "cloud-fc" if forecast else "cloud-re"
+    b = Bridge(BIN, work, name, f'min_replicas = 1\nmax_replicas = 4\ntarget_inflight = 2\nidle = "60s"\nforecast = {"true" if forecast else "false"}')
+    b.deploy(BIN, "primes", "primes/primes.wasm", "--max-concurrency", "64")
+    wait("the first worker", lambda: running(SERVICE) >= 1)
+    for _ in range(20):  # warm, and a service time to learn
+        b.call("primes", b"300000")
+    time.sleep(2)
+    timeline, failed = [], []
+    t0 = time.time()
+    end = ramp + hold
+
+    def rate(t):
+        return 5 + (peak - 5) * min(t / ramp, 1.0)
+
+    def one():
+        s = b.call("primes", b"300000")
+        if s != 200:
+            failed.append(s)
+
+    # Open loop: a thread per call slot, started at the ramp's schedule.
+    threads = []
+    next_at = 0.0
+    sample_at = 0.0
+    while True:
+        t = time.time() - t0
+        if t >= end:
+            break
+        if t >= sample_at:
+            timeline.append((round(t, 1), round(rate(t)), replicas(SERVICE), running(SERVICE)))
+            sample_at += 0.5
+        if t >= next_at:
+            th = threading.Thread(target=one, daemon=True)
+            th.start()
+            threads.append(th)
+            next_at += 1.0 / rate(t)
+        else:
+            time.sleep(min(0.002, next_at - t))
+    for th in threads:
+        th.join()
+    b.stop()
+    return timeline, len(threads), len(failed)
+
+
+def throughput(work, n):
+    b = Bridge(BIN, work, f"cloud-{n}", f"min_replicas = {n}\nmax_replicas = {n}")
+    b.deploy(BIN, "hello", "hello/hello.wasm", "--max-concurrency", "256")
+    wait(f"{n} workers", lambda: running(SERVICE) >= n)
+    for _ in range(50):
+        b.call("hello", b"warm")
+    time.sleep(2)
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        b.stop()
+        return None
+    lua = os.path.join(work, "post.lua")
+    with open(lua, "w") as f:
+        f.write('wrk.method = "POST"\nwrk.body = "hello"\n')
+    out = sh(wrk, "-t2", f"-c{CONNS}", "-d10s", "-s", lua, f"{b.url}/function/hello")
+    b.stop()
+    for line in out.splitlines():
+        if line.startswith("Requests/sec:"):
+            return float(line.split()[1])
+    return None
+
+
+if __name__ == "__main__":
+    if sh("docker", "info", "--format", "{{.Swarm.LocalNodeState}}") != "active":
+        sys.exit("bench: the engine is not a Swarm manager (docker swarm init)")
+    BIN = os.environ.get("FOGLINE_BIN") or os.path.join(ROOT, "target", "release", "fogline")
+    if not os.environ.get("FOGLINE_BIN"):
+        subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
+    work = tempfile.mkdtemp()
+    try:
+        sh(BIN, "image", "build", "--tag", TAG)
+        sh(BIN, "certs", "init", "--dir", os.path.join(work, "pki"))
+        limit = engine_limit()
+        ours = scale_from_zero(work)
+        ml, mo = statistics.median(limit), statistics.median(ours)
+        print(f"scale from zero ({ROUNDS} rounds):")
+        print(f"  engine alone, 0 → 1 running task: median {ml*1e3:.0f} ms  {[round(x*1e3) for x in limit]}")
+        print(f"  Fogline, first call answered:     median {mo*1e3:.0f} ms  {[round(x*1e3) for x in ours]}")
+        print(f"  ratio {mo/ml:.2f} (target ≤ 1.5)")
+        for forecast in (True, False):
+            timeline, calls, failed = burst(work, forecast)
+            print(f"burst, {'forecast' if forecast else 'reactive'} ({calls} calls, {failed} failed; t s: offered/s desired/running):")
+            print("  " + "  ".join(f"{t}:{r}/s {d}/{run}" for t, r, d, run in timeline))
+            first = {k: next((t for t, _, d, run in timeline if run >= k), None) for k in (2, 3)}
+            print(f"  2 running at {first[2]} s, 3 running at {first[3]} s (peak offered from 8.0 s)")
+        for n in (1, 2):
+            rps = throughput(work, n)
+            print(f"throughput with {n} replica{'s' if n > 1 else ''}: "
+                  + (f"{rps:.0f} calls/s" if rps else "skipped (no wrk: apt-get install wrk)"))
+    finally:
+        sh(BIN, "swarm", "down", "--service", SERVICE, check=False)
+        sh("docker", "rmi", "-f", TAG, check=False)
+        shutil.rmtree(work, ignore_errors=True)
