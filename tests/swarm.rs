@@ -191,9 +191,10 @@ async fn workers_run_on_swarm_sized_by_demand() {
     let tag = format!("fogline-test:{}", std::process::id());
     let tag_b = format!("{tag}-b");
     let service = format!("fl{}", std::process::id());
+    let thumbnail = format!("fogline-thumbnail-swarm:{}", std::process::id());
     let leave = Leave {
         service: service.clone(),
-        images: vec![tag.clone(), tag_b.clone()],
+        images: vec![tag.clone(), tag_b.clone(), thumbnail.clone()],
     };
 
     // The image: made here from this binary, with nothing pulled.
@@ -213,7 +214,7 @@ async fn workers_run_on_swarm_sized_by_demand() {
 
     let enroll = format!("127.0.0.1:{}", free_port());
     let settings = format!(
-        "image = \"{tag}\"\nmin_replicas = 0\nmax_replicas = 3\ntarget_inflight = 2\nidle = \"4s\"\n"
+        "image = \"{tag}\"\nmin_replicas = 0\nmax_replicas = 3\ntarget_inflight = 2\nidle = \"4s\"\ndocker_socket = \"/var/run/docker.sock\"\n"
     );
     let mut b = bridge(d, &pki, &service, &enroll, &settings);
     wait_until("the bridge to create its service", 30, || {
@@ -249,6 +250,42 @@ async fn workers_run_on_swarm_sized_by_demand() {
         m.contains("fogline_swarm_scale_events_total{reason=\"first-call\"} 1"),
         "{m}"
     );
+
+    // A container function runs inside a worker, on its host's engine (socket mounted).
+    let st = Command::new(repo("examples/thumbnail/build.sh"))
+        .env("IMAGE", &thumbnail)
+        .status()
+        .unwrap();
+    assert!(st.success(), "building the thumbnail example image failed");
+    let r = client()
+        .put(format!("{}/v1/functions/thumb", b.url))
+        .bearer_auth(&b.token)
+        .header(
+            "x-fogline-manifest",
+            json!({"runtime": "container", "image": thumbnail}).to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let mut ppm = b"P6\n64 64\n255\n".to_vec();
+    ppm.extend(std::iter::repeat_n(200u8, 64 * 64 * 3));
+    let r = client()
+        .post(format!("{}/function/thumb", b.url))
+        .body(ppm)
+        .send()
+        .await
+        .unwrap();
+    let on = r
+        .headers()
+        .get("x-fogline-placed-on")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let status = r.status().as_u16();
+    let out = r.bytes().await.unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&out));
+    assert!(out.starts_with(b"P6"), "a thumbnail came back");
+    assert!(on.starts_with(&format!("{service}-")), "{on}");
 
     // A burst of concurrent slow calls raises the replicas (as Swarm reports them).
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -400,9 +400,10 @@ impl Router {
             }
             *lock(&self.outstanding).entry(place.id.clone()).or_insert(0) += 1;
             // An idempotent call may be abandoned at a place that is far slower than
-            // predicted (stalled, overloaded or gone) and run elsewhere; any other call
-            // waits for its own timeout there.
-            let outcome = if f.idempotent && place.addr.is_some() {
+            // predicted (stalled, overloaded or gone) and run elsewhere; any other call,
+            // and one with nowhere else to go, waits for its own timeout there.
+            let elsewhere = plan.next_best(&tried).is_some();
+            let outcome = if f.idempotent && place.addr.is_some() && elsewhere {
                 let limit = Duration::from_secs_f64(
                     (3.0 * scored.predicted_ms).max(scored.predicted_ms + 1000.0) / 1e3,
                 )

@@ -225,6 +225,14 @@ async fn run(
         }
         // Someone else (an admin, `docker service scale`) may have changed the replicas.
         if n_tick.is_multiple_of(8) {
+            match service::sweep_functions(&w.docker, &w.cfg.service).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    service = %w.cfg.service,
+                    "swarm: removed {n} function container(s) left by workers Swarm no longer runs"
+                ),
+                Err(e) => tracing::warn!("swarm: {e:#}"),
+            }
             match service::find(&w.docker, &w.cfg.service).await {
                 Ok(Some(s)) => w.desired.store(service::replicas(&s), Ordering::Relaxed),
                 Ok(None) => {

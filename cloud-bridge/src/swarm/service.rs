@@ -410,6 +410,64 @@ pub async fn upgrade(
     }
 }
 
+/// Removes function containers (on this engine) left by the service's workers that Swarm
+/// no longer runs: a killed worker cannot remove its own. Returns how many.
+pub async fn sweep_functions(docker: &Docker, name: &str) -> anyhow::Result<usize> {
+    let live: Vec<String> = tasks(docker, name)
+        .await?
+        .into_iter()
+        .filter_map(|t| t.id)
+        .collect();
+    sweep_functions_but(docker, name, &live).await
+}
+
+async fn sweep_functions_but(
+    docker: &Docker,
+    name: &str,
+    live: &[String],
+) -> anyhow::Result<usize> {
+    let filters: HashMap<&str, Vec<&str>> =
+        [("label", vec![fogline_node::executor::container::LABEL_NODE])].into();
+    let list = docker
+        .list_containers(Some(
+            bollard::query_parameters::ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .context("cannot list containers")?;
+    let prefix = format!("{name}-");
+    let mut n = 0;
+    for c in list {
+        let worker = c
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(fogline_node::executor::container::LABEL_NODE))
+            .cloned()
+            .unwrap_or_default();
+        // SERVICE-SLOT-TASKID: the task's id is the last part.
+        let Some(task) = worker
+            .strip_prefix(&prefix)
+            .and_then(|r| r.rsplit('-').next())
+        else {
+            continue;
+        };
+        if live.iter().any(|t| t == task) {
+            continue;
+        }
+        if let Some(id) = c.id {
+            let opts = bollard::query_parameters::RemoveContainerOptionsBuilder::default()
+                .force(true)
+                .build();
+            if docker.remove_container(&id, Some(opts)).await.is_ok() {
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
 /// Removes the service and its secrets (a bridge's workers stop with a goodbye each).
 pub async fn remove(docker: &Docker, name: &str) -> anyhow::Result<bool> {
     let Some(s) = find(docker, name).await? else {
@@ -422,6 +480,27 @@ pub async fn remove(docker: &Docker, name: &str) -> anyhow::Result<bool> {
         .delete_service(name)
         .await
         .with_context(|| format!("cannot remove the service {name}"))?;
+    // The workers stop (each removing its own function containers); then what is left
+    // by any that could not.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let label = format!("com.docker.swarm.service.name={name}");
+    let filters: HashMap<&str, Vec<&str>> = [("label", vec![label.as_str()])].into();
+    while std::time::Instant::now() < deadline {
+        let left = docker
+            .list_containers(Some(
+                bollard::query_parameters::ListContainersOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map(|l| l.len())
+            .unwrap_or(0);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    let _ = sweep_functions_but(docker, name, &[]).await;
     // Secrets in use by a task still stopping cannot go yet: retry for a while.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
