@@ -54,6 +54,8 @@ pub struct Observed {
     pub waiting: u32,
     /// Forecast arrivals per second, at the time new replicas would be ready.
     pub forecast_per_s: f64,
+    /// Arrivals per second now (the same forecast, no time ahead).
+    pub rate_per_s: f64,
     /// Mean service time at the workers, ms (none before any call ran).
     pub service_ms: Option<f64>,
 }
@@ -91,9 +93,16 @@ impl Scaler {
     /// Replicas demand wants now (unclamped), and whether the forecast decided it.
     pub fn wanted(&self, o: &Observed) -> (u32, bool) {
         let here = o.in_flight.max(0.0) + f64::from(o.waiting);
-        // Before any call has run, a call is taken to last about 100 ms.
+        // How long a call stays in flight (Little's law): what calls take now, queueing
+        // included (in flight over arrivals), and never less than the workers' service
+        // time (before any call has run, about 100 ms).
         let service_s = o.service_ms.unwrap_or(100.0).max(0.0) / 1e3;
-        let coming = o.forecast_per_s.max(0.0) * service_s;
+        let stay_s = if o.rate_per_s > 0.5 {
+            service_s.max(o.in_flight.max(0.0) / o.rate_per_s)
+        } else {
+            service_s
+        };
+        let coming = o.forecast_per_s.max(0.0) * stay_s;
         let per = f64::from(self.target_inflight);
         let need = |d: f64| {
             if d <= 1e-9 {
@@ -164,6 +173,7 @@ mod tests {
             in_flight,
             waiting,
             forecast_per_s: rate,
+            rate_per_s: 0.0,
             service_ms: service,
         }
     }
@@ -199,6 +209,27 @@ mod tests {
         let c = s.decide(0, 1, &obs(2.0, 0, 200.0, Some(100.0))).unwrap();
         assert_eq!(c.replicas, 5);
         assert_eq!(c.reason, Reason::Forecast);
+    }
+
+    #[test]
+    fn a_rising_rate_carries_todays_queueing_forward() {
+        let mut s = Scaler::new(0, 8, 2, 10_000);
+        // 40/s now with 4 in flight: calls stay 100 ms (queueing), though they run for 10.
+        // At the 80/s forecast that is 8 in flight: 4 replicas of 2, before the 8 arrive.
+        let o = Observed {
+            in_flight: 4.0,
+            waiting: 0,
+            forecast_per_s: 80.0,
+            rate_per_s: 40.0,
+            service_ms: Some(10.0),
+        };
+        assert_eq!(
+            s.decide(0, 2, &o),
+            Some(Change {
+                replicas: 4,
+                reason: Reason::Forecast
+            })
+        );
     }
 
     #[test]

@@ -262,6 +262,7 @@ async fn run(
             } else {
                 0.0
             },
+            rate_per_s: router.forecast_per_s(0),
             service_ms,
         };
         w.waiting.store(observed.waiting, Ordering::Relaxed);
