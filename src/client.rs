@@ -103,6 +103,10 @@ pub struct DeployArgs {
     /// Latency the callers need; the router avoids places predicted to miss it.
     #[arg(long, value_parser = parse_duration)]
     deadline: Option<Duration>,
+    /// Run only in one tier, as faas-cli says it: `--constraint tier==cloud` (also
+    /// `tier=cloud`); with no live member of that tier its calls fail at once.
+    #[arg(long = "constraint", value_name = "tier==TIER")]
+    constraints: Vec<String>,
     /// Milliseconds a cloud placement must save to be chosen (cost weight).
     #[arg(long, value_name = "MS")]
     cloud_cost_ms: Option<u32>,
@@ -333,10 +337,25 @@ pub async fn deploy(common: &Common, a: DeployArgs) -> anyhow::Result<()> {
     if a.idempotent {
         spec.insert("idempotent".into(), true.into());
     }
+    let mut tier = None;
+    for c in &a.constraints {
+        match fogline_core::openfaas::tier_constraint(c)
+            .map_err(|e| anyhow!("--constraint {c}: {}", e.problem))?
+        {
+            Some(t) if tier.is_some_and(|x| x != t) => {
+                bail!("--constraint: two tiers given; a function runs in one")
+            }
+            Some(t) => tier = Some(t),
+            None => {
+                bail!("--constraint {c}: Fogline places by tier only (tier==device, edge or cloud)")
+            }
+        }
+    }
     let placement = fogline_core::manifest::Placement {
         deadline: a.deadline,
         cloud_cost_ms: a.cloud_cost_ms.unwrap_or(0),
         device_energy_ms: a.device_energy_ms.unwrap_or(0),
+        tier,
     };
     if !placement.is_default() {
         spec.insert("placement".into(), serde_json::to_value(placement)?);

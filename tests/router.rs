@@ -269,3 +269,49 @@ async fn the_router_places_learns_moves_off_load_and_survives_a_kill() {
     assert_eq!(s, 503, "{msg}");
     assert!(msg.contains("no live place can run \"hello\""), "{msg}");
 }
+
+/// A function pinned to the cloud (`--constraint tier==cloud`, as faas-cli says it) runs
+/// only there; with the cloud gone it fails at once with 503 naming the unreachable tier,
+/// while unpinned functions go on at the edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_pinned_to_the_cloud_fails_fast_naming_it_when_the_cloud_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = pki(d);
+    let (mut cloud, _edges, router) = continuum(d, &pki, "");
+    run_ok(router.cli().args(["deploy", "hello", "--wasm"]).arg(example("hello/hello.wasm")));
+    run_ok(
+        router
+            .cli()
+            .args(["deploy", "pinned", "--constraint", "tier==cloud", "--wasm"])
+            .arg(example("hello/hello.wasm")),
+    );
+    let err = run_err(
+        router
+            .cli()
+            .args(["deploy", "bad", "--constraint", "tier==moon", "--wasm"])
+            .arg(example("hello/hello.wasm")),
+    );
+    assert!(err.contains("tier \"moon\""), "{err}");
+    let c = client();
+    for _ in 0..20 {
+        let (s, on, body) = call(&c, &router.url, "pinned", "x").await;
+        assert_eq!((s, on.as_str(), body.as_str()), (200, "cloud", "hello, x"));
+    }
+
+    cloud.kill();
+    wait_until("the cloud is marked dead", 15, || {
+        !alive(&router).contains(&"cloud".to_string())
+    });
+    let t0 = std::time::Instant::now();
+    let (s, _, body) = call(&c, &router.url, "pinned", "x").await;
+    eprintln!("pinned call with the cloud gone: {s} in {} ms", t0.elapsed().as_millis());
+    assert_eq!(s, 503, "{body}");
+    assert!(
+        body.contains("cloud tier is unreachable") && body.contains("tier==cloud"),
+        "{body}"
+    );
+    let (s, on, _) = call(&c, &router.url, "hello", "edge").await;
+    assert_eq!(s, 200);
+    assert!(on.starts_with("edge-") || on == "router", "{on}");
+}

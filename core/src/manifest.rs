@@ -159,6 +159,10 @@ pub struct Placement {
     /// Milliseconds running on the device itself must save (battery).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub device_energy_ms: u32,
+    /// Run only in this tier (OpenFaaS `constraints: ["tier==cloud"]`); with no live
+    /// member of it the call fails at once, naming the tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<crate::config::Tier>,
 }
 
 fn is_zero(v: &u32) -> bool {

@@ -40,8 +40,9 @@ pub struct FunctionDeployment {
     pub limits: Option<FunctionResources>,
     #[serde(default, deserialize_with = "non_null")]
     pub secrets: Option<Vec<String>>,
-    /// Placement constraints of Swarm-style providers: accepted and ignored, but they must
-    /// be a list when given.
+    /// Placement constraints of Swarm-style providers: `tier==cloud` (or `tier=cloud`,
+    /// `fogline.tier==cloud`) pins the function to a tier; others are accepted and
+    /// ignored, but they must be a list when given.
     #[serde(default, deserialize_with = "non_null", skip_serializing)]
     pub constraints: Option<Vec<String>>,
 }
@@ -172,6 +173,17 @@ impl FunctionDeployment {
                 .parse::<ByteSize>()
                 .map_err(|e| ManifestError::new("limits.memory", e.to_string()))?;
         }
+        for c in self.constraints.iter().flatten() {
+            if let Some(tier) = tier_constraint(c)? {
+                if m.placement.tier.is_some_and(|t| t != tier) {
+                    return Err(ManifestError::new(
+                        "constraints",
+                        "two tier constraints disagree; a function runs in one tier",
+                    ));
+                }
+                m.placement.tier = Some(tier);
+            }
+        }
         let ann = self.annotations.clone().unwrap_or_default();
         if let Some(t) = ann.get(ANN_TIMEOUT) {
             m.timeout = parse_duration(t)
@@ -198,6 +210,28 @@ impl FunctionDeployment {
             };
         }
         Ok(m)
+    }
+}
+
+/// The tier a constraint pins (`tier==cloud`, `tier=cloud`, `fogline.tier==cloud`), none
+/// for other constraints, an error for a tier that does not exist.
+pub fn tier_constraint(c: &str) -> Result<Option<crate::config::Tier>, ManifestError> {
+    use crate::config::Tier;
+    let c: String = c.chars().filter(|ch| !ch.is_whitespace()).collect();
+    let Some(value) = ["tier==", "tier=", "fogline.tier=="]
+        .iter()
+        .find_map(|p| c.strip_prefix(p))
+    else {
+        return Ok(None);
+    };
+    match value {
+        "device" => Ok(Some(Tier::Device)),
+        "edge" => Ok(Some(Tier::Edge)),
+        "cloud" => Ok(Some(Tier::Cloud)),
+        other => Err(ManifestError::new(
+            "constraints",
+            format!("tier {other:?}: a tier is device, edge or cloud"),
+        )),
     }
 }
 
@@ -251,6 +285,34 @@ impl FunctionStatus {
 mod tests {
     use super::*;
     use crate::manifest::ManifestLimits;
+
+    #[test]
+    fn a_tier_constraint_pins_the_function() {
+        use crate::config::Tier;
+        let dep = |c: &str| {
+            serde_json::from_str::<FunctionDeployment>(&format!(
+                r#"{{"service":"f","image":"sha256:{}","constraints":{c}}}"#,
+                "ab".repeat(32)
+            ))
+            .unwrap()
+            .to_manifest()
+        };
+        assert_eq!(
+            dep(r#"["tier==cloud"]"#).unwrap().placement.tier,
+            Some(Tier::Cloud)
+        );
+        assert_eq!(
+            dep(r#"["tier = edge"]"#).unwrap().placement.tier,
+            Some(Tier::Edge)
+        );
+        assert_eq!(
+            dep(r#"["node.role==manager"]"#).unwrap().placement.tier,
+            None
+        );
+        let e = dep(r#"["tier==moon"]"#).unwrap_err().to_string();
+        assert!(e.contains("constraints") && e.contains("moon"), "{e}");
+        assert!(dep(r#"["tier==edge","tier==cloud"]"#).is_err());
+    }
 
     #[test]
     fn null_where_the_spec_allows_none_is_refused() {

@@ -190,6 +190,7 @@ impl Router {
                     let r = &m.report;
                     if m.state != State::Alive
                         || r.node == node.id
+                        || f.placement.tier.is_some_and(|t| t != r.tier)
                         || self
                             .scope
                             .as_ref()
@@ -221,7 +222,10 @@ impl Router {
                 }
             });
         }
-        if node.can_run(f.runtime) && self.scope.is_none() {
+        if node.can_run(f.runtime)
+            && self.scope.is_none()
+            && f.placement.tier.is_none_or(|t| t == node.config.node.tier)
+        {
             let g = node.gauges();
             let service = node.metrics.function(&f.name).service_ms().map(f64::from);
             out.push(Place {
@@ -281,6 +285,9 @@ impl Router {
                         }
                     ),
                 ));
+            }
+            if let Some(tier) = f.placement.tier {
+                return Err(Refused::new(503, pinned_message(node, function, tier)));
             }
             return Err(Refused::new(503, no_place_message(node, function)));
         }
@@ -725,6 +732,30 @@ fn no_place_message(node: &Node, function: &str) -> String {
         "no live place can run {function:?}: {mesh}; device mode is {}",
         if node.runs_functions() { "on" } else { "off" }
     )
+}
+
+/// Why a function pinned to `tier` has no place: that tier is unreachable from here.
+fn pinned_message(node: &Node, function: &str, tier: Tier) -> String {
+    let (alive, known) = node.links.mesh.get().map_or((0, 0), |m| {
+        m.with_view(|v| {
+            let of_tier = || {
+                v.members()
+                    .filter(|m| m.report.tier == tier && m.report.node != node.id)
+            };
+            (
+                of_tier().filter(|m| m.state == State::Alive).count(),
+                of_tier().count(),
+            )
+        })
+    });
+    let t = tier.as_str();
+    if known == 0 {
+        format!("{function:?} runs only in the {t} tier (constraint tier=={t}), and this router knows no {t} member")
+    } else if alive == 0 {
+        format!("{function:?} runs only in the {t} tier (constraint tier=={t}), and the {t} tier is unreachable: none of its {known} member(s) is alive")
+    } else {
+        format!("{function:?} runs only in the {t} tier (constraint tier=={t}); its {alive} live member(s) cannot run it now")
+    }
 }
 
 impl Dispatch for Router {
