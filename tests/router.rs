@@ -279,7 +279,12 @@ async fn a_function_pinned_to_the_cloud_fails_fast_naming_it_when_the_cloud_is_g
     let d = dir.path();
     let pki = pki(d);
     let (mut cloud, _edges, router) = continuum(d, &pki, "");
-    run_ok(router.cli().args(["deploy", "hello", "--wasm"]).arg(example("hello/hello.wasm")));
+    run_ok(
+        router
+            .cli()
+            .args(["deploy", "hello", "--wasm"])
+            .arg(example("hello/hello.wasm")),
+    );
     run_ok(
         router
             .cli()
@@ -305,7 +310,10 @@ async fn a_function_pinned_to_the_cloud_fails_fast_naming_it_when_the_cloud_is_g
     });
     let t0 = std::time::Instant::now();
     let (s, _, body) = call(&c, &router.url, "pinned", "x").await;
-    eprintln!("pinned call with the cloud gone: {s} in {} ms", t0.elapsed().as_millis());
+    eprintln!(
+        "pinned call with the cloud gone: {s} in {} ms",
+        t0.elapsed().as_millis()
+    );
     assert_eq!(s, 503, "{body}");
     assert!(
         body.contains("cloud tier is unreachable") && body.contains("tier==cloud"),
