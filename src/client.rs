@@ -337,20 +337,8 @@ pub async fn deploy(common: &Common, a: DeployArgs) -> anyhow::Result<()> {
     if a.idempotent {
         spec.insert("idempotent".into(), true.into());
     }
-    let mut tier = None;
-    for c in &a.constraints {
-        match fogline_core::openfaas::tier_constraint(c)
-            .map_err(|e| anyhow!("--constraint {c}: {}", e.problem))?
-        {
-            Some(t) if tier.is_some_and(|x| x != t) => {
-                bail!("--constraint: two tiers given; a function runs in one")
-            }
-            Some(t) => tier = Some(t),
-            None => {
-                bail!("--constraint {c}: Fogline places by tier only (tier==device, edge or cloud)")
-            }
-        }
-    }
+    let tier = fogline_core::openfaas::pinned_tier(&a.constraints, true)
+        .map_err(|e| anyhow!("--constraint: {}", e.problem))?;
     let placement = fogline_core::manifest::Placement {
         deadline: a.deadline,
         cloud_cost_ms: a.cloud_cost_ms.unwrap_or(0),

@@ -91,14 +91,6 @@ fn bridge(d: &Path, pki: &Path, service: &str, enroll: &str, swarm: &str) -> Nod
     member_with(d, pki, "bridge", "cloud", None, None, &extra)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn invoke(c: &reqwest::Client, url: &str, f: &str, body: &str) -> (u16, String) {
     match c
         .post(format!("{url}/function/{f}"))

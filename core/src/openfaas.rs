@@ -173,17 +173,7 @@ impl FunctionDeployment {
                 .parse::<ByteSize>()
                 .map_err(|e| ManifestError::new("limits.memory", e.to_string()))?;
         }
-        for c in self.constraints.iter().flatten() {
-            if let Some(tier) = tier_constraint(c)? {
-                if m.placement.tier.is_some_and(|t| t != tier) {
-                    return Err(ManifestError::new(
-                        "constraints",
-                        "two tier constraints disagree; a function runs in one tier",
-                    ));
-                }
-                m.placement.tier = Some(tier);
-            }
-        }
+        m.placement.tier = pinned_tier(self.constraints.iter().flatten(), false)?;
         let ann = self.annotations.clone().unwrap_or_default();
         if let Some(t) = ann.get(ANN_TIMEOUT) {
             m.timeout = parse_duration(t)
@@ -213,9 +203,37 @@ impl FunctionDeployment {
     }
 }
 
+/// The tier `constraints` pin a function to, if any; constraints about anything else are
+/// ignored, or refused with `only_tiers` (Fogline's own CLI, where they would mean nothing).
+pub fn pinned_tier<'a>(
+    constraints: impl IntoIterator<Item = &'a String>,
+    only_tiers: bool,
+) -> Result<Option<crate::config::Tier>, ManifestError> {
+    let mut pinned = None;
+    for c in constraints {
+        match tier_constraint(c)? {
+            Some(t) if pinned.is_some_and(|p| p != t) => {
+                return Err(ManifestError::new(
+                    "constraints",
+                    "two tier constraints disagree; a function runs in one tier",
+                ))
+            }
+            Some(t) => pinned = Some(t),
+            None if only_tiers => {
+                return Err(ManifestError::new(
+                    "constraints",
+                    format!("{c:?}: Fogline places by tier only (tier==device, edge or cloud)"),
+                ))
+            }
+            None => {}
+        }
+    }
+    Ok(pinned)
+}
+
 /// The tier a constraint pins (`tier==cloud`, `tier=cloud`, `fogline.tier==cloud`), none
 /// for other constraints, an error for a tier that does not exist.
-pub fn tier_constraint(c: &str) -> Result<Option<crate::config::Tier>, ManifestError> {
+fn tier_constraint(c: &str) -> Result<Option<crate::config::Tier>, ManifestError> {
     use crate::config::Tier;
     let c: String = c.chars().filter(|ch| !ch.is_whitespace()).collect();
     let Some(value) = ["tier==", "tier=", "fogline.tier=="]

@@ -485,3 +485,12 @@ pub async fn get(c: &reqwest::Client, url: String) -> (u16, String) {
     let r = c.get(url).send().await.expect("GET");
     (r.status().as_u16(), r.text().await.expect("body"))
 }
+
+/// A TCP port free on loopback now (for a program that must be told its port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("address")
+        .port()
+}

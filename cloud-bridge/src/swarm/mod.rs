@@ -346,12 +346,6 @@ async fn ensure(w: &Workers, node: &Node, enroll: &str) -> anyhow::Result<u32> {
             ) {
                 c.image = Some(image);
             }
-            current.mode = Some(bollard::models::ServiceSpecMode {
-                replicated: Some(bollard::models::ServiceSpecModeReplicated {
-                    replicas: Some(i64::from(replicas)),
-                }),
-                ..Default::default()
-            });
         })
         .await?;
         tracing::info!("swarm: adopted the service {name} ({replicas} replicas) with a new join token naming {enroll}");
