@@ -11,7 +11,7 @@ build() { # src -> wasm
     mkdir -p "$(dirname "$dst")"
     clang --target=wasm32-wasi -O2 -Wl,--strip-all "$src" -o "$dst"
 }
-for src in hello/hello.c primes/primes.c misbehave/loop.c misbehave/membomb.c misbehave/openfile.c misbehave/fail.c misbehave/flood.c misbehave/sleep.c misbehave/remember.c secrets/readsecret.c; do
+for src in hello/hello.c primes/primes.c misbehave/loop.c misbehave/membomb.c misbehave/openfile.c misbehave/fail.c misbehave/flood.c misbehave/sleep.c misbehave/remember.c secrets/readsecret.c wait/wait.c; do
     dst="${src%.c}.wasm"
     if [ -n "$out" ]; then dst="$out/$dst"; else dst="$here/$dst"; fi
     build "$here/$src" "$dst"

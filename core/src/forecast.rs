@@ -38,6 +38,17 @@ impl Arrivals {
         }
     }
 
+    /// Arrivals in the complete buckets the forecast fits at `now_ms`.
+    pub fn in_window(&self, now_ms: u64) -> u32 {
+        let cur = now_ms / self.bucket_ms;
+        let first = cur.saturating_sub(self.keep as u64);
+        self.buckets
+            .iter()
+            .filter(|(b, _)| *b >= first && *b < cur)
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
     /// Predicted arrivals per second in the bucket after the current one. Only complete
     /// buckets are fitted (the current one is still filling).
     pub fn forecast_per_s(&self, now_ms: u64) -> f64 {
@@ -96,6 +107,9 @@ mod tests {
         }
         let f = a.forecast_per_s(5_000);
         assert!((f - 70.0).abs() < 1e-6, "{f}");
+        // Every arrival is in the window; the current (still filling) bucket is not.
+        assert_eq!(a.in_window(5_000), 150);
+        assert_eq!(a.in_window(4_999), 100);
         // Three seconds further along the same line.
         let f = a.forecast_ahead(5_000, 3_000);
         assert!((f - 100.0).abs() < 1e-6, "{f}");

@@ -214,41 +214,24 @@ async fn run(
     let mut service_ms: Option<f64> = None;
     let mut n_tick = 0u64;
     loop {
-        tick.tick().await;
-        n_tick += 1;
+        // A call starting to wait for a worker is acted on at once, not at the next tick
+        // (that wait is most of scaling from zero); the engine is asked about its tasks on
+        // ticks only.
+        let woken = {
+            let Some(r) = router.upgrade() else {
+                return Ok(());
+            };
+            tokio::select! {
+                _ = tick.tick() => false,
+                _ = r.place_wanted() => true,
+            }
+        };
         let (Some(node), Some(router)) = (node.upgrade(), router.upgrade()) else {
             return Ok(());
         };
-        match service::running(&w.docker, &w.cfg.service).await {
-            Ok(r) => w.running.store(r, Ordering::Relaxed),
-            Err(e) => tracing::warn!("swarm: {e:#}"),
-        }
-        // Someone else (an admin, `docker service scale`) may have changed the replicas.
-        if n_tick.is_multiple_of(8) {
-            match service::sweep_functions(&w.docker, &w.cfg.service).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(
-                    service = %w.cfg.service,
-                    "swarm: removed {n} function container(s) left by workers Swarm no longer runs"
-                ),
-                Err(e) => tracing::warn!("swarm: {e:#}"),
-            }
-            match service::find(&w.docker, &w.cfg.service).await {
-                Ok(Some(s)) => w.desired.store(service::replicas(&s), Ordering::Relaxed),
-                Ok(None) => {
-                    tracing::error!(service = %w.cfg.service, "swarm: the service is gone (removed outside the bridge); restart the bridge to create it again")
-                }
-                Err(e) => tracing::warn!("swarm: {e:#}"),
-            }
-        }
-        let running = w.running.load(Ordering::Relaxed);
-        if let Some((want, at)) = pending_up {
-            if running >= want {
-                let took = at.elapsed().as_millis() as u64;
-                let old = w.lead_ms.load(Ordering::Relaxed);
-                w.lead_ms.store((old + took) / 2, Ordering::Relaxed);
-                pending_up = None;
-            }
+        if !woken {
+            n_tick += 1;
+            housekeeping(w, n_tick, &mut pending_up).await;
         }
         if let Some(s) = worker_service_ms(&node, &w.cfg.service) {
             service_ms = Some(s);
@@ -294,6 +277,42 @@ async fn run(
             service_ms.unwrap_or(0.0),
             w.cfg.target_inflight
         );
+    }
+}
+
+/// What a tick asks the engine: tasks running (and how long the last scale-up took),
+/// now and then the replicas someone else set and function containers left behind.
+async fn housekeeping(w: &Workers, n_tick: u64, pending_up: &mut Option<(u32, Instant)>) {
+    match service::running(&w.docker, &w.cfg.service).await {
+        Ok(r) => w.running.store(r, Ordering::Relaxed),
+        Err(e) => tracing::warn!("swarm: {e:#}"),
+    }
+    // Someone else (an admin, `docker service scale`) may have changed the replicas.
+    if n_tick.is_multiple_of(8) {
+        match service::sweep_functions(&w.docker, &w.cfg.service).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                service = %w.cfg.service,
+                "swarm: removed {n} function container(s) left by workers Swarm no longer runs"
+            ),
+            Err(e) => tracing::warn!("swarm: {e:#}"),
+        }
+        match service::find(&w.docker, &w.cfg.service).await {
+            Ok(Some(s)) => w.desired.store(service::replicas(&s), Ordering::Relaxed),
+            Ok(None) => {
+                tracing::error!(service = %w.cfg.service, "swarm: the service is gone (removed outside the bridge); restart the bridge to create it again")
+            }
+            Err(e) => tracing::warn!("swarm: {e:#}"),
+        }
+    }
+    let running = w.running.load(Ordering::Relaxed);
+    if let Some((want, at)) = *pending_up {
+        if running >= want {
+            let took = at.elapsed().as_millis() as u64;
+            let old = w.lead_ms.load(Ordering::Relaxed);
+            w.lead_ms.store((old + took) / 2, Ordering::Relaxed);
+            *pending_up = None;
+        }
     }
 }
 
