@@ -773,6 +773,20 @@ pub async fn status(common: &Common) -> anyhow::Result<()> {
         if s.pooling { "pooled" } else { "on-demand" }
     );
     println!("async queue {}", s.async_queued);
+    if !s.outbox.is_empty() {
+        let calls: u64 = s.outbox.iter().map(|e| e.calls).sum();
+        let oldest = s.outbox.iter().map(|e| e.oldest_s).max().unwrap_or(0);
+        println!(
+            "outbox      {calls} call(s) waiting for a place, the oldest for {}",
+            humantime::format_duration(Duration::from_secs(oldest))
+        );
+        for e in &s.outbox {
+            println!(
+                "  {:<20} {:>6}  {}s  {}",
+                e.function, e.calls, e.oldest_s, e.reason
+            );
+        }
+    }
     println!("data        {}", s.data_dir);
     if let Some(e) = &s.certificate_expires {
         println!("certificate expires {e}");

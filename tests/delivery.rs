@@ -34,33 +34,16 @@ type Codes = std::sync::Arc<std::sync::Mutex<Vec<u16>>>;
 /// A callback receiver: answers each delivery with the next of `codes` (the last one
 /// thereafter; the test may change them) and sends the `X-Call-Id` and status of each.
 async fn receiver(codes: Codes) -> (String, tokio::sync::mpsc::UnboundedReceiver<(String, u16)>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
             let (mut s, _) = listener.accept().await.unwrap();
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            // Headers, then the body its Content-Length names.
-            let (head, len) = loop {
-                let k = s.read(&mut chunk).await.unwrap();
-                assert!(k > 0, "the delivery ended early");
-                buf.extend_from_slice(&chunk[..k]);
-                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .map_or(0, |v| v.trim().parse().unwrap());
-                    break (head, end + 4 + len);
-                }
-            };
-            while buf.len() < len {
-                let k = s.read(&mut chunk).await.unwrap();
-                buf.extend_from_slice(&chunk[..k]);
-            }
+            let (head, _) = read_request(&mut s)
+                .await
+                .expect("the delivery ended early");
             let code = {
                 let mut c = codes.lock().unwrap();
                 if c.len() > 1 {
@@ -69,12 +52,7 @@ async fn receiver(codes: Codes) -> (String, tokio::sync::mpsc::UnboundedReceiver
                     c[0]
                 }
             };
-            let id = head
-                .lines()
-                .find_map(|l| l.strip_prefix("x-call-id:"))
-                .unwrap_or("")
-                .trim()
-                .to_string();
+            let id = header_of(&head, "x-call-id").to_string();
             s.write_all(
                 format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
                     .as_bytes(),
@@ -100,22 +78,6 @@ async fn submit(
     rb.send().await.unwrap()
 }
 
-/// Waits until call `id` has a result: its status and body.
-async fn result(c: &reqwest::Client, node: &NodeProc, id: &str) -> (u16, String) {
-    let t = Instant::now();
-    loop {
-        let (s, body) = get(c, format!("{}/v1/calls/{id}", node.url)).await;
-        if s != 202 {
-            return (s, body);
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "call {id} still queued after 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_call_is_retried_then_dead_lettered_with_each_reason_and_replays() {
     let dir = tempfile::tempdir().unwrap();
@@ -132,7 +94,7 @@ async fn a_failing_call_is_retried_then_dead_lettered_with_each_reason_and_repla
     let r = submit(&c, &node, "flaky", &[]).await;
     assert_eq!(r.status(), 202);
     let id = r.headers()["x-call-id"].to_str().unwrap().to_string();
-    let (s, body) = result(&c, &node, &id).await;
+    let (s, body) = async_result(&c, &node, &id).await;
     assert_eq!(s, 500, "{body}");
     assert!(body.contains("gave up after 3 attempts"), "{body}");
 
@@ -189,7 +151,7 @@ async fn a_failing_call_is_retried_then_dead_lettered_with_each_reason_and_repla
     );
     let out = run_ok(node.cli().args(["dlq", "replay", &id]));
     assert!(out.contains("queued again"), "{out}");
-    let (s, body) = result(&c, &node, &id).await;
+    let (s, body) = async_result(&c, &node, &id).await;
     assert_eq!(s, 200, "{body}");
     let (s, list) = get(&c, format!("{}/v1/dlq", node.url)).await;
     assert_eq!((s, list.as_str()), (200, "[]"));
@@ -206,7 +168,7 @@ async fn a_failing_call_is_retried_then_dead_lettered_with_each_reason_and_repla
     let r = submit(&c, &node, "broken", &[("x-fogline-deadline", "10ms")]).await;
     assert_eq!(r.status(), 202);
     let id = r.headers()["x-call-id"].to_str().unwrap().to_string();
-    let (s, body) = result(&c, &node, &id).await;
+    let (s, body) = async_result(&c, &node, &id).await;
     assert!(body.contains("deadline"), "{s} {body}");
     let (_, d) = get(&c, format!("{}/v1/dlq/{id}", node.url)).await;
     let d: Value = serde_json::from_str(&d).unwrap();
@@ -296,14 +258,14 @@ async fn an_idempotency_key_runs_its_call_once_even_across_a_restart() {
     assert_eq!(ids.len(), 1, "{ids:?}");
     assert_eq!(replays, 7);
     let id = ids.remove(0);
-    assert_eq!(result(&c, &node, &id).await.0, 200);
+    assert_eq!(async_result(&c, &node, &id).await.0, 200);
     // Another key, or the same key for another function, is another call.
     let r = submit(&c, &node, "hello", &[("x-idempotency-key", "order-18")]).await;
     let second = r.headers()["x-call-id"].to_str().unwrap().to_string();
     assert_ne!(second, id);
     let r = submit(&c, &node, "other", &[("x-idempotency-key", "order-17")]).await;
     assert_ne!(r.headers()["x-call-id"].to_str().unwrap(), id);
-    assert_eq!(result(&c, &node, &second).await.0, 200);
+    assert_eq!(async_result(&c, &node, &second).await.0, 200);
     let (_, st) = get(&c, format!("{}/system/function/hello", node.url)).await;
     let st: Value = serde_json::from_str(&st).unwrap();
     assert_eq!(st["invocationCount"], 2, "one run per key: {st}");
@@ -324,7 +286,7 @@ async fn an_idempotency_key_runs_its_call_once_even_across_a_restart() {
     let r = submit(&c, &node, "hello", &[("x-idempotency-key", "order-17")]).await;
     assert_eq!(r.status(), 202);
     assert_eq!(r.headers()["x-call-id"].to_str().unwrap(), id);
-    let (s, body) = result(&c, &node, &id).await;
+    let (s, body) = async_result(&c, &node, &id).await;
     assert_eq!(s, 200, "{body}");
     let (_, st) = get(&c, format!("{}/system/function/hello", node.url)).await;
     let st: Value = serde_json::from_str(&st).unwrap();
@@ -406,7 +368,7 @@ async fn callbacks_are_retried_from_a_durable_outbox_then_dead_lettered() {
     let tries = dead["attempts"].as_array().unwrap().len();
     assert!(tries >= 3, "{dead}");
     // The call itself succeeded.
-    assert_eq!(result(&c, &node, &id).await.0, 200);
+    assert_eq!(async_result(&c, &node, &id).await.0, 200);
     while got2.try_recv().is_ok() {}
     *codes.lock().unwrap() = vec![200];
     let out = run_ok(node.cli().args(["dlq", "replay", &id]));
@@ -418,4 +380,100 @@ async fn callbacks_are_retried_from_a_durable_outbox_then_dead_lettered() {
     assert_eq!((call.as_str(), code), (id.as_str(), 200));
     let (s, _) = get(&c, format!("{}/v1/dlq/{id}", node.url)).await;
     assert_eq!(s, 404, "delivered, it left the dead-letter queue");
+}
+
+/// A small tmpfs mounted as a node's data folder; unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &std::path::Path, size: &str) -> Result<SmallDisk, String> {
+        std::fs::create_dir_all(at).map_err(|e| e.to_string())?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            Ok(SmallDisk(at.to_path_buf()))
+        } else {
+            Err("cannot mount a tmpfs (needs root)".into())
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// On a disk that keeps too little free space, submissions get 429 naming
+/// `min_free_disk`, and every call accepted before runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_submissions_and_keeps_what_it_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = match SmallDisk::mount(&dir.path().join("node"), "64m") {
+        Ok(d) => d,
+        Err(why) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI must run the full-disk test: {why}"
+            );
+            eprintln!("SKIPPED: the full-disk test: {why}");
+            return;
+        }
+    };
+    let node = node_with(
+        dir.path(),
+        "http://127.0.0.1:9/",
+        "workers = 1\nmin_free_disk = \"32Mi\"\n",
+    );
+    let c = authed(&node.token);
+    assert_eq!(
+        deploy(&node, "wait", "wait/wait.wasm", json!({}))
+            .await
+            .status(),
+        201
+    );
+    // Each call waits 5 ms (its body starts "5"), and carries 256 KiB.
+    let mut body = b"5".to_vec();
+    body.resize(256 * 1024, b' ');
+    let mut accepted = Vec::new();
+    let refusal = loop {
+        let r = c
+            .post(format!("{}/async-function/wait", node.url))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            202 => accepted.push(r.headers()["x-call-id"].to_str().unwrap().to_string()),
+            429 => break r.text().await.unwrap(),
+            s => panic!("{s}: {}", r.text().await.unwrap()),
+        }
+        assert!(accepted.len() < 1000, "no refusal on a 64 MiB disk");
+    };
+    eprintln!("{} calls accepted, then: {refusal}", accepted.len());
+    assert!(!accepted.is_empty());
+    assert!(
+        refusal.contains("disk is nearly full") && refusal.contains("min_free_disk = 32 MiB"),
+        "{refusal}"
+    );
+    let (_, m) = get(&c, format!("{}/metrics", node.url)).await;
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("fogline_async_disk_full_total ") && !l.ends_with(" 0")),
+        "{m}"
+    );
+    // Everything accepted runs.
+    for id in &accepted {
+        let (s, out) = async_result(&c, &node, id).await;
+        assert_eq!((s, out.as_str()), (200, "waited 5 ms\n"), "{id}");
+    }
+    drop(node);
+    drop(disk);
 }

@@ -473,6 +473,7 @@ async fn bad_frames_stalls_floods_and_forged_modules_are_refused() {
             manifest: None,
             body_len: 10,
             trace: None,
+            key: None,
         }),
         &mut buf,
     );
@@ -550,4 +551,83 @@ async fn certificates_reload_without_a_restart() {
             "the renewed certificate was not picked up"
         );
     }
+}
+
+/// A call handed over with an idempotency key runs once per (caller, function, key) on
+/// the member that runs it; a repeat gets the stored answer. Another key, or the same
+/// key from another caller, runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_invoke_runs_once_per_caller_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let node = quic_node(
+        dir.path(),
+        "node",
+        "node-1",
+        &pki.issue("node-1", "node", &[]),
+        "",
+    );
+    assert_eq!(
+        deploy(&node, "hello", "hello/hello.wasm", json!({}))
+            .await
+            .status(),
+        201
+    );
+    let addr = node.quic.unwrap();
+    let runs = || async {
+        let (_, m) = get(&authed(&node.token), format!("{}/metrics", node.url)).await;
+        m.lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    "gateway_function_invocation_total{function_name=\"hello\",code=\"200\"} ",
+                )
+            })
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+    };
+    let a = Client::new(&TlsDir::load(&pki.issue("dev-a", "client", &[])).unwrap()).unwrap();
+    let b = Client::new(&TlsDir::load(&pki.issue("dev-b", "client", &[])).unwrap()).unwrap();
+    assert_eq!(
+        keyed_call(addr, &a, Some("order-1"), "first").await,
+        "hello, first"
+    );
+    assert_eq!(runs().await, 1);
+    // The same key again (another body: a retry is the same call): the stored answer.
+    assert_eq!(
+        keyed_call(addr, &a, Some("order-1"), "second").await,
+        "hello, first"
+    );
+    assert_eq!(runs().await, 1, "a repeated key does not run again");
+    // Another key, no key, and the same key from another caller each run.
+    assert_eq!(
+        keyed_call(addr, &a, Some("order-2"), "third").await,
+        "hello, third"
+    );
+    assert_eq!(keyed_call(addr, &a, None, "fourth").await, "hello, fourth");
+    assert_eq!(
+        keyed_call(addr, &b, Some("order-1"), "fifth").await,
+        "hello, fifth"
+    );
+    assert_eq!(runs().await, 4);
+    // Two hand-offs of one key at once: one run.
+    let (x, y) = tokio::join!(
+        keyed_call(addr, &a, Some("order-3"), "sixth"),
+        keyed_call(addr, &a, Some("order-3"), "seventh")
+    );
+    assert_eq!(x, y);
+    assert_eq!(runs().await, 5);
+}
+
+/// Invokes `hello` at `addr` through `c`, handing `key` with it; the answer's body.
+async fn keyed_call(addr: SocketAddr, c: &Client, key: Option<&str>, body: &'static str) -> String {
+    let req = Request {
+        function: "hello".into(),
+        manifest: None,
+        body: Bytes::from_static(body.as_bytes()),
+    };
+    let reply =
+        fogline_node::agent::keyed::with(key.map(str::to_string), c.invoke(addr, &req, &NoModules))
+            .await
+            .unwrap();
+    assert_eq!(reply.result.status, 200);
+    String::from_utf8(reply.body.to_vec()).unwrap()
 }

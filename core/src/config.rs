@@ -695,6 +695,10 @@ pub struct AsyncSection {
     /// past it, its submissions get 429 (nothing accepted is ever dropped to make room).
     #[serde(default = "default_max_per_namespace")]
     pub max_per_namespace: u64,
+    /// Free space the data folder's disk keeps: a submission that would leave less gets
+    /// 429 naming it (what was accepted stays; the disk never fills under the store).
+    #[serde(default = "default_min_free_disk")]
+    pub min_free_disk: ByteSize,
     /// How long a callback is retried (from its call's end) before it goes to the
     /// dead-letter queue.
     #[serde(default = "default_callback_for", with = "duration_str")]
@@ -719,6 +723,9 @@ fn default_deadline() -> Duration {
 }
 fn default_idempotency_window() -> Duration {
     Duration::from_secs(24 * 3600)
+}
+fn default_min_free_disk() -> ByteSize {
+    ByteSize::mib(64)
 }
 fn default_max_per_namespace() -> u64 {
     100_000
@@ -1141,6 +1148,7 @@ impl Default for AsyncSection {
             deadline: default_deadline(),
             idempotency_window: default_idempotency_window(),
             max_per_namespace: default_max_per_namespace(),
+            min_free_disk: default_min_free_disk(),
             callback_for: default_callback_for(),
         }
     }

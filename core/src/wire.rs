@@ -141,6 +141,10 @@ pub struct Invoke {
     /// trace. Last, so a peer of an earlier release that does not send it is still read
     /// (and one that does not know it ignores it).
     pub trace: Option<String>,
+    /// The call's idempotency key (an async call's `X-Idempotency-Key`): the callee runs
+    /// the function once per (caller, function, key) within its window and answers a
+    /// repeat with the stored result. Last, for the same reason as `trace`.
+    pub key: Option<String>,
 }
 
 /// `Invoke` as releases before traces sent it.
@@ -152,15 +156,35 @@ struct InvokeV1 {
     body_len: u64,
 }
 
+/// `Invoke` as releases before idempotency keys sent it.
+#[derive(Deserialize)]
+struct InvokeV2 {
+    function: String,
+    #[serde(with = "json_inside")]
+    manifest: Option<FunctionManifest>,
+    body_len: u64,
+    trace: Option<String>,
+}
+
 fn invoke_payload(kind: Kind, p: &[u8]) -> Result<Invoke, WireError> {
     postcard::from_bytes::<Invoke>(p)
         .or_else(|e| {
-            postcard::from_bytes::<InvokeV1>(p)
+            postcard::from_bytes::<InvokeV2>(p)
                 .map(|v| Invoke {
                     function: v.function,
                     manifest: v.manifest,
                     body_len: v.body_len,
-                    trace: None,
+                    trace: v.trace,
+                    key: None,
+                })
+                .or_else(|_| {
+                    postcard::from_bytes::<InvokeV1>(p).map(|v| Invoke {
+                        function: v.function,
+                        manifest: v.manifest,
+                        body_len: v.body_len,
+                        trace: None,
+                        key: None,
+                    })
                 })
                 .map_err(|_| e)
         })
@@ -400,6 +424,7 @@ mod tests {
             manifest: Some(FunctionManifest::wasm("hello", Digest::of(b"m"))),
             body_len: 5,
             trace: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            key: Some("order-17".into()),
         }));
         let trace_id = crate::trace::TraceId([7; 16]);
         roundtrip(Frame::TraceQuery(TraceQuery { trace_id, depth: 2 }));
@@ -472,6 +497,7 @@ mod tests {
                 manifest: None,
                 body_len: 3,
                 trace: None,
+                key: None,
             })
         );
     }

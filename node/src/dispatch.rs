@@ -43,6 +43,9 @@ pub struct Placed {
 pub struct Refused {
     pub status: u16,
     pub message: String,
+    /// No place could take the call (none alive, the tier it needs unreachable): it never
+    /// left this member, so waiting for the link to come back is not a failed attempt.
+    pub unplaced: bool,
 }
 
 impl Refused {
@@ -50,6 +53,15 @@ impl Refused {
         Refused {
             status,
             message: message.into(),
+            unplaced: false,
+        }
+    }
+
+    /// A 503 for a call that no place could take; see [`Refused::unplaced`].
+    pub fn unplaced(message: impl Into<String>) -> Self {
+        Refused {
+            unplaced: true,
+            ..Refused::new(503, message)
         }
     }
 

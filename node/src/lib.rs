@@ -10,7 +10,9 @@
 //!   registry keyed by runtime. **A new sandbox** is a module there and one line in
 //!   [`Executors::open`](executor::Executors::open).
 //! - [`agent`]: the [`Node`]: its function registry, admission (per-function concurrency),
-//!   the durable async queue and callbacks, and [`Node::call`], the one invocation path.
+//!   the durable async queue, its outbox of calls waiting for a place (`parked`), keyed
+//!   runs (`keyed`: once per idempotency key where a call runs) and callbacks, and
+//!   [`Node::call`], the one invocation path.
 //! - [`dispatch`]: the seam placement plugs into; **a new placement policy** goes in
 //!   `fogline-core` (`policy`, `placement`), driven by the router crate through this seam.
 //! - [`enroll`]: new boards joining by token (the issuer's listener and `fogline join`);

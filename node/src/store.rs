@@ -155,6 +155,9 @@ pub struct Store {
     idem: sled::Tree,
     /// Callbacks not yet delivered: [`PendingCallback`]s by call id.
     outbox: sled::Tree,
+    /// Answers of calls run here under an idempotency key: `caller NUL function NUL key`
+    /// → when (8 bytes, Unix ms) and the answer's body.
+    keyed: sled::Tree,
 }
 
 /// The id callers are given for an async call: 128 random bits, not guessable.
@@ -183,6 +186,7 @@ impl Store {
             dead: db.open_tree("dead")?,
             idem: db.open_tree("idem")?,
             outbox: db.open_tree("callback_outbox")?,
+            keyed: db.open_tree("keyed_results")?,
             db,
         })
     }
@@ -429,6 +433,49 @@ impl Store {
                 .unwrap_or(true)
             {
                 self.idem.remove(&k)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// The answer stored for idempotency key `k` (see [`Store::put_keyed`]): when, and
+    /// its body.
+    pub fn keyed_result(&self, k: &[u8]) -> Result<Option<(u64, Bytes)>, StoreError> {
+        let Some(v) = self.keyed.get(k)? else {
+            return Ok(None);
+        };
+        if v.len() < 8 {
+            return Err(StoreError::Corrupt {
+                tree: "keyed_results",
+                problem: format!("a record of {} bytes", v.len()),
+            });
+        }
+        let at = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+        Ok(Some((at, Bytes::copy_from_slice(&v[8..]))))
+    }
+
+    /// Keeps the answer of a call run under idempotency key `k`, on disk before this
+    /// returns.
+    pub async fn put_keyed(&self, k: &[u8], body: &[u8]) -> Result<(), StoreError> {
+        let mut v = Vec::with_capacity(8 + body.len());
+        v.extend_from_slice(&now_ms().to_be_bytes());
+        v.extend_from_slice(body);
+        self.keyed.insert(k, v)?;
+        self.durable().await
+    }
+
+    /// Forgets keyed answers older than `cutoff_ms`; returns how many.
+    pub fn sweep_keyed(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for kv in self.keyed.iter() {
+            let (k, v) = kv?;
+            let at = v
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_be_bytes);
+            if at < cutoff_ms {
+                self.keyed.remove(&k)?;
                 n += 1;
             }
         }

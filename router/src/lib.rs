@@ -30,6 +30,9 @@ pub mod watch;
 
 /// How long a place that failed is left out of placement.
 const DOWN_FOR: Duration = Duration::from_secs(2);
+
+/// Arrivals the autoscaler's trend needs in its window before it forecasts anything.
+pub const MIN_TREND_ARRIVALS: u32 = 8;
 /// How often models are refitted and the membership reconciled.
 const HOUSEKEEPING: Duration = Duration::from_millis(50);
 /// How often arrival rates are forecast (and places prepared ahead).
@@ -104,10 +107,15 @@ pub struct Router {
     scope: Option<Scope>,
     /// Calls waiting for a place to appear (only with a scope that waits).
     waiting: AtomicU64,
+    /// Woken when a call starts waiting for a place (the bridge's autoscaler acts at once).
+    wanted: tokio::sync::Notify,
     extra_metrics: std::sync::OnceLock<ExtraMetrics>,
     node: Weak<Node>,
     planner: Mutex<Planner>,
     arrivals: Mutex<HashMap<String, Arrivals>>,
+    /// Arrivals of all functions together, in finer buckets over a shorter window than
+    /// per function: the autoscaler's trend, which must turn with a burst within seconds.
+    all_arrivals: Mutex<Arrivals>,
     /// Calls this router has running at each place now (fresher than gossiped load).
     outstanding: Mutex<HashMap<String, u32>>,
     /// Places that failed recently, until when.
@@ -140,9 +148,11 @@ impl Router {
             cfg,
             scope,
             waiting: AtomicU64::new(0),
+            wanted: tokio::sync::Notify::new(),
             extra_metrics: std::sync::OnceLock::new(),
             node: Arc::downgrade(node),
             arrivals: Mutex::new(HashMap::new()),
+            all_arrivals: Mutex::new(Arrivals::new(500, 8)),
             outstanding: Mutex::new(HashMap::new()),
             down: Mutex::new(HashMap::new()),
             prepared: Mutex::new(HashMap::new()),
@@ -259,37 +269,36 @@ impl Router {
             ));
         };
         let f = &deployed.manifest;
+        let now = self.now_ms();
         lock(&self.arrivals)
             .entry(function.to_string())
             .or_insert_with(|| Arrivals::new(1000, 10))
-            .record(self.now_ms());
+            .record(now);
+        lock(&self.all_arrivals).record(now);
         let mut places = self.places(node, f);
         if places.is_empty() && self.scope.as_ref().is_some_and(|s| s.wait_for_place) {
             places = self.wait_for_place(node, f).await;
         }
         if places.is_empty() {
             if let Some(scope) = &self.scope {
-                return Err(Refused::new(
-                    503,
-                    format!(
-                        "no {} member {}* can run {function:?}{}",
-                        scope.tier.as_str(),
-                        scope.prefix,
-                        if scope.wait_for_place {
-                            format!(
-                                " after waiting its timeout ({} ms) for one to start",
-                                f.timeout.as_millis()
-                            )
-                        } else {
-                            String::new()
-                        }
-                    ),
-                ));
+                return Err(Refused::unplaced(format!(
+                    "no {} member {}* can run {function:?}{}",
+                    scope.tier.as_str(),
+                    scope.prefix,
+                    if scope.wait_for_place {
+                        format!(
+                            " after waiting its timeout ({} ms) for one to start",
+                            f.timeout.as_millis()
+                        )
+                    } else {
+                        String::new()
+                    }
+                )));
             }
             if let Some(tier) = f.placement.tier {
-                return Err(Refused::new(503, pinned_message(node, function, tier)));
+                return Err(Refused::unplaced(pinned_message(node, function, tier)));
             }
-            return Err(Refused::new(503, no_place_message(node, function)));
+            return Err(Refused::unplaced(no_place_message(node, function)));
         }
         let weights = Weights {
             cloud_cost_ms: f64::from(f.placement.cloud_cost_ms),
@@ -313,7 +322,7 @@ impl Router {
         let mut placing = fogline_node::traces::span("placement");
         let plan = lock(&self.planner)
             .plan(function, payload_kb, &infos, deadline_ms, &weights, roll)
-            .ok_or_else(|| Refused::new(503, no_place_message(node, function)))?;
+            .ok_or_else(|| Refused::unplaced(no_place_message(node, function)))?;
         if placing.recording() {
             placing.attr("chosen", &places[plan.chosen].id);
             placing.attr_static("explored", if plan.explored { "true" } else { "false" });
@@ -632,6 +641,7 @@ impl Router {
             }
         }
         self.waiting.fetch_add(1, Ordering::Relaxed);
+        self.wanted.notify_one();
         let _w = Waiting(&self.waiting);
         let until = Instant::now() + f.timeout;
         let t0 = Instant::now();
@@ -646,6 +656,12 @@ impl Router {
         Vec::new()
     }
 
+    /// Resolves when a call starts waiting for a place (at once if one did since the
+    /// last time this resolved).
+    pub async fn place_wanted(&self) {
+        self.wanted.notified().await;
+    }
+
     /// Calls waiting for a place to appear.
     pub fn waiting(&self) -> u32 {
         self.waiting.load(Ordering::Relaxed) as u32
@@ -656,13 +672,17 @@ impl Router {
         lock(&self.outstanding).values().sum()
     }
 
-    /// Forecast arrivals per second over every function, `ahead_ms` from now.
+    /// Forecast arrivals per second over every function, `ahead_ms` from now (a line
+    /// through the last 4 s in half-second buckets); none from fewer than
+    /// [`MIN_TREND_ARRIVALS`] arrivals, too few for a trend (one call after a quiet spell
+    /// is a line rising from zero).
     pub fn forecast_per_s(&self, ahead_ms: u64) -> f64 {
         let now = self.now_ms();
-        lock(&self.arrivals)
-            .values()
-            .map(|a| a.forecast_ahead(now, ahead_ms))
-            .sum()
+        let a = lock(&self.all_arrivals);
+        if a.in_window(now) < MIN_TREND_ARRIVALS {
+            return 0.0;
+        }
+        a.forecast_ahead(now, ahead_ms)
     }
 
     /// Adds Prometheus text to `/metrics` (set once).

@@ -494,3 +494,58 @@ pub fn free_port() -> u16 {
         .expect("address")
         .port()
 }
+
+/// Waits (up to 30 s) until async call `id` on `node` has a result: its status and body.
+pub async fn async_result(c: &reqwest::Client, node: &NodeProc, id: &str) -> (u16, String) {
+    let t = std::time::Instant::now();
+    loop {
+        let (s, body) = get(c, format!("{}/v1/calls/{id}", node.url)).await;
+        if s != 202 {
+            return (s, body);
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "call {id} still queued after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads one HTTP/1.1 request from `s`: its head (lower-cased) and the body its
+/// Content-Length names; `None` when the peer closed first.
+pub async fn read_request(s: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let (head, start, len) = loop {
+        let k = s.read(&mut chunk).await.ok()?;
+        if k == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..k]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().expect("a numeric Content-Length"));
+            break (head, end + 4, len);
+        }
+    };
+    while buf.len() < start + len {
+        let k = s.read(&mut chunk).await.ok()?;
+        if k == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..k]);
+    }
+    Some((head, buf[start..start + len].to_vec()))
+}
+
+/// The value of header `name` (lower case) in a head [`read_request`] returned.
+pub fn header_of<'a>(head: &'a str, name: &str) -> &'a str {
+    head.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
+        .unwrap_or("")
+        .trim()
+}

@@ -15,7 +15,9 @@
 pub mod access;
 pub mod admission;
 pub mod callbacks;
+pub mod keyed;
 pub mod outbox;
+pub mod parked;
 pub mod queue;
 pub mod registry;
 
@@ -97,6 +99,8 @@ pub struct Node {
     store: Store,
     queue: queue::AsyncQueue,
     callbacks: callbacks::Callbacks,
+    /// Calls run here under an idempotency key, one at a time per key.
+    keyed: keyed::KeyLocks,
     pub access: access::Access,
     pub secrets: crate::secrets::Secrets,
     /// The certificates this member refuses.
@@ -140,6 +144,12 @@ pub enum InvokeError {
     QueueFull(u64),
     #[error("namespace {namespace:?} holds {held} async calls on this node, queued or in the dead-letter queue: its limit ([async] max_per_namespace); retry once they drain, or replay or drop dead ones (fogline dlq)")]
     NamespaceFull { namespace: String, held: u64 },
+    #[error("this node's disk is nearly full: {free_mib} MiB free under {dir}, and it keeps [async] min_free_disk = {keep_mib} MiB free; nothing accepted is dropped; retry once calls drain")]
+    DiskFull {
+        dir: String,
+        free_mib: u64,
+        keep_mib: u64,
+    },
     #[error(transparent)]
     Callback(#[from] fogline_core::callback::CallbackError),
     #[error("function {function:?} {source}")]
@@ -173,6 +183,9 @@ pub struct NodeStatus {
     pub instance_slots: u32,
     pub pooling: bool,
     pub async_queued: u64,
+    /// Async calls waiting for a place (a tier cut off), per function.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbox: Vec<parked::OutboxEntry>,
     pub quic_streams: u32,
     pub data_dir: String,
     /// When this member's certificate expires (RFC 3339), when it has one.
@@ -245,6 +258,7 @@ impl Node {
             executors,
             store,
             queue,
+            keyed: keyed::KeyLocks::default(),
             callbacks: callbacks::Callbacks::new(
                 config.async_calls.callback_allow.clone(),
                 webhook_secret(&dir.join("webhook.secret"))?,
@@ -784,6 +798,7 @@ impl Node {
             instance_slots: g.instance_slots,
             pooling: self.executors.pooled(),
             async_queued: g.async_queued as u64,
+            outbox: self.queue.parked.entries(crate::store::now_ms()),
             quic_streams: self.serving.quic_streams.load(Ordering::Relaxed),
             data_dir: self.config.node.data_dir.display().to_string(),
             certificate_expires: match self.certificate_expiry.load(Ordering::Relaxed) {
@@ -826,7 +841,8 @@ impl InvokeError {
             InvokeError::Callback(_) => 400,
             InvokeError::Busy { .. }
             | InvokeError::QueueFull(_)
-            | InvokeError::NamespaceFull { .. } => 429,
+            | InvokeError::NamespaceFull { .. }
+            | InvokeError::DiskFull { .. } => 429,
             InvokeError::Exec { source, .. } => match source {
                 ExecError::Timeout(_) => 504,
                 ExecError::Busy(_) => 429,

@@ -12,12 +12,18 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, Semaphore};
 
 use fogline_core::delivery::{Attempt, Next};
+use fogline_core::units::ByteSize;
 
+use super::parked::{Parked, Turn};
 use super::{InvokeError, Node};
 use crate::store::{
     now_ms, AsyncCall, CallMeta, CallResult, DeadCall, DeadKind, Enqueued, PendingCallback,
     StoreError,
 };
+
+/// The longest wait between two tries of a call waiting for a place: a healed link is
+/// used within about this long.
+const OUTBOX_POLL_MAX: Duration = Duration::from_secs(1);
 
 /// Calls accepted and not yet finished, and the channel that hands them to the workers.
 pub struct AsyncQueue {
@@ -39,6 +45,12 @@ pub struct AsyncQueue {
     outbox_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<u64>>>,
     pub callbacks_sent: AtomicU64,
     pub callback_retries: AtomicU64,
+    /// Calls waiting for a place to come back (the outbox of a cut-off site).
+    pub parked: Parked,
+    /// Tries of a waiting call that still found no place.
+    pub outbox_tries: AtomicU64,
+    /// Submissions refused because the disk kept too little free space.
+    pub disk_full: AtomicU64,
 }
 
 /// How a call is submitted, beyond its function and body.
@@ -106,6 +118,9 @@ impl AsyncQueue {
             outbox_rx: std::sync::Mutex::new(Some(outbox_rx)),
             callbacks_sent: AtomicU64::new(0),
             callback_retries: AtomicU64::new(0),
+            parked: Parked::default(),
+            outbox_tries: AtomicU64::new(0),
+            disk_full: AtomicU64::new(0),
         };
         (q, rx)
     }
@@ -140,6 +155,12 @@ impl AsyncQueue {
     pub fn metrics(&self, out: &mut String, dead_now: usize) {
         use std::fmt::Write;
         let _ = writeln!(out, "# HELP fogline_async_dead Async calls in the dead-letter queue now.\n# TYPE fogline_async_dead gauge\nfogline_async_dead {dead_now}");
+        let _ = writeln!(out, "# HELP fogline_outbox_calls Async calls waiting for a place to come back (a tier cut off).\n# TYPE fogline_outbox_calls gauge\nfogline_outbox_calls {}", self.parked.calls());
+        let age = self
+            .parked
+            .oldest_ms()
+            .map_or(0.0, |since| now_ms().saturating_sub(since) as f64 / 1e3);
+        let _ = writeln!(out, "# HELP fogline_outbox_oldest_seconds How long the longest-waiting call has waited for a place.\n# TYPE fogline_outbox_oldest_seconds gauge\nfogline_outbox_oldest_seconds {age:.3}");
         for (metric, help, v) in [
             (
                 "fogline_async_retries_total",
@@ -155,6 +176,16 @@ impl AsyncQueue {
                 "fogline_async_deduplicated_total",
                 "Submissions answered with the earlier call of their idempotency key.",
                 &self.deduplicated,
+            ),
+            (
+                "fogline_async_disk_full_total",
+                "Submissions refused (429) because the data folder's disk kept less than [async] min_free_disk free.",
+                &self.disk_full,
+            ),
+            (
+                "fogline_outbox_tries_total",
+                "Tries of a waiting async call that still found no place.",
+                &self.outbox_tries,
             ),
             (
                 "fogline_callbacks_delivered_total",
@@ -195,6 +226,11 @@ impl Node {
         if queued >= q.max_queued {
             q.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(InvokeError::QueueFull(queued));
+        }
+        if let Err(e) = self.disk_room(body.len() as u64) {
+            q.queued.fetch_sub(1, Ordering::AcqRel);
+            q.disk_full.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
         }
         let ns = fogline_core::access::split(name).1;
         if let Err(e) = q.reserve(ns) {
@@ -243,6 +279,27 @@ impl Node {
         Ok(Accepted {
             id: hex::encode(public),
             existing,
+        })
+    }
+
+    /// Whether the data folder's disk has room for a call of `body` bytes and still keeps
+    /// `[async] min_free_disk` free. (When the free space cannot be read, the store's own
+    /// write is the check.)
+    fn disk_room(&self, body: u64) -> Result<(), InvokeError> {
+        let dir = &self.config.node.data_dir;
+        let Ok(st) = rustix::fs::statvfs(dir) else {
+            return Ok(());
+        };
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        let keep = self.config.async_calls.min_free_disk.bytes();
+        // The call is written about twice (sled's log, then its pages).
+        if free >= keep.saturating_add(body.saturating_mul(2)) {
+            return Ok(());
+        }
+        Err(InvokeError::DiskFull {
+            dir: dir.display().to_string(),
+            free_mib: free / ByteSize::MIB,
+            keep_mib: keep / ByteSize::MIB,
         })
     }
 
@@ -405,6 +462,7 @@ impl Node {
                     if let Err(e) = self.store.sweep_keys(now_ms().saturating_sub(window)) {
                         tracing::warn!("sweeping old idempotency keys: {e}");
                     }
+                    self.sweep_keyed();
                 }
             }
         }
@@ -419,6 +477,10 @@ impl Node {
                 return;
             }
         };
+        if self.queue.parked.turn(&call.function, id) == Turn::Behind {
+            // Kept on disk; queued again when the call ahead of it goes through.
+            return;
+        }
         let rec = self
             .traces
             .begin(call.trace.as_ref().map(|(t, _)| t.as_str()), None);
@@ -464,6 +526,7 @@ impl Node {
         self.queue.queued.fetch_sub(1, Ordering::AcqRel);
         self.queue
             .hold(fogline_core::access::split(&call.function).1, -1);
+        self.release(&call.function, id);
         if callback.is_some() {
             let _ = self.queue.outbox_tx.send(id);
         }
@@ -489,8 +552,43 @@ impl Node {
             self.give_up(id, call, meta, why).await;
             return None;
         }
-        let (status, reason, place) = match self.place(&call.function, call.body.clone()).await {
+        // With a key, the member that runs it runs it once per key: a hand-off whose answer
+        // was lost may be tried again.
+        let placed = super::keyed::with(
+            meta.key.clone(),
+            self.place(&call.function, call.body.clone()),
+        )
+        .await;
+        let (status, reason, place) = match placed {
             Ok(out) => return Some((200, out.body)),
+            Err(e) if e.unplaced => {
+                // No place could take it (a tier cut off): it waits, in order with the
+                // function's later calls, until its deadline; not a failed attempt.
+                // `None`: it waits behind an earlier call of its function.
+                let tries = self
+                    .queue
+                    .parked
+                    .no_place(&call.function, id, now_ms(), &e.message)?;
+                self.queue.outbox_tries.fetch_add(1, Ordering::Relaxed);
+                let cfg = &self.config.async_calls;
+                let wait = fogline_core::delivery::Backoff {
+                    base: cfg.retry_base,
+                    max: cfg.retry_max.min(OUTBOX_POLL_MAX),
+                    max_attempts: u32::MAX,
+                }
+                .delay(tries, super::random_unit());
+                if tries == 1 {
+                    tracing::info!(
+                        "async call {} of {} waits for a place: {}",
+                        self.public_call_id(id),
+                        call.function,
+                        e.message
+                    );
+                }
+                crate::traces::note("waits_for_place_ms", wait.as_millis());
+                self.requeue_after(id, wait);
+                return None;
+            }
             Err(e) => (e.status, e.message, None::<String>),
         };
         meta.attempts.push(Attempt {
@@ -500,9 +598,10 @@ impl Node {
             reason,
         });
         let backoff = self.backoff(self.config.async_calls.max_attempts);
-        let idempotent = self
-            .lookup(&call.function)
-            .is_some_and(|f| f.manifest.idempotent);
+        let idempotent = meta.key.is_some()
+            || self
+                .lookup(&call.function)
+                .is_some_and(|f| f.manifest.idempotent);
         let deadline = if meta.deadline_ms == 0 {
             u64::MAX
         } else {
@@ -527,17 +626,41 @@ impl Node {
                     call.function,
                     meta.attempts.len()
                 );
-                let tx = self.queue.tx.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(wait).await;
-                    // Closed only while shutting down: the call is on disk and runs
-                    // after the restart.
-                    let _ = tx.send(id).await;
-                });
+                self.requeue_after(id, wait);
             }
             Next::GiveUp(why) => self.give_up(id, call, meta, why).await,
         }
         None
+    }
+
+    /// Queues call `id` again after `wait`.
+    fn requeue_after(&self, id: u64, wait: Duration) {
+        let tx = self.queue.tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            // Closed only while shutting down: the call is on disk and runs after the
+            // restart.
+            let _ = tx.send(id).await;
+        });
+    }
+
+    /// Call `id` of `function` is done (run or given up): the calls that waited behind
+    /// it are queued again, in submission order.
+    fn release(&self, function: &str, id: u64) {
+        let behind = self.queue.parked.release(function, id);
+        if behind.is_empty() {
+            return;
+        }
+        tracing::info!(
+            "{function}: a place took its waiting call; {} more handed on in order",
+            behind.len()
+        );
+        let tx = self.queue.tx.clone();
+        tokio::spawn(async move {
+            for id in behind {
+                let _ = tx.send(id).await;
+            }
+        });
     }
 
     /// Moves call `id` to the dead-letter queue, its last failure as its result, and tells
@@ -592,6 +715,7 @@ impl Node {
             }
         }
         self.queue.queued.fetch_sub(1, Ordering::AcqRel);
+        self.release(&call.function, id);
         crate::traces::note("status", status);
         if callback.is_some() {
             let _ = self.queue.outbox_tx.send(id);

@@ -354,6 +354,7 @@ impl Client {
             manifest: req.manifest.clone(),
             body_len: req.body.len() as u64,
             trace: crate::traces::outgoing(),
+            key: crate::agent::keyed::current(),
         };
         // A peer that refuses the stream stops reading it and answers at once; its answer
         // says more than our failed write, so read it before giving up.
@@ -419,6 +420,7 @@ impl Client {
             manifest: Some(manifest.clone()),
             body_len: 0,
             trace: crate::traces::outgoing(),
+            key: None,
         };
         write_frame(&mut send, &Frame::Prepare(inv)).await?;
         let mut r = FrameReader::new(recv, self.timeout);

@@ -557,6 +557,8 @@ async fn call_result(
             let mut r = (status, res.body).into_response();
             r.headers_mut()
                 .insert("x-fogline-call-state", HeaderValue::from_static("done"));
+            r.headers_mut()
+                .insert("x-fogline-finished-ms", HeaderValue::from(res.finished_ms));
             if let Ok(v) = HeaderValue::from_str(&res.function) {
                 r.headers_mut().insert("x-function-name", v);
             }

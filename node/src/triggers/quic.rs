@@ -498,7 +498,7 @@ async fn handle_stream(
     let rec = node.traces.begin(inv.trace.as_deref(), None);
     crate::traces::Traces::run(rec.clone(), async {
         crate::traces::note("function", &inv.function);
-        let served = serve_invoke(node, send, r, limits, inv).await;
+        let served = serve_invoke(node, peer, send, r, limits, inv).await;
         node.traces
             .commit(&rec, if node.roles.router { "quic" } else { "serve" }, &[]);
         served
@@ -509,6 +509,7 @@ async fn handle_stream(
 /// Runs an invocation a stream carries and writes its answer.
 async fn serve_invoke(
     node: &Node,
+    peer: &Peer,
     send: &mut SendStream,
     r: &mut FrameReader,
     limits: &QuicLimits,
@@ -551,7 +552,15 @@ async fn serve_invoke(
             return reply_error(send, status, false, msg).await;
         }
     }
-    let result = node.call(&inv.function, body).await;
+    // With an idempotency key a member that runs functions runs it once per key (a
+    // router hands the key on with the call).
+    let result = match inv.key {
+        Some(key) if !node.roles.router => node
+            .call_once(&peer.name, &inv.function, &key, body)
+            .await
+            .map(|(placed, _)| placed),
+        key => crate::agent::keyed::with(key, node.call(&inv.function, body)).await,
+    };
     crate::traces::note("status", result.as_ref().map_or_else(|e| e.status, |_| 200));
     match result {
         Ok(out) => {

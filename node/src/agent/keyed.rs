@@ -1,0 +1,159 @@
+//! Once per key where the call runs. An async call with an idempotency key is handed to
+//! the member that runs it with that key (in the QUIC `Invoke`); that member runs the
+//! function once per (caller, function, key) within `[async] idempotency_window` and
+//! answers a repeat, as a retried hand-off after a lost answer or a crash of the caller,
+//! with the stored answer instead of running it again. Calls of one key wait for each
+//! other, so two hand-offs at once still run it once.
+//!
+//! The key travels from the queue to the QUIC client in a task-local (as the trace
+//! context does), so the placement code between them does not carry it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, Weak};
+
+use bytes::Bytes;
+
+use super::Node;
+use crate::dispatch::{Placed, Refused};
+
+tokio::task_local! {
+    static KEY: Option<String>;
+}
+
+/// Runs `f` with `key` as the idempotency key of the calls it hands to other members.
+pub async fn with<F: Future>(key: Option<String>, f: F) -> F::Output {
+    KEY.scope(key, f).await
+}
+
+/// The idempotency key of the call being handed on, if any.
+pub fn current() -> Option<String> {
+    KEY.try_with(Clone::clone).ok().flatten()
+}
+
+/// One lock per key in use (dropped with its last holder).
+#[derive(Default)]
+pub struct KeyLocks {
+    held: Mutex<HashMap<Vec<u8>, Weak<tokio::sync::Mutex<()>>>>,
+}
+
+impl KeyLocks {
+    fn lock_for(&self, k: &[u8]) -> Arc<tokio::sync::Mutex<()>> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = held.get(k).and_then(Weak::upgrade) {
+            return l;
+        }
+        // Forget the keys nobody holds any more before adding one.
+        if held.len() > 1024 {
+            held.retain(|_, w| w.strong_count() > 0);
+        }
+        let l = Arc::new(tokio::sync::Mutex::new(()));
+        held.insert(k.to_vec(), Arc::downgrade(&l));
+        l
+    }
+}
+
+/// The store's key for `key` of `function` from `caller`.
+fn record_key(caller: &str, function: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(caller.len() + function.len() + key.len() + 2);
+    k.extend_from_slice(caller.as_bytes());
+    k.push(0);
+    k.extend_from_slice(function.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+impl Node {
+    /// [`Node::call`] run once per (`caller`, `name`, `key`) within the idempotency
+    /// window: the stored answer when it ran before (and `true`), else a run whose answer
+    /// is stored before it is returned. Only answers are kept: a failed run may be tried
+    /// again.
+    pub async fn call_once(
+        &self,
+        caller: &str,
+        name: &str,
+        key: &str,
+        body: Bytes,
+    ) -> Result<(Placed, bool), Refused> {
+        let k = record_key(caller, name, key);
+        let lock = self.keyed.lock_for(&k);
+        let _held = lock.lock().await;
+        let window = self.config.async_calls.idempotency_window.as_millis() as u64;
+        let store_err = |e: crate::store::StoreError| Refused::new(500, e.to_string());
+        if let Some((at, body)) = self.store.keyed_result(&k).map_err(store_err)? {
+            if crate::store::now_ms().saturating_sub(at) <= window {
+                crate::traces::note("replayed", "true");
+                let tier = self.roles.tier;
+                return Ok((
+                    Placed {
+                        body,
+                        node: self.id.clone(),
+                        tier,
+                        cold: false,
+                        truncated: false,
+                        predicted_ms: None,
+                        took_ms: 0.0,
+                        run_ms: 0.0,
+                        attempts: 1,
+                        module_sent: None,
+                    },
+                    true,
+                ));
+            }
+        }
+        let placed = self.call(name, body).await?;
+        self.store
+            .put_keyed(&k, &placed.body)
+            .await
+            .map_err(store_err)?;
+        Ok((placed, false))
+    }
+
+    /// Forgets keyed answers older than the idempotency window.
+    pub(super) fn sweep_keyed(&self) {
+        let window = self.config.async_calls.idempotency_window.as_millis() as u64;
+        if let Err(e) = self
+            .store
+            .sweep_keyed(crate::store::now_ms().saturating_sub(window))
+        {
+            tracing::warn!("sweeping old keyed answers: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_key_is_seen_only_inside_its_scope() {
+        assert_eq!(current(), None);
+        let inner = with(Some("k1".into()), async { current() }).await;
+        assert_eq!(inner.as_deref(), Some("k1"));
+        assert_eq!(with(None, async { current() }).await, None);
+        assert_eq!(current(), None);
+    }
+
+    #[test]
+    fn keys_of_different_callers_and_functions_differ() {
+        assert_ne!(record_key("a", "f", "k"), record_key("b", "f", "k"));
+        assert_ne!(record_key("a", "f", "k"), record_key("a", "g", "k"));
+        // The separator keeps "a" + "bf" apart from "ab" + "f".
+        assert_ne!(record_key("a", "bf", "k"), record_key("ab", "f", "k"));
+    }
+
+    #[tokio::test]
+    async fn one_lock_per_key_while_held() {
+        let locks = KeyLocks::default();
+        let a = locks.lock_for(b"x");
+        let b = locks.lock_for(b"x");
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = locks.lock_for(b"y");
+        assert!(!Arc::ptr_eq(&a, &c));
+        drop((a, b));
+        // Nobody holds "x": a new lock.
+        let d = locks.lock_for(b"x");
+        assert_eq!(Arc::strong_count(&d), 1);
+    }
+}
