@@ -10,7 +10,8 @@
    examples/wait (each waits WAIT_MS without using CPU); the replicas the bridge asks for
    and Swarm runs, every half second, with the forecast on and with a reactive scaler
    (`[swarm] forecast = false`: in-flight and waiting calls only), same load.
-3. Throughput through the bridge with 1 and 2 replicas (closed loop, CONNS connections).
+3. Throughput through the bridge with 1 and 2 replicas (closed loop, CONNS connections,
+   10 s each), THROUGHPUT_ROUNDS rounds alternating which goes first; the medians.
 
 Runs outside CI: figures depend on the machine; the README keeps the latest ones.
 """
@@ -268,7 +269,8 @@ def burst(work, forecast):
 
 
 def throughput(work, n):
-    b = Bridge(BIN, work, f"cloud-{n}", f"min_replicas = {n}\nmax_replicas = {n}")
+    RUNS[0] += 1
+    b = Bridge(BIN, work, f"cloud-t{n}-{RUNS[0]}", f"min_replicas = {n}\nmax_replicas = {n}")
     b.deploy(BIN, "hello", "hello/hello.wasm", "--max-concurrency", "256")
     wait(f"{n} workers", lambda: running(SERVICE) >= n)
     for _ in range(50):
@@ -316,10 +318,23 @@ if __name__ == "__main__":
             print("  " + "  ".join(f"{t}:{r}/s {d}/{run}" for t, r, d, run in timeline))
             first = {k: next((t for t, _, d, run in timeline if run >= k), None) for k in (2, 3, 4)}
             print(f"  2 running at {first[2]} s, 3 at {first[3]} s, 4 at {first[4]} s (peak offered from 8.0 s)")
-        for n in (1, 2) if "throughput" in parts else ():
-            rps = throughput(work, n)
-            print(f"throughput with {n} replica{'s' if n > 1 else ''}: "
-                  + (f"{rps:.0f} calls/s" if rps else "skipped (no wrk: apt-get install wrk)"))
+        # Rounds of 1 and 2 replicas, alternating which goes first (this host drifts by
+        # tens of percent between minutes: one round each would compare the drift).
+        rounds = int(os.environ.get("THROUGHPUT_ROUNDS", "3"))
+        got = {1: [], 2: []}
+        for r in range(rounds if "throughput" in parts else 0):
+            for n in ((1, 2) if r % 2 == 0 else (2, 1)):
+                rps = throughput(work, n)
+                if rps is None:
+                    print("throughput: skipped (no wrk: apt-get install wrk)")
+                    break
+                got[n].append(rps)
+                print(f"throughput with {n} replica{'s' if n > 1 else ''}, round {r + 1}: {rps:.0f} calls/s")
+        if got[1] and got[2]:
+            m1, m2 = statistics.median(got[1]), statistics.median(got[2])
+            pairs = [b / a for a, b in zip(got[1], got[2])]
+            print(f"throughput medians: 1 replica {m1:.0f}, 2 replicas {m2:.0f} calls/s ({m2 / m1:.2f}x); "
+                  f"2/1 per round {[round(x, 2) for x in pairs]}")
     finally:
         sh(BIN, "swarm", "down", "--service", SERVICE, check=False)
         sh("docker", "rmi", "-f", TAG, check=False)

@@ -381,3 +381,159 @@ async fn mqtt_over_tls_with_a_password() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// At least once: 500 QoS 1 messages are published while the node takes at most 8 at a
+/// time (each runs 100 ms), and Mosquitto (persistent) is restarted in the middle; every
+/// message is run and answered after it returns. A redelivered message may run twice (at
+/// least once), never zero times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_in_flight_when_the_broker_restarts_are_not_lost() {
+    if !have_mosquitto() {
+        return;
+    }
+    let ran = broker_restart_under_load("1").await;
+    assert!(ran >= 500, "{ran} runs for 500 messages");
+}
+
+/// QoS 2 messages across the same restart: every one runs and is answered (the trigger
+/// subscribes with QoS 1 at most, so they arrive at least once; a QoS 2 session would be
+/// wedged by rumqttc's handling of a resent PUBREL, which this would show).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_messages_are_not_lost_across_a_broker_restart() {
+    if !have_mosquitto() {
+        return;
+    }
+    let ran = broker_restart_under_load("2").await;
+    assert!(ran >= 500, "{ran} runs for 500 messages");
+}
+
+/// Publishes 500 messages with QoS `qos` to a node taking 8 at a time, restarts the broker
+/// while they run and queue, checks every one is answered; returns the runs.
+async fn broker_restart_under_load(qos: &str) -> u64 {
+    const N: usize = 500;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    let store = d.join("mosq");
+    std::fs::create_dir_all(&store).unwrap();
+    let conf = format!(
+        "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 10000\nuser root\n",
+        store.display()
+    );
+    let broker = Broker::with_config(d, port, &conf);
+    let cfg = d.join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version = 1\n[node]\nid = \"edge-q\"\n[mqtt]\nbroker = \"127.0.0.1:{port}\"\nmax_inflight = 8\n\
+             [[mqtt.trigger]]\ntopic = \"jobs/+\"\nfunction = \"wait\"\n"
+        ),
+    )
+    .unwrap();
+    let node = NodeProc::node(d, &cfg);
+    let line = node
+        .stdout_rest
+        .recv_timeout(Duration::from_secs(15))
+        .unwrap();
+    assert!(line.starts_with("mqtt trigger connected"), "{line}");
+    let r = deploy(&node, "wait", "wait/wait.wasm", serde_json::json!({})).await;
+    assert!(r.status().is_success());
+    // A subscriber with a session of its own collects the replies across the restart.
+    let mut sub = Command::new("mosquitto_sub")
+        .args(["-V", "5", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-c", "-i", "fl-replies", "-q", "1", "-x", "600"])
+        .args(["-t", "fogline/reply/#", "-F", "%p"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = sub.stdout.take().unwrap();
+    let replies = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let r2 = replies.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(out).lines() {
+            let Ok(l) = l else { break };
+            if !l.is_empty() {
+                r2.lock().unwrap().push(l);
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    let mut publ = Command::new("mosquitto_pub")
+        .args(["-V", "5", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-t", "jobs/a", "-q", qos, "-l"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = publ.stdin.take().unwrap();
+        for i in 0..N {
+            writeln!(stdin, "100 #{i}").unwrap();
+        }
+    }
+    assert!(publ.wait().unwrap().success());
+    // Restart the broker (SIGTERM: it saves its sessions and queued messages) while
+    // messages are in flight and queued.
+    let answered_before = replies.lock().unwrap().len();
+    let mut broker = broker;
+    let _ = Command::new("kill")
+        .args(["-TERM", &broker.child.id().to_string()])
+        .status();
+    let _ = broker.child.wait();
+    drop(broker);
+    let _broker = Broker::with_config(d, port, &conf);
+    eprintln!("broker restarted with {answered_before} of {N} answered");
+    assert!(
+        answered_before < N,
+        "every message was answered before the restart"
+    );
+    let t = Instant::now();
+    let missing = loop {
+        let got: std::collections::HashSet<String> =
+            replies.lock().unwrap().iter().cloned().collect();
+        let missing: Vec<usize> = (0..N)
+            .filter(|i| !got.contains(&format!("waited 100 ms #{i}")))
+            .collect();
+        if missing.is_empty() || t.elapsed() > Duration::from_secs(60) {
+            break missing;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = sub.kill();
+    let _ = sub.wait();
+    if !missing.is_empty() {
+        let log = std::fs::read_to_string(d.join("node.stderr")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        eprintln!("node log (last lines, newest first):\n{}", tail.join("\n"));
+        let (_, m) = get(&authed(&node.token), format!("{}/metrics", node.url)).await;
+        eprintln!(
+            "{}",
+            m.lines()
+                .filter(|l| l.contains("function_name=\"wait\""))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    assert!(
+        missing.is_empty(),
+        "{} never answered, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let (_, m) = get(&authed(&node.token), format!("{}/metrics", node.url)).await;
+    let ran: u64 = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "gateway_function_invocation_total{function_name=\"wait\",code=\"200\"} ",
+            )
+        })
+        .map_or(0, |v| v.trim().parse().unwrap());
+    eprintln!(
+        "{ran} runs for {N} messages, {} replies",
+        replies.lock().unwrap().len()
+    );
+    ran
+}

@@ -361,6 +361,21 @@ pub struct MqttSection {
     pub password_file: Option<PathBuf>,
     #[serde(default, rename = "trigger")]
     pub triggers: Vec<MqttTrigger>,
+    /// Messages (QoS 1 and 2) taken at once: each is acknowledged once its call has run
+    /// and its reply is handed on; the broker holds the rest (MQTT 5 receive maximum).
+    #[serde(default = "default_mqtt_inflight")]
+    pub max_inflight: u16,
+    /// How long the broker keeps this member's session (its subscriptions and the
+    /// messages not yet acknowledged) while it is away.
+    #[serde(default = "default_mqtt_session", with = "duration_str")]
+    pub session_expiry: Duration,
+}
+
+fn default_mqtt_inflight() -> u16 {
+    32
+}
+fn default_mqtt_session() -> Duration {
+    Duration::from_secs(3600)
 }
 
 /// One topic filter (`+` and `#` wildcards as in MQTT) and the function it invokes.
@@ -414,6 +429,22 @@ fn check_mqtt(m: &MqttSection, under_router: bool) -> Result<(), (&'static str, 
         return Err((
             key("router.mqtt.reply_prefix", "mqtt.reply_prefix"),
             format!("{:?} must be a topic without wildcards", m.reply_prefix),
+        ));
+    }
+    if m.max_inflight == 0 {
+        return Err((
+            key("router.mqtt.max_inflight", "mqtt.max_inflight"),
+            "must be at least 1".into(),
+        ));
+    }
+    if m.session_expiry.as_secs() > u64::from(u32::MAX) {
+        return Err((
+            key("router.mqtt.session_expiry", "mqtt.session_expiry"),
+            format!(
+                "{} s is past MQTT's limit of {} s",
+                m.session_expiry.as_secs(),
+                u32::MAX
+            ),
         ));
     }
     if m.username.is_some() != m.password_file.is_some() {

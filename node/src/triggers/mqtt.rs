@@ -3,8 +3,21 @@
 //! (with its correlation data), or else to `REPLY_PREFIX/<function>`. A message that cannot
 //! be used is logged and dropped; the trigger keeps running, and reconnects when the broker
 //! goes away.
+//!
+//! At least once: the session is kept by the broker (`mqtt.session_expiry`), and a message
+//! is acknowledged only after its call has run and its reply is handed on, so a message
+//! that was taken when the broker or this member stopped is delivered again. At most
+//! `mqtt.max_inflight` messages are taken at once (the MQTT 5 receive maximum); the broker
+//! holds the rest, and a call refused for capacity (429, 503) is tried again rather than
+//! answered with it. A message delivered again while its first delivery still runs is not
+//! run twice. Subscriptions ask for QoS 1 at most, so QoS 2 messages arrive as QoS 1
+//! (at least once): rumqttc 0.25 drops the connection on a PUBREL the broker resends after
+//! a resumed session (rumqtt issue #664), which would wedge the session after a restart.
+//! Replies go out on a second connection of their own (QoS 1, its session kept too), so
+//! acknowledgements never wait behind replies.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -121,41 +134,108 @@ impl super::Trigger for Mqtt {
     }
 }
 
-/// Connects to the broker and serves the triggers until the node is gone.
-async fn run(node: std::sync::Weak<Node>, m: Mqtt, node_id: String) {
-    let cfg = m.cfg;
+/// The options of one connection to the broker, `suffix` added to the client id.
+fn options(
+    cfg: &MqttSection,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    password: Option<&str>,
+    node_id: &str,
+    max_body: u64,
+    suffix: &str,
+) -> Option<MqttOptions> {
     let Some((host, port)) = cfg
         .broker
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
     else {
         tracing::error!("mqtt: broker {:?} is not HOST:PORT", cfg.broker);
-        return;
+        return None;
     };
     let id = cfg
         .client_id
         .clone()
         .unwrap_or_else(|| format!("fogline-{node_id}"));
-    let mut opts = MqttOptions::new(id, host, port);
+    let mut opts = MqttOptions::new(format!("{id}{suffix}"), host, port);
     opts.set_keep_alive(Duration::from_secs(10));
+    opts.set_max_packet_size(Some(max_body as u32 + 64 * 1024));
+    if let (Some(user), Some(pass)) = (&cfg.username, password) {
+        opts.set_credentials(user.clone(), pass.to_string());
+    }
+    if let Some(tls) = tls {
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls.clone()),
+        ));
+    }
+    Some(opts)
+}
+
+/// The packet ids of the messages being run.
+#[derive(Default)]
+struct Taken(Mutex<HashSet<u16>>);
+
+impl Taken {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashSet<u16>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Connects to the broker and serves the triggers until the node is gone.
+async fn run(node: std::sync::Weak<Node>, m: Mqtt, node_id: String) {
+    let cfg = m.cfg;
     let max_body = node
         .upgrade()
         .map_or(1 << 20, |n| n.config.http.max_body.bytes());
-    opts.set_max_packet_size(Some(max_body as u32 + 64 * 1024));
-    if let (Some(user), Some(pass)) = (&cfg.username, m.password) {
-        opts.set_credentials(user.clone(), pass);
-    }
-    if let Some(tls) = m.tls {
-        opts.set_transport(rumqttc::Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(tls),
-        ));
-    }
-    let (client, mut events) = AsyncClient::new(opts, 256);
+    let Some(mut opts) = options(
+        &cfg,
+        m.tls.as_ref(),
+        m.password.as_deref(),
+        &node_id,
+        max_body,
+        "",
+    ) else {
+        return;
+    };
+    // The subscriber: a session the broker keeps, acknowledgements sent by hand after the
+    // call, at most `max_inflight` messages at once. It publishes nothing.
+    opts.set_clean_start(false);
+    opts.set_session_expiry_interval(Some(cfg.session_expiry.as_secs() as u32));
+    opts.set_manual_acks(true);
+    opts.set_receive_maximum(Some(cfg.max_inflight));
+    let (client, mut events) = AsyncClient::new(opts, usize::from(cfg.max_inflight) * 2 + 16);
+    // The replies: their own connection (with a session the broker keeps too, so a reply
+    // in flight when the broker stops is sent again).
+    let Some(mut reply_opts) = options(
+        &cfg,
+        m.tls.as_ref(),
+        m.password.as_deref(),
+        &node_id,
+        max_body,
+        "-replies",
+    ) else {
+        return;
+    };
+    reply_opts.set_clean_start(false);
+    reply_opts.set_session_expiry_interval(Some(cfg.session_expiry.as_secs() as u32));
+    let (replies, mut reply_events) = AsyncClient::new(reply_opts, 256);
+    let broker = cfg.broker.clone();
+    let watching = node.clone();
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = reply_events.poll().await {
+                if watching.strong_count() == 0 {
+                    return;
+                }
+                tracing::warn!("mqtt: reply connection to {broker}: {e}; reconnecting in 1s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    });
+    let taken = Arc::new(Taken::default());
     let mut connected_once = false;
     loop {
         match events.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                // Clean sessions: subscribe again on every connection.
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                // Subscribe on every connection (the broker may have lost the session).
                 for t in &cfg.triggers {
                     if let Err(e) = client.subscribe(t.topic.clone(), QoS::AtLeastOnce).await {
                         tracing::error!("mqtt: subscribing to {}: {e}", t.topic);
@@ -166,16 +246,39 @@ async fn run(node: std::sync::Weak<Node>, m: Mqtt, node_id: String) {
                 }
                 connected_once = true;
                 tracing::info!(
-                    "mqtt: connected to {}, {} trigger(s)",
+                    "mqtt: connected to {} ({} session), {} trigger(s)",
                     cfg.broker,
+                    if ack.session_present {
+                        "resumed"
+                    } else {
+                        "new"
+                    },
                     cfg.triggers.len()
                 );
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let Some(node) = node.upgrade() else { return };
-                let client = client.clone();
-                let cfg = cfg.clone();
-                tokio::spawn(async move { handle(&node, &client, &cfg, p).await });
+                if p.qos != QoS::AtMostOnce {
+                    if taken.running().contains(&p.pkid) {
+                        // Delivered again while its first delivery runs: that one's
+                        // acknowledgement answers both.
+                        tracing::debug!("mqtt: packet {} delivered again while it runs", p.pkid);
+                        continue;
+                    }
+                    taken.running().insert(p.pkid);
+                }
+                let (client, replies, cfg, taken) =
+                    (client.clone(), replies.clone(), cfg.clone(), taken.clone());
+                tokio::spawn(async move {
+                    handle(&node, &replies, &cfg, p.clone()).await;
+                    if p.qos == QoS::AtMostOnce {
+                        return;
+                    }
+                    if let Err(e) = client.ack(&p).await {
+                        tracing::warn!("mqtt: acknowledging packet {}: {e}", p.pkid);
+                    }
+                    taken.running().remove(&p.pkid);
+                });
             }
             Ok(_) => {}
             Err(e) => {
@@ -229,9 +332,24 @@ async fn handle(node: &Node, client: &AsyncClient, cfg: &MqttSection, p: Publish
     let rec = node.traces.begin(prop("traceparent"), prop("tracestate"));
     let call_id = crate::agent::new_call_id();
     rec.set_call_id(&call_id);
-    let result =
-        crate::traces::Traces::run(rec.clone(), node.call(&trigger.function, p.payload.clone()))
-            .await;
+    // A message that is acknowledged only after its call (QoS 1 and 2) waits out a full
+    // function or node (429, 503) rather than being answered with it: it stays the broker's
+    // until it has run.
+    let mut pause = Duration::from_millis(20);
+    let result = loop {
+        let r = crate::traces::Traces::run(
+            rec.clone(),
+            node.call(&trigger.function, p.payload.clone()),
+        )
+        .await;
+        match &r {
+            Err(e) if p.qos != QoS::AtMostOnce && matches!(e.status, 429 | 503) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            _ => break r,
+        }
+    };
     node.traces.commit(
         &rec,
         "mqtt",
