@@ -21,11 +21,7 @@ const CLIENT: &str = "coap-client-notls";
 fn have_client() -> bool {
     let ok = Command::new(CLIENT).arg("-h").output().is_ok();
     if !ok {
-        assert!(
-            std::env::var("CI").ok().as_deref() != Some("true"),
-            "CI must have {CLIENT} (apt-get install libcoap3-bin)"
-        );
-        eprintln!("SKIPPED: {CLIENT} is not installed (apt-get install libcoap3-bin)");
+        skip_without(CLIENT, "apt-get install libcoap3-bin");
     }
     ok
 }

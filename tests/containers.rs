@@ -34,11 +34,7 @@ fn have_docker() -> bool {
             .output()
             .is_ok_and(|o| o.status.success());
         if !ok {
-            assert!(
-                std::env::var("CI").ok().as_deref() != Some("true"),
-                "CI must have a running Docker engine"
-            );
-            eprintln!("SKIPPED: no Docker engine here (container functions need one)");
+            skip_without("a running Docker engine", "container functions need one");
             return false;
         }
         let st = Command::new(example("thumbnail/build.sh"))

@@ -419,11 +419,7 @@ async fn a_full_disk_refuses_submissions_and_keeps_what_it_accepted() {
     let disk = match SmallDisk::mount(&dir.path().join("node"), "64m") {
         Ok(d) => d,
         Err(why) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI must run the full-disk test: {why}"
-            );
-            eprintln!("SKIPPED: the full-disk test: {why}");
+            skip_without("a small tmpfs for the full-disk test", &why);
             return;
         }
     };

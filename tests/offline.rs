@@ -174,11 +174,7 @@ async fn a_cut_off_site_keeps_calls_for_the_cloud_and_delivers_them_in_order_whe
     let link = match Link::new() {
         Ok(l) => l,
         Err(why) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI must run the link-cut test: {why}"
-            );
-            eprintln!("SKIPPED: the link-cut test: {why}");
+            skip_without("a network namespace for the link-cut test", &why);
             return;
         }
     };

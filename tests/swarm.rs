@@ -42,11 +42,7 @@ fn swarm_here() -> bool {
         None => "no Docker engine".to_string(),
         Some(s) => format!("the engine is not a Swarm manager ({s}); `docker swarm init`"),
     };
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI must have a Swarm manager: {why}"
-    );
-    eprintln!("SKIPPED: {why}");
+    skip_without("a Swarm manager", &why);
     false
 }
 

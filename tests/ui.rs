@@ -25,11 +25,10 @@ fn have_browser() -> bool {
             .output()
             .is_ok_and(|o| o.status.success());
     if !ok {
-        assert!(
-            std::env::var("CI").ok().as_deref() != Some("true"),
-            "CI must have chromium, chromium-driver and selenium installed (.ci/run installs them)"
+        skip_without(
+            "chromium, chromium-driver and selenium",
+            "the dashboard's browser test needs them (apt-get install chromium chromium-driver; pip install selenium)",
         );
-        eprintln!("SKIPPED: the dashboard's browser test needs chromium, chromium-driver (apt-get install chromium chromium-driver) and selenium (pip install selenium)");
     }
     ok
 }

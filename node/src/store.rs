@@ -160,6 +160,11 @@ pub struct Store {
     keyed: sled::Tree,
 }
 
+/// When a keyed answer was kept: its record's first 8 bytes (none when it is shorter).
+fn keyed_at(record: &[u8]) -> Option<u64> {
+    record.get(..8)?.try_into().ok().map(u64::from_be_bytes)
+}
+
 /// The id callers are given for an async call: 128 random bits, not guessable.
 pub type PublicId = [u8; 16];
 
@@ -445,13 +450,10 @@ impl Store {
         let Some(v) = self.keyed.get(k)? else {
             return Ok(None);
         };
-        if v.len() < 8 {
-            return Err(StoreError::Corrupt {
-                tree: "keyed_results",
-                problem: format!("a record of {} bytes", v.len()),
-            });
-        }
-        let at = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+        let at = keyed_at(&v).ok_or_else(|| StoreError::Corrupt {
+            tree: "keyed_results",
+            problem: format!("a record of {} bytes", v.len()),
+        })?;
         Ok(Some((at, Bytes::copy_from_slice(&v[8..]))))
     }
 
@@ -470,11 +472,8 @@ impl Store {
         let mut n = 0;
         for kv in self.keyed.iter() {
             let (k, v) = kv?;
-            let at = v
-                .get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map_or(0, u64::from_be_bytes);
-            if at < cutoff_ms {
+            // A damaged record is swept too.
+            if keyed_at(&v).unwrap_or(0) < cutoff_ms {
                 self.keyed.remove(&k)?;
                 n += 1;
             }

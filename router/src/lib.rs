@@ -115,6 +115,7 @@ pub struct Router {
     arrivals: Mutex<HashMap<String, Arrivals>>,
     /// Arrivals of all functions together, in finer buckets over a shorter window than
     /// per function: the autoscaler's trend, which must turn with a burst within seconds.
+    /// Kept by scoped routers only (no extra lock on every call elsewhere).
     all_arrivals: Mutex<Arrivals>,
     /// Calls this router has running at each place now (fresher than gossiped load).
     outstanding: Mutex<HashMap<String, u32>>,
@@ -274,7 +275,10 @@ impl Router {
             .entry(function.to_string())
             .or_insert_with(|| Arrivals::new(1000, 10))
             .record(now);
-        lock(&self.all_arrivals).record(now);
+        if self.scope.is_some() {
+            // Only a scoped router (a bridge's, sizing its workers) forecasts the total.
+            lock(&self.all_arrivals).record(now);
+        }
         let mut places = self.places(node, f);
         if places.is_empty() && self.scope.as_ref().is_some_and(|s| s.wait_for_place) {
             places = self.wait_for_place(node, f).await;
@@ -672,8 +676,9 @@ impl Router {
         lock(&self.outstanding).values().sum()
     }
 
-    /// Forecast arrivals per second over every function, `ahead_ms` from now (a line
-    /// through the last 4 s in half-second buckets); none from fewer than
+    /// Forecast arrivals per second over every function, `ahead_ms` from now, for a scoped
+    /// router (0 for others): a line through the last 4 s in half-second buckets; none
+    /// from fewer than
     /// [`MIN_TREND_ARRIVALS`] arrivals, too few for a trend (one call after a quiet spell
     /// is a line rising from zero).
     pub fn forecast_per_s(&self, ahead_ms: u64) -> f64 {

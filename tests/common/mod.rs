@@ -549,3 +549,13 @@ pub fn header_of<'a>(head: &'a str, name: &str) -> &'a str {
         .unwrap_or("")
         .trim()
 }
+
+/// A test that needs `what` and cannot have it here (`why`): skipped with a message on a
+/// user's machine, a failure under `CI=true` (where `.ci/run` provides it).
+pub fn skip_without(what: &str, why: &str) {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI must have {what}: {why}"
+    );
+    eprintln!("SKIPPED: needs {what}: {why}");
+}

@@ -66,8 +66,8 @@ fn record_key(caller: &str, function: &str, key: &str) -> Vec<u8> {
 
 impl Node {
     /// [`Node::call`] run once per (`caller`, `name`, `key`) within the idempotency
-    /// window: the stored answer when it ran before (and `true`), else a run whose answer
-    /// is stored before it is returned. Only answers are kept: a failed run may be tried
+    /// window: the stored answer when it ran before, else a run whose answer is stored
+    /// before it is returned. Only answers are kept: a failed run may be tried
     /// again.
     pub async fn call_once(
         &self,
@@ -75,7 +75,7 @@ impl Node {
         name: &str,
         key: &str,
         body: Bytes,
-    ) -> Result<(Placed, bool), Refused> {
+    ) -> Result<Placed, Refused> {
         let k = record_key(caller, name, key);
         let lock = self.keyed.lock_for(&k);
         let _held = lock.lock().await;
@@ -85,21 +85,18 @@ impl Node {
             if crate::store::now_ms().saturating_sub(at) <= window {
                 crate::traces::note("replayed", "true");
                 let tier = self.roles.tier;
-                return Ok((
-                    Placed {
-                        body,
-                        node: self.id.clone(),
-                        tier,
-                        cold: false,
-                        truncated: false,
-                        predicted_ms: None,
-                        took_ms: 0.0,
-                        run_ms: 0.0,
-                        attempts: 1,
-                        module_sent: None,
-                    },
-                    true,
-                ));
+                return Ok(Placed {
+                    body,
+                    node: self.id.clone(),
+                    tier,
+                    cold: false,
+                    truncated: false,
+                    predicted_ms: None,
+                    took_ms: 0.0,
+                    run_ms: 0.0,
+                    attempts: 1,
+                    module_sent: None,
+                });
             }
         }
         let placed = self.call(name, body).await?;
@@ -107,7 +104,7 @@ impl Node {
             .put_keyed(&k, &placed.body)
             .await
             .map_err(store_err)?;
-        Ok((placed, false))
+        Ok(placed)
     }
 
     /// Forgets keyed answers older than the idempotency window.

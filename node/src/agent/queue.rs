@@ -570,11 +570,10 @@ impl Node {
                     .parked
                     .no_place(&call.function, id, now_ms(), &e.message)?;
                 self.queue.outbox_tries.fetch_add(1, Ordering::Relaxed);
-                let cfg = &self.config.async_calls;
+                let poll = self.backoff(u32::MAX);
                 let wait = fogline_core::delivery::Backoff {
-                    base: cfg.retry_base,
-                    max: cfg.retry_max.min(OUTBOX_POLL_MAX),
-                    max_attempts: u32::MAX,
+                    max: poll.max.min(OUTBOX_POLL_MAX),
+                    ..poll
                 }
                 .delay(tries, super::random_unit());
                 if tries == 1 {

@@ -134,7 +134,8 @@ impl super::Trigger for Mqtt {
     }
 }
 
-/// The options of one connection to the broker, `suffix` added to the client id.
+/// The options of one connection to the broker, `suffix` added to the client id, with a
+/// session the broker keeps for `session_expiry`.
 fn options(
     cfg: &MqttSection,
     tls: Option<&Arc<rustls::ClientConfig>>,
@@ -166,6 +167,8 @@ fn options(
             rumqttc::TlsConfiguration::Rustls(tls.clone()),
         ));
     }
+    opts.set_clean_start(false);
+    opts.set_session_expiry_interval(Some(cfg.session_expiry.as_secs() as u32));
     Some(opts)
 }
 
@@ -195,16 +198,14 @@ async fn run(node: std::sync::Weak<Node>, m: Mqtt, node_id: String) {
     ) else {
         return;
     };
-    // The subscriber: a session the broker keeps, acknowledgements sent by hand after the
-    // call, at most `max_inflight` messages at once. It publishes nothing.
-    opts.set_clean_start(false);
-    opts.set_session_expiry_interval(Some(cfg.session_expiry.as_secs() as u32));
+    // The subscriber: acknowledgements sent by hand after the call, at most
+    // `max_inflight` messages at once. It publishes nothing.
     opts.set_manual_acks(true);
     opts.set_receive_maximum(Some(cfg.max_inflight));
     let (client, mut events) = AsyncClient::new(opts, usize::from(cfg.max_inflight) * 2 + 16);
-    // The replies: their own connection (with a session the broker keeps too, so a reply
-    // in flight when the broker stops is sent again).
-    let Some(mut reply_opts) = options(
+    // The replies: their own connection (its session kept too, so a reply in flight when
+    // the broker stops is sent again).
+    let Some(reply_opts) = options(
         &cfg,
         m.tls.as_ref(),
         m.password.as_deref(),
@@ -214,8 +215,6 @@ async fn run(node: std::sync::Weak<Node>, m: Mqtt, node_id: String) {
     ) else {
         return;
     };
-    reply_opts.set_clean_start(false);
-    reply_opts.set_session_expiry_interval(Some(cfg.session_expiry.as_secs() as u32));
     let (replies, mut reply_events) = AsyncClient::new(reply_opts, 256);
     let broker = cfg.broker.clone();
     let watching = node.clone();
@@ -258,14 +257,11 @@ async fn run(node: std::sync::Weak<Node>, m: Mqtt, node_id: String) {
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let Some(node) = node.upgrade() else { return };
-                if p.qos != QoS::AtMostOnce {
-                    if taken.running().contains(&p.pkid) {
-                        // Delivered again while its first delivery runs: that one's
-                        // acknowledgement answers both.
-                        tracing::debug!("mqtt: packet {} delivered again while it runs", p.pkid);
-                        continue;
-                    }
-                    taken.running().insert(p.pkid);
+                if p.qos != QoS::AtMostOnce && !taken.running().insert(p.pkid) {
+                    // Delivered again while its first delivery runs: that one's
+                    // acknowledgement answers both.
+                    tracing::debug!("mqtt: packet {} delivered again while it runs", p.pkid);
+                    continue;
                 }
                 let (client, replies, cfg, taken) =
                     (client.clone(), replies.clone(), cfg.clone(), taken.clone());
