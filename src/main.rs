@@ -95,6 +95,14 @@ struct RouterArgs {
     /// Device mode: this router may also run Wasm functions itself, as one of the places.
     #[arg(long)]
     device: bool,
+    /// The placement policy (overrides `[router] policy`): regression, a3e, mu,
+    /// least-loaded, nearest-edge, round-robin, cloud-only or device-only.
+    #[arg(long, value_parser = parse_policy)]
+    policy: Option<String>,
+}
+
+fn parse_policy(s: &str) -> Result<String, String> {
+    fogline_core::policies::Kind::parse(s, true).map(|k| k.name().to_string())
 }
 
 #[derive(Args)]
@@ -366,6 +374,9 @@ fn main() -> ExitCode {
                 let join = a.node.join.clone();
                 let mut cfg = a.node.into_config(None)?;
                 let r = cfg.router.get_or_insert_with(Default::default);
+                if let Some(p) = a.policy {
+                    r.policy = p;
+                }
                 if a.device {
                     r.device = true;
                     cfg.node.tier = fogline_core::config::Tier::Device;

@@ -30,6 +30,7 @@ impl Reporter for Impostor {
             site: site.to_string(),
             cores: 64,
             memory_bytes: 1 << 40,
+            speed: 1.0,
             runtimes: vec![fogline_core::Runtime::Wasm],
             in_flight: 0,
             queued: 0,

@@ -105,6 +105,11 @@ async fn the_router_places_learns_moves_off_load_and_survives_a_kill() {
         "median prediction error after warm-up: {:.1} %",
         err * 100.0
     );
+    assert!(
+        err <= 0.25,
+        "median prediction error {:.1} % is above the 25 % bar on loopback",
+        err * 100.0
+    );
     // Members gossip their cold and warm start counts.
     wait_until("start counts reach the router's view", 5, || {
         mesh_json(&router)["members"]

@@ -9,9 +9,10 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-const NAMES: [&str; 8] = [
+const NAMES: [&str; 9] = [
     "regression",
     "a3e",
+    "mu",
     "nearest-edge",
     "least-loaded",
     "round-robin",

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use criterion::Criterion;
 use fogline_core::config::Tier;
 use fogline_core::placement::{PlaceInfo, Planner};
+use fogline_core::policies::Call;
 use fogline_core::policy::Weights;
 use fogline_core::predict::Features;
 
@@ -44,15 +45,24 @@ fn places(ids: &[String], round: u64) -> Vec<PlaceInfo<'_>> {
             tier: if i == 0 { Tier::Cloud } else { Tier::Edge },
             rtt_ms: ((round + i as u64) % 20) as f64,
             load_per_core: 0.5,
+            cores: 4,
+            speed: Some(1.0),
             warm: true,
             service_ms: Some(3.0),
+            truth_ms: None,
         })
         .collect()
 }
 
 fn main() {
     let (planner, ids) = setup();
-    let w = Weights::default();
+    let call = Call {
+        function: "f",
+        request_kb: 1.0,
+        deadline_ms: Some(50.0),
+        weights: Weights::default(),
+        now_ms: 0.0,
+    };
     let mut c = Criterion::default().configure_from_args();
     {
         let ps = places(&ids, 1);
@@ -60,7 +70,7 @@ fn main() {
         c.bench_function("placement decision, 100 candidates", |b| {
             b.iter(|| {
                 roll = (roll * 9301.0 + 0.49297) % 1.0;
-                black_box(planner.plan("f", 1.0, black_box(&ps), Some(50.0), &w, roll))
+                black_box(planner.plan(&call, black_box(&ps), roll))
             })
         });
     }
@@ -72,7 +82,7 @@ fn main() {
     for round in 0..110_000u64 {
         let ps = places(&ids, round);
         let t = Instant::now();
-        let d = planner.plan("f", 1.0, &ps, Some(50.0), &w, roll);
+        let d = planner.plan(&call, &ps, roll);
         let took = t.elapsed();
         black_box(d);
         roll = (roll * 9301.0 + 0.49297) % 1.0;

@@ -321,6 +321,10 @@ pub struct RouterSection {
     /// Device mode: this router may also run Wasm functions itself, as one of the places.
     #[serde(default)]
     pub device: bool,
+    /// The placement policy: `regression` (Fogline's learnt models), `a3e`, `mu`,
+    /// `least-loaded`, `nearest-edge`, `round-robin`, `cloud-only` or `device-only`.
+    #[serde(default = "default_policy")]
+    pub policy: String,
     /// Share of placements spent on rarely chosen places, to keep their models fresh.
     #[serde(default = "default_explore")]
     pub explore: f64,
@@ -390,12 +394,25 @@ impl Default for RouterSection {
     fn default() -> Self {
         RouterSection {
             device: false,
+            policy: default_policy(),
             explore: default_explore(),
             window: default_window(),
             placements_kept: default_placements_kept(),
             prepare_ahead: true,
             mqtt: None,
         }
+    }
+}
+
+fn default_policy() -> String {
+    "regression".into()
+}
+
+impl RouterSection {
+    /// The policy named by `policy` (checked when the config is read; `regression` if not).
+    pub fn policy_kind(&self) -> crate::policies::Kind {
+        crate::policies::Kind::parse(&self.policy, true)
+            .unwrap_or(crate::policies::Kind::Regression)
     }
 }
 
@@ -1034,6 +1051,9 @@ impl NodeConfig {
             ));
         }
         if let Some(r) = &self.router {
+            if let Err(e) = crate::policies::Kind::parse(&r.policy, true) {
+                return Err(invalid("router.policy", e));
+            }
             if !(0.0..=1.0).contains(&r.explore) {
                 return Err(invalid(
                     "router.explore",

@@ -11,6 +11,10 @@
 //! - [`predict`]: per-place latency models (online least squares, analytic fallback).
 //! - [`forecast`]: arrival-rate forecasts per function (prepare ahead of bursts).
 //! - [`policy`]: choosing a place from predictions, deadlines, cost and energy weights.
+//! - [`policies`]: the placement policies behind one trait (regression, A3-E, Mu, the
+//!   baselines, the simulator's oracle), live and simulated alike.
+//! - [`attempts`]: one call's placement state machine: outcome in, retry where / fail /
+//!   done out, under one budget rule; places benched after failing.
 //! - [`placement`]: the planner the router and the simulator share: models per place, plans,
 //!   learning from outcomes.
 //! - [`sim`]: the continuum simulator (same planner and cluster view, baselines, oracle).
@@ -29,13 +33,13 @@
 //!   hysteresis).
 //! - [`trace`]: W3C Trace Context (`traceparent`), the spans each hop records, a trace's tree.
 //!
-//! A new placement policy goes in [`policy`] (how a place is chosen from predictions) and
-//! [`placement`] (what is predicted and learnt), where the router and the simulator both
-//! drive it.
+//! A new placement policy is one file in [`policies`] and one `Kind`; the router and the
+//! simulator both drive it through [`attempts`].
 //!
 //! Drivers (`fogline-node`, `fogline-router`, …) move bytes and time into these types.
 
 pub mod access;
+pub mod attempts;
 pub mod callback;
 pub mod coap;
 pub mod config;
@@ -47,6 +51,7 @@ pub mod manifest;
 pub mod mesh;
 pub mod openfaas;
 pub mod placement;
+pub mod policies;
 pub mod policy;
 pub mod predict;
 pub mod revocation;

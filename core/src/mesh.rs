@@ -40,6 +40,9 @@ pub struct LoadReport {
     pub site: String,
     pub cores: u32,
     pub memory_bytes: u64,
+    /// Its speed against the reference machine (a calibration run at start; 0: unknown):
+    /// what a router predicts a function that never ran there from.
+    pub speed: f32,
     pub runtimes: Vec<Runtime>,
     /// Invocations running now, and waiting (async queue).
     pub in_flight: u32,
@@ -113,6 +116,7 @@ impl LoadReport {
         self.site.clone_from(&r.site);
         self.cores = r.cores;
         self.memory_bytes = r.memory_bytes;
+        self.speed = r.speed;
         self.runtimes.clone_from(&r.runtimes);
         self.quic.clone_from(&r.quic);
         self.http.clone_from(&r.http);
@@ -127,6 +131,7 @@ impl LoadReport {
             &self.site,
             self.cores,
             self.memory_bytes,
+            self.speed.to_bits(),
             &self.runtimes,
             &self.quic,
             &self.http,
@@ -766,6 +771,7 @@ mod tests {
             site: "a".into(),
             cores: 2,
             memory_bytes: 1 << 30,
+            speed: 1.0,
             runtimes: vec![Runtime::Wasm],
             in_flight,
             queued: 0,

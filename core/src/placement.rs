@@ -4,9 +4,14 @@
 
 use rustc_hash::FxHashMap as HashMap;
 
+use crate::attempts::Outcome;
 use crate::config::Tier;
-use crate::policy::{choose, Scorable, Weights};
+use crate::policies::Call;
+use crate::policy::{choose, Scorable};
 use crate::predict::{Analytic, Features, Model, Source};
+
+/// How long a place that refused a call for capacity is taken to be full, ms.
+const FULL_FOR_MS: f64 = 1000.0;
 
 /// What is known of one place at decision time.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -21,6 +26,13 @@ pub struct PlaceInfo<'a> {
     pub warm: bool,
     /// The function's recent service time there, ms, when the place reported one.
     pub service_ms: Option<f64>,
+    /// Cores there (as reported).
+    pub cores: u32,
+    /// Its speed relative to the reference machine, as it advertises it (a calibration
+    /// run at start), when it does.
+    pub speed: Option<f64>,
+    /// What the call would really take there: known to the simulator's oracle only.
+    pub truth_ms: Option<f64>,
 }
 
 /// A prediction for one place.
@@ -32,6 +44,8 @@ pub struct Scored {
     pub observations: usize,
     /// The features the prediction was made from (kept to learn from the outcome).
     pub features: Features,
+    /// The place's advertised speed then (1 when it advertised none).
+    pub speed: f64,
 }
 
 impl Scorable for Scored {
@@ -118,11 +132,22 @@ pub struct Planner {
     /// Per function, per place (keyed by a 64-bit hash of the place's id, which keeps
     /// lookups on the hot path free of string comparisons), the place's id and its model.
     models: HashMap<String, Models>,
-    /// Smoothed service time per function over all places, for places that report none.
-    service: HashMap<String, f64>,
-    /// How much slower than a function's typical service time each place runs, learnt
+    /// Per function, its size: the service time it would take on the reference machine
+    /// (speed 1), learnt from wherever it ran.
+    size: HashMap<String, f64>,
+    /// A function's size before it ran anywhere: the typical first size seen.
+    typical_size: Option<f64>,
+    /// Advertised speed of the places learnt from.
+    speeds: HashMap<String, f64>,
+    /// How much slower than its advertised speed says each place runs functions, learnt
     /// over every function it ran: what a place that never ran a function will likely take.
     slowness: HashMap<String, f64>,
+    /// Extra time of a cold start per place, learnt over every function started there.
+    cold: HashMap<String, f64>,
+    /// Smoothed response size per function, KiB: added to the request's size.
+    response_kb: HashMap<String, f64>,
+    /// Places that refused a call for capacity, until when (ms).
+    full_until: HashMap<String, f64>,
     pub analytic: Analytic,
     window: usize,
     errors: Vec<f64>,
@@ -134,8 +159,13 @@ impl Planner {
     pub fn new(window: usize) -> Self {
         Planner {
             models: HashMap::default(),
-            service: HashMap::default(),
+            size: HashMap::default(),
+            typical_size: None,
+            speeds: HashMap::default(),
             slowness: HashMap::default(),
+            cold: HashMap::default(),
+            response_kb: HashMap::default(),
+            full_until: HashMap::default(),
             analytic: Analytic::default(),
             window,
             errors: Vec::new(),
@@ -150,32 +180,47 @@ impl Planner {
             load_per_core: p.load_per_core,
             cold: !p.warm,
             service_ms: p.service_ms.unwrap_or_else(|| {
-                self.service.get(function).copied().unwrap_or(1.0)
+                // The prior: the function's size (or a typical function's) at this place's
+                // advertised speed, corrected by how it ran other functions.
+                let size = self
+                    .size
+                    .get(function)
+                    .copied()
+                    .or(self.typical_size)
+                    .unwrap_or(1.0);
+                size / p.speed.unwrap_or(1.0).max(1e-3)
                     * self.slowness.get(p.id).copied().unwrap_or(1.0)
             }),
         }
     }
 
-    /// Predicts every place and chooses one. `roll` is uniform in [0, 1). `None` when
-    /// `places` is empty.
-    pub fn plan(
-        &self,
-        function: &str,
-        payload_kb: f64,
-        places: &[PlaceInfo<'_>],
-        deadline_ms: Option<f64>,
-        weights: &Weights,
-        roll: f64,
-    ) -> Option<Plan> {
+    /// Predicts every place for `call` and chooses one. `roll` is uniform in [0, 1).
+    /// `None` when `places` is empty.
+    pub fn plan(&self, call: &Call<'_>, places: &[PlaceInfo<'_>], roll: f64) -> Option<Plan> {
+        let function = call.function;
+        let payload_kb = call.request_kb + self.response_kb.get(function).copied().unwrap_or(0.0);
         let models = self.models.get(function);
         let mut scored = Vec::with_capacity(places.len());
         for p in places {
             let features = self.features(function, payload_kb, p);
             let model = models.and_then(|m| m.get(place_key(p.id)));
-            let (predicted_ms, source) = match model {
-                Some(m) => m.predict(&features, &self.analytic),
-                None => (self.analytic.estimate(&features), Source::Analytic),
+            let analytic = Analytic {
+                cold_penalty_ms: self
+                    .cold
+                    .get(p.id)
+                    .copied()
+                    .unwrap_or(self.analytic.cold_penalty_ms),
+                ..self.analytic
             };
+            let (mut predicted_ms, source) = match model {
+                Some(m) => m.predict(&features, &analytic),
+                None => (analytic.estimate(&features), Source::Analytic),
+            };
+            if self.full_until.get(p.id).is_some_and(|u| *u > call.now_ms) {
+                // It turned a call away lately: a refusal costs a round trip, and a slot
+                // frees in about a service time.
+                predicted_ms += p.rtt_ms + features.service_ms;
+            }
             let observations = model.map_or(0, Model::observations);
             scored.push(Scored {
                 tier: p.tier,
@@ -183,15 +228,59 @@ impl Planner {
                 source,
                 observations,
                 features,
+                speed: p.speed.unwrap_or(1.0),
             });
         }
-        let d = choose(&scored, deadline_ms, weights, roll)?;
+        let d = choose(&scored, call.deadline_ms, &call.weights, roll)?;
         Some(Plan {
             scored,
             chosen: d.index,
             explored: d.explored,
             meets_deadline: d.meets_deadline,
         })
+    }
+
+    /// Learns from any outcome: an answer is an observation; a timeout, that the place
+    /// takes at least that long (a censored observation); a refusal, that the place is
+    /// full for now. A lost connection teaches nothing here (the driver benches the place).
+    pub fn learn(&mut self, call: &Call<'_>, place: &str, scored: &Scored, outcome: &Outcome) {
+        match *outcome {
+            Outcome::Answered {
+                took_ms,
+                service_ms,
+                response_kb,
+                ..
+            } => {
+                if self.speeds.get(place) != Some(&scored.speed) {
+                    self.speeds.insert(place.to_string(), scored.speed);
+                }
+                if let Some(kb) = response_kb.filter(|k| k.is_finite() && *k >= 0.0) {
+                    let r = self
+                        .response_kb
+                        .entry(call.function.to_string())
+                        .or_insert(kb);
+                    *r = 0.8 * *r + 0.2 * kb;
+                }
+                self.observe(
+                    call.function,
+                    place,
+                    &scored.features,
+                    scored.predicted_ms,
+                    took_ms,
+                    service_ms,
+                );
+            }
+            Outcome::TimedOut { after_ms } if after_ms > scored.predicted_ms => {
+                // At least this long: recorded as this long, not counted as a prediction
+                // error (the true time is unknown).
+                self.record(call.function, place, &scored.features, after_ms);
+            }
+            Outcome::Refused { .. } => {
+                self.full_until
+                    .insert(place.to_string(), call.now_ms + FULL_FOR_MS);
+            }
+            _ => {}
+        }
     }
 
     /// Learns from an outcome: the invocation predicted with `features` at `place` took
@@ -216,21 +305,33 @@ impl Planner {
         }
         self.next_error = (self.next_error + 1) % ERRORS_KEPT;
         if let Some(s) = service_ms.filter(|s| s.is_finite() && *s > 0.0) {
-            // The place's service time against the function's typical one, before this
-            // observation moves the typical one.
-            let typical = *self.service.entry(function.to_string()).or_insert(s);
-            if typical > 0.0 {
-                let r = (s / typical).clamp(0.01, 100.0);
+            // The function's size as this run says (its time at the place's advertised
+            // speed), and the place's slowness against what its speed promised, before
+            // this observation moves the size.
+            let speed = self.speeds.get(place).copied().unwrap_or(1.0);
+            let seen = s * speed;
+            let size = match self.size.get(function) {
+                Some(v) => *v,
+                None => {
+                    let t = self.typical_size.get_or_insert(seen);
+                    *t = 0.9 * *t + 0.1 * seen;
+                    self.size.insert(function.to_string(), seen);
+                    seen
+                }
+            };
+            if size > 0.0 {
+                let r = (seen / size).clamp(0.01, 100.0);
                 let k = self.slowness.entry(place.to_string()).or_insert(r);
                 *k = 0.95 * *k + 0.05 * r;
             }
-            if let Some(e) = self.service.get_mut(function) {
-                *e = 0.8 * *e + 0.2 * s;
+            let slow = self.slowness.get(place).copied().unwrap_or(1.0);
+            if let Some(e) = self.size.get_mut(function) {
+                *e = 0.8 * *e + 0.2 * seen / slow;
             }
         }
         if features.cold {
             // What a cold start added, beyond the warm estimate: the analytic estimate's
-            // cold-start penalty follows it.
+            // cold-start penalty follows it, over all places and at this place.
             let warm = Features {
                 cold: false,
                 ..*features
@@ -238,7 +339,14 @@ impl Planner {
             let extra = (actual_ms - self.analytic.estimate(&warm)).max(0.0);
             let c = &mut self.analytic.cold_penalty_ms;
             *c = 0.9 * *c + 0.1 * extra;
+            let here = self.cold.entry(place.to_string()).or_insert(extra);
+            *here = 0.8 * *here + 0.2 * extra;
         }
+        self.record(function, place, features, actual_ms);
+    }
+
+    /// Adds one observation to the (function, place) model.
+    fn record(&mut self, function: &str, place: &str, features: &Features, actual_ms: f64) {
         let window = self.window;
         let per_fn = match self.models.get_mut(function) {
             Some(m) => m,
@@ -274,22 +382,28 @@ impl Planner {
     }
 
     /// Forgets the models of places that left (so memory follows the membership).
-    pub fn retain_places(&mut self, keep: impl Fn(&str) -> bool) {
+    pub fn retain_places(&mut self, keep: &dyn Fn(&str) -> bool) {
         for m in self.models.values_mut() {
-            m.retain(&keep);
+            m.retain(keep);
         }
+        self.slowness.retain(|p, _| keep(p));
+        self.speeds.retain(|p, _| keep(p));
+        self.cold.retain(|p, _| keep(p));
+        self.full_until.retain(|p, _| keep(p));
     }
 
     /// Forgets a function's models (it was removed).
     pub fn forget_function(&mut self, function: &str) {
         self.models.remove(function);
-        self.service.remove(function);
+        self.size.remove(function);
+        self.response_kb.remove(function);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Weights;
 
     fn place(id: &str, tier: Tier, rtt: f64, load: f64) -> PlaceInfo<'_> {
         PlaceInfo {
@@ -299,6 +413,9 @@ mod tests {
             load_per_core: load,
             warm: true,
             service_ms: Some(4.0),
+            cores: 4,
+            speed: None,
+            truth_ms: None,
         }
     }
 
@@ -306,6 +423,16 @@ mod tests {
         Weights {
             explore: 0.0,
             ..Weights::default()
+        }
+    }
+
+    fn call(kb: f64, weights: Weights) -> Call<'static> {
+        Call {
+            function: "f",
+            request_kb: kb,
+            deadline_ms: None,
+            weights,
+            now_ms: 0.0,
         }
     }
 
@@ -317,7 +444,7 @@ mod tests {
             place("edge-1", Tier::Edge, 3.0, 2.0),
             place("edge-2", Tier::Edge, 3.0, 0.1),
         ];
-        let plan = p.plan("f", 1.0, &places, None, &no_explore(), 0.5).unwrap();
+        let plan = p.plan(&call(1.0, no_explore()), &places, 0.5).unwrap();
         assert_eq!(places[plan.chosen].id, "edge-2");
         assert_eq!(plan.next_best(&[plan.chosen]), Some(1));
         assert_eq!(plan.next_best(&[0, 1, 2]), None);
@@ -341,7 +468,7 @@ mod tests {
             let roll = (roll_state >> 11) as f64 / (1u64 << 53) as f64;
             let kb = (n % 32) as f64;
             let plan = p
-                .plan("f", kb, &places, None, &Weights::default(), roll)
+                .plan(&call(kb, Weights::default()), &places, roll)
                 .unwrap();
             let s = plan.scored[plan.chosen];
             let actual = truth(plan.chosen, &s.features);
@@ -367,14 +494,94 @@ mod tests {
     }
 
     #[test]
+    fn refusals_timeouts_and_priors_are_learnt() {
+        let mut p = Planner::new(64);
+        let w = no_explore();
+        let places = [
+            place("edge-1", Tier::Edge, 2.0, 0.0),
+            place("edge-2", Tier::Edge, 2.0, 0.0),
+        ];
+        let c = call(1.0, w);
+        let plan = p.plan(&c, &places, 0.5).unwrap();
+        let before = plan.scored[0].predicted_ms;
+        // A 429 from edge-1: for a second it costs a round trip and a service time more.
+        p.learn(
+            &c,
+            "edge-1",
+            &plan.scored[0],
+            &Outcome::Refused { status: 429 },
+        );
+        let after = p.plan(&c, &places, 0.5).unwrap();
+        assert_eq!(after.chosen, 1, "the full place is avoided");
+        assert!(after.scored[0].predicted_ms > before);
+        let later = Call {
+            now_ms: 5000.0,
+            ..c
+        };
+        assert_eq!(
+            p.plan(&later, &places, 0.5).unwrap().scored[0].predicted_ms,
+            before
+        );
+        // A timeout after 900 ms is an observation of at least that long.
+        let t = Outcome::TimedOut { after_ms: 900.0 };
+        for _ in 0..20 {
+            p.learn(&later, "edge-2", &plan.scored[1], &t);
+        }
+        p.refit_due();
+        let e2 = p.plan(&later, &places, 0.5).unwrap();
+        assert!(e2.scored[1].predicted_ms > 100.0, "{:?}", e2.scored[1]);
+        assert_eq!(e2.chosen, 0);
+    }
+
+    #[test]
+    fn a_function_never_seen_is_predicted_from_its_size_and_the_places_speed() {
+        let mut p = Planner::new(64);
+        let w = no_explore();
+        let mk = |id, speed: f64| PlaceInfo {
+            service_ms: None,
+            speed: Some(speed),
+            ..place(id, Tier::Edge, 2.0, 0.0)
+        };
+        let (slow, fast) = (mk("slow", 0.25), mk("fast", 2.0));
+        // "g" ran on the fast place: 20 ms there, so 40 ms of work at speed 1.
+        let c = Call {
+            function: "g",
+            ..call(1.0, w)
+        };
+        let plan = p.plan(&c, &[fast], 0.5).unwrap();
+        let ok = Outcome::Answered {
+            took_ms: 24.0,
+            service_ms: Some(20.0),
+            response_kb: Some(1.0),
+            cold: false,
+        };
+        p.learn(&c, "fast", &plan.scored[0], &ok);
+        // "h" never ran anywhere: a typical function's size at each place's speed.
+        let h = Call {
+            function: "h",
+            ..call(1.0, w)
+        };
+        let plan = p.plan(&h, &[slow, fast], 0.5).unwrap();
+        assert_eq!(plan.chosen, 1);
+        let (s, f) = (
+            plan.scored[0].features.service_ms,
+            plan.scored[1].features.service_ms,
+        );
+        assert!((s - 160.0).abs() < 1.0 && (f - 20.0).abs() < 1.0, "{s} {f}");
+        // The payload the model sees is the request plus the response expected for "g".
+        let plan = p.plan(&c, &[fast], 0.5).unwrap();
+        assert!((plan.scored[0].features.payload_kb - 2.0).abs() < 1e-9);
+    }
+
+    #[test]
     fn forgetting_drops_models() {
         let mut p = Planner::new(16);
         let f = Features::default();
         p.observe("f", "a", &f, 1.0, 1.0, None);
         p.observe("f", "b", &f, 1.0, 1.0, None);
-        p.retain_places(|id| id != "a");
+        p.retain_places(&|id| id != "a");
         let places = [place("a", Tier::Edge, 1.0, 0.0)];
-        let plan = p.plan("f", 0.0, &places, None, &no_explore(), 0.5).unwrap();
+        let plan = p.plan(&call(0.0, no_explore()), &places, 0.5).unwrap();
         assert_eq!(plan.scored[0].observations, 0);
         p.forget_function("f");
         assert!(p.models.is_empty());

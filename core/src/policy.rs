@@ -52,6 +52,11 @@ impl Default for Weights {
     }
 }
 
+/// Exploration visits places predicted at most this many times the best's time…
+const EXPLORE_WITHIN: f64 = 1.5;
+/// …plus this, ms.
+const EXPLORE_SLACK_MS: f64 = 5.0;
+
 /// What was chosen and why.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Decision {
@@ -100,12 +105,15 @@ pub fn choose<C: Scorable>(
     let (bi, _) = feasible.or(fastest)?;
     let best = (bi, &cands[bi]);
     if roll < w.explore {
-        // Exploration: another feasible place, uniformly, so that no place's model goes
-        // stale just because it once looked slow.
+        // Exploration: another feasible place not far behind the best (within half as
+        // long again, plus a few ms), uniformly, so that no close place's model goes stale
+        // just because it once looked slower; a place predicted far slower is not worth a
+        // call to find out (on a sparse workload that call is a large share of all).
+        let near = best.1.predicted_ms() * EXPLORE_WITHIN + EXPLORE_SLACK_MS;
         let others = cands
             .iter()
             .enumerate()
-            .filter(|(i, c)| *i != best.0 && (!any_meets || meets(c)));
+            .filter(|(i, c)| *i != best.0 && (!any_meets || meets(c)) && c.predicted_ms() <= near);
         let n = others.clone().count();
         if n > 0 {
             let k = ((roll / w.explore) * n as f64) as usize;

@@ -77,6 +77,8 @@ impl Analytic {
 pub enum Source {
     Model,
     Analytic,
+    /// Not a prediction: a policy's score (an order, or its own estimate).
+    Score,
 }
 
 /// The online model of one function at one place.
@@ -88,8 +90,8 @@ pub enum Source {
 /// an effect of the round trip's jitter. A cold start adds a separately learnt extra time:
 /// cold starts are rare and long, and would dominate a joint fit. Beyond the data the fit
 /// came from, the model answers at the nearest point it knows and the analytic estimate adds
-/// what the features beyond it cost. A fit is kept only if it explains its window better
-/// than the analytic estimate does.
+/// what the features beyond it cost. A fit is kept only if it predicts held-out calls (the
+/// newest of its window, left out of a trial fit) better than the analytic estimate does.
 #[derive(Debug, Clone)]
 pub struct Model {
     window: VecDeque<([f64; Features::N], f64)>,
@@ -217,9 +219,10 @@ impl Model {
         self.fit = self.fit_window(fallback);
     }
 
-    fn fit_window(&self, fallback: &Analytic) -> Option<Fit> {
+    /// Fits `rows` (see the type's documentation); `None` when they are too few.
+    fn fit_rows(rows: &[([f64; Features::N], f64)], fallback: &Analytic) -> Option<Fit> {
         let warm: Vec<&([f64; Features::N], f64)> =
-            self.window.iter().filter(|(x, _)| x[COLD] < 0.5).collect();
+            rows.iter().filter(|(x, _)| x[COLD] < 0.5).collect();
         if warm.len() < 8 {
             return None;
         }
@@ -272,8 +275,7 @@ impl Model {
             range,
             cold_extra_ms: fallback.cold_penalty_ms,
         };
-        let cold: Vec<f64> = self
-            .window
+        let cold: Vec<f64> = rows
             .iter()
             .filter(|(x, _)| x[COLD] >= 0.5)
             .map(|(x, y)| y - fit.warm(x))
@@ -281,14 +283,27 @@ impl Model {
         if !cold.is_empty() {
             fit.cold_extra_ms = (cold.iter().sum::<f64>() / cold.len() as f64).max(0.0);
         }
-        // Keep the fit only if it explains the window better than the estimate does.
+        Some(fit)
+    }
+
+    /// Fits the window, and keeps the fit only if, fitted without the newest quarter of the
+    /// window, it predicts that quarter better than the analytic estimate does: judged on
+    /// calls it was not fitted on, not on its own training data.
+    fn fit_window(&self, fallback: &Analytic) -> Option<Fit> {
+        let rows: Vec<([f64; Features::N], f64)> = self.window.iter().copied().collect();
+        let held = (rows.len() / 4).max(4);
+        let (train, test) = rows.split_at(rows.len().saturating_sub(held));
+        let trial = Self::fit_rows(train, fallback)?;
         let (mut sse_fit, mut sse_est) = (0.0, 0.0);
-        for (x, y) in &self.window {
+        for (x, y) in test {
             let f = Features::from_row(x);
-            sse_fit += (fit.predict(&f, fallback) - y).powi(2);
+            sse_fit += (trial.predict(&f, fallback) - y).powi(2);
             sse_est += (fallback.estimate(&f) - y).powi(2);
         }
-        (sse_fit.is_finite() && sse_fit <= sse_est).then_some(fit)
+        if !(sse_fit.is_finite() && sse_fit <= sse_est) {
+            return None;
+        }
+        Self::fit_rows(&rows, fallback)
     }
 
     /// Smoothed relative prediction error so far.

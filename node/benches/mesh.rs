@@ -44,6 +44,7 @@ impl Reporter for Synthetic {
             site: site.to_string(),
             cores: 2,
             memory_bytes: 4 << 30,
+            speed: 1.0,
             runtimes: vec![Runtime::Wasm],
             in_flight: self.in_flight.load(Ordering::Relaxed),
             queued: 0,

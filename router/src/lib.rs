@@ -14,10 +14,12 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use fogline_core::attempts::{Attempts, Bench, GiveUp, Next, Outcome};
 use fogline_core::config::{RouterSection, Tier};
 use fogline_core::forecast::Arrivals;
 use fogline_core::mesh::State;
-use fogline_core::placement::{PlaceInfo, Plan, Planner};
+use fogline_core::placement::{PlaceInfo, Plan};
+use fogline_core::policies::{Call, Policy};
 use fogline_core::policy::Weights;
 use fogline_core::predict::Source;
 use fogline_core::FunctionManifest;
@@ -27,9 +29,6 @@ use fogline_node::Node;
 use serde::Serialize;
 
 pub mod watch;
-
-/// How long a place that failed is left out of placement.
-const DOWN_FOR: Duration = Duration::from_secs(2);
 
 /// Arrivals the autoscaler's trend needs in its window before it forecasts anything.
 pub const MIN_TREND_ARRIVALS: u32 = 8;
@@ -49,6 +48,9 @@ struct Place {
     addr: Option<SocketAddr>,
     rtt_ms: f64,
     load_per_core: f64,
+    cores: u32,
+    /// Advertised speed, when the member advertises one.
+    speed: Option<f64>,
     warm: bool,
     service_ms: Option<f64>,
 }
@@ -111,7 +113,8 @@ pub struct Router {
     wanted: tokio::sync::Notify,
     extra_metrics: std::sync::OnceLock<ExtraMetrics>,
     node: Weak<Node>,
-    planner: Mutex<Planner>,
+    /// The placement policy (`[router] policy`) and what it learnt.
+    planner: Mutex<Box<dyn Policy>>,
     arrivals: Mutex<HashMap<String, Arrivals>>,
     /// Arrivals of all functions together, in finer buckets over a shorter window than
     /// per function: the autoscaler's trend, which must turn with a burst within seconds.
@@ -119,11 +122,13 @@ pub struct Router {
     all_arrivals: Mutex<Arrivals>,
     /// Calls this router has running at each place now (fresher than gossiped load).
     outstanding: Mutex<HashMap<String, u32>>,
-    /// Places that failed recently, until when.
-    down: Mutex<HashMap<String, Instant>>,
+    /// Places that failed recently (ms on this router's clock).
+    down: Mutex<Bench>,
     prepared: Mutex<HashMap<(String, String), Instant>>,
     log: Mutex<VecDeque<Decision>>,
     watch: watch::Watch,
+    /// The seed and the draw counter of this router's rolls (core's generator).
+    seed: u64,
     rng: AtomicU64,
     started: Instant,
 }
@@ -145,7 +150,7 @@ impl Router {
             .map_or(0x5EED, |d| d.as_nanos() as u64)
             | 1;
         let r = Arc::new(Router {
-            planner: Mutex::new(Planner::new(cfg.window)),
+            planner: Mutex::new(cfg.policy_kind().build(cfg.window)),
             cfg,
             scope,
             waiting: AtomicU64::new(0),
@@ -155,11 +160,12 @@ impl Router {
             arrivals: Mutex::new(HashMap::new()),
             all_arrivals: Mutex::new(Arrivals::new(500, 8)),
             outstanding: Mutex::new(HashMap::new()),
-            down: Mutex::new(HashMap::new()),
+            down: Mutex::new(Bench::default()),
             prepared: Mutex::new(HashMap::new()),
             log: Mutex::new(VecDeque::new()),
             watch: watch::Watch::new(),
-            rng: AtomicU64::new(seed),
+            seed,
+            rng: AtomicU64::new(0),
             started: Instant::now(),
         });
         let _ = node.links.dispatch.set(r.clone());
@@ -170,16 +176,10 @@ impl Router {
         r
     }
 
-    /// A uniform number in [0, 1) (splitmix64).
+    /// A uniform number in [0, 1), from core's generator.
     fn roll(&self) -> f64 {
-        let mut z = self
-            .rng
-            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
-            .wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
+        let n = self.rng.fetch_add(1, Ordering::Relaxed);
+        fogline_core::sim::rng::unit(&[self.seed, n])
     }
 
     fn now_ms(&self) -> u64 {
@@ -189,10 +189,9 @@ impl Router {
     /// Every place that could run `f` now.
     fn places(&self, node: &Node, f: &FunctionManifest) -> Vec<Place> {
         let mut out = Vec::new();
-        let now = Instant::now();
+        let now = self.now_ms() as f64;
         // Both held for this short, synchronous look (the view's lock is taken inside).
-        let mut down = lock(&self.down);
-        down.retain(|_, until| *until > now);
+        let down = lock(&self.down);
         let outstanding = lock(&self.outstanding);
         let mine = |id: &str| f64::from(outstanding.get(id).copied().unwrap_or(0));
         if let Some(mesh) = node.links.mesh.get() {
@@ -207,7 +206,7 @@ impl Router {
                             .as_ref()
                             .is_some_and(|s| r.tier != s.tier || !r.node.starts_with(&s.prefix))
                         || !r.runtimes.contains(&f.runtime)
-                        || down.contains_key(&r.node)
+                        || down.is_benched(&r.node, now)
                     {
                         continue;
                     }
@@ -223,6 +222,8 @@ impl Router {
                         // Until ping has measured it, a loopback-ish guess.
                         rtt_ms: m.rtt_ms.unwrap_or(1.0),
                         load_per_core: reported.max(mine(&r.node)) / cores,
+                        cores: r.cores.max(1),
+                        speed: (r.speed > 0.0).then_some(f64::from(r.speed)),
                         warm: r.warm.contains(&f.name),
                         service_ms: r
                             .service_ms
@@ -246,6 +247,8 @@ impl Router {
                 rtt_ms: 0.0,
                 load_per_core: f64::from(g.instances_in_use).max(mine(&node.id))
                     / f64::from(node.machine.cores.max(1)),
+                cores: node.machine.cores.max(1),
+                speed: Some(f64::from(node.machine.speed)),
                 warm: service.is_some(),
                 service_ms: service,
             });
@@ -309,8 +312,13 @@ impl Router {
             device_energy_ms: f64::from(f.placement.device_energy_ms),
             explore: self.cfg.explore,
         };
-        let deadline_ms = f.placement.deadline.map(|d| d.as_secs_f64() * 1e3);
-        let payload_kb = body.len() as f64 / 1024.0;
+        let call = Call {
+            function,
+            request_kb: body.len() as f64 / 1024.0,
+            deadline_ms: f.placement.deadline.map(|d| d.as_secs_f64() * 1e3),
+            weights,
+            now_ms: now as f64,
+        };
         let infos: Vec<PlaceInfo<'_>> = places
             .iter()
             .map(|p| PlaceInfo {
@@ -318,14 +326,17 @@ impl Router {
                 tier: p.tier,
                 rtt_ms: p.rtt_ms,
                 load_per_core: p.load_per_core,
+                cores: p.cores,
+                speed: p.speed,
                 warm: p.warm,
                 service_ms: p.service_ms,
+                truth_ms: None,
             })
             .collect();
         let roll = self.roll();
         let mut placing = fogline_node::traces::span("placement");
         let plan = lock(&self.planner)
-            .plan(function, payload_kb, &infos, deadline_ms, &weights, roll)
+            .plan(&call, &infos, roll)
             .ok_or_else(|| Refused::unplaced(no_place_message(node, function)))?;
         if placing.recording() {
             placing.attr("chosen", &places[plan.chosen].id);
@@ -355,6 +366,7 @@ impl Router {
                     source: match s.source {
                         Source::Model => "model",
                         Source::Analytic => "analytic",
+                        Source::Score => "score",
                     },
                     observations: s.observations,
                 })
@@ -370,7 +382,7 @@ impl Router {
             error: None,
         };
         let result = self
-            .attempts(node, f, &body, &places, &plan, &mut decision)
+            .attempts(node, f, &body, &places, &plan, &call, &mut decision)
             .await;
         match &result {
             Ok(p) => {
@@ -388,8 +400,9 @@ impl Router {
         result
     }
 
-    /// Runs the call at the chosen place, then, while the failures allow it and time is
-    /// left, at the next best ones.
+    /// Runs the call at the chosen place, then wherever core's state machine says next
+    /// (`fogline_core::attempts`): the same rules the simulator runs.
+    #[allow(clippy::too_many_arguments)]
     async fn attempts(
         &self,
         node: &Node,
@@ -397,15 +410,14 @@ impl Router {
         body: &Bytes,
         places: &[Place],
         plan: &Plan,
+        call: &Call<'_>,
         decision: &mut Decision,
     ) -> Result<Placed, Refused> {
-        let started = Instant::now();
-        let budget = f.timeout;
-        let mut tried = Vec::new();
-        let mut at = plan.chosen;
+        let budget_ms = f.timeout.as_secs_f64() * 1e3;
+        let mut state = Attempts::new(plan, self.now_ms() as f64, budget_ms, f.idempotent);
         loop {
-            tried.push(at);
-            decision.attempts = tried.len() as u32;
+            let at = state.current();
+            decision.attempts = state.tried().len() as u32;
             let place = &places[at];
             let scored = plan.scored[at];
             let t0 = Instant::now();
@@ -419,22 +431,38 @@ impl Router {
                 attempt.attr_ms("predicted_ms", scored.predicted_ms);
             }
             *lock(&self.outstanding).entry(place.id.clone()).or_insert(0) += 1;
-            // An idempotent call may be abandoned at a place that is far slower than
-            // predicted (stalled, overloaded or gone) and run elsewhere; any other call,
-            // and one with nowhere else to go, waits for its own timeout there.
-            let elsewhere = plan.next_best(&tried).is_some();
-            let outcome = if f.idempotent && place.addr.is_some() && elsewhere {
-                let limit = Duration::from_secs_f64(
-                    (3.0 * scored.predicted_ms).max(scored.predicted_ms + 1000.0) / 1e3,
-                )
-                .min(
-                    budget
-                        .saturating_sub(started.elapsed())
-                        .max(Duration::from_millis(1)),
-                );
-                match tokio::time::timeout(limit, self.run_at(node, f, body, place)).await {
-                    Ok(o) => o,
-                    Err(_) => Err(Failure {
+            // How long to wait there: an idempotent call with somewhere else to go is
+            // abandoned at a place far slower than predicted (stalled, overloaded or gone).
+            let patience = if scored.source == Source::Score && plan.scored.len() > 1 {
+                // Not a prediction: only the budget bounds the wait.
+                (budget_ms - (self.now_ms() as f64 - call.now_ms)).max(1.0)
+            } else {
+                state.patience_ms(plan, self.now_ms() as f64)
+            };
+            let limit = Duration::from_secs_f64(patience / 1e3);
+            let result = if place.addr.is_some() {
+                tokio::time::timeout(limit, self.run_at(node, f, body, place)).await
+            } else {
+                Ok(self.run_at(node, f, body, place).await)
+            };
+            if let Some(n) = lock(&self.outstanding).get_mut(&place.id) {
+                *n = n.saturating_sub(1);
+            }
+            let took_ms = t0.elapsed().as_secs_f64() * 1e3;
+            let (outcome, answer) = match result {
+                Ok(Ok(placed)) => (
+                    Outcome::Answered {
+                        took_ms,
+                        service_ms: Some(placed.run_ms),
+                        response_kb: Some(placed.body.len() as f64 / 1024.0),
+                        cold: placed.cold,
+                    },
+                    Ok(placed),
+                ),
+                Ok(Err(fail)) => (fail.outcome(took_ms), Err(fail)),
+                Err(_) => (
+                    Outcome::TimedOut { after_ms: took_ms },
+                    Err(Failure {
                         refused: Refused::new(
                             504,
                             format!(
@@ -443,19 +471,11 @@ impl Router {
                                 limit.as_millis()
                             ),
                         ),
-                        place_failed: true,
-                        executed_maybe: true,
-                        broken: false,
+                        kind: FailKind::Silent,
                     }),
-                }
-            } else {
-                self.run_at(node, f, body, place).await
+                ),
             };
-            if let Some(n) = lock(&self.outstanding).get_mut(&place.id) {
-                *n = n.saturating_sub(1);
-            }
-            let took = t0.elapsed();
-            match &outcome {
+            match &answer {
                 Ok(_) => attempt.attr_static("status", "200"),
                 Err(f) => {
                     attempt.attr("status", f.refused.status);
@@ -463,75 +483,61 @@ impl Router {
                 }
             }
             drop(attempt);
-            let failure = match outcome {
+            let observed_at = Call {
+                now_ms: self.now_ms() as f64,
+                ..*call
+            };
+            lock(&self.planner).observe(&observed_at, &place.id, &scored, &outcome);
+            let failure = match answer {
                 Ok(mut placed) => {
-                    placed.took_ms = took.as_secs_f64() * 1e3;
+                    placed.took_ms = took_ms;
                     placed.predicted_ms = Some(plan.scored[plan.chosen].predicted_ms);
-                    placed.attempts = tried.len() as u32;
-                    lock(&self.planner).observe(
-                        &f.name,
-                        &place.id,
-                        &scored.features,
-                        scored.predicted_ms,
-                        placed.took_ms,
-                        Some(placed.run_ms),
-                    );
+                    placed.attempts = state.tried().len() as u32;
                     return Ok(placed);
                 }
                 Err(fail) => fail,
             };
-            let Failure {
-                refused,
-                place_failed,
-                executed_maybe,
-                broken,
-            } = failure;
-            if place_failed {
-                lock(&self.down).insert(place.id.clone(), Instant::now() + DOWN_FOR);
-                if let (true, Some(addr), Some(client)) =
-                    (broken, place.addr, node.links.peers.get())
+            if outcome.place_failed() {
+                lock(&self.down).bench(&place.id, self.now_ms() as f64);
+                if let (FailKind::Broken { .. }, Some(addr), Some(client)) =
+                    (&failure.kind, place.addr, node.links.peers.get())
                 {
                     client.forget(addr).await;
                 }
-                tracing::warn!(function = %f.name, place = %place.id, "place failed: {}", refused.message);
+                tracing::warn!(function = %f.name, place = %place.id, "place failed: {}", failure.refused.message);
             }
-            let retry_allowed = !executed_maybe || f.idempotent;
-            let next = plan.next_best(&tried);
-            let time_left = started.elapsed() < budget;
-            match next {
-                Some(n) if retry_allowed && time_left && (place_failed || refused.retryable()) => {
-                    at = n;
+            match state.next(plan, &outcome, self.now_ms() as f64) {
+                Next::Done => return Err(failure.refused),
+                Next::Retry(_) => {}
+                Next::Fail(GiveUp::NotIdempotent) => {
+                    return Err(Refused::new(
+                        502,
+                        format!(
+                            "{} failed on {} ({}), and it is not idempotent, so it was not retried elsewhere: {}",
+                            f.name,
+                            place.id,
+                            place.addr.map_or("this router".to_string(), |a| a.to_string()),
+                            failure.refused.message
+                        ),
+                    ));
                 }
-                _ => {
-                    if place_failed && !retry_allowed {
-                        return Err(Refused::new(
-                            502,
-                            format!(
-                                "{} failed on {} ({}), and it is not idempotent, so it was not retried elsewhere: {}",
-                                f.name,
-                                place.id,
-                                place.addr.map_or("this router".to_string(), |a| a.to_string()),
-                                refused.message
-                            ),
-                        ));
-                    }
-                    if place_failed {
-                        return Err(Refused::new(
-                            502,
-                            format!(
-                                "{} failed on every place tried ({}): {}",
-                                f.name,
-                                tried
-                                    .iter()
-                                    .map(|i| places[*i].id.as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(", "),
-                                refused.message
-                            ),
-                        ));
-                    }
-                    return Err(refused);
+                Next::Fail(_) if outcome.place_failed() => {
+                    return Err(Refused::new(
+                        502,
+                        format!(
+                            "{} failed on every place tried ({}): {}",
+                            f.name,
+                            state
+                                .tried()
+                                .iter()
+                                .map(|i| places[*i].id.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            failure.refused.message
+                        ),
+                    ));
                 }
+                Next::Fail(_) => return Err(failure.refused),
             }
         }
     }
@@ -545,15 +551,10 @@ impl Router {
         place: &Place,
     ) -> Result<Placed, Failure> {
         let Some(addr) = place.addr else {
-            return match node.run_here(&f.name, body.clone()).await {
-                Ok(placed) => Ok(placed),
-                Err(e) => Err(Failure {
-                    refused: Refused::new(e.status(), e.to_string()),
-                    place_failed: false,
-                    executed_maybe: e.status() != 429,
-                    broken: false,
-                }),
-            };
+            return node
+                .run_here(&f.name, body.clone())
+                .await
+                .map_err(|e| Failure::by_status(Refused::new(e.status(), e.to_string())));
         };
         let Some(client) = node.links.peers.get() else {
             return Err(Failure {
@@ -561,9 +562,7 @@ impl Router {
                     503,
                     "this router has no certificates (quic.tls_dir), so it cannot reach other places",
                 ),
-                place_failed: false,
-                executed_maybe: false,
-                broken: false,
+                kind: FailKind::Capacity,
             });
         };
         // The member the mesh says is there, and no other, must answer.
@@ -571,19 +570,19 @@ impl Router {
         match client.send(addr, f, body.clone(), node).await {
             Ok(reply) => Ok(reply.into_placed(place.tier)),
             Err(QuicError::Remote(m)) => Err(Failure {
-                place_failed: false,
-                executed_maybe: !m.retryable,
-                broken: false,
+                kind: if m.retryable {
+                    FailKind::Capacity
+                } else {
+                    FailKind::Function
+                },
                 refused: Refused::new(m.status, format!("on {}: {}", place.id, m.message)),
             }),
             Err(e) => {
                 // Nothing left this side before the connection existed: safe to send elsewhere.
-                let before_sending = matches!(e, QuicError::Connect { .. });
+                let sent = !matches!(e, QuicError::Connect { .. });
                 Err(Failure {
                     refused: Refused::new(502, e.to_string()),
-                    place_failed: true,
-                    executed_maybe: !before_sending,
-                    broken: true,
+                    kind: FailKind::Broken { sent },
                 })
             }
         }
@@ -729,12 +728,44 @@ impl std::fmt::Display for Candidates<'_> {
 /// Why an attempt produced no output.
 struct Failure {
     refused: Refused,
-    /// The place itself failed (unreachable, connection lost), not the function.
-    place_failed: bool,
-    /// The function may have run there (so only an idempotent one may run again).
-    executed_maybe: bool,
-    /// The connection to the place is broken (drop it), not merely slow.
-    broken: bool,
+    kind: FailKind,
+}
+
+/// What kind of failure, in the state machine's terms.
+enum FailKind {
+    /// Turned away before running (429, 503): try elsewhere.
+    Capacity,
+    /// The function ran and failed: that is the answer.
+    Function,
+    /// No answer in time.
+    Silent,
+    /// The connection broke; `sent` when the call had left this side.
+    Broken { sent: bool },
+}
+
+impl Failure {
+    fn outcome(&self, took_ms: f64) -> Outcome {
+        let status = self.refused.status;
+        match self.kind {
+            FailKind::Capacity => Outcome::Refused { status },
+            FailKind::Function => Outcome::Failed { status },
+            FailKind::Silent => Outcome::TimedOut { after_ms: took_ms },
+            FailKind::Broken { sent } => Outcome::Lost {
+                sent,
+                after_ms: took_ms,
+            },
+        }
+    }
+
+    /// A refusal or a function's error, by its status.
+    fn by_status(refused: Refused) -> Failure {
+        let kind = if refused.retryable() {
+            FailKind::Capacity
+        } else {
+            FailKind::Function
+        };
+        Failure { refused, kind }
+    }
 }
 
 fn no_place_message(node: &Node, function: &str) -> String {
@@ -830,7 +861,7 @@ async fn housekeeping(router: Weak<Router>) {
     loop {
         tick.tick().await;
         let Some(r) = router.upgrade() else { return };
-        lock(&r.planner).refit_due();
+        lock(&r.planner).housekeeping();
         n += 1;
         if n.is_multiple_of(20) {
             let Some(node) = r.node.upgrade() else { return };
@@ -851,7 +882,7 @@ async fn housekeeping(router: Weak<Router>) {
             for addr in gone {
                 client.forget(addr).await;
             }
-            lock(&r.planner).retain_places(|p| p == node.id || known.iter().any(|k| k == p));
+            lock(&r.planner).retain_places(&|p| p == node.id || known.iter().any(|k| k == p));
         }
     }
 }

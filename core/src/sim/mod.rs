@@ -23,10 +23,13 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use serde::Serialize;
 
+use crate::attempts::{Attempts, Bench, Next, Outcome};
 use crate::config::Tier;
 use crate::mesh::{ClusterView, LoadReport, State, Timing};
-use crate::placement::{PlaceInfo, Planner};
+use crate::placement::PlaceInfo;
+use crate::policies::Call as PolicyCall;
 use crate::policy::Weights;
+use crate::predict::Source;
 pub use data::{Cdf, Samples, SimError, TraceCall};
 use rng::{mix, unit, Rng};
 pub use scenario::Scenario;
@@ -52,64 +55,8 @@ pub enum WorkloadData {
     },
 }
 
-/// The placement policies compared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Policy {
-    Regression,
-    A3e,
-    NearestEdge,
-    LeastLoaded,
-    RoundRobin,
-    CloudOnly,
-    DeviceOnly,
-    Oracle,
-}
-
-impl Policy {
-    pub const ALL: [Policy; 8] = [
-        Policy::Regression,
-        Policy::A3e,
-        Policy::NearestEdge,
-        Policy::LeastLoaded,
-        Policy::RoundRobin,
-        Policy::CloudOnly,
-        Policy::DeviceOnly,
-        Policy::Oracle,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Policy::Regression => "regression",
-            Policy::A3e => "a3e",
-            Policy::NearestEdge => "nearest-edge",
-            Policy::LeastLoaded => "least-loaded",
-            Policy::RoundRobin => "round-robin",
-            Policy::CloudOnly => "cloud-only",
-            Policy::DeviceOnly => "device-only",
-            Policy::Oracle => "oracle",
-        }
-    }
-
-    /// `all`, or a comma-separated list of names.
-    pub fn parse_list(s: &str) -> Result<Vec<Policy>, String> {
-        if s == "all" {
-            return Ok(Policy::ALL.to_vec());
-        }
-        s.split(',')
-            .map(|n| {
-                Policy::ALL
-                    .into_iter()
-                    .find(|p| p.name() == n.trim())
-                    .ok_or_else(|| {
-                        format!(
-                            "unknown policy {n:?}; choose from all, {}",
-                            Policy::ALL.map(Policy::name).join(", ")
-                        )
-                    })
-            })
-            .collect()
-    }
-}
+/// The placement policies compared (every one the router runs, and the oracle).
+pub use crate::policies::Kind as Policy;
 
 /// One policy's figures (after the warm-up share of calls).
 #[derive(Debug, Clone, Serialize)]
@@ -127,8 +74,11 @@ pub struct PolicyResult {
     /// Median relative error of the latency predicted for the chosen place (regression:
     /// its models; oracle: none by definition; the others predict nothing).
     pub prediction_error: Option<f64>,
-    /// Calls sent elsewhere after their node failed, and calls lost after three places.
+    /// Calls sent elsewhere (after a refusal, a failure or a timeout), and calls that
+    /// found no place (out of places, attempts or time).
     pub retries: u64,
+    /// Attempts a place turned away for capacity (429).
+    pub refusals: u64,
     pub failed: u64,
     /// The latency (ms) under which each share of [`CDF_AT`] of the calls finished.
     pub cdf_ms: Vec<f64>,
@@ -281,23 +231,41 @@ struct Node {
     free: BinaryHeap<Reverse<u64>>,
     /// Completion times of calls admitted and not yet finished.
     running: BinaryHeap<Reverse<u64>>,
+    /// The same, per function (per-function concurrency).
+    running_fn: HashMap<u32, BinaryHeap<Reverse<u64>>>,
     warm: HashMap<u32, f64>,
     service: HashMap<u32, f64>,
+    /// What its last load report said: when, calls in flight, and per function the last
+    /// use and the service time as of then.
+    reported_at: f64,
+    reported_in_flight: u32,
+    reported_warm: HashMap<u32, f64>,
+    reported_service: HashMap<u32, f64>,
+    /// Functions whose state changed since the last report.
+    dirty: Vec<u32>,
     /// Down intervals, sorted.
     down: Vec<(f64, f64)>,
     seq: u64,
 }
 
+fn drain_until(h: &mut BinaryHeap<Reverse<u64>>, t: f64) -> usize {
+    while let Some(Reverse(b)) = h.peek() {
+        if f64::from_bits(*b) <= t {
+            h.pop();
+        } else {
+            break;
+        }
+    }
+    h.len()
+}
+
 impl Node {
     fn outstanding(&mut self, t: f64) -> usize {
-        while let Some(Reverse(b)) = self.running.peek() {
-            if f64::from_bits(*b) <= t {
-                self.running.pop();
-            } else {
-                break;
-            }
-        }
-        self.running.len()
+        drain_until(&mut self.running, t)
+    }
+
+    fn outstanding_fn(&mut self, f: u32, t: f64) -> usize {
+        self.running_fn.get_mut(&f).map_or(0, |h| drain_until(h, t))
     }
 
     fn next_free(&self) -> f64 {
@@ -330,22 +298,39 @@ enum Where {
 struct Cand {
     at: Where,
     tier: Tier,
-    /// The round trip as last measured (what ping would say).
+    /// The round trip as ping measured and smoothed it.
     rtt_ms: f64,
     load_per_core: f64,
+    cores: u32,
+    /// Advertised speed (members calibrate at start).
+    speed: f64,
     warm: bool,
     service_ms: Option<f64>,
+    /// What the call would really take there (filled in for the oracle only).
+    truth_ms: Option<f64>,
 }
 
 /// What an attempt at one place would do.
 #[derive(Debug, Clone, Copy)]
 struct Attempt {
-    /// When its result is back at the device, or when its loss is noticed.
+    /// When its result (or refusal) is back at the device, or when its loss is noticed.
     done: f64,
     failed: bool,
+    /// Turned away at admission (full, or the function at its concurrency limit).
+    refused: bool,
     cold: bool,
+    /// What the cold start added.
+    cold_ms: f64,
     start: f64,
     finish: f64,
+}
+
+/// A site's router: the policy its devices' calls go through, the calls it has in flight
+/// at each node, and the places it benched.
+struct SiteRouter {
+    policy: Box<dyn crate::policies::Policy>,
+    mine: HashMap<usize, BinaryHeap<Reverse<u64>>>,
+    bench: Bench,
 }
 
 struct World<'a> {
@@ -358,7 +343,11 @@ struct World<'a> {
     cloud: usize,
     device_free: Vec<f64>,
     device_warm: HashMap<(u32, u32), f64>,
+    device_service: HashMap<(u32, u32), f64>,
     device_site: Vec<usize>,
+    /// Per (device, node): the last ping's number and the smoothed round trip.
+    pings: HashMap<(u32, u32), (u64, f64)>,
+    ping_interval: f64,
     view: ClusterView,
     alive: Vec<bool>,
     timing: Timing,
@@ -367,6 +356,25 @@ struct World<'a> {
 impl<'a> World<'a> {
     fn new(s: &'a Scenario, inputs: &'a Inputs, funcs: &'a [Func], horizon: f64) -> Self {
         let mut rng = Rng::new(mix(&[s.seed, 2]));
+        let node = |id: String, tier, site, cores: u32, speed, down| Node {
+            id,
+            tier,
+            site,
+            cores,
+            speed,
+            free: (0..cores).map(|_| Reverse(0f64.to_bits())).collect(),
+            running: BinaryHeap::new(),
+            running_fn: HashMap::new(),
+            warm: HashMap::new(),
+            service: HashMap::new(),
+            reported_at: 0.0,
+            reported_in_flight: 0,
+            reported_warm: HashMap::new(),
+            reported_service: HashMap::new(),
+            dirty: Vec::new(),
+            down,
+            seq: 0,
+        };
         let mut nodes = Vec::new();
         for site in 0..s.sites {
             for e in 0..s.edges_per_site {
@@ -379,37 +387,26 @@ impl<'a> World<'a> {
                         t += r + rng.exp(s.mtbf_s * 1e3);
                     }
                 }
-                nodes.push(Node {
-                    id: format!("edge-{site}-{e}"),
-                    tier: Tier::Edge,
+                let speed = rng.range(s.edge_speed[0], s.edge_speed[1]);
+                nodes.push(node(
+                    format!("edge-{site}-{e}"),
+                    Tier::Edge,
                     site,
-                    cores: s.edge_cores,
-                    speed: rng.range(s.edge_speed[0], s.edge_speed[1]),
-                    free: (0..s.edge_cores).map(|_| Reverse(0f64.to_bits())).collect(),
-                    running: BinaryHeap::new(),
-                    warm: HashMap::new(),
-                    service: HashMap::new(),
+                    s.edge_cores,
+                    speed,
                     down,
-                    seq: 0,
-                });
+                ));
             }
         }
         let cloud = nodes.len();
-        nodes.push(Node {
-            id: "cloud".into(),
-            tier: Tier::Cloud,
-            site: usize::MAX,
-            cores: s.cloud_cores,
-            speed: s.cloud_speed,
-            free: (0..s.cloud_cores)
-                .map(|_| Reverse(0f64.to_bits()))
-                .collect(),
-            running: BinaryHeap::new(),
-            warm: HashMap::new(),
-            service: HashMap::new(),
-            down: Vec::new(),
-            seq: 0,
-        });
+        nodes.push(node(
+            "cloud".into(),
+            Tier::Cloud,
+            usize::MAX,
+            s.cloud_cores,
+            s.cloud_speed,
+            Vec::new(),
+        ));
         let ns = s.neighbor_sites.min(s.sites / 2);
         let site_nodes = (0..s.sites)
             .map(|site| {
@@ -443,14 +440,18 @@ impl<'a> World<'a> {
             cloud,
             device_free: vec![0.0; s.devices],
             device_warm: HashMap::new(),
+            device_service: HashMap::new(),
             device_site,
+            pings: HashMap::new(),
+            ping_interval: s.ping_interval() as f64,
             view: ClusterView::new(),
             alive,
             timing: Timing::for_interval(s.report_interval_ms),
         }
     }
 
-    /// Every live node reports its load; the view ages the silent ones.
+    /// Every live node reports its load (and, as live members do, the warm functions and
+    /// their service times); the view ages the silent ones.
     fn report_round(&mut self, now: f64) {
         let now_ms = now as u64;
         for i in 0..self.nodes.len() {
@@ -460,6 +461,16 @@ impl<'a> World<'a> {
             let in_flight = self.nodes[i].outstanding(now) as u32;
             let n = &mut self.nodes[i];
             n.seq += 1;
+            n.reported_at = now;
+            n.reported_in_flight = in_flight;
+            for f in std::mem::take(&mut n.dirty) {
+                if let Some(w) = n.warm.get(&f) {
+                    n.reported_warm.insert(f, *w);
+                }
+                if let Some(s) = n.service.get(&f) {
+                    n.reported_service.insert(f, *s);
+                }
+            }
             self.view.apply(
                 LoadReport {
                     node: n.id.clone(),
@@ -468,6 +479,7 @@ impl<'a> World<'a> {
                     site: String::new(),
                     cores: n.cores,
                     memory_bytes: 0,
+                    speed: n.speed as f32,
                     runtimes: vec![crate::Runtime::Wasm],
                     in_flight,
                     queued: 0,
@@ -493,8 +505,7 @@ impl<'a> World<'a> {
     }
 
     /// The access-link round trip of `device` towards a tier at time `t`: drawn from the
-    /// sample file once per coherence interval (what ping measures), identical for every
-    /// policy.
+    /// sample file once per coherence interval, identical for every policy.
     fn link_rtt(&self, device: u32, cloud: bool, t: f64) -> f64 {
         let epoch = (t / self.s.rtt_coherence_ms) as u64;
         let u = unit(&[self.s.seed, 4, device as u64, u64::from(cloud), epoch]);
@@ -505,7 +516,8 @@ impl<'a> World<'a> {
         }
     }
 
-    fn measured_rtt(&self, device: u32, node: usize, t: f64) -> f64 {
+    /// The round trip from `device` to `node` at `t` (before a call's own jitter).
+    fn path_rtt(&self, device: u32, node: usize, t: f64) -> f64 {
         let n = &self.nodes[node];
         match n.tier {
             Tier::Cloud => self.link_rtt(device, true, t),
@@ -522,6 +534,31 @@ impl<'a> World<'a> {
         }
     }
 
+    /// The round trip the router knows for `device` to `node` at `t`: pings every
+    /// `ping_interval` (the first when the place is first considered), smoothed as the
+    /// live mesh smooths them (7/8 old, 1/8 new).
+    fn pinged_rtt(&mut self, device: u32, node: usize, t: f64) -> f64 {
+        let k = (t / self.ping_interval) as u64;
+        let key = (device, node as u32);
+        match self.pings.get(&key).copied() {
+            None => {
+                let v = self.path_rtt(device, node, t);
+                self.pings.insert(key, (k, v));
+                v
+            }
+            Some((last, v)) if last >= k => v,
+            Some((last, mut v)) => {
+                // Pings missed since (at most the last 16 matter: 7/8 to the 16th is 12 %).
+                for e in (last + 1).max(k.saturating_sub(15))..=k {
+                    let sample = self.path_rtt(device, node, e as f64 * self.ping_interval);
+                    v = 0.875 * v + 0.125 * sample;
+                }
+                self.pings.insert(key, (k, v));
+                v
+            }
+        }
+    }
+
     fn service(&self, call: usize, func: u32, speed: f64) -> f64 {
         let (u1, u2) = (
             unit(&[self.s.seed, 5, call as u64]).max(1e-12),
@@ -533,8 +570,8 @@ impl<'a> World<'a> {
     }
 
     /// What running `call` at `w`, sent at `ta`, would do (nothing is changed).
-    fn attempt(&self, id: usize, c: &Call, w: Where, ta: f64) -> Attempt {
-        let f = &self.funcs[c.func as usize];
+    fn attempt(&mut self, id: usize, c: &Call, w: Where, ta: f64) -> Attempt {
+        let f = self.funcs[c.func as usize];
         match w {
             Where::Device => {
                 let start = ta.max(self.device_free[c.device as usize]);
@@ -548,38 +585,67 @@ impl<'a> World<'a> {
                 Attempt {
                     done: finish,
                     failed: false,
+                    refused: false,
                     cold,
+                    cold_ms: if cold { f.cold_ms } else { 0.0 },
                     start,
                     finish,
                 }
             }
             Where::Node(i) => {
-                let n = &self.nodes[i];
                 let jitter = 1.0
                     + self.s.rtt_jitter
                         * (2.0 * unit(&[self.s.seed, 7, id as u64, i as u64]) - 1.0);
-                let rtt = self.measured_rtt(c.device, i, ta) * jitter;
+                let rtt = self.path_rtt(c.device, i, ta) * jitter;
                 let transfer = f64::from(c.payload_kb) / self.s.bandwidth_kb_per_ms;
                 let arrive = ta + rtt / 2.0 + transfer / 2.0;
+                // The cloud is a pool of edge-sized workers, each with the per-function
+                // limit (as Swarm workers are); a node's capacity is per core.
+                let workers = if self.nodes[i].tier == Tier::Cloud {
+                    self.nodes[i].cores.div_ceil(self.s.edge_cores).max(1)
+                } else {
+                    1
+                };
+                let (limit, capacity) = (
+                    (self.s.function_concurrency * workers) as usize,
+                    self.nodes[i].cores as usize * self.s.queue_per_core as usize,
+                );
+                let n = &mut self.nodes[i];
+                if n.outstanding(arrive) >= capacity || n.outstanding_fn(c.func, arrive) >= limit {
+                    return Attempt {
+                        done: arrive + rtt / 2.0,
+                        failed: false,
+                        refused: true,
+                        cold: false,
+                        cold_ms: 0.0,
+                        start: arrive,
+                        finish: arrive,
+                    };
+                }
                 let start = arrive.max(n.next_free());
                 let cold = n
                     .warm
                     .get(&c.func)
                     .is_none_or(|last| start - last > self.s.keepalive_ms);
+                let speed = n.speed;
                 let finish =
-                    start + self.service(id, c.func, n.speed) + if cold { f.cold_ms } else { 0.0 };
-                match n.fails_during(arrive, finish) {
+                    start + self.service(id, c.func, speed) + if cold { f.cold_ms } else { 0.0 };
+                match self.nodes[i].fails_during(arrive, finish) {
                     Some(at) => Attempt {
                         done: at + self.s.detect_ms,
                         failed: true,
+                        refused: false,
                         cold,
+                        cold_ms: if cold { f.cold_ms } else { 0.0 },
                         start,
                         finish,
                     },
                     None => Attempt {
                         done: finish + rtt / 2.0 + transfer / 2.0,
                         failed: false,
+                        refused: false,
                         cold,
+                        cold_ms: if cold { f.cold_ms } else { 0.0 },
                         start,
                         finish,
                     },
@@ -589,50 +655,71 @@ impl<'a> World<'a> {
     }
 
     fn commit(&mut self, c: &Call, w: Where, a: &Attempt) {
+        if a.refused {
+            return;
+        }
         match w {
             Where::Device => {
                 self.device_free[c.device as usize] = a.finish;
                 self.device_warm.insert((c.device, c.func), a.finish);
+                let took = a.finish - a.start;
+                let e = self
+                    .device_service
+                    .entry((c.device, c.func))
+                    .or_insert(took);
+                *e = 0.8 * *e + 0.2 * took;
             }
             Where::Node(i) => {
                 let n = &mut self.nodes[i];
                 n.free.pop();
+                n.free.push(Reverse(a.finish.to_bits()));
                 if a.failed {
                     // The core is lost with the node; it is free again when it returns.
-                    n.free.push(Reverse(a.finish.to_bits()));
                     return;
                 }
-                n.free.push(Reverse(a.finish.to_bits()));
                 n.running.push(Reverse(a.finish.to_bits()));
+                n.running_fn
+                    .entry(c.func)
+                    .or_default()
+                    .push(Reverse(a.finish.to_bits()));
                 n.warm.insert(c.func, a.finish);
                 let took = a.finish - a.start;
                 let e = n.service.entry(c.func).or_insert(took);
                 *e = 0.8 * *e + 0.2 * took;
+                n.dirty.push(c.func);
             }
         }
     }
 
-    fn candidates(&mut self, c: &Call, t: f64, out: &mut Vec<Cand>) {
+    /// The places a router would list for `c` at `t`, from what it knows: the view's
+    /// live members less the benched, each with its last report (in flight, or the
+    /// router's own calls there when more; warm functions and service times as of the
+    /// report), the pinged round trip, and the device itself (which knows its own state).
+    fn candidates(&mut self, c: &Call, t: f64, router: &mut SiteRouter, out: &mut Vec<Cand>) {
         out.clear();
         let site = self.device_site[c.device as usize];
         for k in 0..self.site_nodes[site].len() {
             let i = self.site_nodes[site][k];
-            if !self.alive[i] {
+            if !self.alive[i] || router.bench.is_benched(&self.nodes[i].id, t) {
                 continue;
             }
-            let rtt_ms = self.measured_rtt(c.device, i, t);
-            let n = &mut self.nodes[i];
-            let load = n.outstanding(t) as f64 / f64::from(n.cores);
+            let rtt_ms = self.pinged_rtt(c.device, i, t);
+            let mine = router.mine.get_mut(&i).map_or(0, |h| drain_until(h, t));
+            let n = &self.nodes[i];
+            let load = (n.reported_in_flight as usize).max(mine) as f64 / f64::from(n.cores);
             out.push(Cand {
                 at: Where::Node(i),
                 tier: n.tier,
                 rtt_ms,
                 load_per_core: load,
+                cores: n.cores,
+                speed: n.speed,
                 warm: n
-                    .warm
+                    .reported_warm
                     .get(&c.func)
-                    .is_some_and(|last| t - last <= self.s.keepalive_ms),
-                service_ms: n.service.get(&c.func).copied(),
+                    .is_some_and(|last| n.reported_at - last <= self.s.keepalive_ms),
+                service_ms: n.reported_service.get(&c.func).copied(),
+                truth_ms: None,
             });
         }
         if self.s.device_speed > 0.0 {
@@ -642,11 +729,14 @@ impl<'a> World<'a> {
                 tier: Tier::Device,
                 rtt_ms: 0.0,
                 load_per_core: if busy { 1.0 } else { 0.0 },
+                cores: 1,
+                speed: self.s.device_speed,
                 warm: self
                     .device_warm
                     .get(&(c.device, c.func))
                     .is_some_and(|last| t - last <= self.s.keepalive_ms),
-                service_ms: None,
+                service_ms: self.device_service.get(&(c.device, c.func)).copied(),
+                truth_ms: None,
             });
         }
     }
@@ -660,48 +750,10 @@ fn place_name(w: &World<'_>, at: Where) -> &'static str {
     }
 }
 
-/// The baselines' choice among `cands` not yet `tried`.
-fn baseline(p: Policy, cands: &[Cand], tried: &[usize], rr: &mut usize) -> Option<usize> {
-    let open = |i: &usize| !tried.contains(i);
-    let nodes = || {
-        (0..cands.len())
-            .filter(open)
-            .filter(|i| cands[*i].tier != Tier::Device)
-    };
-    let by = |it: &mut dyn Iterator<Item = usize>, key: &dyn Fn(&Cand) -> f64| {
-        it.min_by(|a, b| key(&cands[*a]).total_cmp(&key(&cands[*b])))
-    };
-    match p {
-        Policy::NearestEdge => by(
-            &mut nodes().filter(|i| cands[*i].tier == Tier::Edge),
-            &|c| c.rtt_ms,
-        )
-        .or_else(|| by(&mut nodes(), &|c| c.rtt_ms))
-        .or_else(|| (0..cands.len()).find(open)),
-        Policy::LeastLoaded => by(&mut nodes(), &|c| c.load_per_core * 1e6 + c.rtt_ms)
-            .or_else(|| (0..cands.len()).find(open)),
-        Policy::RoundRobin => {
-            let v: Vec<usize> = nodes().collect();
-            if v.is_empty() {
-                return (0..cands.len()).find(open);
-            }
-            *rr = rr.wrapping_add(1);
-            Some(v[*rr % v.len()])
-        }
-        // A3-E-style: a static weighted score of measured latency, load and warmth.
-        Policy::A3e => by(&mut nodes(), &|c| {
-            c.rtt_ms + 20.0 * c.load_per_core + if c.warm { 0.0 } else { 50.0 }
-        })
-        .or_else(|| (0..cands.len()).find(open)),
-        Policy::CloudOnly => (0..cands.len())
-            .filter(open)
-            .find(|i| cands[*i].tier == Tier::Cloud)
-            .or_else(|| (0..cands.len()).find(open)),
-        Policy::DeviceOnly => (0..cands.len())
-            .filter(open)
-            .find(|i| cands[*i].tier == Tier::Device)
-            .or_else(|| (0..cands.len()).find(open)),
-        Policy::Regression | Policy::Oracle => None,
+fn place_id<'w>(w: &'w World<'_>, at: Where) -> &'w str {
+    match at {
+        Where::Node(i) => &w.nodes[i].id,
+        Where::Device => "device",
     }
 }
 
@@ -713,7 +765,13 @@ fn run_policy(
     horizon: f64,
 ) -> PolicyResult {
     let mut w = World::new(s, inputs, &wl.funcs, horizon);
-    let mut planner = Planner::new(128);
+    let mut routers: Vec<SiteRouter> = (0..s.sites)
+        .map(|_| SiteRouter {
+            policy: p.build(128),
+            mine: HashMap::new(),
+            bench: Bench::default(),
+        })
+        .collect();
     let weights = Weights {
         explore: s.explore,
         ..Weights::default()
@@ -721,115 +779,150 @@ fn run_policy(
     let fnames: Vec<String> = (0..wl.funcs.len()).map(|f| format!("f{f}")).collect();
     let mut cands = Vec::new();
     let mut roll_rng = Rng::new(mix(&[s.seed, 8]));
-    let mut rr = 0usize;
     let interval = s.report_interval_ms as f64;
     let mut next_report = 0.0;
     let skip = (wl.calls.len() as f64 * s.warmup) as usize;
     let mut lat = Vec::with_capacity(wl.calls.len() - skip);
     let mut errors = Vec::new();
     let mut tiers: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let (mut cold, mut retries, mut failed, mut missed) = (0u64, 0u64, 0u64, 0u64);
+    let (mut cold, mut retries, mut failed, mut missed, mut refusals) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
     for (id, c) in wl.calls.iter().enumerate() {
         while next_report <= c.t {
             w.report_round(next_report);
             next_report += interval;
+            if ((next_report / interval) as u64).is_multiple_of(4) {
+                for r in &mut routers {
+                    r.policy.housekeeping();
+                    r.bench.prune(next_report);
+                }
+            }
         }
-        w.candidates(c, c.t, &mut cands);
+        let site = w.device_site[c.device as usize];
+        let router = &mut routers[site];
+        w.candidates(c, c.t, router, &mut cands);
         let counted = id >= skip;
         if cands.is_empty() {
             failed += u64::from(counted);
             continue;
         }
+        if p == Policy::Oracle {
+            for cand in cands.iter_mut() {
+                let a = w.attempt(id, c, cand.at, c.t);
+                cand.truth_ms = Some(if a.failed || a.refused {
+                    f64::INFINITY
+                } else {
+                    a.done - c.t
+                });
+            }
+        }
         let fname = &fnames[c.func as usize];
-        let plan = (p == Policy::Regression).then(|| {
+        let mut call = PolicyCall {
+            function: fname,
+            request_kb: f64::from(c.payload_kb) / 2.0,
+            deadline_ms: Some(s.deadline_ms),
+            weights,
+            now_ms: c.t,
+        };
+        let plan = {
             let infos: Vec<PlaceInfo<'_>> = cands
                 .iter()
                 .map(|k| PlaceInfo {
-                    id: match k.at {
-                        Where::Node(i) => &w.nodes[i].id,
-                        Where::Device => "device",
-                    },
+                    id: place_id(&w, k.at),
                     tier: k.tier,
                     rtt_ms: k.rtt_ms,
                     load_per_core: k.load_per_core,
+                    cores: k.cores,
+                    speed: Some(k.speed),
                     warm: k.warm,
                     service_ms: k.service_ms,
+                    truth_ms: k.truth_ms,
                 })
                 .collect();
-            planner.plan(
-                fname,
-                f64::from(c.payload_kb),
-                &infos,
-                Some(s.deadline_ms),
-                &weights,
-                roll_rng.f64(),
-            )
-        });
-        let mut tried: Vec<usize> = Vec::new();
-        let mut ta = c.t;
-        let outcome = loop {
-            let pick = match p {
-                Policy::Regression => match (&plan, tried.is_empty()) {
-                    (Some(Some(pl)), true) => Some(pl.chosen),
-                    (Some(Some(pl)), false) => pl.next_best(&tried),
-                    _ => None,
-                },
-                Policy::Oracle => (0..cands.len())
-                    .filter(|i| !tried.contains(i))
-                    .map(|i| (i, w.attempt(id, c, cands[i].at, ta)))
-                    .min_by(|a, b| {
-                        let ka = if a.1.failed { f64::INFINITY } else { a.1.done };
-                        let kb = if b.1.failed { f64::INFINITY } else { b.1.done };
-                        ka.total_cmp(&kb)
-                    })
-                    .map(|(i, _)| i),
-                _ => baseline(p, &cands, &tried, &mut rr),
-            };
-            let Some(i) = pick else { break None };
-            let a = w.attempt(id, c, cands[i].at, ta);
-            w.commit(c, cands[i].at, &a);
-            if a.failed {
-                tried.push(i);
-                retries += u64::from(counted);
-                ta = a.done;
-                if tried.len() >= 3 {
-                    break None;
-                }
-                continue;
-            }
-            break Some((i, a));
+            router.policy.plan(&call, &infos, roll_rng.f64())
         };
-        let Some((i, a)) = outcome else {
+        let Some(plan) = plan else {
             failed += u64::from(counted);
             continue;
         };
-        let latency = a.done - c.t;
-        if let Some(Some(pl)) = &plan {
-            let sc = pl.scored[i];
-            // Learn what the first attempt at this place took (a retry's lost time is not
-            // the place's doing).
-            let own = a.done - ta;
-            planner.observe(
-                fname,
-                match cands[i].at {
-                    Where::Node(n) => &w.nodes[n].id,
-                    Where::Device => "device",
-                },
-                &sc.features,
-                sc.predicted_ms,
-                own,
-                Some(a.finish - a.start),
-            );
-            if id % 64 == 0 {
-                planner.refit_due();
+        let timed = plan.scored[plan.chosen].source != Source::Score
+            || matches!(p, Policy::A3e | Policy::Mu);
+        let mut attempts = Attempts::new(&plan, c.t, s.timeout_ms, true);
+        let mut ta = c.t;
+        let outcome = loop {
+            let i = attempts.current();
+            let at = cands[i].at;
+            let a = w.attempt(id, c, at, ta);
+            w.commit(c, at, &a);
+            let patience = if timed {
+                attempts.patience_ms(&plan, ta)
+            } else {
+                s.timeout_ms - (ta - c.t)
+            };
+            let took = a.done - ta;
+            let (outcome, now) = if a.refused {
+                refusals += u64::from(counted);
+                (Outcome::Refused { status: 429 }, a.done)
+            } else if a.failed && took <= patience {
+                (
+                    Outcome::Lost {
+                        sent: true,
+                        after_ms: took,
+                    },
+                    a.done,
+                )
+            } else if took > patience {
+                (Outcome::TimedOut { after_ms: patience }, ta + patience)
+            } else {
+                (
+                    Outcome::Answered {
+                        took_ms: took,
+                        service_ms: Some(a.finish - a.start - a.cold_ms),
+                        response_kb: Some(f64::from(c.payload_kb) / 2.0),
+                        cold: a.cold,
+                    },
+                    a.done,
+                )
+            };
+            if let Where::Node(n) = at {
+                if !a.refused {
+                    router
+                        .mine
+                        .entry(n)
+                        .or_default()
+                        .push(Reverse(now.to_bits()));
+                }
             }
-            if counted && tried.is_empty() {
-                errors.push(((sc.predicted_ms - own).abs() / own.max(1e-3)) as f32);
+            call.now_ms = ta;
+            router
+                .policy
+                .observe(&call, place_id(&w, at), &plan.scored[i], &outcome);
+            if outcome.place_failed() {
+                router.bench.bench(place_id(&w, at), now);
             }
-        }
+            if let Outcome::Answered { .. } = outcome {
+                if counted && attempts.first() && plan.scored[i].source != Source::Score {
+                    let pr = plan.scored[i].predicted_ms;
+                    errors.push(((pr - took).abs() / took.max(1e-3)) as f32);
+                }
+            }
+            match attempts.next(&plan, &outcome, now) {
+                Next::Done => break Some((at, a, now)),
+                Next::Retry(_) => {
+                    retries += u64::from(counted);
+                    ta = now;
+                }
+                Next::Fail(_) => break None,
+            }
+        };
+        let Some((at, a, done)) = outcome else {
+            failed += u64::from(counted);
+            continue;
+        };
+        let latency = done - c.t;
         if counted {
             lat.push(latency as f32);
-            *tiers.entry(place_name(&w, cands[i].at)).or_insert(0) += 1;
+            *tiers.entry(place_name(&w, at)).or_insert(0) += 1;
             cold += u64::from(a.cold);
             missed += u64::from(latency > s.deadline_ms);
         }
@@ -845,12 +938,12 @@ fn run_policy(
     };
     let mean = sorted.iter().map(|v| f64::from(*v)).sum::<f64>() / n;
     let prediction_error = match p {
-        Policy::Regression if !errors.is_empty() => {
+        Policy::Oracle => Some(0.0),
+        _ if !errors.is_empty() => {
             let mid = errors.len() / 2;
             let (_, m, _) = errors.select_nth_unstable_by(mid, f32::total_cmp);
             Some(f64::from(*m))
         }
-        Policy::Oracle => Some(0.0),
         _ => None,
     };
     let total: u64 = tiers.values().sum::<u64>().max(1);
@@ -868,6 +961,7 @@ fn run_policy(
         cold_starts: cold,
         prediction_error,
         retries,
+        refusals,
         failed,
         cdf_ms: CDF_AT.iter().map(|p| q(*p)).collect(),
     }
@@ -918,7 +1012,7 @@ impl Report {
             self.seed
         );
         out.push_str(&format!(
-            "{:<13} {:>9} {:>9} {:>9} {:>9} {:>8} {:>22} {:>8} {:>8} {:>7}\n",
+            "{:<13} {:>9} {:>9} {:>9} {:>9} {:>8} {:>22} {:>8} {:>8} {:>7} {:>7}\n",
             "POLICY",
             "P50 ms",
             "P95 ms",
@@ -928,12 +1022,13 @@ impl Report {
             "DEVICE/EDGE/CLOUD %",
             "COLD",
             "PRED ERR",
-            "RETRIES"
+            "RETRIES",
+            "429S"
         ));
         for p in &self.policies {
             let share = |t: &str| p.tier_share.get(t).copied().unwrap_or(0.0) * 100.0;
             out.push_str(&format!(
-                "{:<13} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.2} {:>22} {:>8} {:>8} {:>7}\n",
+                "{:<13} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.2} {:>22} {:>8} {:>8} {:>7} {:>7}\n",
                 p.name,
                 p.p50_ms,
                 p.p95_ms,
@@ -950,6 +1045,7 @@ impl Report {
                 p.prediction_error
                     .map_or("-".to_string(), |e| format!("{:.1}%", e * 100.0)),
                 p.retries,
+                p.refusals,
             ));
         }
         out
@@ -996,7 +1092,7 @@ mod tests {
             serde_json::to_string(&a).unwrap(),
             serde_json::to_string(&b).unwrap()
         );
-        assert_eq!(a.policies.len(), 8);
+        assert_eq!(a.policies.len(), 9);
         let mut s2 = s.clone();
         s2.seed += 1;
         let c = run(&s2, &inputs(), &[Policy::Regression]);

@@ -98,6 +98,19 @@ pub struct Scenario {
     /// Share of the regression policy's placements spent exploring other places.
     #[serde(default = "d_explore")]
     pub explore: f64,
+    /// A call's budget: tried at places until this passes (the function's timeout).
+    #[serde(default = "d_timeout")]
+    pub timeout_ms: f64,
+    /// Calls of one function a node runs at once; beyond it the node answers 429 (the live
+    /// `max_concurrency`, default 32).
+    #[serde(default = "d_function_concurrency")]
+    pub function_concurrency: u32,
+    /// Calls a node admits per core (running and waiting); beyond it the node answers 429.
+    #[serde(default = "d_queue_per_core")]
+    pub queue_per_core: u32,
+    /// How often a router pings each place, ms (0: as live, 30 report intervals).
+    #[serde(default)]
+    pub ping_interval_ms: u64,
     pub workload: Workload,
 }
 
@@ -214,8 +227,26 @@ fn d_deadline() -> f64 {
 fn d_explore() -> f64 {
     0.02
 }
+fn d_timeout() -> f64 {
+    30_000.0
+}
+fn d_function_concurrency() -> u32 {
+    32
+}
+fn d_queue_per_core() -> u32 {
+    8
+}
 
 impl Scenario {
+    /// How often routers ping places, ms.
+    pub fn ping_interval(&self) -> u64 {
+        if self.ping_interval_ms > 0 {
+            self.ping_interval_ms
+        } else {
+            self.report_interval_ms * 30
+        }
+    }
+
     pub fn parse(file: &str, text: &str) -> Result<Self, SimError> {
         let s: Scenario = toml::from_str(text).map_err(|e| {
             let line = e
@@ -296,6 +327,18 @@ impl Scenario {
         }
         if !(0.0..=1.0).contains(&self.explore) {
             return bad("explore", format!("{} is outside 0..=1", self.explore));
+        }
+        if !(self.timeout_ms >= 1.0 && self.timeout_ms.is_finite()) {
+            return bad(
+                "timeout_ms",
+                format!("{} must be at least 1", self.timeout_ms),
+            );
+        }
+        if self.function_concurrency == 0 || self.queue_per_core == 0 {
+            return bad(
+                "function_concurrency/queue_per_core",
+                "each must be at least 1".into(),
+            );
         }
         if self.report_interval_ms < 10 {
             return bad("report_interval_ms", "must be at least 10".into());

@@ -952,6 +952,7 @@ impl crate::mesh::Reporter for Node {
             site: site.to_string(),
             cores: self.machine.cores,
             memory_bytes: self.machine.memory_bytes,
+            speed: self.machine.speed,
             runtimes: if self.roles.runs_functions {
                 self.executors.available()
             } else {

@@ -1,0 +1,272 @@
+//! The placement state machine of one call, given the time: after the plan chose a place,
+//! each attempt's outcome (an answer, a refusal, a function error, a timeout, a lost
+//! connection) says what comes next: done, retry at the next place the policy ranks, or fail
+//! with the reason. One budget rule for the live router and the simulator: a call is tried
+//! at up to [`MAX_ATTEMPTS`] places within its timeout, and a call that may have run already
+//! goes elsewhere only when it is idempotent.
+//!
+//! Places that failed (lost or silent) are benched for a while ([`Bench`]), so the next
+//! calls do not try them until the membership says more.
+
+use rustc_hash::FxHashMap as HashMap;
+
+use crate::placement::Plan;
+
+/// Places one call may be tried at, at most.
+pub const MAX_ATTEMPTS: usize = 5;
+/// How long a place that failed is left out of placement, ms.
+pub const BENCH_MS: f64 = 2000.0;
+
+/// What one attempt at one place came to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Outcome {
+    /// The place answered with the function's output.
+    Answered {
+        took_ms: f64,
+        /// The function's own run time there, when the place said it.
+        service_ms: Option<f64>,
+        /// The response's size, KiB, when known.
+        response_kb: Option<f64>,
+        cold: bool,
+    },
+    /// The place turned the call away before running it (429 or 503: full, or stopping).
+    Refused { status: u16 },
+    /// The function ran there and failed: that is the call's answer.
+    Failed { status: u16 },
+    /// No answer within `after_ms`: abandoned there (it may still run).
+    TimedOut { after_ms: f64 },
+    /// The connection to the place was lost; `sent` when the call had left this side.
+    Lost { sent: bool, after_ms: f64 },
+}
+
+impl Outcome {
+    /// The place itself failed (not the function, not its capacity).
+    pub fn place_failed(&self) -> bool {
+        matches!(self, Outcome::TimedOut { .. } | Outcome::Lost { .. })
+    }
+
+    /// The function may have run (so only an idempotent call may run again).
+    pub fn may_have_run(&self) -> bool {
+        match self {
+            Outcome::Refused { .. } => false,
+            Outcome::Lost { sent, .. } => *sent,
+            _ => true,
+        }
+    }
+}
+
+/// What the driver does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// The answer (or the function's own error) is the call's result.
+    Done,
+    /// Try the place at this index of the plan.
+    Retry(usize),
+    /// Give up, for this reason.
+    Fail(GiveUp),
+}
+
+/// Why a call was given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GiveUp {
+    /// Its place failed after it may have run, and it is not idempotent.
+    NotIdempotent,
+    /// Every place tried failed or refused, and none is left (or [`MAX_ATTEMPTS`] reached).
+    Exhausted,
+    /// Its timeout passed.
+    OutOfTime,
+}
+
+/// One call's attempts so far.
+#[derive(Debug, Clone)]
+pub struct Attempts {
+    tried: Vec<usize>,
+    started_ms: f64,
+    budget_ms: f64,
+    idempotent: bool,
+}
+
+impl Attempts {
+    /// Starts at the plan's choice, at `now_ms`, with `budget_ms` (the function's timeout).
+    pub fn new(plan: &Plan, now_ms: f64, budget_ms: f64, idempotent: bool) -> Self {
+        Attempts {
+            tried: vec![plan.chosen],
+            started_ms: now_ms,
+            budget_ms,
+            idempotent,
+        }
+    }
+
+    /// The place being tried now.
+    pub fn current(&self) -> usize {
+        *self.tried.last().unwrap_or(&0)
+    }
+
+    pub fn tried(&self) -> &[usize] {
+        &self.tried
+    }
+
+    /// The first attempt is the one running now.
+    pub fn first(&self) -> bool {
+        self.tried.len() == 1
+    }
+
+    /// How long to wait for the current place before abandoning it: an idempotent call
+    /// with somewhere else to go waits 3x its prediction (at least its prediction plus a
+    /// second); any other call waits for what is left of its budget.
+    pub fn patience_ms(&self, plan: &Plan, now_ms: f64) -> f64 {
+        let left = (self.budget_ms - (now_ms - self.started_ms)).max(1.0);
+        let elsewhere = self.tried.len() < MAX_ATTEMPTS && plan.next_best(&self.tried).is_some();
+        if self.idempotent && elsewhere {
+            let p = plan.scored[self.current()].predicted_ms;
+            (3.0 * p).max(p + 1000.0).min(left)
+        } else {
+            left
+        }
+    }
+
+    /// Takes the current attempt's outcome at `now_ms` and says what comes next.
+    pub fn next(&mut self, plan: &Plan, outcome: &Outcome, now_ms: f64) -> Next {
+        let retryable = match outcome {
+            Outcome::Answered { .. } | Outcome::Failed { .. } => return Next::Done,
+            Outcome::Refused { .. } => true,
+            Outcome::TimedOut { .. } | Outcome::Lost { .. } => true,
+        };
+        if outcome.may_have_run() && !self.idempotent {
+            return Next::Fail(GiveUp::NotIdempotent);
+        }
+        if now_ms - self.started_ms >= self.budget_ms {
+            return Next::Fail(GiveUp::OutOfTime);
+        }
+        if !retryable || self.tried.len() >= MAX_ATTEMPTS {
+            return Next::Fail(GiveUp::Exhausted);
+        }
+        match plan.next_best(&self.tried) {
+            Some(n) => {
+                self.tried.push(n);
+                Next::Retry(n)
+            }
+            None => Next::Fail(GiveUp::Exhausted),
+        }
+    }
+}
+
+/// Places that failed recently, benched until a time (ms on the driver's clock).
+#[derive(Debug, Clone, Default)]
+pub struct Bench {
+    until: HashMap<String, f64>,
+}
+
+impl Bench {
+    /// Benches `place` for [`BENCH_MS`] from `now_ms`.
+    pub fn bench(&mut self, place: &str, now_ms: f64) {
+        self.until.insert(place.to_string(), now_ms + BENCH_MS);
+    }
+
+    pub fn is_benched(&self, place: &str, now_ms: f64) -> bool {
+        self.until.get(place).is_some_and(|u| *u > now_ms)
+    }
+
+    /// Forgets benches that ended (call now and then).
+    pub fn prune(&mut self, now_ms: f64) {
+        self.until.retain(|_, u| *u > now_ms);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.until.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Tier;
+    use crate::placement::Scored;
+    use crate::predict::{Features, Source};
+
+    fn plan(ms: &[f64]) -> Plan {
+        Plan {
+            scored: ms
+                .iter()
+                .map(|m| Scored {
+                    tier: Tier::Edge,
+                    predicted_ms: *m,
+                    source: Source::Analytic,
+                    observations: 0,
+                    features: Features::default(),
+                    speed: 1.0,
+                })
+                .collect(),
+            chosen: 1,
+            explored: false,
+            meets_deadline: true,
+        }
+    }
+
+    #[test]
+    fn refusals_go_to_the_next_best_place_and_answers_end_the_call() {
+        let p = plan(&[20.0, 5.0, 10.0]);
+        let mut a = Attempts::new(&p, 0.0, 1000.0, false);
+        assert_eq!(a.current(), 1);
+        let r = a.next(&p, &Outcome::Refused { status: 429 }, 3.0);
+        assert_eq!(r, Next::Retry(2));
+        assert_eq!(
+            a.next(&p, &Outcome::Refused { status: 429 }, 6.0),
+            Next::Retry(0)
+        );
+        assert_eq!(
+            a.next(&p, &Outcome::Refused { status: 429 }, 9.0),
+            Next::Fail(GiveUp::Exhausted)
+        );
+        let mut b = Attempts::new(&p, 0.0, 1000.0, false);
+        let ok = Outcome::Answered {
+            took_ms: 4.0,
+            service_ms: None,
+            response_kb: None,
+            cold: false,
+        };
+        assert_eq!(b.next(&p, &ok, 4.0), Next::Done);
+        assert_eq!(
+            b.next(&p, &Outcome::Failed { status: 500 }, 4.0),
+            Next::Done
+        );
+    }
+
+    #[test]
+    fn a_lost_call_runs_again_only_when_idempotent_or_never_sent() {
+        let p = plan(&[20.0, 5.0, 10.0]);
+        let lost = Outcome::Lost {
+            sent: true,
+            after_ms: 50.0,
+        };
+        let mut a = Attempts::new(&p, 0.0, 1000.0, false);
+        assert_eq!(a.next(&p, &lost, 50.0), Next::Fail(GiveUp::NotIdempotent));
+        let mut b = Attempts::new(&p, 0.0, 1000.0, false);
+        let unsent = Outcome::Lost {
+            sent: false,
+            after_ms: 1.0,
+        };
+        assert_eq!(b.next(&p, &unsent, 1.0), Next::Retry(2));
+        let mut c = Attempts::new(&p, 0.0, 1000.0, true);
+        assert_eq!(c.next(&p, &lost, 50.0), Next::Retry(2));
+        assert_eq!(
+            c.next(&p, &Outcome::TimedOut { after_ms: 2000.0 }, 2000.0),
+            Next::Fail(GiveUp::OutOfTime)
+        );
+    }
+
+    #[test]
+    fn patience_is_bounded_for_idempotent_calls_with_somewhere_else_to_go() {
+        let p = plan(&[20.0, 5.0]);
+        let a = Attempts::new(&p, 0.0, 30_000.0, true);
+        assert_eq!(a.patience_ms(&p, 0.0), 1005.0);
+        let b = Attempts::new(&p, 0.0, 30_000.0, false);
+        assert_eq!(b.patience_ms(&p, 10.0), 29_990.0);
+        let mut bench = Bench::default();
+        bench.bench("edge-1", 100.0);
+        assert!(bench.is_benched("edge-1", 2099.0));
+        assert!(!bench.is_benched("edge-1", 2100.0));
+        bench.prune(2100.0);
+        assert!(bench.is_empty());
+    }
+}
