@@ -120,14 +120,7 @@ async fn every_call_has_one_trace_across_the_members_it_touched() {
         ),
     );
     let c = authed(&router.token);
-    let r = deploy(
-        &router,
-        "hello",
-        "hello/hello.wasm",
-        json!({"idempotent": true}),
-    )
-    .await;
-    assert!(r.status().is_success());
+    deploy_hello(&router).await;
 
     // The caller's traceparent is kept: same trace id, our span as the parent.
     let r = post(

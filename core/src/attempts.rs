@@ -195,6 +195,7 @@ mod tests {
                     observations: 0,
                     features: Features::default(),
                     speed: 1.0,
+                    stale: false,
                 })
                 .collect(),
             chosen: 1,

@@ -46,6 +46,8 @@ pub struct Scored {
     pub features: Features,
     /// The place's advertised speed then (1 when it advertised none).
     pub speed: f64,
+    /// Its model has not seen the function for a while (exploration may visit it).
+    pub stale: bool,
 }
 
 impl Scorable for Scored {
@@ -54,6 +56,9 @@ impl Scorable for Scored {
     }
     fn predicted_ms(&self) -> f64 {
         self.predicted_ms
+    }
+    fn stale(&self) -> bool {
+        self.stale
     }
 }
 
@@ -84,25 +89,56 @@ impl Plan {
 #[derive(Debug, Clone, Default)]
 struct Models {
     index: HashMap<u64, u32>,
-    slots: Vec<(String, Model)>,
+    slots: Vec<Slot>,
+    /// Observations of the function anywhere.
+    seen: u64,
 }
 
+#[derive(Debug, Clone)]
+struct Slot {
+    place: String,
+    model: Model,
+    /// `Models::seen` at this place's last observation.
+    at: u64,
+}
+
+/// A place whose model saw none of the function's last this many observations is stale:
+/// exploration may visit it whatever it predicts (it may have recovered), and its next
+/// observation starts its model afresh.
+const STALE_AFTER: u64 = 64;
+
 impl Models {
-    fn get(&self, key: u64) -> Option<&Model> {
-        self.index.get(&key).map(|i| &self.slots[*i as usize].1)
+    /// The place's model and whether it is stale.
+    fn get(&self, key: u64) -> Option<(&Model, bool)> {
+        self.index.get(&key).map(|i| {
+            let s = &self.slots[*i as usize];
+            (&s.model, self.seen - s.at > STALE_AFTER)
+        })
     }
 
     fn get_or_insert(&mut self, key: u64, place: &str, window: usize) -> &mut Model {
+        self.seen += 1;
+        let seen = self.seen;
         let i = *self.index.entry(key).or_insert_with(|| {
-            self.slots.push((place.to_string(), Model::new(window)));
+            self.slots.push(Slot {
+                place: place.to_string(),
+                model: Model::new(window),
+                at: seen,
+            });
             (self.slots.len() - 1) as u32
         });
-        &mut self.slots[i as usize].1
+        let slot = &mut self.slots[i as usize];
+        if seen - slot.at > STALE_AFTER {
+            // What it knew is old (the place may have recovered, or slowed): start again.
+            slot.model = Model::new(window);
+        }
+        slot.at = seen;
+        &mut slot.model
     }
 
     fn retain(&mut self, keep: impl Fn(&str) -> bool) {
         let before = self.slots.len();
-        self.slots.retain(|(p, _)| keep(p));
+        self.slots.retain(|s| keep(&s.place));
         if self.slots.len() == before {
             return;
         }
@@ -110,13 +146,24 @@ impl Models {
             .slots
             .iter()
             .enumerate()
-            .map(|(i, (p, _))| (place_key(p), i as u32))
+            .map(|(i, s)| (place_key(&s.place), i as u32))
             .collect();
     }
 }
 
-/// A place id's key in the model maps.
-fn place_key(id: &str) -> u64 {
+/// The median of `v`, if any.
+pub fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mid = v.len() / 2;
+    let (_, m, _) = v.select_nth_unstable_by(mid, f64::total_cmp);
+    Some(*m)
+}
+
+/// A place id's (or function name's) 64-bit key in the model maps (FxHash: fast, not
+/// keyed; these names are the cluster's own).
+pub fn place_key(id: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = rustc_hash::FxHasher::default();
     id.hash(&mut h);
@@ -203,7 +250,8 @@ impl Planner {
         let mut scored = Vec::with_capacity(places.len());
         for p in places {
             let features = self.features(function, payload_kb, p);
-            let model = models.and_then(|m| m.get(place_key(p.id)));
+            let found = models.and_then(|m| m.get(place_key(p.id)));
+            let model = found.map(|(m, _)| m);
             let analytic = Analytic {
                 cold_penalty_ms: self
                     .cold
@@ -229,6 +277,7 @@ impl Planner {
                 observations,
                 features,
                 speed: p.speed.unwrap_or(1.0),
+                stale: found.is_some_and(|(_, stale)| stale),
             });
         }
         let d = choose(&scored, call.deadline_ms, &call.weights, roll)?;
@@ -361,7 +410,11 @@ impl Planner {
     pub fn refit_due(&mut self) -> usize {
         let mut n = 0;
         let analytic = self.analytic;
-        for (_, m) in self.models.values_mut().flat_map(|m| m.slots.iter_mut()) {
+        for m in self
+            .models
+            .values_mut()
+            .flat_map(|m| m.slots.iter_mut().map(|s| &mut s.model))
+        {
             if m.wants_refit() {
                 m.refit(&analytic);
                 n += 1;
@@ -372,13 +425,12 @@ impl Planner {
 
     /// Median relative error of recent predictions (0.1 = 10 %), if any were checked.
     pub fn median_error(&self) -> Option<f64> {
-        if self.errors.is_empty() {
-            return None;
-        }
-        let mut v = self.errors.clone();
-        let mid = v.len() / 2;
-        let (_, m, _) = v.select_nth_unstable_by(mid, f64::total_cmp);
-        Some(*m)
+        median(self.errors.clone())
+    }
+
+    /// Appends the relative errors of recent predictions.
+    pub fn recent_errors(&self, out: &mut Vec<f64>) {
+        out.extend_from_slice(&self.errors);
     }
 
     /// Forgets the models of places that left (so memory follows the membership).
@@ -571,6 +623,38 @@ mod tests {
         // The payload the model sees is the request plus the response expected for "g".
         let plan = p.plan(&c, &[fast], 0.5).unwrap();
         assert!((plan.scored[0].features.payload_kb - 2.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_place_not_seen_for_a_while_is_explored_again_however_slow_it_looked() {
+        let mut p = Planner::new(64);
+        let w = Weights {
+            explore: 0.1,
+            ..Weights::default()
+        };
+        let places = [
+            place("fast", Tier::Edge, 2.0, 0.0),
+            place("was-slow", Tier::Edge, 2.0, 0.0),
+        ];
+        let c = call(1.0, w);
+        let plan = p.plan(&c, &places, 0.5).unwrap();
+        let f = plan.scored[1].features;
+        for _ in 0..20 {
+            p.observe("f", "was-slow", &f, 6.0, 400.0, Some(4.0));
+        }
+        p.refit_due();
+        let explored = |p: &Planner| p.plan(&c, &places, 0.05).unwrap().chosen == 1;
+        assert!(!explored(&p), "far slower, and known lately: not explored");
+        for _ in 0..=STALE_AFTER {
+            p.observe("f", "fast", &f, 6.0, 6.0, Some(4.0));
+        }
+        assert!(p.plan(&c, &places, 0.05).unwrap().scored[1].stale);
+        assert!(explored(&p), "stale: explored again");
+        assert_eq!(
+            p.plan(&c, &places, 0.5).unwrap().chosen,
+            0,
+            "not chosen otherwise"
+        );
     }
 
     #[test]

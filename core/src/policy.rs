@@ -20,6 +20,10 @@ pub struct Candidate {
 pub trait Scorable {
     fn tier(&self) -> Tier;
     fn predicted_ms(&self) -> f64;
+    /// What is known of it is old: exploration may visit it however slow it looked.
+    fn stale(&self) -> bool {
+        false
+    }
 }
 
 impl Scorable for Candidate {
@@ -108,12 +112,12 @@ pub fn choose<C: Scorable>(
         // Exploration: another feasible place not far behind the best (within half as
         // long again, plus a few ms), uniformly, so that no close place's model goes stale
         // just because it once looked slower; a place predicted far slower is not worth a
-        // call to find out (on a sparse workload that call is a large share of all).
+        // call to find out (on a sparse workload that call is a large share of all),
+        // unless what is known of it is old (it may have recovered).
         let near = best.1.predicted_ms() * EXPLORE_WITHIN + EXPLORE_SLACK_MS;
-        let others = cands
-            .iter()
-            .enumerate()
-            .filter(|(i, c)| *i != best.0 && (!any_meets || meets(c)) && c.predicted_ms() <= near);
+        let others = cands.iter().enumerate().filter(|(i, c)| {
+            *i != best.0 && ((!any_meets || meets(c)) && c.predicted_ms() <= near || c.stale())
+        });
         let n = others.clone().count();
         if n > 0 {
             let k = ((roll / w.explore) * n as f64) as usize;

@@ -30,6 +30,10 @@ use serde::Serialize;
 
 pub mod watch;
 
+/// Shards of the policy's state, by function (each shard learns its own priors from its
+/// functions).
+const POLICY_SHARDS: usize = 8;
+
 /// Arrivals the autoscaler's trend needs in its window before it forecasts anything.
 pub const MIN_TREND_ARRIVALS: u32 = 8;
 /// How often models are refitted and the membership reconciled.
@@ -113,8 +117,9 @@ pub struct Router {
     wanted: tokio::sync::Notify,
     extra_metrics: std::sync::OnceLock<ExtraMetrics>,
     node: Weak<Node>,
-    /// The placement policy (`[router] policy`) and what it learnt.
-    planner: Mutex<Box<dyn Policy>>,
+    /// The placement policy (`[router] policy`) and what it learnt, in shards by function:
+    /// decisions for different functions do not wait on one lock.
+    planner: Vec<Mutex<Box<dyn Policy>>>,
     arrivals: Mutex<HashMap<String, Arrivals>>,
     /// Arrivals of all functions together, in finer buckets over a shorter window than
     /// per function: the autoscaler's trend, which must turn with a burst within seconds.
@@ -150,7 +155,9 @@ impl Router {
             .map_or(0x5EED, |d| d.as_nanos() as u64)
             | 1;
         let r = Arc::new(Router {
-            planner: Mutex::new(cfg.policy_kind().build(cfg.window)),
+            planner: (0..POLICY_SHARDS)
+                .map(|_| Mutex::new(cfg.policy_kind().build(cfg.window)))
+                .collect(),
             cfg,
             scope,
             waiting: AtomicU64::new(0),
@@ -335,7 +342,8 @@ impl Router {
             .collect();
         let roll = self.roll();
         let mut placing = fogline_node::traces::span("placement");
-        let plan = lock(&self.planner)
+        let plan = self
+            .policy(function)
             .plan(&call, &infos, roll)
             .ok_or_else(|| Refused::unplaced(no_place_message(node, function)))?;
         if placing.recording() {
@@ -487,7 +495,8 @@ impl Router {
                 now_ms: self.now_ms() as f64,
                 ..*call
             };
-            lock(&self.planner).observe(&observed_at, &place.id, &scored, &outcome);
+            self.policy(&f.name)
+                .observe(&observed_at, &place.id, &scored, &outcome);
             let failure = match answer {
                 Ok(mut placed) => {
                     placed.took_ms = took_ms;
@@ -696,7 +705,17 @@ impl Router {
 
     /// Median relative prediction error so far.
     pub fn median_error(&self) -> Option<f64> {
-        lock(&self.planner).median_error()
+        let mut all = Vec::new();
+        for p in &self.planner {
+            lock(p).recent_errors(&mut all);
+        }
+        fogline_core::placement::median(all)
+    }
+
+    /// The policy shard that decides for `function`.
+    fn policy(&self, function: &str) -> std::sync::MutexGuard<'_, Box<dyn Policy>> {
+        let k = fogline_core::placement::place_key(function);
+        lock(&self.planner[k as usize % self.planner.len()])
     }
 }
 
@@ -847,7 +866,7 @@ impl Dispatch for Router {
         let log = lock(&self.log);
         let recent: Vec<&Decision> = log.iter().take(limit).collect();
         serde_json::json!({
-            "median_prediction_error": lock(&self.planner).median_error(),
+            "median_prediction_error": self.median_error(),
             "placements": recent,
         })
     }
@@ -861,7 +880,9 @@ async fn housekeeping(router: Weak<Router>) {
     loop {
         tick.tick().await;
         let Some(r) = router.upgrade() else { return };
-        lock(&r.planner).housekeeping();
+        for p in &r.planner {
+            lock(p).housekeeping();
+        }
         n += 1;
         if n.is_multiple_of(20) {
             let Some(node) = r.node.upgrade() else { return };
@@ -882,7 +903,9 @@ async fn housekeeping(router: Weak<Router>) {
             for addr in gone {
                 client.forget(addr).await;
             }
-            lock(&r.planner).retain_places(&|p| p == node.id || known.iter().any(|k| k == p));
+            for p in &r.planner {
+                lock(p).retain_places(&|p| p == node.id || known.iter().any(|k| k == p));
+            }
         }
     }
 }

@@ -446,6 +446,18 @@ pub fn continuum(
     (cloud, edges, router)
 }
 
+/// Deploys `examples/hello` as an idempotent function through `node` (a router, usually).
+pub async fn deploy_hello(node: &NodeProc) {
+    let r = deploy(
+        node,
+        "hello",
+        "hello/hello.wasm",
+        serde_json::json!({"idempotent": true}),
+    )
+    .await;
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+}
+
 /// Invokes through the router; returns (status, placed-on node, body).
 pub async fn call(c: &reqwest::Client, router: &str, f: &str, body: &str) -> (u16, String, String) {
     let r = c

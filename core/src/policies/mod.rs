@@ -155,6 +155,9 @@ pub trait Policy: Send {
         None
     }
 
+    /// Appends the relative errors of its recent predictions (for a median over several).
+    fn recent_errors(&self, _out: &mut Vec<f64>) {}
+
     /// Forgets what it learnt of places not kept (they left the membership).
     fn retain_places(&mut self, _keep: &dyn Fn(&str) -> bool) {}
 
@@ -192,6 +195,7 @@ pub(crate) fn plan_by(
             observations: 0,
             features: features(call.request_kb, p, p.service_ms.unwrap_or(1.0)),
             speed: p.speed.unwrap_or(1.0),
+            stale: false,
         })
         .collect();
     let (deadline, weights) = if is_time {

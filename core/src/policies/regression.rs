@@ -40,6 +40,10 @@ impl Policy for Regression {
         self.planner.median_error()
     }
 
+    fn recent_errors(&self, out: &mut Vec<f64>) {
+        self.planner.recent_errors(out);
+    }
+
     fn retain_places(&mut self, keep: &dyn Fn(&str) -> bool) {
         self.planner.retain_places(keep);
     }
