@@ -92,6 +92,43 @@ impl Arrivals {
     }
 }
 
+/// What the warm places among `places` can serve, calls per second: each 1000 / its
+/// service time, times its idle share (at least a tenth).
+pub fn warm_capacity(places: &[crate::placement::PlaceInfo<'_>]) -> f64 {
+    places
+        .iter()
+        .filter(|p| p.warm)
+        .map(|p| {
+            let service = p.service_ms.unwrap_or(1.0).max(0.05);
+            1000.0 / service * (1.0 - p.load_per_core.min(1.0)).max(0.1)
+        })
+        .sum()
+}
+
+/// Prepare-ahead: which cold place to ask to load a function whose forecast rate is
+/// `rate_per_s`, if any. None while the warm places can serve 80 % more than that (each
+/// serves 1000 / service time calls per second, times its idle share); otherwise the cold
+/// place nearest and least loaded. `remote(i)` says whether place `i` can be asked (not
+/// this router itself).
+pub fn prepare_target(
+    places: &[crate::placement::PlaceInfo<'_>],
+    rate_per_s: f64,
+    remote: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    let capacity = warm_capacity(places);
+    if rate_per_s <= 0.8 * capacity && places.iter().any(|p| p.warm) {
+        return None;
+    }
+    places
+        .iter()
+        .enumerate()
+        .filter(|(i, p)| !p.warm && remote(*i))
+        .min_by(|(_, a), (_, b)| {
+            (a.rtt_ms + a.load_per_core).total_cmp(&(b.rtt_ms + b.load_per_core))
+        })
+        .map(|(i, _)| i)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +164,31 @@ mod tests {
         assert_eq!(Arrivals::new(1000, 4).forecast_per_s(60_000), 0.0);
         // Long after the last arrival the window holds only empty buckets.
         assert_eq!(a.forecast_per_s(600_000), 0.0);
+    }
+
+    #[test]
+    fn a_cold_place_is_prepared_only_when_the_warm_ones_fall_short() {
+        use crate::config::Tier;
+        use crate::placement::PlaceInfo;
+        let p = |id, warm, rtt| PlaceInfo {
+            id,
+            tier: Tier::Edge,
+            rtt_ms: rtt,
+            load_per_core: 0.0,
+            cores: 4,
+            speed: None,
+            warm,
+            service_ms: Some(10.0),
+            truth_ms: None,
+        };
+        // One warm place serving 100 calls/s; two cold ones, the second nearer.
+        let places = [
+            p("warm", true, 1.0),
+            p("far", false, 9.0),
+            p("near", false, 2.0),
+        ];
+        assert_eq!(super::prepare_target(&places, 50.0, |_| true), None);
+        assert_eq!(super::prepare_target(&places, 90.0, |_| true), Some(2));
+        assert_eq!(super::prepare_target(&places, 90.0, |i| i != 2), Some(1));
     }
 }

@@ -13,6 +13,8 @@
 //! - [`policy`]: choosing a place from predictions, deadlines, cost and energy weights.
 //! - [`policies`]: the placement policies behind one trait (regression, A3-E, Mu, the
 //!   baselines, the simulator's oracle), live and simulated alike.
+//! - [`candidates`]: a call's candidate places from members' reports, pings and the
+//!   router's own calls: one set of rules, live and simulated.
 //! - [`attempts`]: one call's placement state machine: outcome in, retry where / fail /
 //!   done out, under one budget rule; places benched after failing.
 //! - [`placement`]: the planner the router and the simulator share: models per place, plans,
@@ -41,6 +43,7 @@
 pub mod access;
 pub mod attempts;
 pub mod callback;
+pub mod candidates;
 pub mod coap;
 pub mod config;
 pub mod delivery;

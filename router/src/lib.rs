@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use fogline_core::attempts::{Attempts, Bench, GiveUp, Next, Outcome};
+use fogline_core::candidates::{facts, listed, Wants};
 use fogline_core::config::{RouterSection, Tier};
 use fogline_core::forecast::Arrivals;
 use fogline_core::mesh::State;
@@ -57,6 +58,23 @@ struct Place {
     speed: Option<f64>,
     warm: bool,
     service_ms: Option<f64>,
+}
+
+impl Place {
+    /// What the policy reads of it.
+    fn info(&self) -> PlaceInfo<'_> {
+        PlaceInfo {
+            id: &self.id,
+            tier: self.tier,
+            rtt_ms: self.rtt_ms,
+            load_per_core: self.load_per_core,
+            cores: self.cores,
+            speed: self.speed,
+            warm: self.warm,
+            service_ms: self.service_ms,
+            truth_ms: None,
+        }
+    }
 }
 
 /// One candidate in a recorded decision.
@@ -200,43 +218,39 @@ impl Router {
         // Both held for this short, synchronous look (the view's lock is taken inside).
         let down = lock(&self.down);
         let outstanding = lock(&self.outstanding);
-        let mine = |id: &str| f64::from(outstanding.get(id).copied().unwrap_or(0));
+        let mine = |id: &str| outstanding.get(id).copied().unwrap_or(0);
+        let wants = Wants {
+            function: f.name.as_str(),
+            runtime: f.runtime,
+            tier: f.placement.tier,
+        };
         if let Some(mesh) = node.links.mesh.get() {
             mesh.with_view(|view| {
                 for m in view.members() {
                     let r = &m.report;
-                    if m.state != State::Alive
-                        || r.node == node.id
-                        || f.placement.tier.is_some_and(|t| t != r.tier)
+                    if r.node == node.id
                         || self
                             .scope
                             .as_ref()
                             .is_some_and(|s| r.tier != s.tier || !r.node.starts_with(&s.prefix))
-                        || !r.runtimes.contains(&f.runtime)
-                        || down.is_benched(&r.node, now)
+                        || !listed(m, &wants, &down, now)
                     {
                         continue;
                     }
                     let Some(addr) = r.quic.as_deref().and_then(|a| a.parse().ok()) else {
                         continue;
                     };
-                    let cores = f64::from(r.cores.max(1));
-                    let reported = f64::from(r.in_flight) + f64::from(r.queued);
+                    let x = facts(m, &wants, mine(&r.node), m.rtt_ms);
                     out.push(Place {
                         id: r.node.clone(),
-                        tier: r.tier,
+                        tier: x.tier,
                         addr: Some(addr),
-                        // Until ping has measured it, a loopback-ish guess.
-                        rtt_ms: m.rtt_ms.unwrap_or(1.0),
-                        load_per_core: reported.max(mine(&r.node)) / cores,
-                        cores: r.cores.max(1),
-                        speed: (r.speed > 0.0).then_some(f64::from(r.speed)),
-                        warm: r.warm.contains(&f.name),
-                        service_ms: r
-                            .service_ms
-                            .iter()
-                            .find(|(n, _)| *n == f.name)
-                            .map(|(_, s)| f64::from(*s)),
+                        rtt_ms: x.rtt_ms,
+                        load_per_core: x.load_per_core,
+                        cores: x.cores,
+                        speed: x.speed,
+                        warm: x.warm,
+                        service_ms: x.service_ms,
                     });
                 }
             });
@@ -252,7 +266,7 @@ impl Router {
                 tier: node.config.node.tier,
                 addr: None,
                 rtt_ms: 0.0,
-                load_per_core: f64::from(g.instances_in_use).max(mine(&node.id))
+                load_per_core: f64::from(g.instances_in_use.max(mine(&node.id)))
                     / f64::from(node.machine.cores.max(1)),
                 cores: node.machine.cores.max(1),
                 speed: Some(f64::from(node.machine.speed)),
@@ -326,20 +340,7 @@ impl Router {
             weights,
             now_ms: now as f64,
         };
-        let infos: Vec<PlaceInfo<'_>> = places
-            .iter()
-            .map(|p| PlaceInfo {
-                id: &p.id,
-                tier: p.tier,
-                rtt_ms: p.rtt_ms,
-                load_per_core: p.load_per_core,
-                cores: p.cores,
-                speed: p.speed,
-                warm: p.warm,
-                service_ms: p.service_ms,
-                truth_ms: None,
-            })
-            .collect();
+        let infos: Vec<PlaceInfo<'_>> = places.iter().map(Place::info).collect();
         let roll = self.roll();
         let mut placing = fogline_node::traces::span("placement");
         let plan = self
@@ -441,14 +442,18 @@ impl Router {
             *lock(&self.outstanding).entry(place.id.clone()).or_insert(0) += 1;
             // How long to wait there: an idempotent call with somewhere else to go is
             // abandoned at a place far slower than predicted (stalled, overloaded or gone).
-            let patience = if scored.source == Source::Score && plan.scored.len() > 1 {
-                // Not a prediction: only the budget bounds the wait.
-                (budget_ms - (self.now_ms() as f64 - call.now_ms)).max(1.0)
+            let now = self.now_ms() as f64;
+            let left = (budget_ms - (now - call.now_ms)).max(1.0);
+            // A score that is not a time sets no patience: only the budget bounds the wait.
+            let patience = if scored.source == Source::Score {
+                left
             } else {
-                state.patience_ms(plan, self.now_ms() as f64)
+                state.patience_ms(plan, now)
             };
             let limit = Duration::from_secs_f64(patience / 1e3);
-            let result = if place.addr.is_some() {
+            // Without a shorter patience than the budget, the place's own timeout ends the
+            // call (no timer of our own on the common path).
+            let result = if place.addr.is_some() && patience < left {
                 tokio::time::timeout(limit, self.run_at(node, f, body, place)).await
             } else {
                 Ok(self.run_at(node, f, body, place).await)
@@ -600,23 +605,11 @@ impl Router {
     /// Asks the best cold place to load `f` ahead of a predicted burst.
     async fn prepare_ahead(&self, node: &Node, f: &FunctionManifest, rate_per_s: f64) {
         let places = self.places(node, f);
-        // What the warm places can serve per second.
-        let capacity: f64 = places
-            .iter()
-            .filter(|p| p.warm)
-            .map(|p| {
-                let service = p.service_ms.unwrap_or(1.0).max(0.05);
-                1000.0 / service * (1.0 - p.load_per_core.min(1.0)).max(0.1)
-            })
-            .fold(0.0, |a, b| a + b);
-        if rate_per_s <= 0.8 * capacity && places.iter().any(|p| p.warm) {
-            return;
-        }
-        let Some(target) = places
-            .iter()
-            .filter(|p| !p.warm && p.addr.is_some())
-            .min_by(|a, b| (a.rtt_ms + a.load_per_core).total_cmp(&(b.rtt_ms + b.load_per_core)))
-        else {
+        let infos: Vec<PlaceInfo<'_>> = places.iter().map(Place::info).collect();
+        let Some(target) = fogline_core::forecast::prepare_target(&infos, rate_per_s, |i| {
+            places[i].addr.is_some()
+        })
+        .map(|i| &places[i]) else {
             return;
         };
         let key = (f.name.clone(), target.id.clone());
@@ -638,7 +631,8 @@ impl Router {
             Ok(_) => tracing::info!(
                 function = %f.name,
                 place = %target.id,
-                "prepared ahead of a forecast {rate_per_s:.0} calls/s (warm places serve about {capacity:.0}/s)"
+                "prepared ahead of a forecast {rate_per_s:.0} calls/s (warm places serve about {:.0}/s)",
+                fogline_core::forecast::warm_capacity(&infos)
             ),
             Err(e) => tracing::warn!(function = %f.name, place = %target.id, "prepare failed: {e}"),
         }

@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use serde::Serialize;
 
 use crate::attempts::{Attempts, Bench, Next, Outcome};
+use crate::candidates::{facts, listed, Reported, Wants};
 use crate::config::Tier;
 use crate::mesh::{ClusterView, LoadReport, State, Timing};
 use crate::placement::PlaceInfo;
@@ -691,6 +692,15 @@ impl<'a> World<'a> {
         }
     }
 
+    /// Node `i` as its last report shows it.
+    fn seen(&self, i: usize) -> Seen<'_> {
+        Seen {
+            node: &self.nodes[i],
+            alive: self.alive[i],
+            keepalive: self.s.keepalive_ms,
+        }
+    }
+
     /// The places a router would list for `c` at `t`, from what it knows: the view's
     /// live members less the benched, each with its last report (in flight, or the
     /// router's own calls there when more; warm functions and service times as of the
@@ -698,27 +708,28 @@ impl<'a> World<'a> {
     fn candidates(&mut self, c: &Call, t: f64, router: &mut SiteRouter, out: &mut Vec<Cand>) {
         out.clear();
         let site = self.device_site[c.device as usize];
+        let wants = Wants {
+            function: &c.func,
+            runtime: crate::Runtime::Wasm,
+            tier: None,
+        };
         for k in 0..self.site_nodes[site].len() {
             let i = self.site_nodes[site][k];
-            if !self.alive[i] || router.bench.is_benched(&self.nodes[i].id, t) {
+            if !listed(&self.seen(i), &wants, &router.bench, t) {
                 continue;
             }
             let rtt_ms = self.pinged_rtt(c.device, i, t);
-            let mine = router.mine.get_mut(&i).map_or(0, |h| drain_until(h, t));
-            let n = &self.nodes[i];
-            let load = (n.reported_in_flight as usize).max(mine) as f64 / f64::from(n.cores);
+            let mine = router.mine.get_mut(&i).map_or(0, |h| drain_until(h, t)) as u32;
+            let x = facts(&self.seen(i), &wants, mine, Some(rtt_ms));
             out.push(Cand {
                 at: Where::Node(i),
-                tier: n.tier,
-                rtt_ms,
-                load_per_core: load,
-                cores: n.cores,
-                speed: n.speed,
-                warm: n
-                    .reported_warm
-                    .get(&c.func)
-                    .is_some_and(|last| n.reported_at - last <= self.s.keepalive_ms),
-                service_ms: n.reported_service.get(&c.func).copied(),
+                tier: x.tier,
+                rtt_ms: x.rtt_ms,
+                load_per_core: x.load_per_core,
+                cores: x.cores,
+                speed: x.speed.unwrap_or(1.0),
+                warm: x.warm,
+                service_ms: x.service_ms,
                 truth_ms: None,
             });
         }
@@ -739,6 +750,46 @@ impl<'a> World<'a> {
                 truth_ms: None,
             });
         }
+    }
+}
+
+/// A node as its last report shows it (what candidate building reads).
+struct Seen<'n> {
+    node: &'n Node,
+    alive: bool,
+    keepalive: f64,
+}
+
+impl Reported<u32> for Seen<'_> {
+    fn id(&self) -> &str {
+        &self.node.id
+    }
+    fn tier(&self) -> Tier {
+        self.node.tier
+    }
+    fn alive(&self) -> bool {
+        self.alive
+    }
+    fn runs(&self, _runtime: crate::Runtime) -> bool {
+        true
+    }
+    fn load(&self) -> u32 {
+        self.node.reported_in_flight
+    }
+    fn cores(&self) -> u32 {
+        self.node.cores
+    }
+    fn speed(&self) -> f32 {
+        self.node.speed as f32
+    }
+    fn warm(&self, f: &u32) -> bool {
+        let n = self.node;
+        n.reported_warm
+            .get(f)
+            .is_some_and(|last| n.reported_at - last <= self.keepalive)
+    }
+    fn service_ms(&self, f: &u32) -> Option<f64> {
+        self.node.reported_service.get(f).copied()
     }
 }
 
