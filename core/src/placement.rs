@@ -170,6 +170,21 @@ pub fn place_key(id: &str) -> u64 {
     h.finish()
 }
 
+/// What the planner learnt of one place over every function.
+#[derive(Debug, Clone)]
+struct PlaceState {
+    name: String,
+    /// Its advertised speed (1 when it advertised none).
+    speed: f64,
+    /// How much slower than its speed promised it runs functions.
+    slowness: f64,
+    slowness_seen: bool,
+    /// Extra time of a cold start there.
+    cold_ms: Option<f64>,
+    /// It refused a call for capacity: full until then (ms).
+    full_until: f64,
+}
+
 /// How many recent relative errors are kept for the median.
 const ERRORS_KEPT: usize = 2048;
 
@@ -184,17 +199,10 @@ pub struct Planner {
     size: HashMap<String, f64>,
     /// A function's size before it ran anywhere: the typical first size seen.
     typical_size: Option<f64>,
-    /// Advertised speed of the places learnt from.
-    speeds: HashMap<String, f64>,
-    /// How much slower than its advertised speed says each place runs functions, learnt
-    /// over every function it ran: what a place that never ran a function will likely take.
-    slowness: HashMap<String, f64>,
-    /// Extra time of a cold start per place, learnt over every function started there.
-    cold: HashMap<String, f64>,
+    /// What is learnt of each place over every function, by the key of its id.
+    places: HashMap<u64, PlaceState>,
     /// Smoothed response size per function, KiB: added to the request's size.
     response_kb: HashMap<String, f64>,
-    /// Places that refused a call for capacity, until when (ms).
-    full_until: HashMap<String, f64>,
     pub analytic: Analytic,
     window: usize,
     errors: Vec<f64>,
@@ -208,11 +216,8 @@ impl Planner {
             models: HashMap::default(),
             size: HashMap::default(),
             typical_size: None,
-            speeds: HashMap::default(),
-            slowness: HashMap::default(),
-            cold: HashMap::default(),
+            places: HashMap::default(),
             response_kb: HashMap::default(),
-            full_until: HashMap::default(),
             analytic: Analytic::default(),
             window,
             errors: Vec::new(),
@@ -220,7 +225,13 @@ impl Planner {
         }
     }
 
-    fn features(&self, function: &str, payload_kb: f64, p: &PlaceInfo<'_>) -> Features {
+    fn features(
+        &self,
+        function: &str,
+        payload_kb: f64,
+        p: &PlaceInfo<'_>,
+        known: Option<&PlaceState>,
+    ) -> Features {
         Features {
             payload_kb,
             rtt_ms: p.rtt_ms,
@@ -235,8 +246,7 @@ impl Planner {
                     .copied()
                     .or(self.typical_size)
                     .unwrap_or(1.0);
-                size / p.speed.unwrap_or(1.0).max(1e-3)
-                    * self.slowness.get(p.id).copied().unwrap_or(1.0)
+                size / p.speed.unwrap_or(1.0).max(1e-3) * known.map_or(1.0, |k| k.slowness)
             }),
         }
     }
@@ -249,14 +259,14 @@ impl Planner {
         let models = self.models.get(function);
         let mut scored = Vec::with_capacity(places.len());
         for p in places {
-            let features = self.features(function, payload_kb, p);
-            let found = models.and_then(|m| m.get(place_key(p.id)));
+            let key = place_key(p.id);
+            let known = self.places.get(&key);
+            let features = self.features(function, payload_kb, p, known);
+            let found = models.and_then(|m| m.get(key));
             let model = found.map(|(m, _)| m);
             let analytic = Analytic {
-                cold_penalty_ms: self
-                    .cold
-                    .get(p.id)
-                    .copied()
+                cold_penalty_ms: known
+                    .and_then(|k| k.cold_ms)
                     .unwrap_or(self.analytic.cold_penalty_ms),
                 ..self.analytic
             };
@@ -264,7 +274,7 @@ impl Planner {
                 Some(m) => m.predict(&features, &analytic),
                 None => (analytic.estimate(&features), Source::Analytic),
             };
-            if self.full_until.get(p.id).is_some_and(|u| *u > call.now_ms) {
+            if known.is_some_and(|k| k.full_until > call.now_ms) {
                 // It turned a call away lately: a refusal costs a round trip, and a slot
                 // frees in about a service time.
                 predicted_ms += p.rtt_ms + features.service_ms;
@@ -300,9 +310,7 @@ impl Planner {
                 response_kb,
                 ..
             } => {
-                if self.speeds.get(place) != Some(&scored.speed) {
-                    self.speeds.insert(place.to_string(), scored.speed);
-                }
+                self.place(place).speed = scored.speed;
                 if let Some(kb) = response_kb.filter(|k| k.is_finite() && *k >= 0.0) {
                     let r = self
                         .response_kb
@@ -325,8 +333,7 @@ impl Planner {
                 self.record(call.function, place, &scored.features, after_ms);
             }
             Outcome::Refused { .. } => {
-                self.full_until
-                    .insert(place.to_string(), call.now_ms + FULL_FOR_MS);
+                self.place(place).full_until = call.now_ms + FULL_FOR_MS;
             }
             _ => {}
         }
@@ -357,7 +364,7 @@ impl Planner {
             // The function's size as this run says (its time at the place's advertised
             // speed), and the place's slowness against what its speed promised, before
             // this observation moves the size.
-            let speed = self.speeds.get(place).copied().unwrap_or(1.0);
+            let speed = self.place(place).speed;
             let seen = s * speed;
             let size = match self.size.get(function) {
                 Some(v) => *v,
@@ -370,10 +377,15 @@ impl Planner {
             };
             if size > 0.0 {
                 let r = (seen / size).clamp(0.01, 100.0);
-                let k = self.slowness.entry(place.to_string()).or_insert(r);
-                *k = 0.95 * *k + 0.05 * r;
+                let k = self.place(place);
+                k.slowness = if k.slowness_seen {
+                    0.95 * k.slowness + 0.05 * r
+                } else {
+                    r
+                };
+                k.slowness_seen = true;
             }
-            let slow = self.slowness.get(place).copied().unwrap_or(1.0);
+            let slow = self.place(place).slowness;
             if let Some(e) = self.size.get_mut(function) {
                 *e = 0.8 * *e + 0.2 * seen / slow;
             }
@@ -388,8 +400,8 @@ impl Planner {
             let extra = (actual_ms - self.analytic.estimate(&warm)).max(0.0);
             let c = &mut self.analytic.cold_penalty_ms;
             *c = 0.9 * *c + 0.1 * extra;
-            let here = self.cold.entry(place.to_string()).or_insert(extra);
-            *here = 0.8 * *here + 0.2 * extra;
+            let k = self.place(place);
+            k.cold_ms = Some(k.cold_ms.map_or(extra, |c| 0.8 * c + 0.2 * extra));
         }
         self.record(function, place, features, actual_ms);
     }
@@ -403,6 +415,20 @@ impl Planner {
         };
         let model = per_fn.get_or_insert(place_key(place), place, window);
         model.observe(features, actual_ms, &self.analytic);
+    }
+
+    /// What is learnt of `place`, created on first use.
+    fn place(&mut self, place: &str) -> &mut PlaceState {
+        self.places
+            .entry(place_key(place))
+            .or_insert_with(|| PlaceState {
+                name: place.to_string(),
+                speed: 1.0,
+                slowness: 1.0,
+                slowness_seen: false,
+                cold_ms: None,
+                full_until: f64::NEG_INFINITY,
+            })
     }
 
     /// Refits every model with enough new observations; returns how many were refitted.
@@ -438,10 +464,7 @@ impl Planner {
         for m in self.models.values_mut() {
             m.retain(keep);
         }
-        self.slowness.retain(|p, _| keep(p));
-        self.speeds.retain(|p, _| keep(p));
-        self.cold.retain(|p, _| keep(p));
-        self.full_until.retain(|p, _| keep(p));
+        self.places.retain(|_, k| keep(&k.name));
     }
 
     /// Forgets a function's models (it was removed).
