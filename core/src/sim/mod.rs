@@ -26,6 +26,7 @@ use serde::Serialize;
 use crate::attempts::{Attempts, Bench, Next, Outcome};
 use crate::candidates::{facts, listed, Reported, Wants};
 use crate::config::Tier;
+use crate::forecast::Arrivals;
 use crate::mesh::{ClusterView, LoadReport, State, Timing};
 use crate::placement::PlaceInfo;
 use crate::policies::Call as PolicyCall;
@@ -311,6 +312,23 @@ struct Cand {
     truth_ms: Option<f64>,
 }
 
+impl Cand {
+    /// What the policy reads of it.
+    fn info<'w>(&self, w: &'w World<'_>) -> PlaceInfo<'w> {
+        PlaceInfo {
+            id: place_id(w, self.at),
+            tier: self.tier,
+            rtt_ms: self.rtt_ms,
+            load_per_core: self.load_per_core,
+            cores: self.cores,
+            speed: Some(self.speed),
+            warm: self.warm,
+            service_ms: self.service_ms,
+            truth_ms: self.truth_ms,
+        }
+    }
+}
+
 /// What an attempt at one place would do.
 #[derive(Debug, Clone, Copy)]
 struct Attempt {
@@ -332,6 +350,55 @@ struct SiteRouter {
     policy: Box<dyn crate::policies::Policy>,
     mine: HashMap<usize, BinaryHeap<Reverse<u64>>>,
     bench: Bench,
+    /// Arrivals per function (prepare-ahead's forecast), the functions called since the
+    /// last forecast, and when each (function, node) was last prepared.
+    arrivals: HashMap<u32, Arrivals>,
+    recent: Vec<u32>,
+    prepared: HashMap<(u32, usize), f64>,
+}
+
+/// A place is asked to prepare a function at most this often (as live), ms.
+const PREPARE_AGAIN_MS: f64 = 30_000.0;
+
+/// Prepare-ahead, as the live router does it each forecast: for each function called
+/// lately whose forecast rate is at least one call a second, the cold place
+/// [`crate::forecast::prepare_target`] names loads it (off the call path: warm from then).
+fn prepare_ahead(w: &mut World<'_>, router: &mut SiteRouter, device: u32, now: f64) {
+    let mut cands = Vec::new();
+    for f in std::mem::take(&mut router.recent) {
+        let rate = router
+            .arrivals
+            .get(&f)
+            .map_or(0.0, |a| a.forecast_per_s(now as u64));
+        if rate < 1.0 {
+            continue;
+        }
+        let probe = Call {
+            t: now,
+            device,
+            func: f,
+            payload_kb: 0.0,
+        };
+        w.candidates(&probe, now, router, &mut cands);
+        let infos: Vec<PlaceInfo<'_>> = cands.iter().map(|k| k.info(w)).collect();
+        let target = crate::forecast::prepare_target(&infos, rate, |i| {
+            matches!(cands[i].at, Where::Node(_))
+        });
+        let Some(Where::Node(n)) = target.map(|i| cands[i].at) else {
+            continue;
+        };
+        if router
+            .prepared
+            .get(&(f, n))
+            .is_some_and(|t| now - t < PREPARE_AGAIN_MS)
+        {
+            continue;
+        }
+        router.prepared.insert((f, n), now);
+        let node = &mut w.nodes[n];
+        node.warm.insert(f, now);
+        node.dirty.push(f);
+    }
 }
 
 struct World<'a> {
@@ -821,8 +888,16 @@ fn run_policy(
             policy: p.build(128),
             mine: HashMap::new(),
             bench: Bench::default(),
+            arrivals: HashMap::new(),
+            recent: Vec::new(),
+            prepared: HashMap::new(),
         })
         .collect();
+    // Each site's first device stands for its devices when its router prepares ahead.
+    let mut site_device = vec![None; s.sites];
+    for (d, site) in w.device_site.iter().enumerate() {
+        site_device[*site].get_or_insert(d as u32);
+    }
     let weights = Weights {
         explore: s.explore,
         ..Weights::default()
@@ -841,6 +916,13 @@ fn run_policy(
     for (id, c) in wl.calls.iter().enumerate() {
         while next_report <= c.t {
             w.report_round(next_report);
+            if s.prepare_ahead {
+                for (site, r) in routers.iter_mut().enumerate() {
+                    if let Some(d) = site_device[site] {
+                        prepare_ahead(&mut w, r, d, next_report);
+                    }
+                }
+            }
             next_report += interval;
             if ((next_report / interval) as u64).is_multiple_of(4) {
                 for r in &mut routers {
@@ -851,6 +933,16 @@ fn run_policy(
         }
         let site = w.device_site[c.device as usize];
         let router = &mut routers[site];
+        if s.prepare_ahead {
+            router
+                .arrivals
+                .entry(c.func)
+                .or_insert_with(|| Arrivals::new(1000, 10))
+                .record(c.t as u64);
+            if !router.recent.contains(&c.func) {
+                router.recent.push(c.func);
+            }
+        }
         w.candidates(c, c.t, router, &mut cands);
         let counted = id >= skip;
         if cands.is_empty() {
@@ -876,20 +968,7 @@ fn run_policy(
             now_ms: c.t,
         };
         let plan = {
-            let infos: Vec<PlaceInfo<'_>> = cands
-                .iter()
-                .map(|k| PlaceInfo {
-                    id: place_id(&w, k.at),
-                    tier: k.tier,
-                    rtt_ms: k.rtt_ms,
-                    load_per_core: k.load_per_core,
-                    cores: k.cores,
-                    speed: Some(k.speed),
-                    warm: k.warm,
-                    service_ms: k.service_ms,
-                    truth_ms: k.truth_ms,
-                })
-                .collect();
+            let infos: Vec<PlaceInfo<'_>> = cands.iter().map(|k| k.info(&w)).collect();
             router.policy.plan(&call, &infos, roll_rng.f64())
         };
         let Some(plan) = plan else {

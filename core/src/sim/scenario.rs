@@ -111,6 +111,10 @@ pub struct Scenario {
     /// How often a router pings each place, ms (0: as live, 30 report intervals).
     #[serde(default)]
     pub ping_interval_ms: u64,
+    /// Routers ask a cold place to load a function ahead of a forecast burst, as live
+    /// routers do by default (`[router] prepare_ahead`), for every policy alike.
+    #[serde(default = "d_true")]
+    pub prepare_ahead: bool,
     pub workload: Workload,
 }
 
@@ -226,6 +230,9 @@ fn d_deadline() -> f64 {
 }
 fn d_explore() -> f64 {
     0.02
+}
+fn d_true() -> bool {
+    true
 }
 fn d_timeout() -> f64 {
     30_000.0
