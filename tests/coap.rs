@@ -49,17 +49,6 @@ async fn deploy_wasm(n: &NodeProc, name: &str, module: &str, extra: &[&str]) {
     assert!(out.contains(&format!("deployed {name}")), "{out}");
 }
 
-/// Invocations of `function` the node counted, by status code.
-async fn calls(n: &NodeProc, function: &str, code: u16) -> u64 {
-    let m = metrics(n).await;
-    let prefix = format!(
-        "gateway_function_invocation_total{{function_name=\"{function}\",code=\"{code}\"}} "
-    );
-    m.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map_or(0, |v| v.trim().parse().unwrap())
-}
-
 async fn malformed(n: &NodeProc) -> u64 {
     let m = metrics(n).await;
     m.lines()
@@ -195,6 +184,40 @@ async fn coap_calls_from_a_real_client_run_and_fail_cleanly() {
     );
     let out = coap_client(&["-m", "post", "-N", "-e", "non", &uri(&n, "function/hello")]);
     assert_eq!(out.trim(), "hello, non");
+
+    // An idempotency key option (65008): the function runs once per key; a repeat gets
+    // the stored answer. A key that is not one is a 4.00 naming the rule.
+    let before = calls(&n, "hello", 200).await;
+    for _ in 0..3 {
+        let out = coap_client(&[
+            "-m",
+            "post",
+            "-O",
+            "65008,reading-7",
+            "-e",
+            "once",
+            &uri(&n, "function/hello"),
+        ]);
+        assert_eq!(out.trim(), "hello, once");
+    }
+    assert_eq!(
+        calls(&n, "hello", 200).await,
+        before + 1,
+        "one run for one key"
+    );
+    let out = coap_client(&[
+        "-m",
+        "post",
+        "-O",
+        "65008,has space",
+        "-e",
+        "x",
+        &uri(&n, "function/hello"),
+    ]);
+    assert!(
+        out.contains("4.00") && out.contains("idempotency key"),
+        "{out}"
+    );
 
     // 16 KiB up (Block1) and down (Block2), in 1 KiB blocks.
     let body: String = (0..16 * 1024)

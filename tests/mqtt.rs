@@ -266,6 +266,45 @@ async fn a_plain_node_takes_mqtt_calls() {
     let got = received(sub);
     assert!(got.ends_with("|hello, node"), "{got}");
     assert!(got.contains("placed-on:edge-m (edge)"), "{got}");
+
+    // An `idempotency-key` user property: the function runs once per key, and a repeat
+    // is answered with the stored output; a key that is not one is answered with 400.
+    let before = calls(&node, "hello", 200).await;
+    for _ in 0..3 {
+        let sub = subscribe(port, "fogline/reply/#");
+        let key = [
+            "-D",
+            "publish",
+            "user-property",
+            "idempotency-key",
+            "reading-7",
+        ];
+        publish(port, "sensors/k1/temp", "once", &key);
+        let got = received(sub);
+        assert!(
+            got.ends_with("|hello, once") && got.contains("status:200"),
+            "{got}"
+        );
+    }
+    assert_eq!(
+        calls(&node, "hello", 200).await,
+        before + 1,
+        "one run for one key"
+    );
+    let sub = subscribe(port, "fogline/reply/#");
+    let bad = [
+        "-D",
+        "publish",
+        "user-property",
+        "idempotency-key",
+        "has space",
+    ];
+    publish(port, "sensors/k1/temp", "x", &bad);
+    let got = received(sub);
+    assert!(
+        got.contains("status:400") && got.contains("idempotency"),
+        "{got}"
+    );
 }
 
 /// MQTT with credentials: Mosquitto over TLS (its certificate from the cluster CA) with a

@@ -81,6 +81,8 @@ pub enum Event<P> {
         accept: Option<u16>,
         /// The request's [`TRACEPARENT`] option.
         trace: Option<String>,
+        /// The request's [`IDEMPOTENCY_KEY`] option (its bytes as text, unchecked).
+        key: Option<String>,
     },
 }
 
@@ -113,6 +115,10 @@ pub struct Reply {
 pub const TRACEPARENT: u16 = 65000;
 /// Option carrying the call's id in the response (the HTTP gateway's `X-Call-Id`).
 pub const CALL_ID: u16 = 65004;
+/// Option carrying an idempotency key in a request (the HTTP gateway's
+/// `X-Idempotency-Key`): the function runs once per key within the idempotency window.
+/// Elective and safe to forward, like [`TRACEPARENT`].
+pub const IDEMPOTENCY_KEY: u16 = 65008;
 
 impl Reply {
     /// 2.05 Content with the function's output.
@@ -413,6 +419,7 @@ impl<P: Copy + Eq + Hash + std::fmt::Debug> Server<P> {
                 content_format,
                 accept,
                 trace,
+                key,
             } => {
                 if self.running.len() >= self.settings.max_exchanges {
                     let reply = Reply::error(
@@ -442,6 +449,7 @@ impl<P: Copy + Eq + Hash + std::fmt::Debug> Server<P> {
                     content_format,
                     accept,
                     trace,
+                    key,
                 }]
             }
         }
@@ -629,12 +637,16 @@ impl<P: Copy + Eq + Hash + std::fmt::Debug> Server<P> {
             .get_first_option(CoapOption::Unknown(TRACEPARENT))
             .and_then(|v| std::str::from_utf8(v).ok())
             .map(str::to_string);
+        let key = p
+            .get_first_option(CoapOption::Unknown(IDEMPOTENCY_KEY))
+            .map(|v| String::from_utf8_lossy(v).into_owned());
         Parsed::Run {
             function,
             body,
             content_format,
             accept,
             trace,
+            key,
         }
     }
 
@@ -889,6 +901,7 @@ enum Parsed {
         content_format: Option<u16>,
         accept: Option<u16>,
         trace: Option<String>,
+        key: Option<String>,
     },
 }
 

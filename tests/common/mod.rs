@@ -321,6 +321,17 @@ pub async fn placements(c: &reqwest::Client, router: &str, limit: usize) -> serd
 }
 
 /// `GET /metrics` of a gateway, as text.
+/// Invocations of `function` the node counted, by status code.
+pub async fn calls(n: &NodeProc, function: &str, code: u16) -> u64 {
+    let m = metrics(n).await;
+    let prefix = format!(
+        "gateway_function_invocation_total{{function_name=\"{function}\",code=\"{code}\"}} "
+    );
+    m.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
 pub async fn metrics(n: &NodeProc) -> String {
     client()
         .get(format!("{}/metrics", n.url))

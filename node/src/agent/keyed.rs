@@ -31,6 +31,15 @@ pub fn current() -> Option<String> {
     KEY.try_with(Clone::clone).ok().flatten()
 }
 
+/// An idempotency key as callers may send it (HTTP header, MQTT user property, CoAP
+/// option): 1 to 255 printable ASCII characters.
+pub fn key_ok(k: &str) -> bool {
+    (1..=255).contains(&k.len()) && k.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+/// What a trigger says when a key is not one.
+pub const KEY_RULE: &str = "an idempotency key must be 1 to 255 printable ASCII characters";
+
 /// One lock per key in use (dropped with its last holder).
 #[derive(Default)]
 pub struct KeyLocks {
@@ -65,6 +74,26 @@ fn record_key(caller: &str, function: &str, key: &str) -> Vec<u8> {
 }
 
 impl Node {
+    /// A trigger's call with the idempotency key its message carried, if any (`caller`
+    /// names the trigger): a member that runs calls itself runs it once per key within the
+    /// window ([`Node::call_once`]); a router hands the key on with the call, so the member
+    /// that runs it does.
+    pub async fn call_with_key(
+        &self,
+        caller: &str,
+        name: &str,
+        key: Option<String>,
+        body: Bytes,
+    ) -> Result<Placed, Refused> {
+        match key {
+            None => self.call(name, body).await,
+            Some(k) if self.links.dispatch.get().is_none() => {
+                self.call_once(caller, name, &k, body).await
+            }
+            Some(k) => with(Some(k), self.call(name, body)).await,
+        }
+    }
+
     /// [`Node::call`] run once per (`caller`, `name`, `key`) within the idempotency
     /// window: the stored answer when it ran before, else a run whose answer is stored
     /// before it is returned. Only answers are kept: a failed run may be tried

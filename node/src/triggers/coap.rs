@@ -118,6 +118,7 @@ impl Driver {
                     content_format,
                     accept,
                     trace,
+                    key,
                 } => {
                     let (node, me) = (node.clone(), self.clone());
                     tokio::spawn(async move {
@@ -127,7 +128,7 @@ impl Driver {
                         rec.set_call_id(&call_id);
                         let mut reply = crate::traces::Traces::run(
                             rec.clone(),
-                            me.run(&node, id, &function, body, content_format, accept),
+                            me.run(&node, id, &function, body, content_format, accept, key),
                         )
                         .await;
                         node.traces.commit(
@@ -148,7 +149,9 @@ impl Driver {
         }
     }
 
-    /// Runs one call; acknowledges its request first when it takes longer than `ack_after`.
+    /// Runs one call (once per key, with an idempotency key option); acknowledges its
+    /// request first when it takes longer than `ack_after`.
+    #[allow(clippy::too_many_arguments)]
     async fn run(
         &self,
         node: &Node,
@@ -157,9 +160,23 @@ impl Driver {
         body: Vec<u8>,
         content_format: Option<u16>,
         accept: Option<u16>,
+        key: Option<String>,
     ) -> Reply {
         if let Err(e) = fogline_core::manifest::validate_key(function) {
             return Reply::error(400, &e.to_string());
+        }
+        if key
+            .as_deref()
+            .is_some_and(|k| !crate::agent::keyed::key_ok(k))
+        {
+            return Reply::error(
+                400,
+                &format!(
+                    "idempotency key option ({}): {}",
+                    fogline_core::coap::IDEMPOTENCY_KEY,
+                    crate::agent::keyed::KEY_RULE
+                ),
+            );
         }
         if !node.open_to_anyone(function) {
             // CoAP carries no token: only what anyone may invoke is served here.
@@ -170,7 +187,7 @@ impl Driver {
                 &format!("{function} needs a token to invoke, which CoAP cannot carry; call it over HTTP or QUIC"),
             );
         }
-        let call = node.call(function, Bytes::from(body));
+        let call = node.call_with_key("coap", function, key, Bytes::from(body));
         tokio::pin!(call);
         let result = match tokio::time::timeout(self.ack_after, &mut call).await {
             Ok(r) => r,

@@ -422,7 +422,7 @@ async fn submit_call(node: Shared, name: String, headers: HeaderMap, body: Body)
     };
     let key = match headers.get("x-idempotency-key").map(|v| v.to_str()) {
         None => None,
-        Some(Ok(k)) if idempotency_key_ok(k) => Some(k.to_string()),
+        Some(Ok(k)) if crate::agent::keyed::key_ok(k) => Some(k.to_string()),
         Some(_) => {
             return text(
                 StatusCode::BAD_REQUEST,
@@ -484,11 +484,6 @@ async fn submit_call(node: Shared, name: String, headers: HeaderMap, body: Body)
         }
         Err(e) => invoke_error(e),
     }
-}
-
-/// An idempotency key as callers may send it: 1 to 255 printable ASCII characters.
-fn idempotency_key_ok(k: &str) -> bool {
-    (1..=255).contains(&k.len()) && k.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
 
 /// `X-Fogline-Deadline`: how long an async call may take to succeed, retries included

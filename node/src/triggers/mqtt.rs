@@ -325,6 +325,12 @@ async fn handle(node: &Node, client: &AsyncClient, cfg: &MqttSection, p: Publish
             .find(|(n, _)| n == k)
             .map(|(_, v)| v.as_str())
     };
+    // An `idempotency-key` user property: the function runs once per key (a message the
+    // broker delivers again, or a device sends again, gets the stored answer).
+    let key = prop("idempotency-key").map(str::to_string);
+    let bad_key = key
+        .as_deref()
+        .is_some_and(|k| !crate::agent::keyed::key_ok(k));
     let rec = node.traces.begin(prop("traceparent"), prop("tracestate"));
     let call_id = crate::agent::new_call_id();
     rec.set_call_id(&call_id);
@@ -333,9 +339,18 @@ async fn handle(node: &Node, client: &AsyncClient, cfg: &MqttSection, p: Publish
     // until it has run.
     let mut pause = Duration::from_millis(20);
     let result = loop {
+        if bad_key {
+            break Err(crate::dispatch::Refused::new(
+                400,
+                format!(
+                    "idempotency-key user property: {}",
+                    crate::agent::keyed::KEY_RULE
+                ),
+            ));
+        }
         let r = crate::traces::Traces::run(
             rec.clone(),
-            node.call(&trigger.function, p.payload.clone()),
+            node.call_with_key("mqtt", &trigger.function, key.clone(), p.payload.clone()),
         )
         .await;
         match &r {
