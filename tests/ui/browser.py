@@ -179,7 +179,8 @@ def checks(gw, token, shots, members):
         box.send_keys("20000")
         t0 = time.monotonic()
         drv.find_element(By.ID, "run").click()
-        wait(drv, "the simulator's answer", lambda d: len(d.find_elements(By.CSS_SELECTOR, "#sim-table tbody tr")) == 8
+        # Every policy the simulator offers: the eight the router runs, and the oracle.
+        wait(drv, "the simulator's answer", lambda d: len(d.find_elements(By.CSS_SELECTOR, "#sim-table tbody tr")) == 9
              or d.find_elements(By.ID, "sim-error"), 180)
         if drv.find_elements(By.ID, "sim-error"):
             fail("the simulator failed: " + drv.find_element(By.ID, "sim-error").text)
@@ -187,7 +188,7 @@ def checks(gw, token, shots, members):
         policies = [r.get_attribute("data-policy") for r in drv.find_elements(By.CSS_SELECTOR, "#sim-table tbody tr")]
         if "regression" not in policies or "oracle" not in policies:
             fail(f"policies in the table: {policies}")
-        if len(drv.find_elements(By.CSS_SELECTOR, "#cdf path[data-series]")) != 8:
+        if len(drv.find_elements(By.CSS_SELECTOR, "#cdf path[data-series]")) != 9:
             fail("the CDF chart does not draw every policy")
         drv.save_screenshot(f"{shots}/ui-simulate.png")
         console.read("/ui/simulate")
