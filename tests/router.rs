@@ -351,43 +351,70 @@ async fn placements_leave_a_slowed_node_and_return_after_it_recovers() {
     let d = dir.path();
     let pki = pki(d);
     // More exploration than the default, so that the return is seen within a test's calls.
-    let (_cloud, edges, router) = continuum(d, &pki, "[router]\nexplore = 0.2\n");
+    let (cloud, edges, router) = continuum(d, &pki, "[router]\nexplore = 0.2\n");
     let c = authed(&router.token);
     deploy_hello(&router).await;
     let warm = shares(&c, &router.url, 300).await;
-    // The edge taking most calls is slowed: stopped four fifths of the time.
-    let (si, slowed) = if warm.get("edge-1").unwrap_or(&0) >= warm.get("edge-2").unwrap_or(&0) {
-        (0, "edge-1")
-    } else {
-        (1, "edge-2")
-    };
+    // The place taking most calls (all three run on this host) is slowed: stopped four
+    // fifths of the time.
+    let places = [
+        ("cloud", &cloud),
+        ("edge-1", &edges[0]),
+        ("edge-2", &edges[1]),
+    ];
+    let (slowed, proc) = places
+        .into_iter()
+        .max_by_key(|(n, _)| warm.get(*n).copied().unwrap_or(0))
+        .unwrap();
+    let before = warm.get(slowed).copied().unwrap_or(0);
     eprintln!("before: {warm:?}; slowing {slowed}");
     let running = Arc::new(AtomicBool::new(true));
-    let slower = slow_down(edges[si].child.id(), running.clone());
-    // Within 200 calls, placements leave it: at most 30 of the next 100 go there (a fifth
-    // of calls explore, some of them there).
+    let slower = slow_down(proc.child.id(), running.clone());
+    // Within 200 calls, placements leave it: of the next 100, its share is at most half
+    // what it was and at most 30 (a fifth of calls explore, some of them there).
     let first = shares(&c, &router.url, 200).await;
     let then = shares(&c, &router.url, 100).await;
     let on = then.get(slowed).copied().unwrap_or(0);
     eprintln!("slowed: first 200 calls {first:?}, next 100 {then:?}");
     assert!(
-        on <= 20,
-        "{slowed} still took {on} of 100 calls while slowed: {then:?}"
+        on <= 30 && on * 300 * 2 <= before * 100,
+        "{slowed} took {before} of 300 calls, and {on} of 100 while slowed: {then:?}"
     );
     running.store(false, Ordering::Relaxed);
     slower.join().unwrap();
-    // Recovered: within 2,000 calls it takes a quarter of them again (its model, unseen for
-    // a while, is explored and restarted).
+    // Recovered: within 2,000 calls the router predicts it as fast as the place it chose
+    // (within 1.5x + 1 ms: its model, unseen for a while, was explored and restarted) and
+    // places calls there again. (The three places are equally fast on one host, so how
+    // much it takes back beyond exploration is a coin toss, and not asserted.)
     let mut back = None;
     for round in 0..20 {
         let s = shares(&c, &router.url, 100).await;
         let on = s.get(slowed).copied().unwrap_or(0);
-        eprintln!("recovered, round {round}: {s:?}");
-        if on >= 25 {
-            back = Some((round + 1) * 100);
-            break;
+        let last = &placements(&c, &router.url, 1).await["placements"][0];
+        let predicted = |place: &str| {
+            last["candidates"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["place"] == place)
+                .and_then(|c| c["predicted_ms"].as_f64())
+        };
+        let (mine, chosen) = (
+            predicted(slowed),
+            predicted(last["chosen"].as_str().unwrap()),
+        );
+        eprintln!(
+            "recovered, round {round}: {s:?}; predicted {mine:?} against the chosen {chosen:?}"
+        );
+        if let (Some(m), Some(ch)) = (mine, chosen) {
+            if on >= 3 && m <= 1.5 * ch + 1.0 {
+                back = Some((round + 1) * 100);
+                break;
+            }
         }
     }
-    let back = back.unwrap_or_else(|| panic!("{slowed} took no share again within 2,000 calls"));
-    eprintln!("{slowed} back to at least 25 % of calls within {back} calls after recovering");
+    let back = back.unwrap_or_else(|| {
+        panic!("{slowed} was not predicted fast or placed on again within 2,000 calls")
+    });
+    eprintln!("{slowed} predicted as fast as the chosen place and placed on again within {back} calls after recovering");
 }
