@@ -317,6 +317,15 @@ impl Gossip {
                 "service time of {f:?} is {ms} ms (must be finite and not negative)"
             )));
         }
+        // So does the advertised speed (0: none advertised).
+        if let Gossip::Full(r) = &g {
+            if !(r.speed.is_finite() && (0.0..=1000.0).contains(&r.speed)) {
+                return Err(ReportError::Malformed(format!(
+                    "speed {} (must be a finite number from 0 to 1000)",
+                    r.speed
+                )));
+            }
+        }
         Ok(g)
     }
 }
@@ -357,6 +366,11 @@ pub fn check_gossip(data: &[u8]) {
         for (_, ms) in &m.report.service_ms {
             assert!(usable_ms(*ms), "service time {ms} in the view");
         }
+        assert!(
+            m.report.speed.is_finite() && m.report.speed >= 0.0,
+            "speed {} in the view",
+            m.report.speed
+        );
     }
     for rt in [Runtime::Wasm, Runtime::Container] {
         for m in view.candidates("f", rt) {
