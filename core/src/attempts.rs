@@ -113,11 +113,12 @@ impl Attempts {
 
     /// How long to wait for the current place before abandoning it: an idempotent call
     /// with somewhere else to go waits 3x its prediction (at least its prediction plus a
-    /// second); any other call waits for what is left of its budget.
+    /// second) when the plan's scores are times; any other call waits for what is left of
+    /// its budget.
     pub fn patience_ms(&self, plan: &Plan, now_ms: f64) -> f64 {
         let left = (self.budget_ms - (now_ms - self.started_ms)).max(1.0);
         let elsewhere = self.tried.len() < MAX_ATTEMPTS && plan.next_best(&self.tried).is_some();
-        if self.idempotent && elsewhere {
+        if self.idempotent && elsewhere && plan.timed {
             let p = plan.scored[self.current()].predicted_ms;
             (3.0 * p).max(p + 1000.0).min(left)
         } else {
@@ -201,6 +202,7 @@ mod tests {
             chosen: 1,
             explored: false,
             meets_deadline: true,
+            timed: true,
         }
     }
 
@@ -263,6 +265,12 @@ mod tests {
         assert_eq!(a.patience_ms(&p, 0.0), 1005.0);
         let b = Attempts::new(&p, 0.0, 30_000.0, false);
         assert_eq!(b.patience_ms(&p, 10.0), 29_990.0);
+        // Scores that are only an order say nothing of how long to wait.
+        let order = Plan {
+            timed: false,
+            ..p.clone()
+        };
+        assert_eq!(a.patience_ms(&order, 10.0), 29_990.0);
         let mut bench = Bench::default();
         bench.bench("edge-1", 100.0);
         assert!(bench.is_benched("edge-1", 2099.0));

@@ -70,6 +70,8 @@ pub struct Plan {
     pub chosen: usize,
     pub explored: bool,
     pub meets_deadline: bool,
+    /// Its scores are times (ms), so how long to wait at a place may follow from them.
+    pub timed: bool,
 }
 
 impl Plan {
@@ -296,6 +298,7 @@ impl Planner {
             chosen: d.index,
             explored: d.explored,
             meets_deadline: d.meets_deadline,
+            timed: true,
         })
     }
 

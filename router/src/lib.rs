@@ -444,12 +444,7 @@ impl Router {
             // abandoned at a place far slower than predicted (stalled, overloaded or gone).
             let now = self.now_ms() as f64;
             let left = (budget_ms - (now - call.now_ms)).max(1.0);
-            // A score that is not a time sets no patience: only the budget bounds the wait.
-            let patience = if scored.source == Source::Score {
-                left
-            } else {
-                state.patience_ms(plan, now)
-            };
+            let patience = state.patience_ms(plan, now);
             let limit = Duration::from_secs_f64(patience / 1e3);
             // Without a shorter patience than the budget, the place's own timeout ends the
             // call (no timer of our own on the common path).

@@ -222,6 +222,7 @@ pub(crate) fn plan_by(
         chosen: d.index,
         explored: false,
         meets_deadline: d.meets_deadline,
+        timed: is_time,
     })
 }
 

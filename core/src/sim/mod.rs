@@ -975,8 +975,6 @@ fn run_policy(
             failed += u64::from(counted);
             continue;
         };
-        let timed = plan.scored[plan.chosen].source != Source::Score
-            || matches!(p, Policy::A3e | Policy::Mu);
         let mut attempts = Attempts::new(&plan, c.t, s.timeout_ms, true);
         let mut ta = c.t;
         let outcome = loop {
@@ -984,11 +982,7 @@ fn run_policy(
             let at = cands[i].at;
             let a = w.attempt(id, c, at, ta);
             w.commit(c, at, &a);
-            let patience = if timed {
-                attempts.patience_ms(&plan, ta)
-            } else {
-                s.timeout_ms - (ta - c.t)
-            };
+            let patience = attempts.patience_ms(&plan, ta);
             let took = a.done - ta;
             let (outcome, now) = if a.refused {
                 refusals += u64::from(counted);
