@@ -674,6 +674,7 @@ async fn invoke_quic(
         function: name.to_string(),
         manifest: None,
         body: body.into(),
+        via: None,
     };
     struct NoModules;
     impl fogline_node::executor::ModuleSource for NoModules {

@@ -5,6 +5,7 @@
 
 mod client;
 mod dlq;
+mod federation;
 mod join;
 mod serve;
 mod simulate;
@@ -75,6 +76,9 @@ enum Command {
     /// The dead-letter queue: async calls given up after their attempts or deadline.
     #[command(subcommand)]
     Dlq(dlq::DlqCmd),
+    /// Peer clusters of a bridge: invite, join, list, leave, offload namespaces.
+    #[command(subcommand)]
+    Federation(federation::FederationCmd),
     /// Compare placement policies on a simulated continuum (seeded, deterministic).
     Simulate(simulate::SimArgs),
     /// Namespaces: functions, secrets and tokens kept apart.
@@ -388,6 +392,7 @@ fn main() -> ExitCode {
             Command::Simulate(a) => simulate::run(a),
             Command::Trace(a) => trace::trace(&cli.client, a).await,
             Command::Dlq(c) => dlq::run(&cli.client, c).await,
+            Command::Federation(c) => federation::run(&cli.client, c).await,
             Command::Bridge(a) => {
                 let join = a.node.join.clone();
                 let mut cfg = a

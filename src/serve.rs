@@ -69,6 +69,15 @@ pub async fn node_with(
         }
         (None, _, _) => "node",
     };
+    let federation = match running.node.config.federation.clone() {
+        None => None,
+        Some(_) if running.node.config.node.tier != fogline_core::config::Tier::Cloud => {
+            anyhow::bail!(
+                "[federation] is for a bridge (`fogline bridge`): it links whole clusters"
+            )
+        }
+        Some(f) => Some(fogline_cloud_bridge::federation::start(&running.node, f)?),
+    };
     {
         // The first line is the contract scripts rely on: where the gateway listens.
         let mut out = std::io::stdout().lock();
@@ -88,6 +97,9 @@ pub async fn node_with(
         }
         if let Some(m) = running.node.links.mesh.get() {
             writeln!(out, "mesh listening on {}", m.address)?;
+        }
+        if let Some(f) = &federation {
+            writeln!(out, "federation listening on {}", f.local_addr())?;
         }
         print_new_token(&mut out, running.new_token.as_deref(), &data_dir)?;
         if let Some(s) = &sized {

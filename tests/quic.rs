@@ -195,6 +195,7 @@ async fn invocations_cross_tiers_and_modules_travel_by_hash() {
         function: "hello".into(),
         manifest: None,
         body: big.clone(),
+        via: None,
     };
     let reply = client
         .invoke(n2.quic.unwrap(), &req, &NoModules)
@@ -207,6 +208,7 @@ async fn invocations_cross_tiers_and_modules_travel_by_hash() {
         function: "hello".into(),
         manifest: None,
         body: Bytes::from(vec![b'z'; 40 << 20]),
+        via: None,
     };
     match client.invoke(n2.quic.unwrap(), &req, &NoModules).await {
         Err(QuicError::Remote(m)) => {
@@ -236,6 +238,7 @@ async fn handshakes_refuse_peers_without_a_valid_cluster_certificate() {
         function: "nope".into(),
         manifest: None,
         body: Bytes::new(),
+        via: None,
     };
 
     // A valid client reaches the node (and gets a 404 for an unknown function).
@@ -393,6 +396,7 @@ async fn bad_frames_stalls_floods_and_forged_modules_are_refused() {
         function: "loop".into(),
         manifest: None,
         body: Bytes::new(),
+        via: None,
     };
     let mut slow = Vec::new();
     for _ in 0..2 {
@@ -432,6 +436,7 @@ async fn bad_frames_stalls_floods_and_forged_modules_are_refused() {
         function: "forged".into(),
         manifest: Some(m),
         body: Bytes::new(),
+        via: None,
     };
     // A device may not send code at all…
     match c.invoke(addr, &req, &Liar).await {
@@ -474,6 +479,7 @@ async fn bad_frames_stalls_floods_and_forged_modules_are_refused() {
             body_len: 10,
             trace: None,
             key: None,
+            via: None,
         }),
         &mut buf,
     );
@@ -503,6 +509,7 @@ async fn certificates_reload_without_a_restart() {
         function: "nope".into(),
         manifest: None,
         body: Bytes::new(),
+        via: None,
     };
     let status = |c: Client| {
         let req = req.clone();
@@ -623,6 +630,7 @@ async fn keyed_call(addr: SocketAddr, c: &Client, key: Option<&str>, body: &'sta
         function: "hello".into(),
         manifest: None,
         body: Bytes::from_static(body.as_bytes()),
+        via: None,
     };
     let reply =
         fogline_node::agent::keyed::with(key.map(str::to_string), c.invoke(addr, &req, &NoModules))

@@ -26,6 +26,7 @@ async fn hello(c: &Client, addr: std::net::SocketAddr) -> Result<String, String>
         function: "hello".into(),
         manifest: None,
         body: bytes::Bytes::from_static(b"dev"),
+        via: None,
     };
     match c.invoke(addr, &req, &NoModules).await {
         Ok(r) => Ok(String::from_utf8_lossy(&r.body).into_owned()),

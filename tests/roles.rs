@@ -50,6 +50,7 @@ async fn every_role_tries_every_frame() {
             function: "hello".into(),
             manifest: None,
             body: Bytes::from_static(b"x"),
+            via: None,
         };
         let r = c.invoke(addr, &plain, &Module(wasm.clone())).await.unwrap();
         assert_eq!(&r.body[..], b"hello, x", "{role}");
@@ -60,6 +61,7 @@ async fn every_role_tries_every_frame() {
             function: m.name.clone(),
             manifest: Some(m.clone()),
             body: Bytes::from_static(b"y"),
+            via: None,
         };
         let sent = c.invoke(addr, &with, &Module(wasm.clone())).await;
         let prepared = c.prepare(addr, &m, &Module(wasm.clone())).await;

@@ -7,7 +7,12 @@
 //!   autoscaler that sizes it ahead of demand ([`swarm::Workers`], deciding with
 //!   `fogline_core::scale`).
 //!
+//! - [`federation`]: peer clusters: invites and joins (each cluster keeping its own CA),
+//!   the bridge-to-bridge link, summaries, and relaying this cluster's calls to a peer
+//!   cluster placed on as one more place.
+//!
 //! A new back end for scaling out (another engine) gets a module of its own beside
 //! [`swarm`], driven by the same `fogline_core::scale::Scaler`.
 
+pub mod federation;
 pub mod swarm;

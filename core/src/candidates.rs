@@ -117,6 +117,61 @@ impl Reported<str> for crate::mesh::Member {
     }
 }
 
+/// A peer cluster offered by a bridge, as one place: listed while the bridge is alive and
+/// for functions of the namespaces offloaded there; its round trip is the bridge's plus
+/// the bridge-to-bridge link's. Wasm only: a module travels by hash, an image does not.
+pub struct PeerCandidate<'a> {
+    pub bridge: &'a crate::mesh::Member,
+    pub place: &'a crate::federation::PeerPlace,
+}
+
+impl PeerCandidate<'_> {
+    /// Whether functions of namespace `ns` may go there.
+    pub fn takes(&self, ns: &str) -> bool {
+        self.place.namespaces.iter().any(|n| n == ns)
+    }
+
+    /// Round trip from the router: to the bridge (`to_bridge`, measured by ping) and on.
+    pub fn rtt_ms(&self, to_bridge: Option<f64>) -> f64 {
+        to_bridge.unwrap_or(1.0) + f64::from(self.place.rtt_ms)
+    }
+}
+
+impl Reported<str> for PeerCandidate<'_> {
+    fn id(&self) -> &str {
+        &self.place.name
+    }
+    fn tier(&self) -> Tier {
+        Tier::Federated
+    }
+    fn alive(&self) -> bool {
+        self.bridge.state == crate::mesh::State::Alive
+    }
+    fn runs(&self, runtime: Runtime) -> bool {
+        runtime == Runtime::Wasm
+    }
+    fn load(&self) -> u32 {
+        self.place.summary.in_flight
+    }
+    fn cores(&self) -> u32 {
+        self.place.summary.cores
+    }
+    fn speed(&self) -> f32 {
+        self.place.summary.speed
+    }
+    fn warm(&self, function: &str) -> bool {
+        self.place.summary.warm.iter().any(|w| w == function)
+    }
+    fn service_ms(&self, function: &str) -> Option<f64> {
+        self.place
+            .summary
+            .service_ms
+            .iter()
+            .find(|(n, _)| n == function)
+            .map(|(_, s)| f64::from(*s))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -59,6 +59,29 @@ pub struct NodeConfig {
     pub ui: UiSection,
     /// A bridge's workers as a Docker Swarm service (`fogline bridge --swarm`).
     pub swarm: Option<SwarmSection>,
+    /// A bridge's link to peer clusters (`fogline federation …`).
+    pub federation: Option<FederationSection>,
+}
+
+/// Where a bridge listens for peer clusters' bridges (mutual TLS, each side pinning the
+/// other's CA from the invite exchange).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FederationSection {
+    /// The bridge-to-bridge QUIC listener.
+    pub listen: SocketAddr,
+    /// This cluster's name as its providers know it (default: the bridge's id): a DNS
+    /// label, which becomes the namespace of its functions on each provider.
+    pub cluster: Option<String>,
+    /// What invites name (`HOST:PORT`) when `listen` is a wildcard or behind NAT.
+    pub advertise: Option<String>,
+    /// A peer silent this long is shown dead and placed nothing.
+    #[serde(default = "default_peer_dead", with = "duration_str")]
+    pub dead_after: Duration,
+}
+
+fn default_peer_dead() -> Duration {
+    Duration::from_secs(2)
 }
 
 /// The cloud tier's workers as a replicated Docker Swarm service, sized by the bridge.
@@ -595,6 +618,9 @@ pub enum Tier {
     #[default]
     Edge,
     Cloud,
+    /// A peer cluster, reached through this cluster's bridge (a place, never a member's
+    /// own tier).
+    Federated,
 }
 
 impl Tier {
@@ -603,6 +629,7 @@ impl Tier {
             Tier::Device => "device",
             Tier::Edge => "edge",
             Tier::Cloud => "cloud",
+            Tier::Federated => "federated",
         }
     }
 }
@@ -836,6 +863,7 @@ impl NodeConfig {
             trace: TraceSection::default(),
             ui: UiSection::default(),
             swarm: None,
+            federation: None,
         }
     }
 
@@ -862,6 +890,25 @@ impl NodeConfig {
                 file: file.to_string(),
                 version: self.version,
             });
+        }
+        if self.node.tier == Tier::Federated {
+            return Err(invalid(
+                "node.tier",
+                "\"federated\" names a peer cluster, not a member: use device, edge or cloud"
+                    .into(),
+            ));
+        }
+        if let Some(f) = &self.federation {
+            if let Some(c) = &f.cluster {
+                crate::federation::validate_peer_name(c)
+                    .map_err(|e| invalid("federation.cluster", e))?;
+            }
+            if f.dead_after < Duration::from_millis(200) || f.dead_after > Duration::from_secs(60) {
+                return Err(invalid(
+                    "federation.dead_after",
+                    format!("{:?} is outside 200ms..=60s", f.dead_after),
+                ));
+            }
         }
         if self.node.stop_timeout > Duration::from_secs(3600) {
             return Err(invalid(

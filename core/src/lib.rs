@@ -26,6 +26,8 @@
 //! - [`roles`]: what each certificate role may ask of a member.
 //! - [`revocation`]: the cluster's certificate revocation list, signed by its CA.
 //! - [`enroll`]: join tokens and the enrollment exchange of `fogline join`.
+//! - [`federation`]: peering between clusters: invites, what bridges tell each other, and
+//!   how a consumer's functions are named on the provider.
 //! - [`sizing`]: a member fitting its Wasm slots and workers to its cgroup limits.
 //! - [`access`]: namespaces, token scopes and quotas: what each gateway token may do.
 //! - [`coap`]: CoAP server exchanges (RFC 7252, block-wise RFC 7959) as a state machine
@@ -49,6 +51,7 @@ pub mod config;
 pub mod delivery;
 pub mod digest;
 pub mod enroll;
+pub mod federation;
 pub mod forecast;
 pub mod manifest;
 pub mod mesh;

@@ -179,7 +179,14 @@ pub enum Gossip {
     /// second field is when it was sent (ms): gossip drops a message it has seen, and a
     /// list sent again must not be one.
     Revocations(crate::revocation::SignedList, u64),
+    /// The peer clusters a bridge relays calls to, as places (sent by a bridge with
+    /// peerings every interval). Last, so members of earlier releases drop it as one
+    /// message they cannot read.
+    Places(crate::federation::PeerPlaces),
 }
+
+/// Most peer places one bridge gossips.
+pub const MAX_PEER_PLACES: usize = 16;
 
 /// A member's certificate and its signature over (member, libp2p peer): binds the peer to
 /// the member. Checked by the node (the certificate against the cluster CA).
@@ -253,6 +260,7 @@ impl Gossip {
             Gossip::Beat(b) => Some(&b.node),
             Gossip::Leave(l) => Some(&l.node),
             Gossip::Proof(p) => Some(&p.node),
+            Gossip::Places(p) => Some(&p.bridge),
             Gossip::Revocations(..) => None,
             Gossip::Introduce(_) => None,
         }
@@ -265,6 +273,7 @@ impl Gossip {
             Gossip::Introduce(_)
             | Gossip::Leave(_)
             | Gossip::Proof(_)
+            | Gossip::Places(_)
             | Gossip::Revocations(..) => &[],
         }
     }
@@ -276,6 +285,7 @@ impl Gossip {
             Gossip::Introduce(_)
             | Gossip::Leave(_)
             | Gossip::Proof(_)
+            | Gossip::Places(_)
             | Gossip::Revocations(..) => None,
         }
     }
@@ -289,6 +299,26 @@ impl Gossip {
             s.retain(|(_, ms)| usable_ms(*ms));
             s.truncate(MAX_LISTED);
             w.truncate(MAX_LISTED);
+        }
+        if let Gossip::Places(places) = &self {
+            let mut p = places.clone();
+            p.places.truncate(MAX_PEER_PLACES);
+            let mut keep = crate::federation::MAX_SUMMARY_LISTED;
+            loop {
+                for pl in &mut p.places {
+                    pl.summary.warm.truncate(keep);
+                    pl.summary.service_ms.truncate(keep);
+                    pl.namespaces.truncate(crate::federation::MAX_NAMESPACES);
+                }
+                let bytes = postcard::to_allocvec(&Gossip::Places(p.clone())).unwrap_or_default();
+                if bytes.len() <= MAX_REPORT || p.places.len() <= 1 && keep == 0 {
+                    return bytes;
+                }
+                if keep == 0 {
+                    p.places.truncate(p.places.len() / 2);
+                }
+                keep /= 2;
+            }
         }
         loop {
             let bytes = postcard::to_allocvec(&g).unwrap_or_default();
@@ -316,6 +346,26 @@ impl Gossip {
             return Err(ReportError::Malformed(format!(
                 "service time of {f:?} is {ms} ms (must be finite and not negative)"
             )));
+        }
+        if let Gossip::Places(p) = &g {
+            if p.places.len() > MAX_PEER_PLACES {
+                return Err(ReportError::Malformed(format!(
+                    "{} peer places (at most {MAX_PEER_PLACES})",
+                    p.places.len()
+                )));
+            }
+            for pl in &p.places {
+                let s = &pl.summary;
+                let usable = usable_ms(pl.rtt_ms)
+                    && s.speed.is_finite()
+                    && (0.0..=1000.0).contains(&s.speed);
+                if !usable || s.service_ms.iter().any(|(_, ms)| !usable_ms(*ms)) {
+                    return Err(ReportError::Malformed(format!(
+                        "peer place {:?} has a round trip, speed or service time that is not a usable number",
+                        pl.name
+                    )));
+                }
+            }
         }
         // So does the advertised speed (0: none advertised).
         if let Gossip::Full(r) = &g {
@@ -498,6 +548,8 @@ pub struct ClusterView {
     /// Beats from members whose whole report has not arrived yet, with when they were
     /// heard: kept (the newest per member) until it does, not listed.
     pending: BTreeMap<String, (Beat, u64)>,
+    /// Peer clusters offered by bridges, per bridge: the newest list and when it was heard.
+    peer_places: BTreeMap<String, (crate::federation::PeerPlaces, u64)>,
 }
 
 impl ClusterView {
@@ -599,6 +651,7 @@ impl ClusterView {
             Gossip::Full(r) => self.apply(r, now_ms),
             Gossip::Beat(b) => self.apply_beat(b, now_ms),
             Gossip::Leave(l) => self.apply_leave(&l, now_ms),
+            Gossip::Places(p) => self.apply_places(p, now_ms),
             // Proofs are checked by the driver, which holds the cluster CA.
             Gossip::Introduce(_) | Gossip::Proof(_) | Gossip::Revocations(..) => false,
         }
@@ -618,6 +671,37 @@ impl ClusterView {
         m.state = State::Dead;
         m.heard_ms = m.heard_ms.max(now_ms);
         true
+    }
+
+    /// Takes a bridge's peer places heard at `now_ms` (the newest list per bridge counts).
+    pub fn apply_places(&mut self, p: crate::federation::PeerPlaces, now_ms: u64) -> bool {
+        match self.peer_places.get_mut(&p.bridge) {
+            Some((old, heard)) if old.seq >= p.seq => {
+                *heard = (*heard).max(now_ms);
+                false
+            }
+            _ => {
+                self.peer_places.insert(p.bridge.clone(), (p, now_ms));
+                true
+            }
+        }
+    }
+
+    /// The peer clusters offered by bridges that are alive and were heard offering them
+    /// within `fresh_ms`: each with the bridge that relays to it.
+    pub fn peer_places(
+        &self,
+        now_ms: u64,
+        fresh_ms: u64,
+    ) -> impl Iterator<Item = (&Member, &crate::federation::PeerPlace)> {
+        self.peer_places
+            .iter()
+            .filter(move |(_, (_, heard))| now_ms.saturating_sub(*heard) <= fresh_ms)
+            .filter_map(|(bridge, (p, _))| {
+                let m = self.members.get(bridge)?;
+                (m.state == State::Alive).then_some((m, p))
+            })
+            .flat_map(|(m, p)| p.places.iter().map(move |pl| (m, pl)))
     }
 
     /// Members heard from only through beats so far (their whole report is awaited).
@@ -650,6 +734,8 @@ impl ClusterView {
             quiet < t.forget_ms
         });
         self.pending
+            .retain(|_, (_, heard)| now_ms.saturating_sub(*heard) < t.forget_ms);
+        self.peer_places
             .retain(|_, (_, heard)| now_ms.saturating_sub(*heard) < t.forget_ms);
     }
 

@@ -246,9 +246,10 @@ fn tier_constraint(c: &str) -> Result<Option<crate::config::Tier>, ManifestError
         "device" => Ok(Some(Tier::Device)),
         "edge" => Ok(Some(Tier::Edge)),
         "cloud" => Ok(Some(Tier::Cloud)),
+        "federated" => Ok(Some(Tier::Federated)),
         other => Err(ManifestError::new(
             "constraints",
-            format!("tier {other:?}: a tier is device, edge or cloud"),
+            format!("tier {other:?}: a tier is device, edge, cloud or federated"),
         )),
     }
 }

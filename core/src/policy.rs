@@ -74,7 +74,8 @@ pub struct Decision {
 fn score<C: Scorable>(c: &C, w: &Weights) -> f64 {
     c.predicted_ms()
         + match c.tier() {
-            Tier::Cloud => w.cloud_cost_ms,
+            // A peer cluster is someone else's cloud: it costs as the cloud does.
+            Tier::Cloud | Tier::Federated => w.cloud_cost_ms,
             Tier::Device => w.device_energy_ms,
             Tier::Edge => 0.0,
         }

@@ -61,6 +61,8 @@ pub enum Kind {
     NeedSecrets = 10,
     TraceQuery = 11,
     TraceReply = 12,
+    Federate = 13,
+    Federated = 14,
 }
 
 impl Kind {
@@ -78,6 +80,8 @@ impl Kind {
             10 => Kind::NeedSecrets,
             11 => Kind::TraceQuery,
             12 => Kind::TraceReply,
+            13 => Kind::Federate,
+            14 => Kind::Federated,
             _ => return None,
         })
     }
@@ -105,6 +109,10 @@ pub enum Frame {
     /// answered with `TraceReply`.
     TraceQuery(TraceQuery),
     TraceReply(TraceReply),
+    /// Between the bridges of two peered clusters only: a join, a summary request, a
+    /// leave; answered with `Federated` or `Error`.
+    Federate(crate::federation::FedRequest),
+    Federated(crate::federation::FedReply),
 }
 
 /// Asks a member for its spans of one trace.
@@ -145,6 +153,20 @@ pub struct Invoke {
     /// the function once per (caller, function, key) within its window and answers a
     /// repeat with the stored result. Last, for the same reason as `trace`.
     pub key: Option<String>,
+    /// The peer cluster to run it in: the callee (this cluster's bridge) relays it over its
+    /// federation link. Last, for the same reason as `trace`.
+    pub via: Option<String>,
+}
+
+/// `Invoke` as releases before federation sent it.
+#[derive(Deserialize)]
+struct InvokeV3 {
+    function: String,
+    #[serde(with = "json_inside")]
+    manifest: Option<FunctionManifest>,
+    body_len: u64,
+    trace: Option<String>,
+    key: Option<String>,
 }
 
 /// `Invoke` as releases before traces sent it.
@@ -169,6 +191,18 @@ struct InvokeV2 {
 fn invoke_payload(kind: Kind, p: &[u8]) -> Result<Invoke, WireError> {
     postcard::from_bytes::<Invoke>(p)
         .or_else(|e| {
+            postcard::from_bytes::<InvokeV3>(p)
+                .map(|v| Invoke {
+                    function: v.function,
+                    manifest: v.manifest,
+                    body_len: v.body_len,
+                    trace: v.trace,
+                    key: v.key,
+                    via: None,
+                })
+                .map_err(|_| e)
+        })
+        .or_else(|e| {
             postcard::from_bytes::<InvokeV2>(p)
                 .map(|v| Invoke {
                     function: v.function,
@@ -176,6 +210,7 @@ fn invoke_payload(kind: Kind, p: &[u8]) -> Result<Invoke, WireError> {
                     body_len: v.body_len,
                     trace: v.trace,
                     key: None,
+                    via: None,
                 })
                 .or_else(|_| {
                     postcard::from_bytes::<InvokeV1>(p).map(|v| Invoke {
@@ -184,6 +219,7 @@ fn invoke_payload(kind: Kind, p: &[u8]) -> Result<Invoke, WireError> {
                         body_len: v.body_len,
                         trace: None,
                         key: None,
+                        via: None,
                     })
                 })
                 .map_err(|_| e)
@@ -292,6 +328,8 @@ pub fn decode_payload(kind: Kind, payload: &[u8]) -> Result<Frame, WireError> {
         Kind::NeedSecrets => Ok(Frame::NeedSecrets(msg(kind, payload)?)),
         Kind::TraceQuery => Ok(Frame::TraceQuery(msg(kind, payload)?)),
         Kind::TraceReply => Ok(Frame::TraceReply(msg(kind, payload)?)),
+        Kind::Federate => Ok(Frame::Federate(msg(kind, payload)?)),
+        Kind::Federated => Ok(Frame::Federated(msg(kind, payload)?)),
     }
 }
 
@@ -338,6 +376,8 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
         Frame::NeedSecrets(m) => put(out, m, Kind::NeedSecrets),
         Frame::TraceQuery(m) => put(out, m, Kind::TraceQuery),
         Frame::TraceReply(m) => put(out, m, Kind::TraceReply),
+        Frame::Federate(m) => put(out, m, Kind::Federate),
+        Frame::Federated(m) => put(out, m, Kind::Federated),
     };
     let len = (out.len() - start - HEADER) as u32;
     out[start + 1] = kind as u8;
@@ -425,6 +465,28 @@ mod tests {
             body_len: 5,
             trace: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
             key: Some("order-17".into()),
+            via: Some("cluster-b".into()),
+        }));
+        roundtrip(Frame::Federate(crate::federation::FedRequest::Join {
+            secret: vec![1; 32],
+            name: "cluster-a".into(),
+            ca: vec![2; 300],
+        }));
+        roundtrip(Frame::Federate(crate::federation::FedRequest::Summary));
+        roundtrip(Frame::Federated(crate::federation::FedReply::Summary(
+            crate::federation::Summary {
+                members: 3,
+                cores: 5,
+                in_flight: 2,
+                speed: 1.5,
+                warm: vec!["hello".into()],
+                service_ms: vec![("hello".into(), 0.8)],
+            },
+        )));
+        roundtrip(Frame::Federated(crate::federation::FedReply::Joined {
+            name: "cluster-b".into(),
+            ca: vec![3; 10],
+            share_pct: 90,
         }));
         let trace_id = crate::trace::TraceId([7; 16]);
         roundtrip(Frame::TraceQuery(TraceQuery { trace_id, depth: 2 }));
@@ -498,8 +560,44 @@ mod tests {
                 body_len: 3,
                 trace: None,
                 key: None,
+                via: None,
             })
         );
+    }
+
+    #[test]
+    fn an_invoke_from_a_release_before_federation_is_read() {
+        #[derive(Serialize)]
+        struct V3 {
+            function: String,
+            manifest: Option<String>,
+            body_len: u64,
+            trace: Option<String>,
+            key: Option<String>,
+        }
+        let payload = postcard::to_allocvec(&V3 {
+            function: "hello".into(),
+            manifest: None,
+            body_len: 3,
+            trace: None,
+            key: Some("k".into()),
+        })
+        .unwrap();
+        let (f, _) = Decoder
+            .decode(
+                &[
+                    &[VERSION, Kind::Invoke as u8, 0, 0][..],
+                    &(payload.len() as u32).to_be_bytes(),
+                    &payload,
+                ]
+                .concat(),
+            )
+            .unwrap()
+            .unwrap();
+        let Frame::Invoke(inv) = f else {
+            panic!("{f:?}")
+        };
+        assert_eq!((inv.key.as_deref(), inv.via), (Some("k"), None));
     }
 
     #[test]

@@ -131,6 +131,7 @@ async fn run() {
         function: "hello".into(),
         manifest: None,
         body: body.clone(),
+        via: None,
     };
     let one = measure(5000, || {
         let (client, req) = (client.clone(), req.clone());
@@ -195,6 +196,7 @@ async fn run() {
         function: "hello".into(),
         manifest: Some(hello),
         body: body.clone(),
+        via: None,
     };
     resumer
         .invoke(addr, &idem, &NoModules)
@@ -236,11 +238,13 @@ async fn run() {
         function: "primes".into(),
         manifest: None,
         body: big.clone(),
+        via: None,
     };
     let echo = Request {
         function: "hello".into(),
         manifest: None,
         body: big.clone(),
+        via: None,
     };
     let mut up_t = Vec::new();
     let mut echo_t = Vec::new();

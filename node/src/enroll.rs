@@ -20,7 +20,7 @@ use axum::Router;
 use fogline_core::config::{EnrollSection, NodeConfig};
 use fogline_core::enroll::{EnrollReply, EnrollRequest, JoinToken};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::CertificateDer;
 
 use crate::agent::Node;
 
@@ -334,9 +334,13 @@ async fn send(addr: &str, ca: &str, path: &str, body: &[u8]) -> anyhow::Result<E
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Pinned {
-            ca: ca.to_ascii_lowercase(),
-            provider,
+        .with_custom_certificate_verifier(Arc::new(crate::peering::PinnedCa {
+            fp: hex::decode(ca)
+                .ok()
+                .and_then(|v| <[u8; 32]>::try_from(v).ok())
+                .ok_or_else(|| anyhow::anyhow!("the CA fingerprint {ca:?} is not 64 hex digits"))?,
+            mismatch: "the issuer is not of the cluster the join token names (its CA's fingerprint differs)",
+            seen: Default::default(),
         }))
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -384,76 +388,4 @@ async fn send(addr: &str, ca: &str, path: &str, body: &[u8]) -> anyhow::Result<E
     }
     serde_json::from_str(body.trim())
         .map_err(|e| anyhow::anyhow!("the issuer's answer does not parse: {e}"))
-}
-
-/// Trusts a server whose chain carries the pinned CA and whose certificate that CA signed.
-#[derive(Debug)]
-struct Pinned {
-    ca: String,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let ca = intermediates
-            .iter()
-            .find(|c| crate::tls::fingerprint(c) == self.ca)
-            .ok_or_else(|| {
-                rustls::Error::General(
-                    "the issuer is not of the cluster the join token names (its CA's fingerprint differs)".into(),
-                )
-            })?;
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(ca.clone().into_owned())
-            .map_err(|e| rustls::Error::General(format!("the pinned CA: {e}")))?;
-        rustls::client::WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            self.provider.clone(),
-        )
-        .build()
-        .map_err(|e| rustls::Error::General(e.to_string()))?
-        .verify_server_cert(end_entity, &[], server_name, ocsp, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }

@@ -15,6 +15,9 @@
 //!   [`Node::call`], the one invocation path.
 //! - [`dispatch`]: the seam placement plugs into; **a new placement policy** goes in
 //!   `fogline-core` (`policy`, `placement`), driven by the router crate through this seam.
+//! - [`federate`]: the seam a bridge's federation (peer clusters, in
+//!   `fogline-cloud-bridge`) plugs into; [`peering`]: the TLS of the bridge-to-bridge link,
+//!   each side pinning the other cluster's CA.
 //! - [`enroll`]: new boards joining by token (the issuer's listener and `fogline join`);
 //!   [`renew`]: members renewing their certificates before they expire.
 //! - [`quic`] (framing and the client that calls other tiers), [`tls`] (certificates and
@@ -36,10 +39,12 @@ pub mod agent;
 pub mod dispatch;
 pub mod enroll;
 pub mod executor;
+pub mod federate;
 pub mod logs;
 pub mod mesh;
 pub mod metrics;
 pub mod otlp;
+pub mod peering;
 pub mod quic;
 pub mod renew;
 pub mod revocation;

@@ -177,9 +177,17 @@ pub struct Mesh {
     identity: Option<crate::tls::MeshIdentity>,
     /// The revocation list the member enforces: passed on, and revoked members unbound.
     revocations: Option<Arc<crate::revocation::Revocations>>,
+    /// The peer clusters this member (a bridge with peerings) offers as places: gossiped
+    /// every interval while there are any.
+    peer_places: Mutex<Vec<fogline_core::federation::PeerPlace>>,
 }
 
 impl Mesh {
+    /// Offers these peer clusters as places from the next interval on (none: stops).
+    pub fn offer_peers(&self, places: Vec<fogline_core::federation::PeerPlace>) {
+        *self.peer_places.lock().unwrap_or_else(|p| p.into_inner()) = places;
+    }
+
     /// Proves this member's identity with a renewed certificate from now on.
     pub fn reload_identity(&self, tls: &crate::tls::TlsDir) -> Result<(), crate::tls::TlsError> {
         match &self.identity {
@@ -228,6 +236,25 @@ impl Mesh {
         self.aged(|v, now| v.members().map(|m| row(m, now, &self.self_name)).collect())
     }
 
+    /// The peer clusters this member's view holds as places: `(place, bridge, round trip
+    /// bridge to bridge, shared cores, namespaces)`.
+    pub fn peer_rows(&self) -> Vec<serde_json::Value> {
+        self.with_view_at(|v, now, fresh| {
+            v.peer_places(now, fresh)
+                .map(|(b, p)| {
+                    serde_json::json!({
+                        "place": p.name,
+                        "bridge": b.report.node,
+                        "rtt_ms": p.rtt_ms,
+                        "cores": p.summary.cores,
+                        "in_flight": p.summary.in_flight,
+                        "namespaces": p.namespaces,
+                    })
+                })
+                .collect()
+        })
+    }
+
     /// Prometheus text for the mesh's health: members by state as this member sees them.
     pub fn metrics(&self, out: &mut String) {
         use std::fmt::Write;
@@ -270,6 +297,13 @@ impl Mesh {
     /// for every call).
     pub fn with_view<R>(&self, f: impl FnOnce(&ClusterView) -> R) -> R {
         self.aged(|v, _| f(v))
+    }
+
+    /// [`Mesh::with_view`], with the view's clock (ms) and how long a member may go
+    /// unheard before it is dead (what counts as fresh).
+    pub fn with_view_at<R>(&self, f: impl FnOnce(&ClusterView, u64, u64) -> R) -> R {
+        let dead = self.timing.dead_ms;
+        self.aged(|v, now| f(v, now, dead))
     }
 }
 
@@ -423,6 +457,7 @@ pub async fn start_member(
         leaving: tokio::sync::Notify::new(),
         revocations: reporter.revocations(),
         identity,
+        peer_places: Mutex::new(Vec::new()),
     });
     let task = tokio::spawn(drive(
         swarm,
@@ -640,6 +675,7 @@ async fn drive(
                 let r = reporter.report(&me, &mesh.listen, &site, seq);
                 full.age += 1;
                 publish(&mut swarm, &topic, &mesh, &r, &mut full);
+                offer_peers(&mut swarm, &topic, &mesh, seq);
                 last_sent = Some(r);
             }
             _ = check.tick(), if !gone => {
@@ -880,6 +916,34 @@ fn start_seq() -> u64 {
         .unwrap_or(0)
 }
 
+/// Sends the peer clusters this member offers as places, if any.
+fn offer_peers(swarm: &mut Swarm<Behaviour>, topic: &IdentTopic, mesh: &Mesh, seq: u64) {
+    let places = mesh
+        .peer_places
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    // Sent once more after the last peering ends, so the others drop it at once.
+    let p = fogline_core::federation::PeerPlaces {
+        bridge: mesh.self_name.clone(),
+        seq,
+        places,
+    };
+    let mut v = mesh.view.lock().unwrap_or_else(|p| p.into_inner());
+    let had = v
+        .peer_places(mesh.now_ms(), u64::MAX)
+        .any(|(m, _)| m.report.node == mesh.self_name);
+    if p.places.is_empty() && !had {
+        return;
+    }
+    v.apply_places(p.clone(), mesh.now_ms());
+    drop(v);
+    let _ = swarm
+        .behaviour_mut()
+        .gossipsub
+        .publish(topic.clone(), Gossip::Places(p).encode());
+}
+
 /// Sends `r`: whole when due, else its beat.
 fn publish(
     swarm: &mut Swarm<Behaviour>,
@@ -997,6 +1061,12 @@ fn handle(
                         && (mesh.identity.is_none() || peers.bound.get(&b.node) == Some(&source))
                 }
                 Gossip::Leave(l) => v.get(&l.node).is_some_and(|m| m.report.peer == from),
+                // Peer clusters are offered only by the cluster's bridges, each for itself.
+                Gossip::Places(p) => {
+                    v.get(&p.bridge).is_some_and(|m| {
+                        m.report.peer == from && m.report.tier == fogline_core::config::Tier::Cloud
+                    }) && (mesh.identity.is_none() || peers.bound.get(&p.bridge) == Some(&source))
+                }
                 Gossip::Introduce(_) | Gossip::Proof(_) | Gossip::Revocations(..) => false,
             };
             if own {

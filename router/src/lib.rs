@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use fogline_core::attempts::{Attempts, Bench, GiveUp, Next, Outcome};
-use fogline_core::candidates::{facts, listed, Wants};
+use fogline_core::candidates::{facts, listed, PeerCandidate, Wants};
 use fogline_core::config::{RouterSection, Tier};
 use fogline_core::forecast::Arrivals;
 use fogline_core::mesh::State;
@@ -51,6 +51,8 @@ struct Place {
     tier: Tier,
     /// `None`: this router itself (device mode).
     addr: Option<SocketAddr>,
+    /// A peer cluster, reached through the bridge at `addr` (which must be `bridge`).
+    via: Option<(String, String)>,
     rtt_ms: f64,
     load_per_core: f64,
     cores: u32,
@@ -61,6 +63,27 @@ struct Place {
 }
 
 impl Place {
+    /// A member (or a peer cluster, `via` its bridge) at `addr`, with its facts.
+    fn remote(
+        id: &str,
+        addr: SocketAddr,
+        x: fogline_core::candidates::Facts,
+        via: Option<(String, String)>,
+    ) -> Place {
+        Place {
+            id: id.to_string(),
+            tier: x.tier,
+            addr: Some(addr),
+            rtt_ms: x.rtt_ms,
+            load_per_core: x.load_per_core,
+            cores: x.cores,
+            speed: x.speed,
+            warm: x.warm,
+            service_ms: x.service_ms,
+            via,
+        }
+    }
+
     /// What the policy reads of it.
     fn info(&self) -> PlaceInfo<'_> {
         PlaceInfo {
@@ -241,19 +264,28 @@ impl Router {
                         continue;
                     };
                     let x = facts(m, &wants, mine(&r.node), m.rtt_ms);
-                    out.push(Place {
-                        id: r.node.clone(),
-                        tier: x.tier,
-                        addr: Some(addr),
-                        rtt_ms: x.rtt_ms,
-                        load_per_core: x.load_per_core,
-                        cores: x.cores,
-                        speed: x.speed,
-                        warm: x.warm,
-                        service_ms: x.service_ms,
-                    });
+                    out.push(Place::remote(&r.node, addr, x, None));
                 }
             });
+            // Peer clusters the cluster's bridges offer, for the namespaces offloaded there.
+            let ns = fogline_core::access::split(&f.name).1;
+            if self.scope.is_none() {
+                mesh.with_view_at(|view, at, fresh| {
+                    for (bridge, place) in view.peer_places(at, fresh) {
+                        let c = PeerCandidate { bridge, place };
+                        if !c.takes(ns) || !listed(&c, &wants, &down, now) {
+                            continue;
+                        }
+                        let r = &bridge.report;
+                        let Some(addr) = r.quic.as_deref().and_then(|a| a.parse().ok()) else {
+                            continue;
+                        };
+                        let x = facts(&c, &wants, mine(&place.name), Some(c.rtt_ms(bridge.rtt_ms)));
+                        let via = Some((place.name.clone(), r.node.clone()));
+                        out.push(Place::remote(&place.name, addr, x, via));
+                    }
+                });
+            }
         }
         if node.can_run(f.runtime)
             && self.scope.is_none()
@@ -272,6 +304,7 @@ impl Router {
                 speed: Some(f64::from(node.machine.speed)),
                 warm: service.is_some(),
                 service_ms: service,
+                via: None,
             });
         }
         out
@@ -574,9 +607,20 @@ impl Router {
                 kind: FailKind::Capacity,
             });
         };
-        // The member the mesh says is there, and no other, must answer.
-        client.expect(addr, &place.id);
-        match client.send(addr, f, body.clone(), node).await {
+        // The member the mesh says is there, and no other, must answer (a peer cluster's
+        // calls go to the bridge that relays them).
+        let (answering, via) = match &place.via {
+            Some((peer, bridge)) => (bridge.as_str(), Some(peer.clone())),
+            None => (place.id.as_str(), None),
+        };
+        client.expect(addr, answering);
+        let req = fogline_node::quic::Request {
+            function: f.name.clone(),
+            manifest: Some(f.clone()),
+            body: body.clone(),
+            via,
+        };
+        match client.invoke(addr, &req, node).await {
             Ok(reply) => Ok(reply.into_placed(place.tier)),
             Err(QuicError::Remote(m)) => Err(Failure {
                 kind: if m.retryable {

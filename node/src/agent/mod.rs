@@ -72,6 +72,8 @@ pub struct Links {
     pub addresses: OnceLock<(Option<std::net::SocketAddr>, std::net::SocketAddr)>,
     /// Set when this member takes enrollments (`[enroll]`).
     pub issuer: OnceLock<crate::enroll::Issuer>,
+    /// Set on a bridge with `[federation]`: its peer clusters.
+    pub federation: OnceLock<std::sync::Arc<dyn crate::federate::Federation>>,
 }
 
 /// Calls other tiers have running here, for a clean stop.

@@ -52,6 +52,8 @@ pub struct Request {
     /// Sent so a peer without the function can run it, fetching its module from us.
     pub manifest: Option<FunctionManifest>,
     pub body: Bytes,
+    /// The peer cluster to run it in, through the bridge at the address called.
+    pub via: Option<String>,
 }
 
 /// A successful remote invocation.
@@ -134,6 +136,12 @@ pub struct Client {
 
 impl Client {
     pub fn new(tls: &TlsDir) -> Result<Self, QuicError> {
+        Self::with_config(tls.client_config(wire::ALPN)?)
+    }
+
+    /// A client with its own TLS settings (a bridge's link to a peer cluster, which trusts
+    /// that cluster's CA only).
+    pub fn with_config(tls: rustls::ClientConfig) -> Result<Self, QuicError> {
         let bind = SocketAddr::from(([0, 0, 0, 0], 0));
         let endpoint =
             Endpoint::client(bind).map_err(|source| QuicError::Bind { addr: bind, source })?;
@@ -143,7 +151,7 @@ impl Client {
             configs: Mutex::new(HashMap::new()),
             expected: std::sync::RwLock::new(HashMap::new()),
             any_member: Arc::from(tls::PEER_NAME),
-            base: std::sync::RwLock::new(Arc::new(tls.client_config(wire::ALPN)?)),
+            base: std::sync::RwLock::new(Arc::new(tls)),
             timeout: Duration::from_secs(30),
             revocations: std::sync::OnceLock::new(),
         })
@@ -303,6 +311,7 @@ impl Client {
             function: manifest.name.clone(),
             manifest: Some(manifest.clone()),
             body,
+            via: None,
         };
         self.invoke(addr, &req, modules).await
     }
@@ -355,6 +364,7 @@ impl Client {
             body_len: req.body.len() as u64,
             trace: crate::traces::outgoing(),
             key: crate::agent::keyed::current(),
+            via: req.via.clone(),
         };
         // A peer that refuses the stream stops reading it and answers at once; its answer
         // says more than our failed write, so read it before giving up.
@@ -421,6 +431,7 @@ impl Client {
             body_len: 0,
             trace: crate::traces::outgoing(),
             key: None,
+            via: None,
         };
         write_frame(&mut send, &Frame::Prepare(inv)).await?;
         let mut r = FrameReader::new(recv, self.timeout);
@@ -455,6 +466,29 @@ impl Client {
             Frame::Error(e) => Err(QuicError::Remote(e)),
             other => Err(QuicError::Unexpected(format!(
                 "expected StatusReply, got {}",
+                name(&other)
+            ))),
+        }
+    }
+
+    /// One federation exchange with a peer cluster's bridge (this client trusts its CA).
+    pub async fn federate(
+        &self,
+        addr: SocketAddr,
+        req: fogline_core::federation::FedRequest,
+    ) -> Result<(fogline_core::federation::FedReply, usize), QuicError> {
+        let (mut send, recv) = self.open(addr, false).await?;
+        write_frame(&mut send, &Frame::Federate(req)).await?;
+        let _ = send.finish();
+        let mut r = FrameReader::new(recv, self.timeout);
+        let f = r.next().await?;
+        let mut bytes = Vec::new();
+        fogline_core::wire::encode(&f, &mut bytes);
+        match f {
+            Frame::Federated(rep) => Ok((rep, bytes.len())),
+            Frame::Error(e) => Err(QuicError::Remote(e)),
+            other => Err(QuicError::Unexpected(format!(
+                "expected Federated, got {}",
                 name(&other)
             ))),
         }

@@ -109,6 +109,32 @@ impl QuicError {
     }
 }
 
+/// A QUIC server endpoint on `addr` with its own TLS settings (a bridge's federation
+/// listener) and the node's stream limits.
+pub fn server_endpoint(
+    addr: SocketAddr,
+    tls: rustls::ServerConfig,
+    limits: &QuicLimits,
+) -> Result<quinn::Endpoint, QuicError> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| TlsError::Invalid(format!("QUIC server config: {e}")))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(std::sync::Arc::new(crypto));
+    cfg.transport_config(std::sync::Arc::new(transport(
+        limits.max_streams,
+        limits.idle_timeout,
+    )));
+    quinn::Endpoint::server(cfg, addr).map_err(|source| QuicError::Bind { addr, source })
+}
+
+/// The certificate the peer of `conn` presented.
+pub fn peer_leaf(conn: &Connection) -> Option<rustls::pki_types::CertificateDer<'static>> {
+    conn.peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?
+        .into_iter()
+        .next()
+}
+
 pub(crate) fn transport(limits_streams: u32, idle: Duration) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     // Let twice the allowed streams arrive so the excess is refused with a clear, retryable
@@ -141,6 +167,8 @@ pub(crate) fn name(f: &Frame) -> &'static str {
         Frame::NeedSecrets(_) => "NeedSecrets",
         Frame::TraceQuery(_) => "TraceQuery",
         Frame::TraceReply(_) => "TraceReply",
+        Frame::Federate(_) => "Federate",
+        Frame::Federated(_) => "Federated",
     }
 }
 

@@ -165,6 +165,14 @@ pub fn router(node: Shared) -> Router {
             get(super::dlq::show).delete(super::dlq::drop_call),
         )
         .route("/v1/dlq/{id}/replay", post(super::dlq::replay))
+        .route("/v1/federation", get(super::federation::list))
+        .route("/v1/federation/invites", post(super::federation::invite))
+        .route("/v1/federation/peers", post(super::federation::join))
+        .route(
+            "/v1/federation/peers/{name}",
+            delete(super::federation::leave),
+        )
+        .route("/v1/federation/offload", put(super::federation::offload))
         .route("/v1/status", get(status))
         .route("/v1/mesh", get(mesh_view))
         .route("/v1/placements", get(placements))
@@ -1039,6 +1047,9 @@ async fn metrics(State(node): State<Shared>, Extension(grant): Extension<Grant>)
     if let Some(d) = node.links.dispatch.get() {
         d.metrics(&mut text);
     }
+    if let Some(f) = node.links.federation.get() {
+        f.metrics(&mut text);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -1054,8 +1065,12 @@ async fn mesh_view(State(node): State<Shared>, Extension(grant): Extension<Grant
         return r;
     }
     match node.links.mesh.get() {
-        Some(m) => axum::Json(serde_json::json!({ "self": m.address, "members": m.rows() }))
-            .into_response(),
+        Some(m) => axum::Json(serde_json::json!({
+            "self": m.address,
+            "members": m.rows(),
+            "peer_places": m.peer_rows(),
+        }))
+        .into_response(),
         None => text(
             StatusCode::NOT_FOUND,
             "the mesh is off on this node (set mesh.listen)",

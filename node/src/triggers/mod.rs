@@ -10,7 +10,8 @@
 //! | CoAP over UDP (RFC 7252) | [`coap`] | `[coap]` | constrained devices |
 //!
 //! The dashboard ([`ui`]) is part of the HTTP gateway: pages and the `/v1` routes they read;
-//! so is the async queue's dead-letter queue ([`dlq`]).
+//! so is the async queue's dead-letter queue ([`dlq`]), and a bridge's peer clusters
+//! ([`federation`]; the link itself is served by [`quic::serve_peer`]).
 //! Every trigger starts a call's trace (or continues its caller's, W3C `traceparent`) with
 //! [`crate::traces`].
 //!
@@ -21,6 +22,7 @@
 
 pub mod coap;
 pub mod dlq;
+pub mod federation;
 pub mod http;
 pub mod https;
 pub mod mqtt;

@@ -323,7 +323,11 @@ async fn serve_connection(
     let mut list = node.revocations.watch();
     let ctx = Arc::new(Link {
         conn,
-        peer: Peer { role, name },
+        peer: Peer {
+            role,
+            name,
+            peer_cluster: false,
+        },
         limits,
         delivering,
     });
@@ -380,6 +384,8 @@ pub struct Peer {
     pub role: tls::Role,
     /// The member (or device) its certificate names.
     pub name: String,
+    /// A peer cluster's bridge: its calls always run in this cluster, loaded here first.
+    pub peer_cluster: bool,
 }
 
 /// One connection and what its streams share.
@@ -545,9 +551,15 @@ async fn serve_invoke(
             .await;
         }
     }
+    // Bound for a peer cluster: this bridge loads the function (so it can hand the peer
+    // its module by hash) and relays the call over its federation link.
+    if let Some(via) = inv.via.clone() {
+        return relay(node, send, r, limits, inv, via, body).await;
+    }
     // A router places the call (its own functions are the ones it knows); a node runs it,
-    // loading the caller's manifest and module first when it lacks them.
-    if !node.roles.router {
+    // loading the caller's manifest and module first when it lacks them (so does a bridge
+    // for a peer cluster's call, placing it in its own cluster after).
+    if !node.roles.router || peer.peer_cluster {
         if let Err((status, msg)) = ensure_function(node, &inv, send, r, limits).await? {
             return reply_error(send, status, false, msg).await;
         }
@@ -577,6 +589,174 @@ async fn serve_invoke(
             reply_error(send, e.status, retryable, e.message).await
         }
     }
+}
+
+/// Relays a call to peer cluster `via` (this member is its cluster's bridge).
+async fn relay(
+    node: &Node,
+    send: &mut SendStream,
+    r: &mut FrameReader,
+    limits: &QuicLimits,
+    inv: Invoke,
+    via: String,
+    body: Bytes,
+) -> Result<(), QuicError> {
+    let Some(fed) = node.links.federation.get() else {
+        return reply_error(
+            send,
+            404,
+            false,
+            format!(
+                "{} relays to no peer clusters (no [federation]): cannot reach {via:?}",
+                node.id
+            ),
+        )
+        .await;
+    };
+    if let Err((status, msg)) = ensure_function(node, &inv, send, r, limits).await? {
+        return reply_error(send, status, false, msg).await;
+    }
+    let Some(local) = node.lookup(&inv.function) else {
+        return reply_error(
+            send,
+            404,
+            false,
+            format!("function {:?} not found", inv.function),
+        )
+        .await;
+    };
+    let req = crate::quic::Request {
+        function: inv.function.clone(),
+        manifest: Some(local.manifest.clone()),
+        body,
+        via: None,
+    };
+    crate::traces::note("via", &via);
+    match fed.relay(&via, req).await {
+        Ok(out) => {
+            let res = InvokeResult {
+                body_len: out.body.len() as u64,
+                ..out.result
+            };
+            write_frames(send, Some(&Frame::Result(res)), &out.body).await
+        }
+        Err(e) => reply_error(send, e.status, e.retryable, e.message).await,
+    }
+}
+
+/// Serves a peered cluster's bridge on this bridge's federation listener: it may invoke
+/// (its functions land in a namespace named after it, their modules fetched from it by
+/// hash) and ask for summaries, nothing else.
+pub async fn serve_peer(conn: Connection, node: Arc<Node>, limits: QuicLimits, consumer: String) {
+    let slots = Arc::new(Semaphore::new(limits.max_streams as usize));
+    let consumer: Arc<str> = Arc::from(consumer);
+    loop {
+        let Ok((send, recv)) = conn.accept_bi().await else {
+            return;
+        };
+        if node.stopping() {
+            refuse(
+                send,
+                503,
+                format!("{} is stopping; try another place", node.id),
+            );
+            continue;
+        }
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            refuse(
+                send,
+                429,
+                format!(
+                    "more than {} concurrent calls from one peer; retry shortly",
+                    limits.max_streams
+                ),
+            );
+            continue;
+        };
+        let (node, limits, consumer) = (node.clone(), limits.clone(), consumer.clone());
+        node.serving.quic_streams.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            let mut send = send;
+            let mut r = FrameReader::new(recv, limits.stream_timeout);
+            match serve_peer_stream(&node, &consumer, &mut send, &mut r, &limits).await {
+                Ok(()) => {
+                    let _ = send.finish();
+                    let _ = send.stopped().await;
+                }
+                Err(e) => tracing::debug!(peer = %consumer, "federation stream: {e}"),
+            }
+            drop(permit);
+            node.serving.quic_streams.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+}
+
+async fn serve_peer_stream(
+    node: &Node,
+    consumer: &str,
+    send: &mut SendStream,
+    r: &mut FrameReader,
+    limits: &QuicLimits,
+) -> Result<(), QuicError> {
+    let Some(fed) = node.links.federation.get() else {
+        return reply_error(send, 503, true, "federation is off here".into()).await;
+    };
+    let mut inv = match r.next().await? {
+        Frame::Federate(req) => {
+            return match fed.answer(consumer, req) {
+                Ok(rep) => write_frame(send, &Frame::Federated(rep)).await,
+                Err(e) => reply_error(send, e.status, e.retryable, e.message).await,
+            };
+        }
+        Frame::Invoke(inv) => inv,
+        other => {
+            let why = format!(
+                "a peer cluster may only invoke and ask for summaries, not send {}",
+                name(&other)
+            );
+            tracing::warn!(peer = %consumer, "refused over federation: {why}");
+            node.metrics
+                .refused("reason=\"federation\",action=\"other\"".into());
+            return reply_error(send, 403, false, why).await;
+        }
+    };
+    let key = match fogline_core::federation::provider_key(consumer, &inv.function) {
+        Ok(k) => k,
+        Err(e) => return reply_error(send, 400, false, e).await,
+    };
+    if inv.manifest.as_ref().is_some_and(|m| !m.secrets.is_empty()) {
+        return reply_error(
+            send,
+            403,
+            false,
+            format!(
+                "{} uses secrets, which do not cross a peering",
+                inv.function
+            ),
+        )
+        .await;
+    }
+    if let Err(e) = fed.admit(consumer, &key) {
+        node.metrics
+            .refused("reason=\"federation\",action=\"invoke\"".into());
+        return reply_error(send, e.status, e.retryable, e.message).await;
+    }
+    inv.function = key.clone();
+    if let Some(m) = &mut inv.manifest {
+        m.name = key;
+        // Its tier pin was the consumer's choice of cluster; here it runs wherever this
+        // cluster places it.
+        m.placement.tier = None;
+    }
+    inv.via = None;
+    let peer = Peer {
+        role: tls::Role::Bridge,
+        name: format!("peer:{consumer}"),
+        peer_cluster: true,
+    };
+    let served = serve_invoke(node, &peer, send, r, limits, inv).await;
+    fed.done(consumer, served.is_ok());
+    served
 }
 
 /// Makes the invoked function runnable here: the local one, or the caller's manifest with

@@ -1,0 +1,330 @@
+//! Federation with real processes: two clusters, each with its own CA, bridge and edge
+//! node (and a router in A), their federation listeners on distinct loopback addresses
+//! (127.0.0.2 and 127.0.0.3). Invite, join, a forged and a reused invite refused with
+//! their reasons, `ls` on both sides; a function deployed only in A, its namespace
+//! offloaded, runs in B when A's places are full (`X-Fogline-Placed-On: cluster-b
+//! (federated)`), B having fetched its module by hash into A's namespace there; A's device
+//! certificate refused by B's members; B stopped (SIGSTOP) → shown dead within seconds while
+//! calls keep succeeding in A, resumed → placed on again; B restarted → the peering is
+//! still there; leave under load with no failed call, and both sides forget the peering.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+fn fed_ls(n: &NodeProc) -> serde_json::Value {
+    let out = run_ok(n.cli().args(["federation", "ls", "--json"]));
+    serde_json::from_str(&out).unwrap()
+}
+
+fn peer_state(n: &NodeProc, peer: &str) -> Option<String> {
+    fed_ls(n)["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == peer)
+        .map(|p| p["state"].as_str().unwrap().to_string())
+}
+
+/// `n` calls of `wait` (100 ms) one after another, each answered 200: where each ran.
+async fn in_a_row(c: &reqwest::Client, router: &str, n: usize) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for _ in 0..n {
+        let (s, placed, body) = call(c, router, "wait", "100").await;
+        if s != 200 {
+            let p = placements(c, router, 5).await;
+            panic!("{s} {body}; the router's decisions: {p:#}");
+        }
+        *m.entry(placed).or_insert(0) += 1;
+    }
+    m
+}
+
+/// `n` concurrent calls of `wait` (300 ms) through the router: where each ran (`""` for
+/// a call that found every place full: a place that answered 429 is passed over for a
+/// second, so a burst as large as the places' slots may find none). Only used to fill
+/// places; calls that must not fail are made [`in_a_row`].
+async fn burst(c: &reqwest::Client, router: &str, n: usize) -> HashMap<String, usize> {
+    let calls: Vec<_> = (0..n)
+        .map(|i| {
+            let (c, url) = (c.clone(), format!("{router}/function/wait"));
+            tokio::spawn(async move {
+                let r = c.post(url).body(format!("300 #{i}")).send().await.unwrap();
+                let s = r.status().as_u16();
+                let placed = r
+                    .headers()
+                    .get("x-fogline-placed-on")
+                    .map(|v| v.to_str().unwrap().to_string())
+                    .unwrap_or_default();
+                let body = r.text().await.unwrap();
+                (s, placed, body)
+            })
+        })
+        .collect();
+    let mut m = HashMap::new();
+    let mut failed = Vec::new();
+    for h in calls {
+        let (s, placed, body) = h.await.unwrap();
+        // Every place full: 429, or the last place tried lost the call (502, retried
+        // elsewhere while attempts last).
+        if !matches!(s, 200 | 429 | 502 | 503) {
+            failed.push(format!("{s} {body}"));
+        }
+        *m.entry(placed).or_insert(0) += 1;
+    }
+    if !failed.is_empty() {
+        let p = placements(c, router, 2 * n).await;
+        panic!("{failed:?}; the router's decisions: {p:#}");
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_clusters_peer_offload_survive_a_stopped_provider_and_leave() {
+    let dir = tempfile::tempdir().unwrap();
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&da).unwrap();
+    std::fs::create_dir_all(&db).unwrap();
+    let (pa, pb) = (pki(&da), pki(&db));
+    let (port_a, port_b) = (free_port(), free_port());
+    let fed_b = format!("[federation]\nlisten = \"127.0.0.3:{port_b}\"\ncluster = \"cluster-b\"\n");
+    let fed_a = format!("[federation]\nlisten = \"127.0.0.2:{port_a}\"\ncluster = \"cluster-a\"\n");
+
+    // Cluster B: a bridge and an edge node. Cluster A: a bridge, an edge node, a router.
+    let mut bridge_b = member_with(&db, &pb, "bridge", "bridge-b", None, None, &fed_b);
+    let seed_b = mesh_json(&bridge_b)["self"].as_str().unwrap().to_string();
+    let _edge_b = member(&db, &pb, "node", "edge-b", Some(&seed_b), None);
+    let bridge_a = member_with(&da, &pa, "bridge", "bridge-a", None, None, &fed_a);
+    let seed_a = mesh_json(&bridge_a)["self"].as_str().unwrap().to_string();
+    let _edge_a = member(&da, &pa, "node", "edge-a", Some(&seed_a), None);
+    let router = member(&da, &pa, "router", "router-a", Some(&seed_a), None);
+    wait_until("router-a sees cluster A", 20, || {
+        alive(&router) == ["bridge-a", "edge-a", "router-a"]
+    });
+
+    // Invite on B (the token alone on the last line), join on A.
+    let out =
+        run_ok(
+            bridge_b
+                .cli()
+                .args(["federation", "invite", "--ttl", "10m", "--share", "50%"]),
+        );
+    let token = out.lines().last().unwrap().trim().to_string();
+    assert!(token.starts_with("fogfed1."), "{out}");
+    assert!(token.ends_with(&format!("@127.0.0.3:{port_b}")), "{token}");
+    // A forged token (another secret) is refused, with the reason on both sides.
+    let mut forged = token.clone();
+    let flip = if forged.as_bytes()[8] == b'0' {
+        "1"
+    } else {
+        "0"
+    };
+    forged.replace_range(8..9, flip);
+    let err = run_err(bridge_a.cli().args(["federation", "join", &forged]));
+    assert!(err.contains("not one this bridge made"), "{err}");
+    let out = run_ok(bridge_a.cli().args(["federation", "join", &token]));
+    assert!(out.contains("peered with cluster-b"), "{out}");
+    // Used once: a second join with it is refused.
+    let err = run_err(
+        bridge_a
+            .cli()
+            .args(["federation", "join", &token, "--name", "again"]),
+    );
+    assert!(err.contains("already used"), "{err}");
+    let m = metrics(&bridge_b).await;
+    assert!(
+        m.contains("fogline_federation_refused_total{reason=\"invite_unknown\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("fogline_federation_refused_total{reason=\"invite_used\"} 1"),
+        "{m}"
+    );
+
+    wait_until("A shows provider cluster-b alive", 5, || {
+        peer_state(&bridge_a, "cluster-b").as_deref() == Some("alive")
+    });
+    let b_side = fed_ls(&bridge_b);
+    let p = &b_side["peers"][0];
+    assert_eq!(
+        (p["name"].as_str(), p["direction"].as_str()),
+        (Some("cluster-a"), Some("consumer"))
+    );
+    let table = run_ok(bridge_a.cli().args(["federation", "ls"]));
+    assert!(
+        table.contains("cluster-b") && table.contains("provider"),
+        "{table}"
+    );
+
+    // A function deployed only in A, one call at a time per place.
+    let r = deploy(
+        &router,
+        "wait",
+        "wait/wait.wasm",
+        json!({"idempotent": true, "max_concurrency": 1, "timeout": "5s"}),
+    )
+    .await;
+    assert!(r.status().is_success());
+    let c = authed(&router.token);
+    // Not offloaded yet: B is no place for it.
+    // Warm: every place of A has loaded it (a cold start takes a second, during which
+    // concurrent calls would find both places full).
+    let mut warmed = std::collections::HashSet::new();
+    for _ in 0..40 {
+        let (s, placed, _) = call(&c, &router.url, "wait", "1").await;
+        assert_eq!(s, 200);
+        warmed.insert(placed);
+        if warmed.len() == 2 {
+            break;
+        }
+    }
+    let before = in_a_row(&c, &router.url, 4).await;
+    assert!(!before.contains_key("cluster-b"), "{before:?}");
+    run_ok(
+        bridge_a
+            .cli()
+            .args(["federation", "offload", "openfaas-fn", "--to", "cluster-b"]),
+    );
+    wait_until("router-a hears of the peer place", 10, || {
+        mesh_json(&router)["peer_places"]
+            .as_array()
+            .is_some_and(|p| {
+                p.iter()
+                    .any(|p| p["place"] == "cluster-b" && p["bridge"] == "bridge-a")
+            })
+    });
+    let mut on_b = 0;
+    let t = Instant::now();
+    while on_b == 0 && t.elapsed() < Duration::from_secs(20) {
+        // Three at once: one more than A's two places take.
+        let placed = burst(&c, &router.url, 3).await;
+        eprintln!("burst with cluster-b offered: {placed:?}");
+        on_b += placed.get("cluster-b (federated)").copied().unwrap_or(0);
+    }
+    assert!(on_b > 0, "no call ran in cluster-b");
+    // B holds A's function in A's namespace, its module fetched by hash from A.
+    let fns = get(
+        &authed(&bridge_b.token),
+        format!("{}/system/functions?namespace=cluster-a", bridge_b.url),
+    )
+    .await;
+    assert_eq!(fns.0, 200);
+    assert!(fns.1.contains("\"wait\""), "{}", fns.1);
+    let m = metrics(&bridge_a).await;
+    assert!(
+        m.contains(
+            "fogline_federation_peer{peer=\"cluster-b\",direction=\"provider\",state=\"alive\"} 1"
+        ),
+        "{m}"
+    );
+    assert!(
+        m.contains("fogline_federation_summary_bytes_total{peer=\"cluster-b\"}"),
+        "{m}"
+    );
+
+    // A's device certificate means nothing in B.
+    let dev = issue(&pa, "dev-a", "client");
+    let err = run_err(
+        fogline()
+            .args(["invoke", "hello", "--data", "x", "--via"])
+            .arg(format!("quic://{}", bridge_b.quic.unwrap()))
+            .arg("--tls-dir")
+            .arg(&dev),
+    );
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+
+    // B stops answering: shown dead within seconds, and A keeps serving every call.
+    let pid = bridge_b.child.id().to_string();
+    run_ok(std::process::Command::new("kill").args(["-STOP", &pid]));
+    let noticed = wait_until("A shows cluster-b dead", 6, || {
+        peer_state(&bridge_a, "cluster-b").as_deref() == Some("dead")
+    });
+    println!("a stopped provider shown dead after {noticed:?} (target 3 s)");
+    let during = in_a_row(&c, &router.url, 6).await;
+    assert!(!during.contains_key("cluster-b"), "{during:?}");
+    run_ok(std::process::Command::new("kill").args(["-CONT", &pid]));
+    wait_until("A shows cluster-b alive again", 10, || {
+        peer_state(&bridge_a, "cluster-b").as_deref() == Some("alive")
+    });
+
+    // B restarts: the peering is kept on both sides and the link comes back by itself.
+    bridge_b.terminate();
+    let bridge_b = member_with(&db, &pb, "bridge", "bridge-b", None, None, &fed_b);
+    assert_eq!(fed_ls(&bridge_b)["peers"][0]["name"], "cluster-a");
+    wait_until("A shows restarted cluster-b alive", 15, || {
+        peer_state(&bridge_a, "cluster-b").as_deref() == Some("alive")
+    });
+    let mut back = 0;
+    let t = Instant::now();
+    while back == 0 && t.elapsed() < Duration::from_secs(20) {
+        back += burst(&c, &router.url, 3)
+            .await
+            .get("cluster-b (federated)")
+            .copied()
+            .unwrap_or(0);
+    }
+    assert!(back > 0, "cluster-b not placed on after its restart");
+
+    // Leave under load: a call pinned to the peer cluster is running there, others run in
+    // A; the leave waits for the one in flight, no call fails, both sides forget.
+    let r = deploy(
+        &router,
+        "far",
+        "wait/wait.wasm",
+        json!({"idempotent": true, "timeout": "5s", "placement": {"tier": "federated"}}),
+    )
+    .await;
+    assert!(r.status().is_success());
+    let (s, placed, body) = call(&c, &router.url, "far", "10").await;
+    assert_eq!((s, placed.as_str()), (200, "cluster-b"), "{body}");
+    let in_flight = {
+        let (c, url) = (c.clone(), router.url.clone());
+        tokio::spawn(async move { call(&c, &url, "far", "1500").await })
+    };
+    let load = {
+        let (c, url) = (c.clone(), router.url.clone());
+        tokio::spawn(async move {
+            let mut placed = HashMap::new();
+            for _ in 0..4 {
+                for (k, v) in in_a_row(&c, &url, 8).await {
+                    *placed.entry(k).or_insert(0) += v;
+                }
+            }
+            placed
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = run_ok(bridge_a.cli().args(["federation", "leave", "cluster-b"]));
+    assert!(out.contains("left cluster-b"), "{out}");
+    let (s, placed, body) = in_flight.await.unwrap();
+    assert_eq!((s, placed.as_str()), (200, "cluster-b"), "{body}");
+    assert!(body.contains("waited 1500 ms"), "{body}");
+    let waited: u64 = out
+        .split("after ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(
+        waited >= 500,
+        "the leave waited {waited} ms for the call in flight: {out}"
+    );
+    let placed = load.await.unwrap();
+    eprintln!("placements while leaving: {placed:?}");
+    assert!(fed_ls(&bridge_a)["peers"].as_array().unwrap().is_empty());
+    wait_until("B forgets cluster-a", 5, || {
+        fed_ls(&bridge_b)["peers"].as_array().unwrap().is_empty()
+    });
+    let after = in_a_row(&c, &router.url, 4).await;
+    assert!(!after.contains_key("cluster-b"), "{after:?}");
+    // A call only the peer could run now has no place, and says so at once.
+    let (s, _, body) = call(&c, &router.url, "far", "10").await;
+    assert_eq!(s, 503, "{body}");
+    assert!(body.contains("federated"), "{body}");
+}
