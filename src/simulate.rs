@@ -34,6 +34,10 @@ pub struct SimArgs {
     /// Overrides the scenario's number of invocations.
     #[arg(long)]
     invocations: Option<usize>,
+    /// Leave out the scenario's peer clusters (`[[peer]]`): the same continuum unfederated,
+    /// to see what a peering would change.
+    #[arg(long)]
+    without_peers: bool,
 }
 
 pub fn run(a: SimArgs) -> anyhow::Result<()> {
@@ -57,6 +61,9 @@ pub fn run(a: SimArgs) -> anyhow::Result<()> {
     )?;
     if let Some(seed) = a.seed {
         s.seed = seed;
+    }
+    if a.without_peers {
+        s.peers.clear();
     }
     if let Some(n) = a.invocations {
         if n == 0 {

@@ -328,3 +328,93 @@ async fn two_clusters_peer_offload_survive_a_stopped_provider_and_leave() {
     assert_eq!(s, 503, "{body}");
     assert!(body.contains("federated"), "{body}");
 }
+
+/// Two sites of one cluster (one CA), each its own mesh, joined by their bridges: a call
+/// from site 1 placed in site 2, where the function keeps its name (same cluster, same
+/// namespaces).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_sites_of_one_cluster_join_through_their_bridges() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = pki(d);
+    let port = free_port();
+    let bridge_2 = member_with(
+        d,
+        &pki,
+        "bridge",
+        "bridge-2",
+        None,
+        None,
+        &format!("site = \"site-2\"\n[federation]\nlisten = \"127.0.0.3:{port}\"\n"),
+    );
+    let bridge_1 = member_with(
+        d,
+        &pki,
+        "bridge",
+        "bridge-1",
+        None,
+        None,
+        &format!(
+            "site = \"site-1\"\n[federation]\nlisten = \"127.0.0.2:{}\"\n",
+            free_port()
+        ),
+    );
+    let seed = mesh_json(&bridge_1)["self"].as_str().unwrap().to_string();
+    let router = member_with(
+        d,
+        &pki,
+        "router",
+        "router-1",
+        Some(&seed),
+        None,
+        "site = \"site-1\"\n",
+    );
+    wait_until("router-1 sees site 1", 20, || {
+        alive(&router) == ["bridge-1", "router-1"]
+    });
+    // Each site its own mesh: site 1 never hears of bridge-2.
+    assert!(!alive(&bridge_1).contains(&"bridge-2".to_string()));
+
+    let out = run_ok(bridge_2.cli().args(["federation", "invite"]));
+    let token = out.lines().last().unwrap().trim().to_string();
+    let out = run_ok(
+        bridge_1
+            .cli()
+            .args(["federation", "join", &token, "--name", "site-2"]),
+    );
+    assert!(out.contains("peered with site-2"), "{out}");
+    let ls = fed_ls(&bridge_2);
+    assert_eq!(ls["peers"][0]["site"], true, "{ls}");
+    run_ok(
+        bridge_1
+            .cli()
+            .args(["federation", "offload", "openfaas-fn", "--to", "site-2"]),
+    );
+    wait_until("router-1 hears of site-2", 10, || {
+        mesh_json(&router)["peer_places"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["place"] == "site-2"))
+    });
+    let r = deploy(
+        &router,
+        "far",
+        "hello/hello.wasm",
+        json!({"idempotent": true, "placement": {"tier": "federated"}}),
+    )
+    .await;
+    assert!(r.status().is_success());
+    let c = authed(&router.token);
+    let (s, placed, body) = call(&c, &router.url, "far", "site").await;
+    assert_eq!(
+        (s, placed.as_str(), body.as_str()),
+        (200, "site-2", "hello, site")
+    );
+    // Same cluster: the function keeps its name in site 2.
+    let (s, fns) = get(
+        &authed(&bridge_2.token),
+        format!("{}/system/functions", bridge_2.url),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(fns.contains("\"far\""), "{fns}");
+}

@@ -104,6 +104,80 @@ pub fn provider_key(consumer: &str, key: &str) -> Result<String, String> {
         .map_err(|e| format!("{key:?} cannot be named on the provider: {e}"))
 }
 
+/// The key on the consumer of its function `provider_key` names on the provider (the
+/// inverse of [`provider_key`]); none for a function of another namespace.
+pub fn consumer_key(consumer: &str, provider_key: &str) -> Option<String> {
+    let name = provider_key.strip_suffix(consumer)?.strip_suffix('.')?;
+    Some(match name.split_once("--") {
+        Some((ns, n)) => format!("{n}.{ns}"),
+        None => name.to_string(),
+    })
+}
+
+/// One member as a summary counts it.
+#[derive(Debug, Clone, Copy)]
+pub struct MemberLoad<'a> {
+    pub cores: u32,
+    /// Calls running and queued there.
+    pub in_flight: u32,
+    pub speed: f32,
+    /// Its warm functions and service times, keyed as on the provider.
+    pub warm: &'a [String],
+    pub service_ms: &'a [(String, f32)],
+}
+
+/// The provider's summary for `consumer` of the members that run functions: the offered
+/// share of their free cores (at least one while any member is up), their load, mean speed,
+/// and the consumer's functions warm there (keyed as on the consumer; with no consumer, a
+/// site of the same cluster, keys are the same on both sides). Its size is bounded whatever
+/// the number of members.
+pub fn summarize<'a>(
+    members: impl IntoIterator<Item = MemberLoad<'a>>,
+    consumer: Option<&str>,
+    share_pct: u8,
+) -> Summary {
+    let theirs = |k: &str| match consumer {
+        Some(c) => consumer_key(c, k),
+        None => Some(k.to_string()),
+    };
+    let mut s = Summary::default();
+    let (mut speed, mut rated) = (0.0f32, 0u32);
+    let mut service: std::collections::BTreeMap<String, f32> = Default::default();
+    let mut warm = std::collections::BTreeSet::new();
+    for m in members {
+        s.members += 1;
+        s.cores = s.cores.saturating_add(m.cores);
+        s.in_flight = s.in_flight.saturating_add(m.in_flight);
+        if m.speed.is_finite() && m.speed > 0.0 {
+            speed += m.speed;
+            rated += 1;
+        }
+        for k in m.warm {
+            if warm.len() < MAX_SUMMARY_LISTED {
+                if let Some(c) = theirs(k) {
+                    warm.insert(c);
+                }
+            }
+        }
+        for (k, ms) in m.service_ms {
+            if let Some(c) = theirs(k) {
+                // The slowest member's time: a call may land on any of them.
+                let e = service.entry(c).or_insert(*ms);
+                *e = e.max(*ms);
+            }
+        }
+    }
+    if rated > 0 {
+        s.speed = speed / rated as f32;
+    }
+    let free = s.cores.saturating_sub(s.in_flight);
+    let shared = u64::from(free) * u64::from(share_pct.min(100)) / 100;
+    s.cores = (shared as u32).max(u32::from(s.members > 0));
+    s.warm = warm.into_iter().collect();
+    s.service_ms = service.into_iter().collect();
+    s.bounded()
+}
+
 /// What a bridge asks a peer bridge on their link.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FedRequest {
@@ -233,6 +307,42 @@ mod tests {
         assert!(validate_peer_name("cluster-b").is_ok());
         assert!(validate_peer_name("openfaas-fn").is_err());
         assert!(validate_peer_name("Bad Name").is_err());
+    }
+
+    #[test]
+    fn a_summary_of_a_thousand_members_stays_small() {
+        let warm: Vec<String> = (0..48).map(|i| format!("f{i}.cluster-a")).collect();
+        let svc: Vec<(String, f32)> = (0..48)
+            .map(|i| (format!("f{i}.cluster-a"), i as f32))
+            .collect();
+        let other = vec!["mine".to_string()];
+        let members = (0..1000).map(|i| MemberLoad {
+            cores: 4,
+            in_flight: i % 3,
+            speed: 1.0,
+            warm: if i % 2 == 0 { &warm } else { &other },
+            service_ms: &svc,
+        });
+        let s = summarize(members, Some("cluster-a"), 50);
+        assert_eq!(s.members, 1000);
+        assert_eq!(s.in_flight, (0..1000).map(|i| i % 3).sum::<u32>());
+        assert_eq!(s.cores, (4000 - s.in_flight) / 2);
+        assert_eq!(s.warm.len(), MAX_SUMMARY_LISTED);
+        assert!(s
+            .warm
+            .iter()
+            .all(|w| w.starts_with('f') && !w.contains('.')));
+        assert_eq!(s.service_ms.len(), MAX_SUMMARY_LISTED);
+        let bytes = postcard::to_allocvec(&FedReply::Summary(s)).unwrap().len();
+        assert!(bytes < 1024, "{bytes} bytes");
+        assert_eq!(
+            consumer_key("cluster-a", "team--hello.cluster-a").as_deref(),
+            Some("hello.team")
+        );
+        assert_eq!(consumer_key("cluster-a", "hello.cluster-b"), None);
+        assert_eq!(consumer_key("a", "hello.xa"), None);
+        let none = summarize(std::iter::empty(), None, 50);
+        assert_eq!((none.members, none.cores), (0, 0));
     }
 
     #[test]

@@ -15,8 +15,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "support/echo.rs"]
+mod echo;
 #[path = "support/stats.rs"]
 mod stats;
+use echo::{measure, raw_echo};
 use stats::{p, row};
 
 use bytes::Bytes;
@@ -302,33 +305,6 @@ async fn run() {
     );
 }
 
-async fn measure<F, Fut>(n: usize, mut f: F) -> Vec<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for _ in 0..200 {
-        f().await;
-    }
-    let mut v = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        f().await;
-        v.push(t.elapsed());
-    }
-    v.sort();
-    v
-}
-
-/// One raw echo: open a stream, send `body`, read it all back.
-async fn raw_echo(conn: &quinn::Connection, body: &Bytes) {
-    let (mut s, mut r) = conn.open_bi().await.expect("open");
-    s.write_all(body).await.expect("write");
-    s.finish().expect("finish");
-    let back = r.read_to_end(64 << 20).await.expect("read");
-    assert_eq!(back.len(), body.len());
-}
-
 /// A bare quinn server that echoes each stream, on an endpoint with the node's TLS, ALPN
 /// and transport settings.
 async fn raw_echo_server(tls: &TlsDir, limits: &QuicLimits) -> SocketAddr {
@@ -338,21 +314,5 @@ async fn raw_echo_server(tls: &TlsDir, limits: &QuicLimits) -> SocketAddr {
         limits,
     )
     .expect("endpoint");
-    let addr = ep.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Some(inc) = ep.accept().await {
-            tokio::spawn(async move {
-                let Ok(conn) = inc.await else { return };
-                while let Ok((mut s, mut r)) = conn.accept_bi().await {
-                    tokio::spawn(async move {
-                        if let Ok(data) = r.read_to_end(64 << 20).await {
-                            let _ = s.write_all(&data).await;
-                            let _ = s.finish();
-                        }
-                    });
-                }
-            });
-        }
-    });
-    addr
+    echo::serve_echo(ep)
 }

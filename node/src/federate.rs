@@ -60,9 +60,9 @@ pub trait Federation: Send + Sync {
     /// Provider side: answers a peered consumer's request (summary, leave).
     fn answer(&self, consumer: &str, req: FedRequest) -> Result<FedReply, FedError>;
 
-    /// Provider side: whether `consumer` may run a call here now (its peering is live and
-    /// within its share); the function's key on this side is `key`.
-    fn admit(&self, consumer: &str, key: &str) -> Result<(), FedError>;
+    /// Provider side: whether `consumer` may run a call of its function `key` here now (its
+    /// peering is live and within its share); the function's key on this side.
+    fn admit(&self, consumer: &str, key: &str) -> Result<String, FedError>;
 
     /// Provider side: a call of `consumer`'s ended.
     fn done(&self, consumer: &str, ok: bool);

@@ -62,8 +62,9 @@ fn client_verifier_for(ca: &[u8]) -> Result<Arc<dyn ClientCertVerifier>, String>
         .map_err(|e| format!("client verifier: {e}"))
 }
 
-/// A peer's name, its CA's fingerprint and a verifier for its CA's certificates.
-type Pinned = (String, [u8; 32], Arc<dyn ClientCertVerifier>);
+/// A peer's name, the bridge its certificate must name (a site of this same cluster, whose
+/// CA every member shares), and a verifier for its CA's certificates.
+type Pinned = (String, Option<String>, Arc<dyn ClientCertVerifier>);
 
 /// The CA a joiner's handshake verified (DER), once it has.
 pub type SeenCa = Arc<RwLock<Option<Vec<u8>>>>;
@@ -83,12 +84,13 @@ impl std::fmt::Debug for PeerCas {
 }
 
 impl PeerCas {
-    /// Pins `ca` (DER) for peer `name` (replacing its earlier one).
-    pub fn pin(&self, name: &str, ca: &[u8]) -> Result<(), String> {
+    /// Pins `ca` (DER) for peer `name` (replacing its earlier one); with `bridge`, only the
+    /// certificate naming that member is the peer's.
+    pub fn pin(&self, name: &str, ca: &[u8], bridge: Option<&str>) -> Result<(), String> {
         let v = client_verifier_for(ca)?;
         let mut p = self.pinned.write().unwrap_or_else(|p| p.into_inner());
         p.retain(|(n, _, _)| n != name);
-        p.push((name.to_string(), sha256(ca), v));
+        p.push((name.to_string(), bridge.map(str::to_string), v));
         Ok(())
     }
 
@@ -103,14 +105,21 @@ impl PeerCas {
         self.joiners.store(open, Ordering::Relaxed);
     }
 
-    /// The peer whose pinned CA issued `leaf`, if any.
+    /// The peer `leaf` is: issued by its pinned CA, a bridge's, naming the bridge pinned
+    /// with it (if any).
     pub fn peer_of(&self, leaf: &CertificateDer<'_>) -> Option<String> {
         let now = UnixTime::now();
         self.pinned
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .find(|(_, _, v)| v.verify_client_cert(leaf, &[], now).is_ok())
+            .find(|(_, bridge, v)| {
+                v.verify_client_cert(leaf, &[], now).is_ok()
+                    && bridge
+                        .as_ref()
+                        .is_none_or(|b| crate::tls::name_of(leaf).as_ref() == Some(b))
+                    && crate::tls::role_of(leaf) == Some(crate::tls::Role::Bridge)
+            })
             .map(|(n, _, _)| n.clone())
     }
 }
@@ -296,4 +305,44 @@ pub fn peer_client_config(tls: &TlsDir, ca: &[u8]) -> Result<rustls::ClientConfi
         .with_client_auth_cert(tls.chain.clone(), tls.key.clone_key())?;
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::{self, Role, Validity};
+
+    fn leaf(pki: &Path, name: &str, role: Role) -> CertificateDer<'static> {
+        tls::issue(pki, name, role, &pki.join(name), Validity::Days(1)).unwrap();
+        TlsDir::load(&pki.join(name)).unwrap().chain[0].clone()
+    }
+
+    #[test]
+    fn a_peer_is_a_bridge_of_its_pinned_ca_and_a_site_only_the_bridge_it_named() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        tls::init_ca(&a).unwrap();
+        tls::init_ca(&b).unwrap();
+        let a_bridge = leaf(&a, "bridge-a", Role::Bridge);
+        let a_node = leaf(&a, "edge-a", Role::Node);
+        let a_other = leaf(&a, "bridge-a2", Role::Bridge);
+        let b_bridge = leaf(&b, "bridge-b", Role::Bridge);
+        let ca_a = ca_der(&a.join("bridge-a")).unwrap();
+        let cas = PeerCas::default();
+        assert_eq!(cas.peer_of(&a_bridge), None);
+        cas.pin("cluster-a", &ca_a, None).unwrap();
+        assert_eq!(cas.peer_of(&a_bridge).as_deref(), Some("cluster-a"));
+        assert_eq!(cas.peer_of(&a_other).as_deref(), Some("cluster-a"));
+        // Not a bridge: never the peer, whatever its CA.
+        assert_eq!(cas.peer_of(&a_node), None);
+        assert_eq!(cas.peer_of(&b_bridge), None);
+        // A site of the same cluster is bound to the bridge it joined with.
+        cas.pin("cluster-a", &ca_a, Some("bridge-a")).unwrap();
+        assert_eq!(cas.peer_of(&a_bridge).as_deref(), Some("cluster-a"));
+        assert_eq!(cas.peer_of(&a_other), None);
+        assert!(issued_by(&ca_a, &a_bridge).is_ok());
+        assert!(issued_by(&ca_a, &b_bridge).is_err());
+        cas.unpin("cluster-a");
+        assert_eq!(cas.peer_of(&a_bridge), None);
+    }
 }

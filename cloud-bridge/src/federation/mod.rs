@@ -94,7 +94,8 @@ pub fn start(node: &Arc<Node>, cfg: FederationSection) -> anyhow::Result<Arc<Fed
     for p in &saved.peers {
         if p.direction == Direction::Consumer {
             let der = hex::decode(&p.ca).map_err(|_| anyhow::anyhow!("peer {}: bad CA", p.name))?;
-            cas.pin(&p.name, &der).map_err(anyhow::Error::msg)?;
+            cas.pin(&p.name, &der, p.bridge.as_deref())
+                .map_err(anyhow::Error::msg)?;
         }
     }
     cas.open_to_joiners(saved.open_invites(now_ms()) > 0);
@@ -153,6 +154,15 @@ impl Federation {
     /// Where peer bridges connect.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// Bytes sent and received (UDP payload) so far on the link to provider `name` at
+    /// `addr`: what a peering costs the network (the benchmark reads it).
+    pub async fn link_stats(&self, name: &str, addr: SocketAddr) -> Option<(u64, u64)> {
+        let link = lock(&self.live).get(name)?.link.clone()?;
+        let c = link.connection(addr, false).await.ok()?;
+        let s = c.stats();
+        Some((s.udp_tx.bytes, s.udp_rx.bytes))
     }
 
     fn saved(&self) -> std::sync::MutexGuard<'_, Saved> {
@@ -279,8 +289,19 @@ impl Federation {
         if fogline_node::tls::role_of(leaf) != Some(fogline_node::tls::Role::Bridge) {
             return Err(self.refuse("role", "only a bridge's certificate may peer"));
         }
-        // Its functions live in a namespace of its name here.
-        if let Some(node) = self.node.upgrade() {
+        // A site of this same cluster: its certificate is one of ours, so the peering is
+        // bound to the bridge it names, and its functions keep their keys here.
+        let site = ca == self.ca.as_slice();
+        let bridge = if site {
+            let Some(b) = fogline_node::tls::name_of(leaf) else {
+                return Err(self.refuse("role", "a site's bridge certificate must name it"));
+            };
+            Some(b)
+        } else {
+            None
+        };
+        // A peer cluster's functions live in a namespace of its name here.
+        if let Some(node) = self.node.upgrade().filter(|_| !site) {
             node.access
                 .create_namespace(name, false)
                 .map_err(|e| FedError::new(500, false, format!("namespace {name}: {e}")))?;
@@ -295,12 +316,14 @@ impl Federation {
             ca: hex::encode(ca),
             share_pct: share,
             since_ms: now,
+            site,
+            bridge: bridge.clone(),
         });
         self.persist(&s)?;
         self.cas.open_to_joiners(s.open_invites(now) > 0);
         drop(s);
         self.cas
-            .pin(name, ca)
+            .pin(name, ca, bridge.as_deref())
             .map_err(|e| FedError::new(400, false, e))?;
         lock(&self.live).entry(name.to_string()).or_default();
         tracing::info!(
@@ -425,6 +448,8 @@ impl Federation {
             ca: hex::encode(&ca),
             share_pct: share,
             since_ms: now_ms(),
+            site: ca == self.ca,
+            bridge: None,
         };
         {
             let mut s = self.saved();
@@ -466,6 +491,7 @@ impl Federation {
                 json!({
                     "name": p.name,
                     "calls_itself": p.remote,
+                    "site": p.site,
                     "direction": p.direction.as_str(),
                     "state": state,
                     "address": p.addr,
@@ -597,82 +623,55 @@ impl Federation {
         mesh.offer_peers(places);
     }
 
-    /// The summary this cluster gives `consumer`: members that run functions, the offered
-    /// share of their cores, their load, and the consumer's functions warm here.
-    fn summary_for(&self, node: &Node, consumer: &str, share_pct: u8) -> Summary {
-        let suffix = format!(".{consumer}");
-        let back = |k: &str| -> Option<String> {
-            let name = k.strip_suffix(&suffix)?;
-            Some(match name.split_once("--") {
-                Some((ns, n)) => format!("{n}.{ns}"),
-                None => name.to_string(),
-            })
+    /// The summary this cluster gives `consumer`: this bridge (when it runs functions) and
+    /// the live members that do.
+    fn summary_for(&self, node: &Node, rec: &PeerRec) -> Summary {
+        let consumer = (!rec.site).then_some(rec.name.as_str());
+        let share_pct = rec.share_pct;
+        let ours = |k: &str| match consumer {
+            Some(c) => fed::consumer_key(c, k).is_some(),
+            None => true,
         };
-        let mut s = Summary::default();
-        let mut speeds = (0.0f32, 0u32);
-        let mut add =
-            |cores: u32, in_flight: u32, speed: f32, warm: &[String], svc: &[(String, f32)]| {
-                s.members += 1;
-                s.cores += cores;
-                s.in_flight += in_flight;
-                if speed > 0.0 {
-                    speeds.0 += speed;
-                    speeds.1 += 1;
-                }
-                s.warm.extend(warm.iter().filter_map(|k| back(k)));
-                s.service_ms
-                    .extend(svc.iter().filter_map(|(k, ms)| Some((back(k)?, *ms))));
-            };
-        if node.runs_functions() {
-            let warm: Vec<String> = node
-                .list()
+        let own: Vec<String> = if node.runs_functions() {
+            node.list()
                 .into_iter()
                 .map(|d| d.manifest.name.clone())
-                .filter(|k| k.ends_with(&suffix))
-                .filter(|k| node.metrics.function(k).service_ms().is_some())
-                .collect();
-            let svc: Vec<(String, f32)> = warm
-                .iter()
-                .filter_map(|k| Some((k.clone(), node.metrics.function(k).service_ms()?)))
-                .collect();
-            add(
-                node.machine.cores,
-                node.gauges().instances_in_use,
-                node.machine.speed,
-                &warm,
-                &svc,
-            );
-        }
-        if let Some(mesh) = node.links.mesh.get() {
-            mesh.with_view(|v| {
-                for m in v.members() {
-                    let r = &m.report;
-                    if r.node == node.id
-                        || m.state != fogline_core::mesh::State::Alive
-                        || r.runtimes.is_empty()
-                    {
-                        continue;
-                    }
-                    add(
-                        r.cores,
-                        r.in_flight + r.queued,
-                        r.speed,
-                        &r.warm,
-                        &r.service_ms,
-                    );
-                }
+                .filter(|k| ours(k))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let own_svc: Vec<(String, f32)> = own
+            .iter()
+            .filter_map(|k| Some((k.clone(), node.metrics.function(k).service_ms()?)))
+            .collect();
+        let own_warm: Vec<String> = own_svc.iter().map(|(k, _)| k.clone()).collect();
+        let me = node.runs_functions().then(|| fed::MemberLoad {
+            cores: node.machine.cores,
+            in_flight: node.gauges().instances_in_use,
+            speed: node.machine.speed,
+            warm: &own_warm,
+            service_ms: &own_svc,
+        });
+        let Some(mesh) = node.links.mesh.get() else {
+            return fed::summarize(me, consumer, share_pct);
+        };
+        mesh.with_view(|v| {
+            let others = v.members().filter_map(|m| {
+                let r = &m.report;
+                (r.node != node.id
+                    && m.state == fogline_core::mesh::State::Alive
+                    && !r.runtimes.is_empty())
+                .then_some(fed::MemberLoad {
+                    cores: r.cores,
+                    in_flight: r.in_flight.saturating_add(r.queued),
+                    speed: r.speed,
+                    warm: &r.warm,
+                    service_ms: &r.service_ms,
+                })
             });
-        }
-        if speeds.1 > 0 {
-            s.speed = speeds.0 / speeds.1 as f32;
-        }
-        let free = s.cores.saturating_sub(s.in_flight);
-        s.cores = (free * u32::from(share_pct) / 100).max(u32::from(s.members > 0));
-        s.warm.sort();
-        s.warm.dedup();
-        s.service_ms.sort_by(|a, b| a.0.cmp(&b.0));
-        s.service_ms.dedup_by(|a, b| a.0 == b.0);
-        s.bounded()
+            fed::summarize(me.into_iter().chain(others), consumer, share_pct)
+        })
     }
 }
 
@@ -787,7 +786,7 @@ impl fogline_node::federate::Federation for Federation {
                     .node
                     .upgrade()
                     .ok_or_else(|| FedError::new(503, true, "stopping"))?;
-                let s = self.summary_for(&node, consumer, rec.share_pct);
+                let s = self.summary_for(&node, &rec);
                 let mut live = lock(&self.live);
                 let l = live.entry(consumer.to_string()).or_default();
                 l.last_ok = Some(Instant::now());
@@ -819,9 +818,9 @@ impl fogline_node::federate::Federation for Federation {
         }
     }
 
-    fn admit(&self, consumer: &str, key: &str) -> Result<(), FedError> {
-        let share = match self.saved().peer(consumer) {
-            Some(p) if p.direction == Direction::Consumer => p.share_pct,
+    fn admit(&self, consumer: &str, key: &str) -> Result<String, FedError> {
+        let (share, site) = match self.saved().peer(consumer) {
+            Some(p) if p.direction == Direction::Consumer => (p.share_pct, p.site),
             _ => {
                 return Err(self.refuse(
                     "not_peered",
@@ -849,7 +848,13 @@ impl fogline_node::federate::Federation for Federation {
                 format!("{consumer}'s share here ({cap} calls at once) is in use: {key} must go elsewhere"),
             ));
         }
-        Ok(())
+        if site {
+            return Ok(key.to_string());
+        }
+        fed::provider_key(consumer, key).map_err(|e| {
+            l.in_flight.fetch_sub(1, Ordering::SeqCst);
+            FedError::new(400, false, e)
+        })
     }
 
     fn done(&self, consumer: &str, ok: bool) {

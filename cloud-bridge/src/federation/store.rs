@@ -42,6 +42,13 @@ pub struct PeerRec {
     pub share_pct: u8,
     /// Since when (ms since the Unix epoch).
     pub since_ms: u64,
+    /// A site of this same cluster (same CA): its functions keep their keys here.
+    #[serde(default)]
+    pub site: bool,
+    /// The member its certificate must name (a site's bridge: every member of the cluster
+    /// holds a certificate of this CA).
+    #[serde(default)]
+    pub bridge: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -143,6 +150,8 @@ mod tests {
             ca: "00".into(),
             share_pct: 90,
             since_ms: 1,
+            site: false,
+            bridge: None,
         });
         s.offload.insert("openfaas-fn".into(), vec!["b".into()]);
         st.save(&s).unwrap();

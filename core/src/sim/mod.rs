@@ -229,6 +229,8 @@ struct Node {
     site: usize,
     cores: u32,
     speed: f64,
+    /// Added to the round trip (a peer cluster's bridge-to-bridge link), ms.
+    link_ms: f64,
     /// When each core is next free (f64 bits; all non-negative, so bit order is time order).
     free: BinaryHeap<Reverse<u64>>,
     /// Completion times of calls admitted and not yet finished.
@@ -430,6 +432,7 @@ impl<'a> World<'a> {
             site,
             cores,
             speed,
+            link_ms: 0.0,
             free: (0..cores).map(|_| Reverse(0f64.to_bits())).collect(),
             running: BinaryHeap::new(),
             running_fn: HashMap::new(),
@@ -475,6 +478,22 @@ impl<'a> World<'a> {
             s.cloud_speed,
             Vec::new(),
         ));
+        // Peer clusters: pools like the cloud, of the cores they share, one link further.
+        let first_peer = nodes.len();
+        for p in &s.peers {
+            let cores = ((f64::from(p.cores) * p.share).floor() as u32).max(1);
+            let mut n = node(
+                p.name.clone(),
+                Tier::Federated,
+                usize::MAX,
+                cores,
+                p.speed,
+                Vec::new(),
+            );
+            n.link_ms = p.link_ms;
+            nodes.push(n);
+        }
+        let peers = first_peer..nodes.len();
         let ns = s.neighbor_sites.min(s.sites / 2);
         let site_nodes = (0..s.sites)
             .map(|site| {
@@ -492,6 +511,7 @@ impl<'a> World<'a> {
                     }
                 }
                 v.push(cloud);
+                v.extend(peers.clone());
                 v
             })
             .collect();
@@ -589,6 +609,7 @@ impl<'a> World<'a> {
         let n = &self.nodes[node];
         match n.tier {
             Tier::Cloud => self.link_rtt(device, true, t),
+            Tier::Federated => self.link_rtt(device, true, t) + n.link_ms,
             _ => {
                 let extra = if n.site == self.device_site[device as usize] {
                     0.0
@@ -669,7 +690,7 @@ impl<'a> World<'a> {
                 let arrive = ta + rtt / 2.0 + transfer / 2.0;
                 // The cloud is a pool of edge-sized workers, each with the per-function
                 // limit (as Swarm workers are); a node's capacity is per core.
-                let workers = if self.nodes[i].tier == Tier::Cloud {
+                let workers = if matches!(self.nodes[i].tier, Tier::Cloud | Tier::Federated) {
                     self.nodes[i].cores.div_ceil(self.s.edge_cores).max(1)
                 } else {
                     1
@@ -864,6 +885,7 @@ fn place_name(w: &World<'_>, at: Where) -> &'static str {
     match at {
         Where::Device => "device",
         Where::Node(i) if i == w.cloud => "cloud",
+        Where::Node(i) if w.nodes[i].tier == Tier::Federated => "federated",
         Where::Node(_) => "edge",
     }
 }
@@ -1078,8 +1100,9 @@ fn run_policy(
         p99_ms: q(0.99),
         mean_ms: mean,
         deadline_miss: missed as f64 / n,
-        tier_share: ["device", "edge", "cloud"]
+        tier_share: ["device", "edge", "cloud", "federated"]
             .into_iter()
+            .filter(|t| *t != "federated" || !s.peers.is_empty())
             .map(|t| (t, *tiers.get(t).unwrap_or(&0) as f64 / total as f64))
             .collect(),
         cold_starts: cold,
@@ -1125,6 +1148,10 @@ pub fn run(s: &Scenario, inputs: &Inputs, policies: &[Policy]) -> Report {
 impl Report {
     /// The comparison as a text table.
     pub fn table(&self) -> String {
+        let peers = self
+            .policies
+            .iter()
+            .any(|p| p.tier_share.contains_key("federated"));
         let mut out = format!(
             "scenario {}: {} invocations over {:.0} s simulated, {} edge nodes, {} devices, offered load {:.0} % of the edge tier (seed {})\n",
             self.scenario,
@@ -1143,7 +1170,11 @@ impl Report {
             "P99 ms",
             "MEAN ms",
             "MISS %",
-            "DEVICE/EDGE/CLOUD %",
+            if peers {
+                "DEVICE/EDGE/CLOUD/PEER %"
+            } else {
+                "DEVICE/EDGE/CLOUD %"
+            },
             "COLD",
             "PRED ERR",
             "RETRIES",
@@ -1159,12 +1190,22 @@ impl Report {
                 p.p99_ms,
                 p.mean_ms,
                 p.deadline_miss * 100.0,
-                format!(
-                    "{:.0}/{:.0}/{:.0}",
-                    share("device"),
-                    share("edge"),
-                    share("cloud")
-                ),
+                if peers {
+                    format!(
+                        "{:.0}/{:.0}/{:.0}/{:.0}",
+                        share("device"),
+                        share("edge"),
+                        share("cloud"),
+                        share("federated")
+                    )
+                } else {
+                    format!(
+                        "{:.0}/{:.0}/{:.0}",
+                        share("device"),
+                        share("edge"),
+                        share("cloud")
+                    )
+                },
                 p.cold_starts,
                 p.prediction_error
                     .map_or("-".to_string(), |e| format!("{:.1}%", e * 100.0)),
@@ -1238,5 +1279,33 @@ mod tests {
         let reg = get("regression");
         assert!(reg.prediction_error.is_some());
         assert!(reg.p99_ms <= get("nearest-edge").p99_ms, "{}", r.table());
+    }
+
+    #[test]
+    fn a_peer_cluster_is_one_more_place_and_takes_what_the_continuum_cannot() {
+        let mut s = scenario(20_000);
+        s.utilisation = 1.2;
+        s.cloud_cores = 8;
+        let without = run(&s, &inputs(), &[Policy::Regression]);
+        assert!(!without.policies[0].tier_share.contains_key("federated"));
+        s.peers.push(scenario::PeerCluster {
+            name: "cluster-b".into(),
+            cores: 128,
+            speed: 1.0,
+            share: 0.5,
+            link_ms: 20.0,
+        });
+        let with = run(&s, &inputs(), &[Policy::Regression, Policy::CloudOnly]);
+        let (reg, cloud) = (&with.policies[0], &with.policies[1]);
+        assert!(reg.tier_share["federated"] > 0.0, "{}", with.table());
+        // A policy that never chooses it is unchanged by it.
+        assert_eq!(cloud.tier_share["federated"], 0.0);
+        assert!(
+            reg.mean_ms < without.policies[0].mean_ms,
+            "{}\n{}",
+            with.table(),
+            without.table()
+        );
+        assert!(with.table().contains("DEVICE/EDGE/CLOUD/PEER %"));
     }
 }

@@ -115,7 +115,31 @@ pub struct Scenario {
     /// routers do by default (`[router] prepare_ahead`), for every policy alike.
     #[serde(default = "d_true")]
     pub prepare_ahead: bool,
+    /// Peer clusters the cloud's bridge is peered with (`[[peer]]`): each one more place
+    /// for every router, reached through the cloud's link plus the bridge-to-bridge link.
+    #[serde(default, rename = "peer")]
+    pub peers: Vec<PeerCluster>,
     pub workload: Workload,
+}
+
+/// A peer cluster, as the consumer's routers see it: the share of its cores it offers,
+/// their speed, and how far its bridge is from this cluster's.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerCluster {
+    pub name: String,
+    pub cores: u32,
+    #[serde(default = "d_one")]
+    pub speed: f64,
+    /// Share of its cores offered (`fogline federation invite --share`), 0 to 1.
+    #[serde(default = "d_share")]
+    pub share: f64,
+    /// Round trip between the two bridges, ms (added to the device's cloud link).
+    pub link_ms: f64,
+}
+
+fn d_share() -> f64 {
+    0.9
 }
 
 /// Where invocations come from: the Azure 2019 distributions, or a trace.
@@ -320,6 +344,27 @@ impl Scenario {
         if self.functions == 0 {
             return bad("functions", "must be at least 1".into());
         }
+        for p in &self.peers {
+            if let Err(e) = crate::federation::validate_peer_name(&p.name) {
+                return bad("peer.name", e);
+            }
+            let ok = p.cores > 0
+                && p.speed.is_finite()
+                && p.speed > 0.0
+                && p.share > 0.0
+                && p.share <= 1.0
+                && p.link_ms.is_finite()
+                && p.link_ms >= 0.0;
+            if !ok {
+                return bad(
+                    "peer",
+                    format!(
+                        "{}: needs cores >= 1, speed > 0, share in (0, 1] and link_ms >= 0",
+                        p.name
+                    ),
+                );
+            }
+        }
         if !(self.min_exec_ms > 0.0 && self.min_exec_ms <= self.max_exec_ms) {
             return bad(
                 "min_exec_ms/max_exec_ms",
@@ -375,6 +420,21 @@ mod tests {
 
     const MIN: &str =
         "version = 1\nedge_rtt = \"e.txt\"\ncloud_rtt = \"c.txt\"\n[workload]\ntrace = \"t.csv\"\n";
+
+    #[test]
+    fn a_peer_cluster_must_make_sense() {
+        let good = "version = 1\nedge_rtt = \"e.txt\"\ncloud_rtt = \"c.txt\"\n[[peer]]\nname = \"cluster-b\"\ncores = 64\nlink_ms = 20\n[workload]\ntrace = \"t.csv\"\n";
+        let s = Scenario::parse("s.toml", good).unwrap();
+        assert_eq!((s.peers.len(), s.peers[0].share), (1, 0.9));
+        let e = Scenario::parse("s.toml", &good.replace("cores = 64", "cores = 0"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`peer`") && e.contains("cores >= 1"), "{e}");
+        let e = Scenario::parse("s.toml", &good.replace("cluster-b", "Bad Name"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("peer.name"), "{e}");
+    }
 
     #[test]
     fn a_minimal_scenario_parses() {

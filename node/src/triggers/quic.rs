@@ -720,10 +720,6 @@ async fn serve_peer_stream(
             return reply_error(send, 403, false, why).await;
         }
     };
-    let key = match fogline_core::federation::provider_key(consumer, &inv.function) {
-        Ok(k) => k,
-        Err(e) => return reply_error(send, 400, false, e).await,
-    };
     if inv.manifest.as_ref().is_some_and(|m| !m.secrets.is_empty()) {
         return reply_error(
             send,
@@ -736,11 +732,14 @@ async fn serve_peer_stream(
         )
         .await;
     }
-    if let Err(e) = fed.admit(consumer, &key) {
-        node.metrics
-            .refused("reason=\"federation\",action=\"invoke\"".into());
-        return reply_error(send, e.status, e.retryable, e.message).await;
-    }
+    let key = match fed.admit(consumer, &inv.function) {
+        Ok(key) => key,
+        Err(e) => {
+            node.metrics
+                .refused("reason=\"federation\",action=\"invoke\"".into());
+            return reply_error(send, e.status, e.retryable, e.message).await;
+        }
+    };
     inv.function = key.clone();
     if let Some(m) = &mut inv.manifest {
         m.name = key;
