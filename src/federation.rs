@@ -34,6 +34,14 @@ pub enum FederationCmd {
     },
     /// End a peering: no new calls, calls in flight finish, both sides forget it.
     Leave { name: String },
+    /// On a provider: refuse calls of a consumer's namespace (or take them again, --off).
+    Refuse {
+        namespace: String,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        off: bool,
+    },
     /// Let a namespace's calls be placed in a provider cluster (or stop, with --off).
     Offload {
         namespace: String,
@@ -157,6 +165,22 @@ pub async fn run(common: &Common, c: FederationCmd) -> anyhow::Result<()> {
                 v["waited_ms"],
                 v["provider_told"].as_str().unwrap_or("not a provider")
             );
+        }
+        FederationCmd::Refuse {
+            namespace,
+            from,
+            off,
+        } => {
+            let rb = gw
+                .http
+                .put(gw.url("/v1/federation/refuse"))
+                .json(&json!({ "namespace": namespace, "from": from, "on": !off }));
+            check(gw.send(rb).await?).await?;
+            if off {
+                println!("calls of {from}'s namespace {namespace} are taken again");
+            } else {
+                println!("calls of {from}'s namespace {namespace} are refused here (403)");
+            }
         }
         FederationCmd::Offload { namespace, to, off } => {
             let rb = gw

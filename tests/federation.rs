@@ -283,6 +283,28 @@ async fn two_clusters_peer_offload_survive_a_stopped_provider_and_leave() {
     assert!(r.status().is_success());
     let (s, placed, body) = call(&c, &router.url, "far", "10").await;
     assert_eq!((s, placed.as_str()), (200, "cluster-b"), "{body}");
+    // The provider may refuse a consumer's namespace, and take it again.
+    run_ok(
+        bridge_b
+            .cli()
+            .args(["federation", "refuse", "openfaas-fn", "--from", "cluster-a"]),
+    );
+    let (s, _, body) = call(&c, &router.url, "far", "10").await;
+    assert_ne!(s, 200, "{body}");
+    assert!(
+        body.contains("does not take namespace openfaas-fn from cluster-a"),
+        "{body}"
+    );
+    run_ok(bridge_b.cli().args([
+        "federation",
+        "refuse",
+        "openfaas-fn",
+        "--from",
+        "cluster-a",
+        "--off",
+    ]));
+    let (s, placed, body) = call(&c, &router.url, "far", "10").await;
+    assert_eq!((s, placed.as_str()), (200, "cluster-b"), "{body}");
     let in_flight = {
         let (c, url) = (c.clone(), router.url.clone());
         tokio::spawn(async move { call(&c, &url, "far", "1500").await })

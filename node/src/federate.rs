@@ -51,6 +51,12 @@ pub enum Admin {
         to: String,
         on: bool,
     },
+    /// Provider side: refuse (or take again) calls of consumer `from`'s `namespace`.
+    Refuse {
+        namespace: String,
+        from: String,
+        on: bool,
+    },
 }
 
 pub trait Federation: Send + Sync {

@@ -569,28 +569,68 @@ impl Federation {
     }
 
     fn offload(&self, ns: &str, to: &str, on: bool) -> Result<serde_json::Value, FedError> {
+        let why = format!(
+            "{to} is a consumer of this cluster: calls go to providers only (peer back for two-way)"
+        );
+        self.set_rule(
+            ns,
+            to,
+            Direction::Provider,
+            &why,
+            on,
+            |s| &mut s.offload,
+            ns,
+            to,
+        )?;
+        Ok(json!({ "namespace": ns, "to": to, "offloaded": on }))
+    }
+
+    /// Provider side: `fogline federation refuse NAMESPACE --from NAME`.
+    fn refuse_ns(&self, ns: &str, from: &str, on: bool) -> Result<serde_json::Value, FedError> {
+        let why = format!("{from} is a provider of this cluster: it sends no calls here");
+        self.set_rule(
+            ns,
+            from,
+            Direction::Consumer,
+            &why,
+            on,
+            |s| &mut s.refused,
+            from,
+            ns,
+        )?;
+        Ok(json!({ "namespace": ns, "from": from, "refused": on }))
+    }
+
+    /// Adds (`on`) or removes `item` under `key` in one of the saved lists, once `ns` is a
+    /// namespace and `peer` a peer of direction `want` (else `wrong` says why not).
+    #[allow(clippy::too_many_arguments)]
+    fn set_rule(
+        &self,
+        ns: &str,
+        peer: &str,
+        want: Direction,
+        wrong: &str,
+        on: bool,
+        lists: impl FnOnce(&mut Saved) -> &mut std::collections::BTreeMap<String, Vec<String>>,
+        key: &str,
+        item: &str,
+    ) -> Result<(), FedError> {
         fogline_core::access::validate_namespace(ns)
             .map_err(|e| FedError::new(400, false, e.to_string()))?;
         let mut s = self.saved();
-        match s.peer(to) {
-            Some(p) if p.direction == Direction::Provider => {}
-            Some(_) => {
-                return Err(FedError::new(
-                    400,
-                    false,
-                    format!("{to} is a consumer of this cluster: calls go to providers only (peer back for two-way)"),
-                ))
-            }
-            None => return Err(FedError::new(404, false, format!("no peer named {to:?}"))),
+        match s.peer(peer) {
+            Some(p) if p.direction == want => {}
+            Some(_) => return Err(FedError::new(400, false, wrong.to_string())),
+            None => return Err(FedError::new(404, false, format!("no peer named {peer:?}"))),
         }
-        let list = s.offload.entry(ns.to_string()).or_default();
-        list.retain(|p| p != to);
+        let map = lists(&mut s);
+        let list = map.entry(key.to_string()).or_default();
+        list.retain(|p| p != item);
         if on {
-            list.push(to.to_string());
+            list.push(item.to_string());
         }
-        s.offload.retain(|_, to| !to.is_empty());
-        self.persist(&s)?;
-        Ok(json!({ "namespace": ns, "to": to, "offloaded": on }))
+        map.retain(|_, l| !l.is_empty());
+        self.persist(&s)
     }
 
     /// Gossips the providers that are alive, with what may go there, as places.
@@ -819,6 +859,20 @@ impl fogline_node::federate::Federation for Federation {
     }
 
     fn admit(&self, consumer: &str, key: &str) -> Result<String, FedError> {
+        let ns = fogline_core::access::split(key).1;
+        if self
+            .saved()
+            .refused
+            .get(consumer)
+            .is_some_and(|l| l.iter().any(|n| n == ns))
+        {
+            let why = format!("this cluster does not take namespace {ns} from {consumer}");
+            // Another place may take it: retryable.
+            return Err(FedError {
+                retryable: true,
+                ..self.refuse("namespace", &why)
+            });
+        }
         let (share, site) = match self.saved().peer(consumer) {
             Some(p) if p.direction == Direction::Consumer => (p.share_pct, p.site),
             _ => {
@@ -875,6 +929,11 @@ impl fogline_node::federate::Federation for Federation {
                 Admin::Join { token, name } => self.join(&token, name).await,
                 Admin::List => Ok(self.list()),
                 Admin::Leave { name } => self.leave(&name).await,
+                Admin::Refuse {
+                    namespace,
+                    from,
+                    on,
+                } => self.refuse_ns(&namespace, &from, on),
                 Admin::Offload { namespace, to, on } => {
                     let r = self.offload(&namespace, &to, on);
                     if let Some(n) = self.node.upgrade() {

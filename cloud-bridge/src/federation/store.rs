@@ -67,6 +67,9 @@ pub struct Saved {
     pub invites: Vec<InviteRec>,
     /// Namespace → the providers it may be offloaded to.
     pub offload: BTreeMap<String, Vec<String>>,
+    /// Consumer → its namespaces this provider does not take.
+    #[serde(default)]
+    pub refused: BTreeMap<String, Vec<String>>,
 }
 
 impl Saved {

@@ -8,6 +8,7 @@
 //! | `POST /v1/federation/peers` `{"token":"fogfed1…","name":"cluster-b"}` | joins a provider |
 //! | `DELETE /v1/federation/peers/{name}` | leaves: no new calls, in-flight ones finish |
 //! | `PUT /v1/federation/offload` `{"namespace":"ns","to":"cluster-b","on":true}` | what may go there |
+//! | `PUT /v1/federation/refuse` `{"namespace":"ns","from":"cluster-a","on":true}` | what a consumer may not send here |
 
 use std::sync::Arc;
 
@@ -138,6 +139,36 @@ pub(super) struct OffloadBody {
 
 fn yes() -> bool {
     true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RefuseBody {
+    namespace: String,
+    from: String,
+    #[serde(default = "yes")]
+    on: bool,
+}
+
+pub(super) async fn refuse(
+    State(node): State<Shared>,
+    Extension(g): Extension<Grant>,
+    body: axum::body::Bytes,
+) -> Response {
+    let b: RefuseBody = match json(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    run(
+        &node,
+        &g,
+        Admin::Refuse {
+            namespace: b.namespace,
+            from: b.from,
+            on: b.on,
+        },
+    )
+    .await
 }
 
 pub(super) async fn offload(

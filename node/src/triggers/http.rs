@@ -173,6 +173,7 @@ pub fn router(node: Shared) -> Router {
             delete(super::federation::leave),
         )
         .route("/v1/federation/offload", put(super::federation::offload))
+        .route("/v1/federation/refuse", put(super::federation::refuse))
         .route("/v1/status", get(status))
         .route("/v1/mesh", get(mesh_view))
         .route("/v1/placements", get(placements))
