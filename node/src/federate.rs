@@ -70,6 +70,14 @@ pub trait Federation: Send + Sync {
     /// peering is live and within its share); the function's key on this side.
     fn admit(&self, consumer: &str, key: &str) -> Result<String, FedError>;
 
+    /// Provider side: runs a peer's call of this side's function `key` in this cluster
+    /// (placed on its members, or here).
+    fn run<'a>(
+        &'a self,
+        key: &'a str,
+        body: bytes::Bytes,
+    ) -> BoxFut<'a, Result<crate::dispatch::Placed, crate::dispatch::Refused>>;
+
     /// Provider side: a call of `consumer`'s ended.
     fn done(&self, consumer: &str, ok: bool);
 

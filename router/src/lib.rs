@@ -177,6 +177,8 @@ pub struct Router {
     seed: u64,
     rng: AtomicU64,
     started: Instant,
+    /// Peer clusters are places (not for a router placing a peer's calls).
+    peers: bool,
 }
 
 impl Router {
@@ -191,6 +193,18 @@ impl Router {
         cfg: RouterSection,
         scope: Option<Scope>,
     ) -> Arc<Router> {
+        let r = Self::new(node, cfg, scope, true);
+        let _ = node.links.dispatch.set(r.clone());
+        r
+    }
+
+    /// A router that is not the node's dispatch: a bridge places the calls a peer cluster
+    /// sent it with it, on this cluster's members (never on to other peer clusters).
+    pub fn for_peer_calls(node: &Arc<Node>, cfg: RouterSection) -> Arc<Router> {
+        Self::new(node, cfg, None, false)
+    }
+
+    fn new(node: &Arc<Node>, cfg: RouterSection, scope: Option<Scope>, peers: bool) -> Arc<Router> {
         let seed = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0x5EED, |d| d.as_nanos() as u64)
@@ -215,8 +229,8 @@ impl Router {
             seed,
             rng: AtomicU64::new(0),
             started: Instant::now(),
+            peers,
         });
-        let _ = node.links.dispatch.set(r.clone());
         tokio::spawn(housekeeping(Arc::downgrade(&r)));
         if r.cfg.prepare_ahead {
             tokio::spawn(forecasting(Arc::downgrade(&r)));
@@ -269,7 +283,7 @@ impl Router {
             });
             // Peer clusters the cluster's bridges offer, for the namespaces offloaded there.
             let ns = fogline_core::access::split(&f.name).1;
-            if self.scope.is_none() {
+            if self.scope.is_none() && self.peers {
                 mesh.with_view_at(|view, at, fresh| {
                     for (bridge, place) in view.peer_places(at, fresh) {
                         let c = PeerCandidate { bridge, place };

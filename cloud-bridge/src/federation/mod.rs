@@ -78,6 +78,9 @@ pub struct Federation {
     local: SocketAddr,
     refused: Mutex<HashMap<&'static str, u64>>,
     summary_sent_bytes: AtomicU64,
+    /// Places peers' calls on this cluster's members (when the bridge has no dispatch of
+    /// its own, as a Swarm bridge has).
+    placer: Arc<fogline_router::Router>,
 }
 
 /// Starts federation on a bridge: binds the listener, loads the peerings, starts watching
@@ -121,6 +124,7 @@ pub fn start(node: &Arc<Node>, cfg: FederationSection) -> anyhow::Result<Arc<Fed
         local,
         refused: Mutex::new(HashMap::new()),
         summary_sent_bytes: AtomicU64::new(0),
+        placer: fogline_router::Router::for_peer_calls(node, Default::default()),
     });
     {
         let providers: Vec<PeerRec> = f
@@ -920,6 +924,24 @@ impl fogline_node::federate::Federation for Federation {
                 l.failed += 1;
             }
         }
+    }
+
+    fn run<'a>(
+        &'a self,
+        key: &'a str,
+        body: bytes::Bytes,
+    ) -> BoxFut<'a, Result<fogline_node::dispatch::Placed, fogline_node::dispatch::Refused>> {
+        use fogline_node::dispatch::Dispatch;
+        Box::pin(async move {
+            match self
+                .node
+                .upgrade()
+                .and_then(|n| n.links.dispatch.get().cloned())
+            {
+                Some(d) => d.dispatch(key, body).await,
+                None => self.placer.dispatch(key, body).await,
+            }
+        })
     }
 
     fn admin<'a>(&'a self, req: Admin) -> BoxFut<'a, Result<serde_json::Value, FedError>> {

@@ -566,11 +566,18 @@ async fn serve_invoke(
     }
     // With an idempotency key a member that runs functions runs it once per key (a
     // router hands the key on with the call).
-    let result = match inv.key {
-        Some(key) if !node.roles.router => {
+    let peer_run = node
+        .links
+        .federation
+        .get()
+        .filter(|_| peer.peer_cluster)
+        .map(|fed| fed.run(&inv.function, body.clone()));
+    let result = match (inv.key, peer_run) {
+        (_, Some(run)) => run.await,
+        (Some(key), None) if !node.roles.router => {
             node.call_once(&peer.name, &inv.function, &key, body).await
         }
-        key => crate::agent::keyed::with(key, node.call(&inv.function, body)).await,
+        (key, None) => crate::agent::keyed::with(key, node.call(&inv.function, body)).await,
     };
     crate::traces::note("status", result.as_ref().map_or_else(|e| e.status, |_| 200));
     match result {
