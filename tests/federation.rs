@@ -340,9 +340,19 @@ async fn two_clusters_peer_offload_survive_a_stopped_provider_and_leave() {
     let placed = load.await.unwrap();
     eprintln!("placements while leaving: {placed:?}");
     assert!(fed_ls(&bridge_a)["peers"].as_array().unwrap().is_empty());
-    wait_until("B forgets cluster-a", 5, || {
-        fed_ls(&bridge_b)["peers"].as_array().unwrap().is_empty()
+    // The provider shows it `left` until its admin removes it.
+    wait_until("B shows cluster-a left", 5, || {
+        peer_state(&bridge_b, "cluster-a").as_deref() == Some("left")
     });
+    let m = metrics(&bridge_b).await;
+    assert!(
+        m.contains(
+            "fogline_federation_peer{peer=\"cluster-a\",direction=\"consumer\",state=\"left\"} 1"
+        ),
+        "{m}"
+    );
+    run_ok(bridge_b.cli().args(["federation", "leave", "cluster-a"]));
+    assert!(fed_ls(&bridge_b)["peers"].as_array().unwrap().is_empty());
     let after = in_a_row(&c, &router.url, 4).await;
     assert!(!after.contains_key("cluster-b"), "{after:?}");
     // A call only the peer could run now has no place, and says so at once.

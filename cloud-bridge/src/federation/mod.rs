@@ -95,7 +95,7 @@ pub fn start(node: &Arc<Node>, cfg: FederationSection) -> anyhow::Result<Arc<Fed
     let store = Store::new(node.data_dir());
     let saved = store.load()?;
     for p in &saved.peers {
-        if p.direction == Direction::Consumer {
+        if p.direction == Direction::Consumer && p.left_ms.is_none() {
             let der = hex::decode(&p.ca).map_err(|_| anyhow::anyhow!("peer {}: bad CA", p.name))?;
             cas.pin(&p.name, &der, p.bridge.as_deref())
                 .map_err(anyhow::Error::msg)?;
@@ -280,6 +280,8 @@ impl Federation {
         let mut s = self.saved();
         let i = self.check_invite(&s, secret, now)?;
         fed::validate_peer_name(name).map_err(|e| self.refuse("bad_name", &e))?;
+        // A consumer that left may join again under its name.
+        s.peers.retain(|p| !(p.name == name && p.left_ms.is_some()));
         if s.peer(name).is_some() {
             let why = format!(
                 "a peer named {name:?} exists already: leave it first, or join under another name"
@@ -322,6 +324,7 @@ impl Federation {
             since_ms: now,
             site,
             bridge: bridge.clone(),
+            left_ms: None,
         });
         self.persist(&s)?;
         self.cas.open_to_joiners(s.open_invites(now) > 0);
@@ -454,6 +457,7 @@ impl Federation {
             since_ms: now_ms(),
             site: ca == self.ca,
             bridge: None,
+            left_ms: None,
         };
         {
             let mut s = self.saved();
@@ -482,6 +486,7 @@ impl Federation {
             .map(|p| {
                 let l = live.get(&p.name);
                 let state = match l {
+                    _ if p.left_ms.is_some() => "left",
                     Some(l) if l.leaving => "leaving",
                     Some(l) if self.alive(l) => "alive",
                     _ => "dead",
@@ -818,7 +823,12 @@ impl fogline_node::federate::Federation for Federation {
     }
 
     fn answer(&self, consumer: &str, req: FedRequest) -> Result<FedReply, FedError> {
-        let Some(rec) = self.saved().peer(consumer).cloned() else {
+        let Some(rec) = self
+            .saved()
+            .peer(consumer)
+            .filter(|p| p.left_ms.is_none())
+            .cloned()
+        else {
             return Err(self.refuse(
                 "not_peered",
                 &format!("{consumer} is not peered with this cluster"),
@@ -848,7 +858,16 @@ impl fogline_node::federate::Federation for Federation {
                 Ok(reply)
             }
             FedRequest::Leave => {
-                self.forget(consumer)?;
+                // Kept as `left` (its admin sees why calls stopped) until removed here.
+                let mut s = self.saved();
+                if let Some(p) = s.peers.iter_mut().find(|p| p.name == consumer) {
+                    p.left_ms = Some(now_ms());
+                }
+                self.persist(&s)?;
+                drop(s);
+                self.cas.unpin(consumer);
+                lock(&self.live).remove(consumer);
+                tracing::info!("federation: {consumer} left");
                 Ok(FedReply::Left)
             }
             FedRequest::Join { secret, .. } => {
@@ -878,7 +897,9 @@ impl fogline_node::federate::Federation for Federation {
             });
         }
         let (share, site) = match self.saved().peer(consumer) {
-            Some(p) if p.direction == Direction::Consumer => (p.share_pct, p.site),
+            Some(p) if p.direction == Direction::Consumer && p.left_ms.is_none() => {
+                (p.share_pct, p.site)
+            }
             _ => {
                 return Err(self.refuse(
                     "not_peered",
@@ -975,6 +996,7 @@ impl fogline_node::federate::Federation for Federation {
         for p in &s.peers {
             let l = live.get(&p.name);
             let state = match l {
+                _ if p.left_ms.is_some() => "left",
                 Some(l) if l.leaving => "leaving",
                 Some(l) if self.alive(l) => "alive",
                 _ => "dead",

@@ -49,6 +49,10 @@ pub struct PeerRec {
     /// holds a certificate of this CA).
     #[serde(default)]
     pub bridge: Option<String>,
+    /// When a consumer left (ms since the Unix epoch): kept, shown `left`, until this
+    /// side's admin removes it (`leave` again) or it joins anew.
+    #[serde(default)]
+    pub left_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -155,6 +159,7 @@ mod tests {
             since_ms: 1,
             site: false,
             bridge: None,
+            left_ms: None,
         });
         s.offload.insert("openfaas-fn".into(), vec!["b".into()]);
         st.save(&s).unwrap();
