@@ -262,7 +262,9 @@ impl Router {
             tier: f.placement.tier,
         };
         if let Some(mesh) = node.links.mesh.get() {
-            mesh.with_view(|view| {
+            // One look at the view (locked and aged once) for members and peer clusters.
+            let ns = fogline_core::access::split(&f.name).1;
+            mesh.with_view_at(|view, at, fresh| {
                 for m in view.members() {
                     let r = &m.report;
                     if r.node == node.id
@@ -280,11 +282,9 @@ impl Router {
                     let x = facts(m, &wants, mine(&r.node), m.rtt_ms);
                     out.push(Place::remote(&r.node, addr, x, None));
                 }
-            });
-            // Peer clusters the cluster's bridges offer, for the namespaces offloaded there.
-            let ns = fogline_core::access::split(&f.name).1;
-            if self.scope.is_none() && self.peers {
-                mesh.with_view_at(|view, at, fresh| {
+                // Peer clusters the cluster's bridges offer, for the namespaces offloaded
+                // there.
+                if self.scope.is_none() && self.peers {
                     for (bridge, place) in view.peer_places(at, fresh) {
                         let c = PeerCandidate { bridge, place };
                         if !c.takes(ns) || !listed(&c, &wants, &down, now) {
@@ -298,8 +298,8 @@ impl Router {
                         let via = Some((place.name.clone(), r.node.clone()));
                         out.push(Place::remote(&place.name, addr, x, via));
                     }
-                });
-            }
+                }
+            });
         }
         if node.can_run(f.runtime)
             && self.scope.is_none()

@@ -28,7 +28,7 @@ mod watch;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -77,7 +77,6 @@ pub struct Federation {
     /// Where the listener is bound.
     local: SocketAddr,
     refused: Mutex<HashMap<&'static str, u64>>,
-    summary_sent_bytes: AtomicU64,
     /// Places peers' calls on this cluster's members (when the bridge has no dispatch of
     /// its own, as a Swarm bridge has).
     placer: Arc<fogline_router::Router>,
@@ -123,7 +122,6 @@ pub fn start(node: &Arc<Node>, cfg: FederationSection) -> anyhow::Result<Arc<Fed
         live: Mutex::new(HashMap::new()),
         local,
         refused: Mutex::new(HashMap::new()),
-        summary_sent_bytes: AtomicU64::new(0),
         placer: fogline_router::Router::for_peer_calls(node, Default::default()),
     });
     {
@@ -437,7 +435,7 @@ impl Federation {
                 ))
             }
         };
-        let verified = lock_rw(&seen);
+        let verified = seen.read().unwrap_or_else(|p| p.into_inner()).clone();
         if peering::sha256(&ca) != inv.ca_sha256 || verified.as_deref() != Some(&ca[..]) {
             return Err(FedError::new(
                 502,
@@ -724,10 +722,6 @@ impl Federation {
     }
 }
 
-fn lock_rw<T: Clone>(l: &std::sync::RwLock<T>) -> T {
-    l.read().unwrap_or_else(|p| p.into_inner()).clone()
-}
-
 impl fogline_node::federate::Federation for Federation {
     fn relay<'a>(&'a self, peer: &'a str, req: Request) -> BoxFut<'a, Result<Reply, FedError>> {
         Box::pin(async move {
@@ -853,8 +847,6 @@ impl fogline_node::federate::Federation for Federation {
                 );
                 l.summary_bytes += b.len() as u64;
                 l.summaries += 1;
-                self.summary_sent_bytes
-                    .fetch_add(b.len() as u64, Ordering::Relaxed);
                 Ok(reply)
             }
             FedRequest::Leave => {

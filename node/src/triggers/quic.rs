@@ -348,26 +348,12 @@ async fn serve_connection(
                 continue;
             }
         };
-        // Counted before the stopping flag is read (the drain sets the flag, then reads the
-        // count): a stream is either refused here or waited for by the drain.
-        node.serving.quic_streams.fetch_add(1, Ordering::SeqCst);
-        if node.stopping() {
-            node.serving.quic_streams.fetch_sub(1, Ordering::SeqCst);
-            // Nothing of it has run: the caller may send it anywhere else.
-            refuse(
-                send,
-                503,
-                format!("{} is stopping; try another place", node.id),
-            );
-            continue;
-        }
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            node.serving.quic_streams.fetch_sub(1, Ordering::SeqCst);
-            let message = format!(
+        let Some((send, permit)) = take_stream(&node, &slots, send, || {
+            format!(
                 "more than {} concurrent streams on this connection; retry shortly",
                 limits.max_streams
-            );
-            refuse(send, 429, message);
+            )
+        }) else {
             continue;
         };
         let node = node.clone();
@@ -377,6 +363,36 @@ async fn serve_connection(
             node.serving.quic_streams.fetch_sub(1, Ordering::SeqCst);
         });
     }
+}
+
+/// Takes a new stream for serving, or refuses it with a retryable error (the node is
+/// stopping, or every one of `slots` is in use: `busy` says so). A stream taken is counted
+/// in `quic_streams` (the caller subtracts it when served), counted before the stopping
+/// flag is read (the drain sets the flag, then reads the count): a stream is either
+/// refused here or waited for by the drain.
+fn take_stream(
+    node: &Node,
+    slots: &Arc<Semaphore>,
+    send: SendStream,
+    busy: impl FnOnce() -> String,
+) -> Option<(SendStream, tokio::sync::OwnedSemaphorePermit)> {
+    node.serving.quic_streams.fetch_add(1, Ordering::SeqCst);
+    if node.stopping() {
+        node.serving.quic_streams.fetch_sub(1, Ordering::SeqCst);
+        // Nothing of it has run: the caller may send it anywhere else.
+        refuse(
+            send,
+            503,
+            format!("{} is stopping; try another place", node.id),
+        );
+        return None;
+    }
+    let Ok(permit) = slots.clone().try_acquire_owned() else {
+        node.serving.quic_streams.fetch_sub(1, Ordering::SeqCst);
+        refuse(send, 429, busy());
+        return None;
+    };
+    Some((send, permit))
 }
 
 /// Who is at the other end of a connection, from its certificate.
@@ -661,27 +677,15 @@ pub async fn serve_peer(conn: Connection, node: Arc<Node>, limits: QuicLimits, c
         let Ok((send, recv)) = conn.accept_bi().await else {
             return;
         };
-        if node.stopping() {
-            refuse(
-                send,
-                503,
-                format!("{} is stopping; try another place", node.id),
-            );
-            continue;
-        }
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            refuse(
-                send,
-                429,
-                format!(
-                    "more than {} concurrent calls from one peer; retry shortly",
-                    limits.max_streams
-                ),
-            );
+        let Some((send, permit)) = take_stream(&node, &slots, send, || {
+            format!(
+                "more than {} concurrent calls from one peer; retry shortly",
+                limits.max_streams
+            )
+        }) else {
             continue;
         };
         let (node, limits, consumer) = (node.clone(), limits.clone(), consumer.clone());
-        node.serving.quic_streams.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
             let mut send = send;
             let mut r = FrameReader::new(recv, limits.stream_timeout);
