@@ -124,18 +124,26 @@ pub async fn run(common: &Common, c: FederationCmd) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!(
-                "{:<16} {:<9} {:<8} {:>8} {:>6} {:>6} {:>8}  {:<20} LAST ERROR",
-                "PEER", "DIRECTION", "STATE", "RTT MS", "SHARE", "CORES", "CALLS", "OFFLOADED"
+                "{:<16} {:<9} {:<8} {:>8} {:>8} {:>6} {:>6} {:>8}  {:<20} LAST ERROR",
+                "PEER",
+                "DIRECTION",
+                "STATE",
+                "RTT MS",
+                "PLACE MS",
+                "SHARE",
+                "CORES",
+                "CALLS",
+                "OFFLOADED"
             );
+            let ms = |v: &Value| v.as_f64().map_or("-".to_string(), |r| format!("{r:.2}"));
             for p in peers {
                 println!(
-                    "{:<16} {:<9} {:<8} {:>8} {:>5}% {:>6} {:>8}  {:<20} {}",
+                    "{:<16} {:<9} {:<8} {:>8} {:>8} {:>5}% {:>6} {:>8}  {:<20} {}",
                     p["name"].as_str().unwrap_or("?"),
                     p["direction"].as_str().unwrap_or("?"),
                     p["state"].as_str().unwrap_or("?"),
-                    p["rtt_ms"]
-                        .as_f64()
-                        .map_or("-".to_string(), |r| format!("{r:.2}")),
+                    ms(&p["rtt_ms"]),
+                    ms(&p["placement_ms"]),
                     p["share_pct"],
                     p["shared_cores"]
                         .as_u64()

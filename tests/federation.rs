@@ -1,12 +1,16 @@
 //! Federation with real processes: two clusters, each with its own CA, bridge and edge
-//! node (and a router in A), their federation listeners on distinct loopback addresses
-//! (127.0.0.2 and 127.0.0.3). Invite, join, a forged and a reused invite refused with
-//! their reasons, `ls` on both sides; a function deployed only in A, its namespace
-//! offloaded, runs in B when A's places are full (`X-Fogline-Placed-On: cluster-b
-//! (federated)`), B having fetched its module by hash into A's namespace there; A's device
-//! certificate refused by B's members; B stopped (SIGSTOP) → shown dead within seconds while
-//! calls keep succeeding in A, resumed → placed on again; B restarted → the peering is
-//! still there; leave under load with no failed call, and both sides forget the peering.
+//! node (and routers in A). Cluster B runs in a network namespace of its own, joined to
+//! the host by a veth pair: the link between the bridges can be cut. Invite, join, a
+//! forged and a reused invite refused with their reasons, `ls` on both sides; a function
+//! deployed only in A, its namespace offloaded, runs in B when A's places are full
+//! (`X-Fogline-Placed-On: cluster-b (federated)`), B having fetched its module by hash
+//! into A's namespace there; A's device certificate refused by B's members; the link cut
+//! with a call running in B → B shown dead within 3 s, that call retried in A and
+//! answered, calls keep succeeding in A; healed → B placed on again; B restarted → the
+//! peering is still there; one key run once in B whichever of A's routers sends it; a
+//! namespace B refuses is no longer offered; leave under load with no failed call, and
+//! both sides forget the peering. Needs root and iproute2 (skipped with a message
+//! otherwise; required under CI).
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -15,8 +19,36 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use common::netns::{rebind, Link};
 use common::*;
 use serde_json::json;
+
+/// Starts a member of cluster B inside the link's namespace, on its address there.
+fn member_b(
+    link: &Link,
+    dir: &std::path::Path,
+    pki: &std::path::Path,
+    role: &str,
+    name: &str,
+    join: Option<&str>,
+    extra: &str,
+) -> NodeProc {
+    let cmd = member_command(dir, pki, role, name, join, None, extra);
+    NodeProc::spawn_cmd(
+        rebind(cmd, &link.ns_ip, Some(&link.ns)),
+        dir.join(name),
+        dir,
+    )
+}
+
+fn peer_field(n: &NodeProc, peer: &str, field: &str) -> serde_json::Value {
+    fed_ls(n)["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == peer)
+        .map_or(serde_json::Value::Null, |p| p[field].clone())
+}
 
 fn fed_ls(n: &NodeProc) -> serde_json::Value {
     let out = run_ok(n.cli().args(["federation", "ls", "--json"]));
@@ -85,21 +117,45 @@ async fn burst(c: &reqwest::Client, router: &str, n: usize) -> HashMap<String, u
     m
 }
 
+/// Bursts of three calls (one more than A's places take) until one runs in cluster-b, for
+/// up to 20 s: how many did.
+async fn bursts_until_b(c: &reqwest::Client, router: &str) -> usize {
+    let mut on_b = 0;
+    let t = Instant::now();
+    while on_b == 0 && t.elapsed() < Duration::from_secs(20) {
+        let placed = burst(c, router, 3).await;
+        eprintln!("burst with cluster-b offered: {placed:?}");
+        on_b += placed.get("cluster-b (federated)").copied().unwrap_or(0);
+    }
+    on_b
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_clusters_peer_offload_survive_a_stopped_provider_and_leave() {
+async fn two_clusters_peer_offload_survive_a_cut_link_and_leave() {
+    let link = match Link::new("fed", 251) {
+        Ok(l) => l,
+        Err(why) => {
+            skip_without("a network namespace for the federation test", &why);
+            return;
+        }
+    };
     let dir = tempfile::tempdir().unwrap();
     let (da, db) = (dir.path().join("a"), dir.path().join("b"));
     std::fs::create_dir_all(&da).unwrap();
     std::fs::create_dir_all(&db).unwrap();
     let (pa, pb) = (pki(&da), pki(&db));
     let (port_a, port_b) = (free_port(), free_port());
-    let fed_b = format!("[federation]\nlisten = \"127.0.0.3:{port_b}\"\ncluster = \"cluster-b\"\n");
+    let fed_b = format!(
+        "[federation]\nlisten = \"{}:{port_b}\"\ncluster = \"cluster-b\"\n",
+        link.ns_ip
+    );
     let fed_a = format!("[federation]\nlisten = \"127.0.0.2:{port_a}\"\ncluster = \"cluster-a\"\n");
 
     // Cluster B: a bridge and an edge node. Cluster A: a bridge, an edge node, a router.
-    let mut bridge_b = member_with(&db, &pb, "bridge", "bridge-b", None, None, &fed_b);
+    let mut bridge_b = member_b(&link, &db, &pb, "bridge", "bridge-b", None, &fed_b);
     let seed_b = mesh_json(&bridge_b)["self"].as_str().unwrap().to_string();
-    let _edge_b = member(&db, &pb, "node", "edge-b", Some(&seed_b), None);
+    assert!(seed_b.contains(&link.ns_ip), "{seed_b}");
+    let edge_b = member_b(&link, &db, &pb, "node", "edge-b", Some(&seed_b), "");
     let bridge_a = member_with(&da, &pa, "bridge", "bridge-a", None, None, &fed_a);
     let seed_a = mesh_json(&bridge_a)["self"].as_str().unwrap().to_string();
     let _edge_a = member(&da, &pa, "node", "edge-a", Some(&seed_a), None);
@@ -117,7 +173,10 @@ async fn two_clusters_peer_offload_survive_a_stopped_provider_and_leave() {
         );
     let token = out.lines().last().unwrap().trim().to_string();
     assert!(token.starts_with("fogfed1."), "{out}");
-    assert!(token.ends_with(&format!("@127.0.0.3:{port_b}")), "{token}");
+    assert!(
+        token.ends_with(&format!("@{}:{port_b}", link.ns_ip)),
+        "{token}"
+    );
     // A forged token (another secret) is refused, with the reason on both sides.
     let mut forged = token.clone();
     let flip = if forged.as_bytes()[8] == b'0' {
@@ -199,15 +258,10 @@ async fn two_clusters_peer_offload_survive_a_stopped_provider_and_leave() {
                     .any(|p| p["place"] == "cluster-b" && p["bridge"] == "bridge-a")
             })
     });
-    let mut on_b = 0;
-    let t = Instant::now();
-    while on_b == 0 && t.elapsed() < Duration::from_secs(20) {
-        // Three at once: one more than A's two places take.
-        let placed = burst(&c, &router.url, 3).await;
-        eprintln!("burst with cluster-b offered: {placed:?}");
-        on_b += placed.get("cluster-b (federated)").copied().unwrap_or(0);
-    }
-    assert!(on_b > 0, "no call ran in cluster-b");
+    assert!(
+        bursts_until_b(&c, &router.url).await > 0,
+        "no call ran in cluster-b"
+    );
     // B holds A's function in A's namespace, its module fetched by hash from A.
     let fns = get(
         &authed(&bridge_b.token),
@@ -239,37 +293,85 @@ async fn two_clusters_peer_offload_survive_a_stopped_provider_and_leave() {
     );
     assert!(err.to_lowercase().contains("certificate"), "{err}");
 
-    // B stops answering: shown dead within seconds, and A keeps serving every call.
-    let pid = bridge_b.child.id().to_string();
-    run_ok(std::process::Command::new("kill").args(["-STOP", &pid]));
-    let noticed = wait_until("A shows cluster-b dead", 6, || {
+    // B's placement time is in the round trip A's routers see for it.
+    let placing = peer_field(&bridge_a, "cluster-b", "placement_ms")
+        .as_f64()
+        .unwrap();
+    assert!(placing > 0.0, "cluster-b reports no placement time");
+    wait_until("router-a sees cluster-b's placement time", 10, || {
+        mesh_json(&router)["peer_places"]
+            .as_array()
+            .is_some_and(|p| {
+                p.iter().any(|p| {
+                    p["place"] == "cluster-b"
+                        && p["placement_ms"].as_f64().unwrap() > 0.0
+                        && p["rtt_ms"].as_f64() >= p["placement_ms"].as_f64()
+                })
+            })
+    });
+    println!("cluster-b's own placement time {placing:.3} ms (in the round trip A sees)");
+
+    // The link is cut while a call runs in B: B shown dead within 3 s, the call (idempotent)
+    // retried in A and answered; A keeps serving every call.
+    let mut caught = None;
+    for _ in 0..15 {
+        let calls: Vec<_> = (0..3)
+            .map(|i| {
+                let (c, url) = (c.clone(), router.url.clone());
+                tokio::spawn(async move { call(&c, &url, "wait", &format!("1000 #{i}")).await })
+            })
+            .collect();
+        let t = Instant::now();
+        let mut on_b = false;
+        while !on_b && t.elapsed() < Duration::from_millis(600) {
+            on_b = peer_field(&bridge_a, "cluster-b", "in_flight").as_u64() > Some(0);
+        }
+        if on_b {
+            link.set(false);
+            caught = Some((calls, Instant::now()));
+            break;
+        }
+        for h in calls {
+            h.await.unwrap();
+        }
+    }
+    let (running, cut_at) = caught.expect("no call of 15 bursts ran in cluster-b");
+    wait_until("A shows cluster-b dead", 6, || {
         peer_state(&bridge_a, "cluster-b").as_deref() == Some("dead")
     });
-    println!("a stopped provider shown dead after {noticed:?} (target 3 s)");
+    let noticed = cut_at.elapsed();
+    println!("a cut link noticed after {noticed:?} (target 3 s)");
+    assert!(noticed < Duration::from_secs(3), "{noticed:?}");
+    for h in running {
+        let (s, placed, body) = h.await.unwrap();
+        if s != 200 {
+            let p = placements(&c, &router.url, 6).await;
+            panic!("a call running in B when the link was cut: {s} {body}; the router's decisions: {p:#}");
+        }
+        assert_ne!(placed, "cluster-b", "{body}");
+    }
     let during = in_a_row(&c, &router.url, 6).await;
     assert!(!during.contains_key("cluster-b"), "{during:?}");
-    run_ok(std::process::Command::new("kill").args(["-CONT", &pid]));
+    link.set(true);
     wait_until("A shows cluster-b alive again", 10, || {
         peer_state(&bridge_a, "cluster-b").as_deref() == Some("alive")
     });
+    assert!(
+        bursts_until_b(&c, &router.url).await > 0,
+        "cluster-b not placed on after the link healed"
+    );
 
     // B restarts: the peering is kept on both sides and the link comes back by itself.
     bridge_b.terminate();
-    let bridge_b = member_with(&db, &pb, "bridge", "bridge-b", None, None, &fed_b);
+    let bridge_b = member_b(&link, &db, &pb, "bridge", "bridge-b", None, &fed_b);
     assert_eq!(fed_ls(&bridge_b)["peers"][0]["name"], "cluster-a");
     wait_until("A shows restarted cluster-b alive", 15, || {
         peer_state(&bridge_a, "cluster-b").as_deref() == Some("alive")
     });
-    let mut back = 0;
-    let t = Instant::now();
-    while back == 0 && t.elapsed() < Duration::from_secs(20) {
-        back += burst(&c, &router.url, 3)
-            .await
-            .get("cluster-b (federated)")
-            .copied()
-            .unwrap_or(0);
-    }
-    assert!(back > 0, "cluster-b not placed on after its restart");
+    assert!(
+        bursts_until_b(&c, &router.url).await > 0,
+        "cluster-b not placed on after its restart"
+    );
 
     // Leave under load: a call pinned to the peer cluster is running there, others run in
     // A; the leave waits for the one in flight, no call fails, both sides forget.
@@ -283,18 +385,65 @@ async fn two_clusters_peer_offload_survive_a_stopped_provider_and_leave() {
     assert!(r.status().is_success());
     let (s, placed, body) = call(&c, &router.url, "far", "10").await;
     assert_eq!((s, placed.as_str()), (200, "cluster-b"), "{body}");
-    // The provider may refuse a consumer's namespace, and take it again.
+    // One idempotency key, one run in B, whichever of A's routers sends it: the key
+    // crosses the link and B's bridge keeps the answer.
+    let router_2 = member(&da, &pa, "router", "router-a2", Some(&seed_a), None);
+    let r = deploy(
+        &router_2,
+        "far",
+        "wait/wait.wasm",
+        json!({"idempotent": true, "timeout": "5s", "placement": {"tier": "federated"}}),
+    )
+    .await;
+    assert!(r.status().is_success());
+    wait_until("router-a2 hears of cluster-b", 20, || {
+        mesh_json(&router_2)["peer_places"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["place"] == "cluster-b"))
+    });
+    let ran_in_b = || async {
+        calls(&bridge_b, "far.cluster-a", 200).await + calls(&edge_b, "far.cluster-a", 200).await
+    };
+    let before = ran_in_b().await;
+    for r in [&router, &router_2] {
+        let rc = authed(&r.token);
+        let resp = rc
+            .post(format!("{}/async-function/far", r.url))
+            .header("x-idempotency-key", "order-17")
+            .body("20")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
+        let id = resp.headers()["x-call-id"].to_str().unwrap().to_string();
+        let (s, body) = async_result(&rc, r, &id).await;
+        assert_eq!(s, 200, "{body}");
+        assert!(body.contains("waited 20 ms"), "{body}");
+    }
+    assert_eq!(
+        ran_in_b().await - before,
+        1,
+        "one key ran more than once in B"
+    );
+
+    // The provider may refuse a consumer's namespace (A stops offering it there, B's
+    // summary says so), and take it again.
     run_ok(
         bridge_b
             .cli()
             .args(["federation", "refuse", "openfaas-fn", "--from", "cluster-a"]),
     );
+    wait_until("A hears that B refuses openfaas-fn", 10, || {
+        peer_field(&bridge_a, "cluster-b", "refused_there") == json!(["openfaas-fn"])
+    });
+    wait_until("router-a no longer offered cluster-b for it", 10, || {
+        mesh_json(&router)["peer_places"]
+            .as_array()
+            .is_some_and(|p| p.is_empty())
+    });
     let (s, _, body) = call(&c, &router.url, "far", "10").await;
-    assert_ne!(s, 200, "{body}");
-    assert!(
-        body.contains("does not take namespace openfaas-fn from cluster-a"),
-        "{body}"
-    );
+    assert_eq!(s, 503, "{body}");
+    assert!(body.contains("federated"), "{body}");
     run_ok(bridge_b.cli().args([
         "federation",
         "refuse",
@@ -303,6 +452,11 @@ async fn two_clusters_peer_offload_survive_a_stopped_provider_and_leave() {
         "cluster-a",
         "--off",
     ]));
+    wait_until("router-a offered cluster-b again", 10, || {
+        mesh_json(&router)["peer_places"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["place"] == "cluster-b"))
+    });
     let (s, placed, body) = call(&c, &router.url, "far", "10").await;
     assert_eq!((s, placed.as_str()), (200, "cluster-b"), "{body}");
     let in_flight = {

@@ -10,116 +10,11 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::netns::{rebind, Link};
 use common::*;
-
-/// A network namespace holding the cloud, and the veth pair to it; removed on drop.
-struct Link {
-    ns: String,
-    host_if: String,
-    host_ip: String,
-    ns_ip: String,
-}
-
-fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(args)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-impl Link {
-    fn new() -> Result<Link, String> {
-        let n = std::process::id() % 200 + 20;
-        let l = Link {
-            ns: format!("fl-off-{n}"),
-            host_if: format!("fl-off{n}h"),
-            host_ip: format!("10.252.{n}.1"),
-            ns_ip: format!("10.252.{n}.2"),
-        };
-        let ns_if = format!("fl-off{n}n");
-        let _ = ip(&["netns", "del", &l.ns]);
-        let _ = ip(&["link", "del", &l.host_if]);
-        let ok = ip(&["netns", "add", &l.ns])
-            && ip(&[
-                "link", "add", &l.host_if, "type", "veth", "peer", "name", &ns_if,
-            ])
-            && ip(&["link", "set", &ns_if, "netns", &l.ns])
-            && ip(&[
-                "addr",
-                "add",
-                &format!("{}/24", l.host_ip),
-                "dev",
-                &l.host_if,
-            ])
-            && ip(&["link", "set", &l.host_if, "up"])
-            && ip(&[
-                "-n",
-                &l.ns,
-                "addr",
-                "add",
-                &format!("{}/24", l.ns_ip),
-                "dev",
-                &ns_if,
-            ])
-            && ip(&["-n", &l.ns, "link", "set", &ns_if, "up"])
-            && ip(&["-n", &l.ns, "link", "set", "lo", "up"]);
-        if ok {
-            Ok(l)
-        } else {
-            Err("cannot make a network namespace and a veth pair (needs root and iproute2)".into())
-        }
-    }
-
-    fn set(&self, up: bool) {
-        assert!(ip(&[
-            "link",
-            "set",
-            &self.host_if,
-            if up { "up" } else { "down" }
-        ]));
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        let _ = ip(&["link", "del", &self.host_if]);
-        let _ = ip(&["netns", "del", &self.ns]);
-    }
-}
-
-/// `cmd` with its loopback addresses replaced by `addr`, run in network namespace `ns`
-/// when given.
-fn rebind(cmd: Command, addr: &str, ns: Option<&str>) -> Command {
-    let args: Vec<String> = cmd
-        .get_args()
-        .map(|a| a.to_string_lossy().replace("127.0.0.1", addr))
-        .collect();
-    let mut out = match ns {
-        Some(ns) => {
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--net=/var/run/netns/{ns}"))
-                .arg(cmd.get_program());
-            c
-        }
-        None => Command::new(cmd.get_program()),
-    };
-    out.args(args);
-    if let Some(d) = cmd.get_current_dir() {
-        out.current_dir(d);
-    }
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => out.env(k, v),
-            None => out.env_remove(k),
-        };
-    }
-    out
-}
 
 /// Receives callbacks: (X-Call-Id, body) in arrival order.
 type Told = Arc<Mutex<Vec<(String, String)>>>;
@@ -171,7 +66,7 @@ fn metric(text: &str, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_off_site_keeps_calls_for_the_cloud_and_delivers_them_in_order_when_it_heals() {
-    let link = match Link::new() {
+    let link = match Link::new("off", 252) {
         Ok(l) => l,
         Err(why) => {
             skip_without("a network namespace for the link-cut test", &why);

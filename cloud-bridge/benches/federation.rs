@@ -5,7 +5,8 @@
 //!   1 KiB, read it back) with the federation link's TLS (A's certificate, B's CA pinned);
 //! - a call of `hello` (1 KiB) placed inside cluster A (a router's QUIC call to A's bridge,
 //!   which runs it), and the same call sent through A's bridge to cluster B (`via`), which
-//!   runs it; the added time beside the target of 2 × the raw round trip + 300 µs;
+//!   runs it; the added time beside the target of 2 × the raw round trip + 300 µs; and
+//!   B's own placement time as its summary reports it;
 //! - summary traffic on the link: bytes per second measured on the consumer's connection
 //!   over 10 s of polling (one member behind B), and the summary reply's size with 1,000
 //!   members behind a bridge (from core's `summarize`, the code the bridge runs), beside the
@@ -235,6 +236,10 @@ async fn run() {
         .parse()
         .expect("addr");
     let _ = b;
+    println!(
+        "cluster B's own placement time, from its summary (added to the link's round trip in the place A's routers see): {:.1} µs",
+        b_fed["peers"][0]["placement_ms"].as_f64().unwrap_or(f64::NAN) * 1e3
+    );
     let stats_of = || fed_a.link_stats("cluster-b", b_addr);
     let before = stats_of().await.expect("link stats");
     let t0 = Instant::now();

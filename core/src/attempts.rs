@@ -81,6 +81,9 @@ pub enum GiveUp {
 #[derive(Debug, Clone)]
 pub struct Attempts {
     tried: Vec<usize>,
+    /// Places that turned this call away (full), and when: once every place was tried,
+    /// one full [`crate::placement::FULL_FOR_MS`] ago may have room again.
+    turned_away: Vec<(usize, f64)>,
     started_ms: f64,
     budget_ms: f64,
     idempotent: bool,
@@ -91,6 +94,7 @@ impl Attempts {
     pub fn new(plan: &Plan, now_ms: f64, budget_ms: f64, idempotent: bool) -> Self {
         Attempts {
             tried: vec![plan.chosen],
+            turned_away: Vec::new(),
             started_ms: now_ms,
             budget_ms,
             idempotent,
@@ -142,13 +146,34 @@ impl Attempts {
         if !retryable || self.tried.len() >= MAX_ATTEMPTS {
             return Next::Fail(GiveUp::Exhausted);
         }
-        match plan.next_best(&self.tried) {
+        if matches!(outcome, Outcome::Refused { .. }) {
+            self.turned_away.push((self.current(), now_ms));
+        }
+        match plan
+            .next_best(&self.tried)
+            .or_else(|| self.room_again(plan, now_ms))
+        {
             Some(n) => {
                 self.tried.push(n);
                 Next::Retry(n)
             }
             None => Next::Fail(GiveUp::Exhausted),
         }
+    }
+
+    /// With every place tried: the best-predicted one that turned the call away long
+    /// enough ago to have room again (a call lost elsewhere meanwhile comes back to it).
+    fn room_again(&mut self, plan: &Plan, now_ms: f64) -> Option<usize> {
+        let (i, _) = self
+            .turned_away
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, at))| now_ms - at >= crate::placement::FULL_FOR_MS)
+            .min_by(|a, b| {
+                let p = |x: &(usize, &(usize, f64))| plan.scored[x.1 .0].predicted_ms;
+                p(a).total_cmp(&p(b))
+            })?;
+        Some(self.turned_away.swap_remove(i).0)
     }
 }
 
@@ -233,6 +258,30 @@ mod tests {
             b.next(&p, &Outcome::Failed { status: 500 }, 4.0),
             Next::Done
         );
+    }
+
+    #[test]
+    fn a_place_that_was_full_is_tried_again_once_it_may_have_room() {
+        // Both nearer places full, the call goes to the third, which is lost two seconds
+        // later: the full ones have had time to drain, the best is tried again.
+        let p = plan(&[20.0, 5.0, 10.0]);
+        let mut a = Attempts::new(&p, 0.0, 5000.0, true);
+        let full = Outcome::Refused { status: 429 };
+        assert_eq!(a.next(&p, &full, 1.0), Next::Retry(2));
+        assert_eq!(a.next(&p, &full, 2.0), Next::Retry(0));
+        let lost = Outcome::Lost {
+            sent: true,
+            after_ms: 2000.0,
+        };
+        assert_eq!(a.next(&p, &lost, 2002.0), Next::Retry(1));
+        assert_eq!(a.next(&p, &full, 2003.0), Next::Retry(2));
+        // Five attempts is the most.
+        assert_eq!(a.next(&p, &full, 3500.0), Next::Fail(GiveUp::Exhausted));
+        // Not before it could have room.
+        let mut b = Attempts::new(&p, 0.0, 5000.0, true);
+        assert_eq!(b.next(&p, &full, 1.0), Next::Retry(2));
+        assert_eq!(b.next(&p, &full, 2.0), Next::Retry(0));
+        assert_eq!(b.next(&p, &lost, 500.0), Next::Fail(GiveUp::Exhausted));
     }
 
     #[test]

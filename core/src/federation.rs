@@ -224,6 +224,12 @@ pub struct Summary {
     pub warm: Vec<String>,
     /// Their recent mean service times there, ms.
     pub service_ms: Vec<(String, f32)>,
+    /// The provider's own time to place a call inside its cluster (from taking it to
+    /// its answer, less the function's run), ms: what the link's round trip does not show.
+    pub placement_ms: f32,
+    /// The consumer's namespaces this provider refuses (so the consumer stops offering
+    /// them).
+    pub refused: Vec<String>,
 }
 
 impl Summary {
@@ -233,11 +239,46 @@ impl Summary {
         self.service_ms
             .retain(|(_, ms)| ms.is_finite() && *ms >= 0.0);
         self.service_ms.truncate(MAX_SUMMARY_LISTED);
+        self.refused.truncate(MAX_SUMMARY_LISTED);
         if !(self.speed.is_finite() && (0.0..=1000.0).contains(&self.speed)) {
             self.speed = 0.0;
         }
+        if !(self.placement_ms.is_finite() && (0.0..=MAX_PLACEMENT_MS).contains(&self.placement_ms))
+        {
+            self.placement_ms = 0.0;
+        }
         self
     }
+}
+
+/// A provider's placement time beyond which its figure is taken as nonsense, ms.
+const MAX_PLACEMENT_MS: f32 = 60_000.0;
+
+/// The placement time a provider reports: what it measured on calls it placed for peers
+/// (smoothed), or before any, one round trip to its members (the median of the pinged
+/// ones: a call handed to a member costs one), or nothing when it has none.
+pub fn placement_estimate(measured: Option<f64>, member_rtts: &[f64]) -> f32 {
+    if let Some(m) = measured.filter(|m| m.is_finite() && *m >= 0.0) {
+        return m as f32;
+    }
+    let mut rtts: Vec<f64> = member_rtts
+        .iter()
+        .copied()
+        .filter(|r| r.is_finite() && *r >= 0.0)
+        .collect();
+    if rtts.is_empty() {
+        return 0.0;
+    }
+    rtts.sort_by(f64::total_cmp);
+    rtts[rtts.len() / 2] as f32
+}
+
+/// The consumer's namespaces `offloaded` to a provider that it still takes, by its summary.
+pub fn still_taken(offloaded: Vec<String>, summary: &Summary) -> Vec<String> {
+    offloaded
+        .into_iter()
+        .filter(|ns| !summary.refused.contains(ns))
+        .collect()
 }
 
 /// A peer cluster as a consumer's bridge offers it to its own routers (gossiped).
@@ -245,7 +286,7 @@ impl Summary {
 pub struct PeerPlace {
     /// The peering's name (`cluster-b`): the place's name.
     pub name: String,
-    /// Round trip bridge to bridge, smoothed, ms.
+    /// Round trip bridge to bridge (smoothed) plus the provider's placement time, ms.
     pub rtt_ms: f32,
     pub summary: Summary,
     /// Namespaces the consumer offloads there.
@@ -351,11 +392,37 @@ mod tests {
             warm: (0..100).map(|i| format!("f{i}")).collect(),
             service_ms: vec![("a".into(), f32::NAN), ("b".into(), 2.0)],
             speed: f32::INFINITY,
+            placement_ms: -1.0,
+            refused: (0..100).map(|i| format!("ns{i}")).collect(),
             ..Summary::default()
         }
         .bounded();
         assert_eq!(s.warm.len(), MAX_SUMMARY_LISTED);
+        assert_eq!(s.refused.len(), MAX_SUMMARY_LISTED);
         assert_eq!(s.service_ms, vec![("b".to_string(), 2.0)]);
-        assert_eq!(s.speed, 0.0);
+        assert_eq!((s.speed, s.placement_ms), (0.0, 0.0));
+        let huge = Summary {
+            placement_ms: f32::NAN,
+            ..Summary::default()
+        };
+        assert_eq!(huge.bounded().placement_ms, 0.0);
+    }
+
+    #[test]
+    fn placement_time_is_measured_or_one_hop_to_a_member() {
+        // Measured wins; before any call, the median member round trip; else nothing.
+        assert_eq!(placement_estimate(Some(1.5), &[9.0]), 1.5);
+        assert_eq!(placement_estimate(None, &[0.9, 0.3, f64::NAN, 0.5]), 0.5);
+        assert_eq!(placement_estimate(Some(f64::NAN), &[]), 0.0);
+    }
+
+    #[test]
+    fn refused_namespaces_are_not_offered() {
+        let s = Summary {
+            refused: vec!["team".into()],
+            ..Summary::default()
+        };
+        let ns = vec!["openfaas-fn".to_string(), "team".to_string()];
+        assert_eq!(still_taken(ns, &s), vec!["openfaas-fn".to_string()]);
     }
 }

@@ -11,7 +11,7 @@ use crate::policy::{choose, Scorable};
 use crate::predict::{Analytic, Features, Model, Source};
 
 /// How long a place that refused a call for capacity is taken to be full, ms.
-const FULL_FOR_MS: f64 = 1000.0;
+pub const FULL_FOR_MS: f64 = 1000.0;
 
 /// What is known of one place at decision time.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -481,6 +481,8 @@ mod tests {
                 speed: 1.5,
                 warm: vec!["hello".into()],
                 service_ms: vec![("hello".into(), 0.8)],
+                placement_ms: 0.4,
+                refused: vec!["team".into()],
             },
         )));
         roundtrip(Frame::Federated(crate::federation::FedReply::Joined {

@@ -237,7 +237,8 @@ impl Mesh {
     }
 
     /// The peer clusters this member's view holds as places: `(place, bridge, round trip
-    /// bridge to bridge, shared cores, namespaces)`.
+    /// bridge to bridge with the provider's placement time, that placement time, shared
+    /// cores, namespaces)`.
     pub fn peer_rows(&self) -> Vec<serde_json::Value> {
         self.with_view_at(|v, now, fresh| {
             v.peer_places(now, fresh)
@@ -246,6 +247,7 @@ impl Mesh {
                         "place": p.name,
                         "bridge": b.report.node,
                         "rtt_ms": p.rtt_ms,
+                        "placement_ms": p.summary.placement_ms,
                         "cores": p.summary.cores,
                         "in_flight": p.summary.in_flight,
                         "namespaces": p.namespaces,

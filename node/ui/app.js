@@ -412,12 +412,14 @@
   }
 
   function simResult(r) {
-    const cols = ["policy", "p50", "p95", "p99", "mean", "deadline miss", "device", "edge", "cloud", "cold starts", "prediction error", "failed"];
+    // A scenario with peer clusters shows their share too.
+    const tiers = ["device", "edge", "cloud"].concat(r.policies.some((p) => p.tier_share.federated !== undefined) ? ["federated"] : []);
+    const cols = ["policy", "p50", "p95", "p99", "mean", "deadline miss", ...tiers.map((t) => (t === "federated" ? "peer" : t)), "cold starts", "prediction error", "failed"];
     const rows = r.policies.map((p) => el("tr", { "data-policy": p.name },
       el("td", { text: p.name }),
       ...[p.p50_ms, p.p95_ms, p.p99_ms, p.mean_ms].map((v) => el("td", { class: "num", text: ms(v) })),
       el("td", { class: "num", text: pct(p.deadline_miss) }),
-      ...["device", "edge", "cloud"].map((t) => el("td", { class: "num", text: pct(p.tier_share[t]) })),
+      ...tiers.map((t) => el("td", { class: "num", text: pct(p.tier_share[t]) })),
       el("td", { class: "num", text: String(p.cold_starts) }),
       el("td", { class: "num", text: p.prediction_error === null ? "–" : pct(p.prediction_error) }),
       el("td", { class: "num", text: String(p.failed) })));

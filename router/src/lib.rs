@@ -608,9 +608,9 @@ impl Router {
     ) -> Result<Placed, Failure> {
         let Some(addr) = place.addr else {
             return node
-                .run_here(&f.name, body.clone())
+                .run_here_once(&f.name, body.clone())
                 .await
-                .map_err(|e| Failure::by_status(Refused::new(e.status(), e.to_string())));
+                .map_err(Failure::by_status);
         };
         let Some(client) = node.links.peers.get() else {
             return Err(Failure {

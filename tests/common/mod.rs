@@ -1,6 +1,8 @@
 //! Helpers for whole-system tests: start the real `fogline` binary and talk to it.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

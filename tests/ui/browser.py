@@ -190,7 +190,24 @@ def checks(gw, token, shots, members):
             fail(f"policies in the table: {policies}")
         if len(drv.find_elements(By.CSS_SELECTOR, "#cdf path[data-series]")) != 9:
             fail("the CDF chart does not draw every policy")
+        heads = [h.text for h in drv.find_elements(By.CSS_SELECTOR, "#sim-table thead th")]
+        if "peer" in heads:
+            fail(f"a peer column for a scenario without peers: {heads}")
         drv.save_screenshot(f"{shots}/ui-simulate.png")
+        # A scenario with a peer cluster shows the peer's share of calls.
+        Select(drv.find_element(By.ID, "scenario")).select_by_value("peer-cluster.toml")
+        box = drv.find_element(By.ID, "invocations")
+        box.clear()
+        box.send_keys("5000")
+        drv.find_element(By.ID, "run").click()
+        wait(drv, "the peered simulator's answer",
+             lambda d: "peer-cluster" in d.find_element(By.ID, "sim-summary").text
+             or d.find_elements(By.ID, "sim-error"), 180)
+        if drv.find_elements(By.ID, "sim-error"):
+            fail("the simulator failed: " + drv.find_element(By.ID, "sim-error").text)
+        heads = [h.text for h in drv.find_elements(By.CSS_SELECTOR, "#sim-table thead th")]
+        if "peer" not in heads:
+            fail(f"no peer column for a scenario with a peer cluster: {heads}")
         console.read("/ui/simulate")
 
         # A wrong token is asked again, with the gateway's reason.

@@ -80,6 +80,8 @@ pub struct Federation {
     /// Places peers' calls on this cluster's members (when the bridge has no dispatch of
     /// its own, as a Swarm bridge has).
     placer: Arc<fogline_router::Router>,
+    /// The time placing peers' calls here takes beyond their run (smoothed 7/8), ms.
+    placement_ms: Mutex<Option<f64>>,
 }
 
 /// Starts federation on a bridge: binds the listener, loads the peerings, starts watching
@@ -123,6 +125,7 @@ pub fn start(node: &Arc<Node>, cfg: FederationSection) -> anyhow::Result<Arc<Fed
         local,
         refused: Mutex::new(HashMap::new()),
         placer: fogline_router::Router::for_peer_calls(node, Default::default()),
+        placement_ms: Mutex::new(None),
     });
     {
         let providers: Vec<PeerRec> = f
@@ -503,6 +506,8 @@ impl Federation {
                     "state": state,
                     "address": p.addr,
                     "rtt_ms": l.and_then(|l| l.rtt_ms),
+                    "placement_ms": l.map(|l| l.summary.placement_ms),
+                    "refused_there": l.map(|l| l.summary.refused.clone()),
                     "share_pct": p.share_pct,
                     "shared_cores": l.map(|l| l.summary.cores),
                     "in_flight": l.map(|l| l.in_flight.load(Ordering::Relaxed)),
@@ -659,9 +664,12 @@ impl Federation {
                     .filter(|(_, to)| to.contains(&p.name))
                     .map(|(ns, _)| ns.clone())
                     .collect();
+                // Not the ones it refuses: they would only come back refused.
+                let namespaces = fed::still_taken(namespaces, &l.summary);
                 (self.alive(l) && !l.leaving && !namespaces.is_empty()).then(|| fed::PeerPlace {
                     name: p.name.clone(),
-                    rtt_ms: l.rtt_ms.unwrap_or(0.0) as f32,
+                    // The link's round trip, and the provider's own placement behind it.
+                    rtt_ms: l.rtt_ms.unwrap_or(0.0) as f32 + l.summary.placement_ms,
                     summary: l.summary.clone(),
                     namespaces,
                 })
@@ -700,10 +708,31 @@ impl Federation {
             warm: &own_warm,
             service_ms: &own_svc,
         });
+        let refused = self
+            .saved()
+            .refused
+            .get(&rec.name)
+            .cloned()
+            .unwrap_or_default();
+        let measured = *lock(&self.placement_ms);
         let Some(mesh) = node.links.mesh.get() else {
-            return fed::summarize(me, consumer, share_pct);
+            return Summary {
+                placement_ms: fed::placement_estimate(measured, &[]),
+                refused,
+                ..fed::summarize(me, consumer, share_pct)
+            }
+            .bounded();
         };
         mesh.with_view(|v| {
+            let rtts: Vec<f64> = v
+                .members()
+                .filter(|m| {
+                    m.report.node != node.id
+                        && m.state == fogline_core::mesh::State::Alive
+                        && !m.report.runtimes.is_empty()
+                })
+                .filter_map(|m| m.rtt_ms)
+                .collect();
             let others = v.members().filter_map(|m| {
                 let r = &m.report;
                 (r.node != node.id
@@ -717,7 +746,12 @@ impl Federation {
                     service_ms: &r.service_ms,
                 })
             });
-            fed::summarize(me.into_iter().chain(others), consumer, share_pct)
+            Summary {
+                placement_ms: fed::placement_estimate(measured, &rtts),
+                refused,
+                ..fed::summarize(me.into_iter().chain(others), consumer, share_pct)
+            }
+            .bounded()
         })
     }
 }
@@ -946,14 +980,22 @@ impl fogline_node::federate::Federation for Federation {
     ) -> BoxFut<'a, Result<fogline_node::dispatch::Placed, fogline_node::dispatch::Refused>> {
         use fogline_node::dispatch::Dispatch;
         Box::pin(async move {
-            match self
+            let out = match self
                 .node
                 .upgrade()
                 .and_then(|n| n.links.dispatch.get().cloned())
             {
                 Some(d) => d.dispatch(key, body).await,
                 None => self.placer.dispatch(key, body).await,
+            };
+            // What placing it cost beyond its run (a replayed answer cost nothing to learn
+            // from): peers add it to the link's round trip.
+            if let Some(p) = out.as_ref().ok().filter(|p| p.took_ms > 0.0) {
+                let extra = (p.took_ms - p.run_ms).max(0.0);
+                let mut m = lock(&self.placement_ms);
+                *m = Some(m.map_or(extra, |m| m * 0.875 + extra * 0.125));
             }
+            out
         })
     }
 

@@ -105,6 +105,32 @@ impl Node {
         key: &str,
         body: Bytes,
     ) -> Result<Placed, Refused> {
+        self.once(caller, name, key, self.call(name, body)).await
+    }
+
+    /// [`Node::run_here`] for a router that placed a call on itself: once per key when the
+    /// call carries one (as the member it would have handed it to does), recorded as from
+    /// this member.
+    pub async fn run_here_once(&self, name: &str, body: Bytes) -> Result<Placed, Refused> {
+        let run = async {
+            self.run_here(name, body)
+                .await
+                .map_err(|e| Refused::new(e.status(), e.to_string()))
+        };
+        match current() {
+            None => run.await,
+            Some(k) => self.once(&self.id, name, &k, run).await,
+        }
+    }
+
+    /// `run` once per (`caller`, `name`, `key`) within the idempotency window.
+    pub(crate) async fn once(
+        &self,
+        caller: &str,
+        name: &str,
+        key: &str,
+        run: impl Future<Output = Result<Placed, Refused>>,
+    ) -> Result<Placed, Refused> {
         let k = record_key(caller, name, key);
         let lock = self.keyed.lock_for(&k);
         let _held = lock.lock().await;
@@ -128,7 +154,7 @@ impl Node {
                 });
             }
         }
-        let placed = self.call(name, body).await?;
+        let placed = run.await?;
         self.store
             .put_keyed(&k, &placed.body)
             .await

@@ -582,6 +582,9 @@ async fn serve_invoke(
     }
     // With an idempotency key a member that runs functions runs it once per key (a
     // router hands the key on with the call).
+    // A peer cluster's call is placed in this cluster. With a key it runs once per key
+    // in this cluster whichever member takes it: this bridge keeps the answer (and hands
+    // the key on, so the member does too).
     let peer_run = node
         .links
         .federation
@@ -589,7 +592,11 @@ async fn serve_invoke(
         .filter(|_| peer.peer_cluster)
         .map(|fed| fed.run(&inv.function, body.clone()));
     let result = match (inv.key, peer_run) {
-        (_, Some(run)) => run.await,
+        (Some(key), Some(run)) => {
+            let run = crate::agent::keyed::with(Some(key.clone()), run);
+            node.once(&peer.name, &inv.function, &key, run).await
+        }
+        (None, Some(run)) => run.await,
         (Some(key), None) if !node.roles.router => {
             node.call_once(&peer.name, &inv.function, &key, body).await
         }
@@ -655,7 +662,8 @@ async fn relay(
         via: None,
     };
     crate::traces::note("via", &via);
-    match fed.relay(&via, req).await {
+    // The key crosses the link: the provider's member runs it once per key.
+    match crate::agent::keyed::with(inv.key.clone(), fed.relay(&via, req)).await {
         Ok(out) => {
             let res = InvokeResult {
                 body_len: out.body.len() as u64,
