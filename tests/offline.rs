@@ -139,9 +139,17 @@ async fn a_cut_off_site_keeps_calls_for_the_cloud_and_delivers_them_in_order_whe
     assert_eq!((s, on.as_str(), body.as_str()), (200, "cloud", "hello, up"));
     let before = ran(&cloud, "pinned").await;
 
-    // Cut the link.
+    // Cut the link. A sync call sent to the cloud just after ends when the mesh finds the
+    // cloud dead, naming it, not when its connection times out (6 s).
     link.set(false);
     let cut_at = Instant::now();
+    let caught = {
+        let (c, url) = (c.clone(), router.url.clone());
+        tokio::spawn(async move {
+            let r = call(&c, &url, "pinned", "cut").await;
+            (r, cut_at.elapsed())
+        })
+    };
     // Submitted at once: every call is durable on the router before its 202.
     let rc = authed(&router.token);
     let ids = submit_keyed(&rc, &router, &hook, CALLS).await;
@@ -158,6 +166,14 @@ async fn a_cut_off_site_keeps_calls_for_the_cloud_and_delivers_them_in_order_whe
         "the cloud marked dead {} ms after the cut",
         cut_at.elapsed().as_millis()
     );
+    let ((s, _, body), took) = caught.await.unwrap();
+    eprintln!("a call in flight to the cloud at the cut ended after {took:?}: {s} {body}");
+    assert_eq!(s, 502, "{body}");
+    assert!(
+        body.contains("cloud (cloud tier) became unreachable"),
+        "{body}"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
     let t = Instant::now();
     let (s, _, body) = call(&c, &router.url, "pinned", "x").await;
     assert_eq!(s, 503, "{body}");

@@ -172,6 +172,9 @@ pub struct Mesh {
     traffic: Arc<Traffic>,
     /// Told when the member is stopping: it says goodbye and sends nothing more.
     leaving: tokio::sync::Notify,
+    /// Bumped when members are newly seen dead (checked every 100 ms), so calls in flight
+    /// there stop waiting for them.
+    deaths: tokio::sync::watch::Sender<u64>,
     /// With the cluster's certificates: whole reports are accepted only from the peer that
     /// proved it holds the reporting member's certificate.
     identity: Option<crate::tls::MeshIdentity>,
@@ -186,6 +189,35 @@ impl Mesh {
     /// Offers these peer clusters as places from the next interval on (none: stops).
     pub fn offer_peers(&self, places: Vec<fogline_core::federation::PeerPlace>) {
         *self.peer_places.lock().unwrap_or_else(|p| p.into_inner()) = places;
+    }
+
+    /// Resolves once `member`, alive when this is called, is found dead (a report
+    /// interval's multiple unheard, or it left); never while it is alive or suspect. Costs
+    /// nothing until some member dies (placement calls it for every call it sends).
+    pub async fn until_dead(&self, member: &str) {
+        let mut deaths = self.deaths.subscribe();
+        loop {
+            if deaths.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            if self.with_view(|v| v.get(member).is_some_and(|m| m.state == State::Dead)) {
+                return;
+            }
+        }
+    }
+
+    /// Tells those waiting in [`Mesh::until_dead`] when members newly died.
+    fn note_deaths(&self, known: &mut HashSet<String>) {
+        let dead: HashSet<String> = self.with_view(|v| {
+            v.members()
+                .filter(|m| m.state == State::Dead)
+                .map(|m| m.report.node.clone())
+                .collect()
+        });
+        if dead.iter().any(|d| !known.contains(d)) {
+            self.deaths.send_modify(|n| *n += 1);
+        }
+        *known = dead;
     }
 
     /// Proves this member's identity with a renewed certificate from now on.
@@ -457,6 +489,7 @@ pub async fn start_member(
         task: std::sync::OnceLock::new(),
         traffic,
         leaving: tokio::sync::Notify::new(),
+        deaths: tokio::sync::watch::channel(0).0,
         revocations: reporter.revocations(),
         identity,
         peer_places: Mutex::new(Vec::new()),
@@ -648,6 +681,7 @@ async fn drive(
     // Said goodbye: nothing more is sent, but events are still handled (so the goodbye
     // leaves, and pings are answered) until the task is stopped.
     let mut gone = false;
+    let mut dead = HashSet::new();
     loop {
         tokio::select! {
             _ = mesh.leaving.notified(), if !gone => {
@@ -681,6 +715,7 @@ async fn drive(
                 last_sent = Some(r);
             }
             _ = check.tick(), if !gone => {
+                mesh.note_deaths(&mut dead);
                 // Send at once when load moved a lot since the last report, or a member
                 // joined that has not had our whole report (several joins, one report).
                 let r = reporter.report(&me, &mesh.listen, &site, seq + 1);

@@ -494,11 +494,37 @@ impl Router {
             let patience = state.patience_ms(plan, now);
             let limit = Duration::from_secs_f64(patience / 1e3);
             // Without a shorter patience than the budget, the place's own timeout ends the
-            // call (no timer of our own on the common path).
-            let result = if place.addr.is_some() && patience < left {
-                tokio::time::timeout(limit, self.run_at(node, f, body, place)).await
-            } else {
-                Ok(self.run_at(node, f, body, place).await)
+            // call (no timer of our own on the common path). A member the mesh finds dead
+            // meanwhile (its link cut, its board off) ends it at once: its connection would
+            // only time out later.
+            let run = async {
+                if place.addr.is_some() && patience < left {
+                    tokio::time::timeout(limit, self.run_at(node, f, body, place)).await
+                } else {
+                    Ok(self.run_at(node, f, body, place).await)
+                }
+            };
+            let mesh = node
+                .links
+                .mesh
+                .get()
+                .filter(|_| place.addr.is_some() && place.via.is_none());
+            let result = match mesh {
+                Some(mesh) => tokio::select! {
+                    r = run => r,
+                    () = mesh.until_dead(&place.id) => Ok(Err(Failure {
+                        refused: Refused::new(
+                            502,
+                            format!(
+                                "{} ({} tier) became unreachable while the call was there (the mesh heard nothing from it); it may have run",
+                                place.id,
+                                place.tier.as_str()
+                            ),
+                        ),
+                        kind: FailKind::Broken { sent: true },
+                    })),
+                },
+                None => run.await,
             };
             if let Some(n) = lock(&self.outstanding).get_mut(&place.id) {
                 *n = n.saturating_sub(1);
