@@ -11,7 +11,10 @@
    and Swarm runs, every half second, with the forecast on and with a reactive scaler
    (`[swarm] forecast = false`: in-flight and waiting calls only), same load.
 3. Throughput through the bridge with 1 and 2 replicas (closed loop, CONNS connections,
-   10 s each), THROUGHPUT_ROUNDS rounds alternating which goes first; the medians.
+   10 s each), THROUGHPUT_ROUNDS rounds alternating which goes first; the medians. Beside
+   it, the machine's own cost of a second process: the same closed loop against one plain
+   `fogline up --single` process, and split across two (no bridge, no Swarm), in the same
+   rounds. The overhead is flat when the two ratios (2 over 1) match.
 
 Runs outside CI: figures depend on the machine; the README keeps the latest ones.
 """
@@ -276,19 +279,54 @@ def throughput(work, n):
     for _ in range(50):
         b.call("hello", b"warm")
     time.sleep(2)
-    wrk = shutil.which("wrk")
-    if wrk is None:
-        b.stop()
-        return None
-    lua = os.path.join(work, "post.lua")
+    rps = wrk_rps(b.url, 2, CONNS)
+    b.stop()
+    return rps
+
+
+def wrk_rps(url, threads, conns):
+    lua = os.path.join(tempfile.gettempdir(), f"flbench-post-{os.getpid()}.lua")
     with open(lua, "w") as f:
         f.write('wrk.method = "POST"\nwrk.body = "hello"\n')
-    out = sh(wrk, "-t2", f"-c{CONNS}", "-d10s", "-s", lua, f"{b.url}/function/hello")
-    b.stop()
+    out = sh(shutil.which("wrk"), f"-t{threads}", f"-c{conns}", "-d10s", "-s", lua, f"{url}/function/hello")
     for line in out.splitlines():
         if line.startswith("Requests/sec:"):
             return float(line.split()[1])
-    return None
+    sys.exit(f"bench: wrk said nothing of {url}: {out}")
+
+
+def plain(work, n):
+    """The same closed loop (CONNS connections, two wrk threads in all) against `n` plain
+    `fogline up --single` processes, split evenly: what a second process costs this host."""
+    RUNS[0] += 1
+    procs, urls = [], []
+    for i in range(n):
+        d = os.path.join(work, f"plain-{n}-{i}-{RUNS[0]}")
+        os.makedirs(d)
+        p = subprocess.Popen([BIN, "up", "--single", "--data-dir", os.path.join(d, ".fogline"),
+                              "--http", "127.0.0.1:0", "--coap", "127.0.0.1:0"],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=d)
+        url = p.stdout.readline().strip().removeprefix("gateway listening on ")
+        threading.Thread(target=lambda s=p.stdout: [None for _ in s], daemon=True).start()
+        token = open(os.path.join(d, ".fogline", "admin.token")).read().strip()
+        sh(BIN, "--gateway", url, "--token", token, "deploy", "hello", "--max-concurrency", "256",
+           "--wasm", os.path.join(ROOT, "examples", "hello", "hello.wasm"))
+        procs.append(p)
+        urls.append(url)
+    for url in urls:
+        for _ in range(50):
+            urllib.request.urlopen(urllib.request.Request(f"{url}/function/hello", data=b"warm")).read()
+    time.sleep(1)
+    got = []
+    runs = [threading.Thread(target=lambda u=u: got.append(wrk_rps(u, 2 // n, CONNS // n))) for u in urls]
+    for t in runs:
+        t.start()
+    for t in runs:
+        t.join()
+    for p in procs:
+        p.terminate()
+        p.wait()
+    return sum(got)
 
 
 if __name__ == "__main__":
@@ -322,19 +360,29 @@ if __name__ == "__main__":
         # tens of percent between minutes: one round each would compare the drift).
         rounds = int(os.environ.get("THROUGHPUT_ROUNDS", "3"))
         got = {1: [], 2: []}
+        lim = {1: [], 2: []}
+        if "throughput" in parts and shutil.which("wrk") is None:
+            print("throughput: skipped (no wrk: apt-get install wrk)")
+            rounds = 0
         for r in range(rounds if "throughput" in parts else 0):
             for n in ((1, 2) if r % 2 == 0 else (2, 1)):
                 rps = throughput(work, n)
-                if rps is None:
-                    print("throughput: skipped (no wrk: apt-get install wrk)")
-                    break
                 got[n].append(rps)
                 print(f"throughput with {n} replica{'s' if n > 1 else ''}, round {r + 1}: {rps:.0f} calls/s")
+                rps = plain(work, n)
+                lim[n].append(rps)
+                print(f"  limit: {n} plain process{'es' if n > 1 else ''}, round {r + 1}: {rps:.0f} calls/s")
         if got[1] and got[2]:
             m1, m2 = statistics.median(got[1]), statistics.median(got[2])
+            l1, l2 = statistics.median(lim[1]), statistics.median(lim[2])
             pairs = [b / a for a, b in zip(got[1], got[2])]
+            lpairs = [b / a for a, b in zip(lim[1], lim[2])]
             print(f"throughput medians: 1 replica {m1:.0f}, 2 replicas {m2:.0f} calls/s ({m2 / m1:.2f}x); "
                   f"2/1 per round {[round(x, 2) for x in pairs]}")
+            print(f"limit medians: 1 plain process {l1:.0f}, 2 plain processes {l2:.0f} calls/s ({l2 / l1:.2f}x); "
+                  f"2/1 per round {[round(x, 2) for x in lpairs]}")
+            print(f"flat overhead means equal ratios: Fogline's {m2 / m1:.2f}x against the host's {l2 / l1:.2f}x "
+                  f"({(m2 / m1) / (l2 / l1):.2f} of it)")
     finally:
         sh(BIN, "swarm", "down", "--service", SERVICE, check=False)
         sh("docker", "rmi", "-f", TAG, check=False)
