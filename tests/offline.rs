@@ -139,8 +139,8 @@ async fn a_cut_off_site_keeps_calls_for_the_cloud_and_delivers_them_in_order_whe
     assert_eq!((s, on.as_str(), body.as_str()), (200, "cloud", "hello, up"));
     let before = ran(&cloud, "pinned").await;
 
-    // Cut the link. A sync call sent to the cloud just after ends when the mesh finds the
-    // cloud dead, naming it, not when its connection times out (6 s).
+    // Cut the link. A sync call sent to the cloud just after ends by the time the mesh
+    // finds the cloud dead, naming it, not when its connection times out (6 s).
     link.set(false);
     let cut_at = Instant::now();
     let caught = {
@@ -168,11 +168,10 @@ async fn a_cut_off_site_keeps_calls_for_the_cloud_and_delivers_them_in_order_whe
     );
     let ((s, _, body), took) = caught.await.unwrap();
     eprintln!("a call in flight to the cloud at the cut ended after {took:?}: {s} {body}");
+    // Ended by the mesh's verdict, or by its connection dropped first (the router drops a
+    // connection whose calls it abandons): either way 502 naming the cloud tier, soon.
     assert_eq!(s, 502, "{body}");
-    assert!(
-        body.contains("cloud (cloud tier) became unreachable"),
-        "{body}"
-    );
+    assert!(body.contains("on cloud (cloud tier"), "{body}");
     assert!(took < Duration::from_secs(5), "{took:?}");
     let t = Instant::now();
     let (s, _, body) = call(&c, &router.url, "pinned", "x").await;

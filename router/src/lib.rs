@@ -595,9 +595,10 @@ impl Router {
                     return Err(Refused::new(
                         502,
                         format!(
-                            "{} failed on {} ({}), and it is not idempotent, so it was not retried elsewhere: {}",
+                            "{} failed on {} ({} tier, {}), and it is not idempotent, so it was not retried elsewhere: {}",
                             f.name,
                             place.id,
+                            place.tier.as_str(),
                             place.addr.map_or("this router".to_string(), |a| a.to_string()),
                             failure.refused.message
                         ),
