@@ -41,6 +41,25 @@ fn member_b(
     )
 }
 
+/// Whether `n`'s view offers a peer place for which `ok` holds.
+fn offers(n: &NodeProc, ok: impl Fn(&serde_json::Value) -> bool) -> bool {
+    mesh_json(n)["peer_places"]
+        .as_array()
+        .is_some_and(|p| p.iter().any(&ok))
+}
+
+/// Deploys `far`, `wait` pinned to peer clusters, through `n`.
+async fn deploy_far(n: &NodeProc) {
+    let r = deploy(
+        n,
+        "far",
+        "wait/wait.wasm",
+        json!({"idempotent": true, "timeout": "5s", "placement": {"tier": "federated"}}),
+    )
+    .await;
+    assert!(r.status().is_success());
+}
+
 fn peer_field(n: &NodeProc, peer: &str, field: &str) -> serde_json::Value {
     fed_ls(n)["peers"]
         .as_array()
@@ -251,12 +270,9 @@ async fn two_clusters_peer_offload_survive_a_cut_link_and_leave() {
             .args(["federation", "offload", "openfaas-fn", "--to", "cluster-b"]),
     );
     wait_until("router-a hears of the peer place", 10, || {
-        mesh_json(&router)["peer_places"]
-            .as_array()
-            .is_some_and(|p| {
-                p.iter()
-                    .any(|p| p["place"] == "cluster-b" && p["bridge"] == "bridge-a")
-            })
+        offers(&router, |p| {
+            p["place"] == "cluster-b" && p["bridge"] == "bridge-a"
+        })
     });
     assert!(
         bursts_until_b(&c, &router.url).await > 0,
@@ -299,15 +315,11 @@ async fn two_clusters_peer_offload_survive_a_cut_link_and_leave() {
         .unwrap();
     assert!(placing > 0.0, "cluster-b reports no placement time");
     wait_until("router-a sees cluster-b's placement time", 10, || {
-        mesh_json(&router)["peer_places"]
-            .as_array()
-            .is_some_and(|p| {
-                p.iter().any(|p| {
-                    p["place"] == "cluster-b"
-                        && p["placement_ms"].as_f64().unwrap() > 0.0
-                        && p["rtt_ms"].as_f64() >= p["placement_ms"].as_f64()
-                })
-            })
+        offers(&router, |p| {
+            p["place"] == "cluster-b"
+                && p["placement_ms"].as_f64().unwrap() > 0.0
+                && p["rtt_ms"].as_f64() >= p["placement_ms"].as_f64()
+        })
     });
     println!("cluster-b's own placement time {placing:.3} ms (in the round trip A sees)");
 
@@ -375,31 +387,15 @@ async fn two_clusters_peer_offload_survive_a_cut_link_and_leave() {
 
     // Leave under load: a call pinned to the peer cluster is running there, others run in
     // A; the leave waits for the one in flight, no call fails, both sides forget.
-    let r = deploy(
-        &router,
-        "far",
-        "wait/wait.wasm",
-        json!({"idempotent": true, "timeout": "5s", "placement": {"tier": "federated"}}),
-    )
-    .await;
-    assert!(r.status().is_success());
+    deploy_far(&router).await;
     let (s, placed, body) = call(&c, &router.url, "far", "10").await;
     assert_eq!((s, placed.as_str()), (200, "cluster-b"), "{body}");
     // One idempotency key, one run in B, whichever of A's routers sends it: the key
     // crosses the link and B's bridge keeps the answer.
     let router_2 = member(&da, &pa, "router", "router-a2", Some(&seed_a), None);
-    let r = deploy(
-        &router_2,
-        "far",
-        "wait/wait.wasm",
-        json!({"idempotent": true, "timeout": "5s", "placement": {"tier": "federated"}}),
-    )
-    .await;
-    assert!(r.status().is_success());
+    deploy_far(&router_2).await;
     wait_until("router-a2 hears of cluster-b", 20, || {
-        mesh_json(&router_2)["peer_places"]
-            .as_array()
-            .is_some_and(|p| p.iter().any(|p| p["place"] == "cluster-b"))
+        offers(&router_2, |p| p["place"] == "cluster-b")
     });
     let ran_in_b = || async {
         calls(&bridge_b, "far.cluster-a", 200).await + calls(&edge_b, "far.cluster-a", 200).await
@@ -453,9 +449,7 @@ async fn two_clusters_peer_offload_survive_a_cut_link_and_leave() {
         "--off",
     ]));
     wait_until("router-a offered cluster-b again", 10, || {
-        mesh_json(&router)["peer_places"]
-            .as_array()
-            .is_some_and(|p| p.iter().any(|p| p["place"] == "cluster-b"))
+        offers(&router, |p| p["place"] == "cluster-b")
     });
     let (s, placed, body) = call(&c, &router.url, "far", "10").await;
     assert_eq!((s, placed.as_str()), (200, "cluster-b"), "{body}");
@@ -577,9 +571,7 @@ async fn two_sites_of_one_cluster_join_through_their_bridges() {
             .args(["federation", "offload", "openfaas-fn", "--to", "site-2"]),
     );
     wait_until("router-1 hears of site-2", 10, || {
-        mesh_json(&router)["peer_places"]
-            .as_array()
-            .is_some_and(|p| p.iter().any(|p| p["place"] == "site-2"))
+        offers(&router, |p| p["place"] == "site-2")
     });
     let r = deploy(
         &router,

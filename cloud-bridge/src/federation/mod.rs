@@ -214,6 +214,16 @@ impl Federation {
         l.last_ok.is_some_and(|t| t.elapsed() < self.cfg.dead_after)
     }
 
+    /// A peering's state as `ls` and `/metrics` show it.
+    fn state(&self, p: &PeerRec, l: Option<&Live>) -> &'static str {
+        match l {
+            _ if p.left_ms.is_some() => "left",
+            Some(l) if l.leaving => "leaving",
+            Some(l) if self.alive(l) => "alive",
+            _ => "dead",
+        }
+    }
+
     /// `fogline federation invite`.
     fn invite(&self, ttl_s: u64, share_pct: u8) -> Result<serde_json::Value, FedError> {
         if !(1..=100).contains(&share_pct) {
@@ -486,12 +496,7 @@ impl Federation {
             .iter()
             .map(|p| {
                 let l = live.get(&p.name);
-                let state = match l {
-                    _ if p.left_ms.is_some() => "left",
-                    Some(l) if l.leaving => "leaving",
-                    Some(l) if self.alive(l) => "alive",
-                    _ => "dead",
-                };
+                let state = self.state(p, l);
                 let namespaces: Vec<&String> = s
                     .offload
                     .iter()
@@ -708,51 +713,45 @@ impl Federation {
             warm: &own_warm,
             service_ms: &own_svc,
         });
+        // Its members that run functions (not this bridge, counted above): their loads
+        // and, before any peer call was placed, their round trips.
+        let (base, rtts) = match node.links.mesh.get() {
+            None => (fed::summarize(me, consumer, share_pct), Vec::new()),
+            Some(mesh) => mesh.with_view(|v| {
+                let running: Vec<&fogline_core::mesh::Member> = v
+                    .members()
+                    .filter(|m| {
+                        m.report.node != node.id
+                            && m.state == fogline_core::mesh::State::Alive
+                            && !m.report.runtimes.is_empty()
+                    })
+                    .collect();
+                let others = running.iter().map(|m| {
+                    let r = &m.report;
+                    fed::MemberLoad {
+                        cores: r.cores,
+                        in_flight: r.in_flight.saturating_add(r.queued),
+                        speed: r.speed,
+                        warm: &r.warm,
+                        service_ms: &r.service_ms,
+                    }
+                });
+                let s = fed::summarize(me.into_iter().chain(others), consumer, share_pct);
+                (s, running.iter().filter_map(|m| m.rtt_ms).collect())
+            }),
+        };
         let refused = self
             .saved()
             .refused
             .get(&rec.name)
             .cloned()
             .unwrap_or_default();
-        let measured = *lock(&self.placement_ms);
-        let Some(mesh) = node.links.mesh.get() else {
-            return Summary {
-                placement_ms: fed::placement_estimate(measured, &[]),
-                refused,
-                ..fed::summarize(me, consumer, share_pct)
-            }
-            .bounded();
-        };
-        mesh.with_view(|v| {
-            let rtts: Vec<f64> = v
-                .members()
-                .filter(|m| {
-                    m.report.node != node.id
-                        && m.state == fogline_core::mesh::State::Alive
-                        && !m.report.runtimes.is_empty()
-                })
-                .filter_map(|m| m.rtt_ms)
-                .collect();
-            let others = v.members().filter_map(|m| {
-                let r = &m.report;
-                (r.node != node.id
-                    && m.state == fogline_core::mesh::State::Alive
-                    && !r.runtimes.is_empty())
-                .then_some(fed::MemberLoad {
-                    cores: r.cores,
-                    in_flight: r.in_flight.saturating_add(r.queued),
-                    speed: r.speed,
-                    warm: &r.warm,
-                    service_ms: &r.service_ms,
-                })
-            });
-            Summary {
-                placement_ms: fed::placement_estimate(measured, &rtts),
-                refused,
-                ..fed::summarize(me.into_iter().chain(others), consumer, share_pct)
-            }
-            .bounded()
-        })
+        Summary {
+            placement_ms: fed::placement_estimate(*lock(&self.placement_ms), &rtts),
+            refused,
+            ..base
+        }
+        .bounded()
     }
 }
 
@@ -1028,13 +1027,7 @@ impl fogline_node::federate::Federation for Federation {
         let live = lock(&self.live);
         out.push_str("# HELP fogline_federation_peer A peering: 1 per peer, by direction and state.\n# TYPE fogline_federation_peer gauge\n");
         for p in &s.peers {
-            let l = live.get(&p.name);
-            let state = match l {
-                _ if p.left_ms.is_some() => "left",
-                Some(l) if l.leaving => "leaving",
-                Some(l) if self.alive(l) => "alive",
-                _ => "dead",
-            };
+            let state = self.state(p, live.get(&p.name));
             let _ = writeln!(
                 out,
                 "fogline_federation_peer{{peer=\"{}\",direction=\"{}\",state=\"{state}\"}} 1",

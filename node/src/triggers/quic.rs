@@ -581,10 +581,9 @@ async fn serve_invoke(
         }
     }
     // With an idempotency key a member that runs functions runs it once per key (a
-    // router hands the key on with the call).
-    // A peer cluster's call is placed in this cluster. With a key it runs once per key
-    // in this cluster whichever member takes it: this bridge keeps the answer (and hands
-    // the key on, so the member does too).
+    // router hands the key on with the call). A peer cluster's call is placed in this
+    // cluster; with a key it runs once per key here whichever member takes it: this
+    // bridge keeps the answer (and hands the key on, so the member does too).
     let peer_run = node
         .links
         .federation
