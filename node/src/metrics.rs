@@ -111,6 +111,9 @@ pub struct Metrics {
     pub warm_starts: AtomicU64,
     /// CoAP datagrams dropped because they were not CoAP.
     pub coap_malformed: AtomicU64,
+    /// QoS 2 MQTT messages the broker delivered again after they had run here: acknowledged
+    /// again, not run again.
+    pub mqtt_duplicates: AtomicU64,
     /// Requests refused for who sent them, by labels (`reason`, and what was refused).
     refusals: std::sync::Mutex<BTreeMap<String, u64>>,
 }
@@ -299,6 +302,11 @@ impl Metrics {
                 "fogline_coap_malformed_total",
                 "CoAP datagrams dropped because they could not be decoded.",
                 self.coap_malformed.load(Ordering::Relaxed),
+            ),
+            (
+                "fogline_mqtt_duplicates_total",
+                "QoS 2 MQTT messages delivered again after they had run here (acknowledged again, not run again).",
+                self.mqtt_duplicates.load(Ordering::Relaxed),
             ),
             (
                 "fogline_compiles_total",

@@ -327,6 +327,11 @@ impl Node {
         u
     }
 
+    /// The member's store (triggers keep their own small durable state in trees of it).
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.config.node.data_dir
     }

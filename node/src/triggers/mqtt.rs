@@ -10,9 +10,9 @@
 //! `mqtt.max_inflight` messages are taken at once (the MQTT 5 receive maximum); the broker
 //! holds the rest, and a call refused for capacity (429, 503) is tried again rather than
 //! answered with it. A message delivered again while its first delivery still runs is not
-//! run twice. Subscriptions ask for QoS 1 at most, so QoS 2 messages arrive as QoS 1
-//! (at least once): rumqttc 0.25 drops the connection on a PUBREL the broker resends after
-//! a resumed session (rumqtt issue #664), which would wedge the session after a restart.
+//! run twice. QoS 2 messages run once: a message the broker delivers again after it ran
+//! here is acknowledged again, not run again ([`super::mqtt_qos2`]); only a crash of this
+//! member while the call runs makes it run twice.
 //! Replies go out on a second connection of their own (QoS 1, its session kept too), so
 //! acknowledgements never wait behind replies.
 
@@ -23,6 +23,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fogline_core::config::{topic_matches, MqttSection, NodeConfig};
 
+use super::mqtt_qos2::Released;
 use crate::agent::Node;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
@@ -230,16 +231,38 @@ async fn run(node: std::sync::Weak<Node>, m: Mqtt, node_id: String) {
         }
     });
     let taken = Arc::new(Taken::default());
+    let client_id = events.options.client_id();
+    let released = match node
+        .upgrade()
+        .map(|n| Released::open(n.store(), &client_id))
+    {
+        Some(Ok(r)) => Arc::new(r),
+        Some(Err(e)) => {
+            tracing::error!("mqtt: the store of QoS 2 packet ids: {e}; not connecting");
+            return;
+        }
+        None => return,
+    };
     let mut connected_once = false;
     loop {
         match events.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                // Subscribe on every connection (the broker may have lost the session).
-                for t in &cfg.triggers {
-                    if let Err(e) = client.subscribe(t.topic.clone(), QoS::AtLeastOnce).await {
-                        tracing::error!("mqtt: subscribing to {}: {e}", t.topic);
-                    }
+                if ack.session_present {
+                    // Before anything is read on this connection.
+                    Released::remind_all(&mut events.state);
+                } else {
+                    released.forget_all();
                 }
+                // Subscribe on every connection (the broker may have lost the session);
+                // sent from a task of its own, as acknowledgements are.
+                let (c, topics) = (client.clone(), cfg.triggers.clone());
+                tokio::spawn(async move {
+                    for t in topics {
+                        if let Err(e) = c.subscribe(t.topic.clone(), QoS::ExactlyOnce).await {
+                            tracing::error!("mqtt: subscribing to {}: {e}", t.topic);
+                        }
+                    }
+                });
                 if !connected_once {
                     println!("mqtt trigger connected to {}", cfg.broker);
                 }
@@ -255,20 +278,52 @@ async fn run(node: std::sync::Weak<Node>, m: Mqtt, node_id: String) {
                     cfg.triggers.len()
                 );
             }
+            Ok(Event::Incoming(Packet::PubRel(r))) => {
+                released.release(r.pkid);
+                // The broker may release it again (one release per PUBREC it had).
+                Released::remind(&mut events.state, r.pkid);
+            }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let Some(node) = node.upgrade() else { return };
+                if released.already_ran(&p) {
+                    node.metrics
+                        .mqtt_duplicates
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::debug!("mqtt: packet {} delivered again after it ran", p.pkid);
+                    // Not awaited here: this loop drives the connection the request
+                    // channel drains into.
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = client.ack(&p).await {
+                            tracing::warn!("mqtt: acknowledging packet {}: {e}", p.pkid);
+                        }
+                    });
+                    continue;
+                }
                 if p.qos != QoS::AtMostOnce && !taken.running().insert(p.pkid) {
                     // Delivered again while its first delivery runs: that one's
                     // acknowledgement answers both.
                     tracing::debug!("mqtt: packet {} delivered again while it runs", p.pkid);
                     continue;
                 }
-                let (client, replies, cfg, taken) =
-                    (client.clone(), replies.clone(), cfg.clone(), taken.clone());
+                let (client, replies, cfg, taken, released) = (
+                    client.clone(),
+                    replies.clone(),
+                    cfg.clone(),
+                    taken.clone(),
+                    released.clone(),
+                );
                 tokio::spawn(async move {
                     handle(&node, &replies, &cfg, p.clone()).await;
                     if p.qos == QoS::AtMostOnce {
                         return;
+                    }
+                    if p.qos == QoS::ExactlyOnce {
+                        if let Err(e) = released.record(node.store(), p.pkid).await {
+                            // Acknowledged all the same: the broker would otherwise send it
+                            // again and it would run again.
+                            tracing::warn!("mqtt: recording QoS 2 packet {}: {e}", p.pkid);
+                        }
                     }
                     if let Err(e) = client.ack(&p).await {
                         tracing::warn!("mqtt: acknowledging packet {}: {e}", p.pkid);
@@ -282,7 +337,16 @@ async fn run(node: std::sync::Weak<Node>, m: Mqtt, node_id: String) {
                 if node.strong_count() == 0 {
                     return;
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                // A release repeated within one connection (rumqttc reads a few packets
+                // at a time) costs a reconnection, at once: the broker is there.
+                if !matches!(
+                    e,
+                    rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::Unsolicited(
+                        _
+                    ))
+                ) {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         }
     }

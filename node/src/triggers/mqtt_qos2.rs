@@ -1,0 +1,202 @@
+//! Exactly once for QoS 2 MQTT messages: the packet ids of the messages that ran here and
+//! were acknowledged (PUBREC) but not yet released by the broker (PUBREL). They are kept
+//! in the member's store, so a message the broker delivers again (after a lost connection,
+//! a broker restart or a restart of this member) is acknowledged again without running
+//! again: the receiver's side of MQTT 5 §4.3.3.
+//!
+//! Only a delivery marked as a duplicate (DUP set) is taken for one. The broker reuses a
+//! packet id only after it released it, so a new message under a recorded id means the
+//! release was lost here (a crash between PUBREL and the store's flush): the stale record is
+//! dropped and the message runs.
+//!
+//! rumqttc 0.25 forgets, when its connection drops, which ids it acknowledged, and then
+//! refuses the PUBREL the broker sends again on the resumed session (rumqtt issue #664) by
+//! dropping the connection, again and again. A broker may also send a release again after
+//! it had the PUBCOMP (Mosquitto does after a restart, for ids released just before it).
+//! [`Released::remind`] makes the client answer a release of any id on a resumed session.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::MqttState;
+
+use crate::store::{Store, StoreError};
+
+/// The tree of the store that holds the ids, keyed by client id then packet id.
+const TREE: &str = "mqtt_qos2_received";
+
+pub struct Released {
+    tree: sled::Tree,
+    /// The client id and a separator: each broker session has ids of its own.
+    prefix: Vec<u8>,
+    ids: Mutex<BTreeSet<u16>>,
+}
+
+impl Released {
+    /// The ids recorded for `client_id`'s session.
+    pub fn open(store: &Store, client_id: &str) -> Result<Released, StoreError> {
+        let tree = store.tree(TREE)?;
+        let mut prefix = client_id.as_bytes().to_vec();
+        prefix.push(0);
+        let mut ids = BTreeSet::new();
+        for kv in tree.scan_prefix(&prefix) {
+            let (k, _) = kv?;
+            if let [.., a, b] = k.as_ref() {
+                ids.insert(u16::from_be_bytes([*a, *b]));
+            }
+        }
+        Ok(Released {
+            tree,
+            prefix,
+            ids: Mutex::new(ids),
+        })
+    }
+
+    fn key(&self, pkid: u16) -> Vec<u8> {
+        let mut k = self.prefix.clone();
+        k.extend_from_slice(&pkid.to_be_bytes());
+        k
+    }
+
+    fn ids(&self) -> std::sync::MutexGuard<'_, BTreeSet<u16>> {
+        self.ids.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `p` is a message that already ran here: delivered again (DUP) under an id
+    /// recorded and not released. A new message under a recorded id drops the record.
+    pub fn already_ran(&self, p: &Publish) -> bool {
+        if p.qos != QoS::ExactlyOnce {
+            return false;
+        }
+        let known = self.ids().contains(&p.pkid);
+        if known && !p.dup {
+            self.release(p.pkid);
+        }
+        known && p.dup
+    }
+
+    /// Records that `pkid`'s message ran, on disk, before its PUBREC is sent.
+    pub async fn record(&self, store: &Store, pkid: u16) -> Result<(), StoreError> {
+        self.ids().insert(pkid);
+        self.tree.insert(self.key(pkid), &[][..])?;
+        store.flush().await
+    }
+
+    /// The broker released `pkid` (PUBREL): its id may now name a new message. Not flushed
+    /// at once: see the module's note on a lost release.
+    pub fn release(&self, pkid: u16) {
+        self.ids().remove(&pkid);
+        if let Err(e) = self.tree.remove(self.key(pkid)) {
+            tracing::warn!("mqtt: forgetting released packet {pkid}: {e}");
+        }
+    }
+
+    /// The broker kept no session: every recorded id is void.
+    pub fn forget_all(&self) {
+        let ids: Vec<u16> = std::mem::take(&mut *self.ids()).into_iter().collect();
+        for pkid in ids {
+            if let Err(e) = self.tree.remove(self.key(pkid)) {
+                tracing::warn!("mqtt: forgetting packet {pkid}: {e}");
+            }
+        }
+    }
+
+    /// Makes the client's state, on a resumed session before anything is read, answer a
+    /// PUBREL of any packet id with PUBCOMP instead of dropping the connection (MQTT 5
+    /// §4.3.3: a receiver answers every PUBREL). The bookkeeping events this makes are
+    /// removed again.
+    pub fn remind_all(state: &mut MqttState) {
+        for pkid in 1..=u16::MAX {
+            Released::remind(state, pkid);
+        }
+    }
+
+    /// As [`Released::remind_all`], for one id (after its release cleared it).
+    pub fn remind(state: &mut MqttState, pkid: u16) {
+        let before = state.events.len();
+        let mut p = Publish::new("", QoS::ExactlyOnce, Vec::new(), None);
+        p.pkid = pkid;
+        if let Err(e) = state.handle_incoming_packet(Packet::Publish(p)) {
+            tracing::warn!("mqtt: reminding the client of packet {pkid}: {e}");
+        }
+        state.events.truncate(before);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(pkid: u16, dup: bool) -> Publish {
+        let mut p = Publish::new("jobs/a", QoS::ExactlyOnce, "x", None);
+        p.pkid = pkid;
+        p.dup = dup;
+        p
+    }
+
+    #[tokio::test]
+    async fn a_delivery_again_is_known_across_a_restart_and_a_reused_id_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let r = Released::open(&store, "fogline-a").unwrap();
+            assert!(!r.already_ran(&publish(7, false)));
+            r.record(&store, 7).await.unwrap();
+            r.record(&store, 9).await.unwrap();
+            // Another client's session has ids of its own.
+            let other = Released::open(&store, "fogline-b").unwrap();
+            assert!(!other.already_ran(&publish(7, true)));
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let r = Released::open(&store, "fogline-a").unwrap();
+        assert!(
+            r.already_ran(&publish(7, true)),
+            "delivered again after a restart"
+        );
+        // QoS 1 is never taken for a duplicate by id.
+        let mut q1 = publish(7, true);
+        q1.qos = QoS::AtLeastOnce;
+        assert!(!r.already_ran(&q1));
+        r.release(7);
+        assert!(!r.already_ran(&publish(7, true)), "released");
+        // A new message (no DUP) under a recorded id: the release was lost; it runs.
+        assert!(!r.already_ran(&publish(9, false)));
+        assert!(
+            !r.already_ran(&publish(9, true)),
+            "the stale record was dropped"
+        );
+        r.record(&store, 11).await.unwrap();
+        r.forget_all();
+        assert!(!r.already_ran(&publish(11, true)));
+        assert!(Released::open(&store, "fogline-a")
+            .unwrap()
+            .ids()
+            .is_empty());
+    }
+
+    #[test]
+    fn a_reminded_client_answers_a_resent_release_and_keeps_no_events() {
+        let mut state = MqttState::new(10, true);
+        let rel = |pkid| Packet::PubRel(rumqttc::v5::mqttbytes::v5::PubRel::new(pkid, None));
+        // Without the reminder the client refuses the release (what wedged sessions).
+        assert!(state.clone().handle_incoming_packet(rel(5)).is_err());
+        let t = std::time::Instant::now();
+        Released::remind_all(&mut state);
+        eprintln!("reminded of every id in {:?}", t.elapsed());
+        assert!(state.events.is_empty());
+        let answered = |state: &mut MqttState, pkid| match state.handle_incoming_packet(rel(pkid)) {
+            Ok(Some(Packet::PubComp(c))) => assert_eq!(c.pkid, pkid),
+            other => panic!("release of {pkid}: {other:?}"),
+        };
+        for pkid in [5, 6, u16::MAX] {
+            answered(&mut state, pkid);
+        }
+        // Released again: answered once reminded.
+        assert!(state.clone().handle_incoming_packet(rel(5)).is_err());
+        state.events.clear();
+        Released::remind(&mut state, 5);
+        answered(&mut state, 5);
+    }
+}
