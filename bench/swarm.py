@@ -14,7 +14,10 @@
    10 s each), THROUGHPUT_ROUNDS rounds alternating which goes first; the medians. Beside
    it, the machine's own cost of a second process: the same closed loop against one plain
    `fogline up --single` process, and split across two (no bridge, no Swarm), in the same
-   rounds. The overhead is flat when the two ratios (2 over 1) match.
+   rounds. The overhead is flat when the two ratios (2 over 1) match. With 2 replicas and
+   the default `target_inflight` (8) the bridge spreads the CONNS calls over both; a third
+   configuration, 2 replicas with `target_inflight = CONNS`, is the same load within what
+   one replica is sized for, which the bridge packs onto one of them.
 
 Runs outside CI: figures depend on the machine; the README keeps the latest ones.
 """
@@ -271,9 +274,10 @@ def burst(work, forecast):
     return timeline, len(threads), len(failed), (p(0.5), p(0.95), p(0.99))
 
 
-def throughput(work, n):
+def throughput(work, n, target=8):
     RUNS[0] += 1
-    b = Bridge(BIN, work, f"cloud-t{n}-{RUNS[0]}", f"min_replicas = {n}\nmax_replicas = {n}")
+    b = Bridge(BIN, work, f"cloud-t{n}-{RUNS[0]}",
+               f"min_replicas = {n}\nmax_replicas = {n}\ntarget_inflight = {target}")
     b.deploy(BIN, "hello", "hello/hello.wasm", "--max-concurrency", "256")
     wait(f"{n} workers", lambda: running(SERVICE) >= n)
     for _ in range(50):
@@ -359,13 +363,18 @@ if __name__ == "__main__":
         # Rounds of 1 and 2 replicas, alternating which goes first (this host drifts by
         # tens of percent between minutes: one round each would compare the drift).
         rounds = int(os.environ.get("THROUGHPUT_ROUNDS", "3"))
-        got = {1: [], 2: []}
+        got = {1: [], 2: [], "2p": []}
         lim = {1: [], 2: []}
         if "throughput" in parts and shutil.which("wrk") is None:
             print("throughput: skipped (no wrk: apt-get install wrk)")
             rounds = 0
         for r in range(rounds if "throughput" in parts else 0):
-            for n in ((1, 2) if r % 2 == 0 else (2, 1)):
+            for n in ((1, 2, "2p") if r % 2 == 0 else ("2p", 2, 1)):
+                if n == "2p":
+                    rps = throughput(work, 2, CONNS)
+                    got[n].append(rps)
+                    print(f"throughput with 2 replicas, packed (target_inflight = {CONNS}), round {r + 1}: {rps:.0f} calls/s")
+                    continue
                 rps = throughput(work, n)
                 got[n].append(rps)
                 print(f"throughput with {n} replica{'s' if n > 1 else ''}, round {r + 1}: {rps:.0f} calls/s")
@@ -383,6 +392,10 @@ if __name__ == "__main__":
                   f"2/1 per round {[round(x, 2) for x in lpairs]}")
             print(f"flat overhead means equal ratios: Fogline's {m2 / m1:.2f}x against the host's {l2 / l1:.2f}x "
                   f"({(m2 / m1) / (l2 / l1):.2f} of it)")
+            mp = statistics.median(got["2p"])
+            ppairs = [b / a for a, b in zip(got[1], got["2p"])]
+            print(f"2 replicas, the load within one's target (packed): {mp:.0f} calls/s ({mp / m1:.2f}x of 1 replica); "
+                  f"per round {[round(x, 2) for x in ppairs]}")
     finally:
         sh(BIN, "swarm", "down", "--service", SERVICE, check=False)
         sh("docker", "rmi", "-f", TAG, check=False)

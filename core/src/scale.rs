@@ -164,9 +164,42 @@ impl Scaler {
     }
 }
 
+/// Where a sized pool's next call goes (a bridge's workers): the first place, in name
+/// order, with fewer than `target_inflight` calls in flight, so that calls fill one
+/// replica to what it is sized for before the next takes any. A replica that takes no
+/// calls is one that scaling down can remove, and on a shared machine a second, lightly
+/// loaded worker costs a wakeup for nearly every call it takes. `None` when every place
+/// is at its target: then the placement policy spreads the load.
+pub fn pack(places: &[(&str, u32)], target_inflight: u32) -> Option<usize> {
+    places
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, in_flight))| *in_flight < target_inflight)
+        .min_by_key(|(_, (name, _))| *name)
+        .map(|(i, _)| i)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calls_fill_one_replica_to_its_target_before_the_next() {
+        let at = |v: &[(&str, u32)]| pack(v, 8);
+        assert_eq!(
+            at(&[("w.2", 0), ("w.1", 0)]),
+            Some(1),
+            "name order, not list order"
+        );
+        assert_eq!(at(&[("w.2", 0), ("w.1", 7)]), Some(1));
+        assert_eq!(at(&[("w.2", 3), ("w.1", 8)]), Some(0), "the first is full");
+        assert_eq!(
+            at(&[("w.2", 8), ("w.1", 9)]),
+            None,
+            "all full: the policy spreads"
+        );
+        assert_eq!(at(&[]), None);
+    }
 
     fn obs(in_flight: f64, waiting: u32, rate: f64, service: Option<f64>) -> Observed {
         Observed {

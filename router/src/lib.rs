@@ -143,6 +143,9 @@ pub struct Scope {
     /// With no place able to run a call, wait for one (up to the call's timeout) instead
     /// of refusing it: workers are being started.
     pub wait_for_place: bool,
+    /// Fill one place to this many calls in flight before the next takes any
+    /// (`fogline_core::scale::pack`); beyond it on all, the policy chooses.
+    pub pack_to: Option<u32>,
 }
 
 /// Extra Prometheus text appended to the router's (a bridge's Swarm figures).
@@ -390,10 +393,23 @@ impl Router {
         let infos: Vec<PlaceInfo<'_>> = places.iter().map(Place::info).collect();
         let roll = self.roll();
         let mut placing = fogline_node::traces::span("placement");
-        let plan = self
+        let mut plan = self
             .policy(function)
             .plan(&call, &infos, roll)
             .ok_or_else(|| Refused::unplaced(no_place_message(node, function)))?;
+        if let Some(target) = self.scope.as_ref().and_then(|s| s.pack_to) {
+            let loads: Vec<(&str, u32)> = {
+                let outstanding = lock(&self.outstanding);
+                places
+                    .iter()
+                    .map(|p| (p.id.as_str(), outstanding.get(&p.id).copied().unwrap_or(0)))
+                    .collect()
+            };
+            if let Some(i) = fogline_core::scale::pack(&loads, target) {
+                plan.chosen = i;
+                plan.explored = false;
+            }
+        }
         if placing.recording() {
             placing.attr("chosen", &places[plan.chosen].id);
             placing.attr_static("explored", if plan.explored { "true" } else { "false" });

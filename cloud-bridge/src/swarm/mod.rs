@@ -93,6 +93,7 @@ pub fn scope(cfg: &SwarmSection) -> Scope {
         tier: Tier::Cloud,
         prefix: format!("{}-", cfg.service),
         wait_for_place: true,
+        pack_to: Some(cfg.target_inflight),
     }
 }
 
