@@ -319,7 +319,7 @@ async fn run(node: std::sync::Weak<Node>, m: Mqtt, node_id: String) {
                         return;
                     }
                     if p.qos == QoS::ExactlyOnce {
-                        if let Err(e) = released.record(node.store(), p.pkid).await {
+                        if let Err(e) = released.record(node.store(), &p).await {
                             // Acknowledged all the same: the broker would otherwise send it
                             // again and it would run again.
                             tracing::warn!("mqtt: recording QoS 2 packet {}: {e}", p.pkid);

@@ -4,10 +4,12 @@
 //! a broker restart or a restart of this member) is acknowledged again without running
 //! again: the receiver's side of MQTT 5 §4.3.3.
 //!
-//! Only a delivery marked as a duplicate (DUP set) is taken for one. The broker reuses a
-//! packet id only after it released it, so a new message under a recorded id means the
-//! release was lost here (a crash between PUBREL and the store's flush): the stale record is
-//! dropped and the message runs.
+//! Only a delivery marked as a duplicate (DUP set), under a recorded id, of the message
+//! recorded there (the same topic and payload, by a 64-bit fingerprint) is taken for one.
+//! The broker reuses a packet id only after it released it, so a record is stale only when
+//! its release was lost here (a crash between PUBREL and the store's flush); a new message
+//! under that id (no DUP, or another message's content, if its first delivery was lost in
+//! the same crash) drops the stale record and runs.
 //!
 //! rumqttc 0.25 forgets, when its connection drops, which ids it acknowledged, and then
 //! refuses the PUBREL the broker sends again on the resumed session (rumqtt issue #664) by
@@ -15,7 +17,7 @@
 //! it had the PUBCOMP (Mosquitto does after a restart, for ids released just before it).
 //! [`Released::remind`] makes the client answer a release of any id on a resumed session.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
@@ -31,7 +33,18 @@ pub struct Released {
     tree: sled::Tree,
     /// The client id and a separator: each broker session has ids of its own.
     prefix: Vec<u8>,
-    ids: Mutex<BTreeSet<u16>>,
+    /// Packet id → the fingerprint of the message that ran under it.
+    ids: Mutex<BTreeMap<u16, u64>>,
+}
+
+/// FNV-1a over the topic, a separator and the payload: which message ran under an id.
+fn fingerprint(p: &Publish) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in p.topic.iter().chain(&[0xff]).chain(p.payload.iter()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 impl Released {
@@ -40,11 +53,11 @@ impl Released {
         let tree = store.tree(TREE)?;
         let mut prefix = client_id.as_bytes().to_vec();
         prefix.push(0);
-        let mut ids = BTreeSet::new();
+        let mut ids = BTreeMap::new();
         for kv in tree.scan_prefix(&prefix) {
-            let (k, _) = kv?;
-            if let [.., a, b] = k.as_ref() {
-                ids.insert(u16::from_be_bytes([*a, *b]));
+            let (k, v) = kv?;
+            if let ([.., a, b], Ok(f)) = (k.as_ref(), <[u8; 8]>::try_from(v.as_ref())) {
+                ids.insert(u16::from_be_bytes([*a, *b]), u64::from_be_bytes(f));
             }
         }
         Ok(Released {
@@ -60,27 +73,32 @@ impl Released {
         k
     }
 
-    fn ids(&self) -> std::sync::MutexGuard<'_, BTreeSet<u16>> {
+    fn ids(&self) -> std::sync::MutexGuard<'_, BTreeMap<u16, u64>> {
         self.ids.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether `p` is a message that already ran here: delivered again (DUP) under an id
-    /// recorded and not released. A new message under a recorded id drops the record.
+    /// recorded for it and not released. Another message under a recorded id drops the
+    /// record.
     pub fn already_ran(&self, p: &Publish) -> bool {
         if p.qos != QoS::ExactlyOnce {
             return false;
         }
-        let known = self.ids().contains(&p.pkid);
-        if known && !p.dup {
-            self.release(p.pkid);
+        let Some(recorded) = self.ids().get(&p.pkid).copied() else {
+            return false;
+        };
+        if p.dup && recorded == fingerprint(p) {
+            return true;
         }
-        known && p.dup
+        self.release(p.pkid);
+        false
     }
 
-    /// Records that `pkid`'s message ran, on disk, before its PUBREC is sent.
-    pub async fn record(&self, store: &Store, pkid: u16) -> Result<(), StoreError> {
-        self.ids().insert(pkid);
-        self.tree.insert(self.key(pkid), &[][..])?;
+    /// Records that `p` ran, on disk, before its PUBREC is sent.
+    pub async fn record(&self, store: &Store, p: &Publish) -> Result<(), StoreError> {
+        let f = fingerprint(p);
+        self.ids().insert(p.pkid, f);
+        self.tree.insert(self.key(p.pkid), &f.to_be_bytes())?;
         store.flush().await
     }
 
@@ -95,7 +113,7 @@ impl Released {
 
     /// The broker kept no session: every recorded id is void.
     pub fn forget_all(&self) {
-        let ids: Vec<u16> = std::mem::take(&mut *self.ids()).into_iter().collect();
+        let ids: Vec<u16> = std::mem::take(&mut *self.ids()).into_keys().collect();
         for pkid in ids {
             if let Err(e) = self.tree.remove(self.key(pkid)) {
                 tracing::warn!("mqtt: forgetting packet {pkid}: {e}");
@@ -130,7 +148,7 @@ mod tests {
     use super::*;
 
     fn publish(pkid: u16, dup: bool) -> Publish {
-        let mut p = Publish::new("jobs/a", QoS::ExactlyOnce, "x", None);
+        let mut p = Publish::new("jobs/a", QoS::ExactlyOnce, format!("message {pkid}"), None);
         p.pkid = pkid;
         p.dup = dup;
         p
@@ -143,8 +161,9 @@ mod tests {
             let store = Store::open(dir.path()).unwrap();
             let r = Released::open(&store, "fogline-a").unwrap();
             assert!(!r.already_ran(&publish(7, false)));
-            r.record(&store, 7).await.unwrap();
-            r.record(&store, 9).await.unwrap();
+            r.record(&store, &publish(7, false)).await.unwrap();
+            r.record(&store, &publish(9, false)).await.unwrap();
+            r.record(&store, &publish(13, false)).await.unwrap();
             // Another client's session has ids of its own.
             let other = Released::open(&store, "fogline-b").unwrap();
             assert!(!other.already_ran(&publish(7, true)));
@@ -167,7 +186,13 @@ mod tests {
             !r.already_ran(&publish(9, true)),
             "the stale record was dropped"
         );
-        r.record(&store, 11).await.unwrap();
+        // Another message delivered again under a recorded id (its first delivery lost in
+        // the crash that lost the release): it runs.
+        let mut other = publish(13, true);
+        other.payload = "another message".into();
+        assert!(!r.already_ran(&other));
+        assert!(!r.already_ran(&publish(13, true)), "and the record is gone");
+        r.record(&store, &publish(11, false)).await.unwrap();
         r.forget_all();
         assert!(!r.already_ran(&publish(11, true)));
         assert!(Released::open(&store, "fogline-a")
