@@ -274,7 +274,7 @@ def burst(work, forecast):
     return timeline, len(threads), len(failed), (p(0.5), p(0.95), p(0.99))
 
 
-def throughput(work, n, target=8):
+def throughput(work, n, target):
     RUNS[0] += 1
     b = Bridge(BIN, work, f"cloud-t{n}-{RUNS[0]}",
                f"min_replicas = {n}\nmax_replicas = {n}\ntarget_inflight = {target}")
@@ -363,24 +363,24 @@ if __name__ == "__main__":
         # Rounds of 1 and 2 replicas, alternating which goes first (this host drifts by
         # tens of percent between minutes: one round each would compare the drift).
         rounds = int(os.environ.get("THROUGHPUT_ROUNDS", "3"))
-        got = {1: [], 2: [], "2p": []}
+        # Each configuration: replicas, target_inflight, its name in the output.
+        configs = {1: (1, 8, "1 replica"), 2: (2, 8, "2 replicas"),
+                   "2p": (2, CONNS, f"2 replicas, packed (target_inflight = {CONNS})")}
+        got = {k: [] for k in configs}
         lim = {1: [], 2: []}
         if "throughput" in parts and shutil.which("wrk") is None:
             print("throughput: skipped (no wrk: apt-get install wrk)")
             rounds = 0
         for r in range(rounds if "throughput" in parts else 0):
-            for n in ((1, 2, "2p") if r % 2 == 0 else ("2p", 2, 1)):
-                if n == "2p":
-                    rps = throughput(work, 2, CONNS)
-                    got[n].append(rps)
-                    print(f"throughput with 2 replicas, packed (target_inflight = {CONNS}), round {r + 1}: {rps:.0f} calls/s")
-                    continue
-                rps = throughput(work, n)
-                got[n].append(rps)
-                print(f"throughput with {n} replica{'s' if n > 1 else ''}, round {r + 1}: {rps:.0f} calls/s")
-                rps = plain(work, n)
-                lim[n].append(rps)
-                print(f"  limit: {n} plain process{'es' if n > 1 else ''}, round {r + 1}: {rps:.0f} calls/s")
+            for key in ((1, 2, "2p") if r % 2 == 0 else ("2p", 2, 1)):
+                n, target, name = configs[key]
+                rps = throughput(work, n, target)
+                got[key].append(rps)
+                print(f"throughput with {name}, round {r + 1}: {rps:.0f} calls/s")
+                if key in lim:
+                    rps = plain(work, n)
+                    lim[key].append(rps)
+                    print(f"  limit: {n} plain process{'es' if n > 1 else ''}, round {r + 1}: {rps:.0f} calls/s")
         if got[1] and got[2]:
             m1, m2 = statistics.median(got[1]), statistics.median(got[2])
             l1, l2 = statistics.median(lim[1]), statistics.median(lim[2])

@@ -60,6 +60,8 @@ struct Place {
     speed: Option<f64>,
     warm: bool,
     service_ms: Option<f64>,
+    /// This router's calls in flight there when the places were listed.
+    in_flight: u32,
 }
 
 impl Place {
@@ -68,6 +70,7 @@ impl Place {
         id: &str,
         addr: SocketAddr,
         x: fogline_core::candidates::Facts,
+        in_flight: u32,
         via: Option<(String, String)>,
     ) -> Place {
         Place {
@@ -80,6 +83,7 @@ impl Place {
             speed: x.speed,
             warm: x.warm,
             service_ms: x.service_ms,
+            in_flight,
             via,
         }
     }
@@ -282,8 +286,9 @@ impl Router {
                     let Some(addr) = r.quic.as_deref().and_then(|a| a.parse().ok()) else {
                         continue;
                     };
-                    let x = facts(m, &wants, mine(&r.node), m.rtt_ms);
-                    out.push(Place::remote(&r.node, addr, x, None));
+                    let in_flight = mine(&r.node);
+                    let x = facts(m, &wants, in_flight, m.rtt_ms);
+                    out.push(Place::remote(&r.node, addr, x, in_flight, None));
                 }
                 // Peer clusters the cluster's bridges offer, for the namespaces offloaded
                 // there.
@@ -297,9 +302,10 @@ impl Router {
                         let Some(addr) = r.quic.as_deref().and_then(|a| a.parse().ok()) else {
                             continue;
                         };
-                        let x = facts(&c, &wants, mine(&place.name), Some(c.rtt_ms(bridge.rtt_ms)));
+                        let in_flight = mine(&place.name);
+                        let x = facts(&c, &wants, in_flight, Some(c.rtt_ms(bridge.rtt_ms)));
                         let via = Some((place.name.clone(), r.node.clone()));
-                        out.push(Place::remote(&place.name, addr, x, via));
+                        out.push(Place::remote(&place.name, addr, x, in_flight, via));
                     }
                 }
             });
@@ -310,17 +316,19 @@ impl Router {
         {
             let g = node.gauges();
             let service = node.metrics.function(&f.name).service_ms().map(f64::from);
+            let in_flight = mine(&node.id);
             out.push(Place {
                 id: node.id.clone(),
                 tier: node.config.node.tier,
                 addr: None,
                 rtt_ms: 0.0,
-                load_per_core: f64::from(g.instances_in_use.max(mine(&node.id)))
+                load_per_core: f64::from(g.instances_in_use.max(in_flight))
                     / f64::from(node.machine.cores.max(1)),
                 cores: node.machine.cores.max(1),
                 speed: Some(f64::from(node.machine.speed)),
                 warm: service.is_some(),
                 service_ms: service,
+                in_flight,
                 via: None,
             });
         }
@@ -398,13 +406,10 @@ impl Router {
             .plan(&call, &infos, roll)
             .ok_or_else(|| Refused::unplaced(no_place_message(node, function)))?;
         if let Some(target) = self.scope.as_ref().and_then(|s| s.pack_to) {
-            let loads: Vec<(&str, u32)> = {
-                let outstanding = lock(&self.outstanding);
-                places
-                    .iter()
-                    .map(|p| (p.id.as_str(), outstanding.get(&p.id).copied().unwrap_or(0)))
-                    .collect()
-            };
+            let loads: Vec<(&str, u32)> = places
+                .iter()
+                .map(|p| (p.id.as_str(), p.in_flight))
+                .collect();
             if let Some(i) = fogline_core::scale::pack(&loads, target) {
                 plan.chosen = i;
                 plan.explored = false;

@@ -15,7 +15,8 @@
 //! refuses the PUBREL the broker sends again on the resumed session (rumqtt issue #664) by
 //! dropping the connection, again and again. A broker may also send a release again after
 //! it had the PUBCOMP (Mosquitto does after a restart, for ids released just before it).
-//! [`Released::remind`] makes the client answer a release of any id on a resumed session.
+//! [`Released::remind_all`] makes the client answer a release of any id on a resumed
+//! session, and [`Released::remind`] re-arms an id after each release.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -113,11 +114,9 @@ impl Released {
 
     /// The broker kept no session: every recorded id is void.
     pub fn forget_all(&self) {
-        let ids: Vec<u16> = std::mem::take(&mut *self.ids()).into_keys().collect();
+        let ids: Vec<u16> = self.ids().keys().copied().collect();
         for pkid in ids {
-            if let Err(e) = self.tree.remove(self.key(pkid)) {
-                tracing::warn!("mqtt: forgetting packet {pkid}: {e}");
-            }
+            self.release(pkid);
         }
     }
 
