@@ -467,6 +467,141 @@ async fn qos2_messages_run_once_across_lost_connections() {
     );
 }
 
+/// A subscriber with a session of its own (so it misses nothing across a broker restart)
+/// collecting the payloads of the replies.
+fn collect_replies(port: u16) -> (Child, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let mut sub = Command::new("mosquitto_sub")
+        .args(["-V", "5", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-c", "-i", "fl-replies", "-q", "1", "-x", "600"])
+        .args(["-t", "fogline/reply/#", "-F", "%p"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = sub.stdout.take().unwrap();
+    let replies = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let r2 = replies.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(out).lines() {
+            let Ok(l) = l else { break };
+            if !l.is_empty() {
+                r2.lock().unwrap().push(l);
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    (sub, replies)
+}
+
+/// The jobs `0..n` not answered (`waited 100 ms #i`) once all were, or `within` passed.
+fn unanswered(replies: &std::sync::Mutex<Vec<String>>, n: usize, within: Duration) -> Vec<usize> {
+    let t = Instant::now();
+    loop {
+        let got: std::collections::HashSet<String> =
+            replies.lock().unwrap().iter().cloned().collect();
+        let missing: Vec<usize> = (0..n)
+            .filter(|i| !got.contains(&format!("waited 100 ms #{i}")))
+            .collect();
+        if missing.is_empty() || t.elapsed() > within {
+            return missing;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A node (`edge-q`, data in `d/node`) whose `jobs/+` topics call `wait`, taking 8 messages
+/// at a time from the broker at `port`, with `async` in its `[async]` section; and its
+/// config file (to start it again).
+async fn jobs_node(d: &Path, port: u16, async_: &str) -> (NodeProc, std::path::PathBuf) {
+    let cfg = d.join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version = 1\n[node]\nid = \"edge-q\"\n[async]\n{async_}\n\
+             [mqtt]\nbroker = \"127.0.0.1:{port}\"\nmax_inflight = 8\n\
+             [[mqtt.trigger]]\ntopic = \"jobs/+\"\nfunction = \"wait\"\n"
+        ),
+    )
+    .unwrap();
+    let node = NodeProc::node(d, &cfg);
+    let line = node
+        .stdout_rest
+        .recv_timeout(Duration::from_secs(15))
+        .unwrap();
+    assert!(line.starts_with("mqtt trigger connected"), "{line}");
+    let r = deploy(&node, "wait", "wait/wait.wasm", serde_json::json!({})).await;
+    assert!(r.status().is_success());
+    (node, cfg)
+}
+
+/// Publishes `n` messages `100 #i` (the `wait` function waits 100 ms) on `jobs/a`.
+fn publish_jobs(port: u16, qos: &str, n: usize) {
+    let mut publ = Command::new("mosquitto_pub")
+        .args(["-V", "5", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-t", "jobs/a", "-q", qos, "-l"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = publ.stdin.take().unwrap();
+        for i in 0..n {
+            writeln!(stdin, "100 #{i}").unwrap();
+        }
+    }
+    assert!(publ.wait().unwrap().success());
+}
+
+/// A QoS 1 message is acknowledged once its call is stored, not once it ran: the member
+/// holds more messages in its queue than the broker lets it take unacknowledged (8), and
+/// when it is killed (SIGKILL) with them queued, they run after its restart and every
+/// message is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_messages_run_after_the_member_is_killed() {
+    if !have_mosquitto() {
+        return;
+    }
+    const N: usize = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    let _broker = Broker::start(d, port);
+    let (mut node, cfg) = jobs_node(d, port, "workers = 2").await;
+    let (mut sub, replies) = collect_replies(port);
+    publish_jobs(port, "1", N);
+    let queued = |m: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix("fogline_async_queued "))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    };
+    let t = Instant::now();
+    let held = loop {
+        let q = queued(&metrics(&node).await);
+        if q >= 20 || t.elapsed() > Duration::from_secs(15) {
+            break q;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        held >= 20,
+        "{held} calls queued: messages are acknowledged only after they ran?"
+    );
+    let answered = replies.lock().unwrap().len();
+    node.kill();
+    eprintln!("member killed with {held} calls queued and {answered} of {N} answered");
+    assert!(
+        answered < N - 8,
+        "too few messages were left to the restart"
+    );
+    let node = NodeProc::node(d, &cfg);
+    let missing = unanswered(&replies, N, Duration::from_secs(30));
+    let _ = sub.kill();
+    let _ = sub.wait();
+    drop(node);
+    assert!(missing.is_empty(), "never answered: {missing:?}");
+}
+
 enum Disruption {
     /// SIGTERM the broker (it saves its sessions) and start it again.
     BrokerRestart,
@@ -517,9 +652,10 @@ impl Relay {
     }
 }
 
-/// Publishes 500 messages with QoS `qos` to a node taking 8 at a time, disrupts its broker
-/// connection while they run and queue, checks every one is answered; returns the runs and
-/// the QoS 2 deliveries again that were not run.
+/// Publishes 500 messages with QoS `qos` to a node taking 8 at a time into an async queue
+/// of 40 (the broker holds the rest), disrupts its broker connection while they run and
+/// queue, checks every one is answered; returns the runs and the QoS 2 deliveries again
+/// that were not stored again.
 async fn under_load(qos: &str, disruption: Disruption) -> (u64, u64) {
     const N: usize = 500;
     let dir = tempfile::tempdir().unwrap();
@@ -537,59 +673,9 @@ async fn under_load(qos: &str, disruption: Disruption) -> (u64, u64) {
         Disruption::BrokerRestart => port,
         Disruption::CutConnections => relay.port,
     };
-    let cfg = d.join("node.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "version = 1\n[node]\nid = \"edge-q\"\n[mqtt]\nbroker = \"127.0.0.1:{node_port}\"\nmax_inflight = 8\n\
-             [[mqtt.trigger]]\ntopic = \"jobs/+\"\nfunction = \"wait\"\n"
-        ),
-    )
-    .unwrap();
-    let node = NodeProc::node(d, &cfg);
-    let line = node
-        .stdout_rest
-        .recv_timeout(Duration::from_secs(15))
-        .unwrap();
-    assert!(line.starts_with("mqtt trigger connected"), "{line}");
-    let r = deploy(&node, "wait", "wait/wait.wasm", serde_json::json!({})).await;
-    assert!(r.status().is_success());
-    // A subscriber with a session of its own collects the replies across the restart.
-    let mut sub = Command::new("mosquitto_sub")
-        .args(["-V", "5", "-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-c", "-i", "fl-replies", "-q", "1", "-x", "600"])
-        .args(["-t", "fogline/reply/#", "-F", "%p"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = sub.stdout.take().unwrap();
-    let replies = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let r2 = replies.clone();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for l in std::io::BufReader::new(out).lines() {
-            let Ok(l) = l else { break };
-            if !l.is_empty() {
-                r2.lock().unwrap().push(l);
-            }
-        }
-    });
-    std::thread::sleep(Duration::from_millis(400));
-    let mut publ = Command::new("mosquitto_pub")
-        .args(["-V", "5", "-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-t", "jobs/a", "-q", qos, "-l"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = publ.stdin.take().unwrap();
-        for i in 0..N {
-            writeln!(stdin, "100 #{i}").unwrap();
-        }
-    }
-    assert!(publ.wait().unwrap().success());
+    let (node, _) = jobs_node(d, node_port, "max_queued = 40").await;
+    let (mut sub, replies) = collect_replies(port);
+    publish_jobs(port, qos, N);
     let answered = || replies.lock().unwrap().len();
     let wait_for = |n: usize| {
         let t = Instant::now();
@@ -626,18 +712,7 @@ async fn under_load(qos: &str, disruption: Disruption) -> (u64, u64) {
             broker
         }
     };
-    let t = Instant::now();
-    let missing = loop {
-        let got: std::collections::HashSet<String> =
-            replies.lock().unwrap().iter().cloned().collect();
-        let missing: Vec<usize> = (0..N)
-            .filter(|i| !got.contains(&format!("waited 100 ms #{i}")))
-            .collect();
-        if missing.is_empty() || t.elapsed() > Duration::from_secs(60) {
-            break missing;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let missing = unanswered(&replies, N, Duration::from_secs(60));
     let _ = sub.kill();
     let _ = sub.wait();
     if !missing.is_empty() {

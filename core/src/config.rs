@@ -388,8 +388,9 @@ pub struct MqttSection {
     pub password_file: Option<PathBuf>,
     #[serde(default, rename = "trigger")]
     pub triggers: Vec<MqttTrigger>,
-    /// Messages (QoS 1 and 2) taken at once: each is acknowledged once its call has run
-    /// and its reply is handed on; the broker holds the rest (MQTT 5 receive maximum).
+    /// Messages (QoS 1 and 2) taken unacknowledged at once: each is acknowledged once its
+    /// call is stored in the async queue; the broker holds the rest (MQTT 5 receive
+    /// maximum).
     #[serde(default = "default_mqtt_inflight")]
     pub max_inflight: u16,
     /// How long the broker keeps this member's session (its subscriptions and the

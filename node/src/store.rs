@@ -65,6 +65,9 @@ pub struct PendingCallback {
     pub since_ms: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<Attempt>,
+    /// The place that ran the call (`node (tier)`), when it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placed_on: Option<String>,
     #[serde(skip)]
     pub body: Bytes,
 }
@@ -78,6 +81,7 @@ impl PendingCallback {
             status,
             since_ms: now_ms(),
             attempts: Vec::new(),
+            placed_on: None,
             body,
         }
     }
@@ -1098,6 +1102,7 @@ mod tests {
             status: 200,
             since_ms: 3,
             attempts: Vec::new(),
+            placed_on: None,
             body: Bytes::from_static(b"out"),
         };
         s.complete(n, &failed, Some(&cb)).await.unwrap();

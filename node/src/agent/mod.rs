@@ -623,9 +623,8 @@ impl Node {
         if let Some(d) = self.links.dispatch.get() {
             return d.dispatch(name, body).await;
         }
-        self.run_here(name, body)
-            .await
-            .map_err(|e| crate::dispatch::Refused::new(e.status(), e.to_string()))
+        // Once per key when the call carries one, as a member a router hands it to does.
+        self.run_here_once(name, body).await
     }
 
     /// Sends one call to the member at `addr` over QUIC (an explicit target), with this

@@ -58,6 +58,7 @@ impl Node {
             function: &cb.function,
             status: cb.status,
             body: cb.body.clone(),
+            placed_on: cb.placed_on.as_deref(),
         };
         let failed = match self.callbacks.deliver_once(&done, &cb.url).await {
             Ok(()) => {

@@ -63,6 +63,11 @@ pub struct Submit {
     pub key: Option<String>,
     /// How long it may take to succeed, retries included (default `[async] deadline`).
     pub deadline: Option<Duration>,
+    /// Where its result goes back as a message (set by the MQTT trigger, never from a
+    /// caller's input; the callback allow-list does not apply). With it, each submission
+    /// is a call of its own and answered, and a key makes the function run once (its
+    /// repeats answered with the stored output) rather than the submission count once.
+    pub reply: Option<super::callbacks::MessageReply>,
 }
 
 /// An accepted call: the id its caller knows it by, and whether an earlier submission
@@ -221,6 +226,11 @@ impl Node {
         if let Some(url) = &how.callback {
             self.callbacks.check(url)?;
         }
+        let answer_each = how.reply.is_some();
+        let callback = match how.reply {
+            Some(to) => Some(to.destination()),
+            None => how.callback,
+        };
         let q = &self.queue;
         let queued = q.queued.fetch_add(1, Ordering::AcqRel);
         if queued >= q.max_queued {
@@ -240,7 +250,7 @@ impl Node {
         let cfg = &self.config.async_calls;
         let call = AsyncCall {
             function: name.to_string(),
-            callback: how.callback,
+            callback,
             body,
             // The worker's spans continue the submitter's trace.
             trace: crate::traces::outgoing().map(|t| {
@@ -256,7 +266,11 @@ impl Node {
             key: how.key,
             attempts: Vec::new(),
         };
-        let window = cfg.idempotency_window.as_millis() as u64;
+        let window = if answer_each {
+            0
+        } else {
+            cfg.idempotency_window.as_millis() as u64
+        };
         let (id, public, existing) = match self.store.enqueue(&call, &meta, window).await {
             Ok(Enqueued::New(id, public)) => (id, public, false),
             Ok(Enqueued::Existing(id, public)) => {
@@ -505,7 +519,7 @@ impl Node {
             let waited = std::time::Duration::from_micros(now.saturating_sub(at));
             crate::traces::past("queued", waited, waited, &[]);
         }
-        let (status, body) = match self.attempt(id, &call).await {
+        let (status, body, placed_on) = match self.attempt(id, &call).await {
             Some(done) => done,
             // Scheduled again, or given up (and its callback told), or the store failed.
             None => return None,
@@ -516,9 +530,10 @@ impl Node {
             finished_ms: now_ms(),
             body: body.clone(),
         };
-        let callback = call
-            .callback
-            .map(|url| PendingCallback::new(url, &call.function, status, body));
+        let callback = call.callback.map(|url| PendingCallback {
+            placed_on,
+            ..PendingCallback::new(url, &call.function, status, body)
+        });
         if let Err(e) = self.store.complete(id, &result, callback.as_ref()).await {
             tracing::error!("async call {id:016x}: recording result: {e}");
             return None;
@@ -533,9 +548,9 @@ impl Node {
         Some(status)
     }
 
-    /// One attempt at call `id`: its answer, or `None` when it failed and was scheduled
-    /// again (after a backoff) or given up.
-    async fn attempt(&self, id: u64, call: &AsyncCall) -> Option<(u16, Bytes)> {
+    /// One attempt at call `id`: its answer and where it ran, or `None` when it failed and
+    /// was scheduled again (after a backoff) or given up.
+    async fn attempt(&self, id: u64, call: &AsyncCall) -> Option<(u16, Bytes, Option<String>)> {
         let mut meta = match self.store.meta(id) {
             Ok(m) => m,
             Err(e) => {
@@ -560,7 +575,10 @@ impl Node {
         )
         .await;
         let (status, reason, place) = match placed {
-            Ok(out) => return Some((200, out.body)),
+            Ok(out) => {
+                let on = format!("{} ({})", out.node, out.tier.as_str());
+                return Some((200, out.body, Some(on)));
+            }
             Err(e) if e.unplaced => {
                 // No place could take it (a tier cut off): it waits, in order with the
                 // function's later calls, until its deadline; not a failed attempt.

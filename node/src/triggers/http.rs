@@ -465,6 +465,7 @@ async fn submit_call(node: Shared, name: String, headers: HeaderMap, body: Body)
         callback,
         key,
         deadline,
+        reply: None,
     };
     match node.submit(&name, body, how).await {
         Ok(accepted) => {

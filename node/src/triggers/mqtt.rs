@@ -4,15 +4,18 @@
 //! be used is logged and dropped; the trigger keeps running, and reconnects when the broker
 //! goes away.
 //!
-//! At least once: the session is kept by the broker (`mqtt.session_expiry`), and a message
-//! is acknowledged only after its call has run and its reply is handed on, so a message
-//! that was taken when the broker or this member stopped is delivered again. At most
-//! `mqtt.max_inflight` messages are taken at once (the MQTT 5 receive maximum); the broker
-//! holds the rest, and a call refused for capacity (429, 503) is tried again rather than
-//! answered with it. A message delivered again while its first delivery still runs is not
-//! run twice. QoS 2 messages run once: a message the broker delivers again after it ran
-//! here is acknowledged again, not run again ([`super::mqtt_qos2`]); only a crash of this
-//! member while the call runs makes it run twice.
+//! At least once: the session is kept by the broker (`mqtt.session_expiry`), and a QoS 1
+//! or 2 message is acknowledged only once its call is stored: it becomes an async call of
+//! the node's durable queue (retried with backoff, placed like any call, given up into the
+//! dead-letter queue), whose result goes back through the durable outbox, published on
+//! the reply connection. A message taken when the broker or this member stopped, and not
+//! yet stored, is delivered again; one stored runs after a restart. At most
+//! `mqtt.max_inflight` messages are taken at once (the MQTT 5 receive maximum); while the
+//! queue is full a message waits unacknowledged, and the broker holds the rest. A message
+//! delivered again while its first delivery is being stored is not stored twice. QoS 2
+//! messages are stored once: a message the broker delivers again after it was stored here
+//! is acknowledged again, not stored again ([`super::mqtt_qos2`]). QoS 0 messages run at
+//! once, nothing stored (at most once).
 //! Replies go out on a second connection of their own (QoS 1, its session kept too), so
 //! acknowledgements never wait behind replies.
 
@@ -217,6 +220,9 @@ async fn run(node: std::sync::Weak<Node>, m: Mqtt, node_id: String) {
         return;
     };
     let (replies, mut reply_events) = AsyncClient::new(reply_opts, 256);
+    if let Some(n) = node.upgrade() {
+        n.publish_replies_with(publisher(replies.clone()));
+    }
     let broker = cfg.broker.clone();
     let watching = node.clone();
     tokio::spawn(async move {
@@ -285,11 +291,14 @@ async fn run(node: std::sync::Weak<Node>, m: Mqtt, node_id: String) {
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let Some(node) = node.upgrade() else { return };
-                if released.already_ran(&p) {
+                if released.already_stored(&p) {
                     node.metrics
                         .mqtt_duplicates
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::debug!("mqtt: packet {} delivered again after it ran", p.pkid);
+                    tracing::debug!(
+                        "mqtt: packet {} delivered again after it was stored",
+                        p.pkid
+                    );
                     // Not awaited here: this loop drives the connection the request
                     // channel drains into.
                     let client = client.clone();
@@ -314,9 +323,15 @@ async fn run(node: std::sync::Weak<Node>, m: Mqtt, node_id: String) {
                     released.clone(),
                 );
                 tokio::spawn(async move {
-                    handle(&node, &replies, &cfg, p.clone()).await;
+                    let m = read(&node, &cfg, &p);
                     if p.qos == QoS::AtMostOnce {
+                        if let Some(m) = m {
+                            run_now(&node, &replies, m, p.payload.clone()).await;
+                        }
                         return;
+                    }
+                    if let Some(m) = m {
+                        store(&node, &replies, m, p.payload.clone()).await;
                     }
                     if p.qos == QoS::ExactlyOnce {
                         if let Err(e) = released.record(node.store(), &p).await {
@@ -352,14 +367,28 @@ async fn run(node: std::sync::Weak<Node>, m: Mqtt, node_id: String) {
     }
 }
 
-async fn handle(node: &Node, client: &AsyncClient, cfg: &MqttSection, p: Publish) {
+/// A message the trigger can use: the function it calls and where its answer goes.
+struct Message {
+    topic: String,
+    function: String,
+    reply: String,
+    correlation: Option<Bytes>,
+    /// Its `idempotency-key` user property: the function runs once per key (a message
+    /// the broker delivers again, or a device sends again, gets the stored answer).
+    key: Option<String>,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+}
+
+/// What message `p` asks for, or `None` (logged) when it cannot be used.
+fn read(node: &Node, cfg: &MqttSection, p: &Publish) -> Option<Message> {
     let Ok(topic) = std::str::from_utf8(&p.topic) else {
         tracing::warn!("mqtt: dropped a message whose topic is not UTF-8");
-        return;
+        return None;
     };
     let Some(trigger) = cfg.triggers.iter().find(|t| topic_matches(&t.topic, topic)) else {
         tracing::warn!("mqtt: dropped a message on {topic:?}: no trigger matches it");
-        return;
+        return None;
     };
     let max = node.config.http.max_body.bytes();
     if p.payload.len() as u64 > max {
@@ -367,10 +396,10 @@ async fn handle(node: &Node, client: &AsyncClient, cfg: &MqttSection, p: Publish
             "mqtt: dropped a message on {topic:?}: payload of {} bytes exceeds the limit of {max}",
             p.payload.len()
         );
-        return;
+        return None;
     }
-    let props = p.properties.unwrap_or_default();
-    let reply_topic = match props.response_topic {
+    let props = p.properties.clone().unwrap_or_default();
+    let reply = match props.response_topic {
         Some(t) if !t.is_empty() && !t.contains(['+', '#']) => t,
         Some(t) => {
             tracing::warn!(
@@ -387,50 +416,137 @@ async fn handle(node: &Node, client: &AsyncClient, cfg: &MqttSection, p: Publish
             .user_properties
             .iter()
             .find(|(n, _)| n == k)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.clone())
     };
-    // An `idempotency-key` user property: the function runs once per key (a message the
-    // broker delivers again, or a device sends again, gets the stored answer).
-    let key = prop("idempotency-key").map(str::to_string);
-    let bad_key = key
-        .as_deref()
-        .is_some_and(|k| !crate::agent::keyed::key_ok(k));
-    let rec = node.traces.begin(prop("traceparent"), prop("tracestate"));
-    let call_id = crate::agent::new_call_id();
-    rec.set_call_id(&call_id);
-    // A message that is acknowledged only after its call (QoS 1 and 2) waits out a full
-    // function or node (429, 503) rather than being answered with it: it stays the broker's
-    // until it has run.
+    Some(Message {
+        topic: topic.to_string(),
+        function: trigger.function.clone(),
+        reply,
+        correlation: props.correlation_data,
+        key: prop("idempotency-key"),
+        traceparent: prop("traceparent"),
+        tracestate: prop("tracestate"),
+    })
+}
+
+/// A QoS 1 or 2 message: stored as an async call whose result is published back (through
+/// the node's durable outbox), so it may be acknowledged once this returns. While the
+/// queue is full it waits, unacknowledged (the broker holds the rest).
+async fn store(node: &Node, client: &AsyncClient, m: Message, payload: Bytes) {
+    let rec = node
+        .traces
+        .begin(m.traceparent.as_deref(), m.tracestate.as_deref());
+    let answer = |status: u16, call_id: String, body: Bytes| Reply {
+        function: m.function.clone(),
+        topic: m.topic.clone(),
+        status,
+        placed_on: None,
+        call_id,
+        traceparent: rec.traceparent(),
+        correlation: m.correlation.clone(),
+        body,
+    };
+    if let Some(refused) = bad_key(&m) {
+        let id = crate::agent::new_call_id();
+        let _ = send(client, &m.reply, answer(400, id, refused)).await;
+        return;
+    }
+    let to = crate::agent::callbacks::MessageReply {
+        reply: m.reply.clone(),
+        topic: m.topic.clone(),
+        correlation: m
+            .correlation
+            .as_deref()
+            .map(hex::encode)
+            .unwrap_or_default(),
+        traceparent: rec.traceparent(),
+    };
     let mut pause = Duration::from_millis(20);
-    let result = loop {
-        if bad_key {
-            break Err(crate::dispatch::Refused::new(
-                400,
-                format!(
-                    "idempotency-key user property: {}",
-                    crate::agent::keyed::KEY_RULE
-                ),
-            ));
-        }
-        let r = crate::traces::Traces::run(
-            rec.clone(),
-            node.call_with_key("mqtt", &trigger.function, key.clone(), p.payload.clone()),
-        )
-        .await;
-        match &r {
-            Err(e) if p.qos != QoS::AtMostOnce && matches!(e.status, 429 | 503) => {
+    let status = loop {
+        let how = crate::agent::queue::Submit {
+            key: m.key.clone(),
+            reply: Some(to.clone()),
+            ..Default::default()
+        };
+        let r =
+            crate::traces::Traces::run(rec.clone(), node.submit(&m.function, payload.clone(), how))
+                .await;
+        match r {
+            Ok(accepted) => {
+                rec.set_call_id(&accepted.id);
+                break 202;
+            }
+            Err(e) if e.status() == 429 => {
+                // The queue (or the namespace's share of it, or the disk) is full.
+                if pause == Duration::from_millis(20) {
+                    tracing::info!("mqtt: a message on {:?} waits: {e}", m.topic);
+                }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(1));
             }
-            _ => break r,
+            Err(e) => {
+                let status = e.status();
+                tracing::warn!(function = %m.function, "mqtt: call from {:?} refused with {status}: {e}", m.topic);
+                let id = crate::agent::new_call_id();
+                rec.set_call_id(&id);
+                let _ = send(
+                    client,
+                    &m.reply,
+                    answer(status, id, Bytes::from(e.to_string())),
+                )
+                .await;
+                break status;
+            }
         }
     };
     node.traces.commit(
         &rec,
         "mqtt",
         &[
-            ("function", &trigger.function),
-            ("topic", &topic),
+            ("function", &m.function),
+            ("topic", &m.topic),
+            ("status", &status),
+        ],
+    );
+}
+
+/// The refusal of a message whose `idempotency-key` is not one.
+fn bad_key(m: &Message) -> Option<Bytes> {
+    let k = m.key.as_deref()?;
+    (!crate::agent::keyed::key_ok(k)).then(|| {
+        Bytes::from(format!(
+            "idempotency-key user property: {}",
+            crate::agent::keyed::KEY_RULE
+        ))
+    })
+}
+
+/// A QoS 0 message: run now, its result published (at most once, nothing stored).
+async fn run_now(node: &Node, client: &AsyncClient, m: Message, payload: Bytes) {
+    let rec = node
+        .traces
+        .begin(m.traceparent.as_deref(), m.tracestate.as_deref());
+    let call_id = crate::agent::new_call_id();
+    rec.set_call_id(&call_id);
+    let result = match bad_key(&m) {
+        Some(refused) => Err(crate::dispatch::Refused::new(
+            400,
+            String::from_utf8_lossy(&refused).into_owned(),
+        )),
+        None => {
+            crate::traces::Traces::run(
+                rec.clone(),
+                node.call_with_key("mqtt", &m.function, m.key.clone(), payload),
+            )
+            .await
+        }
+    };
+    node.traces.commit(
+        &rec,
+        "mqtt",
+        &[
+            ("function", &m.function),
+            ("topic", &m.topic),
             (
                 "status",
                 &result.as_ref().map_or_else(|e| e.status, |_| 200),
@@ -441,32 +557,92 @@ async fn handle(node: &Node, client: &AsyncClient, cfg: &MqttSection, p: Publish
         Ok(placed) => (
             200u16,
             placed.body,
-            format!("{} ({})", placed.node, placed.tier.as_str()),
+            Some(format!("{} ({})", placed.node, placed.tier.as_str())),
         ),
-        Err(e) => (e.status, Bytes::from(e.message), String::new()),
+        Err(e) => (e.status, Bytes::from(e.message), None),
     };
     if status != 200 {
-        tracing::warn!(function = %trigger.function, "mqtt: call from {topic:?} failed with {status}");
+        tracing::warn!(function = %m.function, "mqtt: call from {:?} failed with {status}", m.topic);
     }
+    let reply = Reply {
+        function: m.function.clone(),
+        topic: m.topic.clone(),
+        status,
+        placed_on,
+        call_id,
+        traceparent: rec.traceparent(),
+        correlation: m.correlation.clone(),
+        body,
+    };
+    let _ = send(client, &m.reply, reply).await;
+}
+
+/// A call's result as its reply message carries it.
+struct Reply {
+    function: String,
+    /// The topic of the message that made the call.
+    topic: String,
+    status: u16,
+    placed_on: Option<String>,
+    call_id: String,
+    traceparent: String,
+    correlation: Option<Bytes>,
+    body: Bytes,
+}
+
+/// Publishes `r` to `reply_topic` (QoS 1): `Ok` once the reply connection has it.
+async fn send(client: &AsyncClient, reply_topic: &str, r: Reply) -> Result<(), String> {
     let mut user = vec![
-        ("status".to_string(), status.to_string()),
-        ("function".to_string(), trigger.function.clone()),
-        ("topic".to_string(), topic.to_string()),
+        ("status".to_string(), r.status.to_string()),
+        ("function".to_string(), r.function),
+        ("topic".to_string(), r.topic),
     ];
-    if !placed_on.is_empty() {
-        user.push(("placed-on".to_string(), placed_on));
+    if let Some(on) = r.placed_on {
+        user.push(("placed-on".to_string(), on));
     }
-    user.push(("call-id".to_string(), call_id));
-    user.push(("traceparent".to_string(), rec.traceparent()));
+    user.push(("call-id".to_string(), r.call_id));
+    if !r.traceparent.is_empty() {
+        user.push(("traceparent".to_string(), r.traceparent));
+    }
     let out = PublishProperties {
-        correlation_data: props.correlation_data,
+        correlation_data: r.correlation,
         user_properties: user,
         ..PublishProperties::default()
     };
-    if let Err(e) = client
-        .publish_with_properties(reply_topic.clone(), QoS::AtLeastOnce, false, body, out)
+    client
+        .publish_with_properties(
+            reply_topic.to_string(),
+            QoS::AtLeastOnce,
+            false,
+            r.body,
+            out,
+        )
         .await
-    {
-        tracing::warn!("mqtt: publishing the result to {reply_topic:?}: {e}");
-    }
+        .map_err(|e| {
+            let why = format!("publishing the result to {reply_topic:?}: {e}");
+            tracing::warn!("mqtt: {why}");
+            why
+        })
+}
+
+/// Publishes the results of stored messages (from the node's outbox) on `client`.
+fn publisher(client: AsyncClient) -> crate::agent::callbacks::Publisher {
+    use crate::agent::callbacks::{Finished, MessageReply};
+    Arc::new(move |to: MessageReply, done: Finished<'_>| {
+        let client = client.clone();
+        let r = Reply {
+            function: done.function.to_string(),
+            topic: to.topic,
+            status: done.status,
+            placed_on: done.placed_on.map(str::to_string),
+            call_id: done.id,
+            traceparent: to.traceparent,
+            correlation: hex::decode(&to.correlation)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .map(Bytes::from),
+            body: done.body,
+        };
+        Box::pin(async move { send(&client, &to.reply, r).await })
+    })
 }

@@ -1,15 +1,16 @@
-//! Exactly once for QoS 2 MQTT messages: the packet ids of the messages that ran here and
-//! were acknowledged (PUBREC) but not yet released by the broker (PUBREL). They are kept
+//! Exactly once for QoS 2 MQTT messages: the packet ids of the messages that were stored
+//! here (queued as calls) and acknowledged (PUBREC) but not yet released by the broker (PUBREL). They are kept
 //! in the member's store, so a message the broker delivers again (after a lost connection,
-//! a broker restart or a restart of this member) is acknowledged again without running
-//! again: the receiver's side of MQTT 5 §4.3.3.
+//! a broker restart or a restart of this member) is acknowledged again without being
+//! stored and run again: the receiver's side of MQTT 5 §4.3.3. (A crash between storing
+//! the call and recording its id stores it twice.)
 //!
 //! Only a delivery marked as a duplicate (DUP set), under a recorded id, of the message
 //! recorded there (the same topic and payload, by a 64-bit fingerprint) is taken for one.
 //! The broker reuses a packet id only after it released it, so a record is stale only when
 //! its release was lost here (a crash between PUBREL and the store's flush); a new message
 //! under that id (no DUP, or another message's content, if its first delivery was lost in
-//! the same crash) drops the stale record and runs.
+//! the same crash) drops the stale record and is stored.
 //!
 //! rumqttc 0.25 forgets, when its connection drops, which ids it acknowledged, and then
 //! refuses the PUBREL the broker sends again on the resumed session (rumqtt issue #664) by
@@ -34,11 +35,11 @@ pub struct Released {
     tree: sled::Tree,
     /// The client id and a separator: each broker session has ids of its own.
     prefix: Vec<u8>,
-    /// Packet id → the fingerprint of the message that ran under it.
+    /// Packet id → the fingerprint of the message stored under it.
     ids: Mutex<BTreeMap<u16, u64>>,
 }
 
-/// FNV-1a over the topic, a separator and the payload: which message ran under an id.
+/// FNV-1a over the topic, a separator and the payload: which message was stored under an id.
 fn fingerprint(p: &Publish) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in p.topic.iter().chain(&[0xff]).chain(p.payload.iter()) {
@@ -78,10 +79,10 @@ impl Released {
         self.ids.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether `p` is a message that already ran here: delivered again (DUP) under an id
+    /// Whether `p` is a message already stored here: delivered again (DUP) under an id
     /// recorded for it and not released. Another message under a recorded id drops the
     /// record.
-    pub fn already_ran(&self, p: &Publish) -> bool {
+    pub fn already_stored(&self, p: &Publish) -> bool {
         if p.qos != QoS::ExactlyOnce {
             return false;
         }
@@ -95,7 +96,7 @@ impl Released {
         false
     }
 
-    /// Records that `p` ran, on disk, before its PUBREC is sent.
+    /// Records that `p` was stored, on disk, before its PUBREC is sent.
     pub async fn record(&self, store: &Store, p: &Publish) -> Result<(), StoreError> {
         let f = fingerprint(p);
         self.ids().insert(p.pkid, f);
@@ -159,41 +160,44 @@ mod tests {
         {
             let store = Store::open(dir.path()).unwrap();
             let r = Released::open(&store, "fogline-a").unwrap();
-            assert!(!r.already_ran(&publish(7, false)));
+            assert!(!r.already_stored(&publish(7, false)));
             r.record(&store, &publish(7, false)).await.unwrap();
             r.record(&store, &publish(9, false)).await.unwrap();
             r.record(&store, &publish(13, false)).await.unwrap();
             // Another client's session has ids of its own.
             let other = Released::open(&store, "fogline-b").unwrap();
-            assert!(!other.already_ran(&publish(7, true)));
+            assert!(!other.already_stored(&publish(7, true)));
         }
         let store = Store::open(dir.path()).unwrap();
         let r = Released::open(&store, "fogline-a").unwrap();
         assert!(
-            r.already_ran(&publish(7, true)),
+            r.already_stored(&publish(7, true)),
             "delivered again after a restart"
         );
         // QoS 1 is never taken for a duplicate by id.
         let mut q1 = publish(7, true);
         q1.qos = QoS::AtLeastOnce;
-        assert!(!r.already_ran(&q1));
+        assert!(!r.already_stored(&q1));
         r.release(7);
-        assert!(!r.already_ran(&publish(7, true)), "released");
+        assert!(!r.already_stored(&publish(7, true)), "released");
         // A new message (no DUP) under a recorded id: the release was lost; it runs.
-        assert!(!r.already_ran(&publish(9, false)));
+        assert!(!r.already_stored(&publish(9, false)));
         assert!(
-            !r.already_ran(&publish(9, true)),
+            !r.already_stored(&publish(9, true)),
             "the stale record was dropped"
         );
         // Another message delivered again under a recorded id (its first delivery lost in
         // the crash that lost the release): it runs.
         let mut other = publish(13, true);
         other.payload = "another message".into();
-        assert!(!r.already_ran(&other));
-        assert!(!r.already_ran(&publish(13, true)), "and the record is gone");
+        assert!(!r.already_stored(&other));
+        assert!(
+            !r.already_stored(&publish(13, true)),
+            "and the record is gone"
+        );
         r.record(&store, &publish(11, false)).await.unwrap();
         r.forget_all();
-        assert!(!r.already_ran(&publish(11, true)));
+        assert!(!r.already_stored(&publish(11, true)));
         assert!(Released::open(&store, "fogline-a")
             .unwrap()
             .ids()
