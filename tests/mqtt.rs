@@ -602,6 +602,66 @@ async fn stored_messages_run_after_the_member_is_killed() {
     assert!(missing.is_empty(), "never answered: {missing:?}");
 }
 
+/// A reply is done only once the broker acknowledged it: while the broker refuses the
+/// member's replies (an ACL that lets it read `jobs/#` but not write `fogline/reply/#`;
+/// Mosquitto answers the PUBACK with "not authorized"), the results stay in the member's
+/// outbox and are retried; once the ACL allows them (reloaded with SIGHUP), every message
+/// is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_the_broker_refused_are_sent_again() {
+    if !have_mosquitto() {
+        return;
+    }
+    const N: usize = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    let acl = d.join("acl");
+    std::fs::write(&acl, "topic readwrite jobs/#\ntopic read fogline/reply/#\n").unwrap();
+    let broker = Broker::with_config(
+        d,
+        port,
+        &format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nacl_file {}\n",
+            acl.display()
+        ),
+    );
+    let (node, _) = jobs_node(d, port, "retry_max = \"500ms\"").await;
+    let (mut sub, replies) = collect_replies(port);
+    publish_jobs(port, "1", N);
+    let t = Instant::now();
+    let refused = loop {
+        let m = metrics(&node).await;
+        let retries = m
+            .lines()
+            .find_map(|l| l.strip_prefix("fogline_callback_retries_total "))
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap());
+        if retries >= N as u64 || t.elapsed() > Duration::from_secs(20) {
+            break retries;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(refused >= N as u64, "{refused} reply deliveries retried");
+    assert_eq!(
+        replies.lock().unwrap().len(),
+        0,
+        "a refused reply was received"
+    );
+    std::fs::write(
+        &acl,
+        "topic readwrite jobs/#\ntopic readwrite fogline/reply/#\n",
+    )
+    .unwrap();
+    let _ = Command::new("kill")
+        .args(["-HUP", &broker.child.id().to_string()])
+        .status();
+    let missing = unanswered(&replies, N, Duration::from_secs(30));
+    let _ = sub.kill();
+    let _ = sub.wait();
+    assert!(missing.is_empty(), "never answered: {missing:?}");
+    eprintln!("{refused} deliveries refused before the ACL allowed the replies");
+}
+
 enum Disruption {
     /// SIGTERM the broker (it saves its sessions) and start it again.
     BrokerRestart,

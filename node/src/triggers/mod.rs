@@ -26,6 +26,7 @@ pub mod federation;
 pub mod http;
 pub mod https;
 pub mod mqtt;
+pub mod mqtt_acks;
 pub mod mqtt_qos2;
 pub mod quic;
 pub mod ui;

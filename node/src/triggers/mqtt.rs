@@ -17,7 +17,8 @@
 //! is acknowledged again, not stored again ([`super::mqtt_qos2`]). QoS 0 messages run at
 //! once, nothing stored (at most once).
 //! Replies go out on a second connection of their own (QoS 1, its session kept too), so
-//! acknowledgements never wait behind replies.
+//! acknowledgements never wait behind replies; a reply is done once the broker
+//! acknowledged it ([`super::mqtt_acks`]), and until then its result stays in the outbox.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fogline_core::config::{topic_matches, MqttSection, NodeConfig};
 
+use super::mqtt_acks::Acks;
 use super::mqtt_qos2::Released;
 use crate::agent::Node;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
@@ -219,20 +221,29 @@ async fn run(node: std::sync::Weak<Node>, m: Mqtt, node_id: String) {
     ) else {
         return;
     };
-    let (replies, mut reply_events) = AsyncClient::new(reply_opts, 256);
+    let (reply_client, mut reply_events) = AsyncClient::new(reply_opts, 256);
+    let replies = Replies {
+        client: reply_client,
+        acks: Arc::new(Acks::default()),
+    };
     if let Some(n) = node.upgrade() {
         n.publish_replies_with(publisher(replies.clone()));
     }
     let broker = cfg.broker.clone();
     let watching = node.clone();
+    let acks = replies.acks.clone();
     tokio::spawn(async move {
         loop {
-            if let Err(e) = reply_events.poll().await {
-                if watching.strong_count() == 0 {
-                    return;
+            match reply_events.poll().await {
+                Ok(ev) => acks.event(&ev),
+                Err(e) => {
+                    acks.dropped(&reply_events.pending);
+                    if watching.strong_count() == 0 {
+                        return;
+                    }
+                    tracing::warn!("mqtt: reply connection to {broker}: {e}; reconnecting in 1s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                tracing::warn!("mqtt: reply connection to {broker}: {e}; reconnecting in 1s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     });
@@ -432,7 +443,7 @@ fn read(node: &Node, cfg: &MqttSection, p: &Publish) -> Option<Message> {
 /// A QoS 1 or 2 message: stored as an async call whose result is published back (through
 /// the node's durable outbox), so it may be acknowledged once this returns. While the
 /// queue is full it waits, unacknowledged (the broker holds the rest).
-async fn store(node: &Node, client: &AsyncClient, m: Message, payload: Bytes) {
+async fn store(node: &Node, client: &Replies, m: Message, payload: Bytes) {
     let rec = node
         .traces
         .begin(m.traceparent.as_deref(), m.tracestate.as_deref());
@@ -522,7 +533,7 @@ fn bad_key(m: &Message) -> Option<Bytes> {
 }
 
 /// A QoS 0 message: run now, its result published (at most once, nothing stored).
-async fn run_now(node: &Node, client: &AsyncClient, m: Message, payload: Bytes) {
+async fn run_now(node: &Node, client: &Replies, m: Message, payload: Bytes) {
     let rec = node
         .traces
         .begin(m.traceparent.as_deref(), m.tracestate.as_deref());
@@ -590,8 +601,15 @@ struct Reply {
     body: Bytes,
 }
 
-/// Publishes `r` to `reply_topic` (QoS 1): `Ok` once the reply connection has it.
-async fn send(client: &AsyncClient, reply_topic: &str, r: Reply) -> Result<(), String> {
+/// The reply connection, and what its broker acknowledged.
+#[derive(Clone)]
+struct Replies {
+    client: AsyncClient,
+    acks: Arc<Acks>,
+}
+
+/// Publishes `r` to `reply_topic` (QoS 1): `Ok` once the broker acknowledged it.
+async fn send(replies: &Replies, reply_topic: &str, r: Reply) -> Result<(), String> {
     let mut user = vec![
         ("status".to_string(), r.status.to_string()),
         ("function".to_string(), r.function),
@@ -609,27 +627,45 @@ async fn send(client: &AsyncClient, reply_topic: &str, r: Reply) -> Result<(), S
         user_properties: user,
         ..PublishProperties::default()
     };
-    client
-        .publish_with_properties(
-            reply_topic.to_string(),
-            QoS::AtLeastOnce,
-            false,
-            r.body,
-            out,
-        )
-        .await
-        .map_err(|e| {
-            let why = format!("publishing the result to {reply_topic:?}: {e}");
-            tracing::warn!("mqtt: {why}");
-            why
-        })
+    // The connection's request channel is bounded: a full one is waited out briefly.
+    const BUSY: &str = "the reply connection's request channel is full";
+    let mut tries = 0;
+    loop {
+        let r = replies
+            .acks
+            .publish(|| {
+                replies
+                    .client
+                    .try_publish_with_properties(
+                        reply_topic.to_string(),
+                        QoS::AtLeastOnce,
+                        false,
+                        r.body.clone(),
+                        out.clone(),
+                    )
+                    .map_err(|_| BUSY.to_string())
+            })
+            .await;
+        match r {
+            Err(e) if e == BUSY && tries < 100 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => {
+                let why = format!("publishing the result to {reply_topic:?}: {e}");
+                tracing::warn!("mqtt: {why}");
+                return Err(why);
+            }
+            Ok(()) => return Ok(()),
+        }
+    }
 }
 
 /// Publishes the results of stored messages (from the node's outbox) on `client`.
-fn publisher(client: AsyncClient) -> crate::agent::callbacks::Publisher {
+fn publisher(replies: Replies) -> crate::agent::callbacks::Publisher {
     use crate::agent::callbacks::{Finished, MessageReply};
     Arc::new(move |to: MessageReply, done: Finished<'_>| {
-        let client = client.clone();
+        let replies = replies.clone();
         let r = Reply {
             function: done.function.to_string(),
             topic: to.topic,
@@ -643,6 +679,6 @@ fn publisher(client: AsyncClient) -> crate::agent::callbacks::Publisher {
                 .map(Bytes::from),
             body: done.body,
         };
-        Box::pin(async move { send(&client, &to.reply, r).await })
+        Box::pin(async move { send(&replies, &to.reply, r).await })
     })
 }
