@@ -38,6 +38,13 @@ pub struct Placed {
     pub module_sent: Option<bool>,
 }
 
+impl Placed {
+    /// Where it ran, as callers are told: `node (tier)`.
+    pub fn place(&self) -> String {
+        format!("{} ({})", self.node, self.tier.as_str())
+    }
+}
+
 /// A call that produced no output, with the status and message for the caller.
 #[derive(Debug, Clone)]
 pub struct Refused {

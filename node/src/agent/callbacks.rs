@@ -24,8 +24,7 @@ pub struct Callbacks {
     publisher: std::sync::OnceLock<Publisher>,
 }
 
-/// Publishes one result as a message: `Ok` once the message is handed to the broker's
-/// connection.
+/// Publishes one result as a message: `Ok` once the broker acknowledged it.
 pub type Publisher = std::sync::Arc<
     dyn Fn(MessageReply, Finished<'_>) -> crate::dispatch::BoxFut<'static, Result<(), String>>
         + Send

@@ -576,7 +576,7 @@ impl Node {
         .await;
         let (status, reason, place) = match placed {
             Ok(out) => {
-                let on = format!("{} ({})", out.node, out.tier.as_str());
+                let on = out.place();
                 return Some((200, out.body, Some(on)));
             }
             Err(e) if e.unplaced => {

@@ -317,13 +317,13 @@ async fn invoke_call(node: Shared, name: String, headers: HeaderMap, body: Body)
     }
 }
 
-fn placed_response(out: crate::dispatch::Placed) -> Response {
+fn placed_response(mut out: crate::dispatch::Placed) -> Response {
     let ct = if std::str::from_utf8(&out.body).is_ok() {
         "text/plain; charset=utf-8"
     } else {
         "application/octet-stream"
     };
-    let mut r = Response::new(Body::from(out.body));
+    let mut r = Response::new(Body::from(std::mem::take(&mut out.body)));
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
     let mut put = |name: &'static str, v: String| {
@@ -341,10 +341,7 @@ fn placed_response(out: crate::dispatch::Placed) -> Response {
         put("x-fogline-module-sent", sent.to_string());
     }
     if let Some(p) = out.predicted_ms {
-        put(
-            "x-fogline-placed-on",
-            format!("{} ({})", out.node, out.tier.as_str()),
-        );
+        put("x-fogline-placed-on", out.place());
         put("x-fogline-predicted-ms", format!("{p:.2}"));
         put("x-fogline-took-ms", format!("{:.2}", out.took_ms));
         put("x-fogline-attempts", out.attempts.to_string());

@@ -391,6 +391,29 @@ struct Message {
     tracestate: Option<String>,
 }
 
+impl Message {
+    /// The reply to this message with a call's outcome, in the trace `traceparent`.
+    fn reply(
+        &self,
+        status: u16,
+        call_id: String,
+        traceparent: String,
+        placed_on: Option<String>,
+        body: Bytes,
+    ) -> Reply {
+        Reply {
+            function: self.function.clone(),
+            topic: self.topic.clone(),
+            status,
+            placed_on,
+            call_id,
+            traceparent,
+            correlation: self.correlation.clone(),
+            body,
+        }
+    }
+}
+
 /// What message `p` asks for, or `None` (logged) when it cannot be used.
 fn read(node: &Node, cfg: &MqttSection, p: &Publish) -> Option<Message> {
     let Ok(topic) = std::str::from_utf8(&p.topic) else {
@@ -447,15 +470,8 @@ async fn store(node: &Node, client: &Replies, m: Message, payload: Bytes) {
     let rec = node
         .traces
         .begin(m.traceparent.as_deref(), m.tracestate.as_deref());
-    let answer = |status: u16, call_id: String, body: Bytes| Reply {
-        function: m.function.clone(),
-        topic: m.topic.clone(),
-        status,
-        placed_on: None,
-        call_id,
-        traceparent: rec.traceparent(),
-        correlation: m.correlation.clone(),
-        body,
+    let answer = |status: u16, call_id: String, body: Bytes| {
+        m.reply(status, call_id, rec.traceparent(), None, body)
     };
     if let Some(refused) = bad_key(&m) {
         let id = crate::agent::new_call_id();
@@ -565,26 +581,16 @@ async fn run_now(node: &Node, client: &Replies, m: Message, payload: Bytes) {
         ],
     );
     let (status, body, placed_on) = match result {
-        Ok(placed) => (
-            200u16,
-            placed.body,
-            Some(format!("{} ({})", placed.node, placed.tier.as_str())),
-        ),
+        Ok(placed) => {
+            let on = placed.place();
+            (200u16, placed.body, Some(on))
+        }
         Err(e) => (e.status, Bytes::from(e.message), None),
     };
     if status != 200 {
         tracing::warn!(function = %m.function, "mqtt: call from {:?} failed with {status}", m.topic);
     }
-    let reply = Reply {
-        function: m.function.clone(),
-        topic: m.topic.clone(),
-        status,
-        placed_on,
-        call_id,
-        traceparent: rec.traceparent(),
-        correlation: m.correlation.clone(),
-        body,
-    };
+    let reply = m.reply(status, call_id, rec.traceparent(), placed_on, body);
     let _ = send(client, &m.reply, reply).await;
 }
 
