@@ -23,12 +23,7 @@ fn variant(i: u32) -> Vec<u8> {
 
 /// A counter or gauge from `/metrics`.
 fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in /metrics"))
-        .trim()
-        .parse()
-        .unwrap()
+    metric_value(text, name).unwrap_or_else(|| panic!("no {name} in /metrics")) as u64
 }
 
 fn artifacts(node: &NodeProc) -> (usize, u64) {

@@ -570,14 +570,9 @@ async fn stored_messages_run_after_the_member_is_killed() {
     let (mut node, cfg) = jobs_node(d, port, "workers = 2").await;
     let (mut sub, replies) = collect_replies(port);
     publish_jobs(port, "1", N);
-    let queued = |m: &str| -> u64 {
-        m.lines()
-            .find_map(|l| l.strip_prefix("fogline_async_queued "))
-            .map_or(0, |v| v.trim().parse().unwrap())
-    };
     let t = Instant::now();
     let held = loop {
-        let q = queued(&metrics(&node).await);
+        let q = metric_value(&metrics(&node).await, "fogline_async_queued").unwrap_or(0.0) as u64;
         if q >= 20 || t.elapsed() > Duration::from_secs(15) {
             break q;
         }
@@ -631,11 +626,8 @@ async fn replies_the_broker_refused_are_sent_again() {
     publish_jobs(port, "1", N);
     let t = Instant::now();
     let refused = loop {
-        let m = metrics(&node).await;
-        let retries = m
-            .lines()
-            .find_map(|l| l.strip_prefix("fogline_callback_retries_total "))
-            .map_or(0, |v| v.trim().parse::<u64>().unwrap());
+        let retries = metric_value(&metrics(&node).await, "fogline_callback_retries_total")
+            .unwrap_or(0.0) as u64;
         if retries >= N as u64 || t.elapsed() > Duration::from_secs(20) {
             break retries;
         }
@@ -794,19 +786,13 @@ async fn under_load(qos: &str, disruption: Disruption) -> (u64, u64) {
         missing.len(),
         &missing[..missing.len().min(10)]
     );
-    let (_, m) = get(&authed(&node.token), format!("{}/metrics", node.url)).await;
-    let ran: u64 = m
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(
-                "gateway_function_invocation_total{function_name=\"wait\",code=\"200\"} ",
-            )
-        })
-        .map_or(0, |v| v.trim().parse().unwrap());
-    let again = m
-        .lines()
-        .find_map(|l| l.strip_prefix("fogline_mqtt_duplicates_total "))
-        .map_or(0, |v| v.trim().parse::<u64>().unwrap());
+    let m = metrics(&node).await;
+    let ran: u64 = metric_value(
+        &m,
+        "gateway_function_invocation_total{function_name=\"wait\",code=\"200\"}",
+    )
+    .unwrap_or(0.0) as u64;
+    let again = metric_value(&m, "fogline_mqtt_duplicates_total").unwrap_or(0.0) as u64;
     eprintln!(
         "QoS {qos}: {ran} runs for {N} messages, {} replies, {again} deliveries again not run",
         replies.lock().unwrap().len()

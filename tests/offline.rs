@@ -59,9 +59,7 @@ async fn ran(cloud: &NodeProc, function: &str) -> u64 {
 }
 
 fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .map_or(-1.0, |v| v.trim().parse().unwrap())
+    metric_value(text, name).unwrap_or(-1.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -334,6 +334,13 @@ pub async fn calls(n: &NodeProc, function: &str, code: u16) -> u64 {
         .map_or(0, |v| v.trim().parse().unwrap())
 }
 
+/// The value of counter or gauge `name` (no labels) in `/metrics` text, if it is there.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().unwrap())
+}
+
 pub async fn metrics(n: &NodeProc) -> String {
     client()
         .get(format!("{}/metrics", n.url))
