@@ -514,6 +514,13 @@ pub struct Member {
     pub left: bool,
 }
 
+impl Member {
+    /// Dead by silence, not by its goodbye: it may be gone with calls it took.
+    pub fn unreachable(&self) -> bool {
+        self.state == State::Dead && !self.left
+    }
+}
+
 /// How the view ages members: unheard for this long (ms), a member is suspect, dead,
 /// then forgotten.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -943,6 +950,8 @@ mod tests {
             10
         ));
         assert_eq!(v.get("a").unwrap().state, State::Dead);
+        // Gone from placement, but not unreachable: it answers the calls it took.
+        assert!(!v.get("a").unwrap().unreachable());
         v.tick(20, &t);
         assert_eq!(
             v.get("a").unwrap().state,
@@ -989,6 +998,7 @@ mod tests {
         assert_eq!(v.get("a").unwrap().state, State::Suspect);
         v.tick(2600, &t);
         assert_eq!(v.get("a").unwrap().state, State::Dead);
+        assert!(v.get("a").unwrap().unreachable());
         v.apply(report("a", 2, 0), 3100);
         v.tick(3200, &t);
         assert_eq!(

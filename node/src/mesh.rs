@@ -191,22 +191,24 @@ impl Mesh {
         *self.peer_places.lock().unwrap_or_else(|p| p.into_inner()) = places;
     }
 
-    /// Resolves once `member`, alive when this is called, is found dead (a report
-    /// interval's multiple unheard, or it left); never while it is alive or suspect. Costs
-    /// nothing until some member dies (placement calls it for every call it sends).
-    pub async fn until_dead(&self, member: &str) {
+    /// Resolves once `member`, alive when this is called, is found dead by its silence (a
+    /// report interval's multiple unheard); never while it is alive or suspect, and never
+    /// for a member that said goodbye: a stopping member answers the calls it took, or
+    /// closes its connections saying which it did not run. Costs nothing until some
+    /// member dies (placement calls it for every call it sends).
+    pub async fn until_unreachable(&self, member: &str) {
         let mut deaths = self.deaths.subscribe();
         loop {
             if deaths.changed().await.is_err() {
                 return std::future::pending().await;
             }
-            if self.with_view(|v| v.get(member).is_some_and(|m| m.state == State::Dead)) {
+            if self.with_view(|v| v.get(member).is_some_and(Member::unreachable)) {
                 return;
             }
         }
     }
 
-    /// Tells those waiting in [`Mesh::until_dead`] when members newly died.
+    /// Tells those waiting in [`Mesh::until_unreachable`] when members newly died.
     fn note_deaths(&self, known: &mut HashSet<String>) {
         let dead: HashSet<String> = self.with_view(|v| {
             v.members()

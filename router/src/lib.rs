@@ -533,7 +533,7 @@ impl Router {
             let result = match mesh {
                 Some(mesh) => tokio::select! {
                     r = run => r,
-                    () = mesh.until_dead(&place.id) => Ok(Err(Failure {
+                    () = mesh.until_unreachable(&place.id) => Ok(Err(Failure {
                         refused: Refused::new(
                             502,
                             format!(
