@@ -288,13 +288,7 @@ async fn a_router_killed_mid_hand_off_loses_nothing_and_runs_each_key_once() {
     let seed = mesh_json(&cloud)["self"].as_str().unwrap().to_string();
     let router_cfg =
         format!("[async]\nworkers = 1\nretry_base = \"100ms\"\ncallback_allow = [\"{hook}\"]\n");
-    let start_router = || {
-        NodeProc::spawn_cmd(
-            member_command(d, &pki, "router", "router", Some(&seed), None, &router_cfg),
-            d.join("router"),
-            d,
-        )
-    };
+    let start_router = || router_on(d, &pki, &seed, &router_cfg);
     let mut router = start_router();
     wait_until("the router sees the cloud", 20, || {
         alive(&router) == ["cloud", "router"]
@@ -374,6 +368,16 @@ async fn a_router_killed_mid_hand_off_loses_nothing_and_runs_each_key_once() {
     );
     // In submission order, across the restart.
     assert_in_order(&rc, &router, &ids).await;
+}
+
+/// A router named `router` joining at `seed`, on its data folder in `d` (so a restart
+/// finds its queue).
+fn router_on(d: &std::path::Path, pki: &std::path::Path, seed: &str, cfg: &str) -> NodeProc {
+    NodeProc::spawn_cmd(
+        member_command(d, pki, "router", "router", Some(seed), None, cfg),
+        d.join("router"),
+        d,
+    )
 }
 
 /// Submits `n` async calls of `pinned` (body and key `k{i}` from their index, a callback
@@ -535,4 +539,73 @@ async fn a_call_whose_member_is_killed_mid_run_completes_on_another() {
             alive(&router) == ["cloud-a", "cloud-b", "router"]
         });
     }
+}
+
+/// The router is SIGKILLed while members run the async calls it handed them (without keys,
+/// of a function that is not idempotent). Restarted, it sends each call back to the member
+/// it noted before the hand-off, which answers with the answer it kept by the call's id
+/// (waiting for the run still going): every call completes, and each ran once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_killed_while_members_run_its_calls_gets_their_answers_without_a_second_run() {
+    const CALLS: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = pki(d);
+    let cloud_a = member(d, &pki, "bridge", "cloud-a", None, None);
+    let seed = mesh_json(&cloud_a)["self"].as_str().unwrap().to_string();
+    let cloud_b = member(d, &pki, "bridge", "cloud-b", Some(&seed), None);
+    let router_cfg = "[async]\nworkers = 4\nretry_base = \"100ms\"\n";
+    let start_router = || router_on(d, &pki, &seed, router_cfg);
+    let mut router = start_router();
+    wait_until("the router sees both clouds", 20, || {
+        alive(&router) == ["cloud-a", "cloud-b", "router"]
+    });
+    run_ok(
+        router
+            .cli()
+            .args(["deploy", "once", "--constraint", "tier==cloud"])
+            .args(["--timeout", "20s", "--wasm"])
+            .arg(example("wait/wait.wasm")),
+    );
+    let rc = authed(&router.token);
+    let mut ids = Vec::new();
+    for i in 0..CALLS {
+        let r = rc
+            .post(format!("{}/async-function/once", router.url))
+            .body(format!("2500 #{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        ids.push(r.headers()["x-call-id"].to_str().unwrap().to_string());
+    }
+    let clouds = [&cloud_a, &cloud_b];
+    let t = Instant::now();
+    loop {
+        let mut running = 0;
+        for c in clouds {
+            running += status(c).await["instances_in_use"].as_u64().unwrap_or(0);
+        }
+        if running == CALLS as u64 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{running} running");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    router.kill();
+    let router = start_router();
+    let rc = authed(&router.token);
+    for (i, id) in ids.iter().enumerate() {
+        let (s, body) = async_result(&rc, &router, id).await;
+        assert_eq!((s, body), (200, format!("waited 2500 ms #{i}\n")));
+    }
+    let (mut runs, mut replays) = (0, 0.0);
+    for c in clouds {
+        runs += ran(c, "once").await;
+        let (_, m) = get(&authed(&c.token), format!("{}/metrics", c.url)).await;
+        replays += metric(&m, "fogline_keyed_replays_total");
+    }
+    assert_eq!(runs, CALLS as u64, "each call ran once across the crash");
+    // Each answered again from the member it was handed to before the crash.
+    assert_eq!(replays, CALLS as f64);
 }

@@ -767,6 +767,10 @@ pub struct AsyncSection {
     /// key (and function) within it is answered with that call, not run again.
     #[serde(default = "default_idempotency_window", with = "duration_str")]
     pub idempotency_window: Duration,
+    /// How long a member keeps the answer of an async call handed to it without a key
+    /// (by the call's id), for the sender's retry after a lost answer or a crash.
+    #[serde(default = "default_handoff_window", with = "duration_str")]
+    pub handoff_window: Duration,
     /// Async calls one namespace may hold on disk, queued or in the dead-letter queue;
     /// past it, its submissions get 429 (nothing accepted is ever dropped to make room).
     #[serde(default = "default_max_per_namespace")]
@@ -799,6 +803,9 @@ fn default_deadline() -> Duration {
 }
 fn default_idempotency_window() -> Duration {
     Duration::from_secs(24 * 3600)
+}
+fn default_handoff_window() -> Duration {
+    Duration::from_secs(3600)
 }
 fn default_min_free_disk() -> ByteSize {
     ByteSize::mib(64)
@@ -1246,6 +1253,7 @@ impl Default for AsyncSection {
             retry_max: default_retry_max(),
             deadline: default_deadline(),
             idempotency_window: default_idempotency_window(),
+            handoff_window: default_handoff_window(),
             max_per_namespace: default_max_per_namespace(),
             min_free_disk: default_min_free_disk(),
             callback_for: default_callback_for(),

@@ -149,9 +149,10 @@ pub struct Invoke {
     /// trace. Last, so a peer of an earlier release that does not send it is still read
     /// (and one that does not know it ignores it).
     pub trace: Option<String>,
-    /// The call's idempotency key (an async call's `X-Idempotency-Key`): the callee runs
-    /// the function once per (caller, function, key) within its window and answers a
-    /// repeat with the stored result. Last, for the same reason as `trace`.
+    /// The call's idempotency key (an async call's `X-Idempotency-Key`, or without one
+    /// `call ` and its call id): the callee runs the function once per (caller, function,
+    /// key) within its window and answers a repeat with the stored result. Last, for the
+    /// same reason as `trace`.
     pub key: Option<String>,
     /// The peer cluster to run it in: the callee (this cluster's bridge) relays it over its
     /// federation link. Last, for the same reason as `trace`.

@@ -42,6 +42,10 @@ pub struct CallMeta {
     pub key: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<Attempt>,
+    /// The member it was last handed to: its next attempt goes there first (that member
+    /// keeps the answer by the call's key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handed_to: Option<String>,
 }
 
 /// What a dead-letter entry gave up on: running a call, or telling its callback.
@@ -411,6 +415,8 @@ impl Store {
             deadline_ms,
             key: dead.meta.key.clone(),
             attempts: Vec::new(),
+            // Where a lost answer may be kept.
+            handed_to: dead.meta.handed_to.clone(),
         });
         let revived = (&self.dead, &self.results, &self.queue, &self.call_meta)
             .transaction(|(dt, rt, qt, mt)| {
@@ -473,13 +479,14 @@ impl Store {
         self.durable().await
     }
 
-    /// Forgets keyed answers older than `cutoff_ms`; returns how many.
-    pub fn sweep_keyed(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
+    /// Forgets the keyed answers `old` says are (given each one's key and when it was
+    /// kept, Unix ms); returns how many.
+    pub fn sweep_keyed(&self, old: impl Fn(&[u8], u64) -> bool) -> Result<usize, StoreError> {
         let mut n = 0;
         for kv in self.keyed.iter() {
             let (k, v) = kv?;
             // A damaged record is swept too.
-            if keyed_at(&v).unwrap_or(0) < cutoff_ms {
+            if old(&k, keyed_at(&v).unwrap_or(0)) {
                 self.keyed.remove(&k)?;
                 n += 1;
             }
@@ -1022,6 +1029,7 @@ mod tests {
             deadline_ms: 9,
             key: Some("k".into()),
             attempts: Vec::new(),
+            handed_to: Some("edge-1".into()),
         };
         let Enqueued::New(id, public) = s.enqueue(&call("f"), &keyed, 60_000).await.unwrap() else {
             panic!("a new key makes a new call")
@@ -1075,6 +1083,11 @@ mod tests {
         assert_eq!(s.call(id).unwrap().unwrap().body, &b"in"[..]);
         let fresh = s.meta(id).unwrap();
         assert_eq!((fresh.deadline_ms, fresh.attempts.len()), (99, 0));
+        assert_eq!(
+            fresh.handed_to.as_deref(),
+            Some("edge-1"),
+            "where its answer may be"
+        );
         // Dead calls are kept, however many (the bound is at submit, per namespace).
         for _ in 0..3 {
             let Enqueued::New(n, _) = s

@@ -415,6 +415,14 @@ impl Router {
                 plan.explored = false;
             }
         }
+        // An async call handed to a member before, its answer lost: that member keeps the
+        // answer (or is still running it), so it goes there while it is a place.
+        if let Some(i) = fogline_node::agent::keyed::preferred()
+            .and_then(|m| places.iter().position(|p| p.id == m && p.addr.is_some()))
+        {
+            plan.chosen = i;
+            plan.explored = false;
+        }
         if placing.recording() {
             placing.attr("chosen", &places[plan.chosen].id);
             placing.attr_static("explored", if plan.explored { "true" } else { "false" });
@@ -660,6 +668,7 @@ impl Router {
                 .await
                 .map_err(Failure::by_status);
         };
+        fogline_node::agent::keyed::handing_to(&place.id).await;
         let Some(client) = node.links.peers.get() else {
             return Err(Failure {
                 refused: Refused::new(

@@ -5,6 +5,13 @@
 //! with the stored answer instead of running it again. Calls of one key wait for each
 //! other, so two hand-offs at once still run it once.
 //!
+//! An async call without a key is handed on with its call id as an implicit key
+//! ([`call_key`]), so the member keeps its answer for `[async] handoff_window`: a hand-off
+//! whose answer was lost with the link or with the sender (killed, restarted) gets that
+//! answer back instead of a second run. To find it, the retry goes where the call went:
+//! the sender notes the member (on disk, before sending) and its placement prefers it
+//! while it is alive ([`Handoff`]).
+//!
 //! The key travels from the queue to the QUIC client in a task-local (as the trace
 //! context does), so the placement code between them does not carry it.
 
@@ -18,17 +25,76 @@ use super::Node;
 use crate::dispatch::{Placed, Refused};
 
 tokio::task_local! {
-    static KEY: Option<String>;
+    static HANDOFF: Handoff;
+}
+
+/// Notes, durably, the member a call is about to be handed to.
+pub type NoteHandoff =
+    Arc<dyn Fn(String) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// What a call handed on carries besides itself: its key, and for an async call where it
+/// went before and how to note where it goes.
+#[derive(Clone, Default)]
+pub struct Handoff {
+    pub key: Option<String>,
+    /// The member an earlier attempt handed it to: placement tries it first.
+    pub prefer: Option<String>,
+    pub note: Option<NoteHandoff>,
 }
 
 /// Runs `f` with `key` as the idempotency key of the calls it hands to other members.
 pub async fn with<F: Future>(key: Option<String>, f: F) -> F::Output {
-    KEY.scope(key, f).await
+    with_handoff(
+        Handoff {
+            key,
+            ..Handoff::default()
+        },
+        f,
+    )
+    .await
+}
+
+/// Runs `f` handing its calls on as `h` says.
+pub async fn with_handoff<F: Future>(h: Handoff, f: F) -> F::Output {
+    HANDOFF.scope(h, f).await
 }
 
 /// The idempotency key of the call being handed on, if any.
 pub fn current() -> Option<String> {
-    KEY.try_with(Clone::clone).ok().flatten()
+    HANDOFF.try_with(|h| h.key.clone()).ok().flatten()
+}
+
+/// The member an earlier attempt of the call being placed was handed to, if any.
+pub fn preferred() -> Option<String> {
+    HANDOFF.try_with(|h| h.prefer.clone()).ok().flatten()
+}
+
+/// Before the call being placed goes to `member`: notes it (on disk, for the call's
+/// next attempt, even after a crash) when that is new.
+pub async fn handing_to(member: &str) {
+    let note = HANDOFF
+        .try_with(|h| match &h.note {
+            Some(n) if h.prefer.as_deref() != Some(member) => Some(n.clone()),
+            _ => None,
+        })
+        .ok()
+        .flatten();
+    if let Some(note) = note {
+        note(member.to_string()).await;
+    }
+}
+
+/// The key an async call without one is handed on with: its call id, after a space (no
+/// caller's key has one, so the two never meet).
+pub fn call_key(public_id: &str) -> String {
+    format!("{CALL_KEY_PREFIX}{public_id}")
+}
+
+const CALL_KEY_PREFIX: &str = "call ";
+
+/// Whether `key` is a call's implicit key ([`call_key`]).
+pub fn is_call_key(key: &str) -> bool {
+    key.starts_with(CALL_KEY_PREFIX)
 }
 
 /// An idempotency key as callers may send it (HTTP header, MQTT user property, CoAP
@@ -110,14 +176,14 @@ impl Node {
 
     /// [`Node::run_here`] for a router that placed a call on itself: once per key when the
     /// call carries one (as the member it would have handed it to does), recorded as from
-    /// this member.
+    /// this member. An async call's implicit key is not: its own queue records its answer.
     pub async fn run_here_once(&self, name: &str, body: Bytes) -> Result<Placed, Refused> {
         let run = async {
             self.run_here(name, body)
                 .await
                 .map_err(|e| Refused::new(e.status(), e.to_string()))
         };
-        match current() {
+        match current().filter(|k| !is_call_key(k)) {
             None => run.await,
             Some(k) => self.once(&self.id, name, &k, run).await,
         }
@@ -134,11 +200,14 @@ impl Node {
         let k = record_key(caller, name, key);
         let lock = self.keyed.lock_for(&k);
         let _held = lock.lock().await;
-        let window = self.config.async_calls.idempotency_window.as_millis() as u64;
+        let window = self.window_for(key).as_millis() as u64;
         let store_err = |e: crate::store::StoreError| Refused::new(500, e.to_string());
         if let Some((at, body)) = self.store.keyed_result(&k).map_err(store_err)? {
             if crate::store::now_ms().saturating_sub(at) <= window {
                 crate::traces::note("replayed", "true");
+                self.queue
+                    .replayed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let tier = self.roles.tier;
                 return Ok(Placed {
                     body,
@@ -162,15 +231,40 @@ impl Node {
         Ok(placed)
     }
 
-    /// Forgets keyed answers older than the idempotency window.
+    /// How long the answer of a call with `key` is kept: a caller's key names its call
+    /// for the idempotency window, an implicit one for the (shorter) hand-off window.
+    fn window_for(&self, key: &str) -> std::time::Duration {
+        let a = &self.config.async_calls;
+        if is_call_key(key) {
+            a.handoff_window
+        } else {
+            a.idempotency_window
+        }
+    }
+
+    /// Forgets keyed answers older than their window.
     pub(super) fn sweep_keyed(&self) {
-        let window = self.config.async_calls.idempotency_window.as_millis() as u64;
-        if let Err(e) = self
+        let a = &self.config.async_calls;
+        let now = crate::store::now_ms();
+        let cutoff = |w: std::time::Duration| now.saturating_sub(w.as_millis() as u64);
+        let (keyed, handed) = (cutoff(a.idempotency_window), cutoff(a.handoff_window));
+        let result = self
             .store
-            .sweep_keyed(crate::store::now_ms().saturating_sub(window))
-        {
+            .sweep_keyed(|k, at| expired(k, at, keyed, handed));
+        if let Err(e) = result {
             tracing::warn!("sweeping old keyed answers: {e}");
         }
+    }
+}
+
+/// Whether the answer kept under record key `k` at `at` (Unix ms) is past its window: kept
+/// before `keyed` for a caller's key, before `handed` for a call's implicit one.
+fn expired(k: &[u8], at: u64, keyed: u64, handed: u64) -> bool {
+    let key = k.rsplit(|b| *b == 0).next().unwrap_or_default();
+    at < if key.starts_with(CALL_KEY_PREFIX.as_bytes()) {
+        handed
+    } else {
+        keyed
     }
 }
 
@@ -185,6 +279,48 @@ mod tests {
         assert_eq!(inner.as_deref(), Some("k1"));
         assert_eq!(with(None, async { current() }).await, None);
         assert_eq!(current(), None);
+    }
+
+    #[test]
+    fn implicit_keys_are_no_callers_key() {
+        let k = call_key("3f2a");
+        assert!(is_call_key(&k));
+        assert!(!key_ok(&k), "a caller cannot send {k:?}");
+        assert!(!is_call_key("call-3f2a"));
+    }
+
+    #[test]
+    fn implicit_keys_expire_with_the_handoff_window() {
+        let caller = record_key("router", "f", "order-7");
+        let implicit = record_key("router", "f", &call_key("3f2a"));
+        // Kept at 500; the caller's keys expire before 100, implicit ones before 1000.
+        assert!(!expired(&caller, 500, 100, 1000));
+        assert!(expired(&implicit, 500, 100, 1000));
+        assert!(expired(&caller, 50, 100, 1000));
+        assert!(!expired(&implicit, 1000, 100, 1000));
+    }
+
+    #[tokio::test]
+    async fn a_handoff_is_noted_once_per_new_member() {
+        let noted = Arc::new(Mutex::new(Vec::new()));
+        let n = noted.clone();
+        let note: NoteHandoff = Arc::new(move |m| {
+            n.lock().unwrap().push(m);
+            Box::pin(async {})
+        });
+        let h = Handoff {
+            key: Some("k".into()),
+            prefer: Some("edge-1".into()),
+            note: Some(note),
+        };
+        with_handoff(h, async {
+            assert_eq!(preferred().as_deref(), Some("edge-1"));
+            handing_to("edge-1").await;
+            handing_to("edge-2").await;
+        })
+        .await;
+        handing_to("edge-3").await;
+        assert_eq!(*noted.lock().unwrap(), ["edge-2"]);
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct AsyncQueue {
     max_per_namespace: u64,
     /// Submissions answered with an earlier call of the same idempotency key.
     pub deduplicated: AtomicU64,
+    /// Calls answered with the answer kept under their key instead of a run.
+    pub replayed: AtomicU64,
     /// Hands callbacks in the outbox to [`Node::run_outbox`].
     pub(super) outbox_tx: mpsc::UnboundedSender<u64>,
     outbox_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<u64>>>,
@@ -119,6 +121,7 @@ impl AsyncQueue {
             held: std::sync::Mutex::new(std::collections::HashMap::new()),
             max_per_namespace,
             deduplicated: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
             outbox_tx,
             outbox_rx: std::sync::Mutex::new(Some(outbox_rx)),
             callbacks_sent: AtomicU64::new(0),
@@ -181,6 +184,11 @@ impl AsyncQueue {
                 "fogline_async_deduplicated_total",
                 "Submissions answered with the earlier call of their idempotency key.",
                 &self.deduplicated,
+            ),
+            (
+                "fogline_keyed_replays_total",
+                "Calls handed here again (or sent again with their idempotency key) answered with the answer kept under their key, not run again.",
+                &self.replayed,
             ),
             (
                 "fogline_async_disk_full_total",
@@ -265,6 +273,7 @@ impl Node {
                 .saturating_add(how.deadline.unwrap_or(cfg.deadline).as_millis() as u64),
             key: how.key,
             attempts: Vec::new(),
+            handed_to: None,
         };
         let window = if answer_each {
             0
@@ -567,13 +576,25 @@ impl Node {
             self.give_up(id, call, meta, why).await;
             return None;
         }
-        // With a key, the member that runs it runs it once per key: a hand-off whose answer
-        // was lost may be tried again.
-        let placed = super::keyed::with(
-            meta.key.clone(),
-            self.place(&call.function, call.body.clone()),
-        )
-        .await;
+        // The member that runs it keeps the answer by its key (the caller's, or else the
+        // call's id), and a later attempt goes back there first: a hand-off whose answer
+        // was lost (the link, or this process, gone meanwhile) gets it, not a second run.
+        let handed = Arc::new(std::sync::Mutex::new(None::<String>));
+        let handoff = super::keyed::Handoff {
+            key: Some(
+                meta.key
+                    .clone()
+                    .unwrap_or_else(|| super::keyed::call_key(&self.public_call_id(id))),
+            ),
+            prefer: meta.handed_to.clone(),
+            note: Some(self.note_handoff(id, handed.clone())),
+        };
+        let placed =
+            super::keyed::with_handoff(handoff, self.place(&call.function, call.body.clone()))
+                .await;
+        if let Some(to) = handed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            meta.handed_to = Some(to);
+        }
         let (status, reason, place) = match placed {
             Ok(out) => {
                 let on = out.place();
@@ -648,6 +669,33 @@ impl Node {
             Next::GiveUp(why) => self.give_up(id, call, meta, why).await,
         }
         None
+    }
+
+    /// Notes on disk, before async call `id` is handed to a member, which one (and in
+    /// `handed`, for the attempt's own record of the call).
+    fn note_handoff(
+        &self,
+        id: u64,
+        handed: Arc<std::sync::Mutex<Option<String>>>,
+    ) -> super::keyed::NoteHandoff {
+        let store = self.store.clone();
+        Arc::new(move |member: String| {
+            let (store, handed) = (store.clone(), handed.clone());
+            Box::pin(async move {
+                *handed.lock().unwrap_or_else(|p| p.into_inner()) = Some(member.clone());
+                let noted = match store.meta(id) {
+                    Ok(mut meta) => {
+                        meta.handed_to = Some(member);
+                        store.set_meta(id, &meta).await
+                    }
+                    Err(e) => Err(e),
+                };
+                // Not fatal: its next attempt may then run it elsewhere (at least once).
+                if let Err(e) = noted {
+                    tracing::warn!("async call {id:016x}: noting where it goes: {e}");
+                }
+            })
+        })
     }
 
     /// Queues call `id` again after `wait`.
