@@ -58,9 +58,12 @@ pub async fn node_with(
     let role = match (&running.node.config.router, swarm, swarm_cfg) {
         (Some(r), Some(docker), Some(sw)) => {
             let scope = fogline_cloud_bridge::swarm::scope(&sw);
-            let router =
-                fogline_router::Router::install_scoped(&running.node, r.clone(), Some(scope));
-            fogline_cloud_bridge::swarm::start(&running.node, &router, docker, sw);
+            let router = fogline_router::Router::install_scoped(
+                &running.node,
+                r.clone(),
+                Some(scope.clone()),
+            );
+            fogline_cloud_bridge::swarm::start(&running.node, &router, &scope, docker, sw);
             "bridge"
         }
         (Some(r), _, _) => {

@@ -297,6 +297,31 @@ async fn workers_run_on_swarm_sized_by_demand() {
     wait_until("Swarm to run the added workers", 60, || {
         running(&service) >= 2
     });
+    // On one machine, calls fill its first worker to what all its workers are sized for
+    // (2 in flight each): 3 at once all go to one, the others adding only cost.
+    wait_until("the added workers alive in the bridge's mesh", 60, || {
+        alive(&b)
+            .iter()
+            .filter(|m| m.starts_with(&format!("{service}-")))
+            .count()
+            >= 2
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut at_once = Vec::new();
+    for t in (0..3)
+        .map(|_| {
+            let url = b.url.clone();
+            tokio::spawn(async move { invoke(&client(), &url, "primes", "3000000").await })
+        })
+        .collect::<Vec<_>>()
+    {
+        at_once.push(t.await.unwrap());
+    }
+    assert!(at_once.iter().all(|(s, _)| *s == 200), "{at_once:?}");
+    assert!(
+        at_once.iter().all(|(_, on)| *on == at_once[0].1),
+        "3 calls at once on one machine's workers went to one: {at_once:?}"
+    );
 
     // A killed worker: Swarm replaces it, and idempotent calls meanwhile all succeed.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -164,19 +164,39 @@ impl Scaler {
     }
 }
 
-/// Where a sized pool's next call goes (a bridge's workers): the first place, in name
-/// order, with fewer than `target_inflight` calls in flight, so that calls fill one
-/// replica to what it is sized for before the next takes any. A replica that takes no
-/// calls is one that scaling down can remove, and on a shared machine a second, lightly
-/// loaded worker costs a wakeup for nearly every call it takes. `None` when every place
-/// is at its target: then the placement policy spreads the load.
-pub fn pack(places: &[(&str, u32)], target_inflight: u32) -> Option<usize> {
-    places
-        .iter()
-        .enumerate()
-        .filter(|(_, (_, in_flight))| *in_flight < target_inflight)
-        .min_by_key(|(_, (name, _))| *name)
-        .map(|(i, _)| i)
+/// One place of a sized pool (a bridge's workers) as [`pack`] sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Slot<'a> {
+    pub name: &'a str,
+    /// The machine it runs on (a Swarm node); its own name when unknown.
+    pub host: &'a str,
+    pub in_flight: u32,
+}
+
+/// Where a sized pool's next call goes: calls fill one machine to what its replicas are
+/// sized for (`target_inflight` each) before the next machine takes any, and on a machine
+/// they all go to its first replica by name. A worker uses all of its machine's cores,
+/// so a second replica on the same machine adds no capacity, only cost: spread over two
+/// processes, each call paid more CPU (fewer calls per packet and per wakeup) and two
+/// replicas on one 2-core host ran at 0.75x of one. A replica that takes no calls is one
+/// that scaling down can remove. `None` when every machine is full: then the placement
+/// policy spreads the load.
+pub fn pack(places: &[Slot<'_>], target_inflight: u32) -> Option<usize> {
+    // Per machine: its first replica, its calls in flight, its replicas.
+    let mut hosts: std::collections::BTreeMap<&str, (usize, u32, u32)> = Default::default();
+    for (i, p) in places.iter().enumerate() {
+        let h = hosts.entry(p.host).or_insert((i, 0, 0));
+        if p.name < places[h.0].name {
+            h.0 = i;
+        }
+        h.1 = h.1.saturating_add(p.in_flight);
+        h.2 += 1;
+    }
+    hosts
+        .values()
+        .filter(|(_, load, n)| *load < target_inflight.saturating_mul(*n))
+        .min_by_key(|(first, ..)| places[*first].name)
+        .map(|(first, ..)| *first)
 }
 
 #[cfg(test)]
@@ -185,7 +205,18 @@ mod tests {
 
     #[test]
     fn calls_fill_one_replica_to_its_target_before_the_next() {
-        let at = |v: &[(&str, u32)]| pack(v, 8);
+        // Each on a machine of its own.
+        let at = |v: &[(&str, u32)]| {
+            let slots: Vec<Slot<'_>> = v
+                .iter()
+                .map(|(name, in_flight)| Slot {
+                    name,
+                    host: name,
+                    in_flight: *in_flight,
+                })
+                .collect();
+            pack(&slots, 8)
+        };
         assert_eq!(
             at(&[("w.2", 0), ("w.1", 0)]),
             Some(1),
@@ -199,6 +230,31 @@ mod tests {
             "all full: the policy spreads"
         );
         assert_eq!(at(&[]), None);
+    }
+
+    #[test]
+    fn a_machine_fills_to_its_replicas_targets_through_its_first_replica() {
+        let at = |v: &[(&str, &str, u32)]| {
+            let slots: Vec<Slot<'_>> = v
+                .iter()
+                .map(|(name, host, in_flight)| Slot {
+                    name,
+                    host,
+                    in_flight: *in_flight,
+                })
+                .collect();
+            pack(&slots, 8)
+        };
+        // Two replicas on machine a: it takes 16 through w.1 before b's w.3 takes any.
+        let v = [("w.2", "a", 0), ("w.1", "a", 15), ("w.3", "b", 0)];
+        assert_eq!(at(&v), Some(1));
+        let v = [("w.2", "a", 1), ("w.1", "a", 15), ("w.3", "b", 0)];
+        assert_eq!(at(&v), Some(2), "a full: the next machine");
+        let v = [("w.2", "a", 8), ("w.1", "a", 8), ("w.3", "b", 8)];
+        assert_eq!(at(&v), None, "all full: the policy spreads");
+        // Machines in the order of their first replica's name.
+        let v = [("w.3", "b", 0), ("w.2", "a", 0), ("w.4", "b", 0)];
+        assert_eq!(at(&v), Some(1));
     }
 
     fn obs(in_flight: f64, waiting: u32, rate: f64, service: Option<f64>) -> Observed {

@@ -147,9 +147,12 @@ pub struct Scope {
     /// With no place able to run a call, wait for one (up to the call's timeout) instead
     /// of refusing it: workers are being started.
     pub wait_for_place: bool,
-    /// Fill one place to this many calls in flight before the next takes any
-    /// (`fogline_core::scale::pack`); beyond it on all, the policy chooses.
+    /// Fill one machine to this many calls in flight per replica before the next takes
+    /// any (`fogline_core::scale::pack`); beyond it on all, the policy chooses.
     pub pack_to: Option<u32>,
+    /// The machine each worker runs on, by the last part of its name (a Swarm task id),
+    /// as the bridge last heard from the engine.
+    pub hosts: Arc<std::sync::RwLock<HashMap<String, String>>>,
 }
 
 /// Extra Prometheus text appended to the router's (a bridge's Swarm figures).
@@ -405,12 +408,22 @@ impl Router {
             .policy(function)
             .plan(&call, &infos, roll)
             .ok_or_else(|| Refused::unplaced(no_place_message(node, function)))?;
-        if let Some(target) = self.scope.as_ref().and_then(|s| s.pack_to) {
-            let loads: Vec<(&str, u32)> = places
+        if let Some((target, scope)) = self.scope.as_ref().and_then(|s| s.pack_to.map(|t| (t, s))) {
+            let hosts = scope.hosts.read().unwrap_or_else(|p| p.into_inner());
+            let slots: Vec<fogline_core::scale::Slot<'_>> = places
                 .iter()
-                .map(|p| (p.id.as_str(), p.in_flight))
+                .map(|p| fogline_core::scale::Slot {
+                    name: &p.id,
+                    host: p
+                        .id
+                        .rsplit('-')
+                        .next()
+                        .and_then(|task| hosts.get(task))
+                        .map_or(&p.id, String::as_str),
+                    in_flight: p.in_flight,
+                })
                 .collect();
-            if let Some(i) = fogline_core::scale::pack(&loads, target) {
+            if let Some(i) = fogline_core::scale::pack(&slots, target) {
                 plan.chosen = i;
                 plan.explored = false;
             }

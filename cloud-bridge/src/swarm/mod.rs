@@ -94,6 +94,7 @@ pub fn scope(cfg: &SwarmSection) -> Scope {
         prefix: format!("{}-", cfg.service),
         wait_for_place: true,
         pack_to: Some(cfg.target_inflight),
+        hosts: Arc::default(),
     }
 }
 
@@ -108,7 +109,12 @@ pub struct Workers {
     events: [AtomicU64; 5],
     /// Learnt time from a scale-up to its workers running, ms.
     lead_ms: AtomicU64,
+    /// The machine (Swarm node) of each task, by task id: what placement packs by.
+    hosts: Hosts,
 }
+
+/// Task id → Swarm node id, shared with the bridge's router ([`Scope::hosts`]).
+pub type Hosts = Arc<std::sync::RwLock<std::collections::HashMap<String, String>>>;
 
 impl std::fmt::Debug for Workers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -155,10 +161,18 @@ impl Workers {
     }
 }
 
-/// Starts the workers' service for `node` (a bridge whose router is `router`): creates or
-/// adopts it once enrollment is up, then sizes it every [`TICK`] until the bridge stops.
-pub fn start(node: &Arc<Node>, router: &Arc<Router>, docker: Docker, cfg: SwarmSection) {
+/// Starts the workers' service for `node` (a bridge whose router is `router`, placing in
+/// `scope`): creates or adopts it once enrollment is up, then sizes it every [`TICK`]
+/// until the bridge stops.
+pub fn start(
+    node: &Arc<Node>,
+    router: &Arc<Router>,
+    scope: &Scope,
+    docker: Docker,
+    cfg: SwarmSection,
+) {
     let workers = Arc::new(Workers {
+        hosts: scope.hosts.clone(),
         docker,
         desired: AtomicU32::new(0),
         running: AtomicU32::new(0),
@@ -284,8 +298,16 @@ async fn run(
 /// What a tick asks the engine: tasks running (and how long the last scale-up took),
 /// now and then the replicas someone else set and function containers left behind.
 async fn housekeeping(w: &Workers, n_tick: u64, pending_up: &mut Option<(u32, Instant)>) {
-    match service::running(&w.docker, &w.cfg.service).await {
-        Ok(r) => w.running.store(r, Ordering::Relaxed),
+    match service::tasks(&w.docker, &w.cfg.service).await {
+        Ok(tasks) => {
+            w.running
+                .store(service::running_of(&tasks), Ordering::Relaxed);
+            let hosts = tasks
+                .into_iter()
+                .filter_map(|t| Some((t.id?, t.node_id?)))
+                .collect();
+            *w.hosts.write().unwrap_or_else(|p| p.into_inner()) = hosts;
+        }
         Err(e) => tracing::warn!("swarm: {e:#}"),
     }
     // Someone else (an admin, `docker service scale`) may have changed the replicas.

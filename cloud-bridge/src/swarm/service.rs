@@ -321,11 +321,15 @@ pub async fn tasks(docker: &Docker, name: &str) -> anyhow::Result<Vec<bollard::m
 
 /// Tasks of the service Swarm reports running now.
 pub async fn running(docker: &Docker, name: &str) -> anyhow::Result<u32> {
-    let tasks = tasks(docker, name).await?;
-    Ok(tasks
+    Ok(running_of(&tasks(docker, name).await?))
+}
+
+/// How many of `tasks` Swarm reports running.
+pub fn running_of(tasks: &[bollard::models::Task]) -> u32 {
+    tasks
         .iter()
         .filter(|t| t.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING))
-        .count() as u32)
+        .count() as u32
 }
 
 /// The workers' image replaced by `image`, one at a time, start-first; waits until Swarm
