@@ -12,12 +12,13 @@
    (`[swarm] forecast = false`: in-flight and waiting calls only), same load.
 3. Throughput through the bridge with 1 and 2 replicas (closed loop, CONNS connections,
    10 s each), THROUGHPUT_ROUNDS rounds alternating which goes first; the medians. Beside
-   it, the machine's own cost of a second process: the same closed loop against one plain
-   `fogline up --single` process, and split across two (no bridge, no Swarm), in the same
-   rounds. The overhead is flat when the two ratios (2 over 1) match. With 2 replicas and
-   the default `target_inflight` (8) the bridge spreads the CONNS calls over both; a third
-   configuration, 2 replicas with `target_inflight = CONNS`, is the same load within what
-   one replica is sized for, which the bridge packs onto one of them.
+   it, what a second process does on this machine without a bridge: the same closed loop
+   against one plain `fogline up --single` process, and split across two, in the same
+   rounds. The overhead of a second replica is flat when 2 replicas run as fast as 1 (on
+   one machine the bridge packs calls onto one machine's first worker up to
+   `target_inflight` per worker it runs: with 2 replicas and the default 8, the CONNS
+   calls fit); a third configuration, 2 replicas with `target_inflight = CONNS`, fits
+   them into one worker's own target.
 
 Runs outside CI: figures depend on the machine; the README keeps the latest ones.
 """
@@ -390,8 +391,8 @@ if __name__ == "__main__":
                   f"2/1 per round {[round(x, 2) for x in pairs]}")
             print(f"limit medians: 1 plain process {l1:.0f}, 2 plain processes {l2:.0f} calls/s ({l2 / l1:.2f}x); "
                   f"2/1 per round {[round(x, 2) for x in lpairs]}")
-            print(f"flat overhead means equal ratios: Fogline's {m2 / m1:.2f}x against the host's {l2 / l1:.2f}x "
-                  f"({(m2 / m1) / (l2 / l1):.2f} of it)")
+            print(f"a second replica: {m2 / m1:.2f}x of one through the bridge (flat at 1.00); "
+                  f"a second plain process without a bridge: {l2 / l1:.2f}x of one")
             mp = statistics.median(got["2p"])
             ppairs = [b / a for a, b in zip(got[1], got["2p"])]
             print(f"2 replicas, the load within one's target (packed): {mp:.0f} calls/s ({mp / m1:.2f}x of 1 replica); "
