@@ -44,6 +44,10 @@ pub struct JoinArgs {
     /// shared host network).
     #[arg(long)]
     no_mdns: bool,
+    /// This member is a task of this Swarm service (a bridge's workers are): it also
+    /// removes function containers the service's killed tasks left on this host.
+    #[arg(long, env = "FOGLINE_SWARM_SERVICE")]
+    swarm_service: Option<String>,
     /// Only enroll and write the files; start later with `fogline node --config …`.
     #[arg(long)]
     no_start: bool,
@@ -137,6 +141,9 @@ pub async fn run(a: JoinArgs) -> anyhow::Result<()> {
     }
     if let Some(ms) = reply.interval_ms {
         text.push_str(&format!("interval = \"{ms}ms\"\n"));
+    }
+    if let Some(s) = &a.swarm_service {
+        text.push_str(&format!("\n[container]\nswarm_service = {s:?}\n"));
     }
     // Renewed from the same issuer before it expires.
     text.push_str(&format!("\n[renew]\nissuer = {:?}\n", token.addr));

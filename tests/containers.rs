@@ -757,3 +757,64 @@ async fn a_node_limited_as_a_small_board_sizes_itself_and_holds() {
     assert_eq!(state, "true false", "the node died or was OOM-killed");
     docker(&["rm", "-f", name]);
 }
+
+/// A Swarm worker (a member with `[container] swarm_service`) removes, at start, the
+/// function containers its service's workers left on its engine when Swarm stopped running
+/// them (as a killed worker on another host leaves them, where the bridge's own sweep does
+/// not reach), and keeps those of workers running here and of other services.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swarm_worker_removes_what_its_services_killed_workers_left_on_its_host() {
+    if !have_docker() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let service = format!("flsweep{}", std::process::id());
+    let id = format!("{service}-1-me");
+    std::fs::create_dir_all(dir.path().join(&id)).unwrap();
+    let owner = fogline_node::executor::container::owner_of(&dir.path().join(&id));
+    let owner_label = format!("{}={owner}", fogline_node::executor::container::LABEL_OWNER);
+    let create = |args: &[&str]| {
+        let out = docker(args);
+        assert!(out.status.success(), "{:?}", out);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // A worker of the service running here (as Swarm labels its task's container).
+    let live = create(&[
+        "run",
+        "-d",
+        "-i",
+        "--label",
+        &format!("com.docker.swarm.service.name={service}"),
+        "--label",
+        "com.docker.swarm.task.id=live7",
+        IMAGE,
+    ]);
+    let function = |node: &str| {
+        create(&[
+            "create",
+            "--label",
+            &format!("{}={node}", fogline_node::executor::container::LABEL_NODE),
+            "--label",
+            &owner_label,
+            IMAGE,
+        ])
+    };
+    let of_live = function(&format!("{service}-2-live7"));
+    let of_dead = function(&format!("{service}-3-dead9"));
+    let of_other = function(&format!("{service}-b-1-dead9"));
+    let n = node(
+        dir.path(),
+        &id,
+        &format!("[container]\nswarm_service = \"{service}\"\n"),
+    );
+    let exists = |c: &str| docker(&["inspect", c]).status.success();
+    wait_until("the killed worker's container removed", 20, || {
+        !exists(&of_dead)
+    });
+    assert!(exists(&of_live), "a running worker's container stays");
+    assert!(exists(&of_other), "another service's container stays");
+    drop(n);
+    for c in [live, of_live, of_dead, of_other] {
+        docker(&["rm", "-f", &c]);
+    }
+}

@@ -321,6 +321,12 @@ pub struct ContainerSection {
     /// deleted (off by default: the engine's images may be the operator's too).
     #[serde(default)]
     pub gc_images: bool,
+    /// This member is a task of this Swarm service (`fogline join --swarm-service`, set by
+    /// a bridge's service): it also removes the function containers that the service's
+    /// tasks Swarm no longer runs on this host left on its engine (a killed worker cannot
+    /// remove its own), at start and every minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swarm_service: Option<String>,
 }
 
 impl Default for ContainerSection {
@@ -329,6 +335,7 @@ impl Default for ContainerSection {
             enabled: true,
             socket: default_docker_socket(),
             gc_images: false,
+            swarm_service: None,
         }
     }
 }

@@ -88,6 +88,7 @@ pub fn spec(w: &WorkerSpec<'_>, replicas: u32) -> ServiceSpec {
                 // A member name is letters, digits and '-': SERVICE-SLOT-TASKID.
                 env: Some(vec![
                     "FOGLINE_ID={{.Service.Name}}-{{.Task.Slot}}-{{.Task.ID}}".to_string(),
+                    "FOGLINE_SWARM_SERVICE={{.Service.Name}}".to_string(),
                     "RUST_LOG=info".to_string(),
                 ]),
                 labels: Some(labels),
@@ -441,7 +442,6 @@ async fn sweep_functions_but(
         ))
         .await
         .context("cannot list containers")?;
-    let prefix = format!("{name}-");
     let mut n = 0;
     for c in list {
         let worker = c
@@ -450,11 +450,7 @@ async fn sweep_functions_but(
             .and_then(|l| l.get(fogline_node::executor::container::LABEL_NODE))
             .cloned()
             .unwrap_or_default();
-        // SERVICE-SLOT-TASKID: the task's id is the last part.
-        let Some(task) = worker
-            .strip_prefix(&prefix)
-            .and_then(|r| r.rsplit('-').next())
-        else {
+        let Some(task) = fogline_node::executor::container::swarm_task_of(&worker, name) else {
             continue;
         };
         if live.iter().any(|t| t == task) {

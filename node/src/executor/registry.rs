@@ -134,8 +134,19 @@ async fn open_containers(config: &NodeConfig, id: &str) -> Result<Arc<ContainerE
     }
     let c = Arc::new(c);
     let weak = Arc::downgrade(&c);
+    let service = config.container.swarm_service.clone();
     tokio::spawn(async move {
-        loop {
+        for tick in 0u64.. {
+            if let (Some(s), true) = (&service, tick % 60 == 0) {
+                let Some(c) = weak.upgrade() else { return };
+                match c.sweep_swarm_leftovers(s).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        "removed {n} function container(s) left on this host by workers of {s} that Swarm no longer runs"
+                    ),
+                    Err(e) => tracing::debug!("cleaning up {s}'s containers: {e}"),
+                }
+            }
             tokio::time::sleep(Duration::from_secs(1)).await;
             let Some(c) = weak.upgrade() else { return };
             c.reap_idle();
