@@ -176,14 +176,16 @@ impl Node {
 
     /// [`Node::run_here`] for a router that placed a call on itself: once per key when the
     /// call carries one (as the member it would have handed it to does), recorded as from
-    /// this member. An async call's implicit key is not: its own queue records its answer.
+    /// this member. The implicit key of a call from this member's own queue is not: the
+    /// queue records its answer (one handed here by another member's queue is).
     pub async fn run_here_once(&self, name: &str, body: Bytes) -> Result<Placed, Refused> {
         let run = async {
             self.run_here(name, body)
                 .await
                 .map_err(|e| Refused::new(e.status(), e.to_string()))
         };
-        match current().filter(|k| !is_call_key(k)) {
+        let own_queue = HANDOFF.try_with(|h| h.note.is_some()).unwrap_or(false);
+        match current().filter(|k| !(own_queue && is_call_key(k))) {
             None => run.await,
             Some(k) => self.once(&self.id, name, &k, run).await,
         }
