@@ -629,6 +629,12 @@ impl Node {
             }
             Err(e) => (e.status, e.message, None::<String>),
         };
+        // Only a lost answer (502) or none in time (504) may be kept there: after a
+        // refusal (it never ran) or a failed run (no answer is kept) the next attempt goes
+        // wherever placement says.
+        if !matches!(status, 502 | 504) {
+            meta.handed_to = None;
+        }
         meta.attempts.push(Attempt {
             at_ms: now_ms(),
             status,
