@@ -76,8 +76,16 @@ async fn a_board_joins_with_a_token_and_serves_calls() {
     );
     assert!(token.starts_with("fogjoin_"), "{token}");
     let t0 = Instant::now();
-    let edge = NodeProc::spawn_cmd(join_cmd(d, &token, "edge-9"), d.join("edge-9"), d);
+    // As a bridge's Swarm worker is told its service (the task's environment).
+    let mut cmd = join_cmd(d, &token, "edge-9");
+    cmd.env("FOGLINE_SWARM_SERVICE", "fl-workers");
+    let edge = NodeProc::spawn_cmd(cmd, d.join("edge-9"), d);
     let started = t0.elapsed();
+    let written = std::fs::read_to_string(d.join("edge-9").join("node.toml")).unwrap();
+    assert!(
+        written.contains("\n[container]\nswarm_service = \"fl-workers\"\n"),
+        "{written}"
+    );
     // The key was made on the board; only the certificate came from the issuer.
     let tls = d.join("edge-9").join("tls");
     for f in ["cert.pem", "key.pem", "ca.pem", "mesh.key"] {
