@@ -164,6 +164,19 @@ impl Scaler {
     }
 }
 
+/// The Swarm task a member is, when it is a worker of `service`: a bridge's workers are
+/// named `SERVICE-SLOT-TASKID` (a slot of digits, a task id of letters and digits), so a
+/// worker of another service whose name starts with this one's is not taken for one.
+pub fn swarm_task<'a>(member: &'a str, service: &str) -> Option<&'a str> {
+    let (slot, task) = member
+        .strip_prefix(service)?
+        .strip_prefix('-')?
+        .split_once('-')?;
+    let digits = !slot.is_empty() && slot.bytes().all(|b| b.is_ascii_digit());
+    let id = !task.is_empty() && task.bytes().all(|b| b.is_ascii_alphanumeric());
+    (digits && id).then_some(task)
+}
+
 /// One place of a sized pool (a bridge's workers) as [`pack`] sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct Slot<'a> {
@@ -230,6 +243,15 @@ mod tests {
             "all full: the policy spreads"
         );
         assert_eq!(at(&[]), None);
+    }
+
+    #[test]
+    fn a_swarm_task_is_read_from_its_members_name() {
+        assert_eq!(swarm_task("fl-w-3-x7k2q", "fl-w"), Some("x7k2q"));
+        assert_eq!(swarm_task("fl-w-b-3-x7k2q", "fl-w"), None, "service fl-w-b");
+        assert_eq!(swarm_task("fl-wx-3-x7k2q", "fl-w"), None);
+        assert_eq!(swarm_task("fl-w-3-", "fl-w"), None);
+        assert_eq!(swarm_task("edge-1", "fl-w"), None);
     }
 
     #[test]

@@ -142,17 +142,29 @@ pub struct Decision {
 #[derive(Debug, Clone)]
 pub struct Scope {
     pub tier: Tier,
-    /// Member names start with it (a Swarm service's tasks: `SERVICE.`).
-    pub prefix: String,
+    /// The Swarm service whose tasks it places on: member names start with `SERVICE-`.
+    pub service: String,
     /// With no place able to run a call, wait for one (up to the call's timeout) instead
     /// of refusing it: workers are being started.
     pub wait_for_place: bool,
     /// Fill one machine to this many calls in flight per replica before the next takes
     /// any (`fogline_core::scale::pack`); beyond it on all, the policy chooses.
     pub pack_to: Option<u32>,
-    /// The machine each worker runs on, by the last part of its name (a Swarm task id),
-    /// as the bridge last heard from the engine.
-    pub hosts: Arc<std::sync::RwLock<HashMap<String, String>>>,
+    /// The machine each worker runs on, by its Swarm task id, as the bridge last heard
+    /// from the engine.
+    pub hosts: Hosts,
+}
+
+/// Swarm task id → the Swarm node (machine) that runs it.
+pub type Hosts = Arc<std::sync::RwLock<HashMap<String, String>>>;
+
+impl Scope {
+    /// Whether `member` is one of the service's tasks by its name.
+    fn holds(&self, member: &str) -> bool {
+        member
+            .strip_prefix(&self.service)
+            .is_some_and(|rest| rest.starts_with('-'))
+    }
 }
 
 /// Extra Prometheus text appended to the router's (a bridge's Swarm figures).
@@ -281,7 +293,7 @@ impl Router {
                         || self
                             .scope
                             .as_ref()
-                            .is_some_and(|s| r.tier != s.tier || !r.node.starts_with(&s.prefix))
+                            .is_some_and(|s| r.tier != s.tier || !s.holds(&r.node))
                         || !listed(m, &wants, &down, now)
                     {
                         continue;
@@ -371,9 +383,9 @@ impl Router {
         if places.is_empty() {
             if let Some(scope) = &self.scope {
                 return Err(Refused::unplaced(format!(
-                    "no {} member {}* can run {function:?}{}",
+                    "no {} member {}-* can run {function:?}{}",
                     scope.tier.as_str(),
-                    scope.prefix,
+                    scope.service,
                     if scope.wait_for_place {
                         format!(
                             " after waiting its timeout ({} ms) for one to start",
@@ -414,10 +426,7 @@ impl Router {
                 .iter()
                 .map(|p| fogline_core::scale::Slot {
                     name: &p.id,
-                    host: p
-                        .id
-                        .rsplit('-')
-                        .next()
+                    host: fogline_core::scale::swarm_task(&p.id, &scope.service)
                         .and_then(|task| hosts.get(task))
                         .map_or(&p.id, String::as_str),
                     in_flight: p.in_flight,

@@ -31,7 +31,7 @@ use fogline_core::enroll::JoinGrant;
 use fogline_core::roles::Role;
 use fogline_core::scale::{Observed, Reason, Scaler};
 use fogline_node::Node;
-use fogline_router::{Router, Scope};
+use fogline_router::{Hosts, Router, Scope};
 
 /// How often the autoscaler looks.
 pub const TICK: Duration = Duration::from_millis(250);
@@ -91,7 +91,7 @@ pub fn prepare(cfg: &mut NodeConfig) -> anyhow::Result<()> {
 pub fn scope(cfg: &SwarmSection) -> Scope {
     Scope {
         tier: Tier::Cloud,
-        prefix: format!("{}-", cfg.service),
+        service: cfg.service.clone(),
         wait_for_place: true,
         pack_to: Some(cfg.target_inflight),
         hosts: Arc::default(),
@@ -112,9 +112,6 @@ pub struct Workers {
     /// The machine (Swarm node) of each task, by task id: what placement packs by.
     hosts: Hosts,
 }
-
-/// Task id → Swarm node id, shared with the bridge's router ([`Scope::hosts`]).
-pub type Hosts = Arc<std::sync::RwLock<std::collections::HashMap<String, String>>>;
 
 impl std::fmt::Debug for Workers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -298,27 +295,35 @@ async fn run(
 /// What a tick asks the engine: tasks running (and how long the last scale-up took),
 /// now and then the replicas someone else set and function containers left behind.
 async fn housekeeping(w: &Workers, n_tick: u64, pending_up: &mut Option<(u32, Instant)>) {
-    match service::tasks(&w.docker, &w.cfg.service).await {
+    // The ids of the tasks Swarm means to run, when the engine answered.
+    let live = match service::tasks(&w.docker, &w.cfg.service).await {
         Ok(tasks) => {
             w.running
                 .store(service::running_of(&tasks), Ordering::Relaxed);
+            let live: Vec<String> = tasks.iter().filter_map(|t| t.id.clone()).collect();
             let hosts = tasks
                 .into_iter()
                 .filter_map(|t| Some((t.id?, t.node_id?)))
                 .collect();
             *w.hosts.write().unwrap_or_else(|p| p.into_inner()) = hosts;
+            Some(live)
         }
-        Err(e) => tracing::warn!("swarm: {e:#}"),
-    }
+        Err(e) => {
+            tracing::warn!("swarm: {e:#}");
+            None
+        }
+    };
     // Someone else (an admin, `docker service scale`) may have changed the replicas.
     if n_tick.is_multiple_of(8) {
-        match service::sweep_functions(&w.docker, &w.cfg.service).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(
-                service = %w.cfg.service,
-                "swarm: removed {n} function container(s) left by workers Swarm no longer runs"
-            ),
-            Err(e) => tracing::warn!("swarm: {e:#}"),
+        if let Some(live) = &live {
+            match service::sweep_functions(&w.docker, &w.cfg.service, live).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    service = %w.cfg.service,
+                    "swarm: removed {n} function container(s) left by workers Swarm no longer runs"
+                ),
+                Err(e) => tracing::warn!("swarm: {e:#}"),
+            }
         }
         match service::find(&w.docker, &w.cfg.service).await {
             Ok(Some(s)) => w.desired.store(service::replicas(&s), Ordering::Relaxed),

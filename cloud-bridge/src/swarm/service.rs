@@ -416,56 +416,18 @@ pub async fn upgrade(
 }
 
 /// Removes function containers (on this engine) left by the service's workers that Swarm
-/// no longer runs: a killed worker cannot remove its own. Returns how many.
-pub async fn sweep_functions(docker: &Docker, name: &str) -> anyhow::Result<usize> {
-    let live: Vec<String> = tasks(docker, name)
-        .await?
-        .into_iter()
-        .filter_map(|t| t.id)
-        .collect();
-    sweep_functions_but(docker, name, &live).await
-}
-
-async fn sweep_functions_but(
+/// no longer runs (`live`: the ids of the tasks it means to run): a killed worker cannot
+/// remove its own. Returns how many.
+pub async fn sweep_functions(
     docker: &Docker,
     name: &str,
     live: &[String],
 ) -> anyhow::Result<usize> {
-    let filters: HashMap<&str, Vec<&str>> =
-        [("label", vec![fogline_node::executor::container::LABEL_NODE])].into();
-    let list = docker
-        .list_containers(Some(
-            bollard::query_parameters::ListContainersOptionsBuilder::default()
-                .all(true)
-                .filters(&filters)
-                .build(),
-        ))
-        .await
-        .context("cannot list containers")?;
-    let mut n = 0;
-    for c in list {
-        let worker = c
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(fogline_node::executor::container::LABEL_NODE))
-            .cloned()
-            .unwrap_or_default();
-        let Some(task) = fogline_node::executor::container::swarm_task_of(&worker, name) else {
-            continue;
-        };
-        if live.iter().any(|t| t == task) {
-            continue;
-        }
-        if let Some(id) = c.id {
-            let opts = bollard::query_parameters::RemoveContainerOptionsBuilder::default()
-                .force(true)
-                .build();
-            if docker.remove_container(&id, Some(opts)).await.is_ok() {
-                n += 1;
-            }
-        }
-    }
-    Ok(n)
+    fogline_node::executor::container::remove_swarm_leftovers(docker, name, None, |_, task| {
+        live.iter().any(|t| t == task)
+    })
+    .await
+    .context("cannot list containers")
 }
 
 /// Removes the service and its secrets (a bridge's workers stop with a goodbye each).
@@ -500,7 +462,7 @@ pub async fn remove(docker: &Docker, name: &str) -> anyhow::Result<bool> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
-    let _ = sweep_functions_but(docker, name, &[]).await;
+    let _ = sweep_functions(docker, name, &[]).await;
     // Secrets in use by a task still stopping cannot go yet: retry for a while.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {

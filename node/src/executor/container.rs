@@ -38,19 +38,6 @@ pub const LABEL_NODE: &str = "dev.fogline.node";
 pub const LABEL_OWNER: &str = "dev.fogline.owner";
 /// Label naming the function a container runs.
 pub const LABEL_FUNCTION: &str = "dev.fogline.function";
-/// The Swarm task that started a container, when its node is a task of `service`: member
-/// names of a bridge's workers are `SERVICE-SLOT-TASKID` (a slot of digits, a task id of
-/// letters and digits), so another service whose name starts with this one's is not it.
-pub fn swarm_task_of<'a>(node: &'a str, service: &str) -> Option<&'a str> {
-    let (slot, task) = node
-        .strip_prefix(service)?
-        .strip_prefix('-')?
-        .split_once('-')?;
-    let digits = !slot.is_empty() && slot.bytes().all(|b| b.is_ascii_digit());
-    let id = !task.is_empty() && task.bytes().all(|b| b.is_ascii_alphanumeric());
-    (digits && id).then_some(task)
-}
-
 /// The unprivileged user functions run as (nobody).
 const USER: &str = "65534:65534";
 
@@ -216,41 +203,11 @@ impl ContainerExecutor {
             .into_iter()
             .filter_map(|c| c.labels?.remove("com.docker.swarm.task.id"))
             .collect();
-        let list = self
-            .docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(HashMap::from([(
-                    "label".to_string(),
-                    vec![
-                        LABEL_NODE.to_string(),
-                        format!("{LABEL_OWNER}={}", self.owner),
-                    ],
-                )])),
-                ..Default::default()
-            }))
-            .await
-            .map_err(|e| self.map_err(e))?;
-        let mut n = 0;
-        for c in list {
-            let node = c
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(LABEL_NODE))
-                .map_or("", String::as_str);
-            let Some(task) = swarm_task_of(node, service) else {
-                continue;
-            };
-            if node == self.node || live.iter().any(|t| t == task) {
-                continue;
-            }
-            if let Some(id) = c.id {
-                if self.remove(&id).await {
-                    n += 1;
-                }
-            }
-        }
-        Ok(n)
+        remove_swarm_leftovers(&self.docker, service, Some(&self.owner), |node, task| {
+            node == self.node || live.iter().any(|t| t == task)
+        })
+        .await
+        .map_err(|e| self.map_err(e))
     }
 
     /// Removes every container labelled with this node's id and owner (leftovers of a
@@ -727,6 +684,48 @@ impl ContainerExecutor {
 }
 
 /// Removes a container, running or not, with its anonymous volumes.
+/// Removes the function containers on `docker`'s engine started by workers of the Swarm
+/// service `service` (node label `SERVICE-SLOT-TASKID`, [`fogline_core::scale::swarm_task`])
+/// but those `keep(node, task)` keeps; with `owner`, only containers of that owner label.
+/// A killed worker cannot remove its own: the bridge calls this for its engine, each worker
+/// for its host's. Returns how many were removed.
+pub async fn remove_swarm_leftovers(
+    docker: &Docker,
+    service: &str,
+    owner: Option<&str>,
+    keep: impl Fn(&str, &str) -> bool,
+) -> Result<usize, bollard::errors::Error> {
+    let mut labels = vec![LABEL_NODE.to_string()];
+    labels.extend(owner.map(|o| format!("{LABEL_OWNER}={o}")));
+    let list = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([("label".to_string(), labels)])),
+            ..Default::default()
+        }))
+        .await?;
+    let mut n = 0;
+    for c in list {
+        let node = c
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_NODE))
+            .map_or("", String::as_str);
+        let Some(task) = fogline_core::scale::swarm_task(node, service) else {
+            continue;
+        };
+        if keep(node, task) {
+            continue;
+        }
+        if let Some(id) = c.id {
+            if force_remove(docker, &id).await {
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
 async fn force_remove(docker: &Docker, id: &str) -> bool {
     docker
         .remove_container(
@@ -940,23 +939,5 @@ impl super::Executor for ContainerExecutor {
                 tracing::warn!("not removing image {image}: {e}");
             }
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::swarm_task_of;
-
-    #[test]
-    fn a_swarm_task_is_read_from_its_members_name() {
-        assert_eq!(swarm_task_of("fl-w-3-x7k2q", "fl-w"), Some("x7k2q"));
-        assert_eq!(
-            swarm_task_of("fl-w-b-3-x7k2q", "fl-w"),
-            None,
-            "service fl-w-b"
-        );
-        assert_eq!(swarm_task_of("fl-wx-3-x7k2q", "fl-w"), None);
-        assert_eq!(swarm_task_of("fl-w-3-", "fl-w"), None);
-        assert_eq!(swarm_task_of("edge-1", "fl-w"), None);
     }
 }

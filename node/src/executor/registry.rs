@@ -134,23 +134,31 @@ async fn open_containers(config: &NodeConfig, id: &str) -> Result<Arc<ContainerE
     }
     let c = Arc::new(c);
     let weak = Arc::downgrade(&c);
-    let service = config.container.swarm_service.clone();
     tokio::spawn(async move {
-        for tick in 0u64.. {
-            if let (Some(s), true) = (&service, tick % 60 == 0) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let Some(c) = weak.upgrade() else { return };
+            c.reap_idle();
+        }
+    });
+    // A Swarm worker: what its service's killed workers left on this host, at start and
+    // every minute (a loop of its own: a slow engine does not hold up the reaper).
+    if let Some(s) = config.container.swarm_service.clone() {
+        let weak = Arc::downgrade(&c);
+        tokio::spawn(async move {
+            loop {
                 let Some(c) = weak.upgrade() else { return };
-                match c.sweep_swarm_leftovers(s).await {
+                match c.sweep_swarm_leftovers(&s).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(
                         "removed {n} function container(s) left on this host by workers of {s} that Swarm no longer runs"
                     ),
                     Err(e) => tracing::debug!("cleaning up {s}'s containers: {e}"),
                 }
+                drop(c);
+                tokio::time::sleep(Duration::from_secs(60)).await;
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let Some(c) = weak.upgrade() else { return };
-            c.reap_idle();
-        }
-    });
+        });
+    }
     Ok(c)
 }
