@@ -786,13 +786,9 @@ async fn under_load(qos: &str, disruption: Disruption) -> (u64, u64) {
         missing.len(),
         &missing[..missing.len().min(10)]
     );
-    let m = metrics(&node).await;
-    let ran: u64 = metric_value(
-        &m,
-        "gateway_function_invocation_total{function_name=\"wait\",code=\"200\"}",
-    )
-    .unwrap_or(0.0) as u64;
-    let again = metric_value(&m, "fogline_mqtt_duplicates_total").unwrap_or(0.0) as u64;
+    let ran = calls(&node, "wait", 200).await;
+    let again =
+        metric_value(&metrics(&node).await, "fogline_mqtt_duplicates_total").unwrap_or(0.0) as u64;
     eprintln!(
         "QoS {qos}: {ran} runs for {N} messages, {} replies, {again} deliveries again not run",
         replies.lock().unwrap().len()

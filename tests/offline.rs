@@ -47,17 +47,6 @@ async fn receiver(addr: &str) -> (String, Told) {
     (base, told)
 }
 
-/// The cloud's count of `function`'s invocations that answered 200.
-async fn ran(cloud: &NodeProc, function: &str) -> u64 {
-    let (s, text) = get(&authed(&cloud.token), format!("{}/metrics", cloud.url)).await;
-    assert_eq!(s, 200, "{text}");
-    let want =
-        format!("gateway_function_invocation_total{{function_name=\"{function}\",code=\"200\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&want))
-        .map_or(0, |v| v.trim().parse().unwrap())
-}
-
 fn metric(text: &str, name: &str) -> f64 {
     metric_value(text, name).unwrap_or(-1.0)
 }
@@ -135,7 +124,7 @@ async fn a_cut_off_site_keeps_calls_for_the_cloud_and_delivers_them_in_order_whe
     let c = client();
     let (s, on, body) = call(&c, &router.url, "pinned", "up").await;
     assert_eq!((s, on.as_str(), body.as_str()), (200, "cloud", "hello, up"));
-    let before = ran(&cloud, "pinned").await;
+    let before = calls(&cloud, "pinned", 200).await;
 
     // Cut the link. A sync call sent to the cloud just after ends by the time the mesh
     // finds the cloud dead, naming it, not when its connection times out (6 s).
@@ -254,7 +243,7 @@ async fn a_cut_off_site_keeps_calls_for_the_cloud_and_delivers_them_in_order_whe
         assert!(body.contains(&format!("hello, {i}")), "{body}");
     }
     // Each key ran once at the cloud.
-    assert_eq!(ran(&cloud, "pinned").await - before, CALLS as u64);
+    assert_eq!(calls(&cloud, "pinned", 200).await - before, CALLS as u64);
     // In submission order: the results' finish times never go backwards.
     assert_in_order(&rc, &router, &ids).await;
     let (_, m) = get(&rc, format!("{}/metrics", router.url)).await;
@@ -269,7 +258,7 @@ async fn a_cut_off_site_keeps_calls_for_the_cloud_and_delivers_them_in_order_whe
         .unwrap();
     assert_eq!(r.status(), 202);
     assert_eq!(r.headers()["x-call-id"].to_str().unwrap(), ids[7]);
-    assert_eq!(ran(&cloud, "pinned").await - before, CALLS as u64);
+    assert_eq!(calls(&cloud, "pinned", 200).await - before, CALLS as u64);
 }
 
 /// The router is SIGKILLed with 1,000 keyed calls for the cloud accepted and about half
@@ -302,7 +291,7 @@ async fn a_router_killed_mid_hand_off_loses_nothing_and_runs_each_key_once() {
     let c = client();
     let (s, on, _) = call(&c, &router.url, "pinned", "up").await;
     assert_eq!((s, on.as_str()), (200, "cloud"));
-    let before = ran(&cloud, "pinned").await;
+    let before = calls(&cloud, "pinned", 200).await;
 
     let rc = authed(&router.token);
     let ids = submit_keyed(&rc, &router, &hook, CALLS).await;
@@ -320,7 +309,7 @@ async fn a_router_killed_mid_hand_off_loses_nothing_and_runs_each_key_once() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     router.kill();
-    let ran_at_kill = ran(&cloud, "pinned").await - before;
+    let ran_at_kill = calls(&cloud, "pinned", 200).await - before;
     eprintln!("router killed with {ran_at_kill} of {CALLS} run at the cloud");
     assert!(
         ran_at_kill < CALLS as u64,
@@ -362,12 +351,20 @@ async fn a_router_killed_mid_hand_off_loses_nothing_and_runs_each_key_once() {
         told.len() - CALLS
     );
     assert_eq!(
-        ran(&cloud, "pinned").await - before,
+        calls(&cloud, "pinned", 200).await - before,
         CALLS as u64,
         "each key ran once at the cloud"
     );
     // In submission order, across the restart.
     assert_in_order(&rc, &router, &ids).await;
+}
+
+/// Two cloud members, `cloud-a` and `cloud-b` joining it, and the address to join them at.
+fn two_clouds(d: &std::path::Path, pki: &std::path::Path) -> (NodeProc, NodeProc, String) {
+    let cloud_a = member(d, pki, "bridge", "cloud-a", None, None);
+    let seed = mesh_json(&cloud_a)["self"].as_str().unwrap().to_string();
+    let cloud_b = member(d, pki, "bridge", "cloud-b", Some(&seed), None);
+    (cloud_a, cloud_b, seed)
 }
 
 /// A router named `router` joining at `seed`, on its data folder in `d` (so a restart
@@ -447,18 +444,8 @@ async fn a_call_whose_member_is_killed_mid_run_completes_on_another() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let pki = pki(d);
-    let cloud_a = member(d, &pki, "bridge", "cloud-a", None, None);
-    let seed = mesh_json(&cloud_a)["self"].as_str().unwrap().to_string();
-    let cloud_b = member(d, &pki, "bridge", "cloud-b", Some(&seed), None);
-    let router = member_with(
-        d,
-        &pki,
-        "router",
-        "router",
-        Some(&seed),
-        None,
-        "[async]\nretry_base = \"100ms\"\n",
-    );
+    let (cloud_a, cloud_b, seed) = two_clouds(d, &pki);
+    let router = router_on(d, &pki, &seed, "[async]\nretry_base = \"100ms\"\n");
     wait_until("the router sees both clouds", 20, || {
         alive(&router) == ["cloud-a", "cloud-b", "router"]
     });
@@ -551,9 +538,7 @@ async fn a_router_killed_while_members_run_its_calls_gets_their_answers_without_
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let pki = pki(d);
-    let cloud_a = member(d, &pki, "bridge", "cloud-a", None, None);
-    let seed = mesh_json(&cloud_a)["self"].as_str().unwrap().to_string();
-    let cloud_b = member(d, &pki, "bridge", "cloud-b", Some(&seed), None);
+    let (cloud_a, cloud_b, seed) = two_clouds(d, &pki);
     let router_cfg = "[async]\nworkers = 4\nretry_base = \"100ms\"\n";
     let start_router = || router_on(d, &pki, &seed, router_cfg);
     let mut router = start_router();
@@ -601,9 +586,8 @@ async fn a_router_killed_while_members_run_its_calls_gets_their_answers_without_
     }
     let (mut runs, mut replays) = (0, 0.0);
     for c in clouds {
-        runs += ran(c, "once").await;
-        let (_, m) = get(&authed(&c.token), format!("{}/metrics", c.url)).await;
-        replays += metric(&m, "fogline_keyed_replays_total");
+        runs += calls(c, "once", 200).await;
+        replays += metric(&metrics(c).await, "fogline_keyed_replays_total");
     }
     assert_eq!(runs, CALLS as u64, "each call ran once across the crash");
     // Each answered again from the member it was handed to before the crash.

@@ -322,16 +322,12 @@ pub async fn placements(c: &reqwest::Client, router: &str, limit: usize) -> serd
         .expect("placements JSON")
 }
 
-/// `GET /metrics` of a gateway, as text.
 /// Invocations of `function` the node counted, by status code.
 pub async fn calls(n: &NodeProc, function: &str, code: u16) -> u64 {
-    let m = metrics(n).await;
-    let prefix = format!(
-        "gateway_function_invocation_total{{function_name=\"{function}\",code=\"{code}\"}} "
+    let name = format!(
+        "gateway_function_invocation_total{{function_name=\"{function}\",code=\"{code}\"}}"
     );
-    m.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map_or(0, |v| v.trim().parse().unwrap())
+    metric_value(&metrics(n).await, &name).map_or(0, |v| v as u64)
 }
 
 /// The value of counter or gauge `name` (no labels) in `/metrics` text, if it is there.
@@ -341,6 +337,7 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
         .map(|v| v.trim().parse().unwrap())
 }
 
+/// `GET /metrics` of a gateway, as text.
 pub async fn metrics(n: &NodeProc) -> String {
     client()
         .get(format!("{}/metrics", n.url))
