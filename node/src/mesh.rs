@@ -208,6 +208,17 @@ impl Mesh {
         }
     }
 
+    /// Whether `member`, not alive in the view now, may yet be heard from: it is suspect
+    /// (not yet dead), or unheard since this member started less than the time a silent
+    /// member takes to be found dead (a restarted member hears the others within it).
+    pub fn may_yet_hear(&self, member: &str) -> bool {
+        let young = self.started.elapsed().as_millis() < u128::from(self.timing.dead_ms);
+        self.with_view(|v| match v.get(member) {
+            Some(m) => m.state == State::Suspect && !m.left,
+            None => young,
+        })
+    }
+
     /// Tells those waiting in [`Mesh::until_unreachable`] when members newly died.
     fn note_deaths(&self, known: &mut HashSet<String>) {
         let dead: HashSet<String> = self.with_view(|v| {

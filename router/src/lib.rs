@@ -142,7 +142,7 @@ pub struct Decision {
 #[derive(Debug, Clone)]
 pub struct Scope {
     pub tier: Tier,
-    /// The Swarm service whose tasks it places on: member names start with `SERVICE-`.
+    /// The Swarm service whose tasks it places on: members named `SERVICE-SLOT-TASKID`.
     pub service: String,
     /// With no place able to run a call, wait for one (up to the call's timeout) instead
     /// of refusing it: workers are being started.
@@ -159,11 +159,10 @@ pub struct Scope {
 pub type Hosts = Arc<std::sync::RwLock<HashMap<String, String>>>;
 
 impl Scope {
-    /// Whether `member` is one of the service's tasks by its name.
+    /// Whether `member` is one of the service's tasks by its name (`SERVICE-SLOT-TASKID`:
+    /// not a task of another service whose name starts with this one's).
     fn holds(&self, member: &str) -> bool {
-        member
-            .strip_prefix(&self.service)
-            .is_some_and(|rest| rest.starts_with('-'))
+        fogline_core::scale::swarm_task(member, &self.service).is_some()
     }
 }
 
@@ -379,6 +378,24 @@ impl Router {
         let mut places = self.places(node, f);
         if places.is_empty() && self.scope.as_ref().is_some_and(|s| s.wait_for_place) {
             places = self.wait_for_place(node, f).await;
+        }
+        // An async call handed to a member before, its answer lost, goes back there (it
+        // keeps the answer, or is still running the call). That member not a place yet but
+        // maybe about to be (this router just restarted, or its reports are late): the call
+        // waits for it rather than running a second time elsewhere.
+        if let Some(m) = fogline_node::agent::keyed::preferred() {
+            let listed = places.iter().any(|p| p.id == m && p.addr.is_some());
+            if !listed
+                && node
+                    .links
+                    .mesh
+                    .get()
+                    .is_some_and(|mesh| mesh.may_yet_hear(&m))
+            {
+                return Err(Refused::unplaced(format!(
+                    "waiting to hear from {m}, where an earlier attempt of this call went (it may hold the answer)"
+                )));
+            }
         }
         if places.is_empty() {
             if let Some(scope) = &self.scope {
@@ -1060,4 +1077,24 @@ async fn forecasting(router: Weak<Router>) {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scope_holds_its_own_services_tasks_only() {
+        let scope = Scope {
+            tier: Tier::Cloud,
+            service: "fl-w".into(),
+            wait_for_place: false,
+            pack_to: None,
+            hosts: Hosts::default(),
+        };
+        assert!(scope.holds("fl-w-3-x7k2q"));
+        assert!(!scope.holds("fl-w-b-3-x7k2q"), "a task of service fl-w-b");
+        assert!(!scope.holds("fl-w-edge"), "a member named like the service");
+        assert!(!scope.holds("fl-wx-1-abc"));
+    }
 }
