@@ -54,6 +54,8 @@ fn f(p: &Value, k: &str) -> f64 {
 
 #[test]
 fn regression_stays_near_the_oracle_and_beats_the_static_policies_on_every_scenario() {
+    // Over every cell, the geometric means of regression's p99 and mean against the oracle's.
+    let (mut log_p99, mut log_mean, mut cells) = (0.0, 0.0, 0.0);
     for scenario in SCENARIOS {
         for seed in [1, 2, 3] {
             let p = run(scenario, seed);
@@ -78,7 +80,10 @@ fn regression_stays_near_the_oracle_and_beats_the_static_policies_on_every_scena
                 err * 100.0
             );
             assert_eq!(f(oracle, "failed"), 0.0, "{scenario} seed {seed}");
-            assert!(p99 <= 3.0 && mean <= 1.6, "{scenario} seed {seed}: regression against the oracle: p99 {p99:.2}x, mean {mean:.2}x");
+            assert!(p99 <= 2.5 && mean <= 1.45, "{scenario} seed {seed}: regression against the oracle: p99 {p99:.2}x, mean {mean:.2}x");
+            log_p99 += p99.ln();
+            log_mean += mean.ln();
+            cells += 1.0;
             assert!(vs_mean <= 1.35, "{scenario} seed {seed}: regression's mean is {vs_mean:.2}x the best other policy's");
             // The static policies that ignore load collapse somewhere; the learnt one never
             // falls behind them at the tail.
@@ -95,4 +100,12 @@ fn regression_stays_near_the_oracle_and_beats_the_static_policies_on_every_scena
             );
         }
     }
+    let (p99, mean) = ((log_p99 / cells).exp(), (log_mean / cells).exp());
+    eprintln!("over every cell (geometric mean): regression/oracle p99 {p99:.3}x mean {mean:.3}x");
+    // Deterministic for these seeds: 1.228x and 1.113x today, 1.324x and 1.132x before the
+    // risk term, the cheaper re-probing, the mean size prior and the cold-start fix.
+    assert!(
+        p99 <= 1.27 && mean <= 1.125,
+        "regression against the oracle over every cell: p99 {p99:.3}x, mean {mean:.3}x"
+    );
 }

@@ -48,6 +48,8 @@ pub struct Scored {
     pub speed: f64,
     /// Its model has not seen the function for a while (exploration may visit it).
     pub stale: bool,
+    /// How much longer than predicted calls there tend to take, ms.
+    pub risk_ms: f64,
 }
 
 impl Scorable for Scored {
@@ -59,6 +61,9 @@ impl Scorable for Scored {
     }
     fn stale(&self) -> bool {
         self.stale
+    }
+    fn risk_ms(&self) -> f64 {
+        self.risk_ms
     }
 }
 
@@ -187,6 +192,9 @@ struct PlaceState {
     full_until: f64,
 }
 
+/// A model's overruns count as risk once it has seen this many calls.
+const RISK_AFTER: usize = 8;
+
 /// How many recent relative errors are kept for the median.
 const ERRORS_KEPT: usize = 2048;
 
@@ -199,8 +207,10 @@ pub struct Planner {
     /// Per function, its size: the service time it would take on the reference machine
     /// (speed 1), learnt from wherever it ran.
     size: HashMap<String, f64>,
-    /// A function's size before it ran anywhere: the typical first size seen.
+    /// A function's size before it ran anywhere: the mean first size seen.
     typical_size: Option<f64>,
+    /// The sum and count of functions' first sizes.
+    first_sizes: (f64, f64),
     /// What is learnt of each place over every function, by the key of its id.
     places: HashMap<u64, PlaceState>,
     /// Smoothed response size per function, KiB: added to the request's size.
@@ -218,6 +228,7 @@ impl Planner {
             models: HashMap::default(),
             size: HashMap::default(),
             typical_size: None,
+            first_sizes: (0.0, 0.0),
             places: HashMap::default(),
             response_kb: HashMap::default(),
             analytic: Analytic::default(),
@@ -227,10 +238,11 @@ impl Planner {
         }
     }
 
+    /// The features of a call at `p`; `size`: the function's size (or a typical
+    /// function's), read once per call.
     fn features(
-        &self,
-        function: &str,
         payload_kb: f64,
+        size: f64,
         p: &PlaceInfo<'_>,
         known: Option<&PlaceState>,
     ) -> Features {
@@ -239,15 +251,9 @@ impl Planner {
             rtt_ms: p.rtt_ms,
             load_per_core: p.load_per_core,
             cold: !p.warm,
+            // The prior: the function's size at this place's advertised speed, corrected
+            // by how it ran other functions.
             service_ms: p.service_ms.unwrap_or_else(|| {
-                // The prior: the function's size (or a typical function's) at this place's
-                // advertised speed, corrected by how it ran other functions.
-                let size = self
-                    .size
-                    .get(function)
-                    .copied()
-                    .or(self.typical_size)
-                    .unwrap_or(1.0);
                 size / p.speed.unwrap_or(1.0).max(1e-3) * known.map_or(1.0, |k| k.slowness)
             }),
         }
@@ -259,11 +265,17 @@ impl Planner {
         let function = call.function;
         let payload_kb = call.request_kb + self.response_kb.get(function).copied().unwrap_or(0.0);
         let models = self.models.get(function);
+        let size = self
+            .size
+            .get(function)
+            .copied()
+            .or(self.typical_size)
+            .unwrap_or(1.0);
         let mut scored = Vec::with_capacity(places.len());
         for p in places {
             let key = place_key(p.id);
             let known = self.places.get(&key);
-            let features = self.features(function, payload_kb, p, known);
+            let features = Self::features(payload_kb, size, p, known);
             let found = models.and_then(|m| m.get(key));
             let model = found.map(|(m, _)| m);
             let analytic = Analytic {
@@ -282,6 +294,12 @@ impl Planner {
                 predicted_ms += p.rtt_ms + features.service_ms;
             }
             let observations = model.map_or(0, Model::observations);
+            // The tail's risk: how much calls here overran their predictions lately, once
+            // the model has seen enough of them to say.
+            let risk_ms = model
+                .filter(|_| observations >= RISK_AFTER)
+                .and_then(Model::shortfall)
+                .unwrap_or(0.0);
             scored.push(Scored {
                 tier: p.tier,
                 predicted_ms,
@@ -290,6 +308,7 @@ impl Planner {
                 features,
                 speed: p.speed.unwrap_or(1.0),
                 stale: found.is_some_and(|(_, stale)| stale),
+                risk_ms,
             });
         }
         let d = choose(&scored, call.deadline_ms, &call.weights, roll)?;
@@ -372,8 +391,13 @@ impl Planner {
             let size = match self.size.get(function) {
                 Some(v) => *v,
                 None => {
-                    let t = self.typical_size.get_or_insert(seen);
-                    *t = 0.9 * *t + 0.1 * seen;
+                    // The mean over every function's first size: what minimises the
+                    // expected time of a function not seen yet (sizes are heavy-tailed,
+                    // so a recent or typical one would mostly say "small").
+                    let (sum, n) = &mut self.first_sizes;
+                    *sum += seen;
+                    *n += 1.0;
+                    self.typical_size = Some(*sum / *n);
                     self.size.insert(function.to_string(), seen);
                     seen
                 }
@@ -398,6 +422,11 @@ impl Planner {
             // cold-start penalty follows it, over all places and at this place.
             let warm = Features {
                 cold: false,
+                // The run's own time when the place said it, not the prior's guess: a
+                // function larger than guessed must not read as a slow cold start.
+                service_ms: service_ms
+                    .filter(|s| s.is_finite() && *s > 0.0)
+                    .unwrap_or(features.service_ms),
                 ..*features
             };
             let extra = (actual_ms - self.analytic.estimate(&warm)).max(0.0);
@@ -669,17 +698,99 @@ mod tests {
             p.observe("f", "was-slow", &f, 6.0, 400.0, Some(4.0));
         }
         p.refit_due();
-        let explored = |p: &Planner| p.plan(&c, &places, 0.05).unwrap().chosen == 1;
-        assert!(!explored(&p), "far slower, and known lately: not explored");
+        // Rolls spread evenly over the exploring share (0.1): how many explore "was-slow".
+        let explored = |p: &Planner| {
+            (0..1000)
+                .filter(|k| p.plan(&c, &places, *k as f64 / 10_000.0).unwrap().chosen == 1)
+                .count()
+        };
+        assert_eq!(
+            explored(&p),
+            0,
+            "far slower, and known lately: not explored"
+        );
         for _ in 0..=STALE_AFTER {
             p.observe("f", "fast", &f, 6.0, 6.0, Some(4.0));
         }
-        assert!(p.plan(&c, &places, 0.05).unwrap().scored[1].stale);
-        assert!(explored(&p), "stale: explored again");
+        let plan = p.plan(&c, &places, 0.05).unwrap();
+        assert!(plan.scored[1].stale);
+        // Explored again, at a rate that makes a visit cost what a near place's would:
+        // (best x 1.2 + 5 ms - best) / (its prediction - best) of the exploring calls.
+        let (best, slow) = (plan.scored[0].predicted_ms, plan.scored[1].predicted_ms);
+        let rate = (best * 0.2 + 5.0) / (slow - best);
+        let n = explored(&p);
+        assert!(
+            n > 0 && (n as f64 - 1000.0 * rate).abs() <= 2.0,
+            "stale: explored {n} of 1000 exploring calls, expected {:.0}",
+            1000.0 * rate
+        );
         assert_eq!(
             p.plan(&c, &places, 0.5).unwrap().chosen,
             0,
             "not chosen otherwise"
+        );
+    }
+
+    #[test]
+    fn of_two_places_predicted_alike_the_one_whose_calls_overrun_less_is_chosen() {
+        let mut p = Planner::new(64);
+        let places = [
+            place("jumpy", Tier::Edge, 2.0, 0.0),
+            place("steady", Tier::Edge, 2.0, 0.0),
+        ];
+        let c = call(1.0, no_explore());
+        let f = p.plan(&c, &places, 0.5).unwrap().scored[0].features;
+        // "jumpy" takes 9.5 ms on average (4 or 15 in turn), "steady" 10 ms always.
+        for i in 0..40 {
+            let y = if i % 2 == 0 { 4.0 } else { 15.0 };
+            p.observe("f", "jumpy", &f, 10.0, y, Some(4.0));
+            p.observe("f", "steady", &f, 10.0, 10.0, Some(4.0));
+            p.refit_due();
+        }
+        let plan = p.plan(&c, &places, 0.5).unwrap();
+        let (j, s) = (plan.scored[0], plan.scored[1]);
+        assert!(
+            j.predicted_ms < s.predicted_ms && s.predicted_ms - j.predicted_ms < 1.0,
+            "jumpy a little faster on average: {j:?} {s:?}"
+        );
+        assert!(j.risk_ms > 1.0 && s.risk_ms < 0.5, "{j:?} {s:?}");
+        assert_eq!(plan.chosen, 1, "steady: its calls do not overrun");
+    }
+
+    #[test]
+    fn a_large_function_first_run_cold_is_not_read_as_a_slow_cold_start() {
+        let mut p = Planner::new(64);
+        let places = [PlaceInfo {
+            service_ms: None,
+            warm: false,
+            ..place("cloud", Tier::Cloud, 20.0, 0.0)
+        }];
+        let c = call(1.0, no_explore());
+        let plan = p.plan(&c, &places, 0.5).unwrap();
+        // Guessed at about a millisecond of work; it ran 2 s, plus a 50 ms cold start.
+        let ok = Outcome::Answered {
+            took_ms: 20.0 + 2000.0 + 50.0,
+            service_ms: Some(2000.0),
+            response_kb: None,
+            cold: true,
+        };
+        p.learn(&c, "cloud", &plan.scored[0], &ok);
+        let cold = p.places[&place_key("cloud")].cold_ms.unwrap();
+        assert!((cold - 50.0).abs() < 1.0, "cold start learnt as {cold} ms");
+    }
+
+    #[test]
+    fn a_function_never_seen_is_sized_as_the_mean_of_first_sizes() {
+        let mut p = Planner::new(64);
+        let f = Features::default();
+        // Heavy-tailed first sizes: the mean, not the latest, stands for the next one.
+        for (i, s) in [2.0, 2.0, 2.0, 994.0, 2.0].iter().enumerate() {
+            p.observe(&format!("g{i}"), "a", &f, 1.0, *s, Some(*s));
+        }
+        assert!(
+            (p.typical_size.unwrap() - 200.4).abs() < 1e-6,
+            "{:?}",
+            p.typical_size
         );
     }
 

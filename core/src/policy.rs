@@ -24,6 +24,11 @@ pub trait Scorable {
     fn stale(&self) -> bool {
         false
     }
+    /// How much longer than predicted calls there tend to take, ms: added to the score,
+    /// so of two places predicted alike the one whose calls overrun less is chosen.
+    fn risk_ms(&self) -> f64 {
+        0.0
+    }
 }
 
 impl Scorable for Candidate {
@@ -57,7 +62,7 @@ impl Default for Weights {
 }
 
 /// Exploration visits places predicted at most this many times the best's time…
-const EXPLORE_WITHIN: f64 = 1.5;
+const EXPLORE_WITHIN: f64 = 1.2;
 /// …plus this, ms.
 const EXPLORE_SLACK_MS: f64 = 5.0;
 
@@ -73,6 +78,7 @@ pub struct Decision {
 
 fn score<C: Scorable>(c: &C, w: &Weights) -> f64 {
     c.predicted_ms()
+        + c.risk_ms()
         + match c.tier() {
             // A peer cluster is someone else's cloud: it costs as the cloud does.
             Tier::Cloud | Tier::Federated => w.cloud_cost_ms,
@@ -110,24 +116,41 @@ pub fn choose<C: Scorable>(
     let (bi, _) = feasible.or(fastest)?;
     let best = (bi, &cands[bi]);
     if roll < w.explore {
-        // Exploration: another feasible place not far behind the best (within half as
+        // Exploration: another feasible place not far behind the best (within a fifth as
         // long again, plus a few ms), uniformly, so that no close place's model goes stale
         // just because it once looked slower; a place predicted far slower is not worth a
-        // call to find out (on a sparse workload that call is a large share of all),
-        // unless what is known of it is old (it may have recovered).
-        let near = best.1.predicted_ms() * EXPLORE_WITHIN + EXPLORE_SLACK_MS;
-        let others = cands.iter().enumerate().filter(|(i, c)| {
-            *i != best.0 && ((!any_meets || meets(c)) && c.predicted_ms() <= near || c.stale())
-        });
+        // call to find out (on a sparse workload that call is a large share of all, and an
+        // explored call is a call at the tail), unless what is known of it is old (it may
+        // have recovered): such a place is visited at a rate that falls with how much
+        // slower it looked, so a visit costs on average what a near place's does.
+        let bp = best.1.predicted_ms();
+        let near = bp * EXPLORE_WITHIN + EXPLORE_SLACK_MS;
+        let rate = |c: &C| -> f64 {
+            if (!any_meets || meets(c)) && c.predicted_ms() <= near {
+                1.0
+            } else if c.stale() {
+                ((near - bp) / (c.predicted_ms() - bp).max(1e-9)).min(1.0)
+            } else {
+                0.0
+            }
+        };
+        let others = cands
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| *i != best.0 && rate(c) > 0.0);
         let n = others.clone().count();
         if n > 0 {
-            let k = ((roll / w.explore) * n as f64) as usize;
-            if let Some((i, c)) = others.clone().nth(k.min(n - 1)) {
-                return Some(Decision {
-                    index: i,
-                    explored: true,
-                    meets_deadline: meets(c),
-                });
+            // One roll picks the place (its whole part) and whether to go (its fraction).
+            let x = (roll / w.explore) * n as f64;
+            let k = (x as usize).min(n - 1);
+            if let Some((i, c)) = others.clone().nth(k) {
+                if x - (k as f64) < rate(c) {
+                    return Some(Decision {
+                        index: i,
+                        explored: true,
+                        meets_deadline: meets(c),
+                    });
+                }
             }
         }
     }

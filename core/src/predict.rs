@@ -100,6 +100,9 @@ pub struct Model {
     since_fit: usize,
     /// Smoothed relative error of predictions made before each observation.
     error: Option<f64>,
+    /// Smoothed shortfall of those predictions: how much longer than predicted calls took
+    /// (0 for those that took less), ms.
+    shortfall: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -168,6 +171,7 @@ impl Model {
             fit: None,
             since_fit: 0,
             error: None,
+            shortfall: None,
         }
     }
 
@@ -197,6 +201,11 @@ impl Model {
         self.error = Some(match self.error {
             Some(e) => 0.9 * e + 0.1 * rel,
             None => rel,
+        });
+        let short = (actual_ms - predicted).max(0.0);
+        self.shortfall = Some(match self.shortfall {
+            Some(e) => 0.9 * e + 0.1 * short,
+            None => short,
         });
         if self.window.len() == self.capacity {
             self.window.pop_front();
@@ -304,6 +313,11 @@ impl Model {
             return None;
         }
         Self::fit_rows(&rows, fallback)
+    }
+
+    /// Smoothed shortfall of its predictions (how much longer calls took than predicted), ms.
+    pub fn shortfall(&self) -> Option<f64> {
+        self.shortfall
     }
 
     /// Smoothed relative prediction error so far.

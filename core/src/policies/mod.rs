@@ -196,6 +196,7 @@ pub(crate) fn plan_by(
             features: features(call.request_kb, p, p.service_ms.unwrap_or(1.0)),
             speed: p.speed.unwrap_or(1.0),
             stale: false,
+            risk_ms: 0.0,
         })
         .collect();
     let (deadline, weights) = if is_time {
