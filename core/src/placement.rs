@@ -207,9 +207,8 @@ pub struct Planner {
     /// Per function, its size: the service time it would take on the reference machine
     /// (speed 1), learnt from wherever it ran.
     size: HashMap<String, f64>,
-    /// A function's size before it ran anywhere: the mean first size seen.
-    typical_size: Option<f64>,
-    /// The sum and count of functions' first sizes.
+    /// The sum and count of functions' first sizes: their mean stands for a function's
+    /// size before it ran anywhere ([`Planner::typical_size`]).
     first_sizes: (f64, f64),
     /// What is learnt of each place over every function, by the key of its id.
     places: HashMap<u64, PlaceState>,
@@ -227,7 +226,6 @@ impl Planner {
         Planner {
             models: HashMap::default(),
             size: HashMap::default(),
-            typical_size: None,
             first_sizes: (0.0, 0.0),
             places: HashMap::default(),
             response_kb: HashMap::default(),
@@ -236,6 +234,13 @@ impl Planner {
             errors: Vec::new(),
             next_error: 0,
         }
+    }
+
+    /// A function's size before it ran anywhere: the mean over every function's first
+    /// size, once there is one.
+    fn typical_size(&self) -> Option<f64> {
+        let (sum, n) = self.first_sizes;
+        (n > 0.0).then(|| sum / n)
     }
 
     /// The features of a call at `p`; `size`: the function's size (or a typical
@@ -269,7 +274,7 @@ impl Planner {
             .size
             .get(function)
             .copied()
-            .or(self.typical_size)
+            .or_else(|| self.typical_size())
             .unwrap_or(1.0);
         let mut scored = Vec::with_capacity(places.len());
         for p in places {
@@ -394,10 +399,8 @@ impl Planner {
                     // The mean over every function's first size: what minimises the
                     // expected time of a function not seen yet (sizes are heavy-tailed,
                     // so a recent or typical one would mostly say "small").
-                    let (sum, n) = &mut self.first_sizes;
-                    *sum += seen;
-                    *n += 1.0;
-                    self.typical_size = Some(*sum / *n);
+                    self.first_sizes.0 += seen;
+                    self.first_sizes.1 += 1.0;
                     self.size.insert(function.to_string(), seen);
                     seen
                 }
@@ -788,9 +791,9 @@ mod tests {
             p.observe(&format!("g{i}"), "a", &f, 1.0, *s, Some(*s));
         }
         assert!(
-            (p.typical_size.unwrap() - 200.4).abs() < 1e-6,
+            (p.typical_size().unwrap() - 200.4).abs() < 1e-6,
             "{:?}",
-            p.typical_size
+            p.typical_size()
         );
     }
 

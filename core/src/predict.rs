@@ -163,6 +163,11 @@ impl Fit {
     }
 }
 
+/// An exponentially smoothed figure after taking `x`: nine tenths the last, one tenth `x`.
+fn smooth(last: Option<f64>, x: f64) -> f64 {
+    last.map_or(x, |e| 0.9 * e + 0.1 * x)
+}
+
 impl Model {
     pub fn new(capacity: usize) -> Self {
         Model {
@@ -198,15 +203,8 @@ impl Model {
         }
         let (predicted, _) = self.predict(f, fallback);
         let rel = (predicted - actual_ms).abs() / actual_ms.max(1e-3);
-        self.error = Some(match self.error {
-            Some(e) => 0.9 * e + 0.1 * rel,
-            None => rel,
-        });
-        let short = (actual_ms - predicted).max(0.0);
-        self.shortfall = Some(match self.shortfall {
-            Some(e) => 0.9 * e + 0.1 * short,
-            None => short,
-        });
+        self.error = Some(smooth(self.error, rel));
+        self.shortfall = Some(smooth(self.shortfall, (actual_ms - predicted).max(0.0)));
         if self.window.len() == self.capacity {
             self.window.pop_front();
         }

@@ -383,14 +383,15 @@ impl Router {
         // keeps the answer, or is still running the call). That member not a place yet but
         // maybe about to be (this router just restarted, or its reports are late): the call
         // waits for it rather than running a second time elsewhere.
-        if let Some(m) = fogline_node::agent::keyed::preferred() {
-            let listed = places.iter().any(|p| p.id == m && p.addr.is_some());
+        let prefer = fogline_node::agent::keyed::preferred();
+        if let Some(m) = &prefer {
+            let listed = places.iter().any(|p| p.id == *m && p.addr.is_some());
             if !listed
                 && node
                     .links
                     .mesh
                     .get()
-                    .is_some_and(|mesh| mesh.may_yet_hear(&m))
+                    .is_some_and(|mesh| mesh.may_yet_hear(m))
             {
                 return Err(Refused::unplaced(format!(
                     "waiting to hear from {m}, where an earlier attempt of this call went (it may hold the answer)"
@@ -456,8 +457,8 @@ impl Router {
         }
         // An async call handed to a member before, its answer lost: that member keeps the
         // answer (or is still running it), so it goes there while it is a place.
-        if let Some(i) = fogline_node::agent::keyed::preferred()
-            .and_then(|m| places.iter().position(|p| p.id == m && p.addr.is_some()))
+        if let Some(i) =
+            prefer.and_then(|m| places.iter().position(|p| p.id == m && p.addr.is_some()))
         {
             plan.chosen = i;
             plan.explored = false;
