@@ -5,8 +5,10 @@
 //! at up to [`MAX_ATTEMPTS`] places within its timeout, and a call that may have run already
 //! goes elsewhere only when it is idempotent.
 //!
-//! Places that failed (lost or silent) are benched for a while ([`Bench`]), so the next
-//! calls do not try them until the membership says more.
+//! Places that failed or filled up (a lost connection, a timeout) are benched for a while
+//! ([`Bench`]), so the next calls do not try them until the membership says more; not a
+//! place that kept reporting with cores free while a call there timed out: that call was
+//! slow, and the policy learns so from the outcome rather than losing the place.
 
 use rustc_hash::FxHashMap as HashMap;
 
@@ -43,6 +45,22 @@ impl Outcome {
     /// The place itself failed (not the function, not its capacity).
     pub fn place_failed(&self) -> bool {
         matches!(self, Outcome::TimedOut { .. } | Outcome::Lost { .. })
+    }
+
+    /// Whether the place is benched for this outcome: a lost connection benches it; a
+    /// timeout does unless the place kept reporting while the call was there
+    /// (`heard_meanwhile`: a load report arrived from it) and had cores free when the call
+    /// was sent (`load_per_core`, as the plan saw it, below 1). Such a timeout says the
+    /// call was slow (a long run, a slow link), not that the place failed or filled up:
+    /// benching it would send every function's calls elsewhere for [`BENCH_MS`] (a large
+    /// cloud, for one long call), so the policy learns instead that the call took at least
+    /// this long there and that the place is busy for a while.
+    pub fn benches(&self, heard_meanwhile: bool, load_per_core: f64) -> bool {
+        match self {
+            Outcome::Lost { .. } => true,
+            Outcome::TimedOut { .. } => !(heard_meanwhile && load_per_core < 1.0),
+            _ => false,
+        }
     }
 
     /// The function may have run (so only an idempotent call may run again).
@@ -321,6 +339,15 @@ mod tests {
             ..p.clone()
         };
         assert_eq!(a.patience_ms(&order, 10.0), 29_990.0);
+        let timeout = Outcome::TimedOut { after_ms: 1005.0 };
+        assert!(!timeout.benches(true, 0.5));
+        assert!(timeout.benches(false, 0.5) && timeout.benches(true, 1.0));
+        let lost = Outcome::Lost {
+            sent: true,
+            after_ms: 3.0,
+        };
+        assert!(lost.benches(true, 0.0) && lost.benches(false, 0.0));
+        assert!(!Outcome::Refused { status: 429 }.benches(false, 2.0));
         let mut bench = Bench::default();
         bench.bench("edge-1", 100.0);
         assert!(bench.is_benched("edge-1", 2099.0));

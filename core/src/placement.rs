@@ -327,8 +327,9 @@ impl Planner {
     }
 
     /// Learns from any outcome: an answer is an observation; a timeout, that the place
-    /// takes at least that long (a censored observation); a refusal, that the place is
-    /// full for now. A lost connection teaches nothing here (the driver benches the place).
+    /// takes at least that long (a censored observation) and is full for now; a refusal,
+    /// that the place is full for now. A lost connection teaches nothing here (the driver
+    /// benches the place).
     pub fn learn(&mut self, call: &Call<'_>, place: &str, scored: &Scored, outcome: &Outcome) {
         match *outcome {
             Outcome::Answered {
@@ -356,8 +357,14 @@ impl Planner {
             }
             Outcome::TimedOut { after_ms } if after_ms > scored.predicted_ms => {
                 // At least this long: recorded as this long, not counted as a prediction
-                // error (the true time is unknown).
+                // error (the true time is unknown). And a member is taken to be full for
+                // a while, as after a refusal: one that kept reporting is not benched for
+                // a timeout (see `Outcome::benches`), but it is busy or slow now. Not the
+                // device: its own busy state is known exactly from one call to the next.
                 self.record(call.function, place, &scored.features, after_ms);
+                if scored.tier != Tier::Device {
+                    self.place(place).full_until = call.now_ms + FULL_FOR_MS;
+                }
             }
             Outcome::Refused { .. } => {
                 self.place(place).full_until = call.now_ms + FULL_FOR_MS;

@@ -219,6 +219,15 @@ impl Mesh {
         })
     }
 
+    /// Whether a report from `member` arrived within the last `ms` (the time a call has
+    /// been there): a member that kept reporting is alive, however long the call takes.
+    pub fn heard_within(&self, member: &str, ms: f64) -> bool {
+        self.aged(|v, now| {
+            v.get(member)
+                .is_some_and(|m| (now.saturating_sub(m.heard_ms) as f64) < ms)
+        })
+    }
+
     /// Tells those waiting in [`Mesh::until_unreachable`] when members newly died.
     fn note_deaths(&self, known: &mut HashSet<String>) {
         let dead: HashSet<String> = self.with_view(|v| {

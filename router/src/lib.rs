@@ -648,7 +648,10 @@ impl Router {
                 }
                 Err(fail) => fail,
             };
-            if outcome.place_failed() {
+            // Whether the place reported while the call was there (a place that is no
+            // mesh member, a peer cluster or this router itself, counts as unheard).
+            let heard = mesh.is_some_and(|m| m.heard_within(&place.id, took_ms));
+            if outcome.benches(heard, scored.features.load_per_core) {
                 lock(&self.down).bench(&place.id, self.now_ms() as f64);
                 if let (FailKind::Broken { .. }, Some(addr), Some(client)) =
                     (&failure.kind, place.addr, node.links.peers.get())

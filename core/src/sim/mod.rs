@@ -780,6 +780,20 @@ impl<'a> World<'a> {
         }
     }
 
+    /// Whether node `i` reports in (a, b]: a report round falls there while it is up
+    /// (what a router that waited until `b` would have heard).
+    fn reports_during(&self, i: usize, a: f64, b: f64) -> bool {
+        let interval = (self.s.report_interval_ms as f64).max(1.0);
+        let mut r = ((a / interval).floor() + 1.0) * interval;
+        while r <= b {
+            if !self.nodes[i].is_down(r) {
+                return true;
+            }
+            r += interval;
+        }
+        false
+    }
+
     /// Node `i` as its last report shows it.
     fn seen(&self, i: usize) -> Seen<'_> {
         Seen {
@@ -1043,7 +1057,13 @@ fn run_policy(
             router
                 .policy
                 .observe(&call, place_id(&w, at), &plan.scored[i], &outcome);
-            if outcome.place_failed() {
+            // Whether the place reported while the call was there. The device sends no
+            // reports (as live: a call run on the device itself has no member to hear from).
+            let heard = match at {
+                Where::Device => false,
+                Where::Node(n) => w.reports_during(n, ta, now),
+            };
+            if outcome.benches(heard, plan.scored[i].features.load_per_core) {
                 router.bench.bench(place_id(&w, at), now);
             }
             if let Outcome::Answered { .. } = outcome {
