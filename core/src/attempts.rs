@@ -50,15 +50,16 @@ impl Outcome {
     /// Whether the place is benched for this outcome: a lost connection benches it; a
     /// timeout does unless the place kept reporting while the call was there
     /// (`heard_meanwhile`: a load report arrived from it) and had cores free when the call
-    /// was sent (`load_per_core`, as the plan saw it, below 1). Such a timeout says the
+    /// was sent (`load_per_core`, as the plan saw it, below 1). `heard_meanwhile` is asked
+    /// only for a timeout. Such a timeout says the
     /// call was slow (a long run, a slow link), not that the place failed or filled up:
     /// benching it would send every function's calls elsewhere for [`BENCH_MS`] (a large
     /// cloud, for one long call), so the policy learns instead that the call took at least
     /// this long there and that the place is busy for a while.
-    pub fn benches(&self, heard_meanwhile: bool, load_per_core: f64) -> bool {
+    pub fn benches(&self, load_per_core: f64, heard_meanwhile: impl FnOnce() -> bool) -> bool {
         match self {
             Outcome::Lost { .. } => true,
-            Outcome::TimedOut { .. } => !(heard_meanwhile && load_per_core < 1.0),
+            Outcome::TimedOut { .. } => !(load_per_core < 1.0 && heard_meanwhile()),
             _ => false,
         }
     }
@@ -340,14 +341,14 @@ mod tests {
         };
         assert_eq!(a.patience_ms(&order, 10.0), 29_990.0);
         let timeout = Outcome::TimedOut { after_ms: 1005.0 };
-        assert!(!timeout.benches(true, 0.5));
-        assert!(timeout.benches(false, 0.5) && timeout.benches(true, 1.0));
+        assert!(!timeout.benches(0.5, || true));
+        assert!(timeout.benches(0.5, || false) && timeout.benches(1.0, || true));
         let lost = Outcome::Lost {
             sent: true,
             after_ms: 3.0,
         };
-        assert!(lost.benches(true, 0.0) && lost.benches(false, 0.0));
-        assert!(!Outcome::Refused { status: 429 }.benches(false, 2.0));
+        assert!(lost.benches(0.0, || true) && lost.benches(0.0, || false));
+        assert!(!Outcome::Refused { status: 429 }.benches(2.0, || false));
         let mut bench = Bench::default();
         bench.bench("edge-1", 100.0);
         assert!(bench.is_benched("edge-1", 2099.0));

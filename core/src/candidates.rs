@@ -3,8 +3,9 @@
 //! round trip ping measured, the router's own calls in flight there, and the places it
 //! benched. One set of rules for the live router and the simulator: a member is listed when
 //! alive, not benched, of the pinned tier (if any) and able to run the function's sandbox;
-//! its load per core is its report's calls in flight and queued, or the router's own calls
-//! there when more (fresher); warm functions and service times are the report's.
+//! its load per core is its report's calls in flight and queued, brought up to date with
+//! the router's own calls sent and finished there since ([`Mine`]); warm functions and
+//! service times are the report's.
 
 use crate::attempts::Bench;
 use crate::config::Tier;
@@ -14,6 +15,8 @@ use crate::Runtime;
 /// (the live router's names, the simulator's numbers).
 pub trait Reported<F: ?Sized> {
     fn id(&self) -> &str;
+    /// The number of its newest report.
+    fn seq(&self) -> u64;
     fn tier(&self) -> Tier;
     /// The membership holds it alive.
     fn alive(&self) -> bool;
@@ -61,12 +64,50 @@ pub fn listed<F: ?Sized, M: Reported<F>>(
         && !bench.is_benched(m.id(), now_ms)
 }
 
+/// The router's own calls in flight at one member, and how many of them the member's
+/// newest report counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mine {
+    /// In flight there now.
+    pub now: u32,
+    /// The newest report's number and `now` when the router first built candidates after
+    /// it arrived (a report counts the calls that were there when it was made).
+    at_report: Option<(u64, u32)>,
+}
+
+impl Mine {
+    pub fn sent(&mut self) {
+        self.now = self.now.saturating_add(1);
+    }
+
+    pub fn done(&mut self) {
+        self.now = self.now.saturating_sub(1);
+    }
+
+    /// The member's load now, as far as this router can tell from a report that counted
+    /// `reported` (numbered `seq`): the report's, plus the calls the router sent there
+    /// since, less its calls there that finished since; never less than its own calls
+    /// there now. Ten calls reported a second ago, nine of them this router's and since
+    /// answered, leave one, where the report alone says ten.
+    pub fn load(&mut self, seq: u64, reported: u32) -> u32 {
+        let at = match self.at_report {
+            Some((s, at)) if s == seq => at,
+            _ => {
+                self.at_report = Some((seq, self.now));
+                self.now
+            }
+        };
+        let est = i64::from(reported) + i64::from(self.now) - i64::from(at);
+        u32::try_from(est.max(0)).unwrap_or(u32::MAX).max(self.now)
+    }
+}
+
 /// A listed member's facts: `mine` is the router's own calls in flight there, `rtt_ms`
 /// the round trip measured to it (`None` before ping measured one).
 pub fn facts<F: ?Sized, M: Reported<F>>(
     m: &M,
     wants: &Wants<'_, F>,
-    mine: u32,
+    mine: &mut Mine,
     rtt_ms: Option<f64>,
 ) -> Facts {
     let cores = m.cores().max(1);
@@ -74,7 +115,7 @@ pub fn facts<F: ?Sized, M: Reported<F>>(
         tier: m.tier(),
         // Until ping has measured it, a loopback-ish guess.
         rtt_ms: rtt_ms.unwrap_or(1.0),
-        load_per_core: f64::from(m.load().max(mine)) / f64::from(cores),
+        load_per_core: f64::from(mine.load(m.seq(), m.load())) / f64::from(cores),
         cores,
         speed: (m.speed() > 0.0).then_some(f64::from(m.speed())),
         warm: m.warm(wants.function),
@@ -86,6 +127,9 @@ pub fn facts<F: ?Sized, M: Reported<F>>(
 impl Reported<str> for crate::mesh::Member {
     fn id(&self) -> &str {
         &self.report.node
+    }
+    fn seq(&self) -> u64 {
+        self.report.seq
     }
     fn tier(&self) -> Tier {
         self.report.tier
@@ -141,6 +185,9 @@ impl Reported<str> for PeerCandidate<'_> {
     fn id(&self) -> &str {
         &self.place.name
     }
+    fn seq(&self) -> u64 {
+        self.bridge.report.seq
+    }
     fn tier(&self) -> Tier {
         Tier::Federated
     }
@@ -179,11 +226,15 @@ mod tests {
     struct M {
         alive: bool,
         load: u32,
+        seq: u64,
     }
 
     impl Reported<str> for M {
         fn id(&self) -> &str {
             "edge-1"
+        }
+        fn seq(&self) -> u64 {
+            self.seq
         }
         fn tier(&self) -> Tier {
             Tier::Edge
@@ -222,6 +273,7 @@ mod tests {
         let m = M {
             alive: true,
             load: 2,
+            seq: 1,
         };
         assert!(listed(&m, &wants, &bench, 0.0));
         assert!(!listed(&M { alive: false, ..m }, &wants, &bench, 0.0));
@@ -237,9 +289,40 @@ mod tests {
         assert!(!listed(&m, &container, &bench, 0.0));
         bench.bench("edge-1", 0.0);
         assert!(!listed(&m, &wants, &bench, 10.0));
-        let f = facts(&m, &wants, 6, None);
+        let mut six = Mine {
+            now: 6,
+            ..Mine::default()
+        };
+        let f = facts(&m, &wants, &mut six, None);
         assert_eq!((f.load_per_core, f.rtt_ms, f.speed), (1.5, 1.0, None));
         assert_eq!((f.warm, f.service_ms), (true, Some(2.0)));
-        assert_eq!(facts(&m, &wants, 0, Some(3.0)).load_per_core, 0.5);
+        let f = facts(&m, &wants, &mut Mine::default(), Some(3.0));
+        assert_eq!(f.load_per_core, 0.5);
+    }
+
+    #[test]
+    fn the_reported_load_is_brought_up_to_date_with_the_routers_own_calls() {
+        let mut mine = Mine::default();
+        for _ in 0..9 {
+            mine.sent();
+        }
+        // Report 1 counts the nine and one call of another router's.
+        assert_eq!(mine.load(1, 10), 10);
+        for _ in 0..8 {
+            mine.done();
+        }
+        assert_eq!(mine.load(1, 10), 2, "eight of its nine answered since");
+        mine.sent();
+        mine.sent();
+        assert_eq!(mine.load(1, 10), 4, "two more sent");
+        // Report 2 was made after those: it counts what is there now.
+        assert_eq!(mine.load(2, 3), 3);
+        for _ in 0..3 {
+            mine.done();
+        }
+        assert_eq!(mine.load(2, 3), 0, "the three answered");
+        mine.sent();
+        // Report 3, made before that call arrived, says nothing is there.
+        assert_eq!(mine.load(3, 0), 1, "never below its own calls there");
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use fogline_core::attempts::{Attempts, Bench, GiveUp, Next, Outcome};
-use fogline_core::candidates::{facts, listed, PeerCandidate, Wants};
+use fogline_core::candidates::{facts, listed, Mine, PeerCandidate, Wants};
 use fogline_core::config::{RouterSection, Tier};
 use fogline_core::forecast::Arrivals;
 use fogline_core::mesh::State;
@@ -187,8 +187,9 @@ pub struct Router {
     /// per function: the autoscaler's trend, which must turn with a burst within seconds.
     /// Kept by scoped routers only (no extra lock on every call elsewhere).
     all_arrivals: Mutex<Arrivals>,
-    /// Calls this router has running at each place now (fresher than gossiped load).
-    outstanding: Mutex<HashMap<String, u32>>,
+    /// Calls this router has running at each place now (with gossiped load, a fresher
+    /// one).
+    outstanding: Mutex<HashMap<String, Mine>>,
     /// Places that failed recently (ms on this router's clock).
     down: Mutex<Bench>,
     prepared: Mutex<HashMap<(String, String), Instant>>,
@@ -275,8 +276,7 @@ impl Router {
         let now = self.now_ms() as f64;
         // Both held for this short, synchronous look (the view's lock is taken inside).
         let down = lock(&self.down);
-        let outstanding = lock(&self.outstanding);
-        let mine = |id: &str| outstanding.get(id).copied().unwrap_or(0);
+        let mut outstanding = lock(&self.outstanding);
         let wants = Wants {
             function: f.name.as_str(),
             runtime: f.runtime,
@@ -300,8 +300,9 @@ impl Router {
                     let Some(addr) = r.quic.as_deref().and_then(|a| a.parse().ok()) else {
                         continue;
                     };
-                    let in_flight = mine(&r.node);
-                    let x = facts(m, &wants, in_flight, m.rtt_ms);
+                    let mine = mine_at(&mut outstanding, &r.node);
+                    let x = facts(m, &wants, mine, m.rtt_ms);
+                    let in_flight = mine.now;
                     out.push(Place::remote(&r.node, addr, x, in_flight, None));
                 }
                 // Peer clusters the cluster's bridges offer, for the namespaces offloaded
@@ -316,8 +317,9 @@ impl Router {
                         let Some(addr) = r.quic.as_deref().and_then(|a| a.parse().ok()) else {
                             continue;
                         };
-                        let in_flight = mine(&place.name);
-                        let x = facts(&c, &wants, in_flight, Some(c.rtt_ms(bridge.rtt_ms)));
+                        let mine = mine_at(&mut outstanding, &place.name);
+                        let x = facts(&c, &wants, mine, Some(c.rtt_ms(bridge.rtt_ms)));
+                        let in_flight = mine.now;
                         let via = Some((place.name.clone(), r.node.clone()));
                         out.push(Place::remote(&place.name, addr, x, in_flight, via));
                     }
@@ -330,7 +332,7 @@ impl Router {
         {
             let g = node.gauges();
             let service = node.metrics.function(&f.name).service_ms().map(f64::from);
-            let in_flight = mine(&node.id);
+            let in_flight = mine_at(&mut outstanding, &node.id).now;
             out.push(Place {
                 id: node.id.clone(),
                 tier: node.config.node.tier,
@@ -555,7 +557,10 @@ impl Router {
                 }
                 attempt.attr_ms("predicted_ms", scored.predicted_ms);
             }
-            *lock(&self.outstanding).entry(place.id.clone()).or_insert(0) += 1;
+            lock(&self.outstanding)
+                .entry(place.id.clone())
+                .or_default()
+                .sent();
             // How long to wait there: an idempotent call with somewhere else to go is
             // abandoned at a place far slower than predicted (stalled, overloaded or gone).
             let now = self.now_ms() as f64;
@@ -596,7 +601,7 @@ impl Router {
                 None => run.await,
             };
             if let Some(n) = lock(&self.outstanding).get_mut(&place.id) {
-                *n = n.saturating_sub(1);
+                n.done();
             }
             let took_ms = t0.elapsed().as_secs_f64() * 1e3;
             let (outcome, answer) = match result {
@@ -650,8 +655,8 @@ impl Router {
             };
             // Whether the place reported while the call was there (a place that is no
             // mesh member, a peer cluster or this router itself, counts as unheard).
-            let heard = mesh.is_some_and(|m| m.heard_within(&place.id, took_ms));
-            if outcome.benches(heard, scored.features.load_per_core) {
+            let heard = || mesh.is_some_and(|m| m.heard_within(&place.id, took_ms));
+            if outcome.benches(scored.features.load_per_core, heard) {
                 lock(&self.down).bench(&place.id, self.now_ms() as f64);
                 if let (FailKind::Broken { .. }, Some(addr), Some(client)) =
                     (&failure.kind, place.addr, node.links.peers.get())
@@ -828,7 +833,7 @@ impl Router {
 
     /// Calls this router has running at places now.
     pub fn in_flight(&self) -> u32 {
-        lock(&self.outstanding).values().sum()
+        lock(&self.outstanding).values().map(|m| m.now).sum()
     }
 
     /// Forecast arrivals per second over every function, `ahead_ms` from now, for a scoped
@@ -1077,6 +1082,15 @@ async fn forecasting(router: Weak<Router>) {
             }
         }
     }
+}
+
+/// The router's calls at place `id`, an entry made once per place (not a string per place
+/// per call).
+fn mine_at<'m>(outstanding: &'m mut HashMap<String, Mine>, id: &str) -> &'m mut Mine {
+    if !outstanding.contains_key(id) {
+        outstanding.insert(id.to_owned(), Mine::default());
+    }
+    outstanding.get_mut(id).expect("just inserted")
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use serde::Serialize;
 
 use crate::attempts::{Attempts, Bench, Next, Outcome};
-use crate::candidates::{facts, listed, Reported, Wants};
+use crate::candidates::{facts, listed, Mine, Reported, Wants};
 use crate::config::Tier;
 use crate::forecast::Arrivals;
 use crate::mesh::{ClusterView, LoadReport, State, Timing};
@@ -350,7 +350,9 @@ struct Attempt {
 /// at each node, and the places it benched.
 struct SiteRouter {
     policy: Box<dyn crate::policies::Policy>,
-    mine: HashMap<usize, BinaryHeap<Reverse<u64>>>,
+    /// When each of its calls at each node will be back, and those calls as candidate
+    /// building counts them.
+    mine: HashMap<usize, (BinaryHeap<Reverse<u64>>, Mine)>,
     bench: Bench,
     /// Arrivals per function (prepare-ahead's forecast), the functions called since the
     /// last forecast, and when each (function, node) was last prepared.
@@ -804,9 +806,9 @@ impl<'a> World<'a> {
     }
 
     /// The places a router would list for `c` at `t`, from what it knows: the view's
-    /// live members less the benched, each with its last report (in flight, or the
-    /// router's own calls there when more; warm functions and service times as of the
-    /// report), the pinged round trip, and the device itself (which knows its own state).
+    /// live members less the benched, each with its last report (in flight, brought up to
+    /// date with the router's own calls sent and back since; warm functions and service
+    /// times as of the report), the pinged round trip, and the device itself (which knows its own state).
     fn candidates(&mut self, c: &Call, t: f64, router: &mut SiteRouter, out: &mut Vec<Cand>) {
         out.clear();
         let site = self.device_site[c.device as usize];
@@ -821,7 +823,8 @@ impl<'a> World<'a> {
                 continue;
             }
             let rtt_ms = self.pinged_rtt(c.device, i, t);
-            let mine = router.mine.get_mut(&i).map_or(0, |h| drain_until(h, t)) as u32;
+            let (back, mine) = router.mine.entry(i).or_default();
+            mine.now = drain_until(back, t) as u32;
             let x = facts(&self.seen(i), &wants, mine, Some(rtt_ms));
             out.push(Cand {
                 at: Where::Node(i),
@@ -865,6 +868,9 @@ struct Seen<'n> {
 impl Reported<u32> for Seen<'_> {
     fn id(&self) -> &str {
         &self.node.id
+    }
+    fn seq(&self) -> u64 {
+        self.node.seq
     }
     fn tier(&self) -> Tier {
         self.node.tier
@@ -1050,6 +1056,7 @@ fn run_policy(
                         .mine
                         .entry(n)
                         .or_default()
+                        .0
                         .push(Reverse(now.to_bits()));
                 }
             }
@@ -1059,11 +1066,11 @@ fn run_policy(
                 .observe(&call, place_id(&w, at), &plan.scored[i], &outcome);
             // Whether the place reported while the call was there. The device sends no
             // reports (as live: a call run on the device itself has no member to hear from).
-            let heard = match at {
+            let heard = || match at {
                 Where::Device => false,
                 Where::Node(n) => w.reports_during(n, ta, now),
             };
-            if outcome.benches(heard, plan.scored[i].features.load_per_core) {
+            if outcome.benches(plan.scored[i].features.load_per_core, heard) {
                 router.bench.bench(place_id(&w, at), now);
             }
             if let Outcome::Answered { .. } = outcome {
