@@ -73,6 +73,31 @@ pub enum ReportError {
 }
 
 impl LoadReport {
+    /// A report of `node` on `tier` with nothing else said: no cores, load, functions or
+    /// addresses, number 0. Fill in what is known with struct update syntax.
+    pub fn blank(node: &str, tier: Tier) -> Self {
+        LoadReport {
+            node: node.to_owned(),
+            peer: String::new(),
+            tier,
+            site: String::new(),
+            cores: 0,
+            memory_bytes: 0,
+            speed: 0.0,
+            runtimes: Vec::new(),
+            in_flight: 0,
+            queued: 0,
+            service_ms: Vec::new(),
+            warm: Vec::new(),
+            quic: None,
+            http: None,
+            mesh: None,
+            cold_starts: 0,
+            warm_starts: 0,
+            seq: 0,
+        }
+    }
+
     /// Load per core: running plus queued work over cores.
     pub fn load_per_core(&self) -> f64 {
         // Both come from the wire: added as floats, so no sum of two u32s overflows.

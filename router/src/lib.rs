@@ -324,6 +324,7 @@ impl Router {
                         out.push(Place::remote(&place.name, addr, x, in_flight, via));
                     }
                 }
+                prune(&mut outstanding, view, at, fresh, &node.id);
             });
         }
         if node.can_run(f.runtime)
@@ -1084,6 +1085,30 @@ async fn forecasting(router: Weak<Router>) {
     }
 }
 
+/// Forgets places that have left the view (members gone, peer clusters no longer offered;
+/// Swarm tasks come and go with new names) where the router has nothing in flight, once
+/// the map has grown to twice what the view holds: the map stays bounded, and the work is
+/// done rarely rather than on every call.
+fn prune(
+    outstanding: &mut HashMap<String, Mine>,
+    view: &fogline_core::mesh::ClusterView,
+    at: u64,
+    fresh: u64,
+    own: &str,
+) {
+    let known = view.members().count() + view.peer_places(at, fresh).count() + 1;
+    if outstanding.len() <= 32 + 2 * known {
+        return;
+    }
+    let live: std::collections::HashSet<&str> = view
+        .members()
+        .map(|m| m.report.node.as_str())
+        .chain(view.peer_places(at, fresh).map(|(_, p)| p.name.as_str()))
+        .chain(std::iter::once(own))
+        .collect();
+    outstanding.retain(|id, m| m.now > 0 || live.contains(id.as_str()));
+}
+
 /// The router's calls at place `id`, an entry made once per place (not a string per place
 /// per call).
 fn mine_at<'m>(outstanding: &'m mut HashMap<String, Mine>, id: &str) -> &'m mut Mine {
@@ -1114,5 +1139,44 @@ mod tests {
         assert!(!scope.holds("fl-w-b-3-x7k2q"), "a task of service fl-w-b");
         assert!(!scope.holds("fl-w-edge"), "a member named like the service");
         assert!(!scope.holds("fl-wx-1-abc"));
+    }
+
+    #[test]
+    fn places_that_left_the_view_are_forgotten_unless_calls_are_still_there() {
+        let mut view = fogline_core::mesh::ClusterView::new();
+        for (i, name) in ["edge-a", "edge-b"].into_iter().enumerate() {
+            let report = fogline_core::mesh::LoadReport {
+                cores: 2,
+                speed: 1.0,
+                runtimes: vec![fogline_core::manifest::Runtime::Wasm],
+                seq: i as u64 + 1,
+                ..fogline_core::mesh::LoadReport::blank(name, Tier::Edge)
+            };
+            assert!(view.apply(report, 0));
+        }
+        let mut outstanding = HashMap::new();
+        for id in ["edge-a", "edge-b", "me"] {
+            mine_at(&mut outstanding, id);
+        }
+        // Swarm tasks long gone; one still has a call of this router's running.
+        for t in 0..40 {
+            mine_at(&mut outstanding, &format!("fl-w-1-task{t}"));
+        }
+        mine_at(&mut outstanding, "fl-w-1-task7").sent();
+        let before = outstanding.clone();
+        // Below the bound nothing is touched.
+        let mut small: HashMap<String, Mine> = before
+            .iter()
+            .take(20)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let kept = small.clone();
+        prune(&mut small, &view, 0, 1_000, "me");
+        assert_eq!(small, kept);
+        prune(&mut outstanding, &view, 0, 1_000, "me");
+        let mut left: Vec<&str> = outstanding.keys().map(String::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["edge-a", "edge-b", "fl-w-1-task7", "me"]);
+        assert_eq!(outstanding["fl-w-1-task7"], before["fl-w-1-task7"]);
     }
 }
