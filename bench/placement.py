@@ -28,7 +28,7 @@ def seeds(arg):
 def run(fogline, scenario, seed):
     out = subprocess.run(
         [fogline, "simulate", "--scenario", f"{ROOT}/configs/sim/{scenario}.toml",
-         "--policy", "all", "--seed", str(seed), "--json"],
+         "--policy", "all", "--seed", str(seed), "--json", "--threads", "1"],
         capture_output=True, text=True, check=True).stdout
     return {p["name"]: p for p in json.loads(out)["policies"]}
 
@@ -37,6 +37,7 @@ def main():
     which = seeds(sys.argv[1] if len(sys.argv) > 1 else "1-6")
     fogline = sys.argv[2] if len(sys.argv) > 2 else f"{ROOT}/target/release/fogline"
     jobs = [(s, n) for s in SCENARIOS for n in which]
+    # One cell per core, each on one thread.
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as ex:
         results = list(ex.map(lambda j: run(fogline, *j), jobs))
     print(f"{'scenario':16} seed  p99/oracle mean/oracle  p99/best other   mean/best other   pred err")

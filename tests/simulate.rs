@@ -58,13 +58,15 @@ fn the_bursty_scenario_compares_every_policy_as_json_and_as_a_table() {
     }
     assert!(policies[0]["prediction_error"].as_f64().unwrap() >= 0.0);
     assert!(policies[1]["prediction_error"].is_null());
-    // The same seed gives the same figures.
+    // The same seed gives the same figures, on any number of threads.
     let again = run_ok(&mut sim(&[
         "--scenario",
         "configs/sim/bursty-azure.toml",
         "--invocations",
         "20000",
         "--json",
+        "--threads",
+        "1",
     ]));
     assert_eq!(out, again);
     let table = run_ok(&mut sim(&[
@@ -79,6 +81,10 @@ fn the_bursty_scenario_compares_every_policy_as_json_and_as_a_table() {
     ]));
     assert!(table.contains("POLICY") && table.contains("regression") && table.contains("oracle"));
     assert!(table.contains("(seed 3)"), "{table}");
+    assert!(
+        table.contains("on 1 thread") || table.contains("threads"),
+        "{table}"
+    );
     assert!(!table.contains("nearest-edge"));
 }
 
@@ -179,6 +185,13 @@ fn bad_inputs_are_one_line_naming_file_line_and_problem() {
         "fastest",
     ]));
     assert!(err.contains("unknown policy \"fastest\""), "{err}");
+    let err = run_err(&mut sim(&[
+        "--scenario",
+        "configs/sim/bursty-azure.toml",
+        "--threads",
+        "0",
+    ]));
+    assert!(err.contains("--threads must be at least 1"), "{err}");
     let err = run_err(&mut sim(&["--scenario", "configs/sim/nope.toml"]));
     assert!(err.contains("configs/sim/nope.toml"), "{err}");
 }

@@ -19,8 +19,9 @@ pub mod rng;
 pub mod scenario;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap};
 
+use rustc_hash::FxHashMap as HashMap;
 use serde::Serialize;
 
 use crate::attempts::{Attempts, Bench, Next, Outcome};
@@ -252,6 +253,9 @@ struct Node {
     seq: u64,
 }
 
+/// A device that has not pinged a node yet.
+const NEVER_PINGED: u64 = u64::MAX;
+
 fn drain_until(h: &mut BinaryHeap<Reverse<u64>>, t: f64) -> usize {
     while let Some(Reverse(b)) = h.peek() {
         if f64::from_bits(*b) <= t {
@@ -417,8 +421,11 @@ struct World<'a> {
     device_warm: HashMap<(u32, u32), f64>,
     device_service: HashMap<(u32, u32), f64>,
     device_site: Vec<usize>,
-    /// Per (device, node): the last ping's number and the smoothed round trip.
-    pings: HashMap<(u32, u32), (u64, f64)>,
+    /// Per device, per node its site may use (in `site_nodes` order, from `ping_at`): the
+    /// last ping's number ([`NEVER_PINGED`] before the first) and the smoothed round trip.
+    /// One flat table: a call reads its device's few entries side by side.
+    pings: Vec<(u64, f64)>,
+    ping_at: Vec<usize>,
     ping_interval: f64,
     view: ClusterView,
     alive: Vec<bool>,
@@ -437,13 +444,13 @@ impl<'a> World<'a> {
             link_ms: 0.0,
             free: (0..cores).map(|_| Reverse(0f64.to_bits())).collect(),
             running: BinaryHeap::new(),
-            running_fn: HashMap::new(),
-            warm: HashMap::new(),
-            service: HashMap::new(),
+            running_fn: HashMap::default(),
+            warm: HashMap::default(),
+            service: HashMap::default(),
             reported_at: 0.0,
             reported_in_flight: 0,
-            reported_warm: HashMap::new(),
-            reported_service: HashMap::new(),
+            reported_warm: HashMap::default(),
+            reported_service: HashMap::default(),
             dirty: Vec::new(),
             down,
             seq: 0,
@@ -497,7 +504,7 @@ impl<'a> World<'a> {
         }
         let peers = first_peer..nodes.len();
         let ns = s.neighbor_sites.min(s.sites / 2);
-        let site_nodes = (0..s.sites)
+        let site_nodes: Vec<Vec<usize>> = (0..s.sites)
             .map(|site| {
                 let mut v = Vec::new();
                 for d in 0..=2 * ns {
@@ -517,9 +524,15 @@ impl<'a> World<'a> {
                 v
             })
             .collect();
-        let device_site = (0..s.devices)
+        let device_site: Vec<usize> = (0..s.devices)
             .map(|d| (mix(&[s.seed, 3, d as u64]) % s.sites as u64) as usize)
             .collect();
+        let mut ping_at = Vec::with_capacity(s.devices);
+        let mut slots = 0;
+        for site in &device_site {
+            ping_at.push(slots);
+            slots += site_nodes[*site].len();
+        }
         let alive = vec![true; nodes.len()];
         World {
             s,
@@ -529,10 +542,11 @@ impl<'a> World<'a> {
             site_nodes,
             cloud,
             device_free: vec![0.0; s.devices],
-            device_warm: HashMap::new(),
-            device_service: HashMap::new(),
+            device_warm: HashMap::default(),
+            device_service: HashMap::default(),
             device_site,
-            pings: HashMap::new(),
+            pings: vec![(NEVER_PINGED, 0.0); slots],
+            ping_at,
             ping_interval: s.ping_interval() as f64,
             view: ClusterView::new(),
             alive,
@@ -563,24 +577,12 @@ impl<'a> World<'a> {
             }
             self.view.apply(
                 LoadReport {
-                    node: n.id.clone(),
-                    peer: String::new(),
-                    tier: n.tier,
-                    site: String::new(),
                     cores: n.cores,
-                    memory_bytes: 0,
                     speed: n.speed as f32,
                     runtimes: vec![crate::Runtime::Wasm],
                     in_flight,
-                    queued: 0,
-                    service_ms: Vec::new(),
-                    warm: Vec::new(),
-                    quic: None,
-                    http: None,
-                    mesh: None,
-                    cold_starts: 0,
-                    warm_starts: 0,
                     seq: n.seq,
+                    ..LoadReport::blank(&n.id, n.tier)
                 },
                 now_ms,
             );
@@ -628,23 +630,24 @@ impl<'a> World<'a> {
     /// The round trip the router knows for `device` to `node` at `t`: pings every
     /// `ping_interval` (the first when the place is first considered), smoothed as the
     /// live mesh smooths them (7/8 old, 1/8 new).
-    fn pinged_rtt(&mut self, device: u32, node: usize, t: f64) -> f64 {
+    /// `slot`: the node's place in the device's site's `site_nodes`.
+    fn pinged_rtt(&mut self, device: u32, slot: usize, node: usize, t: f64) -> f64 {
         let k = (t / self.ping_interval) as u64;
-        let key = (device, node as u32);
-        match self.pings.get(&key).copied() {
-            None => {
+        let key = self.ping_at[device as usize] + slot;
+        match self.pings[key] {
+            (NEVER_PINGED, _) => {
                 let v = self.path_rtt(device, node, t);
-                self.pings.insert(key, (k, v));
+                self.pings[key] = (k, v);
                 v
             }
-            Some((last, v)) if last >= k => v,
-            Some((last, mut v)) => {
+            (last, v) if last >= k => v,
+            (last, mut v) => {
                 // Pings missed since (at most the last 16 matter: 7/8 to the 16th is 12 %).
                 for e in (last + 1).max(k.saturating_sub(15))..=k {
                     let sample = self.path_rtt(device, node, e as f64 * self.ping_interval);
                     v = 0.875 * v + 0.125 * sample;
                 }
-                self.pings.insert(key, (k, v));
+                self.pings[key] = (k, v);
                 v
             }
         }
@@ -822,7 +825,7 @@ impl<'a> World<'a> {
             if !listed(&self.seen(i), &wants, &router.bench, t) {
                 continue;
             }
-            let rtt_ms = self.pinged_rtt(c.device, i, t);
+            let rtt_ms = self.pinged_rtt(c.device, k, i, t);
             let (back, mine) = router.mine.entry(i).or_default();
             mine.now = drain_until(back, t) as u32;
             let x = facts(&self.seen(i), &wants, mine, Some(rtt_ms));
@@ -928,11 +931,11 @@ fn run_policy(
     let mut routers: Vec<SiteRouter> = (0..s.sites)
         .map(|_| SiteRouter {
             policy: p.build(128),
-            mine: HashMap::new(),
+            mine: HashMap::default(),
             bench: Bench::default(),
-            arrivals: HashMap::new(),
+            arrivals: HashMap::default(),
             recent: Vec::new(),
-            prepared: HashMap::new(),
+            prepared: HashMap::default(),
         })
         .collect();
     // Each site's first device stands for its devices when its router prepares ahead.
@@ -1149,6 +1152,14 @@ pub const CDF_AT: [f64; 23] = [
 
 /// Runs every policy in `policies` on the scenario; deterministic for a seed.
 pub fn run(s: &Scenario, inputs: &Inputs, policies: &[Policy]) -> Report {
+    run_on(s, inputs, policies, 1)
+}
+
+/// [`run`], with the policies shared among up to `threads` threads. Each policy's run is
+/// independent of the others (its own world and random streams over the same workload), so
+/// the report is the same whatever the number of threads; only the wall time and the peak
+/// memory (one world per thread) change.
+pub fn run_on(s: &Scenario, inputs: &Inputs, policies: &[Policy], threads: usize) -> Report {
     let edge_capacity: f64 = {
         // Expected capacity: cores times mean speed, per ms of work.
         let mean_speed = (s.edge_speed[0] + s.edge_speed[1]) / 2.0;
@@ -1156,10 +1167,40 @@ pub fn run(s: &Scenario, inputs: &Inputs, policies: &[Policy]) -> Report {
     };
     let wl = generate(s, inputs, edge_capacity);
     let horizon = wl.calls.last().map_or(0.0, |c| c.t) + 600_000.0;
-    let policies = policies
-        .iter()
-        .map(|p| run_policy(s, inputs, &wl, *p, horizon))
-        .collect();
+    let threads = threads.clamp(1, policies.len().max(1));
+    let policies = if threads == 1 {
+        policies
+            .iter()
+            .map(|p| run_policy(s, inputs, &wl, *p, horizon))
+            .collect()
+    } else {
+        // Workers take the next policy not yet taken; results go back in the given order.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let mut done: Vec<(usize, PolicyResult)> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut mine = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(p) = policies.get(i) else { break mine };
+                            mine.push((i, run_policy(s, inputs, &wl, *p, horizon)));
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| match w.join() {
+                    Ok(results) => results,
+                    // A panic in a policy's run is a bug; carry it to the caller unchanged.
+                    Err(panic) => std::panic::resume_unwind(panic),
+                })
+                .collect()
+        });
+        done.sort_by_key(|(i, _)| *i);
+        done.into_iter().map(|(_, r)| r).collect()
+    };
     Report {
         scenario: s.name.clone(),
         seed: s.seed,
@@ -1306,6 +1347,24 @@ mod tests {
         let reg = get("regression");
         assert!(reg.prediction_error.is_some());
         assert!(reg.p99_ms <= get("nearest-edge").p99_ms, "{}", r.table());
+    }
+
+    #[test]
+    fn the_report_is_the_same_on_any_number_of_threads() {
+        let s = scenario(5_000);
+        let one = serde_json::to_string(&run(&s, &inputs(), &Policy::ALL)).unwrap();
+        for threads in [2, 3, 64] {
+            let many = run_on(&s, &inputs(), &Policy::ALL, threads);
+            let names: Vec<&str> = many.policies.iter().map(|p| p.name).collect();
+            let given: Vec<&str> = Policy::ALL.iter().map(|p| p.name()).collect();
+            assert_eq!(names, given, "in the order asked for");
+            assert_eq!(
+                serde_json::to_string(&many).unwrap(),
+                one,
+                "{threads} threads"
+            );
+        }
+        assert!(run_on(&s, &inputs(), &[], 2).policies.is_empty());
     }
 
     #[test]
