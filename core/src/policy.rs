@@ -63,6 +63,9 @@ impl Default for Weights {
 
 /// Exploration visits places predicted at most this many times the best's time…
 const EXPLORE_WITHIN: f64 = 1.2;
+/// …but never more than this much longer, ms (a long call explores only places close to
+/// the best in absolute terms: its explored calls would otherwise be the tail)…
+const EXPLORE_MAX_EXTRA_MS: f64 = 20.0;
 /// …plus this, ms.
 const EXPLORE_SLACK_MS: f64 = 5.0;
 
@@ -117,14 +120,15 @@ pub fn choose<C: Scorable>(
     let best = (bi, &cands[bi]);
     if roll < w.explore {
         // Exploration: another feasible place not far behind the best (within a fifth as
-        // long again, plus a few ms), uniformly, so that no close place's model goes stale
-        // just because it once looked slower; a place predicted far slower is not worth a
-        // call to find out (on a sparse workload that call is a large share of all, and an
+        // long again but at most 20 ms more, plus a few ms), uniformly, so that no close
+        // place's model goes stale just because it once looked slower; a place predicted
+        // far slower is not worth a call to find out (on a sparse workload that call is a large share of all, and an
         // explored call is a call at the tail), unless what is known of it is old (it may
         // have recovered): such a place is visited at a rate that falls with how much
         // slower it looked, so a visit costs on average what a near place's does.
         let bp = best.1.predicted_ms();
-        let near = bp * EXPLORE_WITHIN + EXPLORE_SLACK_MS;
+        let extra = (bp * (EXPLORE_WITHIN - 1.0)).min(EXPLORE_MAX_EXTRA_MS);
+        let near = bp + extra + EXPLORE_SLACK_MS;
         let rate = |c: &C| -> f64 {
             if (!any_meets || meets(c)) && c.predicted_ms() <= near {
                 1.0
@@ -243,6 +247,41 @@ mod tests {
         assert_eq!((d.index, d.explored), (1, true), "rare");
         let d = choose(&cands, Some(20.0), &w, 0.5).unwrap();
         assert_eq!((d.index, d.explored), (0, false), "known");
+    }
+
+    #[test]
+    fn a_long_call_explores_only_places_close_in_milliseconds() {
+        // Best 1,000 ms: 1,100 is within a fifth but 100 ms more; 1,020 is 20 ms more.
+        let w = Weights {
+            explore: 0.1,
+            ..Weights::default()
+        };
+        let explored = |cands: &[Candidate]| {
+            (0..1000)
+                .map(|i| choose(cands, None, &w, f64::from(i) / 10_000.0).unwrap())
+                .filter(|d| d.explored)
+                .count()
+        };
+        let far = [
+            c("best", Tier::Cloud, 1000.0, 500),
+            c("tenth-slower", Tier::Edge, 1100.0, 500),
+        ];
+        assert_eq!(explored(&far), 0, "100 ms more than the best: not explored");
+        let near = [
+            c("best", Tier::Cloud, 1000.0, 500),
+            c("close", Tier::Edge, 1020.0, 500),
+        ];
+        assert_eq!(
+            explored(&near),
+            1000,
+            "every exploring roll goes to the close place"
+        );
+        // A short call keeps the relative allowance: 5 ms against 4 is within a fifth + 5 ms.
+        let short = [
+            c("best", Tier::Cloud, 4.0, 500),
+            c("close", Tier::Edge, 9.0, 500),
+        ];
+        assert_eq!(explored(&short), 1000);
     }
 
     proptest! {

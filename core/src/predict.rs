@@ -172,6 +172,13 @@ impl Fit {
     }
 }
 
+/// The analytic estimate `est` moved by `offset`, the mean offset of `calls` calls from it,
+/// shrunk by calls/(calls + [`OFFSET_PRIOR_CALLS`]); never below zero.
+fn corrected(est: f64, offset: f64, calls: usize) -> f64 {
+    let n = calls as f64;
+    (est + offset * n / (n + OFFSET_PRIOR_CALLS)).max(0.0)
+}
+
 /// An exponentially smoothed figure after taking `x`: nine tenths the last, one tenth `x`.
 fn smooth(last: Option<f64>, x: f64) -> f64 {
     last.map_or(x, |e| 0.9 * e + 0.1 * x)
@@ -202,14 +209,14 @@ impl Model {
                     (fallback.estimate(f), Source::Analytic)
                 }
             }
-            None => {
-                // Until there is a fit, the estimate corrected by its own calls' offset,
-                // shrunk towards none while they are few (one call counts for a third).
-                let n = self.window.len() as f64;
-                let off = self.offset.unwrap_or(0.0) * n / (n + OFFSET_PRIOR_CALLS);
-                ((fallback.estimate(f) + off).max(0.0), Source::Analytic)
-            }
+            None => (self.prior(fallback.estimate(f)), Source::Analytic),
         }
+    }
+
+    /// Until there is a fit: the analytic estimate `est` corrected by the model's own calls'
+    /// offset, shrunk towards none while they are few (one call counts for a third).
+    fn prior(&self, est: f64) -> f64 {
+        corrected(est, self.offset.unwrap_or(0.0), self.window.len())
     }
 
     /// Records what an invocation actually took; tracks the error of the prediction made for it.
@@ -217,7 +224,11 @@ impl Model {
         if !actual_ms.is_finite() || actual_ms < 0.0 {
             return;
         }
-        let (predicted, _) = self.predict(f, fallback);
+        let est = fallback.estimate(f);
+        let predicted = match &self.fit {
+            Some(_) => self.predict(f, fallback).0,
+            None => self.prior(est),
+        };
         let rel = (predicted - actual_ms).abs() / actual_ms.max(1e-3);
         self.error = Some(smooth(self.error, rel));
         self.shortfall = Some(smooth(self.shortfall, (actual_ms - predicted).max(0.0)));
@@ -226,7 +237,8 @@ impl Model {
         }
         self.window.push_back((f.row(), actual_ms));
         self.since_fit += 1;
-        let off = actual_ms - fallback.estimate(f);
+        // Kept up after a fit too: it is the prior again whenever a refit is not kept.
+        let off = actual_ms - est;
         let w = (1.0 / self.window.len() as f64).max(OFFSET_WEIGHT);
         self.offset = Some(self.offset.map_or(off, |o| (1.0 - w) * o + w * off));
     }
@@ -313,20 +325,26 @@ impl Model {
     }
 
     /// Fits the window, and keeps the fit only if, fitted without the newest quarter of the
-    /// window, it predicts that quarter better than the analytic estimate does: judged on
-    /// calls it was not fitted on, not on its own training data.
+    /// window, it predicts that quarter better than the prior does (the analytic estimate
+    /// corrected by the mean offset of the same training calls, as [`Model::predict`] uses
+    /// it before a fit): judged on calls it was not fitted on, not on its own training data.
     fn fit_window(&self, fallback: &Analytic) -> Option<Fit> {
         let rows: Vec<([f64; Features::N], f64)> = self.window.iter().copied().collect();
         let held = (rows.len() / 4).max(4);
         let (train, test) = rows.split_at(rows.len().saturating_sub(held));
         let trial = Self::fit_rows(train, fallback)?;
-        let (mut sse_fit, mut sse_est) = (0.0, 0.0);
+        let offset = train
+            .iter()
+            .map(|(x, y)| y - fallback.estimate(&Features::from_row(x)))
+            .sum::<f64>()
+            / train.len() as f64;
+        let (mut sse_fit, mut sse_prior) = (0.0, 0.0);
         for (x, y) in test {
             let f = Features::from_row(x);
             sse_fit += (trial.predict(&f, fallback) - y).powi(2);
-            sse_est += (fallback.estimate(&f) - y).powi(2);
+            sse_prior += (corrected(fallback.estimate(&f), offset, train.len()) - y).powi(2);
         }
-        if !(sse_fit.is_finite() && sse_fit <= sse_est) {
+        if !(sse_fit.is_finite() && sse_fit <= sse_prior) {
             return None;
         }
         Self::fit_rows(&rows, fallback)
