@@ -33,6 +33,11 @@ def run(fogline, scenario, seed):
     return {p["name"]: p for p in json.loads(out)["policies"]}
 
 
+def seen(p):
+    e = p.get("prediction_error_seen")
+    return float("nan") if e is None else e
+
+
 def main():
     which = seeds(sys.argv[1] if len(sys.argv) > 1 else "1-6")
     fogline = sys.argv[2] if len(sys.argv) > 2 else f"{ROOT}/target/release/fogline"
@@ -40,7 +45,10 @@ def main():
     # One cell per core, each on one thread.
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as ex:
         results = list(ex.map(lambda j: run(fogline, *j), jobs))
-    print(f"{'scenario':16} seed  p99/oracle mean/oracle  p99/best other   mean/best other   pred err")
+    # Prediction error over every first attempt, and over those whose place's model had
+    # seen the function there before.
+    print(f"{'scenario':16} seed  p99/oracle mean/oracle  p99/best other   mean/best other   "
+          f"pred err (seen)")
     cells = []
     for (scenario, seed), p in zip(jobs, results):
         reg, oracle = p["regression"], p["oracle"]
@@ -52,7 +60,8 @@ def main():
         cells.append(c)
         bar = "" if c[0] <= 1.15 and c[1] <= 1.15 and c[2] <= 1 and c[3] <= 1 else "   (misses the bar)"
         print(f"{scenario:16} {seed:4}  {c[0]:10.2f} {c[1]:11.2f}  {c[2]:5.2f} {bp['name']:12} "
-              f"{c[3]:5.2f} {bm['name']:12} {reg['prediction_error'] * 100:5.0f} %{bar}")
+              f"{c[3]:5.2f} {bm['name']:12} {reg['prediction_error'] * 100:5.0f} % "
+              f"{seen(reg) * 100:5.0f} %{bar}")
     geo = [math.exp(sum(math.log(c[k]) for c in cells) / len(cells)) for k in range(4)]
     ok = [sum(1 for c in cells if c[k] <= b) for k, b in enumerate([1.15, 1.15, 1.0, 1.0])]
     print(f"geometric mean over {len(cells)} cells: p99/oracle {geo[0]:.3f}  mean/oracle {geo[1]:.3f}  "

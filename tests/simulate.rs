@@ -58,6 +58,9 @@ fn the_bursty_scenario_compares_every_policy_as_json_and_as_a_table() {
     }
     assert!(policies[0]["prediction_error"].as_f64().unwrap() >= 0.0);
     assert!(policies[1]["prediction_error"].is_null());
+    // Over the calls at a place that had run the function before: only where predicted.
+    assert!(policies[0]["prediction_error_seen"].as_f64().unwrap() >= 0.0);
+    assert!(policies[1]["prediction_error_seen"].is_null());
     // The same seed gives the same figures, on any number of threads.
     let again = run_ok(&mut sim(&[
         "--scenario",

@@ -77,6 +77,9 @@ pub struct PolicyResult {
     /// Median relative error of the latency predicted for the chosen place (regression:
     /// its models; oracle: none by definition; the others predict nothing).
     pub prediction_error: Option<f64>,
+    /// The same over the calls whose chosen place's model had seen the function run there
+    /// before (the error of a place's first call of a function is the prior's).
+    pub prediction_error_seen: Option<f64>,
     /// Calls sent elsewhere (after a refusal, a failure or a timeout), and calls that
     /// found no place (out of places, attempts or time).
     pub retries: u64,
@@ -954,7 +957,10 @@ fn run_policy(
     let mut next_report = 0.0;
     let skip = (wl.calls.len() as f64 * s.warmup) as usize;
     let mut lat = Vec::with_capacity(wl.calls.len() - skip);
+    // Relative errors of first attempts' predictions: every one, and those where the chosen
+    // place's model had already seen the function run there.
     let mut errors = Vec::new();
+    let mut errors_seen = Vec::new();
     let mut tiers: BTreeMap<&'static str, u64> = BTreeMap::new();
     let (mut cold, mut retries, mut failed, mut missed, mut refusals) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
@@ -1079,7 +1085,11 @@ fn run_policy(
             if let Outcome::Answered { .. } = outcome {
                 if counted && attempts.first() && plan.scored[i].source != Source::Score {
                     let pr = plan.scored[i].predicted_ms;
-                    errors.push(((pr - took).abs() / took.max(1e-3)) as f32);
+                    let e = ((pr - took).abs() / took.max(1e-3)) as f32;
+                    errors.push(e);
+                    if plan.scored[i].observations > 0 {
+                        errors_seen.push(e);
+                    }
                 }
             }
             match attempts.next(&plan, &outcome, now) {
@@ -1113,7 +1123,7 @@ fn run_policy(
         f64::from(sorted[((p * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)])
     };
     let mean = sorted.iter().map(|v| f64::from(*v)).sum::<f64>() / n;
-    let prediction_error = match p {
+    let median = |errors: &mut Vec<f32>| match p {
         Policy::Oracle => Some(0.0),
         _ if !errors.is_empty() => {
             let mid = errors.len() / 2;
@@ -1122,6 +1132,8 @@ fn run_policy(
         }
         _ => None,
     };
+    let prediction_error = median(&mut errors);
+    let prediction_error_seen = median(&mut errors_seen);
     let total: u64 = tiers.values().sum::<u64>().max(1);
     PolicyResult {
         name: p.name(),
@@ -1137,6 +1149,7 @@ fn run_policy(
             .collect(),
         cold_starts: cold,
         prediction_error,
+        prediction_error_seen,
         retries,
         refusals,
         failed,
