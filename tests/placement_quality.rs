@@ -94,22 +94,33 @@ fn regression_stays_near_the_oracle_and_beats_the_static_policies_on_every_scena
                     "{scenario} seed {seed}: {stat} beat regression at p99"
                 );
             }
-            let bound = if scenario == "sparse" { 0.5 } else { 0.3 };
+            // On `sparse` most calls are a function's first anywhere, predicted at the
+            // expected size of a function (a log-normal mean, above most functions' sizes):
+            // over all calls the error is looser there than over calls at a place that had
+            // run the function.
+            let (bound, bound_seen) = if scenario == "sparse" {
+                (0.6, 0.5)
+            } else {
+                (0.3, 0.3)
+            };
+            let seen = f(reg, "prediction_error_seen");
             assert!(
-                err <= bound,
-                "{scenario} seed {seed}: median prediction error {err:.2} > {bound}"
+                err <= bound && seen <= bound_seen,
+                "{scenario} seed {seed}: median prediction error {err:.2} (bound {bound}), {seen:.2} where the place had run the function (bound {bound_seen})"
             );
         }
     }
     let (p99, mean) = ((log_p99 / cells).exp(), (log_mean / cells).exp());
     eprintln!("over every cell (geometric mean): regression/oracle p99 {p99:.3}x mean {mean:.3}x");
-    // Deterministic for these seeds: 1.188x and 1.090x today; 1.172x and 1.098x before a
+    // Deterministic for these seeds: 1.149x and 1.075x today; 1.184x and 1.089x while a
+    // function never run anywhere was sized as the plain mean of first sizes; 1.188x and
+    // 1.090x before exploration's extra time was capped at 20 ms; 1.172x and 1.098x before a
     // model's own calls corrected the analytic estimate until its fit; 1.188x and 1.113x
     // while a place's load was its report's, or the router's own calls there when more;
     // 1.228x and 1.113x while a timeout benched a place that kept reporting with cores free; 1.324x and 1.132x before
     // the risk term, the cheaper re-probing, the mean size prior and the cold-start fix.
     assert!(
-        p99 <= 1.22 && mean <= 1.11,
+        p99 <= 1.19 && mean <= 1.10,
         "regression against the oracle over every cell: p99 {p99:.3}x, mean {mean:.3}x"
     );
 }

@@ -212,9 +212,9 @@ pub struct Planner {
     /// Per function, its size: the service time it would take on the reference machine
     /// (speed 1), learnt from wherever it ran.
     size: HashMap<String, f64>,
-    /// The sum and count of functions' first sizes: their mean stands for a function's
-    /// size before it ran anywhere ([`Planner::typical_size`]).
-    first_sizes: (f64, f64),
+    /// The sums of the logarithms of functions' first sizes and of their squares, and their
+    /// count: a function's size before it ran anywhere ([`Planner::typical_size`]).
+    first_sizes: (f64, f64, f64),
     /// What is learnt of each place over every function, by the key of its id.
     places: HashMap<u64, PlaceState>,
     /// Smoothed response size per function, KiB: added to the request's size.
@@ -231,7 +231,7 @@ impl Planner {
         Planner {
             models: HashMap::default(),
             size: HashMap::default(),
-            first_sizes: (0.0, 0.0),
+            first_sizes: (0.0, 0.0, 0.0),
             places: HashMap::default(),
             response_kb: HashMap::default(),
             analytic: Analytic::default(),
@@ -241,11 +241,23 @@ impl Planner {
         }
     }
 
-    /// A function's size before it ran anywhere: the mean over every function's first
-    /// size, once there is one.
+    /// A function's size before it ran anywhere, once some function has run: the mean of
+    /// the log-normal that functions' first sizes fit (execution times across functions are
+    /// close to log-normal: Shahrad et al., 2020), exp(m + s²/2) from their logarithms'
+    /// mean m and variance s². The expected size is what minimises a call's expected time,
+    /// and sizes are heavy-tailed: the plain mean of the few sizes seen so far mostly misses
+    /// the tail and says "small", and a small guess sends a long function to a slow place.
     fn typical_size(&self) -> Option<f64> {
-        let (sum, n) = self.first_sizes;
-        (n > 0.0).then(|| sum / n)
+        let (sl, sl2, n) = self.first_sizes;
+        (n > 0.0).then(|| {
+            let m = sl / n;
+            let v = if n > 1.0 {
+                ((sl2 - n * m * m) / (n - 1.0)).max(0.0)
+            } else {
+                0.0
+            };
+            (m + v / 2.0).exp()
+        })
     }
 
     /// The features of a call at `p`; `size`: the function's size (or a typical
@@ -408,11 +420,12 @@ impl Planner {
             let size = match self.size.get(function) {
                 Some(v) => *v,
                 None => {
-                    // The mean over every function's first size: what minimises the
-                    // expected time of a function not seen yet (sizes are heavy-tailed,
-                    // so a recent or typical one would mostly say "small").
-                    self.first_sizes.0 += seen;
-                    self.first_sizes.1 += 1.0;
+                    // Every function's first size goes into the size of functions not
+                    // seen yet (see `typical_size`).
+                    let l = seen.max(1e-3).ln();
+                    self.first_sizes.0 += l;
+                    self.first_sizes.1 += l * l;
+                    self.first_sizes.2 += 1.0;
                     self.size.insert(function.to_string(), seen);
                     seen
                 }
@@ -795,18 +808,29 @@ mod tests {
     }
 
     #[test]
-    fn a_function_never_seen_is_sized_as_the_mean_of_first_sizes() {
+    fn a_function_never_seen_is_sized_as_the_log_normal_mean_of_first_sizes() {
         let mut p = Planner::new(64);
         let f = Features::default();
-        // Heavy-tailed first sizes: the mean, not the latest, stands for the next one.
-        for (i, s) in [2.0, 2.0, 2.0, 994.0, 2.0].iter().enumerate() {
+        assert_eq!(p.typical_size(), None);
+        p.observe("g", "a", &f, 1.0, 8.0, Some(8.0));
+        assert!(
+            (p.typical_size().unwrap() - 8.0).abs() < 1e-9,
+            "one size is itself"
+        );
+        // Heavy-tailed first sizes: the log-normal's mean, above the median (2) and above
+        // the plain mean (200.4) of five samples that hold one of the tail.
+        let sizes = [2.0f64, 2.0, 2.0, 994.0, 2.0];
+        let mut p = Planner::new(64);
+        for (i, s) in sizes.iter().enumerate() {
             p.observe(&format!("g{i}"), "a", &f, 1.0, *s, Some(*s));
         }
-        assert!(
-            (p.typical_size().unwrap() - 200.4).abs() < 1e-6,
-            "{:?}",
-            p.typical_size()
-        );
+        let logs: Vec<f64> = sizes.iter().map(|s| s.ln()).collect();
+        let m = logs.iter().sum::<f64>() / 5.0;
+        let v = logs.iter().map(|l| (l - m).powi(2)).sum::<f64>() / 4.0;
+        let want = (m + v / 2.0).exp();
+        let got = p.typical_size().unwrap();
+        assert!((got - want).abs() < 1e-6 * want, "{got} against {want}");
+        assert!(got > 200.4, "{got}");
     }
 
     #[test]
