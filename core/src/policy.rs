@@ -122,10 +122,11 @@ pub fn choose<C: Scorable>(
         // Exploration: another feasible place not far behind the best (within a fifth as
         // long again but at most 20 ms more, plus a few ms), uniformly, so that no close
         // place's model goes stale just because it once looked slower; a place predicted
-        // far slower is not worth a call to find out (on a sparse workload that call is a large share of all, and an
-        // explored call is a call at the tail), unless what is known of it is old (it may
-        // have recovered): such a place is visited at a rate that falls with how much
-        // slower it looked, so a visit costs on average what a near place's does.
+        // far slower is not worth a call to find out (on a sparse workload that call is a
+        // large share of all, and an explored call is a call at the tail), unless what is
+        // known of it is old (it may have recovered): such a place is visited at a rate
+        // that falls with how much slower it looked, so a visit costs on average what a
+        // near place's does.
         let bp = best.1.predicted_ms();
         let extra = (bp * (EXPLORE_WITHIN - 1.0)).min(EXPLORE_MAX_EXTRA_MS);
         let near = bp + extra + EXPLORE_SLACK_MS;

@@ -91,9 +91,9 @@ pub enum Source {
 /// cold starts are rare and long, and would dominate a joint fit. Beyond the data the fit
 /// came from, the model answers at the nearest point it knows and the analytic estimate adds
 /// what the features beyond it cost. A fit is kept only if it predicts held-out calls (the
-/// newest of its window, left out of a trial fit) better than the analytic estimate does.
-/// Until there is a fit, the analytic estimate is corrected by the mean offset of the
-/// model's own calls from it, shrunk towards none while they are few.
+/// newest of its window, left out of a trial fit) better than the prior does: until there
+/// is a fit, the analytic estimate corrected by the mean offset of the model's own calls
+/// from it, shrunk towards none while they are few.
 #[derive(Debug, Clone)]
 pub struct Model {
     window: VecDeque<([f64; Features::N], f64)>,

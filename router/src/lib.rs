@@ -1088,7 +1088,7 @@ async fn forecasting(router: Weak<Router>) {
 /// Forgets places that have left the view (members gone, peer clusters no longer offered;
 /// Swarm tasks come and go with new names) where the router has nothing in flight, once
 /// the map has grown to twice what the view holds: the map stays bounded, and the work is
-/// done rarely rather than on every call.
+/// done rarely rather than on every call (which pays only for comparing two lengths).
 fn prune(
     outstanding: &mut HashMap<String, Mine>,
     view: &fogline_core::mesh::ClusterView,
@@ -1096,8 +1096,11 @@ fn prune(
     fresh: u64,
     own: &str,
 ) {
-    let known = view.members().count() + view.peer_places(at, fresh).count() + 1;
-    if outstanding.len() <= 32 + 2 * known {
+    let bound = |places: usize| 32 + 2 * (places + 1);
+    // Members alone first (a length kept by the view); peer places are counted only then.
+    if outstanding.len() <= bound(view.len())
+        || outstanding.len() <= bound(view.len() + view.peer_places(at, fresh).count())
+    {
         return;
     }
     let live: std::collections::HashSet<&str> = view

@@ -1180,40 +1180,32 @@ pub fn run_on(s: &Scenario, inputs: &Inputs, policies: &[Policy], threads: usize
     };
     let wl = generate(s, inputs, edge_capacity);
     let horizon = wl.calls.last().map_or(0.0, |c| c.t) + 600_000.0;
-    let threads = threads.clamp(1, policies.len().max(1));
-    let policies = if threads == 1 {
-        policies
-            .iter()
-            .map(|p| run_policy(s, inputs, &wl, *p, horizon))
+    // Workers take the next policy not yet taken; results go back in the given order.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut done: Vec<(usize, PolicyResult)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads.clamp(1, policies.len().max(1)))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(p) = policies.get(i) else { break mine };
+                        mine.push((i, run_policy(s, inputs, &wl, *p, horizon)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| match w.join() {
+                Ok(results) => results,
+                // A panic in a policy's run is a bug; carry it to the caller unchanged.
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
             .collect()
-    } else {
-        // Workers take the next policy not yet taken; results go back in the given order.
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let mut done: Vec<(usize, PolicyResult)> = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..threads)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let mut mine = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some(p) = policies.get(i) else { break mine };
-                            mine.push((i, run_policy(s, inputs, &wl, *p, horizon)));
-                        }
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| match w.join() {
-                    Ok(results) => results,
-                    // A panic in a policy's run is a bug; carry it to the caller unchanged.
-                    Err(panic) => std::panic::resume_unwind(panic),
-                })
-                .collect()
-        });
-        done.sort_by_key(|(i, _)| *i);
-        done.into_iter().map(|(_, r)| r).collect()
-    };
+    });
+    done.sort_by_key(|(i, _)| *i);
+    let policies = done.into_iter().map(|(_, r)| r).collect();
     Report {
         scenario: s.name.clone(),
         seed: s.seed,
