@@ -5,6 +5,12 @@
 //! at up to [`MAX_ATTEMPTS`] places within its timeout, and a call that may have run already
 //! goes elsewhere only when it is idempotent.
 //!
+//! A timeout at a place that kept reporting with cores free says the call is long: at
+//! least as long as it ran there ([`Attempts::ran_at_least`]). Its next places are ranked,
+//! and waited for, by what that implies at each place's speed as well as by their
+//! predictions: a long call whose first place guessed it short goes next where long calls
+//! run fastest, not to the next place the same short guess favoured.
+//!
 //! Places that failed or filled up (a lost connection, a timeout) are benched for a while
 //! ([`Bench`]), so the next calls do not try them until the membership says more; not a
 //! place that kept reporting with cores free while a call there timed out: that call was
@@ -106,6 +112,9 @@ pub struct Attempts {
     started_ms: f64,
     budget_ms: f64,
     idempotent: bool,
+    /// The least the call's run takes on the reference machine (speed 1), as its timeouts
+    /// at places that kept reporting with cores free say (0 until one does).
+    floor_size: f64,
 }
 
 impl Attempts {
@@ -117,7 +126,21 @@ impl Attempts {
             started_ms: now_ms,
             budget_ms,
             idempotent,
+            floor_size: 0.0,
         }
+    }
+
+    /// What place `i` of the plan is expected to take, at least what the call's timeouts
+    /// so far imply there: its prediction, or its round trip plus the least the call's run
+    /// takes at its speed, waiting as its load says, whichever is longer.
+    pub fn expected_ms(&self, plan: &Plan, i: usize) -> f64 {
+        let s = &plan.scored[i];
+        if self.floor_size <= 0.0 {
+            return s.predicted_ms;
+        }
+        let run = self.floor_size / s.speed.max(1e-3);
+        let at_least = s.features.rtt_ms + run * (1.0 + s.features.load_per_core.max(0.0));
+        s.predicted_ms.max(at_least)
     }
 
     /// The place being tried now.
@@ -142,10 +165,21 @@ impl Attempts {
         let left = (self.budget_ms - (now_ms - self.started_ms)).max(1.0);
         let elsewhere = self.tried.len() < MAX_ATTEMPTS && plan.next_best(&self.tried).is_some();
         if self.idempotent && elsewhere && plan.timed {
-            let p = plan.scored[self.current()].predicted_ms;
+            let p = self.expected_ms(plan, self.current());
             (3.0 * p).max(p + 1000.0).min(left)
         } else {
             left
+        }
+    }
+
+    /// The call timed out after `after_ms` at the current place while it kept reporting
+    /// with cores free (the timeout did not bench it): the call is long, at least as long
+    /// as it ran there.
+    pub fn ran_at_least(&mut self, plan: &Plan, after_ms: f64) {
+        let s = &plan.scored[self.current()];
+        if plan.timed {
+            let ran = (after_ms - s.features.rtt_ms).max(0.0);
+            self.floor_size = self.floor_size.max(ran * s.speed);
         }
     }
 
@@ -168,10 +202,13 @@ impl Attempts {
         if matches!(outcome, Outcome::Refused { .. }) {
             self.turned_away.push((self.current(), now_ms));
         }
-        match plan
-            .next_best(&self.tried)
-            .or_else(|| self.room_again(plan, now_ms))
-        {
+        let next = (0..plan.scored.len())
+            .filter(|i| !self.tried.contains(i))
+            .min_by(|a, b| {
+                self.expected_ms(plan, *a)
+                    .total_cmp(&self.expected_ms(plan, *b))
+            });
+        match next.or_else(|| self.room_again(plan, now_ms)) {
             Some(n) => {
                 self.tried.push(n);
                 Next::Retry(n)
@@ -302,6 +339,31 @@ mod tests {
         assert_eq!(b.next(&p, &full, 1.0), Next::Retry(2));
         assert_eq!(b.next(&p, &full, 2.0), Next::Retry(0));
         assert_eq!(b.next(&p, &lost, 500.0), Next::Fail(GiveUp::Exhausted));
+    }
+
+    #[test]
+    fn a_call_that_timed_out_where_cores_were_free_goes_where_long_calls_run_fastest() {
+        // It went to a place of speed 1 predicted 50 ms; next by prediction would be a slow
+        // device (200 ms), then a fast cloud (300 ms).
+        let mut p = plan(&[50.0, 200.0, 300.0]);
+        p.chosen = 0;
+        p.scored[1].speed = 0.25;
+        p.scored[2].speed = 2.0;
+        p.scored[2].features.rtt_ms = 40.0;
+        let timeout = Outcome::TimedOut { after_ms: 1050.0 };
+        // A timeout that benched its place (no report meanwhile) says nothing of the call.
+        let mut a = Attempts::new(&p, 0.0, 30_000.0, true);
+        assert_eq!(a.next(&p, &timeout, 1050.0), Next::Retry(1));
+        // One where the place kept reporting with cores free: the call ran 1050 ms at
+        // speed 1, so the device needs 4200 ms, the cloud at least 40 + 525.
+        let mut b = Attempts::new(&p, 0.0, 30_000.0, true);
+        b.ran_at_least(&p, 1050.0);
+        assert_eq!(b.expected_ms(&p, 1), 4200.0);
+        assert_eq!(b.expected_ms(&p, 2), 565.0);
+        assert_eq!(b.next(&p, &timeout, 1050.0), Next::Retry(2));
+        // And it is waited for as long as that implies, not its 300 ms guess.
+        assert_eq!(b.patience_ms(&p, 1050.0), 1695.0);
+        assert_eq!(a.expected_ms(&p, 2), 300.0);
     }
 
     #[test]

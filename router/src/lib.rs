@@ -665,6 +665,8 @@ impl Router {
                     client.forget(addr).await;
                 }
                 tracing::warn!(function = %f.name, place = %place.id, "place failed: {}", failure.refused.message);
+            } else if let Outcome::TimedOut { after_ms } = outcome {
+                state.ran_at_least(plan, after_ms);
             }
             match state.next(plan, &outcome, self.now_ms() as f64) {
                 Next::Done => return Err(failure.refused),

@@ -1081,6 +1081,8 @@ fn run_policy(
             };
             if outcome.benches(plan.scored[i].features.load_per_core, heard) {
                 router.bench.bench(place_id(&w, at), now);
+            } else if let Outcome::TimedOut { after_ms } = outcome {
+                attempts.ran_at_least(&plan, after_ms);
             }
             if let Outcome::Answered { .. } = outcome {
                 if counted && attempts.first() && plan.scored[i].source != Source::Score {
