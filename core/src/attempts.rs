@@ -6,7 +6,7 @@
 //! goes elsewhere only when it is idempotent.
 //!
 //! A timeout at a place that kept reporting with cores free says the call is long: at
-//! least as long as it ran there ([`Attempts::ran_at_least`]). Its next places are ranked,
+//! least as long as it ran there ([`Attempts::benches`]). Its next places are ranked,
 //! and waited for, by what that implies at each place's speed as well as by their
 //! predictions: a long call whose first place guessed it short goes next where long calls
 //! run fastest, not to the next place the same short guess favoured.
@@ -172,15 +172,23 @@ impl Attempts {
         }
     }
 
-    /// The call timed out after `after_ms` at the current place while it kept reporting
-    /// with cores free (the timeout did not bench it): the call is long, at least as long
-    /// as it ran there.
-    pub fn ran_at_least(&mut self, plan: &Plan, after_ms: f64) {
+    /// Whether the current place is benched for `outcome` ([`Outcome::benches`], with the
+    /// load the plan saw there). A timeout that does not bench it (the place kept reporting
+    /// with cores free) says the call is long, at least as long as it ran there: its next
+    /// places are ranked and waited for by that ([`Attempts::expected_ms`]).
+    pub fn benches(
+        &mut self,
+        plan: &Plan,
+        outcome: &Outcome,
+        heard_meanwhile: impl FnOnce() -> bool,
+    ) -> bool {
         let s = &plan.scored[self.current()];
-        if plan.timed {
+        let benched = outcome.benches(s.features.load_per_core, heard_meanwhile);
+        if let (false, true, Outcome::TimedOut { after_ms }) = (benched, plan.timed, *outcome) {
             let ran = (after_ms - s.features.rtt_ms).max(0.0);
             self.floor_size = self.floor_size.max(ran * s.speed);
         }
+        benched
     }
 
     /// Takes the current attempt's outcome at `now_ms` and says what comes next.
@@ -204,10 +212,9 @@ impl Attempts {
         }
         let next = (0..plan.scored.len())
             .filter(|i| !self.tried.contains(i))
-            .min_by(|a, b| {
-                self.expected_ms(plan, *a)
-                    .total_cmp(&self.expected_ms(plan, *b))
-            });
+            .map(|i| (i, self.expected_ms(plan, i)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(i, _)| i);
         match next.or_else(|| self.room_again(plan, now_ms)) {
             Some(n) => {
                 self.tried.push(n);
@@ -353,11 +360,12 @@ mod tests {
         let timeout = Outcome::TimedOut { after_ms: 1050.0 };
         // A timeout that benched its place (no report meanwhile) says nothing of the call.
         let mut a = Attempts::new(&p, 0.0, 30_000.0, true);
+        assert!(a.benches(&p, &timeout, || false));
         assert_eq!(a.next(&p, &timeout, 1050.0), Next::Retry(1));
         // One where the place kept reporting with cores free: the call ran 1050 ms at
         // speed 1, so the device needs 4200 ms, the cloud at least 40 + 525.
         let mut b = Attempts::new(&p, 0.0, 30_000.0, true);
-        b.ran_at_least(&p, 1050.0);
+        assert!(!b.benches(&p, &timeout, || true));
         assert_eq!(b.expected_ms(&p, 1), 4200.0);
         assert_eq!(b.expected_ms(&p, 2), 565.0);
         assert_eq!(b.next(&p, &timeout, 1050.0), Next::Retry(2));

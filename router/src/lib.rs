@@ -657,7 +657,7 @@ impl Router {
             // Whether the place reported while the call was there (a place that is no
             // mesh member, a peer cluster or this router itself, counts as unheard).
             let heard = || mesh.is_some_and(|m| m.heard_within(&place.id, took_ms));
-            if outcome.benches(scored.features.load_per_core, heard) {
+            if state.benches(plan, &outcome, heard) {
                 lock(&self.down).bench(&place.id, self.now_ms() as f64);
                 if let (FailKind::Broken { .. }, Some(addr), Some(client)) =
                     (&failure.kind, place.addr, node.links.peers.get())
@@ -665,8 +665,6 @@ impl Router {
                     client.forget(addr).await;
                 }
                 tracing::warn!(function = %f.name, place = %place.id, "place failed: {}", failure.refused.message);
-            } else if let Outcome::TimedOut { after_ms } = outcome {
-                state.ran_at_least(plan, after_ms);
             }
             match state.next(plan, &outcome, self.now_ms() as f64) {
                 Next::Done => return Err(failure.refused),

@@ -1079,10 +1079,8 @@ fn run_policy(
                 Where::Device => false,
                 Where::Node(n) => w.reports_during(n, ta, now),
             };
-            if outcome.benches(plan.scored[i].features.load_per_core, heard) {
+            if attempts.benches(&plan, &outcome, heard) {
                 router.bench.bench(place_id(&w, at), now);
-            } else if let Outcome::TimedOut { after_ms } = outcome {
-                attempts.ran_at_least(&plan, after_ms);
             }
             if let Outcome::Answered { .. } = outcome {
                 if counted && attempts.first() && plan.scored[i].source != Source::Score {
