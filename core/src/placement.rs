@@ -96,19 +96,23 @@ impl Plan {
     }
 }
 
-/// One function's models: a small index from place key to slot, and the models side by
-/// side, so a decision reads them in order rather than scattered over a hash table.
+/// One function's models, side by side, so a decision reads them in order rather than
+/// scattered over a hash table; found by the place's number in the planner.
 #[derive(Debug, Clone, Default)]
 struct Models {
-    index: HashMap<u64, u32>,
+    /// Per place number, its slot, or [`NO_SLOT`]; as long as the largest number with one.
+    by_place: Vec<u32>,
     slots: Vec<Slot>,
     /// Observations of the function anywhere.
     seen: u64,
 }
 
+const NO_SLOT: u32 = u32::MAX;
+
 #[derive(Debug, Clone)]
 struct Slot {
-    place: String,
+    /// The place's number in the planner.
+    place: u32,
     model: Model,
     /// `Models::seen` at this place's last observation.
     at: u64,
@@ -120,26 +124,34 @@ struct Slot {
 const STALE_AFTER: u64 = 64;
 
 impl Models {
-    /// The place's model and whether it is stale.
-    fn get(&self, key: u64) -> Option<(&Model, bool)> {
-        self.index.get(&key).map(|i| {
-            let s = &self.slots[*i as usize];
-            (&s.model, self.seen - s.at > STALE_AFTER)
-        })
+    /// The model at place number `place` and whether it is stale.
+    #[inline]
+    fn get(&self, place: u32) -> Option<(&Model, bool)> {
+        match self.by_place.get(place as usize) {
+            Some(&i) if i != NO_SLOT => {
+                let s = &self.slots[i as usize];
+                Some((&s.model, self.seen - s.at > STALE_AFTER))
+            }
+            _ => None,
+        }
     }
 
-    fn get_or_insert(&mut self, key: u64, place: &str, window: usize) -> &mut Model {
+    fn get_or_insert(&mut self, place: u32, window: usize) -> &mut Model {
         self.seen += 1;
         let seen = self.seen;
-        let i = *self.index.entry(key).or_insert_with(|| {
+        let p = place as usize;
+        if self.by_place.len() <= p {
+            self.by_place.resize(p + 1, NO_SLOT);
+        }
+        if self.by_place[p] == NO_SLOT {
             self.slots.push(Slot {
-                place: place.to_string(),
+                place,
                 model: Model::new(window),
                 at: seen,
             });
-            (self.slots.len() - 1) as u32
-        });
-        let slot = &mut self.slots[i as usize];
+            self.by_place[p] = (self.slots.len() - 1) as u32;
+        }
+        let slot = &mut self.slots[self.by_place[p] as usize];
         if seen - slot.at > STALE_AFTER {
             // What it knew is old (the place may have recovered, or slowed): start again.
             slot.model = Model::new(window);
@@ -148,18 +160,21 @@ impl Models {
         &mut slot.model
     }
 
-    fn retain(&mut self, keep: impl Fn(&str) -> bool) {
-        let before = self.slots.len();
-        self.slots.retain(|s| keep(&s.place));
-        if self.slots.len() == before {
-            return;
+    /// Keeps the slots of places that stay, renumbered by `renumber` (old number to new,
+    /// [`NO_SLOT`] for a place that left).
+    fn renumber(&mut self, renumber: &[u32]) {
+        self.slots.retain_mut(|s| {
+            s.place = renumber[s.place as usize];
+            s.place != NO_SLOT
+        });
+        self.by_place.clear();
+        for (i, s) in self.slots.iter().enumerate() {
+            let p = s.place as usize;
+            if self.by_place.len() <= p {
+                self.by_place.resize(p + 1, NO_SLOT);
+            }
+            self.by_place[p] = i as u32;
         }
-        self.index = self
-            .slots
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (place_key(&s.place), i as u32))
-            .collect();
     }
 }
 
@@ -215,8 +230,11 @@ pub struct Planner {
     /// The sums of the logarithms of functions' first sizes and of their squares, and their
     /// count: a function's size before it ran anywhere ([`Planner::typical_size`]).
     first_sizes: (f64, f64, f64),
-    /// What is learnt of each place over every function, by the key of its id.
-    places: HashMap<u64, PlaceState>,
+    /// Each place's number, by the key of its id: one lookup per place in a decision
+    /// finds both what is known of it and, per function, its model.
+    place_number: HashMap<u64, u32>,
+    /// What is learnt of each place over every function, by its number.
+    places: Vec<PlaceState>,
     /// Smoothed response size per function, KiB: added to the request's size.
     response_kb: HashMap<String, f64>,
     pub analytic: Analytic,
@@ -232,7 +250,8 @@ impl Planner {
             models: HashMap::default(),
             size: HashMap::default(),
             first_sizes: (0.0, 0.0, 0.0),
-            places: HashMap::default(),
+            place_number: HashMap::default(),
+            places: Vec::new(),
             response_kb: HashMap::default(),
             analytic: Analytic::default(),
             window,
@@ -295,10 +314,10 @@ impl Planner {
             .unwrap_or(1.0);
         let mut scored = Vec::with_capacity(places.len());
         for p in places {
-            let key = place_key(p.id);
-            let known = self.places.get(&key);
+            let number = self.place_number.get(&place_key(p.id)).copied();
+            let known = number.map(|n| &self.places[n as usize]);
             let features = Self::features(payload_kb, size, p, known);
-            let found = models.and_then(|m| m.get(key));
+            let found = number.and_then(|n| models.and_then(|m| m.get(n)));
             let model = found.map(|(m, _)| m);
             let analytic = Analytic {
                 cold_penalty_ms: known
@@ -469,26 +488,36 @@ impl Planner {
     /// Adds one observation to the (function, place) model.
     fn record(&mut self, function: &str, place: &str, features: &Features, actual_ms: f64) {
         let window = self.window;
+        let number = self.number(place);
         let per_fn = match self.models.get_mut(function) {
             Some(m) => m,
             None => self.models.entry(function.to_string()).or_default(),
         };
-        let model = per_fn.get_or_insert(place_key(place), place, window);
+        let model = per_fn.get_or_insert(number, window);
         model.observe(features, actual_ms, &self.analytic);
     }
 
     /// What is learnt of `place`, created on first use.
     fn place(&mut self, place: &str) -> &mut PlaceState {
-        self.places
-            .entry(place_key(place))
-            .or_insert_with(|| PlaceState {
+        let n = self.number(place);
+        &mut self.places[n as usize]
+    }
+
+    /// `place`'s number, given on first use.
+    fn number(&mut self, place: &str) -> u32 {
+        let next = self.places.len() as u32;
+        let n = *self.place_number.entry(place_key(place)).or_insert(next);
+        if n == next {
+            self.places.push(PlaceState {
                 name: place.to_string(),
                 speed: 1.0,
                 slowness: 1.0,
                 slowness_seen: false,
                 cold_ms: None,
                 full_until: f64::NEG_INFINITY,
-            })
+            });
+        }
+        n
     }
 
     /// Refits every model with enough new observations; returns how many were refitted.
@@ -521,10 +550,30 @@ impl Planner {
 
     /// Forgets the models of places that left (so memory follows the membership).
     pub fn retain_places(&mut self, keep: &dyn Fn(&str) -> bool) {
-        for m in self.models.values_mut() {
-            m.retain(keep);
+        let mut renumber = Vec::with_capacity(self.places.len());
+        let mut next = 0;
+        for k in &self.places {
+            if keep(&k.name) {
+                renumber.push(next);
+                next += 1;
+            } else {
+                renumber.push(NO_SLOT);
+            }
         }
-        self.places.retain(|_, k| keep(&k.name));
+        if next as usize == self.places.len() {
+            return;
+        }
+        let mut old = renumber.iter();
+        self.places.retain(|_| old.next() != Some(&NO_SLOT));
+        self.place_number = self
+            .places
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (place_key(&k.name), i as u32))
+            .collect();
+        for m in self.models.values_mut() {
+            m.renumber(&renumber);
+        }
     }
 
     /// Forgets a function's models (it was removed).
@@ -803,7 +852,9 @@ mod tests {
             cold: true,
         };
         p.learn(&c, "cloud", &plan.scored[0], &ok);
-        let cold = p.places[&place_key("cloud")].cold_ms.unwrap();
+        let cold = p.places[p.place_number[&place_key("cloud")] as usize]
+            .cold_ms
+            .unwrap();
         assert!((cold - 50.0).abs() < 1.0, "cold start learnt as {cold} ms");
     }
 
@@ -834,16 +885,36 @@ mod tests {
     }
 
     #[test]
-    fn forgetting_drops_models() {
+    fn forgetting_drops_models_and_keeps_the_rest_where_they_were() {
         let mut p = Planner::new(16);
         let f = Features::default();
-        p.observe("f", "a", &f, 1.0, 1.0, None);
-        p.observe("f", "b", &f, 1.0, 1.0, None);
+        // a: one call, b: two, c: three; then a leaves and d arrives.
+        for (id, n) in [("a", 1), ("b", 2), ("c", 3)] {
+            for _ in 0..n {
+                p.observe("f", id, &f, 1.0, 1.0, None);
+                p.observe("g", id, &f, 1.0, 1.0, None);
+            }
+        }
         p.retain_places(&|id| id != "a");
-        let places = [place("a", Tier::Edge, 1.0, 0.0)];
-        let plan = p.plan(&call(0.0, no_explore()), &places, 0.5).unwrap();
-        assert_eq!(plan.scored[0].observations, 0);
+        p.observe("f", "d", &f, 1.0, 1.0, None);
+        let places = ["a", "b", "c", "d"].map(|id| place(id, Tier::Edge, 1.0, 0.0));
+        let seen = |p: &Planner, function| {
+            let c = Call {
+                function,
+                ..call(0.0, no_explore())
+            };
+            p.plan(&c, &places, 0.5)
+                .unwrap()
+                .scored
+                .iter()
+                .map(|s| s.observations)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(seen(&p, "f"), [0, 2, 3, 1]);
+        assert_eq!(seen(&p, "g"), [0, 2, 3, 0]);
+        assert_eq!(p.places.len(), 3, "a's own state is gone too");
         p.forget_function("f");
+        p.forget_function("g");
         assert!(p.models.is_empty());
     }
 }

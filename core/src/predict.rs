@@ -140,6 +140,7 @@ impl Fit {
                 .sum::<f64>()
     }
 
+    #[inline]
     fn predict(&self, f: &Features, fallback: &Analytic) -> f64 {
         let x = Features { cold: false, ..*f }.row();
         // The warm part at the nearest point inside the fitted data (one pass: clamp and
@@ -149,15 +150,10 @@ impl Fit {
         let mut outside = false;
         for i in 0..Features::N {
             let (lo, hi) = self.range[i];
-            let v = if x[i] < lo {
-                outside = true;
-                lo
-            } else if x[i] > hi {
-                outside = true;
-                hi
-            } else {
-                x[i]
-            };
+            // As `clamp`, without its checks (one instruction each way).
+            let v = if x[i] < lo { lo } else { x[i] };
+            let v = if v > hi { hi } else { v };
+            outside |= v != x[i];
             inside[i] = v;
             y += self.coef[i + 1] * v;
         }
@@ -198,6 +194,7 @@ impl Model {
     }
 
     /// Predicts the latency (ms) of an invocation with features `f`.
+    #[inline]
     pub fn predict(&self, f: &Features, fallback: &Analytic) -> (f64, Source) {
         match &self.fit {
             Some(fit) => {
