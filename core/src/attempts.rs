@@ -143,6 +143,11 @@ impl Attempts {
         s.predicted_ms.max(at_least)
     }
 
+    /// The untried place expected to take least ([`Attempts::expected_ms`]).
+    fn next_place(&self, plan: &Plan) -> Option<usize> {
+        plan.next_best(&self.tried, |i| self.expected_ms(plan, i))
+    }
+
     /// The place being tried now.
     pub fn current(&self) -> usize {
         *self.tried.last().unwrap_or(&0)
@@ -163,7 +168,7 @@ impl Attempts {
     /// its budget.
     pub fn patience_ms(&self, plan: &Plan, now_ms: f64) -> f64 {
         let left = (self.budget_ms - (now_ms - self.started_ms)).max(1.0);
-        let elsewhere = self.tried.len() < MAX_ATTEMPTS && plan.next_best(&self.tried).is_some();
+        let elsewhere = self.tried.len() < MAX_ATTEMPTS && self.next_place(plan).is_some();
         if self.idempotent && elsewhere && plan.timed {
             let p = self.expected_ms(plan, self.current());
             (3.0 * p).max(p + 1000.0).min(left)
@@ -210,12 +215,10 @@ impl Attempts {
         if matches!(outcome, Outcome::Refused { .. }) {
             self.turned_away.push((self.current(), now_ms));
         }
-        let next = (0..plan.scored.len())
-            .filter(|i| !self.tried.contains(i))
-            .map(|i| (i, self.expected_ms(plan, i)))
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|(i, _)| i);
-        match next.or_else(|| self.room_again(plan, now_ms)) {
+        match self
+            .next_place(plan)
+            .or_else(|| self.room_again(plan, now_ms))
+        {
             Some(n) => {
                 self.tried.push(n);
                 Next::Retry(n)

@@ -85,13 +85,14 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The best place not in `tried`, by predicted latency: where a retry goes.
-    pub fn next_best(&self, tried: &[usize]) -> Option<usize> {
-        self.scored
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !tried.contains(i))
-            .min_by(|(_, a), (_, b)| a.predicted_ms.total_cmp(&b.predicted_ms))
+    /// The place not in `tried` with the least `time_ms` (of its index, read once per
+    /// place): where a retry goes, by what is expected of each place
+    /// ([`crate::attempts::Attempts::expected_ms`]).
+    pub fn next_best(&self, tried: &[usize], time_ms: impl Fn(usize) -> f64) -> Option<usize> {
+        (0..self.scored.len())
+            .filter(|i| !tried.contains(i))
+            .map(|i| (i, time_ms(i)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
             .map(|(i, _)| i)
     }
 }
@@ -140,16 +141,13 @@ impl Models {
         self.seen += 1;
         let seen = self.seen;
         let p = place as usize;
-        if self.by_place.len() <= p {
-            self.by_place.resize(p + 1, NO_SLOT);
-        }
-        if self.by_place[p] == NO_SLOT {
+        if self.by_place.get(p).is_none_or(|&i| i == NO_SLOT) {
             self.slots.push(Slot {
                 place,
                 model: Model::new(window),
                 at: seen,
             });
-            self.by_place[p] = (self.slots.len() - 1) as u32;
+            self.point(place, self.slots.len() - 1);
         }
         let slot = &mut self.slots[self.by_place[p] as usize];
         if seen - slot.at > STALE_AFTER {
@@ -168,13 +166,18 @@ impl Models {
             s.place != NO_SLOT
         });
         self.by_place.clear();
-        for (i, s) in self.slots.iter().enumerate() {
-            let p = s.place as usize;
-            if self.by_place.len() <= p {
-                self.by_place.resize(p + 1, NO_SLOT);
-            }
-            self.by_place[p] = i as u32;
+        for i in 0..self.slots.len() {
+            self.point(self.slots[i].place, i);
         }
+    }
+
+    /// Points place number `place` at slot `i`.
+    fn point(&mut self, place: u32, i: usize) {
+        let p = place as usize;
+        if self.by_place.len() <= p {
+            self.by_place.resize(p + 1, NO_SLOT);
+        }
+        self.by_place[p] = i as u32;
     }
 }
 
@@ -565,12 +568,10 @@ impl Planner {
         }
         let mut old = renumber.iter();
         self.places.retain(|_| old.next() != Some(&NO_SLOT));
-        self.place_number = self
-            .places
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (place_key(&k.name), i as u32))
-            .collect();
+        self.place_number.retain(|_, n| {
+            *n = renumber[*n as usize];
+            *n != NO_SLOT
+        });
         for m in self.models.values_mut() {
             m.renumber(&renumber);
         }
@@ -630,8 +631,9 @@ mod tests {
         ];
         let plan = p.plan(&call(1.0, no_explore()), &places, 0.5).unwrap();
         assert_eq!(places[plan.chosen].id, "edge-2");
-        assert_eq!(plan.next_best(&[plan.chosen]), Some(1));
-        assert_eq!(plan.next_best(&[0, 1, 2]), None);
+        let predicted = |i: usize| plan.scored[i].predicted_ms;
+        assert_eq!(plan.next_best(&[plan.chosen], predicted), Some(1));
+        assert_eq!(plan.next_best(&[0, 1, 2], predicted), None);
     }
 
     #[test]
