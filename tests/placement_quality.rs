@@ -112,7 +112,9 @@ fn regression_stays_near_the_oracle_and_beats_the_static_policies_on_every_scena
     }
     let (p99, mean) = ((log_p99 / cells).exp(), (log_mean / cells).exp());
     eprintln!("over every cell (geometric mean): regression/oracle p99 {p99:.3}x mean {mean:.3}x");
-    // Deterministic for these seeds: 1.149x and 1.075x today; 1.184x and 1.089x while a
+    // Deterministic for these seeds: 1.151x and 1.062x today; 1.149x and 1.075x before a
+    // function new to a router was sized by what the places report of it and a cold device
+    // was loaded when its later calls would run warm; 1.184x and 1.089x while a
     // function never run anywhere was sized as the plain mean of first sizes; 1.188x and
     // 1.090x before exploration's extra time was capped at 20 ms; 1.172x and 1.098x before a
     // model's own calls corrected the analytic estimate until its fit; 1.188x and 1.113x
@@ -120,7 +122,7 @@ fn regression_stays_near_the_oracle_and_beats_the_static_policies_on_every_scena
     // 1.228x and 1.113x while a timeout benched a place that kept reporting with cores free; 1.324x and 1.132x before
     // the risk term, the cheaper re-probing, the mean size prior and the cold-start fix.
     assert!(
-        p99 <= 1.19 && mean <= 1.10,
+        p99 <= 1.19 && mean <= 1.08,
         "regression against the oracle over every cell: p99 {p99:.3}x, mean {mean:.3}x"
     );
 }

@@ -288,7 +288,7 @@ mod tests {
                     features: Features::default(),
                     speed: 1.0,
                     stale: false,
-                    risk_ms: 0.0,
+                    extra_ms: 0.0,
                 })
                 .collect(),
             chosen: 1,

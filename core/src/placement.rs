@@ -53,8 +53,10 @@ pub struct Scored {
     pub speed: f64,
     /// Its model has not seen the function for a while (exploration may visit it).
     pub stale: bool,
-    /// How much longer than predicted calls there tend to take, ms.
-    pub risk_ms: f64,
+    /// What the score adds to the prediction, ms: the tail's risk (how much longer than
+    /// predicted calls there tend to take), less, on a cold device, the share of its cold
+    /// start that its next calls would get back by running warm (see [`Reuse`]).
+    pub extra_ms: f64,
 }
 
 impl Scorable for Scored {
@@ -67,8 +69,8 @@ impl Scorable for Scored {
     fn stale(&self) -> bool {
         self.stale
     }
-    fn risk_ms(&self) -> f64 {
-        self.risk_ms
+    fn extra_ms(&self) -> f64 {
+        self.extra_ms
     }
 }
 
@@ -106,6 +108,8 @@ struct Models {
     slots: Vec<Slot>,
     /// Observations of the function anywhere.
     seen: u64,
+    /// When this planner first learnt of a call of it, ms (with `seen`, its call rate).
+    first_ms: Option<f64>,
 }
 
 const NO_SLOT: u32 = u32::MAX;
@@ -125,6 +129,12 @@ struct Slot {
 const STALE_AFTER: u64 = 64;
 
 impl Models {
+    /// Calls of the function per ms at this planner since its first, once there are a few.
+    fn calls_per_ms(&self, now_ms: f64) -> Option<f64> {
+        let since = now_ms - self.first_ms?;
+        (self.seen >= 4 && since > 0.0).then(|| self.seen as f64 / since)
+    }
+
     /// The model at place number `place` and whether it is stale.
     #[inline]
     fn get(&self, place: u32) -> Option<(&Model, bool)> {
@@ -215,6 +225,37 @@ struct PlaceState {
     full_until: f64,
 }
 
+/// How long a loaded function stays warm, and how many callers share the planner's device
+/// place: what a cold start on the device buys. Loading a function on the caller's own
+/// device costs its cold start once, and its next calls there within the keepalive run
+/// warm; a planner that weighed only this call's cold start would never load it, however
+/// often the function is called (a device that never runs a function never has it warm).
+/// So a cold device's score is lowered by the share of the cold start those calls would
+/// get back, k/(k + 1) of it where k is how many calls of the function the device is
+/// expected to make within the keepalive (this planner's rate of the function over its
+/// callers). Only the device: a member's warm state is shared by every router and is
+/// prepared ahead ([`crate::forecast`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reuse {
+    /// How long a function stays loaded after a call, ms.
+    pub keepalive_ms: f64,
+    /// How many callers the device place stands for (one on a device itself; in the
+    /// simulator, a site's devices share their site's router).
+    pub device_callers: f64,
+}
+
+impl Default for Reuse {
+    fn default() -> Self {
+        Reuse {
+            keepalive_ms: crate::manifest::ContainerSpec::default()
+                .keepalive
+                .as_secs_f64()
+                * 1000.0,
+            device_callers: 1.0,
+        }
+    }
+}
+
 /// A model's overruns count as risk once it has seen this many calls.
 const RISK_AFTER: usize = 8;
 
@@ -241,6 +282,7 @@ pub struct Planner {
     /// Smoothed response size per function, KiB: added to the request's size.
     response_kb: HashMap<String, f64>,
     pub analytic: Analytic,
+    pub reuse: Reuse,
     window: usize,
     errors: Vec<f64>,
     next_error: usize,
@@ -257,6 +299,7 @@ impl Planner {
             places: Vec::new(),
             response_kb: HashMap::default(),
             analytic: Analytic::default(),
+            reuse: Reuse::default(),
             window,
             errors: Vec::new(),
             next_error: 0,
@@ -280,6 +323,27 @@ impl Planner {
             };
             (m + v / 2.0).exp()
         })
+    }
+
+    /// A function's size as the places that reported its service time say, when this
+    /// planner has not seen it run: the mean over them of the time each reported at its
+    /// advertised speed, corrected by how it ran other functions. A function new to this
+    /// router is often not new to the members (other routers' calls ran it), and their
+    /// reports say far better than a typical function's size how long it is.
+    #[cold]
+    fn reported_size(&self, places: &[PlaceInfo<'_>]) -> Option<f64> {
+        let (mut sum, mut n) = (0.0, 0.0);
+        for p in places {
+            if let Some(s) = p.service_ms.filter(|s| s.is_finite() && *s > 0.0) {
+                let slowness = self
+                    .place_number
+                    .get(&place_key(p.id))
+                    .map_or(1.0, |&k| self.places[k as usize].slowness);
+                sum += s * p.speed.unwrap_or(1.0).max(1e-3) / slowness;
+                n += 1.0;
+            }
+        }
+        (n > 0.0).then(|| sum / n)
     }
 
     /// The features of a call at `p`; `size`: the function's size (or a typical
@@ -313,21 +377,18 @@ impl Planner {
             .size
             .get(function)
             .copied()
+            .or_else(|| self.reported_size(places))
             .or_else(|| self.typical_size())
             .unwrap_or(1.0);
         let mut scored = Vec::with_capacity(places.len());
+        let mut cold_device = false;
         for p in places {
             let number = self.place_number.get(&place_key(p.id)).copied();
             let known = number.map(|n| &self.places[n as usize]);
             let features = Self::features(payload_kb, size, p, known);
             let found = number.and_then(|n| models.and_then(|m| m.get(n)));
             let model = found.map(|(m, _)| m);
-            let analytic = Analytic {
-                cold_penalty_ms: known
-                    .and_then(|k| k.cold_ms)
-                    .unwrap_or(self.analytic.cold_penalty_ms),
-                ..self.analytic
-            };
+            let analytic = self.analytic_at(known);
             let (mut predicted_ms, source) = match model {
                 Some(m) => m.predict(&features, &analytic),
                 None => (analytic.estimate(&features), Source::Analytic),
@@ -344,6 +405,7 @@ impl Planner {
                 .filter(|_| observations >= RISK_AFTER)
                 .and_then(Model::shortfall)
                 .unwrap_or(0.0);
+            cold_device |= p.tier == Tier::Device && !p.warm;
             scored.push(Scored {
                 tier: p.tier,
                 predicted_ms,
@@ -352,8 +414,15 @@ impl Planner {
                 features,
                 speed: p.speed.unwrap_or(1.0),
                 stale: found.is_some_and(|(_, stale)| stale),
-                risk_ms,
+                extra_ms: risk_ms,
             });
+        }
+        if cold_device {
+            for (p, s) in places.iter().zip(&mut scored) {
+                if p.tier == Tier::Device && !p.warm {
+                    s.extra_ms -= self.reuse_credit(call, models, p, &s.features);
+                }
+            }
         }
         let d = choose(&scored, call.deadline_ms, &call.weights, roll)?;
         Some(Plan {
@@ -363,6 +432,45 @@ impl Planner {
             meets_deadline: d.meets_deadline,
             timed: true,
         })
+    }
+
+    /// The share of a cold device's cold start that its next calls would get back (see
+    /// [`Reuse`]), ms.
+    #[cold]
+    fn reuse_credit(
+        &self,
+        call: &Call<'_>,
+        models: Option<&Models>,
+        p: &PlaceInfo<'_>,
+        features: &Features,
+    ) -> f64 {
+        let Some(rate) = models.and_then(|m| m.calls_per_ms(call.now_ms)) else {
+            return 0.0;
+        };
+        let k = rate * self.reuse.keepalive_ms / self.reuse.device_callers.max(1.0);
+        let number = self.place_number.get(&place_key(p.id)).copied();
+        let analytic = self.analytic_at(number.map(|n| &self.places[n as usize]));
+        let model = number.and_then(|n| models?.get(n)).map(|(m, _)| m);
+        let at = |f: &Features| match model {
+            Some(m) => m.predict(f, &analytic).0,
+            None => analytic.estimate(f),
+        };
+        let warm = Features {
+            cold: false,
+            ..*features
+        };
+        (at(features) - at(&warm)).max(0.0) * k / (k + 1.0)
+    }
+
+    /// The analytic estimate at a place: its own cold-start cost once it has one.
+    #[inline]
+    fn analytic_at(&self, known: Option<&PlaceState>) -> Analytic {
+        Analytic {
+            cold_penalty_ms: known
+                .and_then(|k| k.cold_ms)
+                .unwrap_or(self.analytic.cold_penalty_ms),
+            ..self.analytic
+        }
     }
 
     /// Learns from any outcome: an answer is an observation; a timeout, that the place
@@ -409,6 +517,9 @@ impl Planner {
                 self.place(place).full_until = call.now_ms + FULL_FOR_MS;
             }
             _ => {}
+        }
+        if let Some(m) = self.models.get_mut(call.function) {
+            m.first_ms.get_or_insert(call.now_ms);
         }
     }
 
@@ -759,6 +870,119 @@ mod tests {
         assert!((plan.scored[0].features.payload_kb - 2.0).abs() < 1e-9);
     }
 
+    /// `c` planned at `at` alone, and answered there in `took_ms` (`service_ms` of it the
+    /// function's own).
+    fn ran(p: &mut Planner, c: &Call<'_>, at: PlaceInfo<'_>, took_ms: f64, service_ms: f64) {
+        let plan = p.plan(c, &[at], 0.5).unwrap();
+        let ok = Outcome::Answered {
+            took_ms,
+            service_ms: Some(service_ms),
+            response_kb: None,
+            cold: false,
+        };
+        p.learn(c, at.id, &plan.scored[0], &ok);
+    }
+
+    #[test]
+    fn a_function_new_here_is_sized_by_what_the_places_report_of_it() {
+        let mut p = Planner::new(64);
+        let w = no_explore();
+        // Some function ran here: the typical size is 40 ms of work at speed 1.
+        let g = Call {
+            function: "g",
+            ..call(1.0, w)
+        };
+        let one = PlaceInfo {
+            service_ms: None,
+            speed: Some(2.0),
+            ..place("fast", Tier::Edge, 2.0, 0.0)
+        };
+        ran(&mut p, &g, one, 24.0, 20.0);
+        // "h" never ran for this planner, but the cloud reports it takes 600 ms there at
+        // speed 1.5 (other routers' calls ran it): 900 ms of work, not 40.
+        let h = Call {
+            function: "h",
+            ..call(1.0, w)
+        };
+        let cloud = PlaceInfo {
+            service_ms: Some(600.0),
+            speed: Some(1.5),
+            ..place("cloud", Tier::Cloud, 40.0, 0.0)
+        };
+        let edge = PlaceInfo {
+            service_ms: None,
+            speed: Some(1.0),
+            ..place("edge", Tier::Edge, 5.0, 0.0)
+        };
+        let plan = p.plan(&h, &[edge, cloud], 0.5).unwrap();
+        let e = plan.scored[0].features.service_ms;
+        assert!((e - 900.0).abs() < 1.0, "{e}");
+        assert_eq!(
+            plan.chosen, 1,
+            "the cloud runs 900 ms of work in 600: {plan:?}"
+        );
+        // Without the report, the typical size (40 ms) would have sent it to the edge.
+        let blind = PlaceInfo {
+            service_ms: None,
+            ..cloud
+        };
+        let plan = p.plan(&h, &[edge, blind], 0.5).unwrap();
+        assert_eq!(plan.chosen, 0);
+    }
+
+    #[test]
+    fn a_cold_device_is_loaded_when_its_callers_call_the_function_often() {
+        let w = no_explore();
+        // The device runs "f" in 4 ms warm, the edge in 30 ms; loading it on the device
+        // costs 100 ms once.
+        let device = |warm| PlaceInfo {
+            warm,
+            service_ms: Some(4.0),
+            ..place("device", Tier::Device, 0.0, 0.0)
+        };
+        let edge = PlaceInfo {
+            service_ms: Some(5.0),
+            ..place("edge", Tier::Edge, 25.0, 0.0)
+        };
+        // A planner that has seen the function called every `every_ms` at the edge, whose
+        // device place stands for `callers` devices, plans the next call with the device
+        // cold.
+        let decide = |callers: f64, every_ms: f64| {
+            let mut p = Planner::new(64);
+            p.reuse.device_callers = callers;
+            for i in 0..20 {
+                let c = Call {
+                    now_ms: f64::from(i) * every_ms,
+                    ..call(0.0, w)
+                };
+                ran(&mut p, &c, edge, 30.0, 5.0);
+            }
+            p.analytic.cold_penalty_ms = 100.0;
+            let c = Call {
+                now_ms: 20.0 * every_ms,
+                ..call(0.0, w)
+            };
+            let plan = p.plan(&c, &[edge, device(false)], 0.5).unwrap();
+            (p, plan, c)
+        };
+        // Called every second by one device with a minute's keepalive: about sixty calls
+        // would run warm, so the device is loaded now.
+        let (often, plan, c) = decide(1.0, 1000.0);
+        assert_eq!(plan.chosen, 1, "{plan:?}");
+        let d = &plan.scored[1];
+        assert!(d.predicted_ms > 100.0, "the prediction stays honest: {d:?}");
+        assert!(d.extra_ms < -90.0 && d.extra_ms > -100.0, "{d:?}");
+        // Every two minutes: past the keepalive, the next call would find it unloaded.
+        let (_, plan, _) = decide(1.0, 120_000.0);
+        assert_eq!(plan.chosen, 0, "{plan:?}");
+        // Every second, but shared by a thousand devices: each calls it every 1000 s.
+        let (_, plan, _) = decide(1000.0, 1000.0);
+        assert_eq!(plan.chosen, 0, "{plan:?}");
+        // A warm device needs no credit.
+        let plan = often.plan(&c, &[edge, device(true)], 0.5).unwrap();
+        assert_eq!((plan.chosen, plan.scored[1].extra_ms), (1, 0.0));
+    }
+
     #[test]
     fn a_place_not_seen_for_a_while_is_explored_again_however_slow_it_looked() {
         let mut p = Planner::new(64);
@@ -832,7 +1056,7 @@ mod tests {
             j.predicted_ms < s.predicted_ms && s.predicted_ms - j.predicted_ms < 1.0,
             "jumpy a little faster on average: {j:?} {s:?}"
         );
-        assert!(j.risk_ms > 1.0 && s.risk_ms < 0.5, "{j:?} {s:?}");
+        assert!(j.extra_ms > 1.0 && s.extra_ms < 0.5, "{j:?} {s:?}");
         assert_eq!(plan.chosen, 1, "steady: its calls do not overrun");
     }
 

@@ -24,9 +24,11 @@ pub trait Scorable {
     fn stale(&self) -> bool {
         false
     }
-    /// How much longer than predicted calls there tend to take, ms: added to the score,
-    /// so of two places predicted alike the one whose calls overrun less is chosen.
-    fn risk_ms(&self) -> f64 {
+    /// What the score adds to the prediction, ms: how much longer than predicted calls
+    /// there tend to take (so of two places predicted alike the one whose calls overrun
+    /// less is chosen), less what choosing it now gives back later (a cold start that
+    /// later calls there would not pay, [`crate::placement::Reuse`]).
+    fn extra_ms(&self) -> f64 {
         0.0
     }
 }
@@ -81,7 +83,7 @@ pub struct Decision {
 
 fn score<C: Scorable>(c: &C, w: &Weights) -> f64 {
     c.predicted_ms()
-        + c.risk_ms()
+        + c.extra_ms()
         + match c.tier() {
             // A peer cluster is someone else's cloud: it costs as the cloud does.
             Tier::Cloud | Tier::Federated => w.cloud_cost_ms,

@@ -163,6 +163,10 @@ pub trait Policy: Send {
 
     /// Forgets a removed function.
     fn forget_function(&mut self, _function: &str) {}
+
+    /// How long functions stay warm and how many callers its device place stands for, for
+    /// those that weigh what a cold start buys.
+    fn set_reuse(&mut self, _reuse: crate::placement::Reuse) {}
 }
 
 /// The features of a call at a place, as every policy reads them.
@@ -196,7 +200,7 @@ pub(crate) fn plan_by(
             features: features(call.request_kb, p, p.service_ms.unwrap_or(1.0)),
             speed: p.speed.unwrap_or(1.0),
             stale: false,
-            risk_ms: 0.0,
+            extra_ms: 0.0,
         })
         .collect();
     let (deadline, weights) = if is_time {

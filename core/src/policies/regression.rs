@@ -51,4 +51,8 @@ impl Policy for Regression {
     fn forget_function(&mut self, function: &str) {
         self.planner.forget_function(function);
     }
+
+    fn set_reuse(&mut self, reuse: crate::placement::Reuse) {
+        self.planner.reuse = reuse;
+    }
 }

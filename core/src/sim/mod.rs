@@ -946,6 +946,18 @@ fn run_policy(
     for (d, site) in w.device_site.iter().enumerate() {
         site_device[*site].get_or_insert(d as u32);
     }
+    // A site's router places its devices' calls: its device place stands for them all, and
+    // a function stays loaded on one for the scenario's keepalive.
+    let mut site_devices = vec![0usize; s.sites];
+    for site in &w.device_site {
+        site_devices[*site] += 1;
+    }
+    for (r, n) in routers.iter_mut().zip(&site_devices) {
+        r.policy.set_reuse(crate::placement::Reuse {
+            keepalive_ms: s.keepalive_ms,
+            device_callers: (*n).max(1) as f64,
+        });
+    }
     let weights = Weights {
         explore: s.explore,
         ..Weights::default()
