@@ -941,15 +941,13 @@ fn run_policy(
             prepared: HashMap::default(),
         })
         .collect();
-    // Each site's first device stands for its devices when its router prepares ahead.
+    // Each site's first device stands for its devices when its router prepares ahead. And
+    // a site's router places all its devices' calls: its device place stands for them all,
+    // and a function stays loaded on one for the scenario's keepalive.
     let mut site_device = vec![None; s.sites];
+    let mut site_devices = vec![0usize; s.sites];
     for (d, site) in w.device_site.iter().enumerate() {
         site_device[*site].get_or_insert(d as u32);
-    }
-    // A site's router places its devices' calls: its device place stands for them all, and
-    // a function stays loaded on one for the scenario's keepalive.
-    let mut site_devices = vec![0usize; s.sites];
-    for site in &w.device_site {
         site_devices[*site] += 1;
     }
     for (r, n) in routers.iter_mut().zip(&site_devices) {
