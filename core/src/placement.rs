@@ -223,7 +223,27 @@ struct PlaceState {
     cold_ms: Option<f64>,
     /// It refused a call for capacity: full until then (ms).
     full_until: f64,
+    /// The mean service time of the calls seen there, ms: what a call waits behind.
+    work_ms: Option<f64>,
 }
+
+impl PlaceState {
+    /// The analytic estimate at the place (or at one not known yet): its own cold-start
+    /// cost and the length of its work, once it has them, and `base` for the rest.
+    #[inline]
+    fn analytic(known: Option<&PlaceState>, base: &Analytic) -> Analytic {
+        Analytic {
+            cold_penalty_ms: known
+                .and_then(|k| k.cold_ms)
+                .unwrap_or(base.cold_penalty_ms),
+            work_ms: known.and_then(|k| k.work_ms),
+            ..*base
+        }
+    }
+}
+
+/// The weight of a new call's service time in a place's [`PlaceState::work_ms`].
+const WORK_WEIGHT: f64 = 0.05;
 
 /// How long a loaded function stays warm, and how many callers share the planner's device
 /// place: what a cold start on the device buys. Loading a function on the caller's own
@@ -381,18 +401,18 @@ impl Planner {
             .or_else(|| self.typical_size())
             .unwrap_or(1.0);
         let mut scored = Vec::with_capacity(places.len());
-        let mut cold_device = false;
         for p in places {
             let number = self.place_number.get(&place_key(p.id)).copied();
             let known = number.map(|n| &self.places[n as usize]);
             let features = Self::features(payload_kb, size, p, known);
             let found = number.and_then(|n| models.and_then(|m| m.get(n)));
             let model = found.map(|(m, _)| m);
-            let analytic = self.analytic_at(known);
-            let (mut predicted_ms, source) = match model {
-                Some(m) => m.predict(&features, &analytic),
-                None => (analytic.estimate(&features), Source::Analytic),
+            let analytic = PlaceState::analytic(known, &self.analytic);
+            let at = |f: &Features| match model {
+                Some(m) => m.predict(f, &analytic),
+                None => (analytic.estimate(f), Source::Analytic),
             };
+            let (mut predicted_ms, source) = at(&features);
             if known.is_some_and(|k| k.full_until > call.now_ms) {
                 // It turned a call away lately: a refusal costs a round trip, and a slot
                 // frees in about a service time.
@@ -401,11 +421,18 @@ impl Planner {
             let observations = model.map_or(0, Model::observations);
             // The tail's risk: how much calls here overran their predictions lately, once
             // the model has seen enough of them to say.
-            let risk_ms = model
+            let mut extra_ms = model
                 .filter(|_| observations >= RISK_AFTER)
                 .and_then(Model::shortfall)
                 .unwrap_or(0.0);
-            cold_device |= p.tier == Tier::Device && !p.warm;
+            if p.tier == Tier::Device && !p.warm {
+                // What loading it on the device gives back later (see `Reuse`).
+                let warm = at(&Features {
+                    cold: false,
+                    ..features
+                });
+                extra_ms -= self.reuse_share(call, models) * (predicted_ms - warm.0).max(0.0);
+            }
             scored.push(Scored {
                 tier: p.tier,
                 predicted_ms,
@@ -414,15 +441,8 @@ impl Planner {
                 features,
                 speed: p.speed.unwrap_or(1.0),
                 stale: found.is_some_and(|(_, stale)| stale),
-                extra_ms: risk_ms,
+                extra_ms,
             });
-        }
-        if cold_device {
-            for (p, s) in places.iter().zip(&mut scored) {
-                if p.tier == Tier::Device && !p.warm {
-                    s.extra_ms -= self.reuse_credit(call, models, p, &s.features);
-                }
-            }
         }
         let d = choose(&scored, call.deadline_ms, &call.weights, roll)?;
         Some(Plan {
@@ -434,43 +454,16 @@ impl Planner {
         })
     }
 
-    /// The share of a cold device's cold start that its next calls would get back (see
-    /// [`Reuse`]), ms.
+    /// The share of a cold device's cold start that its next calls would get back, k/(k + 1)
+    /// (see [`Reuse`]); 0 before the function's rate is known.
     #[cold]
-    fn reuse_credit(
-        &self,
-        call: &Call<'_>,
-        models: Option<&Models>,
-        p: &PlaceInfo<'_>,
-        features: &Features,
-    ) -> f64 {
-        let Some(rate) = models.and_then(|m| m.calls_per_ms(call.now_ms)) else {
-            return 0.0;
-        };
-        let k = rate * self.reuse.keepalive_ms / self.reuse.device_callers.max(1.0);
-        let number = self.place_number.get(&place_key(p.id)).copied();
-        let analytic = self.analytic_at(number.map(|n| &self.places[n as usize]));
-        let model = number.and_then(|n| models?.get(n)).map(|(m, _)| m);
-        let at = |f: &Features| match model {
-            Some(m) => m.predict(f, &analytic).0,
-            None => analytic.estimate(f),
-        };
-        let warm = Features {
-            cold: false,
-            ..*features
-        };
-        (at(features) - at(&warm)).max(0.0) * k / (k + 1.0)
-    }
-
-    /// The analytic estimate at a place: its own cold-start cost once it has one.
-    #[inline]
-    fn analytic_at(&self, known: Option<&PlaceState>) -> Analytic {
-        Analytic {
-            cold_penalty_ms: known
-                .and_then(|k| k.cold_ms)
-                .unwrap_or(self.analytic.cold_penalty_ms),
-            ..self.analytic
-        }
+    fn reuse_share(&self, call: &Call<'_>, models: Option<&Models>) -> f64 {
+        models
+            .and_then(|m| m.calls_per_ms(call.now_ms))
+            .map_or(0.0, |rate| {
+                let k = rate * self.reuse.keepalive_ms / self.reuse.device_callers.max(1.0);
+                k / (k + 1.0)
+            })
     }
 
     /// Learns from any outcome: an answer is an observation; a timeout, that the place
@@ -573,7 +566,10 @@ impl Planner {
                 };
                 k.slowness_seen = true;
             }
-            let slow = self.place(place).slowness;
+            // What calls there wait behind (see `Analytic::work_ms`).
+            let k = self.place(place);
+            k.work_ms = Some(k.work_ms.map_or(s, |w| w + WORK_WEIGHT * (s - w)));
+            let slow = k.slowness;
             if let Some(e) = self.size.get_mut(function) {
                 *e = 0.8 * *e + 0.2 * seen / slow;
             }
@@ -608,7 +604,8 @@ impl Planner {
             None => self.models.entry(function.to_string()).or_default(),
         };
         let model = per_fn.get_or_insert(number, window);
-        model.observe(features, actual_ms, &self.analytic);
+        let analytic = PlaceState::analytic(self.places.get(number as usize), &self.analytic);
+        model.observe(features, actual_ms, &analytic);
     }
 
     /// What is learnt of `place`, created on first use.
@@ -629,6 +626,7 @@ impl Planner {
                 slowness_seen: false,
                 cold_ms: None,
                 full_until: f64::NEG_INFINITY,
+                work_ms: None,
             });
         }
         n
@@ -638,14 +636,11 @@ impl Planner {
     /// Called off the hot path (a timer in the router, between events in the simulator).
     pub fn refit_due(&mut self) -> usize {
         let mut n = 0;
-        let analytic = self.analytic;
-        for m in self
-            .models
-            .values_mut()
-            .flat_map(|m| m.slots.iter_mut().map(|s| &mut s.model))
-        {
-            if m.wants_refit() {
-                m.refit(&analytic);
+        for slot in self.models.values_mut().flat_map(|m| m.slots.iter_mut()) {
+            if slot.model.wants_refit() {
+                let known = self.places.get(slot.place as usize);
+                slot.model
+                    .refit(&PlaceState::analytic(known, &self.analytic));
                 n += 1;
             }
         }
@@ -881,6 +876,44 @@ mod tests {
             cold: false,
         };
         p.learn(c, at.id, &plan.scored[0], &ok);
+    }
+
+    #[test]
+    fn a_call_at_a_busy_place_waits_behind_the_work_there_not_behind_copies_of_itself() {
+        let mut p = Planner::new(64);
+        let w = no_explore();
+        let (long, short) = (
+            Call {
+                function: "long",
+                ..call(1.0, w)
+            },
+            Call {
+                function: "short",
+                ..call(1.0, w)
+            },
+        );
+        // One place has run a 400 ms function, the other a 2 ms one.
+        let (near, far) = (
+            place("near", Tier::Edge, 2.0, 0.0),
+            place("far", Tier::Edge, 10.0, 0.0),
+        );
+        ran(&mut p, &long, near, 402.0, 400.0);
+        ran(&mut p, &short, far, 12.0, 2.0);
+        // Both now report a call per core, and a 4 ms function new to both: at the near
+        // place it waits about 400 ms, at the far one about 2 ms; the far place wins.
+        let q = Call {
+            function: "q",
+            ..call(1.0, w)
+        };
+        let busy = |at: PlaceInfo<'static>| PlaceInfo {
+            load_per_core: 1.0,
+            ..at
+        };
+        let plan = p.plan(&q, &[busy(near), busy(far)], 0.5).unwrap();
+        let (n, f) = (plan.scored[0].predicted_ms, plan.scored[1].predicted_ms);
+        assert!((400.0..420.0).contains(&n), "near: {n}");
+        assert!((10.0..30.0).contains(&f), "far: {f}");
+        assert_eq!(plan.chosen, 1);
     }
 
     #[test]

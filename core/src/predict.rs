@@ -45,13 +45,19 @@ impl Features {
     }
 }
 
-/// The analytic estimate: round trip + transfer + queueing + service + cold-start penalty.
+/// The analytic estimate: round trip + transfer + queueing (the load per core times the
+/// length of the work there) + service + cold-start penalty.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Analytic {
     /// Throughput of the link, KiB per ms.
     pub kb_per_ms: f64,
     /// Extra time of a cold start, ms.
     pub cold_penalty_ms: f64,
+    /// How long the work a call waits behind at the place runs, ms, once known (the
+    /// mean service time of the calls seen there): a call queues behind other functions'
+    /// calls, not behind copies of itself. Until known, the call's own service time
+    /// stands for it.
+    pub work_ms: Option<f64>,
 }
 
 impl Default for Analytic {
@@ -59,6 +65,7 @@ impl Default for Analytic {
         Analytic {
             kb_per_ms: 10.0,
             cold_penalty_ms: 5.0,
+            work_ms: None,
         }
     }
 }
@@ -66,7 +73,7 @@ impl Default for Analytic {
 impl Analytic {
     pub fn estimate(&self, f: &Features) -> f64 {
         let transfer = f.payload_kb / self.kb_per_ms.max(1e-9);
-        let queueing = f.load_per_core.max(0.0) * f.service_ms;
+        let queueing = f.load_per_core.max(0.0) * self.work_ms.unwrap_or(f.service_ms);
         let cold = if f.cold { self.cold_penalty_ms } else { 0.0 };
         f.rtt_ms + transfer + queueing + f.service_ms + cold
     }
