@@ -105,7 +105,7 @@ pub struct ContainerSpec {
     pub tmpfs: ByteSize,
 }
 
-fn default_keepalive() -> Duration {
+pub(crate) fn default_keepalive() -> Duration {
     Duration::from_secs(60)
 }
 fn default_max_instances() -> u32 {

@@ -267,10 +267,7 @@ pub struct Reuse {
 impl Default for Reuse {
     fn default() -> Self {
         Reuse {
-            keepalive_ms: crate::manifest::ContainerSpec::default()
-                .keepalive
-                .as_secs_f64()
-                * 1000.0,
+            keepalive_ms: crate::manifest::default_keepalive().as_secs_f64() * 1000.0,
             device_callers: 1.0,
         }
     }
@@ -556,9 +553,9 @@ impl Planner {
                     seen
                 }
             };
+            let k = self.place(place);
             if size > 0.0 {
                 let r = (seen / size).clamp(0.01, 100.0);
-                let k = self.place(place);
                 k.slowness = if k.slowness_seen {
                     0.95 * k.slowness + 0.05 * r
                 } else {
@@ -567,7 +564,6 @@ impl Planner {
                 k.slowness_seen = true;
             }
             // What calls there wait behind (see `Analytic::work_ms`).
-            let k = self.place(place);
             k.work_ms = Some(k.work_ms.map_or(s, |w| w + WORK_WEIGHT * (s - w)));
             let slow = k.slowness;
             if let Some(e) = self.size.get_mut(function) {
