@@ -168,7 +168,7 @@ mod tests {
             let other = Released::open(&store, "fogline-b").unwrap();
             assert!(!other.already_stored(&publish(7, true)));
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = crate::store::reopen(dir.path());
         let r = Released::open(&store, "fogline-a").unwrap();
         assert!(
             r.already_stored(&publish(7, true)),
