@@ -567,19 +567,7 @@ async fn certificates_reload_without_a_restart() {
 async fn a_keyed_invoke_runs_once_per_caller_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
-    let node = quic_node(
-        dir.path(),
-        "node",
-        "node-1",
-        &pki.issue("node-1", "node", &[]),
-        "",
-    );
-    assert_eq!(
-        deploy(&node, "hello", "hello/hello.wasm", json!({}))
-            .await
-            .status(),
-        201
-    );
+    let node = node_running(dir.path(), &pki, "hello").await;
     let addr = node.quic.unwrap();
     let runs = || async {
         let (_, m) = get(&authed(&node.token), format!("{}/metrics", node.url)).await;
@@ -624,6 +612,14 @@ async fn a_keyed_invoke_runs_once_per_caller_and_key() {
     assert_eq!(runs().await, 5);
 }
 
+/// A node (`node-1`) serving QUIC with example function `f` deployed.
+async fn node_running(dir: &Path, pki: &Pki, f: &str) -> NodeProc {
+    let node = quic_node(dir, "node", "node-1", &pki.issue("node-1", "node", &[]), "");
+    let wasm = format!("{f}/{f}.wasm");
+    assert_eq!(deploy(&node, f, &wasm, json!({})).await.status(), 201);
+    node
+}
+
 /// Invokes `hello` at `addr` through `c`, handing `key` with it; the answer's body.
 async fn keyed_call(addr: SocketAddr, c: &Client, key: Option<&str>, body: &'static str) -> String {
     let req = Request {
@@ -638,4 +634,47 @@ async fn keyed_call(addr: SocketAddr, c: &Client, key: Option<&str>, body: &'sta
             .unwrap();
     assert_eq!(reply.result.status, 200);
     String::from_utf8(reply.body.to_vec()).unwrap()
+}
+
+/// Every answer says the member's load as it answered (calls running and queued there,
+/// the answered one done): a router's fresher look than the member's last report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_carries_the_members_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let node = node_running(dir.path(), &pki, "wait").await;
+    let addr = node.quic.unwrap();
+    let c = std::sync::Arc::new(
+        Client::new(&TlsDir::load(&pki.issue("dev-a", "client", &[])).unwrap()).unwrap(),
+    );
+    let call = |c: std::sync::Arc<Client>, ms: &'static str| async move {
+        let req = Request {
+            function: "wait".into(),
+            manifest: None,
+            body: Bytes::from_static(ms.as_bytes()),
+            via: None,
+        };
+        let reply = c.invoke(addr, &req, &NoModules).await.unwrap();
+        assert_eq!(reply.result.status, 200);
+        reply.result.load
+    };
+    // Alone (and loaded by this first call), nothing else is there.
+    assert_eq!(call(c.clone(), "0").await, Some(0));
+    let long = tokio::spawn(call(c.clone(), "3000"));
+    // Once the long call runs, a short one's answer counts it.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let load = call(c.clone(), "0").await;
+        if load == Some(1) {
+            break;
+        }
+        assert_eq!(load, Some(0), "only the long call can be there");
+        assert!(Instant::now() < deadline, "the long call was never counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        long.await.unwrap(),
+        Some(0),
+        "the long call's answer: it is done"
+    );
 }

@@ -3,9 +3,10 @@
 //! round trip ping measured, the router's own calls in flight there, and the places it
 //! benched. One set of rules for the live router and the simulator: a member is listed when
 //! alive, not benched, of the pinned tier (if any) and able to run the function's sandbox;
-//! its load per core is its report's calls in flight and queued, brought up to date with
-//! the router's own calls sent and finished there since ([`Mine`]); warm functions and
-//! service times are the report's.
+//! its load per core is its report's calls in flight and queued (or, when newer, what the
+//! member's last answer to this router said), brought up to date with the router's own
+//! calls sent and finished there since ([`Mine`]); warm functions and service times are
+//! the report's.
 
 use crate::attempts::Bench;
 use crate::config::Tier;
@@ -71,11 +72,23 @@ pub struct Mine {
     /// In flight there now.
     pub now: u32,
     /// The newest report's number and `now` when the router first built candidates after
-    /// it arrived (a report counts the calls that were there when it was made).
+    /// it arrived (a report counts the calls that were there when it was made), or when
+    /// it last heard an answer under that report.
     at_report: Option<(u64, u32)>,
+    /// The load the member's last answer said, when it came after the newest report.
+    heard: Option<u32>,
 }
 
 impl Mine {
+    /// The member answered one of the router's calls (already [`Mine::done`]) saying it
+    /// had `load` calls, when its newest report was `seq`: until a newer report, its load
+    /// is that, brought up to date with the router's own calls the same way. (The router's
+    /// calls sent while the answer travelled back are taken as counted in it.)
+    pub fn heard(&mut self, seq: u64, load: u32) {
+        self.at_report = Some((seq, self.now));
+        self.heard = Some(load);
+    }
+
     pub fn sent(&mut self) {
         self.now = self.now.saturating_add(1);
     }
@@ -85,16 +98,18 @@ impl Mine {
     }
 
     /// The member's load now, as far as this router can tell from a report that counted
-    /// `reported` (numbered `seq`): the report's, plus the calls the router sent there
-    /// since, less its calls there that finished since; never less than its own calls
-    /// there now. Ten calls reported a second ago, nine of them this router's and since
-    /// answered, leave one, where the report alone says ten.
+    /// `reported` (numbered `seq`) and the answers heard since: the report's (or the last
+    /// answer's), plus the calls the router sent there since, less its calls there that
+    /// finished since; never less than its own calls there now. Ten calls reported a
+    /// second ago, nine of them this router's and since answered, leave one, where the
+    /// report alone says ten.
     pub fn load(&mut self, seq: u64, reported: u32) -> u32 {
-        let at = match self.at_report {
-            Some((s, at)) if s == seq => at,
+        let (at, reported) = match self.at_report {
+            Some((s, at)) if s == seq => (at, self.heard.unwrap_or(reported)),
             _ => {
                 self.at_report = Some((seq, self.now));
-                self.now
+                self.heard = None;
+                (self.now, reported)
             }
         };
         let est = i64::from(reported) + i64::from(self.now) - i64::from(at);
@@ -324,5 +339,30 @@ mod tests {
         mine.sent();
         // Report 3, made before that call arrived, says nothing is there.
         assert_eq!(mine.load(3, 0), 1, "never below its own calls there");
+    }
+
+    #[test]
+    fn an_answer_says_the_load_until_a_newer_report() {
+        let mut mine = Mine::default();
+        mine.sent();
+        mine.sent();
+        assert_eq!(mine.load(1, 4), 4, "the report counts both");
+        // One answered, saying seven calls were there (others' calls came since).
+        mine.done();
+        mine.heard(1, 7);
+        assert_eq!(mine.load(1, 4), 7);
+        mine.sent();
+        assert_eq!(mine.load(1, 4), 8, "one more sent since the answer");
+        mine.done();
+        mine.done();
+        assert_eq!(mine.load(1, 4), 6, "and two answered");
+        // A newer report replaces what the answer said.
+        assert_eq!(mine.load(2, 3), 3);
+        // An answer heard under an older report than the newest one the router built
+        // with is dropped at the next look.
+        mine.sent();
+        mine.done();
+        mine.heard(1, 9);
+        assert_eq!(mine.load(2, 3), 3);
     }
 }

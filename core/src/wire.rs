@@ -239,6 +239,40 @@ pub struct InvokeResult {
     pub run_us: u64,
     pub node: String,
     pub body_len: u64,
+    /// The answering member's calls in flight and queued as it answered, this one done: a
+    /// router's fresher look at its load than the last report. Last, so a result from a
+    /// release before it is still read (as `None`).
+    pub load: Option<u32>,
+}
+
+/// `InvokeResult` as releases before it carried the load sent it.
+#[derive(Deserialize)]
+struct InvokeResultV1 {
+    status: u16,
+    cold: bool,
+    run_us: u64,
+    node: String,
+    body_len: u64,
+}
+
+fn result_payload(kind: Kind, p: &[u8]) -> Result<InvokeResult, WireError> {
+    postcard::from_bytes::<InvokeResult>(p)
+        .or_else(|e| {
+            postcard::from_bytes::<InvokeResultV1>(p)
+                .map(|v| InvokeResult {
+                    status: v.status,
+                    cold: v.cold,
+                    run_us: v.run_us,
+                    node: v.node,
+                    body_len: v.body_len,
+                    load: None,
+                })
+                .map_err(|_| e)
+        })
+        .map_err(|e| WireError::Malformed {
+            kind,
+            problem: e.to_string(),
+        })
 }
 
 /// An error, with the HTTP-like status it maps to and whether retrying can help.
@@ -314,7 +348,7 @@ pub fn decode_payload(kind: Kind, payload: &[u8]) -> Result<Frame, WireError> {
         Kind::Invoke => Ok(Frame::Invoke(invoke_payload(kind, payload)?)),
         Kind::Data => Ok(Frame::Data(payload.to_vec())),
         Kind::End => empty(Frame::End),
-        Kind::Result => Ok(Frame::Result(msg(kind, payload)?)),
+        Kind::Result => Ok(Frame::Result(result_payload(kind, payload)?)),
         Kind::Error => Ok(Frame::Error(msg(kind, payload)?)),
         Kind::NeedModule => {
             let raw: [u8; 32] = payload.try_into().map_err(|_| WireError::Malformed {
@@ -514,6 +548,7 @@ mod tests {
             run_us: 12,
             node: "n".into(),
             body_len: 3,
+            load: Some(7),
         }));
         roundtrip(Frame::Error(WireErrorMsg {
             status: 429,
@@ -568,6 +603,17 @@ mod tests {
         );
     }
 
+    /// Decodes one frame of `kind` around `payload`.
+    fn one_frame(kind: Kind, payload: &[u8]) -> Frame {
+        let bytes = [
+            &[VERSION, kind as u8, 0, 0][..],
+            &(payload.len() as u32).to_be_bytes(),
+            payload,
+        ]
+        .concat();
+        Decoder.decode(&bytes).unwrap().unwrap().0
+    }
+
     #[test]
     fn an_invoke_from_a_release_before_federation_is_read() {
         #[derive(Serialize)]
@@ -586,21 +632,34 @@ mod tests {
             key: Some("k".into()),
         })
         .unwrap();
-        let (f, _) = Decoder
-            .decode(
-                &[
-                    &[VERSION, Kind::Invoke as u8, 0, 0][..],
-                    &(payload.len() as u32).to_be_bytes(),
-                    &payload,
-                ]
-                .concat(),
-            )
-            .unwrap()
-            .unwrap();
+        let f = one_frame(Kind::Invoke, &payload);
         let Frame::Invoke(inv) = f else {
             panic!("{f:?}")
         };
         assert_eq!((inv.key.as_deref(), inv.via), (Some("k"), None));
+    }
+
+    #[test]
+    fn a_result_from_a_release_before_it_carried_the_load_is_read() {
+        #[derive(Serialize)]
+        struct V1 {
+            status: u16,
+            cold: bool,
+            run_us: u64,
+            node: String,
+            body_len: u64,
+        }
+        let payload = postcard::to_allocvec(&V1 {
+            status: 200,
+            cold: false,
+            run_us: 5,
+            node: "edge-1".into(),
+            body_len: 2,
+        })
+        .unwrap();
+        let f = one_frame(Kind::Result, &payload);
+        let Frame::Result(r) = f else { panic!("{f:?}") };
+        assert_eq!((r.node.as_str(), r.body_len, r.load), ("edge-1", 2, None));
     }
 
     #[test]

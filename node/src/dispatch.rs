@@ -36,6 +36,9 @@ pub struct Placed {
     /// Whether the member it ran on fetched the module from us first (calls sent to
     /// another member); none when it ran here.
     pub module_sent: Option<bool>,
+    /// The answering member's calls running and queued as it answered (a QUIC answer
+    /// carries it); none when it ran here or the member is of a release before it.
+    pub load: Option<u32>,
 }
 
 impl Placed {

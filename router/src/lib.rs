@@ -601,8 +601,19 @@ impl Router {
                 },
                 None => run.await,
             };
+            // An answer says the member's load as it answered: fresher than its last
+            // report (a peer cluster's answers carry none; its summary gives its load).
+            let heard = match (&result, mesh) {
+                (Ok(Ok(Placed { load: Some(l), .. })), Some(mesh)) => mesh
+                    .with_view(|v| v.get(&place.id).map(|m| m.report.seq))
+                    .map(|seq| (seq, *l)),
+                _ => None,
+            };
             if let Some(n) = lock(&self.outstanding).get_mut(&place.id) {
                 n.done();
+                if let Some((seq, load)) = heard {
+                    n.heard(seq, load);
+                }
             }
             let took_ms = t0.elapsed().as_secs_f64() * 1e3;
             let (outcome, answer) = match result {

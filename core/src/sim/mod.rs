@@ -254,6 +254,53 @@ struct Node {
     /// Down intervals, sorted.
     down: Vec<(f64, f64)>,
     seq: u64,
+    /// Its calls admitted lately: its load as it sent an answer, which the answer carries.
+    log: LoadLog,
+}
+
+/// How far back a node can say what its load was, ms.
+const LOAD_LOG_MS: f64 = 10_000.0;
+
+/// A node's calls admitted lately, to say its load at a moment already past (calls are
+/// simulated one after another, each to its end, so a call's answer is decided before the
+/// calls that arrive while it runs): arrival and finish times, each sorted, and how many
+/// of each were dropped from the front, older than [`LOAD_LOG_MS`].
+#[derive(Default)]
+struct LoadLog {
+    admits: Vec<f64>,
+    finishes: Vec<f64>,
+    dropped: (u64, u64),
+}
+
+impl LoadLog {
+    /// Calls admitted and not finished at `t` (`None` when `t` is before what it keeps).
+    fn at(&self, t: f64) -> Option<u32> {
+        if self.dropped.0 > 0 && self.admits.first().is_none_or(|first| t < *first) {
+            return None;
+        }
+        let a = self.dropped.0 + self.admits.partition_point(|x| *x <= t) as u64;
+        let f = self.dropped.1 + self.finishes.partition_point(|x| *x <= t) as u64;
+        Some(u32::try_from(a.saturating_sub(f)).unwrap_or(u32::MAX))
+    }
+
+    /// A call admitted at `arrive` that finishes at `finish`.
+    fn add(&mut self, arrive: f64, finish: f64) {
+        let at = self.admits.partition_point(|x| *x <= arrive);
+        self.admits.insert(at, arrive);
+        let at = self.finishes.partition_point(|x| *x <= finish);
+        self.finishes.insert(at, finish);
+        if self.admits.len() >= 512 {
+            // Each count stays right from the horizon on: a call admitted before it and
+            // finishing after it is dropped from the admits and kept in the finishes.
+            let horizon = arrive - LOAD_LOG_MS;
+            let a = self.admits.partition_point(|x| *x < horizon);
+            let f = self.finishes.partition_point(|x| *x < horizon);
+            self.admits.drain(..a);
+            self.finishes.drain(..f);
+            self.dropped.0 += a as u64;
+            self.dropped.1 += f as u64;
+        }
+    }
 }
 
 /// A device that has not pinged a node yet.
@@ -349,6 +396,8 @@ struct Attempt {
     cold: bool,
     /// What the cold start added.
     cold_ms: f64,
+    /// When it reached the place.
+    arrive: f64,
     start: f64,
     finish: f64,
 }
@@ -360,6 +409,9 @@ struct SiteRouter {
     /// When each of its calls at each node will be back, and those calls as candidate
     /// building counts them.
     mine: HashMap<usize, (BinaryHeap<Reverse<u64>>, Mine)>,
+    /// Its answers on their way back from each node: when each is back, and when the node
+    /// sent it (the moment whose load it carries).
+    answers: HashMap<usize, BinaryHeap<Reverse<(u64, u64)>>>,
     bench: Bench,
     /// Arrivals per function (prepare-ahead's forecast), the functions called since the
     /// last forecast, and when each (function, node) was last prepared.
@@ -448,6 +500,7 @@ impl<'a> World<'a> {
             free: (0..cores).map(|_| Reverse(0f64.to_bits())).collect(),
             running: BinaryHeap::new(),
             running_fn: HashMap::default(),
+            log: LoadLog::default(),
             warm: HashMap::default(),
             service: HashMap::default(),
             reported_at: 0.0,
@@ -685,6 +738,7 @@ impl<'a> World<'a> {
                     refused: false,
                     cold,
                     cold_ms: if cold { f.cold_ms } else { 0.0 },
+                    arrive: ta,
                     start,
                     finish,
                 }
@@ -715,6 +769,7 @@ impl<'a> World<'a> {
                         refused: true,
                         cold: false,
                         cold_ms: 0.0,
+                        arrive,
                         start: arrive,
                         finish: arrive,
                     };
@@ -734,6 +789,7 @@ impl<'a> World<'a> {
                         refused: false,
                         cold,
                         cold_ms: if cold { f.cold_ms } else { 0.0 },
+                        arrive,
                         start,
                         finish,
                     },
@@ -743,6 +799,7 @@ impl<'a> World<'a> {
                         refused: false,
                         cold,
                         cold_ms: if cold { f.cold_ms } else { 0.0 },
+                        arrive,
                         start,
                         finish,
                     },
@@ -775,6 +832,7 @@ impl<'a> World<'a> {
                     return;
                 }
                 n.running.push(Reverse(a.finish.to_bits()));
+                n.log.add(a.arrive, a.finish);
                 n.running_fn
                     .entry(c.func)
                     .or_default()
@@ -812,9 +870,10 @@ impl<'a> World<'a> {
     }
 
     /// The places a router would list for `c` at `t`, from what it knows: the view's
-    /// live members less the benched, each with its last report (in flight, brought up to
-    /// date with the router's own calls sent and back since; warm functions and service
-    /// times as of the report), the pinged round trip, and the device itself (which knows its own state).
+    /// live members less the benched, each with its last report (in flight, or what its
+    /// last answer back since said, brought up to date with the router's own calls sent
+    /// and back since; warm functions and service times as of the report), the pinged
+    /// round trip, and the device itself (which knows its own state).
     fn candidates(&mut self, c: &Call, t: f64, router: &mut SiteRouter, out: &mut Vec<Cand>) {
         out.clear();
         let site = self.device_site[c.device as usize];
@@ -831,6 +890,23 @@ impl<'a> World<'a> {
             let rtt_ms = self.pinged_rtt(c.device, k, i, t);
             let (back, mine) = router.mine.entry(i).or_default();
             mine.now = drain_until(back, t) as u32;
+            // The newest answer back since: the node's load when it sent it, if that is
+            // newer than its last report.
+            let mut sent = None;
+            if let Some(h) = router.answers.get_mut(&i) {
+                while let Some(Reverse((b, s))) = h.peek().copied() {
+                    if f64::from_bits(b) > t {
+                        break;
+                    }
+                    h.pop();
+                    sent = Some(f64::from_bits(s).max(sent.unwrap_or(0.0)));
+                }
+            }
+            if let Some(s) = sent.filter(|s| *s > self.nodes[i].reported_at) {
+                if let Some(load) = self.nodes[i].log.at(s) {
+                    mine.heard(self.nodes[i].seq, load);
+                }
+            }
             let x = facts(&self.seen(i), &wants, mine, Some(rtt_ms));
             out.push(Cand {
                 at: Where::Node(i),
@@ -935,6 +1011,7 @@ fn run_policy(
         .map(|_| SiteRouter {
             policy: p.build(128),
             mine: HashMap::default(),
+            answers: HashMap::default(),
             bench: Bench::default(),
             arrivals: HashMap::default(),
             recent: Vec::new(),
@@ -1069,6 +1146,13 @@ fn run_policy(
                     a.done,
                 )
             };
+            if let (Where::Node(n), Outcome::Answered { .. }) = (at, &outcome) {
+                router
+                    .answers
+                    .entry(n)
+                    .or_default()
+                    .push(Reverse((now.to_bits(), a.finish.to_bits())));
+            }
             if let Where::Node(n) = at {
                 if !a.refused {
                     router
@@ -1329,6 +1413,50 @@ mod tests {
         s.sites = 4;
         s.functions = 20;
         s
+    }
+
+    #[test]
+    fn a_node_says_its_load_at_a_moment_past() {
+        let mut log = LoadLog::default();
+        // Logged in the order calls are simulated: the second arrives first.
+        log.add(10.0, 50.0);
+        log.add(5.0, 20.0);
+        log.add(30.0, 40.0);
+        let at = |t| log.at(t);
+        assert_eq!(
+            (
+                at(0.0),
+                at(5.0),
+                at(15.0),
+                at(20.0),
+                at(35.0),
+                at(45.0),
+                at(50.0)
+            ),
+            (
+                Some(0),
+                Some(1),
+                Some(2),
+                Some(1),
+                Some(2),
+                Some(1),
+                Some(0)
+            )
+        );
+        // Past 512 calls it drops what is older than its horizon, and still counts a call
+        // admitted before the horizon that runs past it.
+        for k in 0..600 {
+            let t = 100.0 + f64::from(k) * 100.0;
+            log.add(t, if k == 0 { 1e9 } else { t + 50.0 });
+        }
+        assert!(log.admits.len() < 512, "{}", log.admits.len());
+        assert_eq!(log.at(5.0), None, "before the horizon");
+        assert_eq!(
+            log.at(59_925.0),
+            Some(1 + 1),
+            "the long call and one at 59,900"
+        );
+        assert_eq!(log.at(59_975.0), Some(1));
     }
 
     #[test]

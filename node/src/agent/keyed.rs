@@ -222,6 +222,7 @@ impl Node {
                     run_ms: 0.0,
                     attempts: 1,
                     module_sent: None,
+                    load: None,
                 });
             }
         }

@@ -708,6 +708,7 @@ impl Node {
             attempts: 1,
             body: out.stdout,
             module_sent: None,
+            load: None,
         }
     }
 
@@ -768,6 +769,13 @@ impl Node {
             .invoke(&f.manifest, Invocation { body }, &StoreSource(&self.store))
             .await
             .map_err(exec)
+    }
+
+    /// Calls running and queued here now: a load report's `in_flight + queued`, which
+    /// every QUIC answer also carries (a router's fresher look than the last report).
+    pub fn load(&self) -> u32 {
+        let queued = u32::try_from(self.queue.depth()).unwrap_or(u32::MAX);
+        self.executors.in_use().saturating_add(queued)
     }
 
     pub fn gauges(&self) -> Gauges {

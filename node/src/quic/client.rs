@@ -79,6 +79,7 @@ impl Reply {
             run_ms: self.result.run_us as f64 / 1e3,
             attempts: 1,
             module_sent: Some(self.sent_module),
+            load: self.result.load,
         }
     }
 }

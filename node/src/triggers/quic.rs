@@ -610,6 +610,7 @@ async fn serve_invoke(
                 run_us: (out.run_ms * 1e3) as u64,
                 node: out.node,
                 body_len: out.body.len() as u64,
+                load: Some(node.load()),
             };
             write_frames(send, Some(&Frame::Result(res)), &out.body).await
         }
@@ -664,8 +665,11 @@ async fn relay(
     // The key crosses the link: the provider's member runs it once per key.
     match crate::agent::keyed::with(inv.key.clone(), fed.relay(&via, req)).await {
         Ok(out) => {
+            // The answering member's load is one member's of the peer cluster, not the
+            // place the router sent it to (the cluster, whose load its summary gives).
             let res = InvokeResult {
                 body_len: out.body.len() as u64,
+                load: None,
                 ..out.result
             };
             write_frames(send, Some(&Frame::Result(res)), &out.body).await
