@@ -637,7 +637,8 @@ async fn keyed_call(addr: SocketAddr, c: &Client, key: Option<&str>, body: &'sta
 }
 
 /// Every answer says the member's load as it answered (calls running and queued there,
-/// the answered one done): a router's fresher look than the member's last report.
+/// the answered one done): a router's fresher look than the member's last report; and
+/// its start-up time, which a router takes off a cold call's to learn the function's own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_carries_the_members_load() {
     let dir = tempfile::tempdir().unwrap();
@@ -656,6 +657,9 @@ async fn an_answer_carries_the_members_load() {
         };
         let reply = c.invoke(addr, &req, &NoModules).await.unwrap();
         assert_eq!(reply.result.status, 200);
+        // It also says how much of its time was start-up (loading, instantiating).
+        let startup = reply.result.startup_us.expect("the start-up time");
+        assert!(startup <= reply.result.run_us, "{:?}", reply.result);
         reply.result.load
     };
     // Alone (and loaded by this first call), nothing else is there.

@@ -240,12 +240,15 @@ pub struct InvokeResult {
     pub node: String,
     pub body_len: u64,
     /// The answering member's calls in flight and queued as it answered, this one done: a
-    /// router's fresher look at its load than the last report. Last, so a result from a
-    /// release before it is still read (as `None`).
+    /// router's fresher look at its load than the last report. Last (with `startup_us`),
+    /// so a result from a release before them is still read (as `None`).
     pub load: Option<u32>,
+    /// Of `run_us`, the time spent loading the function's code and instantiating it before
+    /// it ran: what a router takes off a cold call's time to learn the function's own.
+    pub startup_us: Option<u64>,
 }
 
-/// `InvokeResult` as releases before it carried the load sent it.
+/// `InvokeResult` as releases before it carried the load and start-up time sent it.
 #[derive(Deserialize)]
 struct InvokeResultV1 {
     status: u16,
@@ -266,6 +269,7 @@ fn result_payload(kind: Kind, p: &[u8]) -> Result<InvokeResult, WireError> {
                     node: v.node,
                     body_len: v.body_len,
                     load: None,
+                    startup_us: None,
                 })
                 .map_err(|_| e)
         })
@@ -549,6 +553,7 @@ mod tests {
             node: "n".into(),
             body_len: 3,
             load: Some(7),
+            startup_us: Some(40),
         }));
         roundtrip(Frame::Error(WireErrorMsg {
             status: 429,
@@ -659,7 +664,10 @@ mod tests {
         .unwrap();
         let f = one_frame(Kind::Result, &payload);
         let Frame::Result(r) = f else { panic!("{f:?}") };
-        assert_eq!((r.node.as_str(), r.body_len, r.load), ("edge-1", 2, None));
+        assert_eq!(
+            (r.node.as_str(), r.body_len, r.load, r.startup_us),
+            ("edge-1", 2, None, None)
+        );
     }
 
     #[test]

@@ -29,8 +29,11 @@ pub struct Placed {
     pub predicted_ms: Option<f64>,
     /// End-to-end time as the router saw it, ms.
     pub took_ms: f64,
-    /// The function's own time at the place, ms.
+    /// The function's time at the place, its start-up included, ms.
     pub run_ms: f64,
+    /// Of `run_ms`, loading and instantiating it before it ran (none when the place did
+    /// not say: a member of a release before it, or an answer replayed).
+    pub startup_ms: Option<f64>,
     /// Places tried (more than one after a failure of an idempotent call).
     pub attempts: u32,
     /// Whether the member it ran on fetched the module from us first (calls sent to
@@ -42,6 +45,15 @@ pub struct Placed {
 }
 
 impl Placed {
+    /// The function's own time there: without a cold start's loading, which a router
+    /// predicts apart (a warm call's start-up is part of every call).
+    pub fn service_ms(&self) -> f64 {
+        match self.startup_ms {
+            Some(s) if self.cold => (self.run_ms - s).max(0.0),
+            _ => self.run_ms,
+        }
+    }
+
     /// Where it ran, as callers are told: `node (tier)`.
     pub fn place(&self) -> String {
         format!("{} ({})", self.node, self.tier.as_str())
@@ -105,4 +117,34 @@ pub trait Dispatch: Send + Sync {
 
     /// Placement's own Prometheus metrics, appended to the member's `/metrics`.
     fn metrics(&self, _out: &mut String) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cold_calls_service_time_leaves_out_its_loading() {
+        let placed = |cold, startup_ms| Placed {
+            body: Bytes::new(),
+            node: "edge-1".into(),
+            tier: Tier::Edge,
+            cold,
+            truncated: false,
+            predicted_ms: None,
+            took_ms: 0.0,
+            run_ms: 250.0,
+            attempts: 1,
+            module_sent: None,
+            load: None,
+            startup_ms,
+        };
+        assert_eq!(placed(true, Some(240.0)).service_ms(), 10.0);
+        assert_eq!(
+            placed(false, Some(0.5)).service_ms(),
+            250.0,
+            "warm: all of it"
+        );
+        assert_eq!(placed(true, None).service_ms(), 250.0, "not said");
+    }
 }

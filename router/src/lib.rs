@@ -620,7 +620,7 @@ impl Router {
                 Ok(Ok(placed)) => (
                     Outcome::Answered {
                         took_ms,
-                        service_ms: Some(placed.run_ms),
+                        service_ms: Some(placed.service_ms()),
                         response_kb: Some(placed.body.len() as f64 / 1024.0),
                         cold: placed.cold,
                     },

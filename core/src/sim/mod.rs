@@ -816,7 +816,8 @@ impl<'a> World<'a> {
             Where::Device => {
                 self.device_free[c.device as usize] = a.finish;
                 self.device_warm.insert((c.device, c.func), a.finish);
-                let took = a.finish - a.start;
+                // Its own time, as a node reports it: without the cold start.
+                let took = a.finish - a.start - a.cold_ms;
                 let e = self
                     .device_service
                     .entry((c.device, c.func))
@@ -838,7 +839,9 @@ impl<'a> World<'a> {
                     .or_default()
                     .push(Reverse(a.finish.to_bits()));
                 n.warm.insert(c.func, a.finish);
-                let took = a.finish - a.start;
+                // The service time it reports is the function's own, without the cold
+                // start (a router adds a cold start where the function is not warm).
+                let took = a.finish - a.start - a.cold_ms;
                 let e = n.service.entry(c.func).or_insert(took);
                 *e = 0.8 * *e + 0.2 * took;
                 n.dirty.push(c.func);

@@ -220,6 +220,7 @@ impl Node {
                     predicted_ms: None,
                     took_ms: 0.0,
                     run_ms: 0.0,
+                    startup_ms: None,
                     attempts: 1,
                     module_sent: None,
                     load: None,

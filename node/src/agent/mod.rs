@@ -705,6 +705,7 @@ impl Node {
             predicted_ms: None,
             took_ms: took.as_secs_f64() * 1e3,
             run_ms: (out.startup + out.run).as_secs_f64() * 1e3,
+            startup_ms: Some(out.startup.as_secs_f64() * 1e3),
             attempts: 1,
             body: out.stdout,
             module_sent: None,
@@ -736,7 +737,13 @@ impl Node {
                     &[],
                 );
                 crate::traces::past("run", out.run, out.run, &[]);
-                metrics.observe_service(out.startup + out.run);
+                // The service time reports carry is the function's own: a cold start's
+                // loading is not (routers add a cold start where it is not warm).
+                metrics.observe_service(if out.cold {
+                    out.run
+                } else {
+                    out.startup + out.run
+                });
                 if out.cold {
                     metrics.cold_start.observe(out.startup);
                     self.metrics.cold_starts.fetch_add(1, Ordering::Relaxed);

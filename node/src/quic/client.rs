@@ -77,6 +77,7 @@ impl Reply {
             predicted_ms: None,
             took_ms: 0.0,
             run_ms: self.result.run_us as f64 / 1e3,
+            startup_ms: self.result.startup_us.map(|us| us as f64 / 1e3),
             attempts: 1,
             module_sent: Some(self.sent_module),
             load: self.result.load,

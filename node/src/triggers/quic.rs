@@ -611,6 +611,7 @@ async fn serve_invoke(
                 node: out.node,
                 body_len: out.body.len() as u64,
                 load: Some(node.load()),
+                startup_us: out.startup_ms.map(|ms| (ms * 1e3) as u64),
             };
             write_frames(send, Some(&Frame::Result(res)), &out.body).await
         }
