@@ -112,7 +112,8 @@ fn regression_stays_near_the_oracle_and_beats_the_static_policies_on_every_scena
     }
     let (p99, mean) = ((log_p99 / cells).exp(), (log_mean / cells).exp());
     eprintln!("over every cell (geometric mean): regression/oracle p99 {p99:.3}x mean {mean:.3}x");
-    // Deterministic for these seeds: 1.144x and 1.038x today; 1.140x and 1.055x before a
+    // Deterministic for these seeds: 1.127x and 1.030x today; 1.144x and 1.038x before a
+    // device was loaded off the call's path; 1.140x and 1.055x before a
     // member's reported service time left out cold starts; 1.149x and 1.059x before
     // answers carried the member's load; 1.151x and 1.062x before a
     // call was taken to wait behind the place's work rather than copies of itself; 1.149x

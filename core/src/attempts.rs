@@ -295,6 +295,7 @@ mod tests {
             explored: false,
             meets_deadline: true,
             timed: true,
+            load_device: false,
         }
     }
 

@@ -84,6 +84,11 @@ pub struct Plan {
     pub meets_deadline: bool,
     /// Its scores are times (ms), so how long to wait at a place may follow from them.
     pub timed: bool,
+    /// The device place is cold for the function, and won only by what loading it gives
+    /// back later (see [`Reuse`]): the driver loads the function there off the call's
+    /// path, and the call goes to the best other place. (Run there cold, the call would
+    /// pay the load itself, and such calls make a tail.)
+    pub load_device: bool,
 }
 
 impl Plan {
@@ -441,14 +446,40 @@ impl Planner {
                 extra_ms,
             });
         }
-        let d = choose(&scored, call.deadline_ms, &call.weights, roll)?;
+        let mut d = choose(&scored, call.deadline_ms, &call.weights, roll)?;
+        let mut load_device = false;
+        if let Some(other) = Self::instead_of_loading(&scored, d.index, call, roll) {
+            (d, load_device) = (other, true);
+        }
         Some(Plan {
             scored,
             chosen: d.index,
             explored: d.explored,
             meets_deadline: d.meets_deadline,
             timed: true,
+            load_device,
         })
+    }
+
+    /// Where a call goes while the function loads on the device: when `chosen` is a cold
+    /// device that won by its reuse credit alone (another place is predicted faster than
+    /// it, cold), the choice without it.
+    #[cold]
+    fn instead_of_loading(
+        scored: &[Scored],
+        chosen: usize,
+        call: &Call<'_>,
+        roll: f64,
+    ) -> Option<crate::policy::Decision> {
+        let dev = &scored[chosen];
+        if dev.tier != Tier::Device || !dev.features.cold || dev.extra_ms >= 0.0 {
+            return None;
+        }
+        let mut without = scored.to_vec();
+        without[chosen].predicted_ms = f64::INFINITY;
+        let other = choose(&without, call.deadline_ms, &call.weights, roll)?;
+        (other.index != chosen && without[other.index].predicted_ms < dev.predicted_ms)
+            .then_some(other)
     }
 
     /// The share of a cold device's cold start that its next calls would get back, k/(k + 1)
@@ -997,19 +1028,27 @@ mod tests {
         // Called every second by one device with a minute's keepalive: about sixty calls
         // would run warm, so the device is loaded now.
         let (often, plan, c) = decide(1.0, 1000.0);
-        assert_eq!(plan.chosen, 1, "{plan:?}");
+        // It is loaded off the call's path, which goes to the edge meanwhile.
+        assert_eq!((plan.chosen, plan.load_device), (0, true), "{plan:?}");
         let d = &plan.scored[1];
         assert!(d.predicted_ms > 100.0, "the prediction stays honest: {d:?}");
         assert!(d.extra_ms < -90.0 && d.extra_ms > -100.0, "{d:?}");
         // Every two minutes: past the keepalive, the next call would find it unloaded.
         let (_, plan, _) = decide(1.0, 120_000.0);
-        assert_eq!(plan.chosen, 0, "{plan:?}");
+        assert_eq!((plan.chosen, plan.load_device), (0, false), "{plan:?}");
         // Every second, but shared by a thousand devices: each calls it every 1000 s.
         let (_, plan, _) = decide(1000.0, 1000.0);
-        assert_eq!(plan.chosen, 0, "{plan:?}");
+        assert_eq!((plan.chosen, plan.load_device), (0, false), "{plan:?}");
         // A warm device needs no credit.
         let plan = often.plan(&c, &[edge, device(true)], 0.5).unwrap();
         assert_eq!((plan.chosen, plan.scored[1].extra_ms), (1, 0.0));
+        // A cold device faster than every other place, cold, runs the call itself.
+        let far = PlaceInfo {
+            rtt_ms: 400.0,
+            ..edge
+        };
+        let plan = often.plan(&c, &[far, device(false)], 0.5).unwrap();
+        assert_eq!((plan.chosen, plan.load_device), (1, false), "{plan:?}");
     }
 
     #[test]

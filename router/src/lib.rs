@@ -466,6 +466,17 @@ impl Router {
             plan.chosen = i;
             plan.explored = false;
         }
+        if plan.load_device {
+            // The function loads here off the call's path; the call goes elsewhere.
+            if let Some(node) = self.node.upgrade() {
+                let name = function.to_string();
+                tokio::spawn(async move {
+                    if let Err(e) = node.warm_up(&name).await {
+                        tracing::debug!(function = %name, "loading it here failed: {e}");
+                    }
+                });
+            }
+        }
         if placing.recording() {
             placing.attr("chosen", &places[plan.chosen].id);
             placing.attr_static("explored", if plan.explored { "true" } else { "false" });

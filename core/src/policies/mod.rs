@@ -228,6 +228,7 @@ pub(crate) fn plan_by(
         explored: false,
         meets_deadline: d.meets_deadline,
         timed: is_time,
+        load_device: false,
     })
 }
 

@@ -1116,6 +1116,15 @@ fn run_policy(
             failed += u64::from(counted);
             continue;
         };
+        if plan.load_device {
+            // The device loads the function off the call's path (its core busy meanwhile):
+            // warm from then.
+            let cold = w.funcs[c.func as usize].cold_ms;
+            let free = &mut w.device_free[c.device as usize];
+            *free = free.max(c.t) + cold;
+            let ready = *free;
+            w.device_warm.insert((c.device, c.func), ready);
+        }
         let mut attempts = Attempts::new(&plan, c.t, s.timeout_ms, true);
         let mut ta = c.t;
         let outcome = loop {
