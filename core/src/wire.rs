@@ -192,43 +192,53 @@ struct InvokeV2 {
 fn invoke_payload(kind: Kind, p: &[u8]) -> Result<Invoke, WireError> {
     postcard::from_bytes::<Invoke>(p)
         .or_else(|e| {
-            postcard::from_bytes::<InvokeV3>(p)
-                .map(|v| Invoke {
-                    function: v.function,
-                    manifest: v.manifest,
-                    body_len: v.body_len,
-                    trace: v.trace,
-                    key: v.key,
-                    via: None,
-                })
-                .map_err(|_| e)
+            older(p, e, |v: InvokeV3| Invoke {
+                function: v.function,
+                manifest: v.manifest,
+                body_len: v.body_len,
+                trace: v.trace,
+                key: v.key,
+                via: None,
+            })
         })
         .or_else(|e| {
-            postcard::from_bytes::<InvokeV2>(p)
-                .map(|v| Invoke {
-                    function: v.function,
-                    manifest: v.manifest,
-                    body_len: v.body_len,
-                    trace: v.trace,
-                    key: None,
-                    via: None,
-                })
-                .or_else(|_| {
-                    postcard::from_bytes::<InvokeV1>(p).map(|v| Invoke {
-                        function: v.function,
-                        manifest: v.manifest,
-                        body_len: v.body_len,
-                        trace: None,
-                        key: None,
-                        via: None,
-                    })
-                })
-                .map_err(|_| e)
+            older(p, e, |v: InvokeV2| Invoke {
+                function: v.function,
+                manifest: v.manifest,
+                body_len: v.body_len,
+                trace: v.trace,
+                key: None,
+                via: None,
+            })
         })
-        .map_err(|e| WireError::Malformed {
-            kind,
-            problem: e.to_string(),
+        .or_else(|e| {
+            older(p, e, |v: InvokeV1| Invoke {
+                function: v.function,
+                manifest: v.manifest,
+                body_len: v.body_len,
+                trace: None,
+                key: None,
+                via: None,
+            })
         })
+        .map_err(|e| malformed(kind, e))
+}
+
+/// `p` read as `V`, a message as an earlier release sent it, brought up to date by `up`;
+/// when it is not that either, `e`, the newest form's error (the one worth reporting).
+fn older<'a, V: Deserialize<'a>, T>(
+    p: &'a [u8],
+    e: postcard::Error,
+    up: impl FnOnce(V) -> T,
+) -> Result<T, postcard::Error> {
+    postcard::from_bytes::<V>(p).map(up).map_err(|_| e)
+}
+
+fn malformed(kind: Kind, e: postcard::Error) -> WireError {
+    WireError::Malformed {
+        kind,
+        problem: e.to_string(),
+    }
 }
 
 /// Outcome of an invocation; its body follows in `Data` frames.
@@ -261,22 +271,17 @@ struct InvokeResultV1 {
 fn result_payload(kind: Kind, p: &[u8]) -> Result<InvokeResult, WireError> {
     postcard::from_bytes::<InvokeResult>(p)
         .or_else(|e| {
-            postcard::from_bytes::<InvokeResultV1>(p)
-                .map(|v| InvokeResult {
-                    status: v.status,
-                    cold: v.cold,
-                    run_us: v.run_us,
-                    node: v.node,
-                    body_len: v.body_len,
-                    load: None,
-                    startup_us: None,
-                })
-                .map_err(|_| e)
+            older(p, e, |v: InvokeResultV1| InvokeResult {
+                status: v.status,
+                cold: v.cold,
+                run_us: v.run_us,
+                node: v.node,
+                body_len: v.body_len,
+                load: None,
+                startup_us: None,
+            })
         })
-        .map_err(|e| WireError::Malformed {
-            kind,
-            problem: e.to_string(),
-        })
+        .map_err(|e| malformed(kind, e))
 }
 
 /// An error, with the HTTP-like status it maps to and whether retrying can help.
@@ -333,10 +338,7 @@ pub fn parse_header(h: &[u8; HEADER]) -> Result<(Kind, usize), WireError> {
 /// Decodes a frame's payload.
 pub fn decode_payload(kind: Kind, payload: &[u8]) -> Result<Frame, WireError> {
     fn msg<'a, T: Deserialize<'a>>(kind: Kind, p: &'a [u8]) -> Result<T, WireError> {
-        postcard::from_bytes(p).map_err(|e| WireError::Malformed {
-            kind,
-            problem: e.to_string(),
-        })
+        postcard::from_bytes(p).map_err(|e| malformed(kind, e))
     }
     let empty = |f: Frame| {
         if payload.is_empty() {

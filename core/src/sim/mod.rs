@@ -406,18 +406,24 @@ struct Attempt {
 /// at each node, and the places it benched.
 struct SiteRouter {
     policy: Box<dyn crate::policies::Policy>,
-    /// When each of its calls at each node will be back, and those calls as candidate
-    /// building counts them.
-    mine: HashMap<usize, (BinaryHeap<Reverse<u64>>, Mine)>,
-    /// Its answers on their way back from each node: when each is back, and when the node
-    /// sent it (the moment whose load it carries).
-    answers: HashMap<usize, BinaryHeap<Reverse<(u64, u64)>>>,
+    /// Its calls at each node.
+    mine: HashMap<usize, AtNode>,
     bench: Bench,
     /// Arrivals per function (prepare-ahead's forecast), the functions called since the
     /// last forecast, and when each (function, node) was last prepared.
     arrivals: HashMap<u32, Arrivals>,
     recent: Vec<u32>,
     prepared: HashMap<(u32, usize), f64>,
+}
+
+/// A site router's calls at one node: when each will be back, its answers on their way
+/// back (when each is back, and when the node sent it: the moment whose load it carries),
+/// and those calls as candidate building counts them.
+#[derive(Default)]
+struct AtNode {
+    back: BinaryHeap<Reverse<u64>>,
+    answers: BinaryHeap<Reverse<(u64, u64)>>,
+    mine: Mine,
 }
 
 /// A place is asked to prepare a function at most this often (as live), ms.
@@ -891,26 +897,24 @@ impl<'a> World<'a> {
                 continue;
             }
             let rtt_ms = self.pinged_rtt(c.device, k, i, t);
-            let (back, mine) = router.mine.entry(i).or_default();
-            mine.now = drain_until(back, t) as u32;
+            let at = router.mine.entry(i).or_default();
+            at.mine.now = drain_until(&mut at.back, t) as u32;
             // The newest answer back since: the node's load when it sent it, if that is
             // newer than its last report.
             let mut sent = None;
-            if let Some(h) = router.answers.get_mut(&i) {
-                while let Some(Reverse((b, s))) = h.peek().copied() {
-                    if f64::from_bits(b) > t {
-                        break;
-                    }
-                    h.pop();
-                    sent = Some(f64::from_bits(s).max(sent.unwrap_or(0.0)));
+            while let Some(Reverse((b, s))) = at.answers.peek().copied() {
+                if f64::from_bits(b) > t {
+                    break;
                 }
+                at.answers.pop();
+                sent = Some(f64::from_bits(s).max(sent.unwrap_or(0.0)));
             }
             if let Some(s) = sent.filter(|s| *s > self.nodes[i].reported_at) {
                 if let Some(load) = self.nodes[i].log.at(s) {
-                    mine.heard(self.nodes[i].seq, load);
+                    at.mine.heard(self.nodes[i].seq, load);
                 }
             }
-            let x = facts(&self.seen(i), &wants, mine, Some(rtt_ms));
+            let x = facts(&self.seen(i), &wants, &mut at.mine, Some(rtt_ms));
             out.push(Cand {
                 at: Where::Node(i),
                 tier: x.tier,
@@ -1014,7 +1018,6 @@ fn run_policy(
         .map(|_| SiteRouter {
             policy: p.build(128),
             mine: HashMap::default(),
-            answers: HashMap::default(),
             bench: Bench::default(),
             arrivals: HashMap::default(),
             recent: Vec::new(),
@@ -1158,21 +1161,15 @@ fn run_policy(
                     a.done,
                 )
             };
-            if let (Where::Node(n), Outcome::Answered { .. }) = (at, &outcome) {
-                router
-                    .answers
-                    .entry(n)
-                    .or_default()
-                    .push(Reverse((now.to_bits(), a.finish.to_bits())));
-            }
             if let Where::Node(n) = at {
                 if !a.refused {
-                    router
-                        .mine
-                        .entry(n)
-                        .or_default()
-                        .0
-                        .push(Reverse(now.to_bits()));
+                    let calls = router.mine.entry(n).or_default();
+                    calls.back.push(Reverse(now.to_bits()));
+                    if let Outcome::Answered { .. } = outcome {
+                        calls
+                            .answers
+                            .push(Reverse((now.to_bits(), a.finish.to_bits())));
+                    }
                 }
             }
             call.now_ms = ta;
