@@ -8,7 +8,7 @@ use crate::attempts::Outcome;
 use crate::config::Tier;
 use crate::policies::Call;
 use crate::policy::{choose, Scorable};
-use crate::predict::{Analytic, Features, Model, Source};
+use crate::predict::{Analytic, Features, Model, Source, WaitCurve};
 
 /// How long a place that refused a call for capacity is taken to be full, ms.
 pub const FULL_FOR_MS: f64 = 1000.0;
@@ -230,6 +230,8 @@ struct PlaceState {
     full_until: f64,
     /// The mean service time of the calls seen there, ms: what a call waits behind.
     work_ms: Option<f64>,
+    /// How long calls waited there for a core, by the load the router knew of.
+    wait: Option<WaitCurve>,
 }
 
 impl PlaceState {
@@ -242,6 +244,7 @@ impl PlaceState {
                 .and_then(|k| k.cold_ms)
                 .unwrap_or(base.cold_penalty_ms),
             work_ms: known.and_then(|k| k.work_ms),
+            wait: known.and_then(|k| k.wait),
             ..*base
         }
     }
@@ -249,6 +252,9 @@ impl PlaceState {
 
 /// The weight of a new call's service time in a place's [`PlaceState::work_ms`].
 const WORK_WEIGHT: f64 = 0.05;
+
+/// How fast a place's [`WaitCurve`] follows what calls there waited.
+const WAIT_RATE: f64 = 0.1;
 
 /// How long a loaded function stays warm, and how many callers share the planner's device
 /// place: what a cold start on the device buys. Loading a function on the caller's own
@@ -377,7 +383,12 @@ impl Planner {
         known: Option<&PlaceState>,
     ) -> Features {
         Features {
-            payload_kb,
+            // Nothing travels to the caller's own device.
+            payload_kb: if p.tier == Tier::Device {
+                0.0
+            } else {
+                payload_kb
+            },
             rtt_ms: p.rtt_ms,
             load_per_core: p.load_per_core,
             cold: !p.warm,
@@ -584,7 +595,19 @@ impl Planner {
                     seen
                 }
             };
+            let kb_per_ms = self.analytic.kb_per_ms;
             let k = self.place(place);
+            if let Some(work) = k.work_ms.filter(|w| *w > 0.0 && !features.cold) {
+                // How long it waited for a core: what the call took beyond its round
+                // trip, its transfer and its run, in lengths of the work there.
+                let waited =
+                    actual_ms - features.rtt_ms - features.payload_kb / kb_per_ms.max(1e-9) - s;
+                k.wait.get_or_insert_with(WaitCurve::default).learn(
+                    features.load_per_core,
+                    waited / work,
+                    WAIT_RATE,
+                );
+            }
             if size > 0.0 {
                 let r = (seen / size).clamp(0.01, 100.0);
                 k.slowness = if k.slowness_seen {
@@ -654,6 +677,7 @@ impl Planner {
                 cold_ms: None,
                 full_until: f64::NEG_INFINITY,
                 work_ms: None,
+                wait: None,
             });
         }
         n
@@ -1111,11 +1135,12 @@ mod tests {
         ];
         let c = call(1.0, no_explore());
         let f = p.plan(&c, &places, 0.5).unwrap().scored[0].features;
-        // "jumpy" takes 9.5 ms on average (4 or 15 in turn), "steady" 10 ms always.
+        // "jumpy" takes 9.5 ms on average (4 or 15 in turn), "steady" 10 ms always. (No
+        // service times: what varies is the whole call, not a wait for a core.)
         for i in 0..40 {
             let y = if i % 2 == 0 { 4.0 } else { 15.0 };
-            p.observe("f", "jumpy", &f, 10.0, y, Some(4.0));
-            p.observe("f", "steady", &f, 10.0, 10.0, Some(4.0));
+            p.observe("f", "jumpy", &f, 10.0, y, None);
+            p.observe("f", "steady", &f, 10.0, 10.0, None);
             p.refit_due();
         }
         let plan = p.plan(&c, &places, 0.5).unwrap();
@@ -1126,6 +1151,37 @@ mod tests {
         );
         assert!(j.extra_ms > 1.0 && s.extra_ms < 0.5, "{j:?} {s:?}");
         assert_eq!(plan.chosen, 1, "steady: its calls do not overrun");
+    }
+
+    #[test]
+    fn a_place_whose_calls_start_at_once_is_predicted_without_a_queue_for_a_new_function() {
+        let mut p = Planner::new(64);
+        let places = [PlaceInfo {
+            service_ms: Some(20.0),
+            ..place("edge", Tier::Edge, 5.0, 0.5)
+        }];
+        let g = Call {
+            function: "g",
+            ..call(0.0, no_explore())
+        };
+        // The prior: half its cores busy, so half a length of its work ahead.
+        let before = p.plan(&g, &places, 0.5).unwrap().scored[0].predicted_ms;
+        // Function "f" ran there often at that load, and started at once each time.
+        let f = p
+            .plan(&call(0.0, no_explore()), &places, 0.5)
+            .unwrap()
+            .scored[0]
+            .features;
+        for _ in 0..200 {
+            p.observe("f", "edge", &f, 35.0, 5.0 + 20.0, Some(20.0));
+        }
+        let after = p.plan(&g, &places, 0.5).unwrap().scored[0];
+        assert_eq!(after.source, Source::Analytic, "g has no model there");
+        assert!(
+            before > 34.0 && (after.predicted_ms - 25.0).abs() < 1.0,
+            "g: {before} ms before, {} ms after",
+            after.predicted_ms
+        );
     }
 
     #[test]

@@ -45,8 +45,9 @@ impl Features {
     }
 }
 
-/// The analytic estimate: round trip + transfer + queueing (the load per core times the
-/// length of the work there) + service + cold-start penalty.
+/// The analytic estimate: round trip + transfer + queueing (the length of the work there
+/// times what a call waited at that load per core: the load itself until the place's
+/// [`WaitCurve`] is learnt) + service + cold-start penalty.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Analytic {
     /// Throughput of the link, KiB per ms.
@@ -58,6 +59,70 @@ pub struct Analytic {
     /// calls, not behind copies of itself. Until known, the call's own service time
     /// stands for it.
     pub work_ms: Option<f64>,
+    /// How long calls there waited, in lengths of its work, at each load per core of
+    /// [`WAIT_KNOTS`], as learnt there ([`WaitCurve`]); until then, the load itself.
+    pub wait: Option<WaitCurve>,
+}
+
+/// The loads per core at which a [`WaitCurve`] is known; between them it is linear, past
+/// the last it grows as the load does.
+pub const WAIT_KNOTS: [f64; 6] = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0];
+
+/// How long a call waits at a place for a core, in lengths of the work there, against the
+/// load per core the router knew when it sent the call: learnt at each place over every
+/// function. Its prior is the load itself (a call waits behind each call per core ahead of
+/// it); a place with cores to spare waits less than that, one whose load the router hears
+/// late more, and the curve learns which.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WaitCurve(pub [f64; WAIT_KNOTS.len()]);
+
+impl Default for WaitCurve {
+    fn default() -> Self {
+        WaitCurve(WAIT_KNOTS)
+    }
+}
+
+impl WaitCurve {
+    /// The two knots around `load` and the weight of the upper one.
+    fn around(load: f64) -> (usize, usize, f64) {
+        let load = load.max(0.0);
+        let last = WAIT_KNOTS.len() - 1;
+        match WAIT_KNOTS.iter().position(|k| *k > load) {
+            None => (last - 1, last, 1.0),
+            Some(0) => (0, 0, 0.0),
+            Some(i) => {
+                let (a, b) = (WAIT_KNOTS[i - 1], WAIT_KNOTS[i]);
+                (i - 1, i, (load - a) / (b - a))
+            }
+        }
+    }
+
+    /// The wait at `load`, in lengths of work.
+    pub fn at(&self, load: f64) -> f64 {
+        let (i, j, u) = Self::around(load);
+        let v = self.0[i] + u * (self.0[j] - self.0[i]);
+        // Past the last knot: as much more as the load is.
+        let beyond = (load - WAIT_KNOTS[WAIT_KNOTS.len() - 1]).max(0.0);
+        (v + beyond).max(0.0)
+    }
+
+    /// Learns that a call sent at `load` waited `waited` lengths of work (noisy; may be
+    /// below 0 when the round trip was shorter than the router thought).
+    pub fn learn(&mut self, load: f64, waited: f64, rate: f64) {
+        // Past the last knot the curve is the load itself; nothing to learn there.
+        if !load.is_finite() || !waited.is_finite() || load > WAIT_KNOTS[WAIT_KNOTS.len() - 1] {
+            return;
+        }
+        let (i, j, u) = Self::around(load);
+        let predicted = self.at(load);
+        // One far-off call (a round trip far longer than the router thought) must not
+        // move the curve far.
+        let err = waited.clamp(-10.0, 50.0) - predicted;
+        self.0[i] += rate * (1.0 - u) * err;
+        if j != i {
+            self.0[j] += rate * u * err;
+        }
+    }
 }
 
 impl Default for Analytic {
@@ -66,6 +131,7 @@ impl Default for Analytic {
             kb_per_ms: 10.0,
             cold_penalty_ms: 5.0,
             work_ms: None,
+            wait: None,
         }
     }
 }
@@ -73,7 +139,11 @@ impl Default for Analytic {
 impl Analytic {
     pub fn estimate(&self, f: &Features) -> f64 {
         let transfer = f.payload_kb / self.kb_per_ms.max(1e-9);
-        let queueing = f.load_per_core.max(0.0) * self.work_ms.unwrap_or(f.service_ms);
+        let per = match self.wait {
+            Some(c) => c.at(f.load_per_core),
+            None => f.load_per_core.max(0.0),
+        };
+        let queueing = per * self.work_ms.unwrap_or(f.service_ms);
         let cold = if f.cold { self.cold_penalty_ms } else { 0.0 };
         f.rtt_ms + transfer + queueing + f.service_ms + cold
     }
@@ -563,6 +633,73 @@ mod tests {
         let (p, _) = m.predict(&busy, &a);
         let expect = a.estimate(&busy) + 20.0;
         assert!((p - expect).abs() < 0.5, "{p} vs {expect}");
+    }
+
+    #[test]
+    fn a_wait_curve_starts_at_the_load_and_learns_where_cores_were_free() {
+        let mut c = WaitCurve::default();
+        for load in [0.0, 0.25, 0.5, 1.0, 1.7, 3.0, 5.0] {
+            assert!(
+                (c.at(load) - load).abs() < 1e-9,
+                "prior at {load}: {}",
+                c.at(load)
+            );
+        }
+        // Four cores, the router sending at up to half of them busy: the calls started
+        // at once (a little noise either side, as round trips vary).
+        for i in 0..400 {
+            let load = (i % 3) as f64 * 0.25;
+            let noise = if i % 2 == 0 { 0.05 } else { -0.05 };
+            c.learn(load, noise, 0.1);
+        }
+        for load in [0.0, 0.25, 0.5] {
+            assert!(c.at(load) < 0.05, "learnt at {load}: {}", c.at(load));
+        }
+        // Where nothing was learnt, the prior stands (the knot at 1 moved only through
+        // the calls at 0.5 and below, which it does not share).
+        assert!((c.at(2.0) - 2.0).abs() < 1e-9, "{}", c.at(2.0));
+        assert!(
+            (c.at(4.0) - 4.0).abs() < 1e-9,
+            "past the last knot: {}",
+            c.at(4.0)
+        );
+        // A place whose load the router hears late: calls at a reported load of 1
+        // waited two lengths of work.
+        for _ in 0..400 {
+            c.learn(1.0, 2.0, 0.1);
+        }
+        assert!((c.at(1.0) - 2.0).abs() < 0.05, "{}", c.at(1.0));
+        // Nonsense is ignored, and the curve never says a call waits less than nothing.
+        let before = c;
+        c.learn(f64::NAN, 1.0, 0.1);
+        c.learn(0.5, f64::INFINITY, 0.1);
+        c.learn(9.0, 1.0, 0.1);
+        assert_eq!(c, before);
+        for _ in 0..400 {
+            c.learn(0.0, -5.0, 0.1);
+        }
+        assert_eq!(c.at(0.0), 0.0);
+    }
+
+    #[test]
+    fn the_analytic_estimate_queues_by_the_places_curve_once_it_has_one() {
+        let f = Features {
+            payload_kb: 0.0,
+            rtt_ms: 10.0,
+            load_per_core: 0.5,
+            cold: false,
+            service_ms: 20.0,
+        };
+        let mut a = Analytic {
+            work_ms: Some(40.0),
+            ..Analytic::default()
+        };
+        // The prior: half a length of work.
+        assert!((a.estimate(&f) - (10.0 + 20.0 + 20.0)).abs() < 1e-9);
+        let mut c = WaitCurve::default();
+        c.0[1] = 0.1;
+        a.wait = Some(c);
+        assert!((a.estimate(&f) - (10.0 + 20.0 + 4.0)).abs() < 1e-9);
     }
 
     proptest! {
