@@ -118,6 +118,10 @@ struct Func {
     cold_ms: f64,
 }
 
+/// The weight of a call's time in the service time a node (or device) reports of its
+/// function: the agent's, 1/8 (`node/src/metrics.rs`).
+const SERVICE_WEIGHT: f64 = 1.0 / 8.0;
+
 /// The generated workload, shared by every policy.
 struct Workload {
     calls: Vec<Call>,
@@ -828,7 +832,7 @@ impl<'a> World<'a> {
                     .device_service
                     .entry((c.device, c.func))
                     .or_insert(took);
-                *e = 0.8 * *e + 0.2 * took;
+                *e += SERVICE_WEIGHT * (took - *e);
             }
             Where::Node(i) => {
                 let n = &mut self.nodes[i];
@@ -849,7 +853,7 @@ impl<'a> World<'a> {
                 // start (a router adds a cold start where the function is not warm).
                 let took = a.finish - a.start - a.cold_ms;
                 let e = n.service.entry(c.func).or_insert(took);
-                *e = 0.8 * *e + 0.2 * took;
+                *e += SERVICE_WEIGHT * (took - *e);
                 n.dirty.push(c.func);
             }
         }
