@@ -406,6 +406,22 @@ struct Attempt {
     finish: f64,
 }
 
+impl Attempt {
+    /// The function's own time: its run without the cold start (what a place reports
+    /// and an answer says; a router adds a cold start where the function is not warm).
+    fn service_ms(&self) -> f64 {
+        self.finish - self.start - self.cold_ms
+    }
+}
+
+/// Takes a call's own time into the service time a place reports of its function (each
+/// call weighing [`SERVICE_WEIGHT`], as the agent's average does).
+fn report_service<K: std::hash::Hash + Eq>(reported: &mut HashMap<K, f64>, k: K, a: &Attempt) {
+    let took = a.service_ms();
+    let e = reported.entry(k).or_insert(took);
+    *e += SERVICE_WEIGHT * (took - *e);
+}
+
 /// A site's router: the policy its devices' calls go through, the calls it has in flight
 /// at each node, and the places it benched.
 struct SiteRouter {
@@ -826,13 +842,7 @@ impl<'a> World<'a> {
             Where::Device => {
                 self.device_free[c.device as usize] = a.finish;
                 self.device_warm.insert((c.device, c.func), a.finish);
-                // Its own time, as a node reports it: without the cold start.
-                let took = a.finish - a.start - a.cold_ms;
-                let e = self
-                    .device_service
-                    .entry((c.device, c.func))
-                    .or_insert(took);
-                *e += SERVICE_WEIGHT * (took - *e);
+                report_service(&mut self.device_service, (c.device, c.func), a);
             }
             Where::Node(i) => {
                 let n = &mut self.nodes[i];
@@ -849,11 +859,7 @@ impl<'a> World<'a> {
                     .or_default()
                     .push(Reverse(a.finish.to_bits()));
                 n.warm.insert(c.func, a.finish);
-                // The service time it reports is the function's own, without the cold
-                // start (a router adds a cold start where the function is not warm).
-                let took = a.finish - a.start - a.cold_ms;
-                let e = n.service.entry(c.func).or_insert(took);
-                *e += SERVICE_WEIGHT * (took - *e);
+                report_service(&mut n.service, c.func, a);
                 n.dirty.push(c.func);
             }
         }
@@ -1158,7 +1164,7 @@ fn run_policy(
                 (
                     Outcome::Answered {
                         took_ms: took,
-                        service_ms: Some(a.finish - a.start - a.cold_ms),
+                        service_ms: Some(a.service_ms()),
                         response_kb: Some(f64::from(c.payload_kb) / 2.0),
                         cold: a.cold,
                     },
