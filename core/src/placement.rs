@@ -595,13 +595,12 @@ impl Planner {
                     seen
                 }
             };
-            let kb_per_ms = self.analytic.kb_per_ms;
+            let transfer_ms = self.analytic.transfer_ms(features.payload_kb);
             let k = self.place(place);
             if let Some(work) = k.work_ms.filter(|w| *w > 0.0 && !features.cold) {
                 // How long it waited for a core: what the call took beyond its round
                 // trip, its transfer and its run, in lengths of the work there.
-                let waited =
-                    actual_ms - features.rtt_ms - features.payload_kb / kb_per_ms.max(1e-9) - s;
+                let waited = actual_ms - features.rtt_ms - transfer_ms - s;
                 k.wait.get_or_insert_with(WaitCurve::default).learn(
                     features.load_per_core,
                     waited / work,

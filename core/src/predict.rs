@@ -137,8 +137,14 @@ impl Default for Analytic {
 }
 
 impl Analytic {
+    /// How long `kb` KiB take over the link, ms.
+    #[inline]
+    pub fn transfer_ms(&self, kb: f64) -> f64 {
+        kb / self.kb_per_ms.max(1e-9)
+    }
+
     pub fn estimate(&self, f: &Features) -> f64 {
-        let transfer = f.payload_kb / self.kb_per_ms.max(1e-9);
+        let transfer = self.transfer_ms(f.payload_kb);
         let per = match self.wait {
             Some(c) => c.at(f.load_per_core),
             None => f.load_per_core.max(0.0),
