@@ -115,6 +115,11 @@ struct Models {
     seen: u64,
     /// When this planner first learnt of a call of it, ms (with `seen`, its call rate).
     first_ms: Option<f64>,
+    /// How much longer than predicted its answered calls took, relative to the
+    /// prediction (0 for those that took less), smoothed over every place: the tail's
+    /// risk at a place whose own model has seen too few calls to say
+    /// ([`Planner::plan`]).
+    overrun: Option<f64>,
 }
 
 const NO_SLOT: u32 = u32::MAX;
@@ -287,6 +292,9 @@ impl Default for Reuse {
 /// A model's overruns count as risk once it has seen this many calls.
 const RISK_AFTER: usize = 8;
 
+/// The largest relative overrun one call adds to its function's [`Models::overrun`].
+const OVERRUN_MAX: f64 = 10.0;
+
 /// How many recent relative errors are kept for the median.
 const ERRORS_KEPT: usize = 2048;
 
@@ -433,11 +441,17 @@ impl Planner {
             }
             let observations = model.map_or(0, Model::observations);
             // The tail's risk: how much calls here overran their predictions lately, once
-            // the model has seen enough of them to say.
-            let mut extra_ms = model
-                .filter(|_| observations >= RISK_AFTER)
-                .and_then(Model::shortfall)
-                .unwrap_or(0.0);
+            // the model has seen enough of them to say; until then, as much as the
+            // function's calls overran theirs anywhere, for its length here. (A place
+            // that went without risk until it was known would be favoured for being
+            // unknown, over one whose overruns the planner has measured.)
+            let mut extra_ms = match model.filter(|_| observations >= RISK_AFTER) {
+                Some(m) => m.shortfall().unwrap_or(0.0),
+                None => models
+                    .filter(|m| m.seen >= RISK_AFTER as u64)
+                    .and_then(|m| m.overrun)
+                    .map_or(0.0, |o| o * predicted_ms),
+            };
             if p.tier == Tier::Device && !p.warm {
                 // What loading it on the device gives back later (see `Reuse`).
                 let warm = at(&Features {
@@ -642,6 +656,11 @@ impl Planner {
             k.cold_ms = Some(k.cold_ms.map_or(extra, |c| 0.8 * c + 0.2 * extra));
         }
         self.record(function, place, features, actual_ms);
+        if let Some(m) = self.models.get_mut(function) {
+            // One call a hundred times over its prediction must not stand for all.
+            let o = ((actual_ms - predicted_ms).max(0.0) / predicted_ms.max(1e-3)).min(OVERRUN_MAX);
+            m.overrun = Some(m.overrun.map_or(o, |e| 0.9 * e + 0.1 * o));
+        }
     }
 
     /// Adds one observation to the (function, place) model.
@@ -926,6 +945,43 @@ mod tests {
             cold: false,
         };
         p.learn(c, at.id, &plan.scored[0], &ok);
+    }
+
+    #[test]
+    fn a_place_not_known_yet_carries_the_risk_the_function_showed_elsewhere() {
+        // The function's calls at the edge overrun their predictions by about a half:
+        // a cloud it never ran at is not taken as free of that risk, and its share is
+        // in proportion to its prediction there.
+        let mut p = Planner::new(64);
+        let c = call(1.0, no_explore());
+        let edge = place("edge", Tier::Edge, 5.0, 0.0);
+        for i in 0..RISK_AFTER {
+            let predicted = p.plan(&c, &[edge], 0.5).unwrap().scored[0].predicted_ms;
+            let took = if i % 2 == 0 {
+                2.0 * predicted
+            } else {
+                predicted
+            };
+            ran(&mut p, &c, edge, took, 4.0);
+        }
+        let cloud = place("cloud", Tier::Cloud, 40.0, 0.0);
+        let plan = p.plan(&c, &[edge, cloud], 0.5).unwrap();
+        let s = &plan.scored[1];
+        assert_eq!(s.observations, 0);
+        let overrun = p.models["f"].overrun.unwrap();
+        assert!(overrun > 0.1 && overrun < 1.0, "{overrun}");
+        assert!(
+            (s.extra_ms - overrun * s.predicted_ms).abs() < 1e-9,
+            "{}",
+            s.extra_ms
+        );
+        // A function whose calls never overran gives an unknown place no risk.
+        let mut q = Planner::new(64);
+        for _ in 0..RISK_AFTER {
+            ran(&mut q, &c, edge, 1.0, 0.5);
+        }
+        let plan = q.plan(&c, &[edge, cloud], 0.5).unwrap();
+        assert_eq!(plan.scored[1].extra_ms, 0.0);
     }
 
     #[test]

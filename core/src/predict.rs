@@ -175,8 +175,8 @@ pub enum Source {
 /// came from, the model answers at the nearest point it knows and the analytic estimate adds
 /// what the features beyond it cost. A fit is kept only if it predicts held-out calls (the
 /// newest of its window, left out of a trial fit) better than the prior does: until there
-/// is a fit, the analytic estimate corrected by the mean offset of the model's own calls
-/// from it, shrunk towards none while they are few.
+/// is a fit, the analytic estimate corrected by the mean offset of the model's own warm
+/// calls from it, shrunk towards none while they are few.
 #[derive(Debug, Clone)]
 pub struct Model {
     window: VecDeque<([f64; Features::N], f64)>,
@@ -188,9 +188,14 @@ pub struct Model {
     /// Smoothed shortfall of those predictions: how much longer than predicted calls took
     /// (0 for those that took less), ms.
     shortfall: Option<f64>,
-    /// How much longer than the analytic estimate its calls took (less when negative):
-    /// the mean over its observations, smoothed once it has a few.
+    /// How much longer than the analytic estimate its warm calls took (less when
+    /// negative): the mean over them, smoothed once there are a few. Cold calls are left
+    /// out: what a cold start costs is learnt per place over every function (and by the
+    /// fit), and one slow first call must not stand, warm, for the function's every next
+    /// call there.
     offset: Option<f64>,
+    /// The warm calls the offset was taken over.
+    warm_calls: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -206,7 +211,7 @@ struct Fit {
 
 const COLD: usize = 3;
 /// The weight of a new observation in [`Model`]'s offset, once it has seen a few.
-const OFFSET_WEIGHT: f64 = 0.25;
+const OFFSET_WEIGHT: f64 = 0.1;
 /// The analytic estimate counts as this many calls against a model's offset.
 const OFFSET_PRIOR_CALLS: f64 = 2.0;
 /// Refit after this many new observations.
@@ -273,6 +278,7 @@ impl Model {
             error: None,
             shortfall: None,
             offset: None,
+            warm_calls: 0,
         }
     }
 
@@ -296,9 +302,10 @@ impl Model {
     }
 
     /// Until there is a fit: the analytic estimate `est` corrected by the model's own calls'
-    /// offset, shrunk towards none while they are few (one call counts for a third).
+    /// warm calls' offset, shrunk towards none while they are few (one call counts for a
+    /// third).
     fn prior(&self, est: f64) -> f64 {
-        corrected(est, self.offset.unwrap_or(0.0), self.window.len())
+        corrected(est, self.offset.unwrap_or(0.0), self.warm_calls)
     }
 
     /// Records what an invocation actually took; tracks the error of the prediction made for it.
@@ -320,8 +327,12 @@ impl Model {
         self.window.push_back((f.row(), actual_ms));
         self.since_fit += 1;
         // Kept up after a fit too: it is the prior again whenever a refit is not kept.
+        if f.cold {
+            return;
+        }
         let off = actual_ms - est;
-        let w = (1.0 / self.window.len() as f64).max(OFFSET_WEIGHT);
+        self.warm_calls = self.warm_calls.saturating_add(1);
+        let w = (1.0 / self.warm_calls.min(self.capacity) as f64).max(OFFSET_WEIGHT);
         self.offset = Some(self.offset.map_or(off, |o| (1.0 - w) * o + w * off));
     }
 
@@ -415,16 +426,18 @@ impl Model {
         let held = (rows.len() / 4).max(4);
         let (train, test) = rows.split_at(rows.len().saturating_sub(held));
         let trial = Self::fit_rows(train, fallback)?;
-        let offset = train
+        // The prior's offset, as the model keeps it: over the warm training calls.
+        let (sum, warm) = train
             .iter()
-            .map(|(x, y)| y - fallback.estimate(&Features::from_row(x)))
-            .sum::<f64>()
-            / train.len() as f64;
+            .map(|(x, y)| (x, y - fallback.estimate(&Features::from_row(x))))
+            .filter(|(x, _)| x[3] < 0.5)
+            .fold((0.0, 0usize), |(s, n), (_, off)| (s + off, n + 1));
+        let offset = if warm > 0 { sum / warm as f64 } else { 0.0 };
         let (mut sse_fit, mut sse_prior) = (0.0, 0.0);
         for (x, y) in test {
             let f = Features::from_row(x);
             sse_fit += (trial.predict(&f, fallback) - y).powi(2);
-            sse_prior += (corrected(fallback.estimate(&f), offset, train.len()) - y).powi(2);
+            sse_prior += (corrected(fallback.estimate(&f), offset, warm) - y).powi(2);
         }
         if !(sse_fit.is_finite() && sse_fit <= sse_prior) {
             return None;
@@ -567,6 +580,26 @@ mod tests {
                 assert!((p - mean).abs() < 10.0, "predicted {p}, mean {mean}");
             }
         }
+    }
+
+    #[test]
+    fn a_slow_cold_call_does_not_move_the_warm_prior() {
+        // A first call 500 ms over the estimate, cold (the function loading), then warm
+        // calls on the estimate: the warm prior stays on the estimate, and only warm
+        // calls move it.
+        let a = Analytic::default();
+        let mut m = Model::new(64);
+        let warm = Features {
+            cold: false,
+            ..features(1)
+        };
+        let cold = Features { cold: true, ..warm };
+        m.observe(&cold, a.estimate(&cold) + 500.0, &a);
+        let est = a.estimate(&warm);
+        assert!((m.predict(&warm, &a).0 - est).abs() < 1e-9);
+        m.observe(&warm, est + 30.0, &a);
+        // One warm call counts for a third, as it would have alone.
+        assert!((m.predict(&warm, &a).0 - (est + 10.0)).abs() < 1e-9);
     }
 
     #[test]
