@@ -659,7 +659,7 @@ impl Planner {
         if let Some(m) = self.models.get_mut(function) {
             // One call a hundred times over its prediction must not stand for all.
             let o = ((actual_ms - predicted_ms).max(0.0) / predicted_ms.max(1e-3)).min(OVERRUN_MAX);
-            m.overrun = Some(m.overrun.map_or(o, |e| 0.9 * e + 0.1 * o));
+            m.overrun = Some(crate::predict::smooth(m.overrun, o));
         }
     }
 

@@ -264,7 +264,7 @@ fn corrected(est: f64, offset: f64, calls: usize) -> f64 {
 }
 
 /// An exponentially smoothed figure after taking `x`: nine tenths the last, one tenth `x`.
-fn smooth(last: Option<f64>, x: f64) -> f64 {
+pub(crate) fn smooth(last: Option<f64>, x: f64) -> f64 {
     last.map_or(x, |e| 0.9 * e + 0.1 * x)
 }
 
@@ -332,7 +332,7 @@ impl Model {
         }
         let off = actual_ms - est;
         self.warm_calls = self.warm_calls.saturating_add(1);
-        let w = (1.0 / self.warm_calls.min(self.capacity) as f64).max(OFFSET_WEIGHT);
+        let w = (1.0 / self.warm_calls as f64).max(OFFSET_WEIGHT);
         self.offset = Some(self.offset.map_or(off, |o| (1.0 - w) * o + w * off));
     }
 
@@ -430,7 +430,7 @@ impl Model {
         let (sum, warm) = train
             .iter()
             .map(|(x, y)| (x, y - fallback.estimate(&Features::from_row(x))))
-            .filter(|(x, _)| x[3] < 0.5)
+            .filter(|(x, _)| x[COLD] < 0.5)
             .fold((0.0, 0usize), |(s, n), (_, off)| (s + off, n + 1));
         let offset = if warm > 0 { sum / warm as f64 } else { 0.0 };
         let (mut sse_fit, mut sse_prior) = (0.0, 0.0);
