@@ -524,7 +524,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Waits (up to 30 s) until async call `id` on `node` has a result: its status and body.
+/// Waits (up to 60 s) until async call `id` on `node` has a result: its status and body.
 pub async fn async_result(c: &reqwest::Client, node: &NodeProc, id: &str) -> (u16, String) {
     let t = std::time::Instant::now();
     loop {
@@ -533,8 +533,8 @@ pub async fn async_result(c: &reqwest::Client, node: &NodeProc, id: &str) -> (u1
             return (s, body);
         }
         assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "call {id} still queued after 30 s"
+            t.elapsed() < Duration::from_secs(60),
+            "call {id} still queued after 60 s"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
