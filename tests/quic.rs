@@ -67,6 +67,21 @@ fn quic_node(dir: &Path, role: &str, name: &str, tls: &Path, cfg_extra: &str) ->
     node
 }
 
+/// One node, `node-1`, serving QUIC with a certificate from `pki`.
+fn node_1(dir: &Path, pki: &Pki) -> NodeProc {
+    quic_node(dir, "node", "node-1", &pki.issue("node-1", "node", &[]), "")
+}
+
+/// A call of a function no node has (answered 404 by any node it reaches).
+fn nope() -> Request {
+    Request {
+        function: "nope".into(),
+        manifest: None,
+        body: Bytes::new(),
+        via: None,
+    }
+}
+
 struct NoModules;
 impl ModuleSource for NoModules {
     fn module(&self, _: &Digest) -> Option<Bytes> {
@@ -218,28 +233,56 @@ async fn invocations_cross_tiers_and_modules_travel_by_hash() {
     }
 }
 
+/// A handshake with a peer that does not answer (killed, its address silent) holds up only
+/// the calls to that peer: a call to another peer meanwhile goes through at once. (A
+/// router's calls to every place once waited behind one killed member's handshake, failed
+/// there by patience, and an idempotent call failed "on every place tried".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_does_not_hold_up_calls_to_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let node = node_1(dir.path(), &pki);
+    let live = node.quic.unwrap();
+    // A socket that reads nothing and answers nothing: a handshake there waits until it
+    // times out.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead = silent.local_addr().unwrap();
+    let client = std::sync::Arc::new(
+        Client::new(&TlsDir::load(&pki.issue("dev", "client", &[])).unwrap()).unwrap(),
+    );
+    let req = nope();
+    let hung = {
+        let (c, req) = (client.clone(), req.clone());
+        tokio::spawn(async move { c.invoke(dead, &req, &NoModules).await })
+    };
+    // Its handshake under way first.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!hung.is_finished(), "nothing answers at {dead}");
+    match client.invoke(live, &req, &NoModules).await {
+        Err(QuicError::Remote(m)) => assert_eq!(m.status, 404, "{m:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !hung.is_finished(),
+        "the call to the live peer waited for the silent peer's handshake to end"
+    );
+    // The silent peer's call ends on its own, saying so.
+    let err = hung.await.unwrap().unwrap_err().to_string();
+    assert!(err.contains(&format!("cannot connect to {dead}")), "{err}");
+    drop(silent);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshakes_refuse_peers_without_a_valid_cluster_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
-    let node = quic_node(
-        dir.path(),
-        "node",
-        "node-1",
-        &pki.issue("node-1", "node", &[]),
-        "",
-    );
+    let node = node_1(dir.path(), &pki);
     let addr = node.quic.unwrap();
     let good = pki.issue("dev", "client", &[]);
     let expired = pki.issue("old", "client", &["--expired"]);
     let other = Pki::new(&dir.path().join("elsewhere"));
     let foreign = other.issue("spy", "client", &[]);
-    let req = Request {
-        function: "nope".into(),
-        manifest: None,
-        body: Bytes::new(),
-        via: None,
-    };
+    let req = nope();
 
     // A valid client reaches the node (and gets a 404 for an unknown function).
     let ok = Client::new(&TlsDir::load(&good).unwrap()).unwrap();

@@ -113,11 +113,16 @@ async fn send_secrets(
     write_body(send, &Bytes::from(bytes)).await
 }
 
+/// One peer's connection, when open, and the name it verified.
+type Slot = Arc<Mutex<Option<(Connection, Arc<str>)>>>;
+
 /// A QUIC client keeping one connection per peer, with TLS session resumption.
 pub struct Client {
     endpoint: Endpoint,
-    /// Open connections, with the name each verified.
-    conns: Mutex<HashMap<SocketAddr, (Connection, Arc<str>)>>,
+    /// Open connections, with the name each verified: one slot per peer, held while a
+    /// connection to that peer is made. Calls to a peer wait for its one handshake; calls to
+    /// other peers never do (a handshake with a peer just killed lasts until it times out).
+    conns: std::sync::Mutex<HashMap<SocketAddr, Slot>>,
     /// One TLS config per peer: every peer answers to the same server name, so a shared
     /// session cache would offer one peer's ticket to another (which then rejects the 0-RTT
     /// data). Each peer gets its own small session cache.
@@ -149,7 +154,7 @@ impl Client {
             Endpoint::client(bind).map_err(|source| QuicError::Bind { addr: bind, source })?;
         Ok(Client {
             endpoint,
-            conns: Mutex::new(HashMap::new()),
+            conns: std::sync::Mutex::new(HashMap::new()),
             configs: Mutex::new(HashMap::new()),
             expected: std::sync::RwLock::new(HashMap::new()),
             any_member: Arc::from(tls::PEER_NAME),
@@ -209,8 +214,9 @@ impl Client {
     /// resumed session sends before the handshake completes (0-RTT): only for idempotent work.
     pub async fn connection(&self, addr: SocketAddr, early: bool) -> Result<Connection, QuicError> {
         let name = self.server_name(addr);
-        let mut conns = self.conns.lock().await;
-        if let Some((c, made_for)) = conns.get(&addr) {
+        let slot = self.slots().entry(addr).or_default().clone();
+        let mut held = slot.lock().await;
+        if let Some((c, made_for)) = held.as_ref() {
             if c.close_reason().is_none() && *made_for == name {
                 return Ok(c.clone());
             }
@@ -236,8 +242,12 @@ impl Client {
                 message: format!("{addr}: {why}"),
             }));
         }
-        conns.insert(addr, (conn.clone(), name));
+        *held = Some((conn.clone(), name));
         Ok(conn)
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Slot>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Presents the certificate in `tls` from now on (after a renewal): new connections use
@@ -260,15 +270,18 @@ impl Client {
         tokio::spawn(async move {
             while changed.changed().await.is_ok() {
                 let Some(me) = me.upgrade() else { return };
-                let mut conns = me.conns.lock().await;
-                conns.retain(|addr, (c, _)| match me.revoked(c) {
-                    Some(why) => {
+                let slots: Vec<(SocketAddr, Slot)> =
+                    me.slots().iter().map(|(a, s)| (*a, s.clone())).collect();
+                for (addr, slot) in slots {
+                    // Waits out a handshake in progress (which checks the list itself).
+                    let mut held = slot.lock().await;
+                    if let Some(why) = held.as_ref().and_then(|(c, _)| me.revoked(c)) {
                         tracing::warn!("closing the connection to {addr}: {why}");
-                        c.close(VarInt::from_u32(CODE_REVOKED), why.as_bytes());
-                        false
+                        if let Some((c, _)) = held.take() {
+                            c.close(VarInt::from_u32(CODE_REVOKED), why.as_bytes());
+                        }
                     }
-                    None => true,
-                });
+                }
             }
         });
     }
@@ -294,7 +307,12 @@ impl Client {
     /// Forgets a peer's connection (after it failed).
     /// Closes it, so calls waiting on it fail now instead of at the idle timeout.
     pub async fn forget(&self, addr: SocketAddr) {
-        if let Some((c, _)) = self.conns.lock().await.remove(&addr) {
+        let Some(slot) = self.slots().remove(&addr) else {
+            return;
+        };
+        // A handshake in progress there has no connection to close yet; it ends on its own.
+        let open = slot.try_lock().ok().and_then(|mut held| held.take());
+        if let Some((c, _)) = open {
             c.close(VarInt::from_u32(0), b"peer considered gone");
         }
     }
