@@ -585,15 +585,10 @@ async fn a_router_killed_while_members_run_its_calls_gets_their_answers_without_
         }
         // A bound on a hang, not a figure.
         if t.elapsed() > Duration::from_secs(90) {
-            let log = std::fs::read_to_string(d.join("node.stderr")).unwrap_or_default();
-            let about: Vec<&str> = log
-                .lines()
-                .filter(|l| l.contains("once") || l.contains("async call"))
-                .collect();
             panic!(
                 "the {CALLS} calls never all ran at once in 90 s; running on [cloud-a, cloud-b] \
                  over time: {seen:?}; the nodes' log about them:\n{}",
-                about.join("\n")
+                logged(d, |l| l.contains("once") || l.contains("async call"))
             );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

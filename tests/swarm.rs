@@ -79,16 +79,6 @@ fn labelled(kind: &str) -> usize {
         .map_or(0, |s| s.lines().filter(|l| !l.is_empty()).count())
 }
 
-/// The warnings and errors the nodes logged in `d`, for a failure to show.
-fn warnings(d: &Path) -> String {
-    std::fs::read_to_string(d.join("node.stderr"))
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 fn bridge(d: &Path, pki: &Path, service: &str, enroll: &str, swarm: &str) -> NodeProc {
     let extra = format!(
         "[enroll]\nlisten = \"{enroll}\"\nca_dir = {:?}\n\n[swarm]\nenabled = true\nservice = \"{service}\"\n{swarm}",
@@ -361,7 +351,7 @@ async fn workers_run_on_swarm_sized_by_demand() {
     assert!(
         failed.is_empty(),
         "{ok} ok; failed around the kill ({victim}): {failed:?}; the bridge's warnings:\n{}",
-        warnings(d)
+        logged(d, |l| l.contains("WARN") || l.contains("ERROR"))
     );
 
     // A rolling upgrade under non-idempotent calls: none fails.

@@ -524,6 +524,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// What the nodes run from `dir` logged, the lines `keep` picks, one per line: for a
+/// failure to show.
+pub fn logged(dir: &Path, keep: impl Fn(&str) -> bool) -> String {
+    std::fs::read_to_string(dir.join("node.stderr"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| keep(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Waits (up to 60 s) until async call `id` on `node` has a result: its status and body.
 pub async fn async_result(c: &reqwest::Client, node: &NodeProc, id: &str) -> (u16, String) {
     let t = std::time::Instant::now();
