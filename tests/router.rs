@@ -2,8 +2,9 @@
 //! and talking QUIC with their own certificates. Placement details on every response, the
 //! placements log, 404 without contacting nodes, placements moving off a CPU-loaded node,
 //! no idempotent request failing when a node is killed, a 502 naming the place for a
-//! non-idempotent call that lost its place, a 503 when no place is left, and placements
-//! leaving a slowed node and returning after it recovers.
+//! non-idempotent call that lost its place, a 503 when no place is left, placements
+//! leaving a slowed node and returning after it recovers, and a call whose every place
+//! failed going on to a member that joined while it ran.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -337,6 +338,74 @@ async fn a_function_pinned_to_the_cloud_fails_fast_naming_it_when_the_cloud_is_g
     let (s, on, _) = call(&c, &router.url, "hello", "edge").await;
     assert_eq!(s, 200);
     assert!(on.starts_with("edge-") || on == "router", "{on}");
+}
+
+/// A call whose every listed place failed, with time left, goes to a place that joined
+/// meanwhile: here the one cloud of a call pinned to the cloud is killed while the call
+/// runs there, after a second cloud joined; the call's answer comes from the second, where
+/// before it failed 'on every place tried'.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_places_all_failed_goes_on_to_a_member_that_joined_meanwhile() {
+    let _one_at_a_time = MEASURING.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = pki(d);
+    let mut cloud_1 = member(d, &pki, "bridge", "cloud-1", None, None);
+    let seed = mesh_json(&cloud_1)["self"].as_str().unwrap().to_string();
+    let router = member(d, &pki, "router", "router", Some(&seed), None);
+    wait_until("the router sees cloud-1", 20, || {
+        alive(&router) == ["cloud-1", "router"]
+    });
+    let r = deploy(
+        &router,
+        "wait",
+        "wait/wait.wasm",
+        json!({"idempotent": true, "timeout": "60s", "placement": {"tier": "cloud"}}),
+    )
+    .await;
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    // Warm: the call below runs its 8 s at once.
+    let c = client();
+    let (s, on, body) = call(&c, &router.url, "wait", "1").await;
+    assert_eq!((s, on.as_str()), (200, "cloud-1"), "{body}");
+
+    let url = router.url.clone();
+    let started = Instant::now();
+    let long = tokio::spawn(async move { call(&client(), &url, "wait", "8000 long").await });
+    let t0 = Instant::now();
+    while status(&cloud_1).await["instances_in_use"].as_u64() < Some(1) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the call did not start at cloud-1 within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cloud_2 = member(d, &pki, "bridge", "cloud-2", Some(&seed), None);
+    wait_until("the router sees cloud-2", 20, || {
+        alive(&router) == ["cloud-1", "cloud-2", "router"]
+    });
+    assert!(
+        !long.is_finished(),
+        "the 8 s call ended before cloud-1 was killed"
+    );
+    let killed = started.elapsed();
+    cloud_1.kill();
+    let (s, on, body) = long.await.unwrap();
+    eprintln!(
+        "cloud-1 killed {} ms into the call, which answered {s} from {on} after {} ms",
+        killed.as_millis(),
+        started.elapsed().as_millis()
+    );
+    let said = logged(d, |l| {
+        l.contains("listed places again") || l.contains("WARN")
+    });
+    assert_eq!(
+        (s, on.as_str(), body.trim()),
+        (200, "cloud-2", "waited 8000 ms long"),
+        "what the members logged:\n{said}"
+    );
+    assert!(said.contains("listed places again"), "{said}");
+    drop(cloud_2);
 }
 
 /// Slows a process by stopping it most of the time (SIGSTOP 16 ms, SIGCONT 4 ms) until

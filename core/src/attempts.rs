@@ -3,7 +3,11 @@
 //! connection) says what comes next: done, retry at the next place the policy ranks, or fail
 //! with the reason. One budget rule for the live router and the simulator: a call is tried
 //! at up to [`MAX_ATTEMPTS`] places within its timeout, and a call that may have run already
-//! goes elsewhere only when it is idempotent.
+//! goes elsewhere only when it is idempotent. When every place of its plan has failed or
+//! turned it away and it has attempts and time left, the driver lists places once more
+//! ([`Next::Relist`]): a member that joined meanwhile (a replacement worker, a replica a
+//! scale-out added, a place whose bench ran out) gets the call, which the first listing
+//! could not have offered it.
 //!
 //! A timeout at a place that kept reporting with cores free says the call is long: at
 //! least as long as it ran there ([`Attempts::benches`]). Its next places are ranked,
@@ -87,6 +91,10 @@ pub enum Next {
     Done,
     /// Try the place at this index of the plan.
     Retry(usize),
+    /// Every place of the plan was tried: list places again, leaving out those tried, plan
+    /// among them and go on with [`Attempts::relisted`]; with none, the call has failed
+    /// as [`GiveUp::Exhausted`]. Said once per call.
+    Relist,
     /// Give up, for this reason.
     Fail(GiveUp),
 }
@@ -115,6 +123,10 @@ pub struct Attempts {
     /// The least the call's run takes on the reference machine (speed 1), as its timeouts
     /// at places that kept reporting with cores free say (0 until one does).
     floor_size: f64,
+    /// Attempts made under an earlier plan (before places were listed again).
+    earlier: usize,
+    /// Places were listed again for it ([`Next::Relist`]).
+    relisted: bool,
 }
 
 impl Attempts {
@@ -127,7 +139,30 @@ impl Attempts {
             budget_ms,
             idempotent,
             floor_size: 0.0,
+            earlier: 0,
+            relisted: false,
         }
+    }
+
+    /// Goes on under `plan`, made from places listed again ([`Next::Relist`]):
+    /// its first attempt is the plan's choice; the budget, the attempts made and what
+    /// timeouts said of the call's length carry over.
+    pub fn relisted(&self, plan: &Plan) -> Self {
+        Attempts {
+            tried: vec![plan.chosen],
+            turned_away: Vec::new(),
+            started_ms: self.started_ms,
+            budget_ms: self.budget_ms,
+            idempotent: self.idempotent,
+            floor_size: self.floor_size,
+            earlier: self.made(),
+            relisted: true,
+        }
+    }
+
+    /// Attempts made, under every plan.
+    fn made(&self) -> usize {
+        self.earlier + self.tried.len()
     }
 
     /// What place `i` of the plan is expected to take, at least what the call's timeouts
@@ -159,7 +194,7 @@ impl Attempts {
 
     /// The first attempt is the one running now.
     pub fn first(&self) -> bool {
-        self.tried.len() == 1
+        self.made() == 1
     }
 
     /// How long to wait for the current place before abandoning it: an idempotent call
@@ -168,7 +203,7 @@ impl Attempts {
     /// its budget.
     pub fn patience_ms(&self, plan: &Plan, now_ms: f64) -> f64 {
         let left = (self.budget_ms - (now_ms - self.started_ms)).max(1.0);
-        let elsewhere = self.tried.len() < MAX_ATTEMPTS && self.next_place(plan).is_some();
+        let elsewhere = self.made() < MAX_ATTEMPTS && self.next_place(plan).is_some();
         if self.idempotent && elsewhere && plan.timed {
             let p = self.expected_ms(plan, self.current());
             (3.0 * p).max(p + 1000.0).min(left)
@@ -209,7 +244,7 @@ impl Attempts {
         if now_ms - self.started_ms >= self.budget_ms {
             return Next::Fail(GiveUp::OutOfTime);
         }
-        if !retryable || self.tried.len() >= MAX_ATTEMPTS {
+        if !retryable || self.made() >= MAX_ATTEMPTS {
             return Next::Fail(GiveUp::Exhausted);
         }
         if matches!(outcome, Outcome::Refused { .. }) {
@@ -222,6 +257,10 @@ impl Attempts {
             Some(n) => {
                 self.tried.push(n);
                 Next::Retry(n)
+            }
+            None if !self.relisted => {
+                self.relisted = true;
+                Next::Relist
             }
             None => Next::Fail(GiveUp::Exhausted),
         }
@@ -310,6 +349,11 @@ mod tests {
             a.next(&p, &Outcome::Refused { status: 429 }, 6.0),
             Next::Retry(0)
         );
+        // Every place turned it away: places are listed again, once.
+        assert_eq!(
+            a.next(&p, &Outcome::Refused { status: 429 }, 9.0),
+            Next::Relist
+        );
         assert_eq!(
             a.next(&p, &Outcome::Refused { status: 429 }, 9.0),
             Next::Fail(GiveUp::Exhausted)
@@ -349,7 +393,49 @@ mod tests {
         let mut b = Attempts::new(&p, 0.0, 5000.0, true);
         assert_eq!(b.next(&p, &full, 1.0), Next::Retry(2));
         assert_eq!(b.next(&p, &full, 2.0), Next::Retry(0));
-        assert_eq!(b.next(&p, &lost, 500.0), Next::Fail(GiveUp::Exhausted));
+        assert_eq!(b.next(&p, &lost, 500.0), Next::Relist);
+    }
+
+    #[test]
+    fn with_every_place_failed_and_time_left_places_are_listed_once_more() {
+        // Both places lost the call; a third joined meanwhile.
+        let p = plan(&[20.0, 5.0]);
+        let lost = Outcome::Lost {
+            sent: true,
+            after_ms: 10.0,
+        };
+        let mut a = Attempts::new(&p, 0.0, 1000.0, true);
+        assert_eq!(a.next(&p, &lost, 10.0), Next::Retry(0));
+        assert_eq!(a.next(&p, &lost, 20.0), Next::Relist);
+        // The new listing (the one new place, and an old one whose bench ran out) goes on
+        // with the same budget and the attempts made so far.
+        let mut q = plan(&[30.0, 8.0]);
+        q.chosen = 1;
+        let mut b = a.relisted(&q);
+        assert_eq!(b.current(), 1);
+        assert!(!b.first());
+        assert_eq!(b.tried(), &[1]);
+        assert_eq!(b.next(&q, &lost, 30.0), Next::Retry(0));
+        // Places run out again: no third listing.
+        assert_eq!(b.next(&q, &lost, 40.0), Next::Fail(GiveUp::Exhausted));
+        // The budget carries over: past it, the call is out of time whatever is left.
+        let mut c = a.relisted(&q);
+        assert_eq!(c.next(&q, &lost, 1000.0), Next::Fail(GiveUp::OutOfTime));
+        // And the attempts: five in all, over both listings.
+        let mut d = Attempts::new(&p, 0.0, 10_000.0, true);
+        let full = Outcome::Refused { status: 429 };
+        assert_eq!(d.next(&p, &full, 1.0), Next::Retry(0));
+        assert_eq!(d.next(&p, &full, 2.0), Next::Relist);
+        let r = plan(&[1.0, 2.0, 3.0, 4.0]);
+        let mut e = d.relisted(&r);
+        assert_eq!(e.next(&r, &lost, 3.0), Next::Retry(0));
+        assert_eq!(e.next(&r, &lost, 4.0), Next::Retry(2));
+        assert_eq!(e.next(&r, &lost, 5.0), Next::Fail(GiveUp::Exhausted));
+        // A call that may have run and is not idempotent is not listed again.
+        let mut f = Attempts::new(&p, 0.0, 1000.0, false);
+        let full_then = f.next(&p, &full, 1.0);
+        assert_eq!(full_then, Next::Retry(0));
+        assert_eq!(f.next(&p, &lost, 2.0), Next::Fail(GiveUp::NotIdempotent));
     }
 
     #[test]

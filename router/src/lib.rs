@@ -554,7 +554,13 @@ impl Router {
     ) -> Result<Placed, Refused> {
         let budget_ms = f.timeout.as_secs_f64() * 1e3;
         let mut state = Attempts::new(plan, self.now_ms() as f64, budget_ms, f.idempotent);
+        // Once every place of the plan was tried: the places listed again, and their plan.
+        let mut relisted: Option<(Vec<Place>, Plan)> = None;
         loop {
+            let (places, plan) = match &relisted {
+                Some((p, q)) => (p.as_slice(), q),
+                None => (places, plan),
+            };
             let at = state.current();
             decision.attempts = state.tried().len() as u32;
             let place = &places[at];
@@ -688,7 +694,27 @@ impl Router {
                 }
                 tracing::warn!(function = %f.name, place = %place.id, "place failed: {}", failure.refused.message);
             }
-            match state.next(plan, &outcome, self.now_ms() as f64) {
+            let next = state.next(plan, &outcome, self.now_ms() as f64);
+            if next == Next::Relist {
+                let tried: Vec<&str> = state
+                    .tried()
+                    .iter()
+                    .map(|i| places[*i].id.as_str())
+                    .collect();
+                if let Some(again) = self.relist(node, f, call, &tried) {
+                    tracing::info!(
+                        function = %f.name,
+                        tried = %tried.join(", "),
+                        next = %again.0[again.1.chosen].id,
+                        "the call failed at every place listed; listed places again and found more"
+                    );
+                    state = state.relisted(&again.1);
+                    relisted = Some(again);
+                    continue;
+                }
+            }
+            // Listed again with no new place: every place tried failed.
+            match next {
                 Next::Done => return Err(failure.refused),
                 Next::Retry(_) => {}
                 Next::Fail(GiveUp::NotIdempotent) => {
@@ -704,7 +730,7 @@ impl Router {
                         ),
                     ));
                 }
-                Next::Fail(_) if outcome.place_failed() => {
+                Next::Fail(_) | Next::Relist if outcome.place_failed() => {
                     return Err(Refused::new(
                         502,
                         format!(
@@ -720,9 +746,38 @@ impl Router {
                         ),
                     ));
                 }
-                Next::Fail(_) => return Err(failure.refused),
+                Next::Fail(_) | Next::Relist => return Err(failure.refused),
             }
         }
+    }
+
+    /// The places a call that failed at every place of its plan (`tried`) may go on to: those
+    /// listed now that it has not tried (a member that joined meanwhile, one whose bench ran
+    /// out), with the policy's plan among them, made without exploring; `None` when there is
+    /// none.
+    fn relist(
+        &self,
+        node: &Node,
+        f: &FunctionManifest,
+        call: &Call<'_>,
+        tried: &[&str],
+    ) -> Option<(Vec<Place>, Plan)> {
+        let mut places = self.places(node, f);
+        places.retain(|p| !tried.contains(&p.id.as_str()));
+        if places.is_empty() {
+            return None;
+        }
+        let again = Call {
+            now_ms: self.now_ms() as f64,
+            weights: Weights {
+                explore: 0.0,
+                ..call.weights
+            },
+            ..*call
+        };
+        let infos: Vec<PlaceInfo<'_>> = places.iter().map(Place::info).collect();
+        let plan = self.policy(&f.name).plan(&again, &infos, self.roll())?;
+        Some((places, plan))
     }
 
     /// One attempt at one place.

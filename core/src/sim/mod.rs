@@ -85,6 +85,9 @@ pub struct PolicyResult {
     pub retries: u64,
     /// Attempts a place turned away for capacity (429).
     pub refusals: u64,
+    /// Calls that failed or were turned away at every place listed for them and went on to
+    /// places listed again ([`Next::Relist`]).
+    pub relisted: u64,
     pub failed: u64,
     /// The latency (ms) under which each share of [`CDF_AT`] of the calls finished.
     pub cdf_ms: Vec<f64>,
@@ -373,6 +376,21 @@ struct Cand {
 }
 
 impl Cand {
+    /// Node `i` with `x`, its facts as the router knows them.
+    fn node(i: usize, x: &crate::candidates::Facts) -> Self {
+        Cand {
+            at: Where::Node(i),
+            tier: x.tier,
+            rtt_ms: x.rtt_ms,
+            load_per_core: x.load_per_core,
+            cores: x.cores,
+            speed: x.speed.unwrap_or(1.0),
+            warm: x.warm,
+            service_ms: x.service_ms,
+            truth_ms: None,
+        }
+    }
+
     /// What the policy reads of it.
     fn info<'w>(&self, w: &'w World<'_>) -> PlaceInfo<'w> {
         PlaceInfo {
@@ -468,7 +486,7 @@ fn prepare_ahead(w: &mut World<'_>, router: &mut SiteRouter, device: u32, now: f
             func: f,
             payload_kb: 0.0,
         };
-        w.candidates(&probe, now, router, &mut cands);
+        w.candidates(&probe, now, router, &mut cands, false);
         let infos: Vec<PlaceInfo<'_>> = cands.iter().map(|k| k.info(w)).collect();
         let target = crate::forecast::prepare_target(&infos, rate, |i| {
             matches!(cands[i].at, Where::Node(_))
@@ -879,6 +897,19 @@ impl<'a> World<'a> {
         false
     }
 
+    /// What the call would really take at each of `cands` if sent at `t` (the oracle's
+    /// knowledge).
+    fn truths(&mut self, id: usize, c: &Call, t: f64, cands: &mut [Cand]) {
+        for cand in cands {
+            let a = self.attempt(id, c, cand.at, t);
+            cand.truth_ms = Some(if a.failed || a.refused {
+                f64::INFINITY
+            } else {
+                a.done - t
+            });
+        }
+    }
+
     /// Node `i` as its last report shows it.
     fn seen(&self, i: usize) -> Seen<'_> {
         Seen {
@@ -892,8 +923,17 @@ impl<'a> World<'a> {
     /// live members less the benched, each with its last report (in flight, or what its
     /// last answer back since said, brought up to date with the router's own calls sent
     /// and back since; warm functions and service times as of the report), the pinged
-    /// round trip, and the device itself (which knows its own state).
-    fn candidates(&mut self, c: &Call, t: f64, router: &mut SiteRouter, out: &mut Vec<Cand>) {
+    /// round trip, and the device itself (which knows its own state). `ahead`: `t` is past
+    /// calls still to come (a call's places listed again after its first were tried): the
+    /// router's records of its calls are read as of `t` but kept for those calls.
+    fn candidates(
+        &mut self,
+        c: &Call,
+        t: f64,
+        router: &mut SiteRouter,
+        out: &mut Vec<Cand>,
+        ahead: bool,
+    ) {
         out.clear();
         let site = self.device_site[c.device as usize];
         let wants = Wants {
@@ -908,6 +948,13 @@ impl<'a> World<'a> {
             }
             let rtt_ms = self.pinged_rtt(c.device, k, i, t);
             let at = router.mine.entry(i).or_default();
+            if ahead {
+                let mut mine = at.mine;
+                mine.now = at.back.iter().filter(|b| f64::from_bits(b.0) > t).count() as u32;
+                let x = facts(&self.seen(i), &wants, &mut mine, Some(rtt_ms));
+                out.push(Cand::node(i, &x));
+                continue;
+            }
             at.mine.now = drain_until(&mut at.back, t) as u32;
             // The newest answer back since: the node's load when it sent it, if that is
             // newer than its last report.
@@ -925,17 +972,7 @@ impl<'a> World<'a> {
                 }
             }
             let x = facts(&self.seen(i), &wants, &mut at.mine, Some(rtt_ms));
-            out.push(Cand {
-                at: Where::Node(i),
-                tier: x.tier,
-                rtt_ms: x.rtt_ms,
-                load_per_core: x.load_per_core,
-                cores: x.cores,
-                speed: x.speed.unwrap_or(1.0),
-                warm: x.warm,
-                service_ms: x.service_ms,
-                truth_ms: None,
-            });
+            out.push(Cand::node(i, &x));
         }
         if self.s.device_speed > 0.0 {
             let busy = self.device_free[c.device as usize] > t;
@@ -1065,8 +1102,8 @@ fn run_policy(
     let mut errors = Vec::new();
     let mut errors_seen = Vec::new();
     let mut tiers: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let (mut cold, mut retries, mut failed, mut missed, mut refusals) =
-        (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut cold, mut retries, mut failed, mut missed, mut refusals, mut relisted) =
+        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     for (id, c) in wl.calls.iter().enumerate() {
         while next_report <= c.t {
             w.report_round(next_report);
@@ -1097,21 +1134,14 @@ fn run_policy(
                 router.recent.push(c.func);
             }
         }
-        w.candidates(c, c.t, router, &mut cands);
+        w.candidates(c, c.t, router, &mut cands, false);
         let counted = id >= skip;
         if cands.is_empty() {
             failed += u64::from(counted);
             continue;
         }
         if p == Policy::Oracle {
-            for cand in cands.iter_mut() {
-                let a = w.attempt(id, c, cand.at, c.t);
-                cand.truth_ms = Some(if a.failed || a.refused {
-                    f64::INFINITY
-                } else {
-                    a.done - c.t
-                });
-            }
+            w.truths(id, c, c.t, &mut cands);
         }
         let fname = &fnames[c.func as usize];
         let mut call = PolicyCall {
@@ -1125,7 +1155,7 @@ fn run_policy(
             let infos: Vec<PlaceInfo<'_>> = cands.iter().map(|k| k.info(&w)).collect();
             router.policy.plan(&call, &infos, roll_rng.f64())
         };
-        let Some(plan) = plan else {
+        let Some(mut plan) = plan else {
             failed += u64::from(counted);
             continue;
         };
@@ -1211,6 +1241,33 @@ fn run_policy(
                     retries += u64::from(counted);
                     ta = now;
                 }
+                Next::Relist => {
+                    // Places listed again, less those tried; planned without exploring (a
+                    // call that has failed everywhere it went is no call to learn with).
+                    let tried: Vec<Where> = attempts.tried().iter().map(|&k| cands[k].at).collect();
+                    w.candidates(c, now, router, &mut cands, true);
+                    cands.retain(|k| !tried.contains(&k.at));
+                    if p == Policy::Oracle {
+                        w.truths(id, c, now, &mut cands);
+                    }
+                    let again = PolicyCall {
+                        now_ms: now,
+                        weights: Weights {
+                            explore: 0.0,
+                            ..weights
+                        },
+                        ..call
+                    };
+                    let infos: Vec<PlaceInfo<'_>> = cands.iter().map(|k| k.info(&w)).collect();
+                    let Some(q) = router.policy.plan(&again, &infos, 0.5) else {
+                        break None;
+                    };
+                    relisted += u64::from(counted);
+                    attempts = attempts.relisted(&q);
+                    plan = q;
+                    retries += u64::from(counted);
+                    ta = now;
+                }
                 Next::Fail(_) => break None,
             }
         };
@@ -1265,6 +1322,7 @@ fn run_policy(
         prediction_error_seen,
         retries,
         refusals,
+        relisted,
         failed,
         cdf_ms: CDF_AT.iter().map(|p| q(*p)).collect(),
     }
@@ -1555,5 +1613,31 @@ mod tests {
             without.table()
         );
         assert!(with.table().contains("DEVICE/EDGE/CLOUD/PEER %"));
+    }
+
+    #[test]
+    fn a_call_out_of_places_goes_on_among_places_listed_again() {
+        // One site of two failing edges and a two-core cloud, overloaded, no device: calls
+        // run out of places (each refused or lost) before they run out of attempts, and
+        // places are listed again for them; a few find one (a place whose bench ran out, a
+        // node back from a failure) and go on there.
+        let mut s = scenario(20_000);
+        s.sites = 1;
+        s.edges_per_site = 2;
+        s.neighbor_sites = 0;
+        s.cloud_cores = 2;
+        s.utilisation = 1.5;
+        s.mtbf_s = 30.0;
+        s.device_speed = 0.0;
+        let r = run(&s, &inputs(), &Policy::ALL);
+        assert!(
+            r.policies.iter().map(|p| p.relisted).sum::<u64>() > 0,
+            "no call went on to places listed again:\n{}",
+            r.table()
+        );
+        for p in &r.policies {
+            // Each call listed again went on to one more attempt.
+            assert!(p.retries >= p.relisted, "{p:?}");
+        }
     }
 }
