@@ -3,8 +3,9 @@
 //! by a veth pair). Sync calls only the cloud can run fail fast naming it; async calls for
 //! it wait in the site's durable outbox (shown by `fogline status` and `/metrics`) and are
 //! handed on in submission order, each key run once, every callback told, once the link
-//! is back, with no operator action. Needs root and iproute2 (skipped with a message
-//! otherwise; required under CI).
+//! is back, with no operator action; calls that waited follow the first as it is handed
+//! on. The link tests need root and iproute2 (skipped with a message otherwise; required
+//! under CI).
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -608,4 +609,82 @@ async fn a_router_killed_while_members_run_its_calls_gets_their_answers_without_
     assert_eq!(runs, CALLS as u64, "each call ran once across the crash");
     // Each answered again from the member it was handed to before the crash.
     assert_eq!(replays, CALLS as f64);
+}
+
+/// Async calls that waited for a place (pinned to the cloud, no cloud yet) go on together
+/// once a place comes: the rest follow as soon as the first is handed to the cloud, not
+/// after its run there (before, the first ran 3 s alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_waiting_for_a_place_follow_the_first_as_it_is_handed_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = pki(d);
+    let router = member_with(
+        d,
+        &pki,
+        "router",
+        "router",
+        None,
+        None,
+        "[async]\nworkers = 4\nretry_base = \"100ms\"\n",
+    );
+    let r = deploy(
+        &router,
+        "wait",
+        "wait/wait.wasm",
+        serde_json::json!({"idempotent": true, "timeout": "30s", "placement": {"tier": "cloud"}}),
+    )
+    .await;
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let rc = authed(&router.token);
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let r = rc
+            .post(format!("{}/async-function/wait", router.url))
+            .body(format!("3000 #{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+        ids.push(r.headers()["x-call-id"].to_str().unwrap().to_string());
+    }
+    let t0 = Instant::now();
+    while status(&router).await["outbox"][0]["calls"].as_u64() != Some(4) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the outbox does not hold the 4 calls: {}",
+            status(&router).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seed = mesh_json(&router)["self"].as_str().unwrap().to_string();
+    let cloud = member(d, &pki, "bridge", "cloud", Some(&seed), None);
+    // Two of them run at the cloud at once while the first has no result yet.
+    let t0 = Instant::now();
+    loop {
+        let running = status(&cloud).await["instances_in_use"]
+            .as_u64()
+            .unwrap_or(0);
+        if running >= 2 {
+            let (s, body) = get(&rc, format!("{}/v1/calls/{}", router.url, ids[0])).await;
+            assert_eq!(
+                s, 202,
+                "the first call ended before a second started: {body}"
+            );
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(40),
+            "never two calls at the cloud at once; what the members logged:\n{}",
+            logged(d, |l| l.contains("WARN") || l.contains("wait"))
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let (s, body) = async_result(&rc, &router, id).await;
+        assert_eq!(
+            (s, body.trim()),
+            (200, format!("waited 3000 ms #{i}").as_str())
+        );
+    }
 }

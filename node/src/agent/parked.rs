@@ -2,7 +2,8 @@
 //! place can take a function's call (none alive, or the tier it is pinned to unreachable),
 //! that call becomes the function's head and is tried again every so often; the
 //! function's later calls wait behind it, without attempts, and are handed on in
-//! submission order once the head has gone through. Waiting is not a failed attempt:
+//! submission order once the head has gone through: as a member is handed it (or, run
+//! here or given up, when it ends), not after its run there. Waiting is not a failed attempt:
 //! only the call's deadline ends it. The calls themselves stay on disk as any queued call
 //! (a restart queues them again in order, and the first to find no place parks the rest).
 

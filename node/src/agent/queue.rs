@@ -580,6 +580,7 @@ impl Node {
         // call's id), and a later attempt goes back there first: a hand-off whose answer
         // was lost (the link, or this process, gone meanwhile) gets it, not a second run.
         let handed = Arc::new(std::sync::Mutex::new(None::<String>));
+        let (went, mut gone) = tokio::sync::oneshot::channel();
         let handoff = super::keyed::Handoff {
             key: Some(
                 meta.key
@@ -587,11 +588,21 @@ impl Node {
                     .unwrap_or_else(|| super::keyed::call_key(&self.public_call_id(id))),
             ),
             prefer: meta.handed_to.clone(),
-            note: Some(self.note_handoff(id, handed.clone())),
+            note: Some(self.note_handoff(id, handed.clone(), went)),
         };
         let placed =
-            super::keyed::with_handoff(handoff, self.place(&call.function, call.body.clone()))
-                .await;
+            super::keyed::with_handoff(handoff, self.place(&call.function, call.body.clone()));
+        tokio::pin!(placed);
+        let placed = tokio::select! {
+            biased;
+            out = &mut placed => out,
+            Ok(()) = &mut gone => {
+                // A place took it: the calls that waited behind it (a tier was cut off)
+                // go on now, in order, rather than after its run.
+                self.release(&call.function, id);
+                placed.await
+            }
+        };
         if let Some(to) = handed.lock().unwrap_or_else(|p| p.into_inner()).take() {
             meta.handed_to = Some(to);
         }
@@ -678,14 +689,20 @@ impl Node {
     }
 
     /// Notes on disk, before async call `id` is handed to a member, which one (and in
-    /// `handed`, for the attempt's own record of the call).
+    /// `handed`, for the attempt's own record of the call), and says on `went` that it
+    /// was handed on (the first time).
     fn note_handoff(
         &self,
         id: u64,
         handed: Arc<std::sync::Mutex<Option<String>>>,
+        went: tokio::sync::oneshot::Sender<()>,
     ) -> super::keyed::NoteHandoff {
         let store = self.store.clone();
+        let went = std::sync::Mutex::new(Some(went));
         Arc::new(move |member: String| {
+            if let Some(w) = went.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = w.send(());
+            }
             let (store, handed) = (store.clone(), handed.clone());
             Box::pin(async move {
                 *handed.lock().unwrap_or_else(|p| p.into_inner()) = Some(member.clone());
@@ -715,15 +732,15 @@ impl Node {
         });
     }
 
-    /// Call `id` of `function` is done (run or given up): the calls that waited behind
-    /// it are queued again, in submission order.
+    /// Call `id` of `function` went through (handed to a member, run or given up): the
+    /// calls that waited behind it are queued again, in submission order.
     fn release(&self, function: &str, id: u64) {
         let behind = self.queue.parked.release(function, id);
         if behind.is_empty() {
             return;
         }
         tracing::info!(
-            "{function}: a place took its waiting call; {} more handed on in order",
+            "{function}: its waiting call went through; {} more handed on in order",
             behind.len()
         );
         let tx = self.queue.tx.clone();
