@@ -472,7 +472,7 @@ fn default_version() -> u32 {
 fn default_memory() -> ByteSize {
     ByteSize::mib(64)
 }
-fn default_timeout() -> Duration {
+pub(crate) fn default_timeout() -> Duration {
     Duration::from_secs(5)
 }
 fn default_max_concurrency() -> u32 {

@@ -289,6 +289,17 @@ impl Default for Reuse {
     }
 }
 
+/// A function's size before any function ran anywhere (nothing to go by): as long as a
+/// function may run by default (its timeout). With the size unknown, a place's worst case
+/// is what counts: a slow place (the device) is the best only for short calls and costs
+/// many times the fastest's for long ones, where a fast, far place costs at most its round
+/// trip more. So the first call goes where long calls run fastest, not, as a guess of 1 ms
+/// would have it, to the place with the shortest round trip (on `sparse`, a 2 s function
+/// sent to a device as a router's first call took 9.4 s, the cloud's 1 s).
+fn unknown_size() -> f64 {
+    crate::manifest::default_timeout().as_secs_f64() * 1000.0
+}
+
 /// A model's overruns count as risk once it has seen this many calls.
 const RISK_AFTER: usize = 8;
 
@@ -342,23 +353,26 @@ impl Planner {
         }
     }
 
-    /// A function's size before it ran anywhere, once some function has run: the mean of
-    /// the log-normal that functions' first sizes fit (execution times across functions are
-    /// close to log-normal: Shahrad et al., 2020), exp(m + s²/2) from their logarithms'
-    /// mean m and variance s². The expected size is what minimises a call's expected time,
-    /// and sizes are heavy-tailed: the plain mean of the few sizes seen so far mostly misses
-    /// the tail and says "small", and a small guess sends a long function to a slow place.
-    fn typical_size(&self) -> Option<f64> {
+    /// A function's size before it ran anywhere: the mean of the log-normal that functions'
+    /// first sizes fit (execution times across functions are close to log-normal: Shahrad
+    /// et al., 2020), exp(m + s²/2) from their logarithms' mean m and variance s², with the
+    /// size of a function nothing is known of ([`unknown_size`]) as one more sample, and at
+    /// most that. The expected size is what minimises a call's expected time, and sizes are
+    /// heavy-tailed: the plain mean of the few sizes seen so far mostly misses the tail and
+    /// says "small", and a small guess sends a long function to a slow place. The one
+    /// sample of the unknown keeps the first few sizes from speaking for every function.
+    fn typical_size(&self) -> f64 {
+        let top = unknown_size();
+        let l = top.ln();
         let (sl, sl2, n) = self.first_sizes;
-        (n > 0.0).then(|| {
-            let m = sl / n;
-            let v = if n > 1.0 {
-                ((sl2 - n * m * m) / (n - 1.0)).max(0.0)
-            } else {
-                0.0
-            };
-            (m + v / 2.0).exp()
-        })
+        let (sl, sl2, n) = (sl + l, sl2 + l * l, n + 1.0);
+        let m = sl / n;
+        let v = if n > 1.0 {
+            ((sl2 - n * m * m) / (n - 1.0)).max(0.0)
+        } else {
+            0.0
+        };
+        (m + v / 2.0).exp().min(top)
     }
 
     /// A function's size as the places that reported its service time say, when this
@@ -419,8 +433,7 @@ impl Planner {
             .get(function)
             .copied()
             .or_else(|| self.reported_size(places))
-            .or_else(|| self.typical_size())
-            .unwrap_or(1.0);
+            .unwrap_or_else(|| self.typical_size());
         let mut scored = Vec::with_capacity(places.len());
         for p in places {
             let number = self.place_number.get(&place_key(p.id)).copied();
@@ -917,7 +930,8 @@ mod tests {
             cold: false,
         };
         p.learn(&c, "fast", &plan.scored[0], &ok);
-        // "h" never ran anywhere: a typical function's size at each place's speed.
+        // "h" never ran anywhere: a typical function's size at each place's speed (with
+        // one size seen, still the most a function may run: see `typical_size`).
         let h = Call {
             function: "h",
             ..call(1.0, w)
@@ -928,7 +942,11 @@ mod tests {
             plan.scored[0].features.service_ms,
             plan.scored[1].features.service_ms,
         );
-        assert!((s - 160.0).abs() < 1.0 && (f - 20.0).abs() < 1.0, "{s} {f}");
+        let t = p.typical_size();
+        assert!(
+            (s - t / 0.25).abs() < 1.0 && (f - t / 2.0).abs() < 1.0,
+            "{s} {f} {t}"
+        );
         // The payload the model sees is the request plus the response expected for "g".
         let plan = p.plan(&c, &[fast], 0.5).unwrap();
         assert!((plan.scored[0].features.payload_kb - 2.0).abs() < 1e-9);
@@ -1026,7 +1044,7 @@ mod tests {
     fn a_function_new_here_is_sized_by_what_the_places_report_of_it() {
         let mut p = Planner::new(64);
         let w = no_explore();
-        // Some function ran here: the typical size is 40 ms of work at speed 1.
+        // Some function ran here (40 ms of work at speed 1).
         let g = Call {
             function: "g",
             ..call(1.0, w)
@@ -1060,13 +1078,13 @@ mod tests {
             plan.chosen, 1,
             "the cloud runs 900 ms of work in 600: {plan:?}"
         );
-        // Without the report, the typical size (40 ms) would have sent it to the edge.
+        // Without the report, it is sized as a typical function.
         let blind = PlaceInfo {
             service_ms: None,
             ..cloud
         };
         let plan = p.plan(&h, &[edge, blind], 0.5).unwrap();
-        assert_eq!(plan.chosen, 0);
+        assert_eq!(plan.scored[0].features.service_ms, p.typical_size());
     }
 
     #[test]
@@ -1267,26 +1285,33 @@ mod tests {
     fn a_function_never_seen_is_sized_as_the_log_normal_mean_of_first_sizes() {
         let mut p = Planner::new(64);
         let f = Features::default();
-        assert_eq!(p.typical_size(), None);
+        let top = unknown_size();
+        // Nothing seen: as long as a function may run by default.
+        assert_eq!(p.typical_size(), top);
+        assert_eq!(top, 5000.0);
+        // One short size seen: the unknown still weighs as one sample, so a function never
+        // seen is not taken for as short (the log-normal of 8 and 5000, capped at 5000).
         p.observe("g", "a", &f, 1.0, 8.0, Some(8.0));
-        assert!(
-            (p.typical_size().unwrap() - 8.0).abs() < 1e-9,
-            "one size is itself"
-        );
-        // Heavy-tailed first sizes: the log-normal's mean, above the median (2) and above
-        // the plain mean (200.4) of five samples that hold one of the tail.
-        let sizes = [2.0f64, 2.0, 2.0, 994.0, 2.0];
+        assert_eq!(p.typical_size(), top, "one size does not speak for all");
+        // Heavy-tailed first sizes: the log-normal's mean over them and the unknown's one
+        // sample, above the median (2) and above the plain mean (200.4) of the five sizes
+        // that hold one of the tail, and below the cap.
+        let sizes = [
+            2.0f64, 2.0, 2.0, 994.0, 2.0, 2.0, 3.0, 2.0, 4.0, 2.0, 2.0, 2.0,
+        ];
         let mut p = Planner::new(64);
         for (i, s) in sizes.iter().enumerate() {
             p.observe(&format!("g{i}"), "a", &f, 1.0, *s, Some(*s));
         }
-        let logs: Vec<f64> = sizes.iter().map(|s| s.ln()).collect();
-        let m = logs.iter().sum::<f64>() / 5.0;
-        let v = logs.iter().map(|l| (l - m).powi(2)).sum::<f64>() / 4.0;
+        let mut logs: Vec<f64> = sizes.iter().map(|s| s.ln()).collect();
+        logs.push(top.ln());
+        let n = logs.len() as f64;
+        let m = logs.iter().sum::<f64>() / n;
+        let v = logs.iter().map(|l| (l - m).powi(2)).sum::<f64>() / (n - 1.0);
         let want = (m + v / 2.0).exp();
-        let got = p.typical_size().unwrap();
+        let got = p.typical_size();
         assert!((got - want).abs() < 1e-6 * want, "{got} against {want}");
-        assert!(got > 200.4, "{got}");
+        assert!(got > 200.4 && got < top, "{got}");
     }
 
     #[test]
