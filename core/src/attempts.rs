@@ -161,7 +161,7 @@ impl Attempts {
     }
 
     /// Attempts made, under every plan.
-    fn made(&self) -> usize {
+    pub fn made(&self) -> usize {
         self.earlier + self.tried.len()
     }
 
@@ -415,6 +415,7 @@ mod tests {
         assert_eq!(b.current(), 1);
         assert!(!b.first());
         assert_eq!(b.tried(), &[1]);
+        assert_eq!(b.made(), 3, "two under the first listing, one under this");
         assert_eq!(b.next(&q, &lost, 30.0), Next::Retry(0));
         // Places run out again: no third listing.
         assert_eq!(b.next(&q, &lost, 40.0), Next::Fail(GiveUp::Exhausted));

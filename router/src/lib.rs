@@ -554,15 +554,17 @@ impl Router {
     ) -> Result<Placed, Refused> {
         let budget_ms = f.timeout.as_secs_f64() * 1e3;
         let mut state = Attempts::new(plan, self.now_ms() as f64, budget_ms, f.idempotent);
-        // Once every place of the plan was tried: the places listed again, and their plan.
+        // Once every place of the plan was tried: the places listed again, and their plan;
+        // and the places the first listing tried.
         let mut relisted: Option<(Vec<Place>, Plan)> = None;
+        let mut tried_before: Vec<String> = Vec::new();
         loop {
             let (places, plan) = match &relisted {
                 Some((p, q)) => (p.as_slice(), q),
                 None => (places, plan),
             };
             let at = state.current();
-            decision.attempts = state.tried().len() as u32;
+            decision.attempts = state.made() as u32;
             let place = &places[at];
             let scored = plan.scored[at];
             let t0 = Instant::now();
@@ -677,7 +679,7 @@ impl Router {
                 Ok(mut placed) => {
                     placed.took_ms = took_ms;
                     placed.predicted_ms = Some(plan.scored[plan.chosen].predicted_ms);
-                    placed.attempts = state.tried().len() as u32;
+                    placed.attempts = state.made() as u32;
                     return Ok(placed);
                 }
                 Err(fail) => fail,
@@ -709,6 +711,7 @@ impl Router {
                         "the call failed at every place listed; listed places again and found more"
                     );
                     state = state.relisted(&again.1);
+                    tried_before.extend(tried.iter().map(|t| t.to_string()));
                     relisted = Some(again);
                     continue;
                 }
@@ -736,10 +739,10 @@ impl Router {
                         format!(
                             "{} failed on every place tried ({}): {}",
                             f.name,
-                            state
-                                .tried()
+                            tried_before
                                 .iter()
-                                .map(|i| places[*i].id.as_str())
+                                .map(String::as_str)
+                                .chain(state.tried().iter().map(|i| places[*i].id.as_str()))
                                 .collect::<Vec<_>>()
                                 .join(", "),
                             failure.refused.message
