@@ -363,24 +363,8 @@ async fn a_call_whose_places_all_failed_goes_on_to_a_member_that_joined_meanwhil
 
     let url = router.url.clone();
     let started = Instant::now();
-    let long = tokio::spawn(async move {
-        let r = client()
-            .post(format!("{url}/function/wait"))
-            .body("8000 long")
-            .send()
-            .await
-            .unwrap();
-        let header = |h: &str| {
-            r.headers()
-                .get(h)
-                .map(|v| v.to_str().unwrap().to_string())
-                .unwrap_or_default()
-        };
-        let on = header("x-fogline-placed-on");
-        let on = on.split(' ').next().unwrap_or_default().to_string();
-        let attempts = header("x-fogline-attempts");
-        (r.status().as_u16(), on, attempts, r.text().await.unwrap())
-    });
+    let long =
+        tokio::spawn(async move { call_attempts(&client(), &url, "wait", "8000 long").await });
     let t0 = Instant::now();
     while status(&cloud_1).await["instances_in_use"].as_u64() < Some(1) {
         assert!(

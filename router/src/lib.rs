@@ -756,7 +756,7 @@ impl Router {
 
     /// The places a call that failed at every place of its plan (`tried`) may go on to: those
     /// listed now that it has not tried (a member that joined meanwhile, one whose bench ran
-    /// out), with the policy's plan among them, made without exploring; `None` when there is
+    /// out), with the policy's plan among them (`Call::relisted`); `None` when there is
     /// none.
     fn relist(
         &self,
@@ -770,14 +770,7 @@ impl Router {
         if places.is_empty() {
             return None;
         }
-        let again = Call {
-            now_ms: self.now_ms() as f64,
-            weights: Weights {
-                explore: 0.0,
-                ..call.weights
-            },
-            ..*call
-        };
+        let again = call.relisted(self.now_ms() as f64);
         let infos: Vec<PlaceInfo<'_>> = places.iter().map(Place::info).collect();
         let plan = self.policy(&f.name).plan(&again, &infos, self.roll())?;
         Some((places, plan))

@@ -477,6 +477,18 @@ pub async fn deploy_hello(node: &NodeProc) {
 
 /// Invokes through the router; returns (status, placed-on node, body).
 pub async fn call(c: &reqwest::Client, router: &str, f: &str, body: &str) -> (u16, String, String) {
+    let (status, placed, _, body) = call_attempts(c, router, f, body).await;
+    (status, placed, body)
+}
+
+/// [`call`], with the attempts the router made (its `x-fogline-attempts`; empty without
+/// one): (status, placed-on node, attempts, body).
+pub async fn call_attempts(
+    c: &reqwest::Client,
+    router: &str,
+    f: &str,
+    body: &str,
+) -> (u16, String, String, String) {
     let r = c
         .post(format!("{router}/function/{f}"))
         .body(body.to_string())
@@ -484,12 +496,19 @@ pub async fn call(c: &reqwest::Client, router: &str, f: &str, body: &str) -> (u1
         .await
         .unwrap();
     let status = r.status().as_u16();
-    let placed = r
-        .headers()
-        .get("x-fogline-placed-on")
-        .map(|v| v.to_str().unwrap().split(' ').next().unwrap().to_string())
-        .unwrap_or_default();
-    (status, placed, r.text().await.unwrap())
+    let header = |h: &str| {
+        r.headers()
+            .get(h)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    let placed = header("x-fogline-placed-on")
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    let attempts = header("x-fogline-attempts");
+    (status, placed, attempts, r.text().await.unwrap())
 }
 
 /// Every file under `dir`, at any depth.

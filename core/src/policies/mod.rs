@@ -133,6 +133,22 @@ pub struct Call<'a> {
     pub now_ms: f64,
 }
 
+impl Call<'_> {
+    /// The same call planned again at `now_ms` among places listed again
+    /// ([`crate::attempts::Next::Relist`]): without exploring (a call that failed
+    /// everywhere it went is no call to learn with).
+    pub fn relisted(&self, now_ms: f64) -> Self {
+        Call {
+            now_ms,
+            weights: Weights {
+                explore: 0.0,
+                ..self.weights
+            },
+            ..*self
+        }
+    }
+}
+
 /// A placement policy: scores every place for a call (lower is better; for the policies
 /// that predict, the predicted milliseconds), chooses one, and learns from outcomes.
 pub trait Policy: Send {

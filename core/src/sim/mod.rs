@@ -1242,24 +1242,15 @@ fn run_policy(
                     ta = now;
                 }
                 Next::Relist => {
-                    // Places listed again, less those tried; planned without exploring (a
-                    // call that has failed everywhere it went is no call to learn with).
+                    // Places listed again, less those tried, planned as `Call::relisted`.
                     let tried: Vec<Where> = attempts.tried().iter().map(|&k| cands[k].at).collect();
                     w.candidates(c, now, router, &mut cands, true);
                     cands.retain(|k| !tried.contains(&k.at));
                     if p == Policy::Oracle {
                         w.truths(id, c, now, &mut cands);
                     }
-                    let again = PolicyCall {
-                        now_ms: now,
-                        weights: Weights {
-                            explore: 0.0,
-                            ..weights
-                        },
-                        ..call
-                    };
                     let infos: Vec<PlaceInfo<'_>> = cands.iter().map(|k| k.info(&w)).collect();
-                    let Some(q) = router.policy.plan(&again, &infos, 0.5) else {
+                    let Some(q) = router.policy.plan(&call.relisted(now), &infos, 0.5) else {
                         break None;
                     };
                     relisted += u64::from(counted);
