@@ -81,7 +81,10 @@ fn regression_stays_near_the_oracle_and_beats_the_static_policies_on_every_scena
                 f(reg, "prediction_error_seen") * 100.0
             );
             assert_eq!(f(oracle, "failed"), 0.0, "{scenario} seed {seed}");
-            assert!(p99 <= 2.0 && mean <= 1.4, "{scenario} seed {seed}: regression against the oracle: p99 {p99:.2}x, mean {mean:.2}x");
+            // The widest cell is `far-small-cloud` seed 3 (2.04x, 1.72x): a continuum
+            // offered all its edges can take, where the router hears outcomes only as they
+            // come back (1.45x and 1.44x while the simulator let it learn them earlier).
+            assert!(p99 <= 2.2 && mean <= 1.8, "{scenario} seed {seed}: regression against the oracle: p99 {p99:.2}x, mean {mean:.2}x");
             log_p99 += p99.ln();
             log_mean += mean.ln();
             cells += 1.0;
@@ -112,7 +115,11 @@ fn regression_stays_near_the_oracle_and_beats_the_static_policies_on_every_scena
     }
     let (p99, mean) = ((log_p99 / cells).exp(), (log_mean / cells).exp());
     eprintln!("over every cell (geometric mean): regression/oracle p99 {p99:.3}x mean {mean:.3}x");
-    // Deterministic for these seeds: 1.127x and 1.030x today; 1.144x and 1.038x before a
+    // Deterministic for these seeds: 1.172x and 1.037x today, since the simulated router
+    // hears each outcome when it comes back (it learnt it as soon as the simulator worked
+    // it out: 1.108x and 1.013x; 1.115x and 1.026x before the size of a function nothing
+    // is known of was the default timeout's worth of work); 1.127x and 1.030x earlier;
+    // 1.144x and 1.038x before a
     // device was loaded off the call's path; 1.140x and 1.055x before a
     // member's reported service time left out cold starts; 1.149x and 1.059x before
     // answers carried the member's load; 1.151x and 1.062x before a

@@ -89,6 +89,9 @@ pub struct Plan {
     /// path, and the call goes to the best other place. (Run there cold, the call would
     /// pay the load itself, and such calls make a tail.)
     pub load_device: bool,
+    /// The function's size is a guess (`Planner::typical_size`): this planner has not
+    /// seen it run, nor has any place reported its time.
+    pub guessed: bool,
 }
 
 impl Plan {
@@ -428,12 +431,12 @@ impl Planner {
         let function = call.function;
         let payload_kb = call.request_kb + self.response_kb.get(function).copied().unwrap_or(0.0);
         let models = self.models.get(function);
-        let size = self
+        let known = self
             .size
             .get(function)
             .copied()
-            .or_else(|| self.reported_size(places))
-            .unwrap_or_else(|| self.typical_size());
+            .or_else(|| self.reported_size(places));
+        let size = known.unwrap_or_else(|| self.typical_size());
         let mut scored = Vec::with_capacity(places.len());
         for p in places {
             let number = self.place_number.get(&place_key(p.id)).copied();
@@ -496,6 +499,7 @@ impl Planner {
             meets_deadline: d.meets_deadline,
             timed: true,
             load_device,
+            guessed: known.is_none(),
         })
     }
 
@@ -1078,13 +1082,17 @@ mod tests {
             plan.chosen, 1,
             "the cloud runs 900 ms of work in 600: {plan:?}"
         );
-        // Without the report, it is sized as a typical function.
+        assert!(!plan.guessed);
+        // Without the report, it is sized as a typical function: a guess.
         let blind = PlaceInfo {
             service_ms: None,
             ..cloud
         };
         let plan = p.plan(&h, &[edge, blind], 0.5).unwrap();
         assert_eq!(plan.scored[0].features.service_ms, p.typical_size());
+        assert!(plan.guessed);
+        // A function this planner saw run is sized by that, with or without reports.
+        assert!(!p.plan(&g, &[edge, blind], 0.5).unwrap().guessed);
     }
 
     #[test]

@@ -245,6 +245,7 @@ pub(crate) fn plan_by(
         meets_deadline: d.meets_deadline,
         timed: is_time,
         load_device: false,
+        guessed: false,
     })
 }
 

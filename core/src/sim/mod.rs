@@ -452,6 +452,76 @@ struct SiteRouter {
     arrivals: HashMap<u32, Arrivals>,
     recent: Vec<u32>,
     prepared: HashMap<(u32, usize), f64>,
+    /// Outcomes on their way back: the router learns each when it comes back, not when
+    /// the simulator works it out (calls are simulated in arrival order, and a later
+    /// call may arrive before an earlier one's answer).
+    coming: BinaryHeap<Reverse<Coming>>,
+}
+
+/// One attempt's outcome, which the router hears of at `at`.
+struct Coming {
+    at: f64,
+    seq: u64,
+    func: u32,
+    request_kb: f64,
+    /// When the attempt was sent.
+    sent: f64,
+    place: Where,
+    scored: crate::placement::Scored,
+    outcome: Outcome,
+    bench: bool,
+}
+
+impl PartialEq for Coming {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o).is_eq()
+    }
+}
+impl Eq for Coming {}
+impl PartialOrd for Coming {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Coming {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.at.total_cmp(&o.at).then(self.seq.cmp(&o.seq))
+    }
+}
+
+impl SiteRouter {
+    fn new(policy: Box<dyn crate::policies::Policy>) -> Self {
+        SiteRouter {
+            policy,
+            mine: HashMap::default(),
+            bench: Bench::default(),
+            arrivals: HashMap::default(),
+            recent: Vec::new(),
+            prepared: HashMap::default(),
+            coming: BinaryHeap::new(),
+        }
+    }
+
+    /// The router hears every outcome back by `t`, in the order they came back: its
+    /// policy observes each, and benches the place where the outcome says so.
+    fn hear_until(&mut self, t: f64, w: &World<'_>, fnames: &[String], call: PolicyCall<'_>) {
+        while self.coming.peek().is_some_and(|c| c.0.at <= t) {
+            let Some(Reverse(c)) = self.coming.pop() else {
+                break;
+            };
+            let heard = PolicyCall {
+                function: &fnames[c.func as usize],
+                request_kb: c.request_kb,
+                now_ms: c.sent,
+                ..call
+            };
+            let place = place_id(w, c.place);
+            self.policy.observe(&heard, place, &c.scored, &c.outcome);
+            if c.bench {
+                self.bench.bench(place, c.at);
+            }
+        }
+    }
 }
 
 /// A site router's calls at one node: when each will be back, its answers on their way
@@ -517,6 +587,9 @@ struct World<'a> {
     site_nodes: Vec<Vec<usize>>,
     cloud: usize,
     device_free: Vec<f64>,
+    /// Per device, when each of its calls there ends (its calls in flight, as the live
+    /// device counts its instances in use).
+    device_running: Vec<BinaryHeap<Reverse<u64>>>,
     device_warm: HashMap<(u32, u32), f64>,
     device_service: HashMap<(u32, u32), f64>,
     device_site: Vec<usize>,
@@ -642,6 +715,7 @@ impl<'a> World<'a> {
             site_nodes,
             cloud,
             device_free: vec![0.0; s.devices],
+            device_running: (0..s.devices).map(|_| BinaryHeap::new()).collect(),
             device_warm: HashMap::default(),
             device_service: HashMap::default(),
             device_site,
@@ -859,6 +933,7 @@ impl<'a> World<'a> {
         match w {
             Where::Device => {
                 self.device_free[c.device as usize] = a.finish;
+                self.device_running[c.device as usize].push(Reverse(a.finish.to_bits()));
                 self.device_warm.insert((c.device, c.func), a.finish);
                 report_service(&mut self.device_service, (c.device, c.func), a);
             }
@@ -976,11 +1051,20 @@ impl<'a> World<'a> {
         }
         if self.s.device_speed > 0.0 {
             let busy = self.device_free[c.device as usize] > t;
+            // Its calls in flight (queued behind each other on its one core), at least
+            // one while it is busy loading a function.
+            let running = &mut self.device_running[c.device as usize];
+            let calls = if ahead {
+                running.iter().filter(|b| f64::from_bits(b.0) > t).count()
+            } else {
+                drain_until(running, t)
+            };
+            let load = (calls as f64).max(if busy { 1.0 } else { 0.0 });
             out.push(Cand {
                 at: Where::Device,
                 tier: Tier::Device,
                 rtt_ms: 0.0,
-                load_per_core: if busy { 1.0 } else { 0.0 },
+                load_per_core: load,
                 cores: 1,
                 speed: self.s.device_speed,
                 warm: self
@@ -1060,17 +1144,21 @@ fn run_policy(
     p: Policy,
     horizon: f64,
 ) -> PolicyResult {
+    run_built(s, inputs, wl, p, horizon, &|| p.build(128))
+}
+
+/// [`run_policy`] with each site router's policy from `build` (`p` still says whether it
+/// is the oracle).
+fn run_built(
+    s: &Scenario,
+    inputs: &Inputs,
+    wl: &Workload,
+    p: Policy,
+    horizon: f64,
+    build: &dyn Fn() -> Box<dyn crate::policies::Policy>,
+) -> PolicyResult {
     let mut w = World::new(s, inputs, &wl.funcs, horizon);
-    let mut routers: Vec<SiteRouter> = (0..s.sites)
-        .map(|_| SiteRouter {
-            policy: p.build(128),
-            mine: HashMap::default(),
-            bench: Bench::default(),
-            arrivals: HashMap::default(),
-            recent: Vec::new(),
-            prepared: HashMap::default(),
-        })
-        .collect();
+    let mut routers: Vec<SiteRouter> = (0..s.sites).map(|_| SiteRouter::new(build())).collect();
     // Each site's first device stands for its devices when its router prepares ahead. And
     // a site's router places all its devices' calls: its device place stands for them all,
     // and a function stays loaded on one for the scenario's keepalive.
@@ -1104,8 +1192,19 @@ fn run_policy(
     let mut tiers: BTreeMap<&'static str, u64> = BTreeMap::new();
     let (mut cold, mut retries, mut failed, mut missed, mut refusals, mut relisted) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let template = PolicyCall {
+        function: "",
+        request_kb: 0.0,
+        deadline_ms: Some(s.deadline_ms),
+        weights,
+        now_ms: 0.0,
+    };
+    let mut seq = 0u64;
     for (id, c) in wl.calls.iter().enumerate() {
         while next_report <= c.t {
+            for r in &mut routers {
+                r.hear_until(next_report, &w, &fnames, template);
+            }
             w.report_round(next_report);
             if s.prepare_ahead {
                 for (site, r) in routers.iter_mut().enumerate() {
@@ -1134,6 +1233,7 @@ fn run_policy(
                 router.recent.push(c.func);
             }
         }
+        router.hear_until(c.t, &w, &fnames, template);
         w.candidates(c, c.t, router, &mut cands, false);
         let counted = id >= skip;
         if cands.is_empty() {
@@ -1144,7 +1244,7 @@ fn run_policy(
             w.truths(id, c, c.t, &mut cands);
         }
         let fname = &fnames[c.func as usize];
-        let mut call = PolicyCall {
+        let call = PolicyCall {
             function: fname,
             request_kb: f64::from(c.payload_kb) / 2.0,
             deadline_ms: Some(s.deadline_ms),
@@ -1212,19 +1312,25 @@ fn run_policy(
                     }
                 }
             }
-            call.now_ms = ta;
-            router
-                .policy
-                .observe(&call, place_id(&w, at), &plan.scored[i], &outcome);
             // Whether the place reported while the call was there. The device sends no
             // reports (as live: a call run on the device itself has no member to hear from).
             let heard = || match at {
                 Where::Device => false,
                 Where::Node(n) => w.reports_during(n, ta, now),
             };
-            if attempts.benches(&plan, &outcome, heard) {
-                router.bench.bench(place_id(&w, at), now);
-            }
+            let bench = attempts.benches(&plan, &outcome, heard);
+            seq += 1;
+            router.coming.push(Reverse(Coming {
+                at: now,
+                seq,
+                func: c.func,
+                request_kb: call.request_kb,
+                sent: ta,
+                place: at,
+                scored: plan.scored[i],
+                outcome,
+                bench,
+            }));
             if let Outcome::Answered { .. } = outcome {
                 if counted && attempts.first() && plan.scored[i].source != Source::Score {
                     let pr = plan.scored[i].predicted_ms;
@@ -1242,7 +1348,10 @@ fn run_policy(
                     ta = now;
                 }
                 Next::Relist => {
-                    // Places listed again, less those tried, planned as `Call::relisted`.
+                    // Places listed again, less those tried, planned as `Call::relisted`
+                    // with what the router heard back by now. (Calls still to simulate
+                    // that arrive before `now` hear it too: relisting is rare enough.)
+                    router.hear_until(now, &w, &fnames, template);
                     let tried: Vec<Where> = attempts.tried().iter().map(|&k| cands[k].at).collect();
                     w.candidates(c, now, router, &mut cands, true);
                     cands.retain(|k| !tried.contains(&k.at));
@@ -1325,6 +1434,16 @@ pub const CDF_AT: [f64; 23] = [
     0.97, 0.98, 0.99, 0.995, 0.999, 1.0,
 ];
 
+/// The scenario's calls, offered against the edge tier's expected capacity (cores times
+/// mean speed, per ms of work), and the time the run may go to.
+fn workload(s: &Scenario, inputs: &Inputs) -> (Workload, f64) {
+    let mean_speed = (s.edge_speed[0] + s.edge_speed[1]) / 2.0;
+    let edge_capacity = (s.sites * s.edges_per_site) as f64 * f64::from(s.edge_cores) * mean_speed;
+    let wl = generate(s, inputs, edge_capacity);
+    let horizon = wl.calls.last().map_or(0.0, |c| c.t) + 600_000.0;
+    (wl, horizon)
+}
+
 /// Runs every policy in `policies` on the scenario; deterministic for a seed.
 pub fn run(s: &Scenario, inputs: &Inputs, policies: &[Policy]) -> Report {
     run_on(s, inputs, policies, 1)
@@ -1335,13 +1454,7 @@ pub fn run(s: &Scenario, inputs: &Inputs, policies: &[Policy]) -> Report {
 /// the report is the same whatever the number of threads; only the wall time and the peak
 /// memory (one world per thread) change.
 pub fn run_on(s: &Scenario, inputs: &Inputs, policies: &[Policy], threads: usize) -> Report {
-    let edge_capacity: f64 = {
-        // Expected capacity: cores times mean speed, per ms of work.
-        let mean_speed = (s.edge_speed[0] + s.edge_speed[1]) / 2.0;
-        (s.sites * s.edges_per_site) as f64 * f64::from(s.edge_cores) * mean_speed
-    };
-    let wl = generate(s, inputs, edge_capacity);
-    let horizon = wl.calls.last().map_or(0.0, |c| c.t) + 600_000.0;
+    let (wl, horizon) = workload(s, inputs);
     // Workers take the next policy not yet taken; results go back in the given order.
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut done: Vec<(usize, PolicyResult)> = std::thread::scope(|scope| {
@@ -1525,6 +1638,129 @@ mod tests {
             "the long call and one at 59,900"
         );
         assert_eq!(log.at(59_975.0), Some(1));
+    }
+
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+    use std::sync::Arc;
+
+    /// The regression policy, telling what it heard: the latest moment an outcome it
+    /// observed came back.
+    struct Heard {
+        inner: Box<dyn crate::policies::Policy>,
+        latest: Arc<AtomicU64>,
+        plans: Arc<AtomicUsize>,
+    }
+
+    impl crate::policies::Policy for Heard {
+        fn kind(&self) -> crate::policies::Kind {
+            self.inner.kind()
+        }
+        fn plan(
+            &mut self,
+            call: &PolicyCall<'_>,
+            places: &[PlaceInfo<'_>],
+            roll: f64,
+        ) -> Option<crate::placement::Plan> {
+            let latest = f64::from_bits(self.latest.load(Relaxed));
+            assert!(
+                latest <= call.now_ms,
+                "planned at {} knowing an outcome back at {latest}",
+                call.now_ms
+            );
+            self.plans.fetch_add(1, Relaxed);
+            self.inner.plan(call, places, roll)
+        }
+        fn observe(
+            &mut self,
+            call: &PolicyCall<'_>,
+            place: &str,
+            scored: &crate::placement::Scored,
+            outcome: &Outcome,
+        ) {
+            let back = call.now_ms
+                + match *outcome {
+                    Outcome::Answered { took_ms, .. } => took_ms,
+                    Outcome::TimedOut { after_ms } | Outcome::Lost { after_ms, .. } => after_ms,
+                    _ => 0.0,
+                };
+            let latest = f64::from_bits(self.latest.load(Relaxed)).max(back);
+            self.latest.store(latest.to_bits(), Relaxed);
+            self.inner.observe(call, place, scored, outcome);
+        }
+        fn housekeeping(&mut self) -> usize {
+            self.inner.housekeeping()
+        }
+        fn set_reuse(&mut self, reuse: crate::placement::Reuse) {
+            self.inner.set_reuse(reuse);
+        }
+    }
+
+    #[test]
+    fn a_router_plans_knowing_only_the_outcomes_back_by_then() {
+        // Calls overlap: many arrive while earlier ones run, whose outcomes the simulator
+        // works out first.
+        let s = scenario(3000);
+        let inputs = inputs();
+        let (wl, horizon) = workload(&s, &inputs);
+        let latest = Arc::new(AtomicU64::new(0.0f64.to_bits()));
+        let plans = Arc::new(AtomicUsize::new(0));
+        let build = || -> Box<dyn crate::policies::Policy> {
+            Box::new(Heard {
+                inner: Policy::Regression.build(128),
+                latest: latest.clone(),
+                plans: plans.clone(),
+            })
+        };
+        let r = run_built(&s, &inputs, &wl, Policy::Regression, horizon, &build);
+        let heard = f64::from_bits(latest.load(Relaxed));
+        assert!(plans.load(Relaxed) >= 3000 && heard > 0.0, "{r:?}");
+        // And the same as `run` gives for the policy.
+        let direct = run(&s, &inputs, &[Policy::Regression]);
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            serde_json::to_string(&direct.policies[0]).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_device_counts_its_calls_in_flight_as_its_load() {
+        let mut s = scenario(10);
+        s.device_speed = 0.5;
+        let inputs = inputs();
+        let funcs = [Func {
+            exec_ms: 400.0,
+            cold_ms: 0.0,
+        }];
+        let mut w = World::new(&s, &inputs, &funcs, 10_000.0);
+        let mut router = SiteRouter::new(Policy::Regression.build(8));
+        let c = Call {
+            t: 0.0,
+            device: 0,
+            func: 0,
+            payload_kb: 1.0,
+        };
+        let mut cands = Vec::new();
+        let device_load = |cands: &[Cand]| {
+            cands
+                .iter()
+                .find(|k| k.at == Where::Device)
+                .map(|k| k.load_per_core)
+        };
+        w.candidates(&c, 0.0, &mut router, &mut cands, false);
+        assert_eq!(device_load(&cands), Some(0.0));
+        // Two calls queued on its one core: the second starts when the first ends.
+        for (i, c2) in [c, Call { t: 10.0, ..c }].iter().enumerate() {
+            let a = w.attempt(i, c2, Where::Device, c2.t);
+            w.commit(c2, Where::Device, &a);
+        }
+        w.candidates(&c, 20.0, &mut router, &mut cands, false);
+        assert_eq!(device_load(&cands), Some(2.0));
+        let first_ends = w.device_running[0]
+            .iter()
+            .map(|b| f64::from_bits(b.0))
+            .fold(f64::INFINITY, f64::min);
+        w.candidates(&c, first_ends, &mut router, &mut cands, false);
+        assert_eq!(device_load(&cands), Some(1.0));
     }
 
     #[test]
