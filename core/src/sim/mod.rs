@@ -313,6 +313,12 @@ impl LoadLog {
 /// A device that has not pinged a node yet.
 const NEVER_PINGED: u64 = u64::MAX;
 
+/// How many of `h`'s times are past `t`, leaving `h` as it is (for a `t` past calls still
+/// to simulate; [`drain_until`] otherwise).
+fn count_after(h: &BinaryHeap<Reverse<u64>>, t: f64) -> usize {
+    h.iter().filter(|b| f64::from_bits(b.0) > t).count()
+}
+
 fn drain_until(h: &mut BinaryHeap<Reverse<u64>>, t: f64) -> usize {
     while let Some(Reverse(b)) = h.peek() {
         if f64::from_bits(*b) <= t {
@@ -441,8 +447,8 @@ fn report_service<K: std::hash::Hash + Eq>(reported: &mut HashMap<K, f64>, k: K,
 }
 
 /// A site's router: the policy its devices' calls go through, the calls it has in flight
-/// at each node, and the places it benched.
-struct SiteRouter {
+/// at each node, and the places it benched. `'f`: the functions' names its calls carry.
+struct SiteRouter<'f> {
     policy: Box<dyn crate::policies::Policy>,
     /// Its calls at each node.
     mine: HashMap<usize, AtNode>,
@@ -455,41 +461,39 @@ struct SiteRouter {
     /// Outcomes on their way back: the router learns each when it comes back, not when
     /// the simulator works it out (calls are simulated in arrival order, and a later
     /// call may arrive before an earlier one's answer).
-    coming: BinaryHeap<Reverse<Coming>>,
+    coming: BinaryHeap<Reverse<Coming<'f>>>,
 }
 
-/// One attempt's outcome, which the router hears of at `at`.
-struct Coming {
+/// One attempt's outcome, which the router hears of at `at`; `call` as it was sent (its
+/// time the attempt's start).
+struct Coming<'f> {
     at: f64,
     seq: u64,
-    func: u32,
-    request_kb: f64,
-    /// When the attempt was sent.
-    sent: f64,
+    call: PolicyCall<'f>,
     place: Where,
     scored: crate::placement::Scored,
     outcome: Outcome,
     bench: bool,
 }
 
-impl PartialEq for Coming {
+impl PartialEq for Coming<'_> {
     fn eq(&self, o: &Self) -> bool {
         self.cmp(o).is_eq()
     }
 }
-impl Eq for Coming {}
-impl PartialOrd for Coming {
+impl Eq for Coming<'_> {}
+impl PartialOrd for Coming<'_> {
     fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(o))
     }
 }
-impl Ord for Coming {
+impl Ord for Coming<'_> {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
         self.at.total_cmp(&o.at).then(self.seq.cmp(&o.seq))
     }
 }
 
-impl SiteRouter {
+impl<'f> SiteRouter<'f> {
     fn new(policy: Box<dyn crate::policies::Policy>) -> Self {
         SiteRouter {
             policy,
@@ -504,19 +508,13 @@ impl SiteRouter {
 
     /// The router hears every outcome back by `t`, in the order they came back: its
     /// policy observes each, and benches the place where the outcome says so.
-    fn hear_until(&mut self, t: f64, w: &World<'_>, fnames: &[String], call: PolicyCall<'_>) {
+    fn hear_until(&mut self, t: f64, w: &World<'_>) {
         while self.coming.peek().is_some_and(|c| c.0.at <= t) {
             let Some(Reverse(c)) = self.coming.pop() else {
                 break;
             };
-            let heard = PolicyCall {
-                function: &fnames[c.func as usize],
-                request_kb: c.request_kb,
-                now_ms: c.sent,
-                ..call
-            };
             let place = place_id(w, c.place);
-            self.policy.observe(&heard, place, &c.scored, &c.outcome);
+            self.policy.observe(&c.call, place, &c.scored, &c.outcome);
             if c.bench {
                 self.bench.bench(place, c.at);
             }
@@ -540,7 +538,7 @@ const PREPARE_AGAIN_MS: f64 = 30_000.0;
 /// Prepare-ahead, as the live router does it each forecast: for each function called
 /// lately whose forecast rate is at least one call a second, the cold place
 /// [`crate::forecast::prepare_target`] names loads it (off the call path: warm from then).
-fn prepare_ahead(w: &mut World<'_>, router: &mut SiteRouter, device: u32, now: f64) {
+fn prepare_ahead(w: &mut World<'_>, router: &mut SiteRouter<'_>, device: u32, now: f64) {
     let mut cands = Vec::new();
     for f in std::mem::take(&mut router.recent) {
         let rate = router
@@ -1005,7 +1003,7 @@ impl<'a> World<'a> {
         &mut self,
         c: &Call,
         t: f64,
-        router: &mut SiteRouter,
+        router: &mut SiteRouter<'_>,
         out: &mut Vec<Cand>,
         ahead: bool,
     ) {
@@ -1025,7 +1023,7 @@ impl<'a> World<'a> {
             let at = router.mine.entry(i).or_default();
             if ahead {
                 let mut mine = at.mine;
-                mine.now = at.back.iter().filter(|b| f64::from_bits(b.0) > t).count() as u32;
+                mine.now = count_after(&at.back, t) as u32;
                 let x = facts(&self.seen(i), &wants, &mut mine, Some(rtt_ms));
                 out.push(Cand::node(i, &x));
                 continue;
@@ -1055,7 +1053,7 @@ impl<'a> World<'a> {
             // one while it is busy loading a function.
             let running = &mut self.device_running[c.device as usize];
             let calls = if ahead {
-                running.iter().filter(|b| f64::from_bits(b.0) > t).count()
+                count_after(running, t)
             } else {
                 drain_until(running, t)
             };
@@ -1158,7 +1156,8 @@ fn run_built(
     build: &dyn Fn() -> Box<dyn crate::policies::Policy>,
 ) -> PolicyResult {
     let mut w = World::new(s, inputs, &wl.funcs, horizon);
-    let mut routers: Vec<SiteRouter> = (0..s.sites).map(|_| SiteRouter::new(build())).collect();
+    let fnames: Vec<String> = (0..wl.funcs.len()).map(|f| format!("f{f}")).collect();
+    let mut routers: Vec<SiteRouter<'_>> = (0..s.sites).map(|_| SiteRouter::new(build())).collect();
     // Each site's first device stands for its devices when its router prepares ahead. And
     // a site's router places all its devices' calls: its device place stands for them all,
     // and a function stays loaded on one for the scenario's keepalive.
@@ -1178,7 +1177,6 @@ fn run_built(
         explore: s.explore,
         ..Weights::default()
     };
-    let fnames: Vec<String> = (0..wl.funcs.len()).map(|f| format!("f{f}")).collect();
     let mut cands = Vec::new();
     let mut roll_rng = Rng::new(mix(&[s.seed, 8]));
     let interval = s.report_interval_ms as f64;
@@ -1192,18 +1190,11 @@ fn run_built(
     let mut tiers: BTreeMap<&'static str, u64> = BTreeMap::new();
     let (mut cold, mut retries, mut failed, mut missed, mut refusals, mut relisted) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
-    let template = PolicyCall {
-        function: "",
-        request_kb: 0.0,
-        deadline_ms: Some(s.deadline_ms),
-        weights,
-        now_ms: 0.0,
-    };
     let mut seq = 0u64;
     for (id, c) in wl.calls.iter().enumerate() {
         while next_report <= c.t {
             for r in &mut routers {
-                r.hear_until(next_report, &w, &fnames, template);
+                r.hear_until(next_report, &w);
             }
             w.report_round(next_report);
             if s.prepare_ahead {
@@ -1233,7 +1224,7 @@ fn run_built(
                 router.recent.push(c.func);
             }
         }
-        router.hear_until(c.t, &w, &fnames, template);
+        router.hear_until(c.t, &w);
         w.candidates(c, c.t, router, &mut cands, false);
         let counted = id >= skip;
         if cands.is_empty() {
@@ -1323,9 +1314,7 @@ fn run_built(
             router.coming.push(Reverse(Coming {
                 at: now,
                 seq,
-                func: c.func,
-                request_kb: call.request_kb,
-                sent: ta,
+                call: PolicyCall { now_ms: ta, ..call },
                 place: at,
                 scored: plan.scored[i],
                 outcome,
@@ -1351,7 +1340,7 @@ fn run_built(
                     // Places listed again, less those tried, planned as `Call::relisted`
                     // with what the router heard back by now. (Calls still to simulate
                     // that arrive before `now` hear it too: relisting is rare enough.)
-                    router.hear_until(now, &w, &fnames, template);
+                    router.hear_until(now, &w);
                     let tried: Vec<Where> = attempts.tried().iter().map(|&k| cands[k].at).collect();
                     w.candidates(c, now, router, &mut cands, true);
                     cands.retain(|k| !tried.contains(&k.at));
