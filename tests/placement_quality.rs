@@ -81,9 +81,10 @@ fn regression_stays_near_the_oracle_and_beats_the_static_policies_on_every_scena
                 f(reg, "prediction_error_seen") * 100.0
             );
             assert_eq!(f(oracle, "failed"), 0.0, "{scenario} seed {seed}");
-            // The widest cell is `far-small-cloud` seed 3 (2.04x, 1.72x): a continuum
-            // offered all its edges can take, where the router hears outcomes only as they
-            // come back (1.45x and 1.44x while the simulator let it learn them earlier).
+            // The widest cells are `far-small-cloud`'s, a continuum offered all its edges
+            // can take, where the router hears outcomes and members' times only as they come
+            // back: seed 2 at p99 (1.85x), seed 3 at mean (1.46x); its high-load seeds swing
+            // with small changes (seed 3 was 2.04x and 1.72x before the retry budget).
             assert!(p99 <= 2.2 && mean <= 1.8, "{scenario} seed {seed}: regression against the oracle: p99 {p99:.2}x, mean {mean:.2}x");
             log_p99 += p99.ln();
             log_mean += mean.ln();

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use fogline_core::attempts::{Attempts, Bench, GiveUp, Next, Outcome};
+use fogline_core::attempts::{Attempts, Bench, GiveUp, Next, Outcome, RetryBudget};
 use fogline_core::candidates::{facts, listed, Mine, PeerCandidate, Wants};
 use fogline_core::config::{RouterSection, Tier};
 use fogline_core::forecast::Arrivals;
@@ -192,6 +192,8 @@ pub struct Router {
     outstanding: Mutex<HashMap<String, Mine>>,
     /// Places that failed recently (ms on this router's clock).
     down: Mutex<Bench>,
+    /// Its allowance for abandoning calls that run long (core's retry throttling).
+    retry_budget: Mutex<RetryBudget>,
     prepared: Mutex<HashMap<(String, String), Instant>>,
     log: Mutex<VecDeque<Decision>>,
     watch: watch::Watch,
@@ -245,6 +247,7 @@ impl Router {
             all_arrivals: Mutex::new(Arrivals::new(500, 8)),
             outstanding: Mutex::new(HashMap::new()),
             down: Mutex::new(Bench::default()),
+            retry_budget: Mutex::new(RetryBudget::full()),
             prepared: Mutex::new(HashMap::new()),
             log: Mutex::new(VecDeque::new()),
             watch: watch::Watch::new(),
@@ -585,7 +588,8 @@ impl Router {
             // abandoned at a place far slower than predicted (stalled, overloaded or gone).
             let now = self.now_ms() as f64;
             let left = (budget_ms - (now - call.now_ms)).max(1.0);
-            let patience = state.patience_ms(plan, now);
+            let budget = *lock(&self.retry_budget);
+            let patience = state.patience_ms(plan, now, &budget);
             let limit = Duration::from_secs_f64(patience / 1e3);
             // Without a shorter patience than the budget, the place's own timeout ends the
             // call (no timer of our own on the common path). A member the mesh finds dead
@@ -675,6 +679,7 @@ impl Router {
             };
             self.policy(&f.name)
                 .observe(&observed_at, &place.id, &scored, &outcome);
+            lock(&self.retry_budget).hear(&outcome);
             let failure = match answer {
                 Ok(mut placed) => {
                     placed.took_ms = took_ms;

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 use rustc_hash::FxHashMap as HashMap;
 use serde::Serialize;
 
-use crate::attempts::{Attempts, Bench, Next, Outcome};
+use crate::attempts::{Attempts, Bench, Next, Outcome, RetryBudget};
 use crate::candidates::{facts, listed, Mine, Reported, Wants};
 use crate::config::Tier;
 use crate::forecast::Arrivals;
@@ -250,6 +250,9 @@ struct Node {
     running_fn: HashMap<u32, BinaryHeap<Reverse<u64>>>,
     warm: HashMap<u32, f64>,
     service: HashMap<u32, f64>,
+    /// Calls running, by when they end: (end, function, service time); a call's service
+    /// time joins `service` when it ends, as a live member's average takes it in.
+    ending: BinaryHeap<Reverse<(u64, u32, u64)>>,
     /// What its last load report said: when, calls in flight, and per function the last
     /// use and the service time as of then.
     reported_at: f64,
@@ -440,8 +443,7 @@ impl Attempt {
 
 /// Takes a call's own time into the service time a place reports of its function (each
 /// call weighing [`SERVICE_WEIGHT`], as the agent's average does).
-fn report_service<K: std::hash::Hash + Eq>(reported: &mut HashMap<K, f64>, k: K, a: &Attempt) {
-    let took = a.service_ms();
+fn report_service<K: std::hash::Hash + Eq>(reported: &mut HashMap<K, f64>, k: K, took: f64) {
     let e = reported.entry(k).or_insert(took);
     *e += SERVICE_WEIGHT * (took - *e);
 }
@@ -462,6 +464,8 @@ struct SiteRouter<'f> {
     /// the simulator works it out (calls are simulated in arrival order, and a later
     /// call may arrive before an earlier one's answer).
     coming: BinaryHeap<Reverse<Coming<'f>>>,
+    /// Its allowance for abandoning calls that run long, as it heard their outcomes.
+    retry_budget: RetryBudget,
 }
 
 /// One attempt's outcome, which the router hears of at `at`; `call` as it was sent (its
@@ -503,6 +507,7 @@ impl<'f> SiteRouter<'f> {
             recent: Vec::new(),
             prepared: HashMap::default(),
             coming: BinaryHeap::new(),
+            retry_budget: RetryBudget::full(),
         }
     }
 
@@ -515,6 +520,7 @@ impl<'f> SiteRouter<'f> {
             };
             let place = place_id(w, c.place);
             self.policy.observe(&c.call, place, &c.scored, &c.outcome);
+            self.retry_budget.hear(&c.outcome);
             if c.bench {
                 self.bench.bench(place, c.at);
             }
@@ -618,6 +624,7 @@ impl<'a> World<'a> {
             log: LoadLog::default(),
             warm: HashMap::default(),
             service: HashMap::default(),
+            ending: BinaryHeap::new(),
             reported_at: 0.0,
             reported_in_flight: 0,
             reported_warm: HashMap::default(),
@@ -727,7 +734,8 @@ impl<'a> World<'a> {
     }
 
     /// Every live node reports its load (and, as live members do, the warm functions and
-    /// their service times); the view ages the silent ones.
+    /// their service times, which take in a call's time once it has ended); the view ages
+    /// the silent ones.
     fn report_round(&mut self, now: f64) {
         let now_ms = now as u64;
         for i in 0..self.nodes.len() {
@@ -739,6 +747,14 @@ impl<'a> World<'a> {
             n.seq += 1;
             n.reported_at = now;
             n.reported_in_flight = in_flight;
+            while let Some(&Reverse((end, f, took))) = n.ending.peek() {
+                if f64::from_bits(end) > now {
+                    break;
+                }
+                n.ending.pop();
+                report_service(&mut n.service, f, f64::from_bits(took));
+                n.dirty.push(f);
+            }
             for f in std::mem::take(&mut n.dirty) {
                 if let Some(w) = n.warm.get(&f) {
                     n.reported_warm.insert(f, *w);
@@ -933,7 +949,7 @@ impl<'a> World<'a> {
                 self.device_free[c.device as usize] = a.finish;
                 self.device_running[c.device as usize].push(Reverse(a.finish.to_bits()));
                 self.device_warm.insert((c.device, c.func), a.finish);
-                report_service(&mut self.device_service, (c.device, c.func), a);
+                report_service(&mut self.device_service, (c.device, c.func), a.service_ms());
             }
             Where::Node(i) => {
                 let n = &mut self.nodes[i];
@@ -950,7 +966,11 @@ impl<'a> World<'a> {
                     .or_default()
                     .push(Reverse(a.finish.to_bits()));
                 n.warm.insert(c.func, a.finish);
-                report_service(&mut n.service, c.func, a);
+                n.ending.push(Reverse((
+                    a.finish.to_bits(),
+                    c.func,
+                    a.service_ms().to_bits(),
+                )));
                 n.dirty.push(c.func);
             }
         }
@@ -1266,7 +1286,7 @@ fn run_built(
             let at = cands[i].at;
             let a = w.attempt(id, c, at, ta);
             w.commit(c, at, &a);
-            let patience = attempts.patience_ms(&plan, ta);
+            let patience = attempts.patience_ms(&plan, ta, &router.retry_budget);
             let took = a.done - ta;
             let (outcome, now) = if a.refused {
                 refusals += u64::from(counted);
@@ -1750,6 +1770,37 @@ mod tests {
             .fold(f64::INFINITY, f64::min);
         w.candidates(&c, first_ends, &mut router, &mut cands, false);
         assert_eq!(device_load(&cands), Some(1.0));
+    }
+
+    #[test]
+    fn a_member_reports_a_calls_service_time_once_the_call_has_ended() {
+        let s = scenario(10);
+        let inputs = inputs();
+        let funcs = [Func {
+            exec_ms: 400.0,
+            cold_ms: 0.0,
+        }];
+        let mut w = World::new(&s, &inputs, &funcs, 10_000.0);
+        let n = (0..w.nodes.len())
+            .find(|&i| w.nodes[i].tier == Tier::Edge && !w.nodes[i].is_down(0.0))
+            .expect("an edge up at the start");
+        let c = Call {
+            t: 0.0,
+            device: 0,
+            func: 0,
+            payload_kb: 1.0,
+        };
+        let a = w.attempt(0, &c, Where::Node(n), 0.0);
+        assert!(!a.failed && !a.refused);
+        w.commit(&c, Where::Node(n), &a);
+        // A report while the call runs says it is warm, not how long it takes.
+        let during = (a.start + a.finish) / 2.0;
+        assert!(!w.nodes[n].is_down(during) && !w.nodes[n].is_down(a.finish));
+        w.report_round(during);
+        assert!(w.nodes[n].reported_warm.contains_key(&0));
+        assert_eq!(w.nodes[n].reported_service.get(&0), None);
+        w.report_round(a.finish);
+        assert_eq!(w.nodes[n].reported_service.get(&0), Some(&a.service_ms()));
     }
 
     #[test]
