@@ -165,6 +165,11 @@ impl RetryBudget {
         }
     }
 
+    /// Tokens left.
+    pub fn tokens(&self) -> f64 {
+        self.tokens
+    }
+
     /// Whether a call may be abandoned at a place for running long.
     pub fn allows_abandoning(&self) -> bool {
         self.tokens > Self::MAX / 2.0

@@ -192,8 +192,10 @@ pub struct Router {
     outstanding: Mutex<HashMap<String, Mine>>,
     /// Places that failed recently (ms on this router's clock).
     down: Mutex<Bench>,
-    /// Its allowance for abandoning calls that run long (core's retry throttling).
+    /// Its allowance for abandoning calls that run long (core's retry throttling), and how
+    /// many attempts waited out their call's budget because it was spent.
     retry_budget: Mutex<RetryBudget>,
+    held: AtomicU64,
     prepared: Mutex<HashMap<(String, String), Instant>>,
     log: Mutex<VecDeque<Decision>>,
     watch: watch::Watch,
@@ -248,6 +250,7 @@ impl Router {
             outstanding: Mutex::new(HashMap::new()),
             down: Mutex::new(Bench::default()),
             retry_budget: Mutex::new(RetryBudget::full()),
+            held: AtomicU64::new(0),
             prepared: Mutex::new(HashMap::new()),
             log: Mutex::new(VecDeque::new()),
             watch: watch::Watch::new(),
@@ -590,6 +593,11 @@ impl Router {
             let left = (budget_ms - (now - call.now_ms)).max(1.0);
             let budget = *lock(&self.retry_budget);
             let patience = state.patience_ms(plan, now, &budget);
+            if !budget.allows_abandoning()
+                && state.patience_ms(plan, now, &RetryBudget::full()) < patience
+            {
+                self.held.fetch_add(1, Ordering::Relaxed);
+            }
             let limit = Duration::from_secs_f64(patience / 1e3);
             // Without a shorter patience than the budget, the place's own timeout ends the
             // call (no timer of our own on the common path). A member the mesh finds dead
@@ -1087,7 +1095,10 @@ impl Dispatch for Router {
     }
 
     fn metrics(&self, out: &mut String) {
+        use std::fmt::Write;
         self.watch.metrics(out);
+        let _ = writeln!(out, "# HELP fogline_retry_budget_tokens This router's retry budget: while no more than half of its 10 tokens are left, calls are not abandoned for running long.\n# TYPE fogline_retry_budget_tokens gauge\nfogline_retry_budget_tokens {}", lock(&self.retry_budget).tokens());
+        let _ = writeln!(out, "# HELP fogline_placement_held_total Attempts that waited out their call's budget, not abandoned for running long, because the retry budget was spent.\n# TYPE fogline_placement_held_total counter\nfogline_placement_held_total {}", self.held.load(Ordering::Relaxed));
         if let Some(f) = self.extra_metrics.get() {
             f(out);
         }
