@@ -422,7 +422,16 @@ impl Node {
         if let Some(r) = self.store.result(id)? {
             return Ok(Some((r.function.clone(), Some(r))));
         }
-        Ok(self.store.call(id)?.map(|c| (c.function, None)))
+        if let Some(c) = self.store.call(id)? {
+            return Ok(Some((c.function, None)));
+        }
+        // Neither: the call may have finished between the two reads (its result recorded
+        // and itself taken off the queue in one transaction), so its result is there now.
+        // Without this second look an accepted call read as it finished was "not found".
+        Ok(self
+            .store
+            .result(id)?
+            .map(|r| (r.function.clone(), Some(r))))
     }
 
     /// The call a caller's id names: 32 hex digits (128 random bits), or the 16 hex digits
