@@ -419,8 +419,14 @@ impl Node {
         let Some(id) = self.internal_call_id(id)? else {
             return Ok(None);
         };
-        if let Some(r) = self.store.result(id)? {
-            return Ok(Some((r.function.clone(), Some(r))));
+        let done = || -> Result<_, StoreError> {
+            Ok(self
+                .store
+                .result(id)?
+                .map(|r| (r.function.clone(), Some(r))))
+        };
+        if let Some(r) = done()? {
+            return Ok(Some(r));
         }
         if let Some(c) = self.store.call(id)? {
             return Ok(Some((c.function, None)));
@@ -428,10 +434,7 @@ impl Node {
         // Neither: the call may have finished between the two reads (its result recorded
         // and itself taken off the queue in one transaction), so its result is there now.
         // Without this second look an accepted call read as it finished was "not found".
-        Ok(self
-            .store
-            .result(id)?
-            .map(|r| (r.function.clone(), Some(r))))
+        done()
     }
 
     /// The call a caller's id names: 32 hex digits (128 random bits), or the 16 hex digits
