@@ -264,9 +264,15 @@ struct Node {
     /// Down intervals, sorted.
     down: Vec<(f64, f64)>,
     seq: u64,
+    /// Which of the [`REPORT_PHASES`] ticks of each report interval it reports at: live
+    /// members report on their own timers, out of step with each other.
+    phase: usize,
     /// Its calls admitted lately: its load as it sent an answer, which the answer carries.
     log: LoadLog,
 }
+
+/// Ticks per report interval; each node reports at one of them.
+const REPORT_PHASES: usize = 8;
 
 /// How far back a node can say what its load was, ms.
 const LOAD_LOG_MS: f64 = 10_000.0;
@@ -606,6 +612,8 @@ struct World<'a> {
     view: ClusterView,
     alive: Vec<bool>,
     timing: Timing,
+    /// The nodes reporting at each tick of a report interval.
+    by_phase: Vec<Vec<usize>>,
 }
 
 impl<'a> World<'a> {
@@ -632,6 +640,7 @@ impl<'a> World<'a> {
             dirty: Vec::new(),
             down,
             seq: 0,
+            phase: 0,
         };
         let mut nodes = Vec::new();
         for site in 0..s.sites {
@@ -681,6 +690,11 @@ impl<'a> World<'a> {
             nodes.push(n);
         }
         let peers = first_peer..nodes.len();
+        let mut by_phase = vec![Vec::new(); REPORT_PHASES];
+        for (i, n) in nodes.iter_mut().enumerate() {
+            n.phase = (mix(&[s.seed, 10, i as u64]) % REPORT_PHASES as u64) as usize;
+            by_phase[n.phase].push(i);
+        }
         let ns = s.neighbor_sites.min(s.sites / 2);
         let site_nodes: Vec<Vec<usize>> = (0..s.sites)
             .map(|site| {
@@ -730,15 +744,18 @@ impl<'a> World<'a> {
             view: ClusterView::new(),
             alive,
             timing: Timing::for_interval(s.report_interval_ms),
+            by_phase,
         }
     }
 
-    /// Every live node reports its load (and, as live members do, the warm functions and
-    /// their service times, which take in a call's time once it has ended); the view ages
-    /// the silent ones.
-    fn report_round(&mut self, now: f64) {
+    /// Every live node whose tick of the report interval `tick` is reports its load (and,
+    /// as live members do, the warm functions and their service times, which take in a
+    /// call's time once it has ended); at the interval's first tick the view ages the
+    /// silent ones.
+    fn report_round(&mut self, now: f64, tick: usize) {
         let now_ms = now as u64;
-        for i in 0..self.nodes.len() {
+        for k in 0..self.by_phase[tick].len() {
+            let i = self.by_phase[tick][k];
             if self.nodes[i].is_down(now) {
                 continue;
             }
@@ -774,6 +791,9 @@ impl<'a> World<'a> {
                 },
                 now_ms,
             );
+        }
+        if tick != 0 {
+            return;
         }
         self.view.tick(now_ms, &self.timing);
         for (i, n) in self.nodes.iter().enumerate() {
@@ -1201,6 +1221,12 @@ fn run_built(
     let mut roll_rng = Rng::new(mix(&[s.seed, 8]));
     let interval = s.report_interval_ms as f64;
     let mut next_report = 0.0;
+    // The continuum ran before the first call: every member has reported (idle, as of
+    // the start) when it comes. Those whose tick is the first report again in the loop.
+    for tick in 1..REPORT_PHASES {
+        w.report_round(0.0, tick);
+    }
+    let mut tick = 0usize;
     let skip = (wl.calls.len() as f64 * s.warmup) as usize;
     let mut lat = Vec::with_capacity(wl.calls.len() - skip);
     // Relative errors of first attempts' predictions: every one, and those where the chosen
@@ -1216,7 +1242,12 @@ fn run_built(
             for r in &mut routers {
                 r.hear_until(next_report, &w);
             }
-            w.report_round(next_report);
+            w.report_round(next_report, tick % REPORT_PHASES);
+            tick += 1;
+            if tick % REPORT_PHASES != 1 {
+                next_report = tick as f64 * interval / REPORT_PHASES as f64;
+                continue;
+            }
             if s.prepare_ahead {
                 for (site, r) in routers.iter_mut().enumerate() {
                     if let Some(d) = site_device[site] {
@@ -1224,8 +1255,8 @@ fn run_built(
                     }
                 }
             }
-            next_report += interval;
-            if ((next_report / interval) as u64).is_multiple_of(4) {
+            next_report = tick as f64 * interval / REPORT_PHASES as f64;
+            if (tick / REPORT_PHASES + 1).is_multiple_of(4) {
                 for r in &mut routers {
                     r.policy.housekeeping();
                     r.bench.prune(next_report);
@@ -1773,6 +1804,36 @@ mod tests {
     }
 
     #[test]
+    fn members_report_out_of_step_each_at_its_own_tick_of_the_interval() {
+        let mut s = scenario(10);
+        s.sites = 8;
+        s.mtbf_s = 0.0;
+        let inputs = inputs();
+        let funcs = [Func {
+            exec_ms: 10.0,
+            cold_ms: 0.0,
+        }];
+        let mut w = World::new(&s, &inputs, &funcs, 10_000.0);
+        let ticks: std::collections::BTreeSet<usize> = w.nodes.iter().map(|n| n.phase).collect();
+        assert!(ticks.len() > 2, "nodes spread over the ticks: {ticks:?}");
+        // As the run starts: every member has reported once when the first call comes.
+        for tick in (1..REPORT_PHASES).chain([0]) {
+            w.report_round(0.0, tick);
+        }
+        assert!(
+            w.alive.iter().all(|a| *a),
+            "every member alive at the start"
+        );
+        // Later, a tick's report is of its own members only.
+        let tick = w.nodes[0].phase;
+        w.report_round(250.0, tick);
+        for n in &w.nodes {
+            let heard = if n.phase == tick { 250.0 } else { 0.0 };
+            assert_eq!(n.reported_at, heard, "{} at tick {}", n.id, n.phase);
+        }
+    }
+
+    #[test]
     fn a_member_reports_a_calls_service_time_once_the_call_has_ended() {
         let s = scenario(10);
         let inputs = inputs();
@@ -1796,10 +1857,11 @@ mod tests {
         // A report while the call runs says it is warm, not how long it takes.
         let during = (a.start + a.finish) / 2.0;
         assert!(!w.nodes[n].is_down(during) && !w.nodes[n].is_down(a.finish));
-        w.report_round(during);
+        let tick = w.nodes[n].phase;
+        w.report_round(during, tick);
         assert!(w.nodes[n].reported_warm.contains_key(&0));
         assert_eq!(w.nodes[n].reported_service.get(&0), None);
-        w.report_round(a.finish);
+        w.report_round(a.finish, tick);
         assert_eq!(w.nodes[n].reported_service.get(&0), Some(&a.service_ms()));
     }
 
