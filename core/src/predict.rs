@@ -281,6 +281,13 @@ fn corrected(est: f64, offset: f64, calls: usize) -> f64 {
     (est + offset * n / (n + OFFSET_PRIOR_CALLS)).max(0.0)
 }
 
+/// A figure after taking `x`, its `n`th value: the mean of them until a new one would
+/// weigh less than [`SLOW_WEIGHT`], then smoothed at that weight.
+fn slow_mean(last: Option<f64>, n: usize, x: f64) -> f64 {
+    let w = (1.0 / n as f64).max(SLOW_WEIGHT);
+    last.map_or(x, |v| (1.0 - w) * v + w * x)
+}
+
 /// An exponentially smoothed figure after taking `x`: nine tenths the last, one tenth `x`.
 pub(crate) fn smooth(last: Option<f64>, x: f64) -> f64 {
     last.map_or(x, |e| 0.9 * e + 0.1 * x)
@@ -340,9 +347,11 @@ impl Model {
         let rel = (predicted - actual_ms).abs() / actual_ms.max(1e-3);
         self.error = Some(smooth(self.error, rel));
         self.calls = self.calls.saturating_add(1);
-        let w = (1.0 / self.calls as f64).max(SLOW_WEIGHT);
-        let short = (actual_ms - predicted).max(0.0);
-        self.shortfall = Some(self.shortfall.map_or(short, |s| (1.0 - w) * s + w * short));
+        self.shortfall = Some(slow_mean(
+            self.shortfall,
+            self.calls,
+            (actual_ms - predicted).max(0.0),
+        ));
         if self.window.len() == self.capacity {
             self.window.pop_front();
         }
@@ -354,8 +363,7 @@ impl Model {
         }
         let off = actual_ms - est;
         self.warm_calls = self.warm_calls.saturating_add(1);
-        let w = (1.0 / self.warm_calls as f64).max(SLOW_WEIGHT);
-        self.offset = Some(self.offset.map_or(off, |o| (1.0 - w) * o + w * off));
+        self.offset = Some(slow_mean(self.offset, self.warm_calls, off));
     }
 
     /// Whether enough new observations arrived for a refit (done off the hot path).

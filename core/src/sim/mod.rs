@@ -1239,23 +1239,23 @@ fn run_built(
     let mut seq = 0u64;
     for (id, c) in wl.calls.iter().enumerate() {
         while next_report <= c.t {
+            let now = next_report;
             for r in &mut routers {
-                r.hear_until(next_report, &w);
+                r.hear_until(now, &w);
             }
-            w.report_round(next_report, tick % REPORT_PHASES);
+            w.report_round(now, tick % REPORT_PHASES);
             tick += 1;
+            next_report = tick as f64 * interval / REPORT_PHASES as f64;
             if tick % REPORT_PHASES != 1 {
-                next_report = tick as f64 * interval / REPORT_PHASES as f64;
                 continue;
             }
             if s.prepare_ahead {
                 for (site, r) in routers.iter_mut().enumerate() {
                     if let Some(d) = site_device[site] {
-                        prepare_ahead(&mut w, r, d, next_report);
+                        prepare_ahead(&mut w, r, d, now);
                     }
                 }
             }
-            next_report = tick as f64 * interval / REPORT_PHASES as f64;
             if (tick / REPORT_PHASES + 1).is_multiple_of(4) {
                 for r in &mut routers {
                     r.policy.housekeeping();
