@@ -8,7 +8,7 @@ use crate::attempts::Outcome;
 use crate::config::Tier;
 use crate::policies::Call;
 use crate::policy::{choose, Scorable};
-use crate::predict::{Analytic, Features, Model, Source, WaitCurve};
+use crate::predict::{slow_mean, Analytic, Features, Model, Source, WaitCurve};
 
 /// How long a place that refused a call for capacity is taken to be full, ms.
 pub const FULL_FOR_MS: f64 = 1000.0;
@@ -229,9 +229,14 @@ struct PlaceState {
     name: String,
     /// Its advertised speed (1 when it advertised none).
     speed: f64,
-    /// How much slower than its speed promised it runs functions.
+    /// How much slower than its speed promised it runs functions: the mean over the
+    /// calls seen there, smoothed once they are many ([`slow_mean`]). Slowly: each call's
+    /// own time varies by a fifth or more, independently at each place, and a place whose
+    /// last calls were lucky must not look faster for it (what changes quickly comes in
+    /// the service times the place reports, see [`Planner::features`]).
     slowness: f64,
-    slowness_seen: bool,
+    /// The calls the slowness was taken over.
+    slowness_calls: usize,
     /// Extra time of a cold start there.
     cold_ms: Option<f64>,
     /// It refused a call for capacity: full until then (ms).
@@ -244,10 +249,12 @@ struct PlaceState {
 
 impl PlaceState {
     /// The analytic estimate at the place (or at one not known yet): its own cold-start
-    /// cost and the length of its work, once it has them, and `base` for the rest.
+    /// cost and the length of its work, once it has them, the function's `prior_calls`
+    /// ([`Size::prior_calls`]), and `base` for the rest.
     #[inline]
-    fn analytic(known: Option<&PlaceState>, base: &Analytic) -> Analytic {
+    fn analytic(known: Option<&PlaceState>, base: &Analytic, prior_calls: f64) -> Analytic {
         Analytic {
+            prior_calls,
             cold_penalty_ms: known
                 .and_then(|k| k.cold_ms)
                 .unwrap_or(base.cold_penalty_ms),
@@ -312,6 +319,68 @@ const OVERRUN_MAX: f64 = 10.0;
 /// How many recent relative errors are kept for the median.
 const ERRORS_KEPT: usize = 2048;
 
+/// What the planner learnt of a function's length from its runs, wherever they were.
+#[derive(Debug, Clone, Copy)]
+struct Size {
+    /// Its service time on the reference machine (speed 1), ms: the mean of its runs, each
+    /// at its place's speed and slowness, smoothed once they are many ([`slow_mean`]).
+    ms: f64,
+    /// The mean squared relative deviation of a run from that size: how much one call's
+    /// time varies from the next (its coefficient of variation, squared).
+    spread: f64,
+    /// The runs it was learnt from.
+    runs: usize,
+}
+
+/// A function's [`Size::spread`] is used once it was learnt from more than this many runs.
+const SPREAD_AFTER: usize = 8;
+
+/// How much a place's mean latency plausibly differs from the analytic estimate, relative
+/// to it: a model's offset from the estimate is trusted as far as its calls outweigh the
+/// noise of one call against this ([`Size::prior_calls`]).
+const OFFSET_SCALE: f64 = 0.1;
+
+/// How many standard deviations of a member's reported service time from the planner's
+/// own estimate are taken for noise ([`Planner::features`]).
+const REPORT_NOISE_Z: f64 = 2.0;
+
+impl Size {
+    fn first(ms: f64) -> Self {
+        Size {
+            ms,
+            spread: 0.0,
+            runs: 1,
+        }
+    }
+
+    /// Learns a run that took `ms` at speed 1.
+    fn learn(&mut self, ms: f64) {
+        self.runs += 1;
+        let d = (ms / self.ms.max(1e-9) - 1.0).clamp(-10.0, 10.0);
+        self.spread = slow_mean(Some(self.spread), self.runs - 1, d * d);
+        self.ms = slow_mean(Some(self.ms), self.runs, ms);
+    }
+
+    /// The relative spread of one run, once known.
+    fn spread(&self) -> Option<f64> {
+        (self.runs > SPREAD_AFTER).then_some(self.spread)
+    }
+
+    /// How many calls the analytic estimate counts for against a model's offset from it
+    /// ([`Analytic::prior_calls`]): the noise of one call (the spread of the function's
+    /// runs) over what an offset plausibly is ([`OFFSET_SCALE`]), both relative to the
+    /// estimate; never fewer than the default. A model's first calls of a function whose
+    /// runs vary by a fifth say little of an offset of a tenth: three of them, taken at
+    /// three fifths as before, once moved a 1.3 s function's prediction at the cloud by
+    /// 270 ms, and its calls went to slower edges.
+    fn prior_calls(s: Option<&Size>) -> f64 {
+        let default = Analytic::default().prior_calls;
+        s.and_then(Size::spread).map_or(default, |v| {
+            (v / (OFFSET_SCALE * OFFSET_SCALE)).max(default)
+        })
+    }
+}
+
 /// Models for every (function, place) seen, and the prediction error so far.
 #[derive(Debug, Clone)]
 pub struct Planner {
@@ -319,8 +388,8 @@ pub struct Planner {
     /// lookups on the hot path free of string comparisons), the place's id and its model.
     models: HashMap<String, Models>,
     /// Per function, its size: the service time it would take on the reference machine
-    /// (speed 1), learnt from wherever it ran.
-    size: HashMap<String, f64>,
+    /// (speed 1), learnt from wherever it ran, and how much its runs vary.
+    size: HashMap<String, Size>,
     /// The sums of the logarithms of functions' first sizes and of their squares, and their
     /// count: a function's size before it ran anywhere ([`Planner::typical_size`]).
     first_sizes: (f64, f64, f64),
@@ -404,9 +473,13 @@ impl Planner {
     fn features(
         payload_kb: f64,
         size: f64,
+        noise: Option<f64>,
         p: &PlaceInfo<'_>,
         known: Option<&PlaceState>,
     ) -> Features {
+        // The function's size at this place's advertised speed, corrected by how it ran
+        // other functions.
+        let own = || size / p.speed.unwrap_or(1.0).max(1e-3) * known.map_or(1.0, |k| k.slowness);
         Features {
             // Nothing travels to the caller's own device.
             payload_kb: if p.tier == Tier::Device {
@@ -417,11 +490,28 @@ impl Planner {
             rtt_ms: p.rtt_ms,
             load_per_core: p.load_per_core,
             cold: !p.warm,
-            // The prior: the function's size at this place's advertised speed, corrected
-            // by how it ran other functions.
-            service_ms: p.service_ms.unwrap_or_else(|| {
-                size / p.speed.unwrap_or(1.0).max(1e-3) * known.map_or(1.0, |k| k.slowness)
-            }),
+            service_ms: match (p.service_ms, noise) {
+                // What the place reports is the average of its last few runs: it differs
+                // from `own` by their noise, independently at each place, and the place
+                // whose last runs were lucky would look faster for it (a 1.3 s function
+                // whose runs vary by a fifth reads ±65 ms apart at two equal places). So
+                // only as much of the difference as is beyond `noise` (relative to
+                // `own`) counts: a place that really runs the function slower now, or
+                // faster, still shows it.
+                (Some(r), Some(z)) => {
+                    let own = own();
+                    let d = r - own;
+                    let beyond = d.abs() - z * own;
+                    if beyond > 0.0 {
+                        own + beyond.copysign(d)
+                    } else {
+                        own
+                    }
+                }
+                // Nothing to tell noise by yet: the place's word.
+                (Some(r), None) => r,
+                (None, _) => own(),
+            },
         }
     }
 
@@ -431,20 +521,23 @@ impl Planner {
         let function = call.function;
         let payload_kb = call.request_kb + self.response_kb.get(function).copied().unwrap_or(0.0);
         let models = self.models.get(function);
-        let known = self
-            .size
-            .get(function)
-            .copied()
-            .or_else(|| self.reported_size(places));
+        let learnt = self.size.get(function);
+        let known = learnt.map(|s| s.ms).or_else(|| self.reported_size(places));
+        // How far a reported service time strays from the function's mean by chance,
+        // relative to it ([`Planner::features`]).
+        let noise = learnt
+            .and_then(Size::spread)
+            .map(|v| REPORT_NOISE_Z * (v * crate::mesh::REPORTED_SERVICE_VAR).sqrt());
+        let prior_calls = Size::prior_calls(learnt);
         let size = known.unwrap_or_else(|| self.typical_size());
         let mut scored = Vec::with_capacity(places.len());
         for p in places {
             let number = self.place_number.get(&place_key(p.id)).copied();
             let known = number.map(|n| &self.places[n as usize]);
-            let features = Self::features(payload_kb, size, p, known);
+            let features = Self::features(payload_kb, size, noise, p, known);
             let found = number.and_then(|n| models.and_then(|m| m.get(n)));
             let model = found.map(|(m, _)| m);
-            let analytic = PlaceState::analytic(known, &self.analytic);
+            let analytic = PlaceState::analytic(known, &self.analytic, prior_calls);
             let at = |f: &Features| match model {
                 Some(m) => m.predict(f, &analytic),
                 None => (analytic.estimate(f), Source::Analytic),
@@ -571,7 +664,7 @@ impl Planner {
                 // a while, as after a refusal (longer): one that kept reporting is not benched for
                 // a timeout (see `Outcome::benches`), but it is busy or slow now. Not the
                 // device: its own busy state is known exactly from one call to the next.
-                self.record(call.function, place, &scored.features, after_ms);
+                self.record(call.function, place, &scored.features, after_ms, None);
                 if scored.tier != Tier::Device {
                     self.place(place).full_until = call.now_ms + BUSY_AFTER_TIMEOUT_MS;
                 }
@@ -614,7 +707,7 @@ impl Planner {
             let speed = self.place(place).speed;
             let seen = s * speed;
             let size = match self.size.get(function) {
-                Some(v) => *v,
+                Some(v) => v.ms,
                 None => {
                     // Every function's first size goes into the size of functions not
                     // seen yet (see `typical_size`).
@@ -622,7 +715,7 @@ impl Planner {
                     self.first_sizes.0 += l;
                     self.first_sizes.1 += l * l;
                     self.first_sizes.2 += 1.0;
-                    self.size.insert(function.to_string(), seen);
+                    self.size.insert(function.to_string(), Size::first(seen));
                     seen
                 }
             };
@@ -640,18 +733,18 @@ impl Planner {
             }
             if size > 0.0 {
                 let r = (seen / size).clamp(0.01, 100.0);
-                k.slowness = if k.slowness_seen {
-                    0.95 * k.slowness + 0.05 * r
-                } else {
-                    r
-                };
-                k.slowness_seen = true;
+                k.slowness_calls += 1;
+                k.slowness = slow_mean(
+                    (k.slowness_calls > 1).then_some(k.slowness),
+                    k.slowness_calls,
+                    r,
+                );
             }
             // What calls there wait behind (see `Analytic::work_ms`).
             k.work_ms = Some(k.work_ms.map_or(s, |w| w + WORK_WEIGHT * (s - w)));
             let slow = k.slowness;
             if let Some(e) = self.size.get_mut(function) {
-                *e = 0.8 * *e + 0.2 * seen / slow;
+                e.learn(seen / slow);
             }
         }
         if features.cold {
@@ -672,7 +765,8 @@ impl Planner {
             let k = self.place(place);
             k.cold_ms = Some(k.cold_ms.map_or(extra, |c| 0.8 * c + 0.2 * extra));
         }
-        self.record(function, place, features, actual_ms);
+        let ran = service_ms.filter(|s| s.is_finite() && *s > 0.0);
+        self.record(function, place, features, actual_ms, ran);
         if let Some(m) = self.models.get_mut(function) {
             // One call a hundred times over its prediction must not stand for all.
             let o = ((actual_ms - predicted_ms).max(0.0) / predicted_ms.max(1e-3)).min(OVERRUN_MAX);
@@ -680,8 +774,16 @@ impl Planner {
         }
     }
 
-    /// Adds one observation to the (function, place) model.
-    fn record(&mut self, function: &str, place: &str, features: &Features, actual_ms: f64) {
+    /// Adds one observation to the (function, place) model; `ran`: the call's own service
+    /// time there, when the place said it.
+    fn record(
+        &mut self,
+        function: &str,
+        place: &str,
+        features: &Features,
+        actual_ms: f64,
+        ran: Option<f64>,
+    ) {
         let window = self.window;
         let number = self.number(place);
         let per_fn = match self.models.get_mut(function) {
@@ -689,8 +791,13 @@ impl Planner {
             None => self.models.entry(function.to_string()).or_default(),
         };
         let model = per_fn.get_or_insert(number, window);
-        let analytic = PlaceState::analytic(self.places.get(number as usize), &self.analytic);
-        model.observe(features, actual_ms, &analytic);
+        let prior_calls = Size::prior_calls(self.size.get(function));
+        let analytic = PlaceState::analytic(
+            self.places.get(number as usize),
+            &self.analytic,
+            prior_calls,
+        );
+        model.observe(features, actual_ms, ran, &analytic);
     }
 
     /// What is learnt of `place`, created on first use.
@@ -708,7 +815,7 @@ impl Planner {
                 name: place.to_string(),
                 speed: 1.0,
                 slowness: 1.0,
-                slowness_seen: false,
+                slowness_calls: 0,
                 cold_ms: None,
                 full_until: f64::NEG_INFINITY,
                 work_ms: None,
@@ -722,12 +829,15 @@ impl Planner {
     /// Called off the hot path (a timer in the router, between events in the simulator).
     pub fn refit_due(&mut self) -> usize {
         let mut n = 0;
-        for slot in self.models.values_mut().flat_map(|m| m.slots.iter_mut()) {
-            if slot.model.wants_refit() {
-                let known = self.places.get(slot.place as usize);
-                slot.model
-                    .refit(&PlaceState::analytic(known, &self.analytic));
-                n += 1;
+        for (function, models) in &mut self.models {
+            let prior_calls = Size::prior_calls(self.size.get(function));
+            for slot in &mut models.slots {
+                if slot.model.wants_refit() {
+                    let known = self.places.get(slot.place as usize);
+                    slot.model
+                        .refit(&PlaceState::analytic(known, &self.analytic, prior_calls));
+                    n += 1;
+                }
             }
         }
         n
@@ -967,6 +1077,73 @@ mod tests {
             cold: false,
         };
         p.learn(c, at.id, &plan.scored[0], &ok);
+    }
+
+    #[test]
+    fn a_reported_service_time_counts_only_as_far_as_it_strays_beyond_its_noise() {
+        // "f" ran 40 times at a place of speed 1, taking 1000 ms give or take a fifth.
+        let mut p = Planner::new(64);
+        let c = call(1.0, no_explore());
+        let at = PlaceInfo {
+            service_ms: None,
+            speed: Some(1.0),
+            ..place("a", Tier::Edge, 5.0, 0.0)
+        };
+        for i in 0..40 {
+            let s = if i % 2 == 0 { 800.0 } else { 1200.0 };
+            ran(&mut p, &c, at, s + 5.0, s);
+        }
+        let size = p.size["f"];
+        // At that place: the size at its speed and slowness (one function and one place
+        // cannot tell them apart).
+        let there = size.ms * p.places[p.place_number[&place_key("a")] as usize].slowness;
+        assert!((there - 1000.0).abs() < 30.0, "{size:?} {there}");
+        let spread = size.spread().unwrap();
+        assert!((spread.sqrt() - 0.2).abs() < 0.02, "{size:?}");
+        // Two places as fast as it: one reports the average of its last runs 6 % above
+        // the size (within their noise: two standard deviations of that average are
+        // 2 × 0.2/√15, about 10 %), the other twice the size (it runs "f" slowly now).
+        let lucky = PlaceInfo {
+            id: "b",
+            service_ms: Some(size.ms * 1.06),
+            ..at
+        };
+        let slow = PlaceInfo {
+            id: "c",
+            service_ms: Some(size.ms * 2.0),
+            ..at
+        };
+        let plan = p.plan(&c, &[lucky, slow], 0.5).unwrap();
+        assert_eq!(plan.scored[0].features.service_ms, size.ms);
+        let noise = 2.0 * size.ms * (spread / 15.0).sqrt();
+        let s = plan.scored[1].features.service_ms;
+        assert!((s - (2.0 * size.ms - noise)).abs() < 1e-6, "{s} {noise}");
+        // A function whose spread is not known yet: each place's word.
+        let g = Call { function: "g", ..c };
+        for _ in 0..3 {
+            ran(&mut p, &g, at, 105.0, 100.0);
+        }
+        let plan = p.plan(&g, &[lucky, slow], 0.5).unwrap();
+        assert_eq!(plan.scored[0].features.service_ms, size.ms * 1.06);
+    }
+
+    #[test]
+    fn a_noisy_functions_first_calls_at_a_place_count_for_less() {
+        // The estimate counts for as many calls as one run's noise outweighs a plausible
+        // offset (a tenth): 4 for runs that vary by a fifth, 25 by a half.
+        let size = |spread: f64, runs| Size {
+            ms: 100.0,
+            spread,
+            runs,
+        };
+        let calls = |s: Size| Size::prior_calls(Some(&s));
+        assert!((calls(size(0.04, 20)) - 4.0).abs() < 1e-9);
+        assert!((calls(size(0.25, 20)) - 25.0).abs() < 1e-9);
+        // Never fewer than the default; the default until the spread is known.
+        let default = Analytic::default().prior_calls;
+        assert_eq!(calls(size(0.0001, 20)), default);
+        assert_eq!(calls(size(0.25, SPREAD_AFTER)), default);
+        assert_eq!(Size::prior_calls(None), default);
     }
 
     #[test]

@@ -62,6 +62,9 @@ pub struct Analytic {
     /// How long calls there waited, in lengths of its work, at each load per core of
     /// [`WAIT_KNOTS`], as learnt there ([`WaitCurve`]); until then, the load itself.
     pub wait: Option<WaitCurve>,
+    /// How many calls the estimate counts for against a model's offset from it (the
+    /// planner sets it per function from how much its runs vary).
+    pub prior_calls: f64,
 }
 
 /// The loads per core at which a [`WaitCurve`] is known; between them it is linear, past
@@ -132,6 +135,7 @@ impl Default for Analytic {
             cold_penalty_ms: 5.0,
             work_ms: None,
             wait: None,
+            prior_calls: OFFSET_PRIOR_CALLS,
         }
     }
 }
@@ -200,6 +204,10 @@ pub struct Model {
     offset: Option<f64>,
     /// The warm calls the offset was taken over.
     warm_calls: usize,
+    /// How much longer the warm calls' own runs were than the service time they were
+    /// predicted with (the mean, and the mean square), over `gap_calls` calls.
+    gap: (f64, f64),
+    gap_calls: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -230,8 +238,11 @@ const SLOW_WEIGHT: f64 = 0.01;
 /// a fit beats the prior on a few held-out calls by chance about half the time, and a
 /// model that switches between the two moves its prediction by the fit's noise.
 const KEEP_FIT_Z: f64 = 3.0;
-/// The analytic estimate counts as this many calls against a model's offset.
+/// The analytic estimate counts as this many calls against a model's offset, unless the
+/// planner says more ([`Analytic::prior_calls`]).
 const OFFSET_PRIOR_CALLS: f64 = 2.0;
+/// A model's [`Model::gap`] counts once it has seen this many calls' runs.
+const GAP_AFTER: usize = 4;
 /// Refit after this many new observations.
 const REFIT_EVERY: usize = 8;
 /// Coefficients less significant than this are dropped from the fit.
@@ -275,17 +286,19 @@ impl Fit {
 }
 
 /// The analytic estimate `est` moved by `offset`, the mean offset of `calls` calls from it,
-/// shrunk by calls/(calls + [`OFFSET_PRIOR_CALLS`]); never below zero.
-fn corrected(est: f64, offset: f64, calls: usize) -> f64 {
+/// shrunk by calls/(calls + `prior_calls`); never below zero.
+fn corrected(est: f64, offset: f64, calls: usize, prior_calls: f64) -> f64 {
     let n = calls as f64;
-    (est + offset * n / (n + OFFSET_PRIOR_CALLS)).max(0.0)
+    (est + offset * n / (n + prior_calls)).max(0.0)
 }
 
 /// A figure after taking `x`, its `n`th value: the mean of them until a new one would
 /// weigh less than [`SLOW_WEIGHT`], then smoothed at that weight.
-fn slow_mean(last: Option<f64>, n: usize, x: f64) -> f64 {
+pub(crate) fn slow_mean(last: Option<f64>, n: usize, x: f64) -> f64 {
     let w = (1.0 / n as f64).max(SLOW_WEIGHT);
-    last.map_or(x, |v| (1.0 - w) * v + w * x)
+    // As a step towards `x`: a figure that sees its own value again stays exactly where
+    // it is (a mix of the two drifts by a rounding).
+    last.map_or(x, |v| v + w * (x - v))
 }
 
 /// An exponentially smoothed figure after taking `x`: nine tenths the last, one tenth `x`.
@@ -305,6 +318,8 @@ impl Model {
             calls: 0,
             offset: None,
             warm_calls: 0,
+            gap: (0.0, 0.0),
+            gap_calls: 0,
         }
     }
 
@@ -323,26 +338,38 @@ impl Model {
                     (fallback.estimate(f), Source::Analytic)
                 }
             }
-            None => (self.prior(fallback.estimate(f)), Source::Analytic),
+            None => (self.prior(fallback.estimate(f), fallback), Source::Analytic),
         }
     }
 
     /// Until there is a fit: the analytic estimate `est` corrected by the model's own calls'
     /// warm calls' offset, shrunk towards none while they are few (one call counts for a
     /// third).
-    fn prior(&self, est: f64) -> f64 {
-        corrected(est, self.offset.unwrap_or(0.0), self.warm_calls)
+    fn prior(&self, est: f64, fallback: &Analytic) -> f64 {
+        corrected(
+            est + self.gap(),
+            self.offset.unwrap_or(0.0),
+            self.warm_calls,
+            fallback.prior_calls,
+        )
     }
 
-    /// Records what an invocation actually took; tracks the error of the prediction made for it.
-    pub fn observe(&mut self, f: &Features, actual_ms: f64, fallback: &Analytic) {
+    /// Records what an invocation actually took; tracks the error of the prediction made
+    /// for it. `ran_ms`: the call's own service time, when the place said it.
+    pub fn observe(
+        &mut self,
+        f: &Features,
+        actual_ms: f64,
+        ran_ms: Option<f64>,
+        fallback: &Analytic,
+    ) {
         if !actual_ms.is_finite() || actual_ms < 0.0 {
             return;
         }
         let est = fallback.estimate(f);
         let predicted = match &self.fit {
             Some(_) => self.predict(f, fallback).0,
-            None => self.prior(est),
+            None => self.prior(est, fallback),
         };
         let rel = (predicted - actual_ms).abs() / actual_ms.max(1e-3);
         self.error = Some(smooth(self.error, rel));
@@ -361,9 +388,48 @@ impl Model {
         if f.cold {
             return;
         }
-        let off = actual_ms - est;
+        // Against the estimate with the time the call itself ran, when known: how long
+        // the function runs is the planner's to say (its size, the place's speed and what
+        // the place reports), and a run's own noise (a fifth of a long function's time)
+        // is not the place's offset. Three such runs of a 1.3 s function, taken into the
+        // offset, once put the cloud 270 ms slower than it was.
+        let off = actual_ms
+            - ran_ms.map_or(est, |s| {
+                fallback.estimate(&Features {
+                    service_ms: s,
+                    ..*f
+                })
+            });
         self.warm_calls = self.warm_calls.saturating_add(1);
         self.offset = Some(slow_mean(self.offset, self.warm_calls, off));
+        if let Some(s) = ran_ms {
+            let g = s - f.service_ms;
+            self.gap_calls = self.gap_calls.saturating_add(1);
+            let n = self.gap_calls;
+            self.gap = (
+                slow_mean(Some(self.gap.0), n, g),
+                slow_mean(Some(self.gap.1), n, g * g),
+            );
+        }
+    }
+
+    /// How much longer the calls' runs were than the service time they were predicted
+    /// with, as far as that is beyond chance (two standard errors of the mean): a service
+    /// time a place reports that is off from what its calls run (a report from before the
+    /// function settled) is corrected, and a run's noise is not.
+    fn gap(&self) -> f64 {
+        if self.gap_calls < GAP_AFTER {
+            return 0.0;
+        }
+        let (m, m2) = self.gap;
+        let n = (self.gap_calls as f64).min(1.0 / SLOW_WEIGHT);
+        let se = ((m2 - m * m).max(0.0) / n).sqrt();
+        let beyond = m.abs() - 2.0 * se;
+        if beyond > 0.0 {
+            beyond.copysign(m)
+        } else {
+            0.0
+        }
     }
 
     /// Whether enough new observations arrived for a refit (done off the hot path).
@@ -469,7 +535,8 @@ impl Model {
         for (x, y) in test {
             let f = Features::from_row(x);
             let fit = (trial.predict(&f, fallback) - y).powi(2);
-            let prior = (corrected(fallback.estimate(&f), offset, warm) - y).powi(2);
+            let prior =
+                (corrected(fallback.estimate(&f), offset, warm, fallback.prior_calls) - y).powi(2);
             sum += prior - fit;
             sum2 += (prior - fit).powi(2);
         }
@@ -551,18 +618,18 @@ mod tests {
         let mut m = Model::new(64);
         let f = features(1);
         let est = a.estimate(&f);
-        m.observe(&f, est + 10.0, &a);
+        m.observe(&f, est + 10.0, None, &a);
         let (p, src) = m.predict(&f, &a);
         assert_eq!(src, Source::Analytic);
         assert!((p - (est + 10.0 / 3.0)).abs() < 1e-9, "{p} against {est}");
         for _ in 0..7 {
-            m.observe(&f, est + 10.0, &a);
+            m.observe(&f, est + 10.0, None, &a);
         }
         let (p, _) = m.predict(&f, &a);
         assert!((p - (est + 8.0)).abs() < 1e-9, "{p} against {est}");
         // Faster than estimated: never below zero.
         let mut fast = Model::new(64);
-        fast.observe(&f, 0.0, &a);
+        fast.observe(&f, 0.0, None, &a);
         assert!(fast.predict(&f, &a).0 >= 0.0);
         assert!(fast.predict(&f, &a).0 < est);
     }
@@ -573,7 +640,7 @@ mod tests {
         let mut m = Model::new(128);
         for i in 0..400 {
             let f = features(i);
-            m.observe(&f, truth(&f), &a);
+            m.observe(&f, truth(&f), None, &a);
             if m.wants_refit() {
                 m.refit(&a);
             }
@@ -603,7 +670,7 @@ mod tests {
             };
             let noise = 20.0 + ((i.wrapping_mul(2654435761) >> 7) % 100) as f64;
             ys.push(noise);
-            m.observe(&f, noise, &a);
+            m.observe(&f, noise, None, &a);
         }
         m.refit(&a);
         let mean = ys.iter().sum::<f64>() / ys.len() as f64;
@@ -631,12 +698,77 @@ mod tests {
             ..features(1)
         };
         let cold = Features { cold: true, ..warm };
-        m.observe(&cold, a.estimate(&cold) + 500.0, &a);
+        m.observe(&cold, a.estimate(&cold) + 500.0, None, &a);
         let est = a.estimate(&warm);
         assert!((m.predict(&warm, &a).0 - est).abs() < 1e-9);
-        m.observe(&warm, est + 30.0, &a);
+        m.observe(&warm, est + 30.0, None, &a);
         // One warm call counts for a third, as it would have alone.
         assert!((m.predict(&warm, &a).0 - (est + 10.0)).abs() < 1e-9);
+    }
+
+    /// A warm call with no payload or load, predicted with `service_ms`.
+    fn warm_call(rtt_ms: f64, service_ms: f64) -> Features {
+        Features {
+            payload_kb: 0.0,
+            rtt_ms,
+            load_per_core: 0.0,
+            cold: false,
+            service_ms,
+        }
+    }
+
+    /// The estimate of `f` had it been predicted with the time it `ran`.
+    fn estimate_ran(a: &Analytic, f: &Features, ran: f64) -> f64 {
+        a.estimate(&Features {
+            service_ms: ran,
+            ..*f
+        })
+    }
+
+    #[test]
+    fn a_models_offset_is_taken_against_the_time_each_call_ran() {
+        // Three calls of a 1000 ms function whose runs were long (1300, 1250, 1200 ms),
+        // each 10 ms beyond the estimate at its own run time: the place is 10 ms slow,
+        // not 260.
+        let a = Analytic::default();
+        let f = warm_call(5.0, 1000.0);
+        let at = |ran: f64| estimate_ran(&a, &f, ran) + 10.0;
+        let mut m = Model::new(64);
+        let mut blind = Model::new(64);
+        for ran in [1300.0, 1250.0, 1200.0] {
+            m.observe(&f, at(ran), Some(ran), &a);
+            blind.observe(&f, at(ran), None, &a);
+        }
+        // Shrunk by 3/(3 + 2) towards none.
+        let (y, source) = m.predict(&f, &a);
+        assert_eq!(source, Source::Analytic);
+        assert!((y - (a.estimate(&f) + 6.0)).abs() < 1e-9, "{y}");
+        // Without the run times, the runs' noise reads as the place's offset.
+        let (y, _) = blind.predict(&f, &a);
+        assert!((y - (a.estimate(&f) + 0.6 * 260.0)).abs() < 1e-9, "{y}");
+    }
+
+    #[test]
+    fn a_reported_service_time_off_from_what_the_calls_run_is_corrected_and_noise_is_not() {
+        let a = Analytic::default();
+        let f = warm_call(1.0, 0.2);
+        // Predicted with a service time of 0.2 ms (a report from the function's first,
+        // slow runs), the calls run in 0.02 ms: predictions follow the runs.
+        let mut m = Model::new(64);
+        for i in 0..20 {
+            let ran = 0.02 + f64::from(i % 3) * 0.001;
+            m.observe(&f, estimate_ran(&a, &f, ran), Some(ran), &a);
+        }
+        let (y, _) = m.predict(&f, &a);
+        assert!((y - estimate_ran(&a, &f, 0.021)).abs() < 0.005, "{y}");
+        // Runs that only vary about the service time predicted leave it alone.
+        let mut m = Model::new(64);
+        for i in 0..20 {
+            let ran = if i % 2 == 0 { 0.15 } else { 0.25 };
+            m.observe(&f, estimate_ran(&a, &f, ran), Some(ran), &a);
+        }
+        let (y, _) = m.predict(&f, &a);
+        assert!((y - a.estimate(&f)).abs() < 1e-9, "{y}");
     }
 
     #[test]
@@ -658,7 +790,7 @@ mod tests {
             } else {
                 0.5 + 3.0 * f.rtt_ms + (i % 3) as f64 * 0.02
             };
-            m.observe(&f, y, &a);
+            m.observe(&f, y, None, &a);
         }
         m.refit(&a);
         assert!(m.fitted());
@@ -689,7 +821,7 @@ mod tests {
                 cold: false,
                 service_ms: 4.0,
             };
-            m.observe(&f, a.estimate(&f) + 20.0, &a);
+            m.observe(&f, a.estimate(&f) + 20.0, None, &a);
         }
         m.refit(&a);
         assert!(m.fitted());
@@ -789,7 +921,7 @@ mod tests {
             let a = Analytic::default();
             let mut m = Model::new(64);
             for (p, r, l, c, s, y) in obs {
-                m.observe(&Features { payload_kb: p, rtt_ms: r, load_per_core: l, cold: c, service_ms: s }, y, &a);
+                m.observe(&Features { payload_kb: p, rtt_ms: r, load_per_core: l, cold: c, service_ms: s }, y, None, &a);
                 if m.wants_refit() { m.refit(&a); }
             }
             let f = Features { payload_kb: probe.0, rtt_ms: probe.1, load_per_core: probe.2, cold: probe.3, service_ms: probe.4 };

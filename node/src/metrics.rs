@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use fogline_core::mesh::SERVICE_AVERAGE;
+
 const BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
@@ -55,7 +57,8 @@ pub struct FunctionMetrics {
     pub cold_start: Histogram,
     pub warm_start: Histogram,
     codes: Mutex<BTreeMap<u16, u64>>,
-    /// Smoothed recent service time, microseconds (EWMA, weight 1/8).
+    /// Smoothed recent service time, microseconds (EWMA, weight 1/`SERVICE_AVERAGE`:
+    /// routers judge how far it strays by chance from that weight).
     ewma_us: AtomicU64,
 }
 
@@ -68,7 +71,7 @@ impl FunctionMetrics {
                 Some(if old == 0 {
                     sample.max(1)
                 } else {
-                    old - old / 8 + sample / 8
+                    old - old / SERVICE_AVERAGE + sample / SERVICE_AVERAGE
                 })
             });
     }

@@ -122,8 +122,8 @@ struct Func {
 }
 
 /// The weight of a call's time in the service time a node (or device) reports of its
-/// function: the agent's, 1/8 (`node/src/metrics.rs`).
-const SERVICE_WEIGHT: f64 = 1.0 / 8.0;
+/// function: the agent's ([`crate::mesh::SERVICE_AVERAGE`]).
+const SERVICE_WEIGHT: f64 = 1.0 / crate::mesh::SERVICE_AVERAGE as f64;
 
 /// The generated workload, shared by every policy.
 struct Workload {
