@@ -8,7 +8,9 @@ use crate::attempts::Outcome;
 use crate::config::Tier;
 use crate::policies::Call;
 use crate::policy::{choose, Scorable};
-use crate::predict::{slow_mean, Analytic, Features, Model, Source, WaitCurve};
+use crate::predict::{
+    beyond_noise, slow_mean, Analytic, Features, Model, Source, WaitCurve, OFFSET_PRIOR_CALLS,
+};
 
 /// How long a place that refused a call for capacity is taken to be full, ms.
 pub const FULL_FOR_MS: f64 = 1000.0;
@@ -374,7 +376,7 @@ impl Size {
     /// three fifths as before, once moved a 1.3 s function's prediction at the cloud by
     /// 270 ms, and its calls went to slower edges.
     fn prior_calls(s: Option<&Size>) -> f64 {
-        let default = Analytic::default().prior_calls;
+        let default = OFFSET_PRIOR_CALLS;
         s.and_then(Size::spread).map_or(default, |v| {
             (v / (OFFSET_SCALE * OFFSET_SCALE)).max(default)
         })
@@ -500,13 +502,7 @@ impl Planner {
                 // faster, still shows it.
                 (Some(r), Some(z)) => {
                     let own = own();
-                    let d = r - own;
-                    let beyond = d.abs() - z * own;
-                    if beyond > 0.0 {
-                        own + beyond.copysign(d)
-                    } else {
-                        own
-                    }
+                    own + beyond_noise(r - own, z * own)
                 }
                 // Nothing to tell noise by yet: the place's word.
                 (Some(r), None) => r,
@@ -700,7 +696,9 @@ impl Planner {
             self.errors[self.next_error] = rel;
         }
         self.next_error = (self.next_error + 1) % ERRORS_KEPT;
-        if let Some(s) = service_ms.filter(|s| s.is_finite() && *s > 0.0) {
+        // The call's own run time, when the place said it.
+        let ran = service_ms.filter(|s| s.is_finite() && *s > 0.0);
+        if let Some(s) = ran {
             // The function's size as this run says (its time at the place's advertised
             // speed), and the place's slowness against what its speed promised, before
             // this observation moves the size.
@@ -754,9 +752,7 @@ impl Planner {
                 cold: false,
                 // The run's own time when the place said it, not the prior's guess: a
                 // function larger than guessed must not read as a slow cold start.
-                service_ms: service_ms
-                    .filter(|s| s.is_finite() && *s > 0.0)
-                    .unwrap_or(features.service_ms),
+                service_ms: ran.unwrap_or(features.service_ms),
                 ..*features
             };
             let extra = (actual_ms - self.analytic.estimate(&warm)).max(0.0);
@@ -765,7 +761,6 @@ impl Planner {
             let k = self.place(place);
             k.cold_ms = Some(k.cold_ms.map_or(extra, |c| 0.8 * c + 0.2 * extra));
         }
-        let ran = service_ms.filter(|s| s.is_finite() && *s > 0.0);
         self.record(function, place, features, actual_ms, ran);
         if let Some(m) = self.models.get_mut(function) {
             // One call a hundred times over its prediction must not stand for all.

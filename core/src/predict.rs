@@ -240,7 +240,7 @@ const SLOW_WEIGHT: f64 = 0.01;
 const KEEP_FIT_Z: f64 = 3.0;
 /// The analytic estimate counts as this many calls against a model's offset, unless the
 /// planner says more ([`Analytic::prior_calls`]).
-const OFFSET_PRIOR_CALLS: f64 = 2.0;
+pub(crate) const OFFSET_PRIOR_CALLS: f64 = 2.0;
 /// A model's [`Model::gap`] counts once it has seen this many calls' runs.
 const GAP_AFTER: usize = 4;
 /// Refit after this many new observations.
@@ -290,6 +290,17 @@ impl Fit {
 fn corrected(est: f64, offset: f64, calls: usize, prior_calls: f64) -> f64 {
     let n = calls as f64;
     (est + offset * n / (n + prior_calls)).max(0.0)
+}
+
+/// How much of a difference `d` is beyond `noise` (non-negative): the part of it past
+/// `noise`, with its sign; none when it is within.
+pub(crate) fn beyond_noise(d: f64, noise: f64) -> f64 {
+    let beyond = d.abs() - noise;
+    if beyond > 0.0 {
+        beyond.copysign(d)
+    } else {
+        0.0
+    }
 }
 
 /// A figure after taking `x`, its `n`th value: the mean of them until a new one would
@@ -342,9 +353,9 @@ impl Model {
         }
     }
 
-    /// Until there is a fit: the analytic estimate `est` corrected by the model's own calls'
-    /// warm calls' offset, shrunk towards none while they are few (one call counts for a
-    /// third).
+    /// Until there is a fit: the analytic estimate `est`, with the calls' runs' gap from
+    /// their predicted service time ([`Model::gap`]), corrected by the model's own warm
+    /// calls' offset, shrunk towards none while they are few ([`Analytic::prior_calls`]).
     fn prior(&self, est: f64, fallback: &Analytic) -> f64 {
         corrected(
             est + self.gap(),
@@ -424,12 +435,7 @@ impl Model {
         let (m, m2) = self.gap;
         let n = (self.gap_calls as f64).min(1.0 / SLOW_WEIGHT);
         let se = ((m2 - m * m).max(0.0) / n).sqrt();
-        let beyond = m.abs() - 2.0 * se;
-        if beyond > 0.0 {
-            beyond.copysign(m)
-        } else {
-            0.0
-        }
+        beyond_noise(m, 2.0 * se)
     }
 
     /// Whether enough new observations arrived for a refit (done off the hot path).
