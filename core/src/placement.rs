@@ -10,6 +10,7 @@ use crate::policies::Call;
 use crate::policy::{choose, Scorable};
 use crate::predict::{
     beyond_noise, slow_mean, Analytic, Features, Model, Source, WaitCurve, OFFSET_PRIOR_CALLS,
+    WAIT_KNOTS,
 };
 
 /// How long a place that refused a call for capacity is taken to be full, ms.
@@ -56,8 +57,10 @@ pub struct Scored {
     /// Its model has not seen the function for a while (exploration may visit it).
     pub stale: bool,
     /// What the score adds to the prediction, ms: the tail's risk (how much longer than
-    /// predicted calls there tend to take), less, on a cold device, the share of its cold
-    /// start that its next calls would get back by running warm (see [`Reuse`]).
+    /// predicted calls there tend to take, and how much longer than the mean wait at its
+    /// load calls there waited: [`PlaceState::wait_risk_ms`]), less, on a cold device, the
+    /// share of its cold start that its next calls would get back by running warm (see
+    /// [`Reuse`]).
     pub extra_ms: f64,
 }
 
@@ -247,9 +250,25 @@ struct PlaceState {
     work_ms: Option<f64>,
     /// How long calls waited there for a core, by the load the router knew of.
     wait: Option<WaitCurve>,
+    /// How much longer than `wait` says calls waited there, by the same load: the mean
+    /// over every call of the part beyond it (none for a call that waited less).
+    wait_over: Option<WaitCurve>,
 }
 
 impl PlaceState {
+    /// The tail's risk of a wait at `load` (per core), ms: how much longer than the wait
+    /// curve calls sent there at that load waited, on average over all of them. A place
+    /// whose load the router hears late (a report a second old, callers it does not see)
+    /// queues bursts its reported load did not show; the mean wait spreads them over
+    /// every call, this keeps them as a risk, as a model's shortfall does.
+    fn wait_risk_ms(&self, load: f64) -> f64 {
+        match (self.wait_over, self.work_ms) {
+            // Flat past the last knot: the curve of waits has the load itself there.
+            (Some(o), Some(w)) => o.at(load.min(WAIT_KNOTS[WAIT_KNOTS.len() - 1])) * w,
+            _ => 0.0,
+        }
+    }
+
     /// The analytic estimate at the place (or at one not known yet): its own cold-start
     /// cost and the length of its work, once it has them, the function's `prior_calls`
     /// ([`Size::prior_calls`]), and `base` for the rest.
@@ -557,6 +576,8 @@ impl Planner {
                     .and_then(|m| m.overrun)
                     .map_or(0.0, |o| o * predicted_ms),
             };
+            // And the risk of a queue its reported load did not show.
+            extra_ms += known.map_or(0.0, |k| k.wait_risk_ms(features.load_per_core));
             if p.tier == Tier::Device && !p.warm {
                 // What loading it on the device gives back later (see `Reuse`).
                 let warm = at(&Features {
@@ -723,11 +744,13 @@ impl Planner {
                 // How long it waited for a core: what the call took beyond its round
                 // trip, its transfer and its run, in lengths of the work there.
                 let waited = actual_ms - features.rtt_ms - transfer_ms - s;
-                k.wait.get_or_insert_with(WaitCurve::default).learn(
-                    features.load_per_core,
-                    waited / work,
-                    WAIT_RATE,
-                );
+                let load = features.load_per_core;
+                let curve = k.wait.get_or_insert_with(WaitCurve::default);
+                let expected = curve.at(load);
+                curve.learn(load, waited / work, WAIT_RATE);
+                k.wait_over
+                    .get_or_insert(WaitCurve([0.0; WAIT_KNOTS.len()]))
+                    .learn(load, (waited / work - expected).max(0.0), WAIT_RATE);
             }
             if size > 0.0 {
                 let r = (seen / size).clamp(0.01, 100.0);
@@ -815,6 +838,7 @@ impl Planner {
                 full_until: f64::NEG_INFINITY,
                 work_ms: None,
                 wait: None,
+                wait_over: None,
             });
         }
         n
@@ -1404,6 +1428,45 @@ mod tests {
         );
         assert!(j.extra_ms > 1.0 && s.extra_ms < 0.5, "{j:?} {s:?}");
         assert_eq!(plan.chosen, 1, "steady: its calls do not overrun");
+    }
+
+    #[test]
+    fn of_two_places_whose_calls_wait_alike_on_average_the_one_that_queues_in_bursts_scores_worse()
+    {
+        let mut p = Planner::new(64);
+        let places = [
+            place("bursty", Tier::Edge, 2.0, 0.75),
+            place("steady", Tier::Edge, 2.0, 0.75),
+        ];
+        let f = p
+            .plan(&call(0.0, no_explore()), &places, 0.5)
+            .unwrap()
+            .scored[0]
+            .features;
+        // At the load the router knew, calls to "bursty" waited 0 or 12 ms in turn (callers
+        // it did not hear of queued there), to "steady" 6 ms each time.
+        for i in 0..200 {
+            let wait = if i % 2 == 0 { 0.0 } else { 12.0 };
+            p.observe("f", "bursty", &f, 12.0, 2.0 + 4.0 + wait, Some(4.0));
+            p.observe("f", "steady", &f, 12.0, 2.0 + 4.0 + 6.0, Some(4.0));
+        }
+        // A function neither has run: no model, so its risk is the places' alone.
+        let g = Call {
+            function: "g",
+            ..call(0.0, no_explore())
+        };
+        let plan = p.plan(&g, &places, 0.5).unwrap();
+        let (b, s) = (plan.scored[0], plan.scored[1]);
+        assert!(
+            (b.predicted_ms - s.predicted_ms).abs() < 1.0,
+            "alike on average: {b:?} {s:?}"
+        );
+        assert!(b.extra_ms > 2.0 && s.extra_ms < 0.5, "{b:?} {s:?}");
+        assert_eq!(plan.chosen, 1, "steady: its calls do not queue in bursts");
+        // At a load it never saw calls queue at, "bursty" carries no such risk.
+        let idle = [place("bursty", Tier::Edge, 2.0, 0.0)];
+        let b0 = p.plan(&g, &idle, 0.5).unwrap().scored[0];
+        assert!(b0.extra_ms < b.extra_ms / 2.0, "{b0:?} {b:?}");
     }
 
     #[test]
