@@ -251,8 +251,9 @@ struct PlaceState {
     /// How long calls waited there for a core, by the load the router knew of.
     wait: Option<WaitCurve>,
     /// How much longer than `wait` says calls waited there, by the same load: the mean
-    /// over every call of the part beyond it (none for a call that waited less).
-    wait_over: Option<WaitCurve>,
+    /// over every call of the part beyond it (none for a call that waited less). All
+    /// zero, no risk, until calls there are seen to wait.
+    wait_over: WaitCurve,
 }
 
 impl PlaceState {
@@ -262,11 +263,12 @@ impl PlaceState {
     /// queues bursts its reported load did not show; the mean wait spreads them over
     /// every call, this keeps them as a risk, as a model's shortfall does.
     fn wait_risk_ms(&self, load: f64) -> f64 {
-        match (self.wait_over, self.work_ms) {
-            // Flat past the last knot: the curve of waits has the load itself there.
-            (Some(o), Some(w)) => o.at(load.min(WAIT_KNOTS[WAIT_KNOTS.len() - 1])) * w,
-            _ => 0.0,
-        }
+        // Flat past the last knot: the curve of waits has the load itself there.
+        self.work_ms.map_or(0.0, |w| {
+            self.wait_over
+                .at(load.min(WAIT_KNOTS[WAIT_KNOTS.len() - 1]))
+                * w
+        })
     }
 
     /// The analytic estimate at the place (or at one not known yet): its own cold-start
@@ -744,13 +746,12 @@ impl Planner {
                 // How long it waited for a core: what the call took beyond its round
                 // trip, its transfer and its run, in lengths of the work there.
                 let waited = actual_ms - features.rtt_ms - transfer_ms - s;
-                let load = features.load_per_core;
+                let (load, waited) = (features.load_per_core, waited / work);
                 let curve = k.wait.get_or_insert_with(WaitCurve::default);
-                let expected = curve.at(load);
-                curve.learn(load, waited / work, WAIT_RATE);
-                k.wait_over
-                    .get_or_insert(WaitCurve([0.0; WAIT_KNOTS.len()]))
-                    .learn(load, (waited / work - expected).max(0.0), WAIT_RATE);
+                if let Some(expected) = curve.learn(load, waited, WAIT_RATE) {
+                    k.wait_over
+                        .learn(load, (waited - expected).max(0.0), WAIT_RATE);
+                }
             }
             if size > 0.0 {
                 let r = (seen / size).clamp(0.01, 100.0);
@@ -838,7 +839,7 @@ impl Planner {
                 full_until: f64::NEG_INFINITY,
                 work_ms: None,
                 wait: None,
-                wait_over: None,
+                wait_over: WaitCurve([0.0; WAIT_KNOTS.len()]),
             });
         }
         n

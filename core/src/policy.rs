@@ -101,14 +101,15 @@ pub fn choose<C: Scorable>(
     roll: f64,
 ) -> Option<Decision> {
     let meets = |c: &C| deadline_ms.is_none_or(|d| c.predicted_ms() <= d);
-    // One pass: the best-scoring place that meets the deadline, and the fastest overall.
+    // One pass: the best-scoring place that meets the deadline, and the one expected
+    // soonest overall.
     let mut feasible: Option<(usize, f64)> = None;
-    let mut fastest: Option<(usize, f64)> = None;
+    let mut soonest: Option<(usize, f64)> = None;
     for (i, c) in cands.iter().enumerate() {
         // Expected: the prediction and how much calls there overran theirs.
         let ms = c.predicted_ms() + c.extra_ms();
-        if fastest.is_none_or(|(_, f)| ms < f) {
-            fastest = Some((i, ms));
+        if soonest.is_none_or(|(_, f)| ms < f) {
+            soonest = Some((i, ms));
         }
         if meets(c) {
             let s = score(c, w);
@@ -120,7 +121,7 @@ pub fn choose<C: Scorable>(
     let any_meets = feasible.is_some();
     // Nothing meets the deadline: the one expected soonest, with how much calls there
     // overrun their predictions, has the best chance.
-    let (bi, _) = feasible.or(fastest)?;
+    let (bi, _) = feasible.or(soonest)?;
     let best = (bi, &cands[bi]);
     if roll < w.explore {
         // Exploration: another feasible place not far behind the best (within a fifth as

@@ -110,11 +110,12 @@ impl WaitCurve {
     }
 
     /// Learns that a call sent at `load` waited `waited` lengths of work (noisy; may be
-    /// below 0 when the round trip was shorter than the router thought).
-    pub fn learn(&mut self, load: f64, waited: f64, rate: f64) {
+    /// below 0 when the round trip was shorter than the router thought). Returns the wait
+    /// the curve said before, `None` where it learns nothing.
+    pub fn learn(&mut self, load: f64, waited: f64, rate: f64) -> Option<f64> {
         // Past the last knot the curve is the load itself; nothing to learn there.
         if !load.is_finite() || !waited.is_finite() || load > WAIT_KNOTS[WAIT_KNOTS.len() - 1] {
-            return;
+            return None;
         }
         let (i, j, u) = Self::around(load);
         let predicted = self.at(load);
@@ -125,6 +126,7 @@ impl WaitCurve {
         if j != i {
             self.0[j] += rate * u * err;
         }
+        Some(predicted)
     }
 }
 
