@@ -242,8 +242,14 @@ struct PlaceState {
     slowness: f64,
     /// The calls the slowness was taken over.
     slowness_calls: usize,
-    /// Extra time of a cold start there.
+    /// Extra time of a cold start there, learnt from calls that ran cold.
     cold_ms: Option<f64>,
+    /// Of the calls sent there while the router believed the function cold, the share
+    /// that ran cold (smoothed; none known: all). A member's warm state comes from its
+    /// reports, up to an interval old, and a function loaded ahead or by another router's
+    /// call is warm before the router hears of it: a believed cold start there costs, on
+    /// average, this share of one. (The device's warm state is exact: its share stays 1.)
+    cold_hit: Option<f64>,
     /// It refused a call for capacity: full until then (ms).
     full_until: f64,
     /// The mean service time of the calls seen there, ms: what a call waits behind.
@@ -280,7 +286,8 @@ impl PlaceState {
             prior_calls,
             cold_penalty_ms: known
                 .and_then(|k| k.cold_ms)
-                .unwrap_or(base.cold_penalty_ms),
+                .unwrap_or(base.cold_penalty_ms)
+                * known.and_then(|k| k.cold_hit).unwrap_or(1.0),
             work_ms: known.and_then(|k| k.work_ms),
             wait: known.and_then(|k| k.wait),
             ..*base
@@ -658,7 +665,7 @@ impl Planner {
                 took_ms,
                 service_ms,
                 response_kb,
-                ..
+                cold,
             } => {
                 self.place(place).speed = scored.speed;
                 if let Some(kb) = response_kb.filter(|k| k.is_finite() && *k >= 0.0) {
@@ -668,13 +675,14 @@ impl Planner {
                         .or_insert(kb);
                     *r = 0.8 * *r + 0.2 * kb;
                 }
-                self.observe(
+                self.observe_ran(
                     call.function,
                     place,
                     &scored.features,
                     scored.predicted_ms,
                     took_ms,
                     service_ms,
+                    Some(cold),
                 );
             }
             Outcome::TimedOut { after_ms } if after_ms > scored.predicted_ms => {
@@ -708,6 +716,29 @@ impl Planner {
         predicted_ms: f64,
         actual_ms: f64,
         service_ms: Option<f64>,
+    ) {
+        self.observe_ran(
+            function,
+            place,
+            features,
+            predicted_ms,
+            actual_ms,
+            service_ms,
+            None,
+        );
+    }
+
+    /// As [`Planner::observe`], with whether the call ran cold, when its answer said.
+    #[allow(clippy::too_many_arguments)]
+    fn observe_ran(
+        &mut self,
+        function: &str,
+        place: &str,
+        features: &Features,
+        predicted_ms: f64,
+        actual_ms: f64,
+        service_ms: Option<f64>,
+        ran_cold: Option<bool>,
     ) {
         if !actual_ms.is_finite() || actual_ms < 0.0 {
             return;
@@ -769,7 +800,16 @@ impl Planner {
                 e.learn(seen / slow);
             }
         }
-        if features.cold {
+        if features.cold && ran_cold == Some(false) {
+            // Believed cold, it ran warm (loaded ahead, or by a call the router did not
+            // see): nothing of a cold start's length, but of how often one is paid there.
+            let k = self.place(place);
+            k.cold_hit = Some(crate::predict::smooth(k.cold_hit.or(Some(1.0)), 0.0));
+        } else if features.cold {
+            if ran_cold == Some(true) {
+                let k = self.place(place);
+                k.cold_hit = Some(crate::predict::smooth(k.cold_hit.or(Some(1.0)), 1.0));
+            }
             // What a cold start added, beyond the warm estimate: the analytic estimate's
             // cold-start penalty follows it, over all places and at this place.
             let warm = Features {
@@ -836,6 +876,7 @@ impl Planner {
                 slowness: 1.0,
                 slowness_calls: 0,
                 cold_ms: None,
+                cold_hit: None,
                 full_until: f64::NEG_INFINITY,
                 work_ms: None,
                 wait: None,
@@ -1590,5 +1631,54 @@ mod tests {
         p.forget_function("f");
         p.forget_function("g");
         assert!(p.models.is_empty());
+    }
+
+    #[test]
+    fn a_cold_start_is_learnt_from_calls_that_ran_cold_and_a_place_pays_it_as_often_as_they_did() {
+        // The cloud was reported cold for every call; half of them ran cold there (60 ms
+        // more), half ran warm (loaded by calls the router did not see).
+        let mut p = Planner::new(64);
+        let at = |id, warm| PlaceInfo {
+            warm,
+            ..place(id, Tier::Cloud, 5.0, 0.0)
+        };
+        for i in 0..40 {
+            let f = format!("f{i}");
+            let c = Call {
+                function: &f,
+                ..call(0.0, no_explore())
+            };
+            let plan = p.plan(&c, &[at("cloud", false)], 0.5).unwrap();
+            let ran_cold = i % 2 == 0;
+            let took = plan.scored[0].features.rtt_ms + 4.0 + if ran_cold { 60.0 } else { 0.0 };
+            let answer = Outcome::Answered {
+                took_ms: took,
+                service_ms: Some(4.0),
+                response_kb: Some(0.0),
+                cold: ran_cold,
+            };
+            p.learn(&c, "cloud", &plan.scored[0], &answer);
+        }
+        // What a cold start costs at each, for a function none has run: the cold place's
+        // prediction less the warm one's.
+        let g = Call {
+            function: "g",
+            ..call(0.0, no_explore())
+        };
+        let cost = |id| {
+            let plan = p.plan(&g, &[at(id, false), at(id, true)], 0.5).unwrap();
+            plan.scored[0].predicted_ms - plan.scored[1].predicted_ms
+        };
+        // A place with no cold starts of its own (the device, a new member) pays a whole
+        // one, as the calls that ran cold measured it, not the average over calls that
+        // only looked cold.
+        let new = cost("new");
+        assert!(
+            (50.0..70.0).contains(&new),
+            "a new place's cold start: {new:.1} ms"
+        );
+        // The cloud pays it as often as its calls believed cold ran cold: about half.
+        let cloud = cost("cloud");
+        assert!((20.0..40.0).contains(&cloud), "the cloud's: {cloud:.1} ms");
     }
 }
