@@ -967,6 +967,16 @@ mod tests {
         }
     }
 
+    /// An answer after `took_ms`, of which `service_ms` the run, with `response_kb` back.
+    fn answered(took_ms: f64, service_ms: f64, response_kb: f64, cold: bool) -> Outcome {
+        Outcome::Answered {
+            took_ms,
+            service_ms: Some(service_ms),
+            response_kb: Some(response_kb),
+            cold,
+        }
+    }
+
     fn no_explore() -> Weights {
         Weights {
             explore: 0.0,
@@ -1098,13 +1108,12 @@ mod tests {
             ..call(1.0, w)
         };
         let plan = p.plan(&c, &[fast], 0.5).unwrap();
-        let ok = Outcome::Answered {
-            took_ms: 24.0,
-            service_ms: Some(20.0),
-            response_kb: Some(1.0),
-            cold: false,
-        };
-        p.learn(&c, "fast", &plan.scored[0], &ok);
+        p.learn(
+            &c,
+            "fast",
+            &plan.scored[0],
+            &answered(24.0, 20.0, 1.0, false),
+        );
         // "h" never ran anywhere: a typical function's size at each place's speed (with
         // one size seen, still the most a function may run: see `typical_size`).
         let h = Call {
@@ -1651,12 +1660,7 @@ mod tests {
             let plan = p.plan(&c, &[at("cloud", false)], 0.5).unwrap();
             let ran_cold = i % 2 == 0;
             let took = plan.scored[0].features.rtt_ms + 4.0 + if ran_cold { 60.0 } else { 0.0 };
-            let answer = Outcome::Answered {
-                took_ms: took,
-                service_ms: Some(4.0),
-                response_kb: Some(0.0),
-                cold: ran_cold,
-            };
+            let answer = answered(took, 4.0, 0.0, ran_cold);
             p.learn(&c, "cloud", &plan.scored[0], &answer);
         }
         // What a cold start costs at each, for a function none has run: the cold place's
