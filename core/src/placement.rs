@@ -800,16 +800,15 @@ impl Planner {
                 e.learn(seen / slow);
             }
         }
-        if features.cold && ran_cold == Some(false) {
-            // Believed cold, it ran warm (loaded ahead, or by a call the router did not
-            // see): nothing of a cold start's length, but of how often one is paid there.
+        if let Some(was_cold) = ran_cold.filter(|_| features.cold) {
+            // Believed cold, it ran cold or warm (loaded ahead, or by a call the router did
+            // not see): how often a cold start is paid there.
             let k = self.place(place);
-            k.cold_hit = Some(crate::predict::smooth(k.cold_hit.or(Some(1.0)), 0.0));
-        } else if features.cold {
-            if ran_cold == Some(true) {
-                let k = self.place(place);
-                k.cold_hit = Some(crate::predict::smooth(k.cold_hit.or(Some(1.0)), 1.0));
-            }
+            let hit = if was_cold { 1.0 } else { 0.0 };
+            k.cold_hit = Some(crate::predict::smooth(k.cold_hit.or(Some(1.0)), hit));
+        }
+        // A call that ran warm says nothing of a cold start's length.
+        if features.cold && ran_cold != Some(false) {
             // What a cold start added, beyond the warm estimate: the analytic estimate's
             // cold-start penalty follows it, over all places and at this place.
             let warm = Features {
@@ -975,6 +974,22 @@ mod tests {
             response_kb: Some(response_kb),
             cold,
         }
+    }
+
+    /// A call of `function` with no payload, deadline or exploration.
+    fn call_of(function: &str) -> Call<'_> {
+        Call {
+            function,
+            ..call(0.0, no_explore())
+        }
+    }
+
+    /// The features `p` would predict `places[0]` with for a call of "f".
+    fn features_at(p: &Planner, places: &[PlaceInfo<'_>]) -> Features {
+        p.plan(&call(0.0, no_explore()), places, 0.5)
+            .unwrap()
+            .scored[0]
+            .features
     }
 
     fn no_explore() -> Weights {
@@ -1489,11 +1504,7 @@ mod tests {
             place("bursty", Tier::Edge, 2.0, 0.75),
             place("steady", Tier::Edge, 2.0, 0.75),
         ];
-        let f = p
-            .plan(&call(0.0, no_explore()), &places, 0.5)
-            .unwrap()
-            .scored[0]
-            .features;
+        let f = features_at(&p, &places);
         // At the load the router knew, calls to "bursty" waited 0 or 12 ms in turn (callers
         // it did not hear of queued there), to "steady" 6 ms each time.
         for i in 0..200 {
@@ -1502,10 +1513,7 @@ mod tests {
             p.observe("f", "steady", &f, 12.0, 2.0 + 4.0 + 6.0, Some(4.0));
         }
         // A function neither has run: no model, so its risk is the places' alone.
-        let g = Call {
-            function: "g",
-            ..call(0.0, no_explore())
-        };
+        let g = call_of("g");
         let plan = p.plan(&g, &places, 0.5).unwrap();
         let (b, s) = (plan.scored[0], plan.scored[1]);
         assert!(
@@ -1527,18 +1535,11 @@ mod tests {
             service_ms: Some(20.0),
             ..place("edge", Tier::Edge, 5.0, 0.5)
         }];
-        let g = Call {
-            function: "g",
-            ..call(0.0, no_explore())
-        };
+        let g = call_of("g");
         // The prior: half its cores busy, so half a length of its work ahead.
         let before = p.plan(&g, &places, 0.5).unwrap().scored[0].predicted_ms;
         // Function "f" ran there often at that load, and started at once each time.
-        let f = p
-            .plan(&call(0.0, no_explore()), &places, 0.5)
-            .unwrap()
-            .scored[0]
-            .features;
+        let f = features_at(&p, &places);
         for _ in 0..200 {
             p.observe("f", "edge", &f, 35.0, 5.0 + 20.0, Some(20.0));
         }
@@ -1653,10 +1654,7 @@ mod tests {
         };
         for i in 0..40 {
             let f = format!("f{i}");
-            let c = Call {
-                function: &f,
-                ..call(0.0, no_explore())
-            };
+            let c = call_of(&f);
             let plan = p.plan(&c, &[at("cloud", false)], 0.5).unwrap();
             let ran_cold = i % 2 == 0;
             let took = plan.scored[0].features.rtt_ms + 4.0 + if ran_cold { 60.0 } else { 0.0 };
@@ -1665,10 +1663,7 @@ mod tests {
         }
         // What a cold start costs at each, for a function none has run: the cold place's
         // prediction less the warm one's.
-        let g = Call {
-            function: "g",
-            ..call(0.0, no_explore())
-        };
+        let g = call_of("g");
         let cost = |id| {
             let plan = p.plan(&g, &[at(id, false), at(id, true)], 0.5).unwrap();
             plan.scored[0].predicted_ms - plan.scored[1].predicted_ms
