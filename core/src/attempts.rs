@@ -380,6 +380,7 @@ mod tests {
                     features: Features::default(),
                     speed: 1.0,
                     stale: false,
+                    guessed: false,
                     extra_ms: 0.0,
                 })
                 .collect(),

@@ -216,6 +216,7 @@ pub(crate) fn plan_by(
             features: features(call.request_kb, p, p.service_ms.unwrap_or(1.0)),
             speed: p.speed.unwrap_or(1.0),
             stale: false,
+            guessed: false,
             extra_ms: 0.0,
         })
         .collect();
