@@ -414,6 +414,14 @@ impl Size {
     }
 }
 
+/// The service time a function of `size` (its time at speed 1) is expected to take at a
+/// place of advertised `speed` that runs functions `slowness` times slower than its speed
+/// promised.
+#[inline]
+fn service_at(size: f64, speed: f64, slowness: f64) -> f64 {
+    size / speed.max(1e-3) * slowness
+}
+
 /// Models for every (function, place) seen, and the prediction error so far.
 #[derive(Debug, Clone)]
 pub struct Planner {
@@ -512,7 +520,13 @@ impl Planner {
     ) -> Features {
         // The function's size at this place's advertised speed, corrected by how it ran
         // other functions.
-        let own = || size / p.speed.unwrap_or(1.0).max(1e-3) * known.map_or(1.0, |k| k.slowness);
+        let own = || {
+            service_at(
+                size,
+                p.speed.unwrap_or(1.0),
+                known.map_or(1.0, |k| k.slowness),
+            )
+        };
         Features {
             // Nothing travels to the caller's own device.
             payload_kb: if p.tier == Tier::Device {
@@ -848,7 +862,7 @@ impl Planner {
             (true, Some(size)) => {
                 let k = self.place(place);
                 Some(Features {
-                    service_ms: size / k.speed.max(1e-3) * k.slowness,
+                    service_ms: service_at(size, k.speed, k.slowness),
                     ..*features
                 })
             }
