@@ -5,8 +5,8 @@
 //! alive, not benched, of the pinned tier (if any) and able to run the function's sandbox;
 //! its load per core is its report's calls in flight and queued (or, when newer, what the
 //! member's last answer to this router said), brought up to date with the router's own
-//! calls sent and finished there since ([`Mine`]); warm functions and service times are
-//! the report's.
+//! calls sent and finished there since ([`Mine`]); service times are the report's, and
+//! so are warm functions, with those the member ran for this router since ([`Mine::ran`]).
 
 use crate::attempts::Bench;
 use crate::config::Tier;
@@ -35,6 +35,8 @@ pub trait Reported<F: ?Sized> {
 #[derive(Debug, Clone, Copy)]
 pub struct Wants<'a, F: ?Sized> {
     pub function: &'a F,
+    /// The function's key, as [`Mine::heard`] is told it.
+    pub key: u64,
     pub runtime: Runtime,
     /// Pinned to this tier (an OpenFaaS constraint).
     pub tier: Option<Tier>,
@@ -65,8 +67,11 @@ pub fn listed<F: ?Sized, M: Reported<F>>(
         && !bench.is_benched(m.id(), now_ms)
 }
 
-/// The router's own calls in flight at one member, and how many of them the member's
-/// newest report counts.
+/// How many functions a [`Mine`] remembers running since the member's newest report.
+const RAN_KEPT: usize = 4;
+
+/// The router's own calls in flight at one member, how many of them the member's newest
+/// report counts, and which functions it answered since that report.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Mine {
     /// In flight there now.
@@ -77,6 +82,11 @@ pub struct Mine {
     at_report: Option<(u64, u32)>,
     /// The load the member's last answer said, when it came after the newest report.
     heard: Option<u32>,
+    /// The keys of the functions it answered under report `ran_seq` ([`RAN_KEPT`] of
+    /// them, the oldest replaced first), and how many it answered.
+    ran: [u64; RAN_KEPT],
+    ran_count: usize,
+    ran_seq: u64,
 }
 
 impl Mine {
@@ -87,6 +97,29 @@ impl Mine {
     pub fn heard(&mut self, seq: u64, load: u32) {
         self.at_report = Some((seq, self.now));
         self.heard = Some(load);
+    }
+
+    /// The member answered a call of the function keyed `function`, when its newest
+    /// report was `seq`: until a newer report, the function is warm there
+    /// ([`Mine::ran`]).
+    pub fn answered(&mut self, seq: u64, function: u64) {
+        if self.ran_seq != seq {
+            self.ran_seq = seq;
+            self.ran_count = 0;
+        }
+        if !self.ran[..self.ran_count.min(RAN_KEPT)].contains(&function) {
+            self.ran[self.ran_count % RAN_KEPT] = function;
+            self.ran_count += 1;
+        }
+    }
+
+    /// Whether the member answered a call of the function keyed `function` since its
+    /// newest report, numbered `seq`: its code is loaded there, though the report, made
+    /// before, does not list it. Without this, a function's calls after its first were
+    /// all taken for cold starts until the member next reported (half a second on the
+    /// live test's mesh: most of a burst of calls).
+    pub fn ran(&self, seq: u64, function: u64) -> bool {
+        self.ran_seq == seq && self.ran[..self.ran_count.min(RAN_KEPT)].contains(&function)
     }
 
     pub fn sent(&mut self) {
@@ -133,7 +166,7 @@ pub fn facts<F: ?Sized, M: Reported<F>>(
         load_per_core: f64::from(mine.load(m.seq(), m.load())) / f64::from(cores),
         cores,
         speed: (m.speed() > 0.0).then_some(f64::from(m.speed())),
-        warm: m.warm(wants.function),
+        warm: m.warm(wants.function) || mine.ran(m.seq(), wants.key),
         service_ms: m.service_ms(wants.function),
     }
 }
@@ -281,6 +314,7 @@ mod tests {
     fn members_are_listed_by_the_same_rules_and_load_is_the_fresher_count() {
         let wants = Wants {
             function: "hello",
+            key: 1,
             runtime: Runtime::Wasm,
             tier: None,
         };
@@ -364,5 +398,54 @@ mod tests {
         mine.done();
         mine.heard(1, 9);
         assert_eq!(mine.load(2, 3), 3);
+    }
+
+    #[test]
+    fn a_function_the_member_answered_since_its_report_is_warm_there_until_a_newer_report() {
+        let cold = M {
+            alive: true,
+            load: 0,
+            seq: 1,
+        };
+        // The report lists only `hello` warm; `resize` (key 2) ran for this router since.
+        let wants = Wants {
+            function: "resize",
+            key: 2,
+            runtime: Runtime::Wasm,
+            tier: None,
+        };
+        let mut mine = Mine::default();
+        assert!(!facts(&cold, &wants, &mut mine, None).warm, "not reported");
+        mine.answered(1, 2);
+        assert!(
+            facts(&cold, &wants, &mut mine, None).warm,
+            "answered since report 1"
+        );
+        let other = Wants { key: 3, ..wants };
+        assert!(
+            !facts(&cold, &other, &mut mine, None).warm,
+            "only what it answered"
+        );
+        // More functions than it keeps: the oldest are forgotten (taken for cold, as the
+        // report says), the newest kept.
+        for k in 10..10 + RAN_KEPT as u64 {
+            mine.answered(1, k);
+        }
+        assert!(!mine.ran(1, 2));
+        assert!(mine.ran(1, 10) && mine.ran(1, 10 + RAN_KEPT as u64 - 1));
+        // Report 2, made since, says what is loaded there now (it may have been evicted).
+        mine.answered(1, 2);
+        let newer = M { seq: 2, ..cold };
+        assert!(
+            !facts(&newer, &wants, &mut mine, None).warm,
+            "report 2 stands"
+        );
+        // An answer under report 2 marks it again.
+        mine.answered(2, 2);
+        assert!(facts(&newer, &wants, &mut mine, None).warm);
+        assert!(
+            !mine.ran(1, 2),
+            "what was answered under report 1 is forgotten"
+        );
     }
 }

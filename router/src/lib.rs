@@ -285,6 +285,7 @@ impl Router {
         let mut outstanding = lock(&self.outstanding);
         let wants = Wants {
             function: f.name.as_str(),
+            key: fogline_core::placement::place_key(&f.name),
             runtime: f.runtime,
             tier: f.placement.tier,
         };
@@ -644,6 +645,7 @@ impl Router {
                 n.done();
                 if let Some((seq, load)) = heard {
                     n.heard(seq, load);
+                    n.answered(seq, fogline_core::placement::place_key(&f.name));
                 }
             }
             let took_ms = t0.elapsed().as_secs_f64() * 1e3;

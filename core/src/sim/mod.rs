@@ -535,12 +535,13 @@ impl<'f> SiteRouter<'f> {
 }
 
 /// A site router's calls at one node: when each will be back, its answers on their way
-/// back (when each is back, and when the node sent it: the moment whose load it carries),
+/// back (when each is back, when the node sent it: the moment whose load it carries, and
+/// the function it ran),
 /// and those calls as candidate building counts them.
 #[derive(Default)]
 struct AtNode {
     back: BinaryHeap<Reverse<u64>>,
-    answers: BinaryHeap<Reverse<(u64, u64)>>,
+    answers: BinaryHeap<Reverse<(u64, u64, u32)>>,
     mine: Mine,
 }
 
@@ -1051,6 +1052,7 @@ impl<'a> World<'a> {
         let site = self.device_site[c.device as usize];
         let wants = Wants {
             function: &c.func,
+            key: u64::from(c.func),
             runtime: crate::Runtime::Wasm,
             tier: None,
         };
@@ -1072,12 +1074,17 @@ impl<'a> World<'a> {
             // The newest answer back since: the node's load when it sent it, if that is
             // newer than its last report.
             let mut sent = None;
-            while let Some(Reverse((b, s))) = at.answers.peek().copied() {
+            while let Some(Reverse((b, s, func))) = at.answers.peek().copied() {
                 if f64::from_bits(b) > t {
                     break;
                 }
                 at.answers.pop();
-                sent = Some(f64::from_bits(s).max(sent.unwrap_or(0.0)));
+                let s = f64::from_bits(s);
+                sent = Some(s.max(sent.unwrap_or(0.0)));
+                // Sent after the node's last report: the report does not list it warm.
+                if s > self.nodes[i].reported_at {
+                    at.mine.answered(self.nodes[i].seq, u64::from(func));
+                }
             }
             if let Some(s) = sent.filter(|s| *s > self.nodes[i].reported_at) {
                 if let Some(load) = self.nodes[i].log.at(s) {
@@ -1350,7 +1357,7 @@ fn run_built(
                     if let Outcome::Answered { .. } = outcome {
                         calls
                             .answers
-                            .push(Reverse((now.to_bits(), a.finish.to_bits())));
+                            .push(Reverse((now.to_bits(), a.finish.to_bits(), c.func)));
                     }
                 }
             }
