@@ -35,7 +35,7 @@ pub trait Reported<F: ?Sized> {
 #[derive(Debug, Clone, Copy)]
 pub struct Wants<'a, F: ?Sized> {
     pub function: &'a F,
-    /// The function's key, as [`Mine::heard`] is told it.
+    /// The function's key, as [`Mine::answered`] is told it.
     pub key: u64,
     pub runtime: Runtime,
     /// Pinned to this tier (an OpenFaaS constraint).
@@ -107,10 +107,15 @@ impl Mine {
             self.ran_seq = seq;
             self.ran_count = 0;
         }
-        if !self.ran[..self.ran_count.min(RAN_KEPT)].contains(&function) {
+        if !self.holds(function) {
             self.ran[self.ran_count % RAN_KEPT] = function;
             self.ran_count += 1;
         }
+    }
+
+    /// Whether `function` is among those answered under report `ran_seq`.
+    fn holds(&self, function: u64) -> bool {
+        self.ran[..self.ran_count.min(RAN_KEPT)].contains(&function)
     }
 
     /// Whether the member answered a call of the function keyed `function` since its
@@ -119,7 +124,7 @@ impl Mine {
     /// all taken for cold starts until the member next reported (half a second on the
     /// live test's mesh: most of a burst of calls).
     pub fn ran(&self, seq: u64, function: u64) -> bool {
-        self.ran_seq == seq && self.ran[..self.ran_count.min(RAN_KEPT)].contains(&function)
+        self.ran_seq == seq && self.holds(function)
     }
 
     pub fn sent(&mut self) {

@@ -1071,8 +1071,9 @@ impl<'a> World<'a> {
                 continue;
             }
             at.mine.now = drain_until(&mut at.back, t) as u32;
-            // The newest answer back since: the node's load when it sent it, if that is
-            // newer than its last report.
+            // The answers back since that the node sent after its last report: the newest
+            // says the node's load when it sent it, and each a function warm there that
+            // the report does not list.
             let mut sent = None;
             while let Some(Reverse((b, s, func))) = at.answers.peek().copied() {
                 if f64::from_bits(b) > t {
@@ -1080,13 +1081,12 @@ impl<'a> World<'a> {
                 }
                 at.answers.pop();
                 let s = f64::from_bits(s);
-                sent = Some(s.max(sent.unwrap_or(0.0)));
-                // Sent after the node's last report: the report does not list it warm.
                 if s > self.nodes[i].reported_at {
+                    sent = Some(s.max(sent.unwrap_or(0.0)));
                     at.mine.answered(self.nodes[i].seq, u64::from(func));
                 }
             }
-            if let Some(s) = sent.filter(|s| *s > self.nodes[i].reported_at) {
+            if let Some(s) = sent {
                 if let Some(load) = self.nodes[i].log.at(s) {
                     at.mine.heard(self.nodes[i].seq, load);
                 }
