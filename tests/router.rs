@@ -113,7 +113,7 @@ async fn the_router_places_learns_moves_off_load_and_survives_a_kill() {
         err * 100.0
     );
     // How close is a timing figure (the benchmarks and README report it; on this test's
-    // two-core host it ran 10–51 % over 45 runs, median 18 %): here only that predictions
+    // two-core host it ran 9–39 % over 30 runs, median 20 %): here only that predictions
     // are of the right magnitude. The median is over every call since the router started,
     // warm-up included: while the router took each call after a function's first for a
     // cold start until the member next reported, it ran 14–203 % and failed here one run in

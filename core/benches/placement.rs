@@ -50,6 +50,7 @@ fn places(ids: &[String], round: u64) -> Vec<PlaceInfo<'_>> {
             warm: true,
             service_ms: Some(3.0),
             truth_ms: None,
+            own: Default::default(),
         })
         .collect()
 }

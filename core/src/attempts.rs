@@ -382,6 +382,7 @@ mod tests {
                     stale: false,
                     guessed: false,
                     extra_ms: 0.0,
+                    herd_ms: 0.0,
                 })
                 .collect(),
             chosen: 1,

@@ -6,10 +6,13 @@
 //! its load per core is its report's calls in flight and queued (or, when newer, what the
 //! member's last answer to this router said), brought up to date with the router's own
 //! calls sent and finished there since ([`Mine`]); service times are the report's, and
-//! so are warm functions, with those the member ran for this router since ([`Mine::ran`]).
+//! so are warm functions, with those the member ran for this router since ([`Mine::ran`]);
+//! and the router's own calls there, with the service time it expected of them
+//! ([`crate::placement::Own`]).
 
 use crate::attempts::Bench;
 use crate::config::Tier;
+use crate::placement::Own;
 use crate::Runtime;
 
 /// What a member's last report says, as candidate building reads it; `F` names a function
@@ -52,6 +55,8 @@ pub struct Facts {
     pub speed: Option<f64>,
     pub warm: bool,
     pub service_ms: Option<f64>,
+    /// The router's own calls in flight there ([`Mine`]).
+    pub own: Own,
 }
 
 /// Whether `m` is listed for a call that `wants` at `now_ms`.
@@ -70,12 +75,15 @@ pub fn listed<F: ?Sized, M: Reported<F>>(
 /// How many functions a [`Mine`] remembers running since the member's newest report.
 const RAN_KEPT: usize = 4;
 
-/// The router's own calls in flight at one member, how many of them the member's newest
-/// report counts, and which functions it answered since that report.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// The router's own calls in flight at one member and the service time it expected of
+/// them, how many of them the member's newest report counts, and which functions it
+/// answered since that report.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Mine {
     /// In flight there now.
     pub now: u32,
+    /// The service time the router expected of them there, summed (ms).
+    pub work_ms: f64,
     /// The newest report's number and `now` when the router first built candidates after
     /// it arrived (a report counts the calls that were there when it was made), or when
     /// it last heard an answer under that report.
@@ -127,12 +135,30 @@ impl Mine {
         self.ran_seq == seq && self.holds(function)
     }
 
-    pub fn sent(&mut self) {
+    /// The router sent a call there that it expected to run `service_ms`.
+    pub fn sent(&mut self, service_ms: f64) {
         self.now = self.now.saturating_add(1);
+        if service_ms.is_finite() && service_ms > 0.0 {
+            self.work_ms += service_ms;
+        }
     }
 
-    pub fn done(&mut self) {
+    /// A call [`Mine::sent`] with `service_ms` is back.
+    pub fn done(&mut self, service_ms: f64) {
         self.now = self.now.saturating_sub(1);
+        if self.now == 0 {
+            self.work_ms = 0.0;
+        } else if service_ms.is_finite() && service_ms > 0.0 {
+            self.work_ms = (self.work_ms - service_ms).max(0.0);
+        }
+    }
+
+    /// Its calls in flight there, as the planner reads them.
+    pub fn own(&self) -> Own {
+        Own {
+            calls: self.now,
+            work_ms: self.work_ms,
+        }
     }
 
     /// The member's load now, as far as this router can tell from a report that counted
@@ -173,6 +199,7 @@ pub fn facts<F: ?Sized, M: Reported<F>>(
         speed: (m.speed() > 0.0).then_some(f64::from(m.speed())),
         warm: m.warm(wants.function) || mine.ran(m.seq(), wants.key),
         service_ms: m.service_ms(wants.function),
+        own: mine.own(),
     }
 }
 
@@ -358,49 +385,89 @@ mod tests {
     fn the_reported_load_is_brought_up_to_date_with_the_routers_own_calls() {
         let mut mine = Mine::default();
         for _ in 0..9 {
-            mine.sent();
+            mine.sent(1.0);
         }
         // Report 1 counts the nine and one call of another router's.
         assert_eq!(mine.load(1, 10), 10);
         for _ in 0..8 {
-            mine.done();
+            mine.done(1.0);
         }
         assert_eq!(mine.load(1, 10), 2, "eight of its nine answered since");
-        mine.sent();
-        mine.sent();
+        mine.sent(1.0);
+        mine.sent(1.0);
         assert_eq!(mine.load(1, 10), 4, "two more sent");
         // Report 2 was made after those: it counts what is there now.
         assert_eq!(mine.load(2, 3), 3);
         for _ in 0..3 {
-            mine.done();
+            mine.done(1.0);
         }
         assert_eq!(mine.load(2, 3), 0, "the three answered");
-        mine.sent();
+        mine.sent(1.0);
         // Report 3, made before that call arrived, says nothing is there.
         assert_eq!(mine.load(3, 0), 1, "never below its own calls there");
     }
 
     #[test]
+    fn the_routers_own_calls_carry_the_service_time_it_expected_of_them() {
+        let m = M {
+            alive: true,
+            load: 0,
+            seq: 1,
+        };
+        let wants = Wants {
+            function: "hello",
+            key: 1,
+            runtime: Runtime::Wasm,
+            tier: None,
+        };
+        let mut mine = Mine::default();
+        mine.sent(400.0);
+        mine.sent(2.0);
+        // A call whose service time was not a number counts as a call, not as work.
+        mine.sent(f64::NAN);
+        let own = facts(&m, &wants, &mut mine, None).own;
+        assert_eq!((own.calls, own.work_ms), (3, 402.0));
+        mine.done(400.0);
+        assert_eq!(
+            mine.own(),
+            Own {
+                calls: 2,
+                work_ms: 2.0
+            }
+        );
+        mine.done(f64::NAN);
+        assert_eq!(
+            mine.own(),
+            Own {
+                calls: 1,
+                work_ms: 2.0
+            }
+        );
+        mine.done(2.0);
+        assert_eq!(mine.own(), Own::default());
+    }
+
+    #[test]
     fn an_answer_says_the_load_until_a_newer_report() {
         let mut mine = Mine::default();
-        mine.sent();
-        mine.sent();
+        mine.sent(1.0);
+        mine.sent(1.0);
         assert_eq!(mine.load(1, 4), 4, "the report counts both");
         // One answered, saying seven calls were there (others' calls came since).
-        mine.done();
+        mine.done(1.0);
         mine.heard(1, 7);
         assert_eq!(mine.load(1, 4), 7);
-        mine.sent();
+        mine.sent(1.0);
         assert_eq!(mine.load(1, 4), 8, "one more sent since the answer");
-        mine.done();
-        mine.done();
+        mine.done(1.0);
+        mine.done(1.0);
         assert_eq!(mine.load(1, 4), 6, "and two answered");
         // A newer report replaces what the answer said.
         assert_eq!(mine.load(2, 3), 3);
         // An answer heard under an older report than the newest one the router built
         // with is dropped at the next look.
-        mine.sent();
-        mine.done();
+        mine.sent(1.0);
+        mine.done(1.0);
         mine.heard(1, 9);
         assert_eq!(mine.load(2, 3), 3);
     }

@@ -180,6 +180,7 @@ mod tests {
             warm,
             service_ms: Some(10.0),
             truth_ms: None,
+            own: Default::default(),
         };
         // One warm place serving 100 calls/s; two cold ones, the second nearer.
         let places = [

@@ -41,6 +41,16 @@ pub struct PlaceInfo<'a> {
     pub speed: Option<f64>,
     /// What the call would really take there: known to the simulator's oracle only.
     pub truth_ms: Option<f64>,
+    /// The router's own calls in flight there.
+    pub own: Own,
+}
+
+/// The router's own calls in flight at a place, and the service time it expected of them
+/// there (each call's [`Features::service_ms`] when it was sent).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Own {
+    pub calls: u32,
+    pub work_ms: f64,
 }
 
 /// A prediction for one place.
@@ -65,6 +75,10 @@ pub struct Scored {
     /// share of its cold start that its next calls would get back by running warm (see
     /// [`Reuse`]).
     pub extra_ms: f64,
+    /// What the prediction adds for the router's own calls ahead of it there being longer
+    /// (or shorter) than the work the place's wait is measured in ([`Planner::herd_ms`]):
+    /// the models learn the call's time without it.
+    pub herd_ms: f64,
 }
 
 impl Scorable for Scored {
@@ -585,6 +599,13 @@ impl Planner {
                 None => (analytic.estimate(f), Source::Analytic),
             };
             let (mut predicted_ms, source) = at(&features);
+            let mut herd_ms = 0.0;
+            if p.own.calls > 0 {
+                herd_ms = Self::herd_ms(&p.own, &features, known, p.cores);
+                // Never below the call's own round trip and run.
+                predicted_ms = (predicted_ms + herd_ms)
+                    .max(predicted_ms.min(features.rtt_ms + features.service_ms));
+            }
             if known.is_some_and(|k| k.full_until > call.now_ms) {
                 // It turned a call away lately: a refusal costs a round trip, and a slot
                 // frees in about a service time.
@@ -623,6 +644,7 @@ impl Planner {
                 stale: found.is_some_and(|(_, stale)| stale),
                 guessed,
                 extra_ms,
+                herd_ms,
             });
         }
         let mut d = choose(&scored, call.deadline_ms, &call.weights, roll)?;
@@ -639,6 +661,31 @@ impl Planner {
             load_device,
             guessed,
         })
+    }
+
+    /// How much longer than the place's wait says a call waits at `p` for the router's
+    /// own calls ahead of it there (`own`), ms. The wait is learnt in lengths of the
+    /// place's mean work ([`Analytic::work_ms`]), each call per core ahead counting one;
+    /// the router knows what it expected of its own calls, and a burst of one long
+    /// function at a place of short ones waits behind copies of itself, far longer than
+    /// behind the place's mean work (on `far-small-cloud` seed 14, calls sent to an edge
+    /// with five or more of their function's calls still there took 660 ms longer than
+    /// predicted). So each of its own calls counts for what it expected of it rather than
+    /// for the mean, at the share of the load that the place's wait curve says turns
+    /// into waiting, at most all of it (on loopback, where the work is a twentieth of a
+    /// millisecond, a curve's knots stray to tens of lengths, and taken as they were
+    /// they turned differences of microseconds into a tenth of a millisecond, as much
+    /// as the calls themselves). Negative when its calls there are shorter than the mean.
+    #[inline]
+    fn herd_ms(own: &Own, f: &Features, known: Option<&PlaceState>, cores: u32) -> f64 {
+        if f.load_per_core <= 0.0 {
+            return 0.0;
+        }
+        let work = known.and_then(|k| k.work_ms).unwrap_or(f.service_ms);
+        let waits = known.and_then(|k| k.wait).map_or(1.0, |c| {
+            (c.at(f.load_per_core) / f.load_per_core).clamp(0.0, 1.0)
+        });
+        waits * (own.work_ms - f64::from(own.calls) * work) / f64::from(cores.max(1))
     }
 
     /// Where a call goes while the function loads on the device: when `chosen` is a cold
@@ -703,6 +750,7 @@ impl Planner {
                     service_ms,
                     Some(cold),
                     scored.guessed,
+                    scored.herd_ms,
                 );
             }
             Outcome::TimedOut { after_ms } if after_ms > scored.predicted_ms => {
@@ -711,7 +759,8 @@ impl Planner {
                 // a while, as after a refusal (longer): one that kept reporting is not benched for
                 // a timeout (see `Outcome::benches`), but it is busy or slow now. Not the
                 // device: its own busy state is known exactly from one call to the next.
-                self.record(call.function, place, &scored.features, after_ms, None);
+                let at_least = after_ms - scored.herd_ms;
+                self.record(call.function, place, &scored.features, at_least, None);
                 if scored.tier != Tier::Device {
                     self.place(place).full_until = call.now_ms + BUSY_AFTER_TIMEOUT_MS;
                 }
@@ -746,11 +795,14 @@ impl Planner {
             service_ms,
             None,
             false,
+            0.0,
         );
     }
 
-    /// As [`Planner::observe`], with whether the call ran cold, when its answer said, and
-    /// whether its features were made with a guessed size ([`Scored::guessed`]).
+    /// As [`Planner::observe`], with whether the call ran cold, when its answer said,
+    /// whether its features were made with a guessed size ([`Scored::guessed`]), and what
+    /// the prediction added for the router's own calls ahead ([`Scored::herd_ms`]: the
+    /// models and the place's wait learn the call's time without it).
     #[allow(clippy::too_many_arguments)]
     fn observe_ran(
         &mut self,
@@ -762,6 +814,7 @@ impl Planner {
         service_ms: Option<f64>,
         ran_cold: Option<bool>,
         guessed: bool,
+        herd_ms: f64,
     ) {
         if !actual_ms.is_finite() || actual_ms < 0.0 {
             return;
@@ -799,7 +852,7 @@ impl Planner {
             if let Some(work) = k.work_ms.filter(|w| *w > 0.0 && !features.cold) {
                 // How long it waited for a core: what the call took beyond its round
                 // trip, its transfer and its run, in lengths of the work there.
-                let waited = actual_ms - features.rtt_ms - transfer_ms - s;
+                let waited = actual_ms - herd_ms - features.rtt_ms - transfer_ms - s;
                 let (load, waited) = (features.load_per_core, waited / work);
                 let curve = k.wait.get_or_insert_with(WaitCurve::default);
                 if let Some(expected) = curve.learn(load, waited, WAIT_RATE) {
@@ -841,7 +894,7 @@ impl Planner {
                 service_ms: ran.unwrap_or(features.service_ms),
                 ..*features
             };
-            let extra = (actual_ms - self.analytic.estimate(&warm)).max(0.0);
+            let extra = (actual_ms - herd_ms - self.analytic.estimate(&warm)).max(0.0);
             let c = &mut self.analytic.cold_penalty_ms;
             *c = 0.9 * *c + 0.1 * extra;
             let k = self.place(place);
@@ -872,7 +925,7 @@ impl Planner {
             function,
             place,
             corrected.as_ref().unwrap_or(features),
-            actual_ms,
+            actual_ms - herd_ms,
             ran,
         );
         if let Some(m) = self.models.get_mut(function) {
@@ -1013,6 +1066,7 @@ mod tests {
             cores: 4,
             speed: None,
             truth_ms: None,
+            own: Own::default(),
         }
     }
 
@@ -1354,6 +1408,80 @@ mod tests {
         assert!((400.0..420.0).contains(&n), "near: {n}");
         assert!((10.0..30.0).contains(&f), "far: {f}");
         assert_eq!(plan.chosen, 1);
+    }
+
+    #[test]
+    fn a_call_waits_behind_the_routers_own_calls_there_for_what_it_expected_of_them() {
+        let mut p = Planner::new(64);
+        let w = no_explore();
+        let (long, short) = (
+            Call {
+                function: "long",
+                ..call(0.0, w)
+            },
+            Call {
+                function: "short",
+                ..call(0.0, w)
+            },
+        );
+        // The edge runs 2 ms calls; the 400 ms function ran elsewhere.
+        let edge = PlaceInfo {
+            service_ms: None,
+            ..place("edge", Tier::Edge, 2.0, 0.0)
+        };
+        ran(&mut p, &short, edge, 4.0, 2.0);
+        ran(
+            &mut p,
+            &long,
+            place("other", Tier::Edge, 2.0, 0.0),
+            402.0,
+            400.0,
+        );
+        // A call per core there (four): other callers' 2 ms calls, or four of the router's
+        // own 400 ms calls, a long function's burst.
+        let busy = |own| PlaceInfo {
+            load_per_core: 1.0,
+            own,
+            ..edge
+        };
+        let others = p.plan(&long, &[busy(Own::default())], 0.5).unwrap();
+        let own = Own {
+            calls: 4,
+            work_ms: 1600.0,
+        };
+        let copies = p.plan(&long, &[busy(own)], 0.5).unwrap();
+        let (o, c) = (others.scored[0], copies.scored[0]);
+        // Behind its own four it waits a core's share of their 1600 ms, less the 8 ms
+        // the place's work said.
+        assert!((c.herd_ms - 398.0).abs() < 1e-9, "{}", c.herd_ms);
+        assert!((c.predicted_ms - o.predicted_ms - 398.0).abs() < 1e-9);
+        // Its own burst of short calls ahead says nothing more than the place's work.
+        let shorts = Own {
+            calls: 4,
+            work_ms: 8.0,
+        };
+        let plan = p.plan(&long, &[busy(shorts)], 0.5).unwrap();
+        assert_eq!(plan.scored[0].predicted_ms, o.predicted_ms);
+        // A call behind its own burst that took what was predicted teaches the place
+        // what one without them that took as predicted would: the herd is not the
+        // place's (its model, its wait and its cold start learn the call without it).
+        let took = |s: &Scored| Outcome::Answered {
+            took_ms: s.predicted_ms,
+            service_ms: Some(400.0),
+            response_kb: None,
+            cold: false,
+        };
+        let mut q = p.clone();
+        p.learn(&long, "edge", &c, &took(&c));
+        q.learn(&long, "edge", &o, &took(&o));
+        let next = |p: &Planner| p.plan(&long, &[busy(Own::default())], 0.5).unwrap().scored[0];
+        let (herd, none) = (next(&p), next(&q));
+        assert!(
+            (herd.predicted_ms - none.predicted_ms).abs() < 1e-9,
+            "{} against {}",
+            herd.predicted_ms,
+            none.predicted_ms
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use fogline_core::candidates::{facts, listed, Mine, PeerCandidate, Wants};
 use fogline_core::config::{RouterSection, Tier};
 use fogline_core::forecast::Arrivals;
 use fogline_core::mesh::State;
-use fogline_core::placement::{PlaceInfo, Plan};
+use fogline_core::placement::{Own, PlaceInfo, Plan};
 use fogline_core::policies::{Call, Policy};
 use fogline_core::policy::Weights;
 use fogline_core::predict::Source;
@@ -61,7 +61,7 @@ struct Place {
     warm: bool,
     service_ms: Option<f64>,
     /// This router's calls in flight there when the places were listed.
-    in_flight: u32,
+    own: Own,
 }
 
 impl Place {
@@ -70,7 +70,6 @@ impl Place {
         id: &str,
         addr: SocketAddr,
         x: fogline_core::candidates::Facts,
-        in_flight: u32,
         via: Option<(String, String)>,
     ) -> Place {
         Place {
@@ -83,7 +82,7 @@ impl Place {
             speed: x.speed,
             warm: x.warm,
             service_ms: x.service_ms,
-            in_flight,
+            own: x.own,
             via,
         }
     }
@@ -100,6 +99,7 @@ impl Place {
             warm: self.warm,
             service_ms: self.service_ms,
             truth_ms: None,
+            own: self.own,
         }
     }
 }
@@ -309,8 +309,7 @@ impl Router {
                     };
                     let mine = mine_at(&mut outstanding, &r.node);
                     let x = facts(m, &wants, mine, m.rtt_ms);
-                    let in_flight = mine.now;
-                    out.push(Place::remote(&r.node, addr, x, in_flight, None));
+                    out.push(Place::remote(&r.node, addr, x, None));
                 }
                 // Peer clusters the cluster's bridges offer, for the namespaces offloaded
                 // there.
@@ -326,9 +325,8 @@ impl Router {
                         };
                         let mine = mine_at(&mut outstanding, &place.name);
                         let x = facts(&c, &wants, mine, Some(c.rtt_ms(bridge.rtt_ms)));
-                        let in_flight = mine.now;
                         let via = Some((place.name.clone(), r.node.clone()));
-                        out.push(Place::remote(&place.name, addr, x, in_flight, via));
+                        out.push(Place::remote(&place.name, addr, x, via));
                     }
                 }
                 prune(&mut outstanding, view, at, fresh, &node.id);
@@ -340,19 +338,19 @@ impl Router {
         {
             let g = node.gauges();
             let service = node.metrics.function(&f.name).service_ms().map(f64::from);
-            let in_flight = mine_at(&mut outstanding, &node.id).now;
+            let own = mine_at(&mut outstanding, &node.id).own();
             out.push(Place {
                 id: node.id.clone(),
                 tier: node.config.node.tier,
                 addr: None,
                 rtt_ms: 0.0,
-                load_per_core: f64::from(g.instances_in_use.max(in_flight))
+                load_per_core: f64::from(g.instances_in_use.max(own.calls))
                     / f64::from(node.machine.cores.max(1)),
                 cores: node.machine.cores.max(1),
                 speed: Some(f64::from(node.machine.speed)),
                 warm: service.is_some(),
                 service_ms: service,
-                in_flight,
+                own,
                 via: None,
             });
         }
@@ -457,7 +455,7 @@ impl Router {
                     host: fogline_core::scale::swarm_task(&p.id, &scope.service)
                         .and_then(|task| hosts.get(task))
                         .map_or(&p.id, String::as_str),
-                    in_flight: p.in_flight,
+                    in_flight: p.own.calls,
                 })
                 .collect();
             if let Some(i) = fogline_core::scale::pack(&slots, target) {
@@ -587,7 +585,7 @@ impl Router {
             lock(&self.outstanding)
                 .entry(place.id.clone())
                 .or_default()
-                .sent();
+                .sent(scored.features.service_ms);
             // How long to wait there: an idempotent call with somewhere else to go is
             // abandoned at a place far slower than predicted (stalled, overloaded or gone).
             let now = self.now_ms() as f64;
@@ -642,7 +640,7 @@ impl Router {
                 _ => None,
             };
             if let Some(n) = lock(&self.outstanding).get_mut(&place.id) {
-                n.done();
+                n.done(scored.features.service_ms);
                 if let Some((seq, load)) = heard {
                     n.heard(seq, load);
                     n.answered(seq, fogline_core::placement::place_key(&f.name));
@@ -1256,7 +1254,7 @@ mod tests {
         for t in 0..40 {
             mine_at(&mut outstanding, &format!("fl-w-1-task{t}"));
         }
-        mine_at(&mut outstanding, "fl-w-1-task7").sent();
+        mine_at(&mut outstanding, "fl-w-1-task7").sent(1.0);
         let before = outstanding.clone();
         // Below the bound nothing is touched.
         let mut small: HashMap<String, Mine> = before

@@ -218,6 +218,7 @@ pub(crate) fn plan_by(
             stale: false,
             guessed: false,
             extra_ms: 0.0,
+            herd_ms: 0.0,
         })
         .collect();
     let (deadline, weights) = if is_time {
@@ -274,6 +275,7 @@ mod tests {
             warm: true,
             service_ms: Some(service),
             truth_ms: None,
+            own: Default::default(),
         }
     }
 

@@ -29,7 +29,7 @@ use crate::candidates::{facts, listed, Mine, Reported, Wants};
 use crate::config::Tier;
 use crate::forecast::Arrivals;
 use crate::mesh::{ClusterView, LoadReport, State, Timing};
-use crate::placement::PlaceInfo;
+use crate::placement::{Own, PlaceInfo};
 use crate::policies::Call as PolicyCall;
 use crate::policy::Weights;
 use crate::predict::Source;
@@ -388,6 +388,8 @@ struct Cand {
     service_ms: Option<f64>,
     /// What the call would really take there (filled in for the oracle only).
     truth_ms: Option<f64>,
+    /// The router's own calls in flight there.
+    own: Own,
 }
 
 impl Cand {
@@ -403,6 +405,7 @@ impl Cand {
             warm: x.warm,
             service_ms: x.service_ms,
             truth_ms: None,
+            own: x.own,
         }
     }
 
@@ -418,6 +421,7 @@ impl Cand {
             warm: self.warm,
             service_ms: self.service_ms,
             truth_ms: self.truth_ms,
+            own: self.own,
         }
     }
 }
@@ -534,15 +538,47 @@ impl<'f> SiteRouter<'f> {
     }
 }
 
-/// A site router's calls at one node: when each will be back, its answers on their way
-/// back (when each is back, when the node sent it: the moment whose load it carries, and
-/// the function it ran),
-/// and those calls as candidate building counts them.
+/// A site router's calls at one node: when each will be back and the service time the
+/// router expected of it there, its answers on their way back (when each is back, when
+/// the node sent it: the moment whose load it carries, and the function it ran), and
+/// those calls as candidate building counts them.
 #[derive(Default)]
 struct AtNode {
-    back: BinaryHeap<Reverse<u64>>,
+    back: BinaryHeap<Reverse<(u64, u64)>>,
     answers: BinaryHeap<Reverse<(u64, u64, u32)>>,
     mine: Mine,
+}
+
+impl AtNode {
+    /// Its calls there still out at `t` and the service time expected of them, `mine`'s
+    /// (those back by `t` dropped).
+    fn out_at(&mut self, t: f64) {
+        while let Some(Reverse((b, _))) = self.back.peek() {
+            if f64::from_bits(*b) > t {
+                break;
+            }
+            self.back.pop();
+        }
+        self.mine.now = self.back.len() as u32;
+        self.mine.work_ms = self
+            .back
+            .iter()
+            .map(|Reverse((_, s))| f64::from_bits(*s))
+            .sum();
+    }
+
+    /// As [`AtNode::out_at`] into a copy of `mine`, keeping the calls back by `t` (for
+    /// calls still to come).
+    fn out_after(&self, t: f64) -> Mine {
+        let mut mine = self.mine;
+        let out = self
+            .back
+            .iter()
+            .filter(|Reverse((b, _))| f64::from_bits(*b) > t);
+        mine.now = out.clone().count() as u32;
+        mine.work_ms = out.map(|Reverse((_, s))| f64::from_bits(*s)).sum();
+        mine
+    }
 }
 
 /// A place is asked to prepare a function at most this often (as live), ms.
@@ -1064,13 +1100,12 @@ impl<'a> World<'a> {
             let rtt_ms = self.pinged_rtt(c.device, k, i, t);
             let at = router.mine.entry(i).or_default();
             if ahead {
-                let mut mine = at.mine;
-                mine.now = count_after(&at.back, t) as u32;
+                let mut mine = at.out_after(t);
                 let x = facts(&self.seen(i), &wants, &mut mine, Some(rtt_ms));
                 out.push(Cand::node(i, &x));
                 continue;
             }
-            at.mine.now = drain_until(&mut at.back, t) as u32;
+            at.out_at(t);
             // The answers back since that the node sent after its last report: the newest
             // says the node's load when it sent it, and each a function warm there that
             // the report does not list.
@@ -1118,6 +1153,7 @@ impl<'a> World<'a> {
                     .is_some_and(|last| t - last <= self.s.keepalive_ms),
                 service_ms: self.device_service.get(&(c.device, c.func)).copied(),
                 truth_ms: None,
+                own: Own::default(),
             });
         }
     }
@@ -1353,7 +1389,8 @@ fn run_built(
             if let Where::Node(n) = at {
                 if !a.refused {
                     let calls = router.mine.entry(n).or_default();
-                    calls.back.push(Reverse(now.to_bits()));
+                    let service = plan.scored[i].features.service_ms.max(0.0);
+                    calls.back.push(Reverse((now.to_bits(), service.to_bits())));
                     if let Outcome::Answered { .. } = outcome {
                         calls
                             .answers
