@@ -342,14 +342,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn members_are_listed_by_the_same_rules_and_load_is_the_fresher_count() {
-        let wants = Wants {
-            function: "hello",
-            key: 1,
+    /// A Wasm call of `function`, keyed `key`, pinned nowhere.
+    fn wants(function: &str, key: u64) -> Wants<'_, str> {
+        Wants {
+            function,
+            key,
             runtime: Runtime::Wasm,
             tier: None,
-        };
+        }
+    }
+
+    #[test]
+    fn members_are_listed_by_the_same_rules_and_load_is_the_fresher_count() {
+        let wants = wants("hello", 1);
         let mut bench = Bench::default();
         let m = M {
             alive: true,
@@ -414,12 +419,7 @@ mod tests {
             load: 0,
             seq: 1,
         };
-        let wants = Wants {
-            function: "hello",
-            key: 1,
-            runtime: Runtime::Wasm,
-            tier: None,
-        };
+        let wants = wants("hello", 1);
         let mut mine = Mine::default();
         mine.sent(400.0);
         mine.sent(2.0);
@@ -480,12 +480,7 @@ mod tests {
             seq: 1,
         };
         // The report lists only `hello` warm; `resize` (key 2) ran for this router since.
-        let wants = Wants {
-            function: "resize",
-            key: 2,
-            runtime: Runtime::Wasm,
-            tier: None,
-        };
+        let wants = wants("resize", 2);
         let mut mine = Mine::default();
         assert!(!facts(&cold, &wants, &mut mine, None).warm, "not reported");
         mine.answered(1, 2);

@@ -1413,17 +1413,7 @@ mod tests {
     #[test]
     fn a_call_waits_behind_the_routers_own_calls_there_for_what_it_expected_of_them() {
         let mut p = Planner::new(64);
-        let w = no_explore();
-        let (long, short) = (
-            Call {
-                function: "long",
-                ..call(0.0, w)
-            },
-            Call {
-                function: "short",
-                ..call(0.0, w)
-            },
-        );
+        let (long, short) = (call_of("long"), call_of("short"));
         // The edge runs 2 ms calls; the 400 ms function ran elsewhere.
         let edge = PlaceInfo {
             service_ms: None,

@@ -550,33 +550,34 @@ struct AtNode {
 }
 
 impl AtNode {
-    /// Its calls there still out at `t` and the service time expected of them, `mine`'s
-    /// (those back by `t` dropped).
+    /// The router sent a call there, back at `back`, that it expected to run `service_ms`:
+    /// counted in `mine` as the live router counts its calls ([`Mine::sent`]).
+    fn sent(&mut self, back: f64, service_ms: f64) {
+        self.back
+            .push(Reverse((back.to_bits(), service_ms.to_bits())));
+        self.mine.sent(service_ms);
+    }
+
+    /// Its calls back by `t` are done ([`Mine::done`]).
     fn out_at(&mut self, t: f64) {
-        while let Some(Reverse((b, _))) = self.back.peek() {
-            if f64::from_bits(*b) > t {
+        while let Some(&Reverse((b, s))) = self.back.peek() {
+            if f64::from_bits(b) > t {
                 break;
             }
             self.back.pop();
+            self.mine.done(f64::from_bits(s));
         }
-        self.mine.now = self.back.len() as u32;
-        self.mine.work_ms = self
-            .back
-            .iter()
-            .map(|Reverse((_, s))| f64::from_bits(*s))
-            .sum();
     }
 
-    /// As [`AtNode::out_at`] into a copy of `mine`, keeping the calls back by `t` (for
-    /// calls still to come).
+    /// `mine` as [`AtNode::out_at`] would leave it, in a copy, keeping the calls back by
+    /// `t` (for calls still to come).
     fn out_after(&self, t: f64) -> Mine {
         let mut mine = self.mine;
-        let out = self
-            .back
-            .iter()
-            .filter(|Reverse((b, _))| f64::from_bits(*b) > t);
-        mine.now = out.clone().count() as u32;
-        mine.work_ms = out.map(|Reverse((_, s))| f64::from_bits(*s)).sum();
+        for Reverse((b, s)) in &self.back {
+            if f64::from_bits(*b) <= t {
+                mine.done(f64::from_bits(*s));
+            }
+        }
         mine
     }
 }
@@ -1389,8 +1390,7 @@ fn run_built(
             if let Where::Node(n) = at {
                 if !a.refused {
                     let calls = router.mine.entry(n).or_default();
-                    let service = plan.scored[i].features.service_ms.max(0.0);
-                    calls.back.push(Reverse((now.to_bits(), service.to_bits())));
+                    calls.sent(now, plan.scored[i].features.service_ms);
                     if let Outcome::Answered { .. } = outcome {
                         calls
                             .answers
