@@ -80,11 +80,9 @@ const RAN_KEPT: usize = 4;
 /// answered since that report.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Mine {
-    /// In flight there now.
-    pub now: u32,
-    /// The service time the router expected of them there, summed (ms).
-    pub work_ms: f64,
-    /// The newest report's number and `now` when the router first built candidates after
+    /// In flight there now, and the service time the router expected of them there.
+    pub own: Own,
+    /// The newest report's number and its calls in flight when the router first built candidates after
     /// it arrived (a report counts the calls that were there when it was made), or when
     /// it last heard an answer under that report.
     at_report: Option<(u64, u32)>,
@@ -103,7 +101,7 @@ impl Mine {
     /// is that, brought up to date with the router's own calls the same way. (The router's
     /// calls sent while the answer travelled back are taken as counted in it.)
     pub fn heard(&mut self, seq: u64, load: u32) {
-        self.at_report = Some((seq, self.now));
+        self.at_report = Some((seq, self.own.calls));
         self.heard = Some(load);
     }
 
@@ -137,27 +135,21 @@ impl Mine {
 
     /// The router sent a call there that it expected to run `service_ms`.
     pub fn sent(&mut self, service_ms: f64) {
-        self.now = self.now.saturating_add(1);
+        let own = &mut self.own;
+        own.calls = own.calls.saturating_add(1);
         if service_ms.is_finite() && service_ms > 0.0 {
-            self.work_ms += service_ms;
+            own.work_ms += service_ms;
         }
     }
 
     /// A call [`Mine::sent`] with `service_ms` is back.
     pub fn done(&mut self, service_ms: f64) {
-        self.now = self.now.saturating_sub(1);
-        if self.now == 0 {
-            self.work_ms = 0.0;
+        let own = &mut self.own;
+        own.calls = own.calls.saturating_sub(1);
+        if own.calls == 0 {
+            own.work_ms = 0.0;
         } else if service_ms.is_finite() && service_ms > 0.0 {
-            self.work_ms = (self.work_ms - service_ms).max(0.0);
-        }
-    }
-
-    /// Its calls in flight there, as the planner reads them.
-    pub fn own(&self) -> Own {
-        Own {
-            calls: self.now,
-            work_ms: self.work_ms,
+            own.work_ms = (own.work_ms - service_ms).max(0.0);
         }
     }
 
@@ -168,16 +160,17 @@ impl Mine {
     /// second ago, nine of them this router's and since answered, leave one, where the
     /// report alone says ten.
     pub fn load(&mut self, seq: u64, reported: u32) -> u32 {
+        let now = self.own.calls;
         let (at, reported) = match self.at_report {
             Some((s, at)) if s == seq => (at, self.heard.unwrap_or(reported)),
             _ => {
-                self.at_report = Some((seq, self.now));
+                self.at_report = Some((seq, now));
                 self.heard = None;
-                (self.now, reported)
+                (now, reported)
             }
         };
-        let est = i64::from(reported) + i64::from(self.now) - i64::from(at);
-        u32::try_from(est.max(0)).unwrap_or(u32::MAX).max(self.now)
+        let est = i64::from(reported) + i64::from(now) - i64::from(at);
+        u32::try_from(est.max(0)).unwrap_or(u32::MAX).max(now)
     }
 }
 
@@ -199,7 +192,7 @@ pub fn facts<F: ?Sized, M: Reported<F>>(
         speed: (m.speed() > 0.0).then_some(f64::from(m.speed())),
         warm: m.warm(wants.function) || mine.ran(m.seq(), wants.key),
         service_ms: m.service_ms(wants.function),
-        own: mine.own(),
+        own: mine.own,
     }
 }
 
@@ -376,7 +369,10 @@ mod tests {
         bench.bench("edge-1", 0.0);
         assert!(!listed(&m, &wants, &bench, 10.0));
         let mut six = Mine {
-            now: 6,
+            own: Own {
+                calls: 6,
+                work_ms: 0.0,
+            },
             ..Mine::default()
         };
         let f = facts(&m, &wants, &mut six, None);
@@ -429,7 +425,7 @@ mod tests {
         assert_eq!((own.calls, own.work_ms), (3, 402.0));
         mine.done(400.0);
         assert_eq!(
-            mine.own(),
+            mine.own,
             Own {
                 calls: 2,
                 work_ms: 2.0
@@ -437,14 +433,14 @@ mod tests {
         );
         mine.done(f64::NAN);
         assert_eq!(
-            mine.own(),
+            mine.own,
             Own {
                 calls: 1,
                 work_ms: 2.0
             }
         );
         mine.done(2.0);
-        assert_eq!(mine.own(), Own::default());
+        assert_eq!(mine.own, Own::default());
     }
 
     #[test]

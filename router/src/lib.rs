@@ -338,7 +338,7 @@ impl Router {
         {
             let g = node.gauges();
             let service = node.metrics.function(&f.name).service_ms().map(f64::from);
-            let own = mine_at(&mut outstanding, &node.id).own();
+            let own = mine_at(&mut outstanding, &node.id).own;
             out.push(Place {
                 id: node.id.clone(),
                 tier: node.config.node.tier,
@@ -920,7 +920,7 @@ impl Router {
 
     /// Calls this router has running at places now.
     pub fn in_flight(&self) -> u32 {
-        lock(&self.outstanding).values().map(|m| m.now).sum()
+        lock(&self.outstanding).values().map(|m| m.own.calls).sum()
     }
 
     /// Forecast arrivals per second over every function, `ahead_ms` from now, for a scoped
@@ -1198,7 +1198,7 @@ fn prune(
         .chain(view.peer_places(at, fresh).map(|(_, p)| p.name.as_str()))
         .chain(std::iter::once(own))
         .collect();
-    outstanding.retain(|id, m| m.now > 0 || live.contains(id.as_str()));
+    outstanding.retain(|id, m| m.own.calls > 0 || live.contains(id.as_str()));
 }
 
 /// The router's calls at place `id`, an entry made once per place (not a string per place
