@@ -42,6 +42,11 @@ pub struct SimArgs {
     /// to see what a peering would change.
     #[arg(long)]
     without_peers: bool,
+    /// Also write each policy's measured calls to DIR/<policy>.csv (`call,latency_ms`: the
+    /// call's number in the workload and its latency, in arrival order), the samples its
+    /// figures come from. bench/placement_bootstrap.py reads them.
+    #[arg(long, value_name = "DIR")]
+    latencies: Option<PathBuf>,
 }
 
 pub fn run(a: SimArgs) -> anyhow::Result<()> {
@@ -81,8 +86,19 @@ pub fn run(a: SimArgs) -> anyhow::Result<()> {
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    let report = sim::run_on(&s, &inputs, &policies, threads);
+    if let Some(dir) = &a.latencies {
+        std::fs::create_dir_all(dir).map_err(|e| anyhow!("--latencies {}: {e}", dir.display()))?;
+    }
+    let report = match &a.latencies {
+        Some(_) => sim::run_keeping_latencies(&s, &inputs, &policies, threads),
+        None => sim::run_on(&s, &inputs, &policies, threads),
+    };
     let took = t.elapsed();
+    if let Some(dir) = &a.latencies {
+        for p in &report.policies {
+            write_latencies(&dir.join(format!("{}.csv", p.name)), &p.latencies)?;
+        }
+    }
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -94,4 +110,16 @@ pub fn run(a: SimArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// One policy's measured calls as `call,latency_ms` lines under a header.
+fn write_latencies(path: &Path, calls: &[(u32, f32)]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let fail = |e: std::io::Error| anyhow!("{}: {e}", path.display());
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(fail)?);
+    writeln!(out, "call,latency_ms").map_err(fail)?;
+    for (call, ms) in calls {
+        writeln!(out, "{call},{ms}").map_err(fail)?;
+    }
+    out.flush().map_err(fail)
 }

@@ -198,3 +198,50 @@ fn bad_inputs_are_one_line_naming_file_line_and_problem() {
     let err = run_err(&mut sim(&["--scenario", "configs/sim/nope.toml"]));
     assert!(err.contains("configs/sim/nope.toml"), "{err}");
 }
+
+#[test]
+fn latencies_are_written_per_policy_as_the_figures_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("calls");
+    let out = run_ok(&mut sim(&[
+        "--scenario",
+        "configs/sim/bursty-azure.toml",
+        "--policy",
+        "regression,cloud-only",
+        "--invocations",
+        "5000",
+        "--json",
+        "--latencies",
+        out_dir.to_str().unwrap(),
+    ]));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    for p in v["policies"].as_array().unwrap() {
+        let name = p["name"].as_str().unwrap();
+        let text = std::fs::read_to_string(out_dir.join(format!("{name}.csv"))).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("call,latency_ms"));
+        let ms: Vec<f64> = lines
+            .map(|l| l.split_once(',').unwrap().1.parse().unwrap())
+            .collect();
+        assert!(ms.len() > 4000, "{name}: {} calls", ms.len());
+        let mean = ms.iter().sum::<f64>() / ms.len() as f64;
+        let want = p["mean_ms"].as_f64().unwrap();
+        assert!(
+            (mean - want).abs() < 1e-3 * want,
+            "{name}: {mean} vs {want}"
+        );
+    }
+    // Somewhere it cannot write: named, before anything is simulated.
+    let file = dir.path().join("taken");
+    std::fs::write(&file, "").unwrap();
+    let err = run_err(&mut sim(&[
+        "--scenario",
+        "configs/sim/bursty-azure.toml",
+        "--latencies",
+        file.to_str().unwrap(),
+    ]));
+    assert!(
+        err.contains(&format!("--latencies {}", file.display())),
+        "{err}"
+    );
+}

@@ -91,6 +91,12 @@ pub struct PolicyResult {
     pub failed: u64,
     /// The latency (ms) under which each share of [`CDF_AT`] of the calls finished.
     pub cdf_ms: Vec<f64>,
+    /// Each measured call's number in the workload and its latency (ms), in the order the
+    /// calls arrived: the samples the figures above come from, for analyses of one's own
+    /// (a paired bootstrap between policies, say). Kept only when asked for
+    /// ([`run_keeping_latencies`]); empty otherwise.
+    #[serde(skip)]
+    pub latencies: Vec<(u32, f32)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1225,18 +1231,20 @@ fn run_policy(
     wl: &Workload,
     p: Policy,
     horizon: f64,
+    keep: bool,
 ) -> PolicyResult {
-    run_built(s, inputs, wl, p, horizon, &|| p.build(128))
+    run_built(s, inputs, wl, p, horizon, keep, &|| p.build(128))
 }
 
 /// [`run_policy`] with each site router's policy from `build` (`p` still says whether it
-/// is the oracle).
+/// is the oracle). `keep`: whether the result keeps every measured call's latency.
 fn run_built(
     s: &Scenario,
     inputs: &Inputs,
     wl: &Workload,
     p: Policy,
     horizon: f64,
+    keep: bool,
     build: &dyn Fn() -> Box<dyn crate::policies::Policy>,
 ) -> PolicyResult {
     let mut w = World::new(s, inputs, &wl.funcs, horizon);
@@ -1273,6 +1281,7 @@ fn run_built(
     let mut tick = 0usize;
     let skip = (wl.calls.len() as f64 * s.warmup) as usize;
     let mut lat = Vec::with_capacity(wl.calls.len() - skip);
+    let mut ids = Vec::with_capacity(if keep { lat.capacity() } else { 0 });
     // Relative errors of first attempts' predictions: every one, and those where the chosen
     // place's model had already seen the function run there.
     let mut errors = Vec::new();
@@ -1462,11 +1471,15 @@ fn run_built(
         let latency = done - c.t;
         if counted {
             lat.push(latency as f32);
+            if keep {
+                ids.push(id as u32);
+            }
             *tiers.entry(place_name(&w, at)).or_insert(0) += 1;
             cold += u64::from(a.cold);
             missed += u64::from(latency > s.deadline_ms);
         }
     }
+    let latencies = ids.into_iter().zip(lat.iter().copied()).collect();
     let n = lat.len().max(1) as f64;
     let mut sorted = lat;
     sorted.sort_by(f32::total_cmp);
@@ -1509,6 +1522,7 @@ fn run_built(
         relisted,
         failed,
         cdf_ms: CDF_AT.iter().map(|p| q(*p)).collect(),
+        latencies,
     }
 }
 
@@ -1538,6 +1552,27 @@ pub fn run(s: &Scenario, inputs: &Inputs, policies: &[Policy]) -> Report {
 /// the report is the same whatever the number of threads; only the wall time and the peak
 /// memory (one world per thread) change.
 pub fn run_on(s: &Scenario, inputs: &Inputs, policies: &[Policy], threads: usize) -> Report {
+    run_threads(s, inputs, policies, threads, false)
+}
+
+/// [`run_on`], each policy's result keeping every measured call's latency
+/// ([`PolicyResult::latencies`]).
+pub fn run_keeping_latencies(
+    s: &Scenario,
+    inputs: &Inputs,
+    policies: &[Policy],
+    threads: usize,
+) -> Report {
+    run_threads(s, inputs, policies, threads, true)
+}
+
+fn run_threads(
+    s: &Scenario,
+    inputs: &Inputs,
+    policies: &[Policy],
+    threads: usize,
+    keep: bool,
+) -> Report {
     let (wl, horizon) = workload(s, inputs);
     // Workers take the next policy not yet taken; results go back in the given order.
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -1549,7 +1584,7 @@ pub fn run_on(s: &Scenario, inputs: &Inputs, policies: &[Policy], threads: usize
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let Some(p) = policies.get(i) else { break mine };
-                        mine.push((i, run_policy(s, inputs, &wl, *p, horizon)));
+                        mine.push((i, run_policy(s, inputs, &wl, *p, horizon, keep)));
                     }
                 })
             })
@@ -1795,7 +1830,7 @@ mod tests {
                 plans: plans.clone(),
             })
         };
-        let r = run_built(&s, &inputs, &wl, Policy::Regression, horizon, &build);
+        let r = run_built(&s, &inputs, &wl, Policy::Regression, horizon, false, &build);
         let heard = f64::from_bits(latest.load(Relaxed));
         assert!(plans.load(Relaxed) >= 3000 && heard > 0.0, "{r:?}");
         // And the same as `run` gives for the policy.
@@ -1958,6 +1993,36 @@ mod tests {
             );
         }
         assert!(run_on(&s, &inputs(), &[], 2).policies.is_empty());
+    }
+
+    #[test]
+    fn kept_latencies_are_the_samples_the_figures_come_from() {
+        let s = scenario(5_000);
+        let policies = [Policy::Regression, Policy::CloudOnly];
+        let kept = run_keeping_latencies(&s, &inputs(), &policies, 2);
+        let plain = run_on(&s, &inputs(), &policies, 2);
+        // Keeping them changes no figure, and only the run asked to keeps them.
+        assert_eq!(
+            serde_json::to_string(&kept).unwrap(),
+            serde_json::to_string(&plain).unwrap()
+        );
+        let skip = (s.invocations as f64 * s.warmup) as u32;
+        for (p, q) in kept.policies.iter().zip(&plain.policies) {
+            assert!(q.latencies.is_empty(), "{}", p.name);
+            let calls: Vec<u32> = p.latencies.iter().map(|(c, _)| *c).collect();
+            assert!(calls.windows(2).all(|w| w[0] < w[1]), "in arrival order");
+            assert!(
+                calls.first().is_some_and(|c| *c >= skip),
+                "after the warm-up"
+            );
+            assert!(calls.len() as u64 + p.failed <= u64::from(5_000 - skip));
+            let mut ms: Vec<f32> = p.latencies.iter().map(|(_, l)| *l).collect();
+            let mean = ms.iter().map(|v| f64::from(*v)).sum::<f64>() / ms.len() as f64;
+            assert!((mean - p.mean_ms).abs() < 1e-6 * p.mean_ms, "{}", p.name);
+            ms.sort_by(f32::total_cmp);
+            let at = ((0.99 * (ms.len() - 1) as f64).round() as usize).min(ms.len() - 1);
+            assert_eq!(f64::from(ms[at]), p.p99_ms, "{}", p.name);
+        }
     }
 
     #[test]
