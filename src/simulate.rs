@@ -86,11 +86,12 @@ pub fn run(a: SimArgs) -> anyhow::Result<()> {
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    if let Some(dir) = &a.latencies {
-        std::fs::create_dir_all(dir).map_err(|e| anyhow!("--latencies {}: {e}", dir.display()))?;
-    }
     let report = match &a.latencies {
-        Some(_) => sim::run_keeping_latencies(&s, &inputs, &policies, threads),
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| anyhow!("--latencies {}: {e}", dir.display()))?;
+            sim::run_keeping_latencies(&s, &inputs, &policies, threads)
+        }
         None => sim::run_on(&s, &inputs, &policies, threads),
     };
     let took = t.elapsed();

@@ -1281,7 +1281,7 @@ fn run_built(
     let mut tick = 0usize;
     let skip = (wl.calls.len() as f64 * s.warmup) as usize;
     let mut lat = Vec::with_capacity(wl.calls.len() - skip);
-    let mut ids = Vec::with_capacity(if keep { lat.capacity() } else { 0 });
+    let mut latencies = Vec::with_capacity(if keep { lat.capacity() } else { 0 });
     // Relative errors of first attempts' predictions: every one, and those where the chosen
     // place's model had already seen the function run there.
     let mut errors = Vec::new();
@@ -1472,14 +1472,13 @@ fn run_built(
         if counted {
             lat.push(latency as f32);
             if keep {
-                ids.push(id as u32);
+                latencies.push((id as u32, latency as f32));
             }
             *tiers.entry(place_name(&w, at)).or_insert(0) += 1;
             cold += u64::from(a.cold);
             missed += u64::from(latency > s.deadline_ms);
         }
     }
-    let latencies = ids.into_iter().zip(lat.iter().copied()).collect();
     let n = lat.len().max(1) as f64;
     let mut sorted = lat;
     sorted.sort_by(f32::total_cmp);
