@@ -13,6 +13,7 @@ FOGLINE (environment) names the binary; default target/release/fogline (cargo bu
 --release first). Python's standard library only."""
 
 import argparse
+import csv
 import json
 import os
 import random
@@ -23,19 +24,39 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def rows(path):
+    """One policy's measured calls (`fogline simulate --latencies`), each a dict by column."""
+    with open(path, newline="") as f:
+        r = csv.DictReader(f)
+        if not {"call", "latency_ms"} <= set(r.fieldnames or []):
+            sys.exit(f"{path}: no `call` and `latency_ms` columns in the header {r.fieldnames}")
+        return list(r)
+
+
 def latencies(path):
     """{call: latency_ms} from one policy's CSV."""
-    out = {}
-    with open(path) as f:
-        if f.readline().strip() != "call,latency_ms":
-            sys.exit(f"{path}: not a `call,latency_ms` file")
-        for n, line in enumerate(f, 2):
-            try:
-                call, ms = line.split(",")
-                out[int(call)] = float(ms)
-            except ValueError:
-                sys.exit(f"{path}:{n}: expected `call,latency_ms`, found {line.strip()!r}")
-    return out
+    try:
+        return {int(r["call"]): float(r["latency_ms"]) for r in rows(path)}
+    except (TypeError, ValueError) as e:
+        sys.exit(f"{path}: {e}")
+
+
+def simulate(fogline, scenario, seed, d, read=latencies):
+    """Every policy on one (scenario, seed), its calls written to `d`: the policies' reports
+    by name, each policy's calls as `read` gives them, and the best other policy than
+    regression (and the oracle) at p99 and at mean."""
+    out = subprocess.run(
+        [fogline, "simulate", "--scenario", f"{ROOT}/configs/sim/{scenario}.toml",
+         "--policy", "all", "--seed", str(seed), "--json", "--latencies", d],
+        capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"{scenario} seed {seed}: {out.stderr.strip()}")
+    policies = {p["name"]: p for p in json.loads(out.stdout)["policies"]}
+    calls = {n: read(os.path.join(d, f"{n}.csv")) for n in policies}
+    others = [n for n in policies if n not in ("regression", "oracle")]
+    best_p99 = min(others, key=lambda n: policies[n]["p99_ms"])
+    best_mean = min(others, key=lambda n: policies[n]["mean_ms"])
+    return policies, calls, best_p99, best_mean
 
 
 def p99(values):
@@ -55,17 +76,7 @@ def interval(ratios):
 
 def cell(fogline, scenario, seed, reps, block):
     with tempfile.TemporaryDirectory() as d:
-        out = subprocess.run(
-            [fogline, "simulate", "--scenario", f"{ROOT}/configs/sim/{scenario}.toml",
-             "--policy", "all", "--seed", str(seed), "--json", "--latencies", d],
-            capture_output=True, text=True)
-        if out.returncode != 0:
-            sys.exit(f"{scenario} seed {seed}: {out.stderr.strip()}")
-        policies = {p["name"]: p for p in json.loads(out.stdout)["policies"]}
-        calls = {n: latencies(os.path.join(d, f"{n}.csv")) for n in policies}
-    others = [n for n in policies if n not in ("regression", "oracle")]
-    best_p99 = min(others, key=lambda n: policies[n]["p99_ms"])
-    best_mean = min(others, key=lambda n: policies[n]["mean_ms"])
+        policies, calls, best_p99, best_mean = simulate(fogline, scenario, seed, d)
     ids = sorted(set().union(*(c.keys() for c in calls.values())))
     lo, hi = ids[0], ids[-1] + 1
     # Each policy's latency by call number, None where the call was not measured (failed).

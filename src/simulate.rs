@@ -42,9 +42,12 @@ pub struct SimArgs {
     /// to see what a peering would change.
     #[arg(long)]
     without_peers: bool,
-    /// Also write each policy's measured calls to DIR/<policy>.csv (`call,latency_ms`: the
-    /// call's number in the workload and its latency, in arrival order), the samples its
-    /// figures come from. bench/placement_bootstrap.py reads them.
+    /// Also write each policy's measured calls to DIR/<policy>.csv, in arrival order: the
+    /// samples its figures come from, with where each ran. Columns: call and function
+    /// (their numbers in the workload), latency_ms, tier (where it was answered),
+    /// attempts, cold, wait_ms (for a core there), run_ms (the function's own, without a
+    /// cold start), predicted_ms (the policy's for that place; empty for a policy that
+    /// plans by an order rather than times). bench/placement_bootstrap.py reads them.
     #[arg(long, value_name = "DIR")]
     latencies: Option<PathBuf>,
 }
@@ -113,14 +116,29 @@ pub fn run(a: SimArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One policy's measured calls as `call,latency_ms` lines under a header.
-fn write_latencies(path: &Path, calls: &[(u32, f32)]) -> anyhow::Result<()> {
+/// The header of a `--latencies` file: [`sim::Measured`]'s fields, in order.
+const CALLS_HEADER: &str =
+    "call,function,latency_ms,tier,attempts,cold,wait_ms,run_ms,predicted_ms";
+
+/// One policy's measured calls, one line each under [`CALLS_HEADER`] (`predicted_ms`
+/// empty for a policy whose plans are scores).
+fn write_latencies(path: &Path, calls: &[sim::Measured]) -> anyhow::Result<()> {
     use std::io::Write;
     let fail = |e: std::io::Error| anyhow!("{}: {e}", path.display());
     let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(fail)?);
-    writeln!(out, "call,latency_ms").map_err(fail)?;
-    for (call, ms) in calls {
-        writeln!(out, "{call},{ms}").map_err(fail)?;
+    writeln!(out, "{CALLS_HEADER}").map_err(fail)?;
+    for m in calls {
+        write!(
+            out,
+            "{},{},{},{},{},{},{},{},",
+            m.call, m.function, m.latency_ms, m.tier, m.attempts, m.cold, m.wait_ms, m.run_ms
+        )
+        .map_err(fail)?;
+        match m.predicted_ms {
+            Some(ms) => writeln!(out, "{ms}"),
+            None => writeln!(out),
+        }
+        .map_err(fail)?;
     }
     out.flush().map_err(fail)
 }

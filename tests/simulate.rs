@@ -219,17 +219,38 @@ fn latencies_are_written_per_policy_as_the_figures_samples() {
         let name = p["name"].as_str().unwrap();
         let text = std::fs::read_to_string(out_dir.join(format!("{name}.csv"))).unwrap();
         let mut lines = text.lines();
-        assert_eq!(lines.next(), Some("call,latency_ms"));
-        let ms: Vec<f64> = lines
-            .map(|l| l.split_once(',').unwrap().1.parse().unwrap())
-            .collect();
-        assert!(ms.len() > 4000, "{name}: {} calls", ms.len());
-        let mean = ms.iter().sum::<f64>() / ms.len() as f64;
+        assert_eq!(
+            lines.next(),
+            Some("call,function,latency_ms,tier,attempts,cold,wait_ms,run_ms,predicted_ms")
+        );
+        let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+        assert!(rows.len() > 4000, "{name}: {} calls", rows.len());
+        let num = |r: &[&str], i: usize| -> f64 { r[i].parse().unwrap() };
+        let mean = rows.iter().map(|r| num(r, 2)).sum::<f64>() / rows.len() as f64;
         let want = p["mean_ms"].as_f64().unwrap();
         assert!(
             (mean - want).abs() < 1e-3 * want,
             "{name}: {mean} vs {want}"
         );
+        // Where they ran: the tiers' shares are the report's.
+        for (tier, share) in p["tier_share"].as_object().unwrap() {
+            let here = rows.iter().filter(|r| r[3] == tier).count() as f64;
+            let share = share.as_f64().unwrap();
+            assert!(
+                (here / rows.len() as f64 - share).abs() < 1e-9,
+                "{name} {tier}"
+            );
+        }
+        for r in &rows {
+            assert_eq!(r.len(), 9, "{name}: {r:?}");
+            assert!(
+                num(r, 4) >= 1.0 && matches!(r[5], "true" | "false"),
+                "{r:?}"
+            );
+            assert!(num(r, 2) + 1e-2 >= num(r, 6) + num(r, 7), "{r:?}");
+            // Regression plans by predicted times; cloud-only by an order, and says none.
+            assert_eq!(r[8].is_empty(), name == "cloud-only", "{name}: {r:?}");
+        }
     }
     // Somewhere it cannot write: named, before anything is simulated.
     let file = dir.path().join("taken");

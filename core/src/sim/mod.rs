@@ -91,12 +91,36 @@ pub struct PolicyResult {
     pub failed: u64,
     /// The latency (ms) under which each share of [`CDF_AT`] of the calls finished.
     pub cdf_ms: Vec<f64>,
-    /// Each measured call's number in the workload and its latency (ms), in the order the
-    /// calls arrived: the samples the figures above come from, for analyses of one's own
-    /// (a paired bootstrap between policies, say). Kept only when asked for
+    /// Each measured call, in the order the calls arrived: the samples the figures above
+    /// come from, with where each ran, for analyses of one's own (a paired bootstrap
+    /// between policies, say, or which calls made the tail). Kept only when asked for
     /// ([`run_keeping_latencies`]); empty otherwise.
     #[serde(skip)]
-    pub latencies: Vec<(u32, f32)>,
+    pub latencies: Vec<Measured>,
+}
+
+/// One measured call as a policy served it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Measured {
+    /// Its number in the workload (the same call under every policy).
+    pub call: u32,
+    /// Its function's number in the workload.
+    pub function: u32,
+    /// From its arrival to its answer back at the device, ms.
+    pub latency_ms: f32,
+    /// The tier of the place that answered it (`device`, `edge`, `cloud`, `federated`).
+    pub tier: &'static str,
+    /// Places it was sent to, the one that answered included.
+    pub attempts: u32,
+    /// Whether it started cold where it was answered.
+    pub cold: bool,
+    /// How long it waited there for a core, ms.
+    pub wait_ms: f32,
+    /// The function's own run there, without a cold start, ms.
+    pub run_ms: f32,
+    /// What the policy predicted for that place when it planned the call, ms; `None` for
+    /// a policy whose plans are scores rather than times.
+    pub predicted_ms: Option<f32>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1365,7 +1389,9 @@ fn run_built(
         }
         let mut attempts = Attempts::new(&plan, c.t, s.timeout_ms, true);
         let mut ta = c.t;
+        let mut sent = 0u32;
         let outcome = loop {
+            sent += 1;
             let i = attempts.current();
             let at = cands[i].at;
             let a = w.attempt(id, c, at, ta);
@@ -1472,7 +1498,19 @@ fn run_built(
         if counted {
             lat.push(latency as f32);
             if keep {
-                latencies.push((id as u32, latency as f32));
+                let scored = &plan.scored[attempts.current()];
+                latencies.push(Measured {
+                    call: id as u32,
+                    function: c.func,
+                    latency_ms: latency as f32,
+                    tier: place_name(&w, at),
+                    attempts: sent,
+                    cold: a.cold,
+                    wait_ms: (a.start - a.arrive) as f32,
+                    run_ms: a.service_ms() as f32,
+                    predicted_ms: (scored.source != Source::Score)
+                        .then_some(scored.predicted_ms as f32),
+                });
             }
             *tiers.entry(place_name(&w, at)).or_insert(0) += 1;
             cold += u64::from(a.cold);
@@ -2008,20 +2046,48 @@ mod tests {
         let skip = (s.invocations as f64 * s.warmup) as u32;
         for (p, q) in kept.policies.iter().zip(&plain.policies) {
             assert!(q.latencies.is_empty(), "{}", p.name);
-            let calls: Vec<u32> = p.latencies.iter().map(|(c, _)| *c).collect();
+            let calls: Vec<u32> = p.latencies.iter().map(|m| m.call).collect();
             assert!(calls.windows(2).all(|w| w[0] < w[1]), "in arrival order");
             assert!(
                 calls.first().is_some_and(|c| *c >= skip),
                 "after the warm-up"
             );
             assert!(calls.len() as u64 + p.failed <= u64::from(5_000 - skip));
-            let mut ms: Vec<f32> = p.latencies.iter().map(|(_, l)| *l).collect();
+            let mut ms: Vec<f32> = p.latencies.iter().map(|m| m.latency_ms).collect();
             let mean = ms.iter().map(|v| f64::from(*v)).sum::<f64>() / ms.len() as f64;
             assert!((mean - p.mean_ms).abs() < 1e-6 * p.mean_ms, "{}", p.name);
             ms.sort_by(f32::total_cmp);
             let at = ((0.99 * (ms.len() - 1) as f64).round() as usize).min(ms.len() - 1);
             assert_eq!(f64::from(ms[at]), p.p99_ms, "{}", p.name);
+            // Where they ran adds up to the report's own counts.
+            let n = p.latencies.len() as f64;
+            for (tier, share) in &p.tier_share {
+                let here = p.latencies.iter().filter(|m| m.tier == *tier).count() as f64;
+                assert!((here / n - share).abs() < 1e-9, "{} {tier}", p.name);
+            }
+            let cold = p.latencies.iter().filter(|m| m.cold).count() as u64;
+            assert_eq!(cold, p.cold_starts, "{}", p.name);
+            let again: u64 = p.latencies.iter().map(|m| u64::from(m.attempts - 1)).sum();
+            assert!(again <= p.retries, "{}: {again} > {}", p.name, p.retries);
+            for m in &p.latencies {
+                assert!(
+                    m.attempts >= 1 && m.wait_ms >= 0.0 && m.run_ms > 0.0,
+                    "{m:?}"
+                );
+                // A call's wait and run there are part of its latency.
+                assert!(m.latency_ms + 1e-2 >= m.wait_ms + m.run_ms, "{m:?}");
+                assert!((m.function as usize) < s.functions, "{m:?}");
+            }
         }
+        // The regression policy's predictions are times, cloud-only's scores are not.
+        assert!(kept.policies[0]
+            .latencies
+            .iter()
+            .all(|m| m.predicted_ms.is_some()));
+        assert!(kept.policies[1]
+            .latencies
+            .iter()
+            .all(|m| m.predicted_ms.is_none()));
     }
 
     #[test]
