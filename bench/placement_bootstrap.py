@@ -66,7 +66,9 @@ def p99(values):
 
 
 def mean(values):
-    return sum(values) / len(values)
+    """The mean of the values that are not None (NaN when none are)."""
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else float("nan")
 
 
 def interval(ratios):

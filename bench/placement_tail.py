@@ -18,12 +18,7 @@ import os
 import sys
 import tempfile
 
-from placement_bootstrap import ROOT, p99, rows, simulate
-
-
-def mean(values):
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else float("nan")
+from placement_bootstrap import ROOT, mean, p99, rows, simulate
 
 
 def cell(fogline, scenario, seed, top):

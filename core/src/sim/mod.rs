@@ -1389,9 +1389,7 @@ fn run_built(
         }
         let mut attempts = Attempts::new(&plan, c.t, s.timeout_ms, true);
         let mut ta = c.t;
-        let mut sent = 0u32;
         let outcome = loop {
-            sent += 1;
             let i = attempts.current();
             let at = cands[i].at;
             let a = w.attempt(id, c, at, ta);
@@ -1504,7 +1502,7 @@ fn run_built(
                     function: c.func,
                     latency_ms: latency as f32,
                     tier: place_name(&w, at),
-                    attempts: sent,
+                    attempts: attempts.made() as u32,
                     cold: a.cold,
                     wait_ms: (a.start - a.arrive) as f32,
                     run_ms: a.service_ms() as f32,
