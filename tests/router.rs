@@ -95,7 +95,11 @@ async fn the_router_places_learns_moves_off_load_and_survives_a_kill() {
     assert!(last["actual_ms"].as_f64().unwrap() > 0.0);
     // Learnt from outcomes: the places it used carry their observations. (Whether a fitted
     // model or the analytic estimate answers is the held-out check's call: on a noisy
-    // two-core host with sub-millisecond calls the estimate often wins.)
+    // two-core host with sub-millisecond calls the estimate often wins.) A place none of the
+    // function's last 64 calls went to starts its model afresh on its next call (it may
+    // have recovered or slowed), so what is certain is that each of the last 64 calls is
+    // still in its place's window (of 128): a run that used the cloud for its first 185
+    // calls and edge-1 after held 1 + 96 + 2 observations, not 300.
     let seen: Vec<u64> = last["candidates"]
         .as_array()
         .unwrap()
@@ -103,7 +107,7 @@ async fn the_router_places_learns_moves_off_load_and_survives_a_kill() {
         .map(|c| c["observations"].as_u64().unwrap())
         .collect();
     assert!(
-        seen.iter().sum::<u64>() >= 100,
+        seen.iter().sum::<u64>() >= 64,
         "after 300 calls the places used carry their observations: {last}"
     );
     eprintln!("candidates after warm-up: {}", last["candidates"]);
