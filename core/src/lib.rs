@@ -8,6 +8,7 @@
 //! - [`stack`]: stack files, which describe several functions for one `fogline deploy`.
 //! - [`config`]: the node agent's config file, strict and versioned.
 //! - [`mesh`]: gossiped load reports and the merged cluster view (membership, liveness).
+//! - [`service`]: a member's average of a function's service times (runs in start order).
 //! - [`predict`]: per-place latency models (online least squares, analytic fallback).
 //! - [`forecast`]: arrival-rate forecasts per function (prepare ahead of bursts).
 //! - [`policy`]: choosing a place from predictions, deadlines, cost and energy weights.
@@ -63,6 +64,7 @@ pub mod predict;
 pub mod revocation;
 pub mod roles;
 pub mod scale;
+pub mod service;
 pub mod sim;
 pub mod sizing;
 pub mod stack;

@@ -29,9 +29,9 @@ pub const MAX_LISTED: usize = 48;
 pub const MAX_INTRODUCED: usize = 32;
 pub const MAX_ADDRESS: usize = 120;
 
-/// A member reports a function's service time as the moving average of its runs in which
-/// each new run weighs 1/`SERVICE_AVERAGE` (the agent's `node/src/metrics.rs`; the
-/// simulator's members do the same).
+/// A member reports a function's service time as the moving average of its runs, taken in
+/// the order they started, in which each new run weighs 1/`SERVICE_AVERAGE`
+/// ([`crate::service::ServiceAverage`]: the agent's and the simulator's members alike).
 pub const SERVICE_AVERAGE: u64 = 8;
 /// The variance of that average relative to one run's, w/(2 − w) for the weight w: how
 /// far a reported service time strays from the function's mean by chance.

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use fogline_core::mesh::SERVICE_AVERAGE;
+use fogline_core::service::{ServiceAverage, Ticket};
 
 const BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -57,31 +57,64 @@ pub struct FunctionMetrics {
     pub cold_start: Histogram,
     pub warm_start: Histogram,
     codes: Mutex<BTreeMap<u16, u64>>,
-    /// Smoothed recent service time, microseconds (EWMA, weight 1/`SERVICE_AVERAGE`:
-    /// routers judge how far it strays by chance from that weight).
-    ewma_us: AtomicU64,
+    /// Recent service time: the average of its runs in the order they started (weight
+    /// 1/`SERVICE_AVERAGE`: routers judge how far it strays by chance from that weight).
+    service: Mutex<ServiceAverage>,
+}
+
+/// A run of a function, counted in its service time's average when it ends
+/// ([`ServiceRun::ran`]); dropped without, it is passed over (failed, or abandoned by
+/// its caller), so that the runs started after it are not held up.
+pub struct ServiceRun<'a> {
+    metrics: &'a FunctionMetrics,
+    ticket: Option<Ticket>,
+}
+
+impl ServiceRun<'_> {
+    /// It ran for `d`: taken in once the runs that started before it have ended.
+    pub fn ran(mut self, d: Duration) {
+        if let Some(t) = self.ticket.take() {
+            self.metrics.end(t, Some(d.as_secs_f64() * 1e3));
+        }
+    }
+}
+
+impl Drop for ServiceRun<'_> {
+    fn drop(&mut self) {
+        if let Some(t) = self.ticket.take() {
+            self.metrics.end(t, None);
+        }
+    }
 }
 
 impl FunctionMetrics {
-    pub fn observe_service(&self, d: Duration) {
-        let sample = d.as_micros() as u64;
-        let _ = self
-            .ewma_us
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-                Some(if old == 0 {
-                    sample.max(1)
-                } else {
-                    old - old / SERVICE_AVERAGE + sample / SERVICE_AVERAGE
-                })
-            });
+    /// A run starts (see [`ServiceAverage`] for why the order counts).
+    pub fn start_service(&self) -> ServiceRun<'_> {
+        let ticket = self
+            .service
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .start();
+        ServiceRun {
+            metrics: self,
+            ticket: Some(ticket),
+        }
+    }
+
+    fn end(&self, t: Ticket, ms: Option<f64>) {
+        self.service
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .end(t, ms);
     }
 
     /// Recent service time in milliseconds, if the function has run.
     pub fn service_ms(&self) -> Option<f32> {
-        match self.ewma_us.load(Ordering::Relaxed) {
-            0 => None,
-            us => Some(us as f32 / 1000.0),
-        }
+        self.service
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .mean()
+            .map(|ms| ms as f32)
     }
 
     pub fn count(&self, code: u16) {
@@ -344,6 +377,22 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_time_takes_runs_in_start_order_and_passes_over_abandoned_ones() {
+        let m = Metrics::default();
+        let f = m.function("f");
+        let long = f.start_service();
+        let short = f.start_service();
+        short.ran(Duration::from_millis(10));
+        assert_eq!(f.service_ms(), None, "waits for the run that started first");
+        // The first run's caller went away: dropped without a time, it is passed over.
+        drop(long);
+        assert_eq!(f.service_ms(), Some(10.0));
+        let next = f.start_service();
+        next.ran(Duration::from_millis(90));
+        assert_eq!(f.service_ms(), Some(20.0), "90 ms at a weight of 1/8");
+    }
 
     #[test]
     fn histograms_render_cumulative_buckets() {

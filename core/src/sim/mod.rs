@@ -33,6 +33,7 @@ use crate::placement::{Own, PlaceInfo};
 use crate::policies::Call as PolicyCall;
 use crate::policy::Weights;
 use crate::predict::Source;
+use crate::service::{ServiceAverage, Ticket};
 pub use data::{Cdf, Samples, SimError, TraceCall};
 use rng::{mix, unit, Rng};
 pub use scenario::Scenario;
@@ -279,10 +280,12 @@ struct Node {
     /// The same, per function (per-function concurrency).
     running_fn: HashMap<u32, BinaryHeap<Reverse<u64>>>,
     warm: HashMap<u32, f64>,
-    service: HashMap<u32, f64>,
-    /// Calls running, by when they end: (end, function, service time); a call's service
-    /// time joins `service` when it ends, as a live member's average takes it in.
-    ending: BinaryHeap<Reverse<(u64, u32, u64)>>,
+    /// Per function, the average of its runs' service times, as a live member keeps it
+    /// ([`ServiceAverage`]: in the order they started).
+    service: HashMap<u32, ServiceAverage>,
+    /// Calls running, by when they end: (end, function, service time, ticket); a call's
+    /// service time is taken into `service` when it ends.
+    ending: BinaryHeap<Reverse<(u64, u32, u64, Ticket)>>,
     /// What its last load report said: when, calls in flight, and per function the last
     /// use and the service time as of then.
     reported_at: f64,
@@ -832,20 +835,23 @@ impl<'a> World<'a> {
             n.seq += 1;
             n.reported_at = now;
             n.reported_in_flight = in_flight;
-            while let Some(&Reverse((end, f, took))) = n.ending.peek() {
+            while let Some(&Reverse((end, f, took, ticket))) = n.ending.peek() {
                 if f64::from_bits(end) > now {
                     break;
                 }
                 n.ending.pop();
-                report_service(&mut n.service, f, f64::from_bits(took));
+                n.service
+                    .entry(f)
+                    .or_default()
+                    .end(ticket, Some(f64::from_bits(took)));
                 n.dirty.push(f);
             }
             for f in std::mem::take(&mut n.dirty) {
                 if let Some(w) = n.warm.get(&f) {
                     n.reported_warm.insert(f, *w);
                 }
-                if let Some(s) = n.service.get(&f) {
-                    n.reported_service.insert(f, *s);
+                if let Some(s) = n.service.get(&f).and_then(ServiceAverage::mean) {
+                    n.reported_service.insert(f, s);
                 }
             }
             self.view.apply(
@@ -1054,10 +1060,13 @@ impl<'a> World<'a> {
                     .or_default()
                     .push(Reverse(a.finish.to_bits()));
                 n.warm.insert(c.func, a.finish);
+                // Calls start at a node in about the order they are committed there.
+                let ticket = n.service.entry(c.func).or_default().start();
                 n.ending.push(Reverse((
                     a.finish.to_bits(),
                     c.func,
                     a.service_ms().to_bits(),
+                    ticket,
                 )));
                 n.dirty.push(c.func);
             }

@@ -720,6 +720,7 @@ impl Node {
             .ok_or_else(|| InvokeError::NotFound(name.to_string()))?;
         let metrics = self.metrics.function(name);
         let t0 = Instant::now();
+        let service = metrics.start_service();
         let result = self.run(&f, body).await;
         let code = match &result {
             Ok(_) => 200,
@@ -739,7 +740,7 @@ impl Node {
                 crate::traces::past("run", out.run, out.run, &[]);
                 // The service time reports carry is the function's own: a cold start's
                 // loading is not (routers add a cold start where it is not warm).
-                metrics.observe_service(if out.cold {
+                service.ran(if out.cold {
                     out.run
                 } else {
                     out.startup + out.run
