@@ -18,6 +18,13 @@ use crate::mesh::SERVICE_AVERAGE;
 /// over (a run that never ends must not hold the average, or memory, forever).
 pub const MAX_WAITING: usize = 4096;
 
+/// The average `mean` (none yet) after taking in a run of `ms`: each new run weighs
+/// 1/[`SERVICE_AVERAGE`].
+pub fn averaged(mean: Option<f64>, ms: f64) -> f64 {
+    let w = 1.0 / SERVICE_AVERAGE as f64;
+    mean.map_or(ms, |m| m + w * (ms - m))
+}
+
 /// One function's average at one member (see the module's documentation).
 #[derive(Debug, Clone, Default)]
 pub struct ServiceAverage {
@@ -63,8 +70,7 @@ impl ServiceAverage {
             self.runs.pop_front();
             self.first += 1;
             if let Some(x) = ran {
-                let w = 1.0 / SERVICE_AVERAGE as f64;
-                self.mean = Some(self.mean.map_or(x, |m| m + w * (x - m)));
+                self.mean = Some(averaged(self.mean, x));
             }
         }
     }
@@ -150,8 +156,7 @@ mod tests {
         let mut by_end: Option<f64> = None;
         for i in order {
             by_start.end(tickets[i], Some(lengths[i]));
-            let w = 1.0 / SERVICE_AVERAGE as f64;
-            by_end = Some(by_end.map_or(lengths[i], |m| m + w * (lengths[i] - m)));
+            by_end = Some(averaged(by_end, lengths[i]));
         }
         let mean = lengths.iter().sum::<f64>() / lengths.len() as f64;
         let (s, e) = (by_start.mean().unwrap(), by_end.unwrap());

@@ -33,7 +33,7 @@ use crate::placement::{Own, PlaceInfo};
 use crate::policies::Call as PolicyCall;
 use crate::policy::Weights;
 use crate::predict::Source;
-use crate::service::{ServiceAverage, Ticket};
+use crate::service::{averaged, ServiceAverage, Ticket};
 pub use data::{Cdf, Samples, SimError, TraceCall};
 use rng::{mix, unit, Rng};
 pub use scenario::Scenario;
@@ -151,10 +151,6 @@ struct Func {
     exec_ms: f64,
     cold_ms: f64,
 }
-
-/// The weight of a call's time in the service time a node (or device) reports of its
-/// function: the agent's ([`crate::mesh::SERVICE_AVERAGE`]).
-const SERVICE_WEIGHT: f64 = 1.0 / crate::mesh::SERVICE_AVERAGE as f64;
 
 /// The generated workload, shared by every policy.
 struct Workload {
@@ -484,11 +480,12 @@ impl Attempt {
     }
 }
 
-/// Takes a call's own time into the service time a place reports of its function (each
-/// call weighing [`SERVICE_WEIGHT`], as the agent's average does).
-fn report_service<K: std::hash::Hash + Eq>(reported: &mut HashMap<K, f64>, k: K, took: f64) {
-    let e = reported.entry(k).or_insert(took);
-    *e += SERVICE_WEIGHT * (took - *e);
+/// Takes a call's own time into the service time a device keeps of its function, as a
+/// member's average does ([`averaged`]). A device runs its calls one after another on its
+/// one core, so the order they end in is the order they started in.
+fn report_service(reported: &mut HashMap<(u32, u32), f64>, k: (u32, u32), took: f64) {
+    let e = reported.get(&k).copied();
+    reported.insert(k, averaged(e, took));
 }
 
 /// A site's router: the policy its devices' calls go through, the calls it has in flight
