@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Placement quality over many seeds: every shipped placement scenario, every policy,
 through `fogline simulate --json`; prints regression against the oracle and against the
-best other policy per (scenario, seed), then the geometric means over every cell.
+best other policy per (scenario, seed), then the geometric means over every cell, how many
+cells meet the bar, and which other policies beat regression at p99 or at mean, in how many
+cells and by how much.
 
     python3 bench/placement.py [SEEDS] [FOGLINE]     # SEEDS like 1-6 or 1,2,3; default 1-6
 
@@ -50,14 +52,21 @@ def main():
     print(f"{'scenario':16} seed  p99/oracle mean/oracle  p99/best other   mean/best other   "
           f"pred err (seen)")
     cells = []
+    # Per other policy, the cells where it beats regression at p99 and at mean (its ratios).
+    beats = {}
     for (scenario, seed), p in zip(jobs, results):
         reg, oracle = p["regression"], p["oracle"]
-        others = [v for k, v in p.items() if k not in ("regression", "oracle")]
+        others = [v for _, v in others_by_name(p)]
         bp = min(others, key=lambda v: v["p99_ms"])
         bm = min(others, key=lambda v: v["mean_ms"])
         c = (reg["p99_ms"] / oracle["p99_ms"], reg["mean_ms"] / oracle["mean_ms"],
              reg["p99_ms"] / bp["p99_ms"], reg["mean_ms"] / bm["mean_ms"])
         cells.append(c)
+        for k, v in others_by_name(p):
+            b = beats.setdefault(k, ([], []))
+            for i, m in enumerate(("p99_ms", "mean_ms")):
+                if reg[m] > v[m]:
+                    b[i].append(reg[m] / v[m])
         bar = "" if c[0] <= 1.15 and c[1] <= 1.15 and c[2] <= 1 and c[3] <= 1 else "   (misses the bar)"
         print(f"{scenario:16} {seed:4}  {c[0]:10.2f} {c[1]:11.2f}  {c[2]:5.2f} {bp['name']:12} "
               f"{c[3]:5.2f} {bm['name']:12} {reg['prediction_error'] * 100:5.0f} % "
@@ -68,6 +77,29 @@ def main():
           f"p99/best other {geo[2]:.3f}  mean/best other {geo[3]:.3f}")
     print(f"cells within the bar: p99/oracle <= 1.15: {ok[0]}, mean/oracle <= 1.15: {ok[1]}, "
           f"p99 <= best other: {ok[2]}, mean <= best other: {ok[3]} (of {len(cells)})")
+    print(f"cells meeting all four: "
+          f"{sum(1 for c in cells if c[0] <= 1.15 and c[1] <= 1.15 and c[2] <= 1 and c[3] <= 1)}")
+    for name, (p99s, means) in sorted(beats.items()):
+        if p99s or means:
+            print(f"{name} beats regression at p99 in {len(p99s)} cells ({spread(p99s)}), "
+                  f"at mean in {len(means)} ({spread(means)})")
+    if not any(p99s or means for p99s, means in beats.values()):
+        print("no other policy beats regression at p99 or at mean in any cell")
+
+
+def others_by_name(p):
+    return [(k, v) for k, v in p.items() if k not in ("regression", "oracle")]
+
+
+def spread(ratios):
+    """How far behind regression is in those cells: how many by at most 0.5 %, 1 %, more."""
+    if not ratios:
+        return "none"
+    a = sum(1 for r in ratios if r <= 1.005)
+    b = sum(1 for r in ratios if 1.005 < r <= 1.01)
+    more = len(ratios) - a - b
+    worst = f", by more (up to {(max(ratios) - 1) * 100:.1f} %) in {more}" if more else ""
+    return f"regression behind by <= 0.5 % in {a}, by 0.5-1 % in {b}{worst}"
 
 
 if __name__ == "__main__":

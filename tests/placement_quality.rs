@@ -120,7 +120,7 @@ fn regression_stays_near_the_oracle_and_beats_the_static_policies_on_every_scena
     // the router's own calls at a place for what it expected of them (1.136x and 1.022x
     // before); 1.136x and 1.022x with a function taken for
     // warm where the router's call of it was answered since the member's report (1.127x
-    // and 1.017x before: see the README's `far-small-cloud`); 1.156x and 1.024x with
+    // and 1.017x before: see `far-small-cloud` in docs/placement.md); 1.156x and 1.024x with
     // members reporting out
     // of step and models' offsets, risk and fits moving less with each call (1.160x and
     // 1.030x before; 1.172x and 1.037x before members' times were taken in as calls end
