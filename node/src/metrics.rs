@@ -90,11 +90,7 @@ impl Drop for ServiceRun<'_> {
 impl FunctionMetrics {
     /// A run starts (see [`ServiceAverage`] for why the order counts).
     pub fn start_service(&self) -> ServiceRun<'_> {
-        let ticket = self
-            .service
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .start();
+        let ticket = self.service().start();
         ServiceRun {
             metrics: self,
             ticket: Some(ticket),
@@ -102,19 +98,16 @@ impl FunctionMetrics {
     }
 
     fn end(&self, t: Ticket, ms: Option<f64>) {
-        self.service
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .end(t, ms);
+        self.service().end(t, ms);
+    }
+
+    fn service(&self) -> std::sync::MutexGuard<'_, ServiceAverage> {
+        self.service.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Recent service time in milliseconds, if the function has run.
     pub fn service_ms(&self) -> Option<f32> {
-        self.service
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .mean()
-            .map(|ms| ms as f32)
+        self.service().mean().map(|ms| ms as f32)
     }
 
     pub fn count(&self, code: u16) {

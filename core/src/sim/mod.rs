@@ -484,8 +484,10 @@ impl Attempt {
 /// member's average does ([`averaged`]). A device runs its calls one after another on its
 /// one core, so the order they end in is the order they started in.
 fn report_service(reported: &mut HashMap<(u32, u32), f64>, k: (u32, u32), took: f64) {
-    let e = reported.get(&k).copied();
-    reported.insert(k, averaged(e, took));
+    reported
+        .entry(k)
+        .and_modify(|m| *m = averaged(Some(*m), took))
+        .or_insert(took);
 }
 
 /// A site's router: the policy its devices' calls go through, the calls it has in flight
