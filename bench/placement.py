@@ -73,8 +73,8 @@ def main():
                     b[i].append(reg[m] / v[m])
         bar = "" if meets_bar(c) else "   (misses the bar)"
         print(f"{scenario:16} {seed:4}  {c[0]:10.2f} {c[1]:11.2f}  {c[2]:5.2f} {bp['name']:12} "
-              f"{c[3]:5.2f} {bm['name']:12} {reg['prediction_error'] * 100:5.0f} % "
-              f"{seen(reg) * 100:5.0f} %{bar}")
+              f"{c[3]:5.2f} {bm['name']:12} {reg['prediction_error'] * 100:5.1f} % "
+              f"{seen(reg) * 100:5.1f} %{bar}")
     geo = [math.exp(sum(math.log(c[k]) for c in cells) / len(cells)) for k in range(4)]
     ok = [sum(1 for c in cells if c[k] <= b) for k, b in enumerate(BAR)]
     print(f"geometric mean over {len(cells)} cells: p99/oracle {geo[0]:.3f}  mean/oracle {geo[1]:.3f}  "

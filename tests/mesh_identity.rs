@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::*;
 use fogline_core::config::{MeshSection, Tier};
 use fogline_core::mesh::LoadReport;
-use fogline_node::mesh::{load_key, start_member, Reporter};
+use fogline_node::mesh::{load_key, start_member, PingPace, Reporter};
 use fogline_node::tls::{MeshIdentity, TlsDir};
 
 /// Reports as `victim`, pointing callers at an address of its own choosing.
@@ -91,6 +91,7 @@ async fn a_member_cannot_report_for_another() {
             mesh_json(&observer)["self"].as_str().unwrap().to_string(),
         ],
         Some(identity),
+        PingPace::Member,
     )
     .await
     .unwrap();

@@ -8,7 +8,8 @@
 //! - a load change on one member, until every other member's view shows it (p50/p95/max
 //!   over 20 changes);
 //! - traffic: bytes each member sends plus receives per second on its mesh sockets, over
-//!   10 s of steady state (median and max over members);
+//!   10 s of steady state (median and max over members, and the first member's: it paces
+//!   its pings as a router does, every interval, where the others ping every thirty);
 //! - connections each member has open once settled, after the traffic window (one per
 //!   other member when no pair keeps two);
 //! - a member stopped at once (its task aborted: its sockets close, it sends nothing more,
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 use fogline_core::config::{MeshSection, Tier};
 use fogline_core::manifest::Runtime;
 use fogline_core::mesh::{LoadReport, State};
-use fogline_node::mesh::{start_member, Mesh, Reporter};
+use fogline_node::mesh::{start_member, Mesh, PingPace, Reporter};
 use libp2p::pnet::PreSharedKey;
 
 /// A member whose load the benchmark sets.
@@ -99,7 +100,13 @@ async fn run(n: usize) {
             .map(|m| m.address.clone())
             .into_iter()
             .collect();
-        let m = start_member(rep.clone(), &rep.name, &cfg, psk, &join, None)
+        // The first member is the cluster's router: it pings every member each interval.
+        let pace = if i == 0 {
+            PingPace::Router
+        } else {
+            PingPace::Member
+        };
+        let m = start_member(rep.clone(), &rep.name, &cfg, psk, &join, None, pace)
             .await
             .expect("member");
         reps.push(rep);
@@ -163,6 +170,7 @@ async fn run(n: usize) {
         rates.push(s + r);
         sent.push(s);
     }
+    let router_rate = rates[0];
     rates.sort_by(f64::total_cmp);
     sent.sort_by(f64::total_cmp);
     let mut conns: Vec<u64> = members
@@ -234,6 +242,7 @@ async fn run(n: usize) {
         psk,
         std::slice::from_ref(&members[0].address),
         None,
+        PingPace::Member,
     )
     .await
     .expect("member");
@@ -287,6 +296,10 @@ async fn run(n: usize) {
         rates[rates.len() / 2] / 1e3,
         rates[rates.len() - 1] / 1e3,
         sent[sent.len() / 2] / 1e3
+    );
+    println!(
+        "traffic of the router (m0, pings each member every interval)   {:5.2} KB/s",
+        router_rate / 1e3
     );
     println!(
         "connections per member, settled             min {} median {} max {}   (one per other member: {})",

@@ -26,8 +26,9 @@
 //!   part that changes (a couple of dozen bytes when few functions run). A whole report goes
 //!   out first, when the fixed part changes, soon after a member subscribes (a newcomer,
 //!   or one back from a partition), and every [`FULL_EVERY`] intervals.
-//! - Pings every thirty intervals (the first at once on a new connection): round trips
-//!   change slowly, and calls measure their own.
+//! - Routers ping every member each interval, since they place calls by the round trip;
+//!   other members every thirty intervals (the first at once on a new connection). A
+//!   ping is answered whatever the pinging end's pace.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -428,11 +429,36 @@ pub async fn start(
         ),
         None => None,
     };
-    start_member(reporter, name, &cfg, psk, extra_join, identity).await
+    let pace = if config.router.is_some() {
+        PingPace::Router
+    } else {
+        PingPace::Member
+    };
+    start_member(reporter, name, &cfg, psk, extra_join, identity, pace).await
 }
 
-/// Starts a mesh member that reports what `reporter` says, named `name`. Returns once it
-/// listens. (A node agent is one; the mesh benchmark runs many in one process.)
+/// How often a member pings its peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PingPace {
+    /// Every report interval: a router scores places by their round trip.
+    Router,
+    /// Every thirty intervals: round trips change slowly, and calls measure their own.
+    Member,
+}
+
+impl PingPace {
+    /// The time between pings to each peer, for a report `interval`.
+    pub fn every(self, interval: Duration) -> Duration {
+        match self {
+            PingPace::Router => interval,
+            PingPace::Member => interval * 30,
+        }
+    }
+}
+
+/// Starts a mesh member that reports what `reporter` says, named `name`, pinging its
+/// peers at `pace`. Returns once it listens. (A node agent is one; the mesh benchmark runs
+/// many in one process.)
 pub async fn start_member(
     reporter: Arc<dyn Reporter>,
     name: &str,
@@ -440,6 +466,7 @@ pub async fn start_member(
     psk: PreSharedKey,
     extra_join: &[String],
     identity: Option<crate::tls::MeshIdentity>,
+    pace: PingPace,
 ) -> Result<Arc<Mesh>, MeshError> {
     let listen = cfg
         .listen
@@ -464,7 +491,13 @@ pub async fn start_member(
     }
 
     let traffic = Arc::new(Traffic::default());
-    let mut swarm = build_swarm(psk, cfg.mdns, cfg.interval, traffic.clone())?;
+    let mut swarm = build_swarm(
+        psk,
+        cfg.mdns,
+        cfg.interval,
+        pace.every(cfg.interval),
+        traffic.clone(),
+    )?;
     swarm
         .listen_on(listen.clone())
         .map_err(|e| MeshError::Addr {
@@ -533,6 +566,7 @@ fn build_swarm(
     psk: PreSharedKey,
     use_mdns: bool,
     interval: Duration,
+    ping_every: Duration,
     traffic: Arc<Traffic>,
 ) -> Result<Swarm<Behaviour>, MeshError> {
     let other = |e: &dyn std::fmt::Display| MeshError::Other(e.to_string());
@@ -595,8 +629,8 @@ fn build_swarm(
                     .with_interval(Duration::from_secs(24 * 3600))
                     .with_push_listen_addr_updates(false),
             );
-            // Round trips change slowly: every thirty intervals (the first at once).
-            let ping = ping::Behaviour::new(ping::Config::new().with_interval(interval * 30));
+            // The first at once, then at the member's pace (`PingPace`).
+            let ping = ping::Behaviour::new(ping::Config::new().with_interval(ping_every));
             let mdns = if use_mdns {
                 mdns::tokio::Behaviour::new(mdns::Config::default(), peer).ok()
             } else {

@@ -108,7 +108,7 @@ pub struct Scenario {
     /// Calls a node admits per core (running and waiting); beyond it the node answers 429.
     #[serde(default = "d_queue_per_core")]
     pub queue_per_core: u32,
-    /// How often a router pings each place, ms (0: as live, 30 report intervals).
+    /// How often a router pings each place, ms (0: as live, every report interval).
     #[serde(default)]
     pub ping_interval_ms: u64,
     /// Routers ask a cold place to load a function ahead of a forecast burst, as live
@@ -274,7 +274,7 @@ impl Scenario {
         if self.ping_interval_ms > 0 {
             self.ping_interval_ms
         } else {
-            self.report_interval_ms * 30
+            self.report_interval_ms
         }
     }
 
