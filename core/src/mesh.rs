@@ -592,6 +592,20 @@ pub struct ClusterView {
     peer_places: BTreeMap<String, (crate::federation::PeerPlaces, u64)>,
 }
 
+/// How much of the smoothed round trip each new ping keeps: 7/8 old, 1/8 new, like TCP's
+/// SRTT, so that one sample does not swing placement.
+pub const RTT_KEEP: f64 = 0.875;
+
+/// A member's round trip after a ping of `sample_ms`, from the smoothed one before it
+/// (none before the first ping, which is taken as it is). The simulator smooths its
+/// pings with this too.
+pub fn smoothed_rtt(old_ms: Option<f64>, sample_ms: f64) -> f64 {
+    match old_ms {
+        Some(old) => RTT_KEEP * old + (1.0 - RTT_KEEP) * sample_ms,
+        None => sample_ms,
+    }
+}
+
 impl ClusterView {
     pub fn new() -> Self {
         ClusterView::default()
@@ -752,11 +766,7 @@ impl ClusterView {
     /// Records a round trip to a member, by node name.
     pub fn observe_rtt(&mut self, node: &str, rtt_ms: f64) {
         if let Some(m) = self.members.get_mut(node) {
-            // Smoothed like TCP's SRTT: one sample does not swing placement.
-            m.rtt_ms = Some(match m.rtt_ms {
-                Some(old) => 0.875 * old + 0.125 * rtt_ms,
-                None => rtt_ms,
-            });
+            m.rtt_ms = Some(smoothed_rtt(m.rtt_ms, rtt_ms));
         }
     }
 

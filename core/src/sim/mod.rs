@@ -28,7 +28,7 @@ use crate::attempts::{Attempts, Bench, Next, Outcome, RetryBudget};
 use crate::candidates::{facts, listed, Mine, Reported, Wants};
 use crate::config::Tier;
 use crate::forecast::Arrivals;
-use crate::mesh::{ClusterView, LoadReport, State, Timing};
+use crate::mesh::{smoothed_rtt, ClusterView, LoadReport, State, Timing, RTT_KEEP};
 use crate::placement::{Own, PlaceInfo};
 use crate::policies::Call as PolicyCall;
 use crate::policy::Weights;
@@ -925,7 +925,7 @@ impl<'a> World<'a> {
     }
 
     /// `device`'s edge or cloud link pinged at every `ping_interval` up to the `k`th and
-    /// smoothed (7/8 old, 1/8 new), brought up to date when the device next calls: the
+    /// smoothed ([`smoothed_rtt`]), brought up to date when the device next calls: the
     /// ping number it stands at (`k`, or later if already past) and the average.
     fn link_pinged(&mut self, device: u32, cloud: bool, k: u64) -> (u64, f64) {
         let (last, mut v) = self.link_pings[device as usize][usize::from(cloud)];
@@ -940,7 +940,10 @@ impl<'a> World<'a> {
             last + 1
         };
         for e in from..=k {
-            v = 0.875 * v + 0.125 * self.link_rtt(device, cloud, e as f64 * self.ping_interval);
+            v = smoothed_rtt(
+                Some(v),
+                self.link_rtt(device, cloud, e as f64 * self.ping_interval),
+            );
         }
         self.link_pings[device as usize][usize::from(cloud)] = (k, v);
         (k, v)
@@ -948,14 +951,14 @@ impl<'a> World<'a> {
 
     /// The round trip the router knows for `device` to `node` at `t`: pings every
     /// `ping_interval` (the first when the place is first considered), smoothed as the
-    /// live mesh smooths them (7/8 old, 1/8 new).
+    /// live mesh smooths them ([`smoothed_rtt`]).
     /// `slot`: the node's place in the device's site's `site_nodes`.
     ///
     /// A path's pings are its link's plus the path's own fixed part, and the smoothing is
     /// linear, so the link's average (kept once per device and link) carries every node's:
-    /// after `n` pings, `v = L + (7/8)^n (v0 - L0) + (1 - (7/8)^n) own`, with `L`, `L0` the
-    /// link's average now and at the node's last ping. A call costs one step per ping
-    /// missed on each link, not one per ping and node.
+    /// after `n` pings, `v = L + k^n (v0 - L0) + (1 - k^n) own`, with `k` [`RTT_KEEP`] and
+    /// `L`, `L0` the link's average now and at the node's last ping. A call costs one step
+    /// per ping missed on each link, not one per ping and node.
     fn pinged_rtt(&mut self, device: u32, slot: usize, node: usize, t: f64) -> f64 {
         let k = (t / self.ping_interval) as u64;
         let key = self.ping_at[device as usize] + slot;
@@ -971,7 +974,7 @@ impl<'a> World<'a> {
         } else if now - last > PING_MEMORY {
             l + own
         } else {
-            let w = 0.875f64.powi((now - last) as i32);
+            let w = RTT_KEEP.powi((now - last) as i32);
             l + w * (v0 - l0) + (1.0 - w) * own
         };
         self.pings[key] = (now, v, l);
@@ -2008,7 +2011,7 @@ mod tests {
                     None => w.path_rtt(device, *node, t),
                     Some((last, mut v)) => {
                         for e in last + 1..=k {
-                            v = 0.875 * v + 0.125 * w.path_rtt(device, *node, e as f64 * every);
+                            v = smoothed_rtt(Some(v), w.path_rtt(device, *node, e as f64 * every));
                         }
                         v
                     }
