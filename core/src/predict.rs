@@ -314,6 +314,12 @@ pub(crate) fn slow_mean(last: Option<f64>, n: usize, x: f64) -> f64 {
     last.map_or(x, |v| v + w * (x - v))
 }
 
+/// The variance of a [`slow_mean`] after `n` values, relative to the variance of one
+/// value: 1/n while it is their mean, then that of smoothing at [`SLOW_WEIGHT`].
+pub(crate) fn slow_mean_variance(n: usize) -> f64 {
+    (1.0 / n.max(1) as f64).max(SLOW_WEIGHT / (2.0 - SLOW_WEIGHT))
+}
+
 /// An exponentially smoothed figure after taking `x`: nine tenths the last, one tenth `x`.
 pub(crate) fn smooth(last: Option<f64>, x: f64) -> f64 {
     last.map_or(x, |e| 0.9 * e + 0.1 * x)
@@ -569,6 +575,11 @@ impl Model {
 
     pub fn fitted(&self) -> bool {
         self.fit.is_some()
+    }
+
+    /// The calls its shortfall was taken over.
+    pub fn shortfall_calls(&self) -> usize {
+        self.calls
     }
 
     pub fn observations(&self) -> usize {
