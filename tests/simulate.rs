@@ -61,6 +61,13 @@ fn the_bursty_scenario_compares_every_policy_as_json_and_as_a_table() {
     // Over the calls at a place that had run the function before: only where predicted.
     assert!(policies[0]["prediction_error_seen"].as_f64().unwrap() >= 0.0);
     assert!(policies[1]["prediction_error_seen"].is_null());
+    // The floor under the error (what the runs' own straying leaves to miss): below it.
+    let floor = policies[0]["prediction_error_floor"].as_f64().unwrap();
+    assert!(
+        floor > 0.0 && floor < policies[0]["prediction_error"].as_f64().unwrap(),
+        "{floor}"
+    );
+    assert!(policies[1]["prediction_error_floor"].is_null());
     // The same seed gives the same figures, on any number of threads.
     let again = run_ok(&mut sim(&[
         "--scenario",

@@ -7,6 +7,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
+use fogline_core::attempts::Outcome;
 use fogline_core::config::Tier;
 use fogline_core::placement::{PlaceInfo, Planner};
 use fogline_core::policies::Call;
@@ -34,7 +35,29 @@ fn setup() -> (Planner, Vec<String>) {
         }
     }
     planner.refit_due();
+    // A tenth of the places lost a call, so each candidate's score carries its chance of a
+    // loss, as a live router's do once a member failed under a call.
+    let plan = planner
+        .plan(&call(), &places(&ids, 0), 0.5)
+        .expect("a plan");
+    for i in (0..ids.len()).step_by(10) {
+        let lost = Outcome::Lost {
+            sent: true,
+            after_ms: 1000.0,
+        };
+        planner.learn(&call(), &ids[i], &plan.scored[i], &lost);
+    }
     (planner, ids)
+}
+
+fn call() -> Call<'static> {
+    Call {
+        function: "f",
+        request_kb: 1.0,
+        deadline_ms: Some(50.0),
+        weights: Weights::default(),
+        now_ms: 0.0,
+    }
 }
 
 fn places(ids: &[String], round: u64) -> Vec<PlaceInfo<'_>> {
@@ -57,13 +80,7 @@ fn places(ids: &[String], round: u64) -> Vec<PlaceInfo<'_>> {
 
 fn main() {
     let (planner, ids) = setup();
-    let call = Call {
-        function: "f",
-        request_kb: 1.0,
-        deadline_ms: Some(50.0),
-        weights: Weights::default(),
-        now_ms: 0.0,
-    };
+    let call = call();
     let mut c = Criterion::default().configure_from_args();
     {
         let ps = places(&ids, 1);

@@ -265,6 +265,8 @@ struct PlaceState {
     /// The mean squared difference of those calls' own slowness from the slowness as it
     /// stood: how far one call strays.
     slowness_var: f64,
+    /// What is used of it ([`PlaceState::slow`]).
+    slow: f64,
     /// Extra time of a cold start there, learnt from calls that ran cold.
     cold_ms: Option<f64>,
     /// Of the calls sent there while the router believed the function cold, the share
@@ -283,6 +285,61 @@ struct PlaceState {
     /// over every call of the part beyond it (none for a call that waited less). All
     /// zero, no risk, until calls there are seen to wait.
     wait_over: WaitCurve,
+    /// Calls lost there with the place (the connection gone under them), and how long
+    /// the router's calls were out there in all, ms ([`Losses`]).
+    losses: Losses,
+}
+
+/// How often a place loses the calls it holds: calls lost with it against the time calls
+/// spent there, and the time a lost call cost before it was noticed.
+#[derive(Debug, Clone, Copy)]
+struct Losses {
+    lost: f64,
+    exposed_ms: f64,
+    noticed_after_ms: f64,
+    /// `lost` and [`LOSS_PRIOR_MS`], each over `exposed_ms` + [`LOSS_PRIOR_MS`]: kept as
+    /// calls are learnt, so that a decision only multiplies ([`Losses::rate`]).
+    own_rate: f64,
+    prior_share: f64,
+}
+
+impl Default for Losses {
+    fn default() -> Self {
+        Losses {
+            lost: 0.0,
+            exposed_ms: 0.0,
+            noticed_after_ms: 0.0,
+            own_rate: 0.0,
+            prior_share: 1.0,
+        }
+    }
+}
+
+impl Losses {
+    fn add(&mut self, exposed_ms: f64, lost_after_ms: Option<f64>) {
+        self.exposed_ms += exposed_ms.max(0.0);
+        if let Some(a) = lost_after_ms {
+            self.lost += 1.0;
+            self.noticed_after_ms += a.max(0.0);
+        }
+        let weight = self.exposed_ms + LOSS_PRIOR_MS;
+        (self.own_rate, self.prior_share) = (self.lost / weight, LOSS_PRIOR_MS / weight);
+    }
+
+    /// Calls lost per ms a call spends there: its own count shrunk towards every member's
+    /// rate (`prior`) as if it had held calls for [`LOSS_PRIOR_MS`] at that rate (a place
+    /// that lost none in its first few calls is not taken to never fail; one that lost
+    /// many soon stands out).
+    fn rate(&self, prior: f64) -> f64 {
+        self.own_rate + prior * self.prior_share
+    }
+}
+
+/// What a decision needs of every member's losses: their rate, and what a loss cost.
+#[derive(Debug, Clone, Copy)]
+struct LossPrice {
+    rate: f64,
+    noticed_after_ms: f64,
 }
 
 impl PlaceState {
@@ -302,6 +359,12 @@ impl PlaceState {
     /// the blended risk of [`Planner::plan`], 884 calls went to edges); a place that
     /// really runs 10 % slower than it says keeps nine tenths of that.
     fn slow(&self) -> f64 {
+        self.slow
+    }
+
+    /// Computes [`PlaceState::slow`] from the estimate, kept as `slow` each time the
+    /// estimate moves (read for every candidate of every decision, it would divide twice).
+    fn shrunk_slowness(&self) -> f64 {
         let d = self.slowness - 1.0;
         if self.slowness_calls == 0 || d == 0.0 {
             return 1.0;
@@ -394,6 +457,11 @@ const RISK_AFTER: usize = 8;
 /// How many calls a function's risk counts for against a model's own shortfall at a
 /// place ([`Planner::plan`]).
 const RISK_PRIOR_CALLS: f64 = 16.0;
+/// How long a place is taken to have held calls at every member's rate of losses before
+/// its own count (ms): a minute's worth ([`Losses::rate`]).
+const LOSS_PRIOR_MS: f64 = 60_000.0;
+/// How much a loss's cost weighs in a place's score (1: its mean cost).
+const LOSS_WEIGHT: f64 = 1.0;
 
 /// How many standard errors of its estimate a place's slowness is taken as noise within
 /// ([`PlaceState::slow`]).
@@ -499,6 +567,9 @@ pub struct Planner {
     window: usize,
     errors: Vec<f64>,
     next_error: usize,
+    /// Over every member: calls lost with their place, against the time calls spent at
+    /// members (the prior of each place's [`Losses::rate`]).
+    losses: Losses,
 }
 
 impl Planner {
@@ -516,6 +587,7 @@ impl Planner {
             window,
             errors: Vec::new(),
             next_error: 0,
+            losses: Losses::default(),
         }
     }
 
@@ -625,6 +697,7 @@ impl Planner {
         let prior_calls = Size::prior_calls(learnt);
         let size = known.unwrap_or_else(|| self.typical_size());
         let guessed = known.is_none();
+        let losses = self.loss_price();
         let mut scored = Vec::with_capacity(places.len());
         for p in places {
             let number = self.place_number.get(&place_key(p.id)).copied();
@@ -674,6 +747,12 @@ impl Planner {
             };
             // And the risk of a queue its reported load did not show.
             extra_ms += known.map_or(0.0, |k| k.wait_risk_ms(features.load_per_core));
+            // And of losing the call with the place: the chance it fails while the call
+            // is there, times what a loss costs (the wait until it is noticed, and the
+            // call again).
+            if let (Some(l), false) = (losses, p.tier == Tier::Device) {
+                extra_ms += Self::loss_ms(l, known, predicted_ms);
+            }
             if p.tier == Tier::Device && !p.warm {
                 // What loading it on the device gives back later (see `Reuse`).
                 let warm = at(&Features {
@@ -709,6 +788,26 @@ impl Planner {
             load_device,
             guessed,
         })
+    }
+
+    /// Every member's rate of losses and a loss's mean cost until noticed; `None` while
+    /// no call was lost.
+    fn loss_price(&self) -> Option<LossPrice> {
+        let all = &self.losses;
+        (all.lost > 0.0).then(|| LossPrice {
+            rate: all.lost / all.exposed_ms.max(1.0),
+            noticed_after_ms: all.noticed_after_ms / all.lost,
+        })
+    }
+
+    /// What losing a call predicted at `predicted_ms` with the place costs on average,
+    /// ms (`known`: what is learnt of the place, `None` for one never used): the chance
+    /// of a loss while the call is there (at such rates, 1 - e^-x is x) times the wait
+    /// until it is noticed and the call again.
+    fn loss_ms(all: LossPrice, known: Option<&PlaceState>, predicted_ms: f64) -> f64 {
+        let rate = known.map_or(all.rate, |k| k.losses.rate(all.rate));
+        let chance = (rate * predicted_ms.max(0.0)).min(1.0);
+        LOSS_WEIGHT * chance * (all.noticed_after_ms + predicted_ms)
     }
 
     /// How much longer than the place's wait says a call waits at `p` for the router's
@@ -771,9 +870,25 @@ impl Planner {
 
     /// Learns from any outcome: an answer is an observation; a timeout, that the place
     /// takes at least that long (a censored observation) and is full for now; a refusal,
-    /// that the place is full for now. A lost connection teaches nothing here (the driver
-    /// benches the place).
+    /// that the place is full for now; a lost connection, that the place loses calls (its
+    /// [`Losses`], against the time every call spent there; the driver also benches it).
     pub fn learn(&mut self, call: &Call<'_>, place: &str, scored: &Scored, outcome: &Outcome) {
+        if scored.tier != Tier::Device {
+            // How long the call was out at the member, and whether it was lost there.
+            let (out_ms, lost) = match *outcome {
+                Outcome::Answered { took_ms, .. } => (took_ms, None),
+                Outcome::TimedOut { after_ms } => (after_ms, None),
+                Outcome::Lost {
+                    sent: true,
+                    after_ms,
+                } => (after_ms, Some(after_ms)),
+                _ => (0.0, None),
+            };
+            if out_ms.is_finite() && out_ms > 0.0 {
+                self.losses.add(out_ms, lost);
+                self.place(place).losses.add(out_ms, lost);
+            }
+        }
         match *outcome {
             Outcome::Answered {
                 took_ms,
@@ -921,6 +1036,7 @@ impl Planner {
                     k.slowness_calls,
                     r,
                 );
+                k.slow = k.shrunk_slowness();
             }
             // What calls there wait behind (see `Analytic::work_ms`).
             k.work_ms = Some(k.work_ms.map_or(s, |w| w + WORK_WEIGHT * (s - w)));
@@ -1033,12 +1149,14 @@ impl Planner {
                 slowness: 1.0,
                 slowness_calls: 0,
                 slowness_var: 0.0,
+                slow: 1.0,
                 cold_ms: None,
                 cold_hit: None,
                 full_until: f64::NEG_INFINITY,
                 work_ms: None,
                 wait: None,
                 wait_over: WaitCurve([0.0; WAIT_KNOTS.len()]),
+                losses: Losses::default(),
             });
         }
         n
@@ -1779,6 +1897,71 @@ mod tests {
             "{j:?} {s:?}"
         );
         assert_eq!(plan.chosen, 1, "steady: its calls do not overrun");
+    }
+
+    #[test]
+    fn a_place_that_lost_calls_with_it_is_priced_for_the_chance_of_losing_the_next() {
+        let mut p = Planner::new(64);
+        let places = [
+            place("fails", Tier::Edge, 2.0, 0.0),
+            place("holds", Tier::Edge, 2.0, 0.0),
+            place("new", Tier::Edge, 2.0, 0.0),
+            place("phone", Tier::Device, 0.0, 0.0),
+        ];
+        let c = call(1.0, no_explore());
+        // Nothing lost anywhere yet: no place carries a price for it.
+        let plan = p.plan(&c, &places, 0.5).unwrap();
+        assert!(plan.scored.iter().all(|s| s.extra_ms == 0.0), "{plan:?}");
+        // Both ran 400 calls of 100 ms alike (and "new", which ran none, is predicted
+        // shorter); the connection to "fails" was lost under 4 more, each noticed after a
+        // second.
+        let answered = Outcome::Answered {
+            took_ms: 100.0,
+            service_ms: Some(4.0),
+            response_kb: None,
+            cold: false,
+        };
+        for _ in 0..400 {
+            for (i, name) in ["fails", "holds"].into_iter().enumerate() {
+                p.learn(&c, name, &plan.scored[i], &answered);
+            }
+        }
+        let lost = Outcome::Lost {
+            sent: true,
+            after_ms: 1000.0,
+        };
+        let before = p.clone();
+        for _ in 0..4 {
+            p.learn(&c, "fails", &plan.scored[0], &lost);
+        }
+        let (plan, was) = (
+            p.plan(&c, &places, 0.5).unwrap(),
+            before.plan(&c, &places, 0.5).unwrap(),
+        );
+        // The price of a loss: what the losses added to each place's risk.
+        let price = |i: usize| plan.scored[i].extra_ms - was.scored[i].extra_ms;
+        let (f, h, n, d) = (price(0), price(1), price(2), price(3));
+        // Members lost 4 calls in 84 s of calls out (4 per 84,000 ms): "fails" lost its 4
+        // in 44 s, taken as 4 in 104 s with the prior minute at that rate; "holds" as 2.9
+        // in 100 s; one never used at the members' rate. A loss costs its second and the
+        // call again. The device, which the router is on, loses none.
+        let cost = |i: usize, rate: f64| {
+            let predicted = plan.scored[i].predicted_ms;
+            rate * predicted * (1000.0 + predicted)
+        };
+        let all = 4.0 / 84_000.0;
+        let close = |got: f64, want: f64| (got - want).abs() < 0.02 * want;
+        assert!(close(f, cost(0, (4.0 + all * 60_000.0) / 104_000.0)), "{f}");
+        assert!(close(h, cost(1, all * 60_000.0 / 100_000.0)), "{h}");
+        assert!(close(n, cost(2, all)), "{n}");
+        assert!(f > 2.0 * h, "{f} {h}");
+        assert_eq!(d, 0.0);
+        let two = p.plan(&c, &places[..2], 0.5).unwrap();
+        assert!(
+            (two.scored[0].predicted_ms - two.scored[1].predicted_ms).abs() < 1.0,
+            "as fast: {two:?}"
+        );
+        assert_eq!(two.chosen, 1, "holds: as fast, and it loses fewer calls");
     }
 
     #[test]
