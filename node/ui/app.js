@@ -414,7 +414,7 @@
   function simResult(r) {
     // A scenario with peer clusters shows their share too.
     const tiers = ["device", "edge", "cloud"].concat(r.policies.some((p) => p.tier_share.federated !== undefined) ? ["federated"] : []);
-    const cols = ["policy", "p50", "p95", "p99", "mean", "deadline miss", ...tiers.map((t) => (t === "federated" ? "peer" : t)), "cold starts", "prediction error", "failed"];
+    const cols = ["policy", "p50", "p95", "p99", "mean", "deadline miss", ...tiers.map((t) => (t === "federated" ? "peer" : t)), "cold starts", "prediction error", "error floor", "failed"];
     const rows = r.policies.map((p) => el("tr", { "data-policy": p.name },
       el("td", { text: p.name }),
       ...[p.p50_ms, p.p95_ms, p.p99_ms, p.mean_ms].map((v) => el("td", { class: "num", text: ms(v) })),
@@ -422,6 +422,8 @@
       ...tiers.map((t) => el("td", { class: "num", text: pct(p.tier_share[t]) })),
       el("td", { class: "num", text: String(p.cold_starts) }),
       el("td", { class: "num", text: p.prediction_error === null ? "–" : pct(p.prediction_error) }),
+      // What a prediction that knew all but how each run strays would miss by.
+      el("td", { class: "num", "data-col": "floor", text: p.prediction_error_floor === null || p.name === "oracle" ? "–" : pct(p.prediction_error_floor) }),
       el("td", { class: "num", text: String(p.failed) })));
     const series = r.policies.map((p, i) => ({ name: p.name, color: PALETTE[i % PALETTE.length], points: p.cdf_ms.map((v, j) => [v, r.cdf_at[j]]) }));
     return el("div", {},

@@ -193,6 +193,16 @@ def checks(gw, token, shots, members):
         heads = [h.text for h in drv.find_elements(By.CSS_SELECTOR, "#sim-table thead th")]
         if "peer" in heads:
             fail(f"a peer column for a scenario without peers: {heads}")
+        # Regression's prediction error, and under it the floor the runs' own noise leaves.
+        row = drv.find_element(By.CSS_SELECTOR, '#sim-table tr[data-policy="regression"]')
+        cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
+        err, floor = (cells[heads.index(h)] for h in ("prediction error", "error floor"))
+        try:
+            below = 0 < float(floor.rstrip(" %")) < float(err.rstrip(" %"))
+        except ValueError:
+            below = False
+        if not below:
+            fail(f"regression's prediction error {err!r} and its floor {floor!r}")
         drv.save_screenshot(f"{shots}/ui-simulate.png")
         # A scenario with a peer cluster shows the peer's share of calls.
         Select(drv.find_element(By.ID, "scenario")).select_by_value("peer-cluster.toml")
