@@ -83,8 +83,8 @@ fn regression_stays_near_the_oracle_and_beats_the_static_policies_on_every_scena
             assert_eq!(f(oracle, "failed"), 0.0, "{scenario} seed {seed}");
             // The widest cells are `far-small-cloud`'s, a continuum offered all its edges
             // can take, where the router hears outcomes and members' times only as they come
-            // back: seed 2 at p99 (1.53x today, 1.77x in earlier builds), seed 3 at mean
-            // (1.14x today, 1.33x earlier); its high-load seeds swing with small changes
+            // back: seed 2 at p99 (1.52x today, 1.77x in earlier builds), seed 3 at mean
+            // (1.13x today, 1.33x earlier); its high-load seeds swing with small changes
             // (seed 3 was 2.04x and 1.72x before the retry budget).
             assert!(p99 <= 2.2 && mean <= 1.8, "{scenario} seed {seed}: regression against the oracle: p99 {p99:.2}x, mean {mean:.2}x");
             log_p99 += p99.ln();
@@ -117,10 +117,8 @@ fn regression_stays_near_the_oracle_and_beats_the_static_policies_on_every_scena
     }
     let (p99, mean) = ((log_p99 / cells).exp(), (log_mean / cells).exp());
     eprintln!("over every cell (geometric mean): regression/oracle p99 {p99:.3}x mean {mean:.3}x");
-    // Deterministic for these seeds: 1.070x and 0.995x today, with calls abandoned 300 ms
-    // past their prediction rather than a second (1.073x and 0.996x before); 1.073x and
-    // 0.996x with a call lost with its place counted and priced (1.076x and 0.998x
-    // before); 1.076x and 0.998x with routers
+    // Deterministic for these seeds: 1.073x and 0.996x today, with a call lost with its
+    // place counted and priced (1.076x and 0.998x before); 1.076x and 0.998x with routers
     // pinging every interval (1.116x and 1.009x before, pinging every 30); 1.116x and 1.009x with a call
     // waiting behind the router's own calls at a place for what it expected of them
     // (1.136x and 1.022x before); 1.136x and 1.022x with a function taken for

@@ -28,9 +28,6 @@ use crate::placement::Plan;
 pub const MAX_ATTEMPTS: usize = 5;
 /// How long a place that failed is left out of placement, ms.
 pub const BENCH_MS: f64 = 2000.0;
-/// How long past its prediction a call is waited for at least before it is abandoned
-/// ([`Attempts::patience_ms`]).
-pub const PATIENCE_PAST_MS: f64 = 300.0;
 
 /// What one attempt at one place came to.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -249,12 +246,9 @@ impl Attempts {
     }
 
     /// How long to wait for the current place before abandoning it: an idempotent call
-    /// with somewhere else to go waits 3x its prediction (at least its prediction plus
-    /// [`PATIENCE_PAST_MS`]) when the plan's scores are times and the function's size is
-    /// known; any other call waits for what is left of its budget. (At least a second
-    /// past its prediction, as it was, a short call lost with a member that failed under
-    /// it waited as long as the failure took to notice, and most calls that put the
-    /// policy's p99 behind cloud-only's were such calls.) (With the size a guess, a call
+    /// with somewhere else to go waits 3x its prediction (at least its prediction plus a
+    /// second) when the plan's scores are times and the function's size is known; any
+    /// other call waits for what is left of its budget. (With the size a guess, a call
     /// past 3x its prediction says nothing of the place, and abandoning it there, where it
     /// goes on running, only adds a copy of it elsewhere: on `far-small-cloud` seed 11
     /// such copies of new functions' first calls grew into a storm of 7,000 retries.)
@@ -265,7 +259,7 @@ impl Attempts {
         if self.idempotent && elsewhere && plan.timed && !plan.guessed && budget.allows_abandoning()
         {
             let p = self.expected_ms(plan, self.current());
-            (3.0 * p).max(p + PATIENCE_PAST_MS).min(left)
+            (3.0 * p).max(p + 1000.0).min(left)
         } else {
             left
         }
@@ -539,12 +533,12 @@ mod tests {
             response_kb: None,
             cold: false,
         };
-        // Four timeouts leave six tokens: calls are still abandoned past their prediction.
+        // Four timeouts leave six tokens: calls are still abandoned at 3x their prediction.
         for _ in 0..4 {
             budget.hear(&timeout);
         }
         assert!(budget.allows_abandoning());
-        assert_eq!(a.patience_ms(&p, 0.0, &budget), 5.0 + PATIENCE_PAST_MS);
+        assert_eq!(a.patience_ms(&p, 0.0, &budget), 1005.0);
         // The fifth leaves half: calls wait out their budget where they are.
         budget.hear(&timeout);
         assert!(!budget.allows_abandoning());
@@ -599,7 +593,7 @@ mod tests {
         let p = plan(&[20.0, 5.0]);
         let full = RetryBudget::full();
         let a = Attempts::new(&p, 0.0, 30_000.0, true);
-        assert_eq!(a.patience_ms(&p, 0.0, &full), 5.0 + PATIENCE_PAST_MS);
+        assert_eq!(a.patience_ms(&p, 0.0, &full), 1005.0);
         let b = Attempts::new(&p, 0.0, 30_000.0, false);
         assert_eq!(b.patience_ms(&p, 10.0, &full), 29_990.0);
         // Scores that are only an order say nothing of how long to wait.
