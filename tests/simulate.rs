@@ -68,6 +68,9 @@ fn the_bursty_scenario_compares_every_policy_as_json_and_as_a_table() {
         "{floor}"
     );
     assert!(policies[1]["prediction_error_floor"].is_null());
+    // Nor has the oracle one: it knows how each run strays.
+    let oracle = policies.iter().find(|p| p["name"] == "oracle").unwrap();
+    assert!(oracle["prediction_error_floor"].is_null(), "{oracle}");
     // The same seed gives the same figures, on any number of threads.
     let again = run_ok(&mut sim(&[
         "--scenario",

@@ -40,11 +40,11 @@ fn setup() -> (Planner, Vec<String>) {
     let plan = planner
         .plan(&call(), &places(&ids, 0), 0.5)
         .expect("a plan");
+    let lost = Outcome::Lost {
+        sent: true,
+        after_ms: 1000.0,
+    };
     for i in (0..ids.len()).step_by(10) {
-        let lost = Outcome::Lost {
-            sent: true,
-            after_ms: 1000.0,
-        };
         planner.learn(&call(), &ids[i], &plan.scored[i], &lost);
     }
     (planner, ids)

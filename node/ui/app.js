@@ -423,7 +423,7 @@
       el("td", { class: "num", text: String(p.cold_starts) }),
       el("td", { class: "num", text: p.prediction_error === null ? "–" : pct(p.prediction_error) }),
       // What a prediction that knew all but how each run strays would miss by.
-      el("td", { class: "num", "data-col": "floor", text: p.prediction_error_floor === null || p.name === "oracle" ? "–" : pct(p.prediction_error_floor) }),
+      el("td", { class: "num", "data-col": "floor", text: pct(p.prediction_error_floor) }),
       el("td", { class: "num", text: String(p.failed) })));
     const series = r.policies.map((p, i) => ({ name: p.name, color: PALETTE[i % PALETTE.length], points: p.cdf_ms.map((v, j) => [v, r.cdf_at[j]]) }));
     return el("div", {},

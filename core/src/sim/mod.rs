@@ -85,7 +85,8 @@ pub struct PolicyResult {
     /// of a prediction that knew each call's place, queue, round trip and the function's
     /// mean time there, and missed only by how far the run itself strayed from that mean
     /// (`service_noise`): about the least any predictor can miss by, since nothing it knows
-    /// tells how a run will stray.
+    /// tells how a run will stray. None where nothing is predicted, and for the oracle,
+    /// which knows how each run strays.
     pub prediction_error_floor: Option<f64>,
     /// Calls sent elsewhere (after a refusal, a failure or a timeout), and calls that
     /// found no place (out of places, attempts or time).
@@ -1608,7 +1609,11 @@ fn run_built(
     };
     let prediction_error = median(&mut errors);
     let prediction_error_seen = median(&mut errors_seen);
-    let prediction_error_floor = median(&mut floor);
+    // The oracle misses by nothing, and has no floor: it knows how each run strays.
+    let prediction_error_floor = match p {
+        Policy::Oracle => None,
+        _ => median(&mut floor),
+    };
     let total: u64 = tiers.values().sum::<u64>().max(1);
     PolicyResult {
         name: p.name(),
@@ -1790,11 +1795,7 @@ impl Report {
             ));
         }
         for p in &self.policies {
-            if let (Some(e), Some(floor), false) = (
-                p.prediction_error,
-                p.prediction_error_floor,
-                matches!(p.name, "oracle"),
-            ) {
+            if let (Some(e), Some(floor)) = (p.prediction_error, p.prediction_error_floor) {
                 out.push_str(&format!(
                     "{}: prediction error {:.1}%, against {:.1}% for a prediction that knew all but how each run strays (service_noise)\n",
                     p.name,
