@@ -3,8 +3,9 @@
 //! placements log, 404 without contacting nodes, placements moving off a CPU-loaded node,
 //! no idempotent request failing when the member taking most calls is killed, a 502 naming
 //! the place for a non-idempotent call that lost its place, a 503 when no place is left,
-//! placements leaving a slowed node and returning after it recovers, and a call whose every
-//! place failed going on to a member that joined while it ran.
+//! placements leaving a slowed node and returning after it recovers, a call whose every
+//! place failed going on to a member that joined while it ran, and a call past its patience
+//! hedged to a second place while its first, still running it, answers.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -355,14 +356,7 @@ async fn a_call_whose_places_all_failed_goes_on_to_a_member_that_joined_meanwhil
     wait_until("the router sees cloud-1", 20, || {
         alive(&router) == ["cloud-1", "router"]
     });
-    let r = deploy(
-        &router,
-        "wait",
-        "wait/wait.wasm",
-        json!({"idempotent": true, "timeout": "60s", "placement": {"tier": "cloud"}}),
-    )
-    .await;
-    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    deploy_wait_to_clouds(&router).await;
     // Warm: the call below runs its 8 s at once.
     let c = client();
     let (s, on, body) = call(&c, &router.url, "wait", "1").await;
@@ -407,6 +401,19 @@ async fn a_call_whose_places_all_failed_goes_on_to_a_member_that_joined_meanwhil
     assert!(said.contains("listed places again"), "{said}");
     assert_eq!(attempts, "2", "cloud-1, then cloud-2");
     drop(cloud_2);
+}
+
+/// Deploys `wait` (each call sleeps as many ms as its input says) through `router`,
+/// idempotent, to the cloud tier only.
+async fn deploy_wait_to_clouds(router: &NodeProc) {
+    let r = deploy(
+        router,
+        "wait",
+        "wait/wait.wasm",
+        json!({"idempotent": true, "timeout": "60s", "placement": {"tier": "cloud"}}),
+    )
+    .await;
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
 }
 
 /// Slows a process by stopping it most of the time (SIGSTOP 16 ms, SIGCONT 4 ms) until
@@ -499,4 +506,54 @@ async fn placements_leave_a_slowed_node_and_return_after_it_recovers() {
         panic!("{slowed} was not predicted fast or placed on again within 2,000 calls")
     });
     eprintln!("{slowed} predicted as fast as the chosen place and placed on again within {back} calls after recovering");
+}
+
+/// A call that runs far past its prediction is hedged, not abandoned: a copy goes to the
+/// next place, and the first place, still running it, answers first. Two clouds run a
+/// function whose calls take as long as their input says; after short calls, one of
+/// 1.5 s is past its patience (3x its prediction, at least 300 ms more) at its first
+/// cloud long before it ends there, and is sent to the other too. Abandoned, it would
+/// have been answered by the second, 300 ms or more later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_its_patience_is_hedged_and_its_first_place_still_answers() {
+    let _one_at_a_time = MEASURING.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = pki(d);
+    let cloud_1 = member(d, &pki, "bridge", "cloud-1", None, None);
+    let seed = mesh_json(&cloud_1)["self"].as_str().unwrap().to_string();
+    let cloud_2 = member(d, &pki, "bridge", "cloud-2", Some(&seed), None);
+    let router = member(d, &pki, "router", "router", Some(&seed), None);
+    wait_until("the router sees both clouds", 20, || {
+        alive(&router) == ["cloud-1", "cloud-2", "router"]
+    });
+    deploy_wait_to_clouds(&router).await;
+    let c = authed(&router.token);
+    // Short calls until the router lists both clouds for it (a member is a candidate once
+    // its report says it can run the function).
+    let t0 = Instant::now();
+    for i in 0.. {
+        let (s, _, body) = call(&c, &router.url, "wait", &format!("1 #{i}")).await;
+        assert_eq!(s, 200, "{body}");
+        let last = &placements(&c, &router.url, 1).await["placements"][0];
+        if i >= 20 && last["candidates"].as_array().map(Vec::len) == Some(2) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the router did not list both clouds within 20 s: {last:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (s, on, attempts, body) = call_attempts(&c, &router.url, "wait", "1500 long").await;
+    let last = &placements(&c, &router.url, 1).await["placements"][0];
+    eprintln!("the long call: {s} from {on} after {attempts} attempts; its decision: {last:#}");
+    assert_eq!((s, body.trim()), (200, "waited 1500 ms long"));
+    assert_eq!(attempts, "2", "hedged once: {last:#}");
+    assert_eq!(
+        last["ran_on"], last["chosen"],
+        "the first place answered: {last:#}"
+    );
+    assert_eq!(on, last["chosen"].as_str().unwrap());
+    drop((cloud_1, cloud_2));
 }

@@ -9,6 +9,11 @@
 //! scale-out added, a place whose bench ran out) gets the call, which the first listing
 //! could not have offered it.
 //!
+//! An idempotent call that runs far past its prediction is hedged, not abandoned
+//! ([`Attempts::patience_ms`]): it goes on at its place while a copy is tried at the next,
+//! and the first answer is the call's; with nowhere left to go, the call waits for the
+//! places it was hedged from ([`Next::Wait`]).
+//!
 //! A timeout at a place that kept reporting with cores free says the call is long: at
 //! least as long as it ran there ([`Attempts::benches`]). Its next places are ranked,
 //! and waited for, by what that implies at each place's speed as well as by their
@@ -97,6 +102,10 @@ pub enum Next {
     Relist,
     /// Give up, for this reason.
     Fail(GiveUp),
+    /// No place is left to go on to, but places the call was hedged from are still
+    /// running it ([`Attempts::running`]): its answer is the first of theirs (and with
+    /// none, it failed as [`Next::Fail`] would have said).
+    Wait,
 }
 
 /// Why a call was given up.
@@ -127,6 +136,10 @@ pub struct Attempts {
     earlier: usize,
     /// Places were listed again for it ([`Next::Relist`]).
     relisted: bool,
+    /// Attempts that ran past their patience and go on where they are while the call
+    /// is tried elsewhere ([`Outcome::TimedOut`]); the driver knows which of them end
+    /// without an answer.
+    running: usize,
 }
 
 /// A router's allowance for abandoning calls that run long: retry throttling in the manner
@@ -189,6 +202,7 @@ impl Attempts {
             floor_size: 0.0,
             earlier: 0,
             relisted: false,
+            running: 0,
         }
     }
 
@@ -205,6 +219,7 @@ impl Attempts {
             floor_size: self.floor_size,
             earlier: self.made(),
             relisted: true,
+            running: self.running,
         }
     }
 
@@ -245,21 +260,25 @@ impl Attempts {
         self.made() == 1
     }
 
-    /// How long to wait for the current place before abandoning it: an idempotent call
-    /// with somewhere else to go waits 3x its prediction (at least its prediction plus a
-    /// second) when the plan's scores are times and the function's size is known; any
-    /// other call waits for what is left of its budget. (With the size a guess, a call
-    /// past 3x its prediction says nothing of the place, and abandoning it there, where it
-    /// goes on running, only adds a copy of it elsewhere: on `far-small-cloud` seed 11
-    /// such copies of new functions' first calls grew into a storm of 7,000 retries.)
-    /// Nor does a call abandon its place while the router's [`RetryBudget`] is spent.
+    /// How long to wait for the current place before hedging: an idempotent call with
+    /// somewhere else to go waits 3x its prediction (at least its prediction plus 300 ms)
+    /// when the plan's scores are times and the function's size is known; any other call
+    /// waits for what is left of its budget. Past its patience the call is not abandoned:
+    /// it goes on at its place, a copy goes to the next, and the first answer is the
+    /// call's ([`Next::Wait`]). (A shorter patience once abandoned calls whose input made
+    /// them long at place after place, where they would have answered; hedged, their
+    /// first place still answers.) With the size a guess, a call past 3x its prediction
+    /// says nothing of the place, and a copy elsewhere only adds work: on
+    /// `far-small-cloud` seed 11 such copies of new functions' first calls grew into a
+    /// storm of 7,000 retries. Nor does a call hedge while the router's [`RetryBudget`]
+    /// is spent.
     pub fn patience_ms(&self, plan: &Plan, now_ms: f64, budget: &RetryBudget) -> f64 {
         let left = (self.budget_ms - (now_ms - self.started_ms)).max(1.0);
         let elsewhere = self.made() < MAX_ATTEMPTS && self.next_place(plan).is_some();
         if self.idempotent && elsewhere && plan.timed && !plan.guessed && budget.allows_abandoning()
         {
             let p = self.expected_ms(plan, self.current());
-            (3.0 * p).max(p + 1000.0).min(left)
+            (3.0 * p).max(p + 300.0).min(left)
         } else {
             left
         }
@@ -284,8 +303,26 @@ impl Attempts {
         benched
     }
 
-    /// Takes the current attempt's outcome at `now_ms` and says what comes next.
+    /// Takes the current attempt's outcome at `now_ms` and says what comes next. A call
+    /// that timed out at its place goes on there: hedged, not abandoned
+    /// ([`Attempts::running`]); with nowhere left to go it waits for those places
+    /// ([`Next::Wait`]).
     pub fn next(&mut self, plan: &Plan, outcome: &Outcome, now_ms: f64) -> Next {
+        if let Outcome::TimedOut { .. } = outcome {
+            self.running += 1;
+        }
+        match self.decide(plan, outcome, now_ms) {
+            Next::Fail(GiveUp::Exhausted) if self.running > 0 => Next::Wait,
+            next => next,
+        }
+    }
+
+    /// Attempts still running where the call was hedged from.
+    pub fn running(&self) -> usize {
+        self.running
+    }
+
+    fn decide(&mut self, plan: &Plan, outcome: &Outcome, now_ms: f64) -> Next {
         let retryable = match outcome {
             Outcome::Answered { .. } | Outcome::Failed { .. } => return Next::Done,
             Outcome::Refused { .. } => true,
@@ -526,19 +563,19 @@ mod tests {
         let p = plan(&[20.0, 5.0]);
         let a = Attempts::new(&p, 0.0, 30_000.0, true);
         let mut budget = RetryBudget::full();
-        let timeout = Outcome::TimedOut { after_ms: 1005.0 };
+        let timeout = Outcome::TimedOut { after_ms: 305.0 };
         let answer = Outcome::Answered {
             took_ms: 5.0,
             service_ms: Some(1.0),
             response_kb: None,
             cold: false,
         };
-        // Four timeouts leave six tokens: calls are still abandoned at 3x their prediction.
+        // Four timeouts leave six tokens: calls are still hedged past their patience.
         for _ in 0..4 {
             budget.hear(&timeout);
         }
         assert!(budget.allows_abandoning());
-        assert_eq!(a.patience_ms(&p, 0.0, &budget), 1005.0);
+        assert_eq!(a.patience_ms(&p, 0.0, &budget), 305.0);
         // The fifth leaves half: calls wait out their budget where they are.
         budget.hear(&timeout);
         assert!(!budget.allows_abandoning());
@@ -593,7 +630,10 @@ mod tests {
         let p = plan(&[20.0, 5.0]);
         let full = RetryBudget::full();
         let a = Attempts::new(&p, 0.0, 30_000.0, true);
-        assert_eq!(a.patience_ms(&p, 0.0, &full), 1005.0);
+        assert_eq!(a.patience_ms(&p, 0.0, &full), 305.0);
+        // 3x a longer prediction.
+        let long = plan(&[20.0, 400.0]);
+        assert_eq!(a.patience_ms(&long, 0.0, &full), 1200.0);
         let b = Attempts::new(&p, 0.0, 30_000.0, false);
         assert_eq!(b.patience_ms(&p, 10.0, &full), 29_990.0);
         // Scores that are only an order say nothing of how long to wait.
@@ -608,7 +648,7 @@ mod tests {
             ..p.clone()
         };
         assert_eq!(a.patience_ms(&guessed, 10.0, &full), 29_990.0);
-        let timeout = Outcome::TimedOut { after_ms: 1005.0 };
+        let timeout = Outcome::TimedOut { after_ms: 305.0 };
         assert!(!timeout.benches(0.5, || true));
         assert!(timeout.benches(0.5, || false) && timeout.benches(1.0, || true));
         let lost = Outcome::Lost {
@@ -623,5 +663,33 @@ mod tests {
         assert!(!bench.is_benched("edge-1", 2100.0));
         bench.prune(2100.0);
         assert!(bench.is_empty());
+    }
+
+    #[test]
+    fn a_call_hedged_from_its_places_waits_for_them_when_nowhere_is_left() {
+        let p = plan(&[20.0, 5.0]);
+        let timeout = Outcome::TimedOut { after_ms: 305.0 };
+        let refused = Outcome::Refused { status: 429 };
+        // Timed out at its first place, turned away at the second: the first still runs
+        // it, so the call waits for it rather than failing.
+        let mut a = Attempts::new(&p, 0.0, 30_000.0, true);
+        assert_eq!(a.next(&p, &timeout, 305.0), Next::Retry(0));
+        assert_eq!(a.running(), 1);
+        assert_eq!(a.next(&p, &refused, 310.0), Next::Relist);
+        assert_eq!(a.relisted(&p).running(), 1);
+        assert_eq!(a.next(&p, &refused, 320.0), Next::Wait);
+        // Turned away everywhere, nothing runs it: it failed.
+        let mut b = Attempts::new(&p, 0.0, 30_000.0, true);
+        assert_eq!(b.next(&p, &refused, 5.0), Next::Retry(0));
+        assert_eq!(b.next(&p, &refused, 10.0), Next::Relist);
+        assert_eq!(b.next(&p, &refused, 20.0), Next::Fail(GiveUp::Exhausted));
+        // Its budget spent, it fails though places run it still (their own timeouts end
+        // them there).
+        let mut c = Attempts::new(&p, 0.0, 1000.0, true);
+        assert_eq!(c.next(&p, &timeout, 305.0), Next::Retry(0));
+        assert_eq!(
+            c.next(&p, &Outcome::TimedOut { after_ms: 700.0 }, 1005.0),
+            Next::Fail(GiveUp::OutOfTime)
+        );
     }
 }

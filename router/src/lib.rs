@@ -8,9 +8,11 @@
 //! [`Dispatch`] installed, so every ingress and the async queue are placed the same way.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -563,6 +565,8 @@ impl Router {
         // and the places the first listing tried.
         let mut relisted: Option<(Vec<Place>, Plan)> = None;
         let mut tried_before: Vec<String> = Vec::new();
+        // Attempts past their patience, still running where they are.
+        let mut hedges: Vec<Hedge<'_>> = Vec::new();
         loop {
             let (places, plan) = match &relisted {
                 Some((p, q)) => (p.as_slice(), q),
@@ -598,38 +602,55 @@ impl Router {
                 self.held.fetch_add(1, Ordering::Relaxed);
             }
             let limit = Duration::from_secs_f64(patience / 1e3);
-            // Without a shorter patience than the budget, the place's own timeout ends the
-            // call (no timer of our own on the common path). A member the mesh finds dead
-            // meanwhile (its link cut, its board off) ends it at once: its connection would
-            // only time out later.
-            let run = async {
-                if place.addr.is_some() && patience < left {
-                    tokio::time::timeout(limit, self.run_at(node, f, body, place)).await
-                } else {
-                    Ok(self.run_at(node, f, body, place).await)
-                }
-            };
             let mesh = node
                 .links
                 .mesh
                 .get()
                 .filter(|_| place.addr.is_some() && place.via.is_none());
-            let result = match mesh {
-                Some(mesh) => tokio::select! {
-                    r = run => r,
-                    () = mesh.until_unreachable(&place.id) => Ok(Err(Failure {
-                        refused: Refused::new(
-                            502,
-                            format!(
-                                "{} ({} tier) became unreachable while the call was there (the mesh heard nothing from it); it may have run",
-                                place.id,
-                                place.tier.as_str()
-                            ),
-                        ),
-                        kind: FailKind::Broken { sent: true },
-                    })),
-                },
-                None => run.await,
+            // A member the mesh finds dead meanwhile (its link cut, its board off) ends the
+            // attempt at once: its connection would only time out later.
+            let mut run: BoxFut<'_, Result<Placed, Failure>> = {
+                let place = place.clone();
+                Box::pin(async move {
+                    match mesh {
+                        Some(mesh) => tokio::select! {
+                            r = self.run_at(node, f, body, &place) => r,
+                            () = mesh.until_unreachable(&place.id) => Err(Failure {
+                                refused: Refused::new(
+                                    502,
+                                    format!(
+                                        "{} ({} tier) became unreachable while the call was there (the mesh heard nothing from it); it may have run",
+                                        place.id,
+                                        place.tier.as_str()
+                                    ),
+                                ),
+                                kind: FailKind::Broken { sent: true },
+                            }),
+                        },
+                        None => self.run_at(node, f, body, &place).await,
+                    }
+                })
+            };
+            // Without a shorter patience than the budget, the place's own timeout ends the
+            // call (no timer of our own on the common path). Places the call was hedged
+            // from race this one: the first answer is the call's.
+            let timed = place.addr.is_some() && patience < left;
+            let current = async {
+                if timed {
+                    tokio::time::timeout(limit, &mut run).await
+                } else {
+                    Ok((&mut run).await)
+                }
+            };
+            let result = match race(&mut hedges, current).await {
+                Raced::Current(r) => r,
+                Raced::Hedged(sent, placed) => {
+                    // This attempt goes on at its place, unheard.
+                    if let Some(n) = lock(&self.outstanding).get_mut(&place.id) {
+                        n.done(scored.features.service_ms);
+                    }
+                    return Ok(hedge_answered(sent, placed, plan, &state));
+                }
             };
             // An answer says the member's load as it answered: fresher than its last
             // report (a peer cluster's answers carry none; its summary gives its load).
@@ -658,20 +679,25 @@ impl Router {
                     Ok(placed),
                 ),
                 Ok(Err(fail)) => (fail.outcome(took_ms), Err(fail)),
-                Err(_) => (
-                    Outcome::TimedOut { after_ms: took_ms },
-                    Err(Failure {
-                        refused: Refused::new(
-                            504,
-                            format!(
-                                "no answer from {} within {} ms",
-                                place.id,
-                                limit.as_millis()
+                Err(_) => {
+                    // Past its patience: hedged, not abandoned. It goes on at its place
+                    // while the call is tried at the next.
+                    hedges.push(Hedge { sent: t0, run });
+                    (
+                        Outcome::TimedOut { after_ms: took_ms },
+                        Err(Failure {
+                            refused: Refused::new(
+                                504,
+                                format!(
+                                    "no answer from {} within {} ms",
+                                    place.id,
+                                    limit.as_millis()
+                                ),
                             ),
-                        ),
-                        kind: FailKind::Silent,
-                    }),
-                ),
+                            kind: FailKind::Silent,
+                        }),
+                    )
+                }
             };
             match &answer {
                 Ok(_) => attempt.attr_static("status", "200"),
@@ -729,6 +755,12 @@ impl Router {
                     continue;
                 }
             }
+            if next == Next::Wait {
+                // Nowhere left to go: the places the call was hedged from may answer yet.
+                if let Some((sent, placed)) = first_answer(&mut hedges).await {
+                    return Ok(hedge_answered(sent, placed, plan, &state));
+                }
+            }
             // Listed again with no new place: every place tried failed.
             match next {
                 Next::Done => return Err(failure.refused),
@@ -762,7 +794,7 @@ impl Router {
                         ),
                     ));
                 }
-                Next::Fail(_) | Next::Relist => return Err(failure.refused),
+                Next::Fail(_) | Next::Relist | Next::Wait => return Err(failure.refused),
             }
         }
     }
@@ -987,6 +1019,76 @@ impl std::fmt::Display for Candidates<'_> {
 struct Failure {
     refused: Refused,
     kind: FailKind,
+}
+
+/// An attempt a call was hedged from ([`Next::Wait`]): past its patience, still running at
+/// its place while the call is tried elsewhere.
+struct Hedge<'a> {
+    /// When it was sent.
+    sent: Instant,
+    run: BoxFut<'a, Result<Placed, Failure>>,
+}
+
+/// The answer of an attempt the call was hedged from (sent at `sent`), as the call's.
+fn hedge_answered(sent: Instant, mut placed: Placed, plan: &Plan, state: &Attempts) -> Placed {
+    tracing::debug!(node = %placed.node, "answered where the call was hedged from");
+    placed.took_ms = sent.elapsed().as_secs_f64() * 1e3;
+    placed.predicted_ms = Some(plan.scored[plan.chosen].predicted_ms);
+    placed.attempts = state.made() as u32;
+    placed
+}
+
+/// What came first of a call's current attempt and the attempts it was hedged from.
+enum Raced<T> {
+    Current(T),
+    /// One it was hedged from answered (it was sent at the instant).
+    Hedged(Instant, Placed),
+}
+
+/// Runs `current` against `hedges` until it ends or one of them answers.
+async fn race<T>(hedges: &mut Vec<Hedge<'_>>, current: impl Future<Output = T>) -> Raced<T> {
+    let mut current = std::pin::pin!(current);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = current.as_mut().poll(cx) {
+            return Poll::Ready(Raced::Current(r));
+        }
+        match poll_hedges(hedges, cx) {
+            Poll::Ready(Some((sent, placed))) => Poll::Ready(Raced::Hedged(sent, placed)),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// The first answer of `hedges` (it was sent at the instant); `None` once every one ended
+/// without one.
+async fn first_answer(hedges: &mut Vec<Hedge<'_>>) -> Option<(Instant, Placed)> {
+    std::future::poll_fn(|cx| poll_hedges(hedges, cx)).await
+}
+
+/// Polls every hedge, dropping those that ended without an answer: ready with the first
+/// answer, or with `None` when none is left.
+fn poll_hedges(
+    hedges: &mut Vec<Hedge<'_>>,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<Option<(Instant, Placed)>> {
+    let mut k = 0;
+    while k < hedges.len() {
+        match hedges[k].run.as_mut().poll(cx) {
+            Poll::Ready(Ok(placed)) => {
+                return Poll::Ready(Some((hedges.swap_remove(k).sent, placed)))
+            }
+            Poll::Ready(Err(_)) => {
+                hedges.swap_remove(k);
+            }
+            Poll::Pending => k += 1,
+        }
+    }
+    if hedges.is_empty() {
+        Poll::Ready(None)
+    } else {
+        Poll::Pending
+    }
 }
 
 /// What kind of failure, in the state machine's terms.

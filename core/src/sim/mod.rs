@@ -29,7 +29,7 @@ use crate::candidates::{facts, listed, Mine, Reported, Wants};
 use crate::config::Tier;
 use crate::forecast::Arrivals;
 use crate::mesh::{smoothed_rtt, ClusterView, LoadReport, State, Timing, RTT_KEEP};
-use crate::placement::{Own, PlaceInfo};
+use crate::placement::{Own, PlaceInfo, Scored};
 use crate::policies::Call as PolicyCall;
 use crate::policy::Weights;
 use crate::predict::Source;
@@ -1458,6 +1458,9 @@ fn run_built(
         }
         let mut attempts = Attempts::new(&plan, c.t, s.timeout_ms, true);
         let mut ta = c.t;
+        // Attempts the call was hedged from that will answer: when, where, what they did,
+        // what the plan said of them, and whether it was the call's first.
+        let mut hedged: Vec<(f64, Where, Attempt, Scored, bool)> = Vec::new();
         let outcome = loop {
             let i = attempts.current();
             let at = cands[i].at;
@@ -1465,6 +1468,27 @@ fn run_built(
             w.commit(c, at, &a);
             let patience = attempts.patience_ms(&plan, ta, &router.retry_budget);
             let took = a.done - ta;
+            let earliest = hedged
+                .iter()
+                .enumerate()
+                .min_by(|x, y| x.1 .0.total_cmp(&y.1 .0))
+                .map(|(k, h)| (k, h.0));
+            if let Some((k, back)) = earliest.filter(|e| e.1 < a.done.min(ta + patience)) {
+                // An attempt hedged from answers first: it is the call's answer; this one
+                // goes on (its work is done at its place) unheard, as live.
+                if let (Where::Node(n), false) = (at, a.refused) {
+                    router
+                        .mine
+                        .entry(n)
+                        .or_default()
+                        .sent(back, plan.scored[i].features.service_ms);
+                }
+                let (_, at, a, scored, first) = hedged.swap_remove(k);
+                break Some((at, a, back, scored, first));
+            }
+            if took > patience && !a.failed && !a.refused {
+                hedged.push((a.done, at, a, plan.scored[i], attempts.first()));
+            }
             let (outcome, now) = if a.refused {
                 refusals += u64::from(counted);
                 (Outcome::Refused { status: 429 }, a.done)
@@ -1532,7 +1556,11 @@ fn run_built(
                 }
             }
             match attempts.next(&plan, &outcome, now) {
-                Next::Done => break Some((at, a, now)),
+                Next::Done => break Some((at, a, now, plan.scored[i], false)),
+                Next::Wait => {
+                    let first = hedged.iter().min_by(|x, y| x.0.total_cmp(&y.0));
+                    break first.map(|h| (h.1, h.2, h.0, h.3, h.4));
+                }
                 Next::Retry(_) => {
                     retries += u64::from(counted);
                     ta = now;
@@ -1561,15 +1589,26 @@ fn run_built(
                 Next::Fail(_) => break None,
             }
         };
-        let Some((at, a, done)) = outcome else {
+        let Some((at, a, done, scored, first)) = outcome else {
             failed += u64::from(counted);
             continue;
         };
         let latency = done - c.t;
+        if first && counted && scored.source != Source::Score {
+            // The first attempt answered after it was hedged from: its prediction missed
+            // by as much.
+            let pr = scored.predicted_ms;
+            let e = ((pr - latency).abs() / latency.max(1e-3)) as f32;
+            errors.push(e);
+            let run = a.service_ms();
+            floor.push(((run - run / w.noise(id)).abs() / latency.max(1e-3)) as f32);
+            if scored.observations > 0 {
+                errors_seen.push(e);
+            }
+        }
         if counted {
             lat.push(latency as f32);
             if keep {
-                let scored = &plan.scored[attempts.current()];
                 latencies.push(Measured {
                     call: id as u32,
                     function: c.func,
