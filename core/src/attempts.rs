@@ -50,7 +50,8 @@ pub enum Outcome {
     Refused { status: u16 },
     /// The function ran there and failed: that is the call's answer.
     Failed { status: u16 },
-    /// No answer within `after_ms`: abandoned there (it may still run).
+    /// No answer within `after_ms`: the call went on elsewhere (hedged: it still runs
+    /// there, and may answer first).
     TimedOut { after_ms: f64 },
     /// The connection to the place was lost; `sent` when the call had left this side.
     Lost { sent: bool, after_ms: f64 },
@@ -142,10 +143,10 @@ pub struct Attempts {
     running: usize,
 }
 
-/// A router's allowance for abandoning calls that run long: retry throttling in the manner
+/// A router's allowance for hedging calls that run long: retry throttling in the manner
 /// of gRPC's (gRFC A6: a bucket of tokens, each failure takes one and each success gives
-/// back a fraction, and retries stop while no more than half are left). A call abandoned
-/// at a timeout goes on running where it was, and its copy elsewhere adds work: when many
+/// back a fraction, and retries stop while no more than half are left). A call hedged at
+/// a timeout goes on running where it was, and its copy elsewhere adds work: when many
 /// of a router's calls time out, the places are overloaded, and each copy makes it worse.
 /// So of ten tokens a timeout takes one and an answer gives back a tenth of one, and while
 /// no more than half are left the router's calls wait their whole budget where they are
@@ -184,8 +185,8 @@ impl RetryBudget {
         self.tokens
     }
 
-    /// Whether a call may be abandoned at a place for running long.
-    pub fn allows_abandoning(&self) -> bool {
+    /// Whether a call running long at a place may be hedged ([`Attempts::patience_ms`]).
+    pub fn allows_hedging(&self) -> bool {
         self.tokens > Self::MAX / 2.0
     }
 }
@@ -275,8 +276,7 @@ impl Attempts {
     pub fn patience_ms(&self, plan: &Plan, now_ms: f64, budget: &RetryBudget) -> f64 {
         let left = (self.budget_ms - (now_ms - self.started_ms)).max(1.0);
         let elsewhere = self.made() < MAX_ATTEMPTS && self.next_place(plan).is_some();
-        if self.idempotent && elsewhere && plan.timed && !plan.guessed && budget.allows_abandoning()
-        {
+        if self.idempotent && elsewhere && plan.timed && !plan.guessed && budget.allows_hedging() {
             let p = self.expected_ms(plan, self.current());
             (3.0 * p).max(p + 300.0).min(left)
         } else {
@@ -574,11 +574,11 @@ mod tests {
         for _ in 0..4 {
             budget.hear(&timeout);
         }
-        assert!(budget.allows_abandoning());
+        assert!(budget.allows_hedging());
         assert_eq!(a.patience_ms(&p, 0.0, &budget), 305.0);
         // The fifth leaves half: calls wait out their budget where they are.
         budget.hear(&timeout);
-        assert!(!budget.allows_abandoning());
+        assert!(!budget.allows_hedging());
         assert_eq!(a.patience_ms(&p, 0.0, &budget), 30_000.0);
         // Refusals and lost connections left nothing running: they take no token.
         budget.hear(&Outcome::Refused { status: 429 });
@@ -586,15 +586,15 @@ mod tests {
             sent: true,
             after_ms: 3.0,
         });
-        assert!(!budget.allows_abandoning());
+        assert!(!budget.allows_hedging());
         // A sixth leaves four. Answers give a tenth back each: eleven put it past half.
         budget.hear(&timeout);
         for _ in 0..10 {
             budget.hear(&answer);
         }
-        assert!(!budget.allows_abandoning(), "{budget:?}");
+        assert!(!budget.allows_hedging(), "{budget:?}");
         budget.hear(&answer);
-        assert!(budget.allows_abandoning());
+        assert!(budget.allows_hedging());
         // It never holds more than it started with.
         for _ in 0..1000 {
             budget.hear(&answer);

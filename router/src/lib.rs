@@ -194,7 +194,7 @@ pub struct Router {
     outstanding: Mutex<HashMap<String, Mine>>,
     /// Places that failed recently (ms on this router's clock).
     down: Mutex<Bench>,
-    /// Its allowance for abandoning calls that run long (core's retry throttling), and how
+    /// Its allowance for hedging calls that run long (core's retry throttling), and how
     /// many attempts waited out their call's budget because it was spent.
     retry_budget: Mutex<RetryBudget>,
     held: AtomicU64,
@@ -590,13 +590,14 @@ impl Router {
                 .entry(place.id.clone())
                 .or_default()
                 .sent(scored.features.service_ms);
-            // How long to wait there: an idempotent call with somewhere else to go is
-            // abandoned at a place far slower than predicted (stalled, overloaded or gone).
+            // How long to wait there before hedging: an idempotent call with somewhere
+            // else to go is sent on from a place far slower than predicted (stalled,
+            // overloaded or gone).
             let now = self.now_ms() as f64;
             let left = (budget_ms - (now - call.now_ms)).max(1.0);
             let budget = *lock(&self.retry_budget);
             let patience = state.patience_ms(plan, now, &budget);
-            if !budget.allows_abandoning()
+            if !budget.allows_hedging()
                 && state.patience_ms(plan, now, &RetryBudget::full()) < patience
             {
                 self.held.fetch_add(1, Ordering::Relaxed);
@@ -715,12 +716,7 @@ impl Router {
                 .observe(&observed_at, &place.id, &scored, &outcome);
             lock(&self.retry_budget).hear(&outcome);
             let failure = match answer {
-                Ok(mut placed) => {
-                    placed.took_ms = took_ms;
-                    placed.predicted_ms = Some(plan.scored[plan.chosen].predicted_ms);
-                    placed.attempts = state.made() as u32;
-                    return Ok(placed);
-                }
+                Ok(placed) => return Ok(answered(placed, took_ms, plan, &state)),
                 Err(fail) => fail,
             };
             // Whether the place reported while the call was there (a place that is no
@@ -755,12 +751,15 @@ impl Router {
                     continue;
                 }
             }
-            if next == Next::Wait {
-                // Nowhere left to go: the places the call was hedged from may answer yet.
-                if let Some((sent, placed)) = first_answer(&mut hedges).await {
-                    return Ok(hedge_answered(sent, placed, plan, &state));
-                }
-            }
+            let next = match next {
+                // Nowhere left to go: the places the call was hedged from may answer yet;
+                // with none, it failed as core says (`Next::Wait`).
+                Next::Wait => match first_answer(&mut hedges).await {
+                    Some((sent, placed)) => return Ok(hedge_answered(sent, placed, plan, &state)),
+                    None => Next::Fail(GiveUp::Exhausted),
+                },
+                next => next,
+            };
             // Listed again with no new place: every place tried failed.
             match next {
                 Next::Done => return Err(failure.refused),
@@ -1029,13 +1028,20 @@ struct Hedge<'a> {
     run: BoxFut<'a, Result<Placed, Failure>>,
 }
 
-/// The answer of an attempt the call was hedged from (sent at `sent`), as the call's.
-fn hedge_answered(sent: Instant, mut placed: Placed, plan: &Plan, state: &Attempts) -> Placed {
-    tracing::debug!(node = %placed.node, "answered where the call was hedged from");
-    placed.took_ms = sent.elapsed().as_secs_f64() * 1e3;
+/// An attempt's answer (it took `took_ms` there) as the call's: with what the plan
+/// predicted for its first place and the attempts made.
+fn answered(mut placed: Placed, took_ms: f64, plan: &Plan, state: &Attempts) -> Placed {
+    placed.took_ms = took_ms;
     placed.predicted_ms = Some(plan.scored[plan.chosen].predicted_ms);
     placed.attempts = state.made() as u32;
     placed
+}
+
+/// The answer of an attempt the call was hedged from (sent at `sent`), as the call's.
+fn hedge_answered(sent: Instant, placed: Placed, plan: &Plan, state: &Attempts) -> Placed {
+    tracing::debug!(node = %placed.node, "answered where the call was hedged from");
+    let took_ms = sent.elapsed().as_secs_f64() * 1e3;
+    answered(placed, took_ms, plan, state)
 }
 
 /// What came first of a call's current attempt and the attempts it was hedged from.
@@ -1199,8 +1205,8 @@ impl Dispatch for Router {
     fn metrics(&self, out: &mut String) {
         use std::fmt::Write;
         self.watch.metrics(out);
-        let _ = writeln!(out, "# HELP fogline_retry_budget_tokens This router's retry budget: while no more than half of its 10 tokens are left, calls are not abandoned for running long.\n# TYPE fogline_retry_budget_tokens gauge\nfogline_retry_budget_tokens {}", lock(&self.retry_budget).tokens());
-        let _ = writeln!(out, "# HELP fogline_placement_held_total Attempts that waited out their call's budget, not abandoned for running long, because the retry budget was spent.\n# TYPE fogline_placement_held_total counter\nfogline_placement_held_total {}", self.held.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP fogline_retry_budget_tokens This router's retry budget: while no more than half of its 10 tokens are left, calls are not hedged for running long.\n# TYPE fogline_retry_budget_tokens gauge\nfogline_retry_budget_tokens {}", lock(&self.retry_budget).tokens());
+        let _ = writeln!(out, "# HELP fogline_placement_held_total Attempts that waited out their call's budget, not hedged for running long, because the retry budget was spent.\n# TYPE fogline_placement_held_total counter\nfogline_placement_held_total {}", self.held.load(Ordering::Relaxed));
         if let Some(f) = self.extra_metrics.get() {
             f(out);
         }

@@ -517,7 +517,7 @@ struct SiteRouter<'f> {
     /// the simulator works it out (calls are simulated in arrival order, and a later
     /// call may arrive before an earlier one's answer).
     coming: BinaryHeap<Reverse<Coming<'f>>>,
-    /// Its allowance for abandoning calls that run long, as it heard their outcomes.
+    /// Its allowance for hedging calls that run long, as it heard their outcomes.
     retry_budget: RetryBudget,
 }
 
@@ -578,6 +578,24 @@ impl<'f> SiteRouter<'f> {
                 self.bench.bench(place, c.at);
             }
         }
+    }
+}
+
+/// An attempt's answer to a call (or one to come, from an attempt the call was hedged
+/// from): when it is back, where it ran, what it did there, what the plan said of it, and
+/// whether it was the call's first attempt.
+struct Answer {
+    back: f64,
+    at: Where,
+    a: Attempt,
+    scored: Scored,
+    first: bool,
+}
+
+impl Answer {
+    /// The one of `answers` back first.
+    fn earliest(answers: &[Answer]) -> Option<usize> {
+        (0..answers.len()).min_by(|&x, &y| answers[x].back.total_cmp(&answers[y].back))
     }
 }
 
@@ -1458,9 +1476,8 @@ fn run_built(
         }
         let mut attempts = Attempts::new(&plan, c.t, s.timeout_ms, true);
         let mut ta = c.t;
-        // Attempts the call was hedged from that will answer: when, where, what they did,
-        // what the plan said of them, and whether it was the call's first.
-        let mut hedged: Vec<(f64, Where, Attempt, Scored, bool)> = Vec::new();
+        // Attempts the call was hedged from that will answer.
+        let mut hedged: Vec<Answer> = Vec::new();
         let outcome = loop {
             let i = attempts.current();
             let at = cands[i].at;
@@ -1468,26 +1485,29 @@ fn run_built(
             w.commit(c, at, &a);
             let patience = attempts.patience_ms(&plan, ta, &router.retry_budget);
             let took = a.done - ta;
-            let earliest = hedged
-                .iter()
-                .enumerate()
-                .min_by(|x, y| x.1 .0.total_cmp(&y.1 .0))
-                .map(|(k, h)| (k, h.0));
-            if let Some((k, back)) = earliest.filter(|e| e.1 < a.done.min(ta + patience)) {
+            if let Some(k) =
+                Answer::earliest(&hedged).filter(|&k| hedged[k].back < a.done.min(ta + patience))
+            {
                 // An attempt hedged from answers first: it is the call's answer; this one
                 // goes on (its work is done at its place) unheard, as live.
+                let h = hedged.swap_remove(k);
                 if let (Where::Node(n), false) = (at, a.refused) {
                     router
                         .mine
                         .entry(n)
                         .or_default()
-                        .sent(back, plan.scored[i].features.service_ms);
+                        .sent(h.back, plan.scored[i].features.service_ms);
                 }
-                let (_, at, a, scored, first) = hedged.swap_remove(k);
-                break Some((at, a, back, scored, first));
+                break Some(h);
             }
             if took > patience && !a.failed && !a.refused {
-                hedged.push((a.done, at, a, plan.scored[i], attempts.first()));
+                hedged.push(Answer {
+                    back: a.done,
+                    at,
+                    a,
+                    scored: plan.scored[i],
+                    first: attempts.first(),
+                });
             }
             let (outcome, now) = if a.refused {
                 refusals += u64::from(counted);
@@ -1541,26 +1561,17 @@ fn run_built(
                 outcome,
                 bench,
             }));
-            if let Outcome::Answered { .. } = outcome {
-                if counted && attempts.first() && plan.scored[i].source != Source::Score {
-                    let pr = plan.scored[i].predicted_ms;
-                    let e = ((pr - took).abs() / took.max(1e-3)) as f32;
-                    errors.push(e);
-                    // What a prediction that knew all but the run's own straying would
-                    // have missed by: the run against its place's mean time for it.
-                    let run = a.service_ms();
-                    floor.push(((run - run / w.noise(id)).abs() / took.max(1e-3)) as f32);
-                    if plan.scored[i].observations > 0 {
-                        errors_seen.push(e);
-                    }
-                }
-            }
             match attempts.next(&plan, &outcome, now) {
-                Next::Done => break Some((at, a, now, plan.scored[i], false)),
-                Next::Wait => {
-                    let first = hedged.iter().min_by(|x, y| x.0.total_cmp(&y.0));
-                    break first.map(|h| (h.1, h.2, h.0, h.3, h.4));
+                Next::Done => {
+                    break Some(Answer {
+                        back: now,
+                        at,
+                        a,
+                        scored: plan.scored[i],
+                        first: attempts.first(),
+                    })
                 }
+                Next::Wait => break Answer::earliest(&hedged).map(|k| hedged.swap_remove(k)),
                 Next::Retry(_) => {
                     retries += u64::from(counted);
                     ta = now;
@@ -1589,17 +1600,26 @@ fn run_built(
                 Next::Fail(_) => break None,
             }
         };
-        let Some((at, a, done, scored, first)) = outcome else {
+        let Some(Answer {
+            back: done,
+            at,
+            a,
+            scored,
+            first,
+        }) = outcome
+        else {
             failed += u64::from(counted);
             continue;
         };
         let latency = done - c.t;
         if first && counted && scored.source != Source::Score {
-            // The first attempt answered after it was hedged from: its prediction missed
-            // by as much.
+            // The call's first attempt answered it (at once, or after the call was hedged
+            // from it): its prediction missed by as much.
             let pr = scored.predicted_ms;
             let e = ((pr - latency).abs() / latency.max(1e-3)) as f32;
             errors.push(e);
+            // What a prediction that knew all but the run's own straying would have
+            // missed by: the run against its place's mean time for it.
             let run = a.service_ms();
             floor.push(((run - run / w.noise(id)).abs() / latency.max(1e-3)) as f32);
             if scored.observations > 0 {
