@@ -65,6 +65,7 @@ fn places(ids: &[String], round: u64) -> Vec<PlaceInfo<'_>> {
         .enumerate()
         .map(|(i, id)| PlaceInfo {
             id,
+            key: fogline_core::placement::place_key(id),
             tier: if i == 0 { Tier::Cloud } else { Tier::Edge },
             rtt_ms: ((round + i as u64) % 20) as f64,
             load_per_core: 0.5,

@@ -172,6 +172,7 @@ mod tests {
         use crate::placement::PlaceInfo;
         let p = |id, warm, rtt| PlaceInfo {
             id,
+            key: crate::placement::place_key(id),
             tier: Tier::Edge,
             rtt_ms: rtt,
             load_per_core: 0.0,

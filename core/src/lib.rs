@@ -19,7 +19,7 @@
 //! - [`attempts`]: one call's placement state machine: outcome in, retry where / fail /
 //!   done out, under one budget rule; places benched after failing.
 //! - [`placement`]: the planner the router and the simulator share: models per place, plans,
-//!   learning from outcomes.
+//!   learning from outcomes; its place numbers by key in `numbers` (a small probing table).
 //! - [`sim`]: the continuum simulator (same planner and cluster view, baselines, oracle).
 //! - [`wire`]: the tier-to-tier frame protocol (QUIC streams), pure encode/decode.
 //! - [`callback`]: where async results may be delivered, and their Standard Webhooks
@@ -56,6 +56,7 @@ pub mod federation;
 pub mod forecast;
 pub mod manifest;
 pub mod mesh;
+mod numbers;
 pub mod openfaas;
 pub mod placement;
 pub mod policies;

@@ -25,6 +25,9 @@ pub const BUSY_AFTER_TIMEOUT_MS: f64 = 4000.0;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PlaceInfo<'a> {
     pub id: &'a str,
+    /// [`place_key`] of `id`: the place's key in the planner's maps, computed where the
+    /// place is listed (once per member in the simulator), not for every decision.
+    pub key: u64,
     pub tier: Tier,
     /// Round trip from the caller to the place, ms.
     pub rtt_ms: f64,
@@ -557,7 +560,7 @@ pub struct Planner {
     first_sizes: (f64, f64, f64),
     /// Each place's number, by the key of its id: one lookup per place in a decision
     /// finds both what is known of it and, per function, its model.
-    place_number: HashMap<u64, u32>,
+    place_number: crate::numbers::Numbers,
     /// What is learnt of each place over every function, by its number.
     places: Vec<PlaceState>,
     /// Smoothed response size per function, KiB: added to the request's size.
@@ -579,7 +582,7 @@ impl Planner {
             models: HashMap::default(),
             size: HashMap::default(),
             first_sizes: (0.0, 0.0, 0.0),
-            place_number: HashMap::default(),
+            place_number: Default::default(),
             places: Vec::new(),
             response_kb: HashMap::default(),
             analytic: Analytic::default(),
@@ -625,8 +628,8 @@ impl Planner {
             if let Some(s) = p.service_ms.filter(|s| s.is_finite() && *s > 0.0) {
                 let slowness = self
                     .place_number
-                    .get(&place_key(p.id))
-                    .map_or(1.0, |&k| self.places[k as usize].slow());
+                    .get(p.key)
+                    .map_or(1.0, |k| self.places[k as usize].slow());
                 sum += s * p.speed.unwrap_or(1.0).max(1e-3) / slowness;
                 n += 1.0;
             }
@@ -700,7 +703,7 @@ impl Planner {
         let losses = self.loss_price();
         let mut scored = Vec::with_capacity(places.len());
         for p in places {
-            let number = self.place_number.get(&place_key(p.id)).copied();
+            let number = self.place_number.get(p.key);
             let known = number.map(|n| &self.places[n as usize]);
             let features = Self::features(payload_kb, size, noise, p, known);
             let found = number.and_then(|n| models.and_then(|m| m.get(n)));
@@ -1141,7 +1144,7 @@ impl Planner {
     /// `place`'s number, given on first use.
     fn number(&mut self, place: &str) -> u32 {
         let next = self.places.len() as u32;
-        let n = *self.place_number.entry(place_key(place)).or_insert(next);
+        let n = self.place_number.get_or_insert(place_key(place), next);
         if n == next {
             self.places.push(PlaceState {
                 name: place.to_string(),
@@ -1207,7 +1210,7 @@ impl Planner {
         }
         let mut old = renumber.iter();
         self.places.retain(|_| old.next() != Some(&NO_SLOT));
-        self.place_number.retain(|_, n| {
+        self.place_number.retain(|n| {
             *n = renumber[*n as usize];
             *n != NO_SLOT
         });
@@ -1232,6 +1235,7 @@ mod tests {
     fn place(id: &str, tier: Tier, rtt: f64, load: f64) -> PlaceInfo<'_> {
         PlaceInfo {
             id,
+            key: place_key(id),
             tier,
             rtt_ms: rtt,
             load_per_core: load,
@@ -1459,7 +1463,7 @@ mod tests {
         let size = p.size["f"];
         // At that place: the size at its speed and slowness (one function and one place
         // cannot tell them apart).
-        let there = size.ms * p.places[p.place_number[&place_key("a")] as usize].slow();
+        let there = size.ms * p.places[p.place_number.get(place_key("a")).unwrap() as usize].slow();
         assert!((there - 1000.0).abs() < 30.0, "{size:?} {there}");
         let spread = size.spread().unwrap();
         // (A little over a fifth: the first runs were measured against a size still
@@ -1470,11 +1474,13 @@ mod tests {
         // 2 × 0.2/√15, about 10 %), the other twice the size (it runs "f" slowly now).
         let lucky = PlaceInfo {
             id: "b",
+            key: place_key("b"),
             service_ms: Some(size.ms * 1.06),
             ..at
         };
         let slow = PlaceInfo {
             id: "c",
+            key: place_key("c"),
             service_ms: Some(size.ms * 2.0),
             ..at
         };
@@ -1510,7 +1516,7 @@ mod tests {
             ran(&mut p, &c, a, 1000.0 * n + 5.0, 1000.0 * n);
             ran(&mut p, &c, b, 1300.0 * n + 5.0, 1300.0 * n);
         }
-        let state = |id| &p.places[p.place_number[&place_key(id)] as usize];
+        let state = |id| &p.places[p.place_number.get(place_key(id)).unwrap() as usize];
         let (sa, sb) = (state("a"), state("b"));
         // "a" is taken as its speed says, give or take a percent, nearer than its raw
         // slowness, which wandered with the size (a run says only their product).
@@ -1543,7 +1549,7 @@ mod tests {
             let n = noise[(i * 3) % noise.len()];
             ran(&mut q, &c, a, 1000.0 * n + 5.0, 1000.0 * n);
         }
-        near(&q.places[q.place_number[&place_key("a")] as usize]);
+        near(&q.places[q.place_number.get(place_key("a")).unwrap() as usize]);
     }
 
     #[test]
@@ -2038,7 +2044,7 @@ mod tests {
             cold: true,
         };
         p.learn(&c, "cloud", &plan.scored[0], &ok);
-        let cold = p.places[p.place_number[&place_key("cloud")] as usize]
+        let cold = p.places[p.place_number.get(place_key("cloud")).unwrap() as usize]
             .cold_ms
             .unwrap();
         assert!((cold - 50.0).abs() < 1.0, "cold start learnt as {cold} ms");

@@ -50,6 +50,8 @@ const PREPARE_AGAIN: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 struct Place {
     id: String,
+    /// The planner's key of `id` (`place_key`), hashed once as the place is listed.
+    key: u64,
     tier: Tier,
     /// `None`: this router itself (device mode).
     addr: Option<SocketAddr>,
@@ -76,6 +78,7 @@ impl Place {
     ) -> Place {
         Place {
             id: id.to_string(),
+            key: fogline_core::placement::place_key(id),
             tier: x.tier,
             addr: Some(addr),
             rtt_ms: x.rtt_ms,
@@ -93,6 +96,7 @@ impl Place {
     fn info(&self) -> PlaceInfo<'_> {
         PlaceInfo {
             id: &self.id,
+            key: self.key,
             tier: self.tier,
             rtt_ms: self.rtt_ms,
             load_per_core: self.load_per_core,
@@ -343,6 +347,7 @@ impl Router {
             let own = mine_at(&mut outstanding, &node.id).own;
             out.push(Place {
                 id: node.id.clone(),
+                key: fogline_core::placement::place_key(&node.id),
                 tier: node.config.node.tier,
                 addr: None,
                 rtt_ms: 0.0,

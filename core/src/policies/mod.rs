@@ -267,6 +267,7 @@ mod tests {
     fn place(id: &str, tier: Tier, rtt: f64, load: f64, service: f64) -> PlaceInfo<'_> {
         PlaceInfo {
             id,
+            key: crate::placement::place_key(id),
             tier,
             rtt_ms: rtt,
             load_per_core: load,

@@ -270,6 +270,8 @@ fn generate(s: &Scenario, inputs: &Inputs, edge_capacity: f64) -> Workload {
 /// A node's state in one policy's run.
 struct Node {
     id: String,
+    /// `place_key(id)`, the planner's key for it (computed once, not per decision).
+    key: u64,
     tier: Tier,
     site: usize,
     cores: u32,
@@ -453,6 +455,7 @@ impl Cand {
     fn info<'w>(&self, w: &'w World<'_>) -> PlaceInfo<'w> {
         PlaceInfo {
             id: place_id(w, self.at),
+            key: place_key(w, self.at),
             tier: self.tier,
             rtt_ms: self.rtt_ms,
             load_per_core: self.load_per_core,
@@ -692,6 +695,8 @@ struct World<'a> {
     inputs: &'a Inputs,
     funcs: &'a [Func],
     nodes: Vec<Node>,
+    /// The planner's key of the device place (`place_key("device")`).
+    device_key: u64,
     /// Node indices each site's devices may use (own site and neighbours), then the cloud.
     site_nodes: Vec<Vec<usize>>,
     cloud: usize,
@@ -723,6 +728,7 @@ impl<'a> World<'a> {
     fn new(s: &'a Scenario, inputs: &'a Inputs, funcs: &'a [Func], horizon: f64) -> Self {
         let mut rng = Rng::new(mix(&[s.seed, 2]));
         let node = |id: String, tier, site, cores: u32, speed, down| Node {
+            key: crate::placement::place_key(&id),
             id,
             tier,
             site,
@@ -834,6 +840,7 @@ impl<'a> World<'a> {
             inputs,
             funcs,
             nodes,
+            device_key: crate::placement::place_key("device"),
             site_nodes,
             cloud,
             device_free: vec![0.0; s.devices],
@@ -1332,6 +1339,14 @@ fn place_id<'w>(w: &'w World<'_>, at: Where) -> &'w str {
     match at {
         Where::Node(i) => &w.nodes[i].id,
         Where::Device => "device",
+    }
+}
+
+/// The planner's key of [`place_id`].
+fn place_key(w: &World<'_>, at: Where) -> u64 {
+    match at {
+        Where::Node(i) => w.nodes[i].key,
+        Where::Device => w.device_key,
     }
 }
 
