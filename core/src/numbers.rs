@@ -90,6 +90,7 @@ impl Numbers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use std::collections::HashMap;
 
     #[test]
@@ -137,5 +138,37 @@ mod tests {
             assert_eq!(t.get(k), m.get(&k).copied(), "key {k:#x}");
         }
         assert_eq!(t.get(12345), None);
+    }
+
+    proptest! {
+        /// Any run of inserts and retains leaves the table answering as a map does, with
+        /// keys crowded into few low bits (long probe runs, freed slots inside them).
+        #[test]
+        fn any_run_of_changes_reads_as_a_map(
+            ops in proptest::collection::vec((0u8..4, 0u64..64, 0u32..1000), 1..300),
+        ) {
+            let mut t = Numbers::default();
+            let mut m: HashMap<u64, u32> = HashMap::new();
+            for (op, k, n) in ops {
+                // Keys that differ above the low bits collide in the table.
+                let key = (k % 8) | ((k / 8) << 48);
+                match op {
+                    0 | 1 => {
+                        let got = t.get_or_insert(key, n);
+                        prop_assert_eq!(got, *m.entry(key).or_insert(n));
+                    }
+                    2 => {
+                        t.retain(|x| *x % 3 != n % 3);
+                        m.retain(|_, x| *x % 3 != n % 3);
+                    }
+                    _ => prop_assert_eq!(t.get(key), m.get(&key).copied()),
+                }
+                prop_assert_eq!(t.len(), m.len());
+            }
+            for k in 0..64u64 {
+                let key = (k % 8) | ((k / 8) << 48);
+                prop_assert_eq!(t.get(key), m.get(&key).copied());
+            }
+        }
     }
 }
