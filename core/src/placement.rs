@@ -703,6 +703,7 @@ impl Planner {
         let losses = self.loss_price();
         let mut scored = Vec::with_capacity(places.len());
         for p in places {
+            debug_assert_eq!(p.key, place_key(p.id), "the key of {}", p.id);
             let number = self.place_number.get(p.key);
             let known = number.map(|n| &self.places[n as usize]);
             let features = Self::features(payload_kb, size, noise, p, known);
