@@ -896,7 +896,7 @@ pub async fn placements(common: &Common, a: PlacementsArgs) -> anyhow::Result<()
             .map(|v| format!("{v:.2}ms"))
             .unwrap_or_else(|| "-".into());
         println!(
-            "{:<16} {:<14} {:>8.2}ms {:>10} {:>4} {:<6}  {}{}",
+            "{:<16} {:<14} {:>8.2}ms {:>10} {:>4} {:<6}  {}{}{}",
             d["function"].as_str().unwrap_or("?"),
             chosen,
             d["predicted_ms"].as_f64().unwrap_or(f64::NAN),
@@ -906,6 +906,11 @@ pub async fn placements(common: &Common, a: PlacementsArgs) -> anyhow::Result<()
             cands.join(" "),
             if d["explored"] == true {
                 "  (explore)"
+            } else {
+                ""
+            },
+            if d["guessed"] == true {
+                "  (size guessed: its first call anywhere)"
             } else {
                 ""
             }

@@ -74,6 +74,12 @@ async fn the_router_places_learns_moves_off_load_and_survives_a_kill() {
         let v: f64 = h[k].to_str().unwrap().parse().unwrap();
         assert!(v.is_finite() && v >= 0.0, "{k}: {v}");
     }
+    // Its first call anywhere: no member had run it, so its size was a typical function's,
+    // and the record and the table say so.
+    let first = &placements(&c, &router.url, 1).await["placements"][0];
+    assert_eq!(first["guessed"], true, "{first}");
+    let table = run_ok(router.cli().args(["placements", "--limit", "1"]));
+    assert!(table.contains("(size guessed"), "{table}");
 
     // Unknown function: 404 from the router itself, nothing recorded, nobody contacted.
     let before = placements(&c, &router.url, 1000).await["placements"]
@@ -94,6 +100,7 @@ async fn the_router_places_learns_moves_off_load_and_survives_a_kill() {
     assert_eq!(last["function"], "hello");
     assert_eq!(last["candidates"].as_array().unwrap().len(), 3);
     assert!(last["actual_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(last["guessed"], false, "{last}");
     // Learnt from outcomes: the places it used carry their observations. (Whether a fitted
     // model or the analytic estimate answers is the held-out check's call: on a noisy
     // two-core host with sub-millisecond calls the estimate often wins.) A place none of the

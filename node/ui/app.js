@@ -253,7 +253,7 @@
         el("td", { class: "cands" }, d.candidates.map((c, i) => [i ? " · " : "", c.place === d.chosen ? el("b", { text: `${c.place} ${ms(c.predicted_ms)}` }) : `${c.place} ${ms(c.predicted_ms)}`])),
         el("td", { text: d.chosen + (d.explored ? " (explored)" : "") }),
         el("td", { text: d.ran_on || "–" }),
-        el("td", { class: "num", text: ms(d.predicted_ms) }),
+        el("td", { class: "num", text: ms(d.predicted_ms) + (d.guessed ? " (guessed)" : ""), title: d.guessed ? "the function's first call anywhere: predicted at a typical function's size" : null }),
         el("td", { class: "num", text: ms(d.actual_ms) }),
         el("td", { class: "num", text: String(d.attempts) }),
         el("td", { text: d.status === 200 ? "200" : `${d.status} ${d.error || ""}` }),

@@ -132,6 +132,9 @@ pub struct Decision {
     pub candidates: Vec<CandidateRecord>,
     pub chosen: String,
     pub explored: bool,
+    /// The function's size was a typical function's: it had run nowhere this router
+    /// knew of, and no member had reported its service time (its first call anywhere).
+    pub guessed: bool,
     pub predicted_ms: f64,
     /// Where it finally ran (differs from `chosen` after a retry), and how long it took.
     pub ran_on: Option<String>,
@@ -524,6 +527,7 @@ impl Router {
                 .collect(),
             chosen: places[plan.chosen].id.clone(),
             explored: plan.explored,
+            guessed: plan.guessed,
             predicted_ms: plan.scored[plan.chosen].predicted_ms,
             ran_on: None,
             actual_ms: None,

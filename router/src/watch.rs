@@ -305,6 +305,7 @@ mod tests {
             ],
             chosen: "edge-1".into(),
             explored: false,
+            guessed: false,
             predicted_ms: 4.0,
             ran_on: actual.map(|_| ran_on.to_string()),
             actual_ms: actual,
