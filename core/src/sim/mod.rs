@@ -1515,15 +1515,6 @@ fn run_built(
                 }
                 break Some(h);
             }
-            if took > patience && !a.failed && !a.refused {
-                hedged.push(Answer {
-                    back: a.done,
-                    at,
-                    a,
-                    scored: plan.scored[i],
-                    first: attempts.first(),
-                });
-            }
             let (outcome, now) = if a.refused {
                 refusals += u64::from(counted);
                 (Outcome::Refused { status: 429 }, a.done)
@@ -1536,6 +1527,16 @@ fn run_built(
                     a.done,
                 )
             } else if took > patience {
+                // Hedged: it goes on at its place, and answers there unless it fails.
+                if !a.failed {
+                    hedged.push(Answer {
+                        back: a.done,
+                        at,
+                        a,
+                        scored: plan.scored[i],
+                        first: attempts.first(),
+                    });
+                }
                 (Outcome::TimedOut { after_ms: patience }, ta + patience)
             } else {
                 (
