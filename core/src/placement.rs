@@ -392,15 +392,22 @@ impl PlaceState {
     }
 
     /// The analytic estimate at the place (or at one not known yet): its own cold-start
-    /// cost and the length of its work, once it has them, the function's `prior_calls`
+    /// cost, times the function's `cold_factor` ([`Size::cold_factor`]), and the length
+    /// of its work, once it has them, the function's `prior_calls`
     /// ([`Size::prior_calls`]), and `base` for the rest.
     #[inline]
-    fn analytic(known: Option<&PlaceState>, base: &Analytic, prior_calls: f64) -> Analytic {
+    fn analytic(
+        known: Option<&PlaceState>,
+        base: &Analytic,
+        prior_calls: f64,
+        cold_factor: f64,
+    ) -> Analytic {
         Analytic {
             prior_calls,
             cold_penalty_ms: known
                 .and_then(|k| k.cold_ms)
                 .unwrap_or(base.cold_penalty_ms)
+                * cold_factor
                 * known.and_then(|k| k.cold_hit).unwrap_or(1.0),
             work_ms: known.and_then(|k| k.work_ms),
             wait: known.and_then(|k| k.wait),
@@ -487,7 +494,16 @@ struct Size {
     spread: f64,
     /// The runs it was learnt from.
     runs: usize,
+    /// How long its cold starts are against the places' own (each place's learnt cold
+    /// start, over all functions): the mean ratio of its cold starts to theirs, and how
+    /// many; none before it ran cold. One function loads in 20 ms, another in 200 ms
+    /// wherever it loads (its module's or image's size), and a place learns an average.
+    cold: Option<(f64, u32)>,
 }
+
+/// How many cold starts a place's own cold start counts for against a function's
+/// ([`Size::cold_factor`]).
+const COLD_PRIOR_STARTS: f64 = 1.0;
 
 /// A function's [`Size::spread`] is used once it was learnt from more than this many runs.
 const SPREAD_AFTER: usize = 8;
@@ -507,7 +523,29 @@ impl Size {
             ms,
             spread: 0.0,
             runs: 1,
+            cold: None,
         }
+    }
+
+    /// Learns a cold start `ratio` times the place's (see [`Size::cold`]).
+    fn learn_cold(&mut self, ratio: f64) {
+        let ratio = ratio.clamp(0.05, 20.0);
+        self.cold = Some(match self.cold {
+            None => (ratio, 1),
+            Some((r, n)) => (
+                slow_mean(Some(r), n as usize + 1, ratio),
+                n.saturating_add(1),
+            ),
+        });
+    }
+
+    /// The factor a place's cold start is taken by for this function: its learnt ratio,
+    /// shrunk towards 1 by one cold start's worth (a single load says half of it).
+    fn cold_factor(s: Option<&Size>) -> f64 {
+        s.and_then(|s| s.cold).map_or(1.0, |(r, n)| {
+            let n = f64::from(n);
+            (n * r + COLD_PRIOR_STARTS) / (n + COLD_PRIOR_STARTS)
+        })
     }
 
     /// Learns a run that took `ms` at speed 1.
@@ -698,6 +736,7 @@ impl Planner {
             .and_then(Size::spread)
             .map(|v| REPORT_NOISE_Z * (v * crate::mesh::REPORTED_SERVICE_VAR).sqrt());
         let prior_calls = Size::prior_calls(learnt);
+        let cold_factor = Size::cold_factor(learnt);
         let size = known.unwrap_or_else(|| self.typical_size());
         let guessed = known.is_none();
         let losses = self.loss_price();
@@ -709,7 +748,7 @@ impl Planner {
             let features = Self::features(payload_kb, size, noise, p, known);
             let found = number.and_then(|n| models.and_then(|m| m.get(n)));
             let model = found.map(|(m, _)| m);
-            let analytic = PlaceState::analytic(known, &self.analytic, prior_calls);
+            let analytic = PlaceState::analytic(known, &self.analytic, prior_calls, cold_factor);
             let at = |f: &Features| match model {
                 Some(m) => m.predict(f, &analytic),
                 None => (analytic.estimate(f), Source::Analytic),
@@ -1068,10 +1107,17 @@ impl Planner {
                 ..*features
             };
             let extra = (actual_ms - herd_ms - self.analytic.estimate(&warm)).max(0.0);
+            // Against what the place's cold starts were before this one: how long this
+            // function's are.
+            // (A place's first says nothing of that: there is nothing to compare it with.)
+            let k = self.place(place);
+            let before = k.cold_ms;
+            k.cold_ms = Some(before.map_or(extra, |c| 0.8 * c + 0.2 * extra));
             let c = &mut self.analytic.cold_penalty_ms;
             *c = 0.9 * *c + 0.1 * extra;
-            let k = self.place(place);
-            k.cold_ms = Some(k.cold_ms.map_or(extra, |c| 0.8 * c + 0.2 * extra));
+            if let (Some(b), Some(e)) = (before.filter(|b| *b > 0.0), self.size.get_mut(function)) {
+                e.learn_cold(extra / b);
+            }
         }
         // A call planned before the function's size was known was predicted with a
         // typical function's (a 1.3 s function's first calls, sent while the first was
@@ -1127,11 +1173,12 @@ impl Planner {
             None => self.models.entry(function.to_string()).or_default(),
         };
         let model = per_fn.get_or_insert(number, window);
-        let prior_calls = Size::prior_calls(self.size.get(function));
+        let size = self.size.get(function);
         let analytic = PlaceState::analytic(
             self.places.get(number as usize),
             &self.analytic,
-            prior_calls,
+            Size::prior_calls(size),
+            Size::cold_factor(size),
         );
         model.observe(features, actual_ms, ran, &analytic);
     }
@@ -1171,12 +1218,17 @@ impl Planner {
     pub fn refit_due(&mut self) -> usize {
         let mut n = 0;
         for (function, models) in &mut self.models {
-            let prior_calls = Size::prior_calls(self.size.get(function));
+            let size = self.size.get(function);
+            let (prior_calls, cold_factor) = (Size::prior_calls(size), Size::cold_factor(size));
             for slot in &mut models.slots {
                 if slot.model.wants_refit() {
                     let known = self.places.get(slot.place as usize);
-                    slot.model
-                        .refit(&PlaceState::analytic(known, &self.analytic, prior_calls));
+                    slot.model.refit(&PlaceState::analytic(
+                        known,
+                        &self.analytic,
+                        prior_calls,
+                        cold_factor,
+                    ));
                     n += 1;
                 }
             }
@@ -1561,6 +1613,7 @@ mod tests {
             ms: 100.0,
             spread,
             runs,
+            cold: None,
         };
         let calls = |s: Size| Size::prior_calls(Some(&s));
         assert!((calls(size(0.04, 20)) - 4.0).abs() < 1e-9);
@@ -2154,6 +2207,53 @@ mod tests {
         // The cloud pays it as often as its calls believed cold ran cold: about half.
         let cloud = cost("cloud");
         assert!((20.0..40.0).contains(&cloud), "the cloud's: {cloud:.1} ms");
+    }
+
+    #[test]
+    fn a_function_that_loads_slowly_in_one_place_is_expected_to_load_slowly_in_another() {
+        // Functions load in 60 ms at two places; one of them, `big`, loads in 240 ms
+        // (its image), and `small` in 15 ms; each ran cold twice at `a`.
+        let mut p = Planner::new(64);
+        fn at(id: &str, warm: bool) -> PlaceInfo<'_> {
+            PlaceInfo {
+                warm,
+                ..place(id, Tier::Cloud, 5.0, 0.0)
+            }
+        }
+        fn cold_call(p: &mut Planner, f: &str, id: &str, cold_ms: f64) {
+            let c = call_of(f);
+            let plan = p.plan(&c, &[at(id, false)], 0.5).unwrap();
+            let took = plan.scored[0].features.rtt_ms + 4.0 + cold_ms;
+            p.learn(&c, id, &plan.scored[0], &answered(took, 4.0, 0.0, true));
+        }
+        for i in 0..40 {
+            cold_call(
+                &mut p,
+                &format!("f{i}"),
+                if i % 2 == 0 { "a" } else { "b" },
+                60.0,
+            );
+        }
+        for _ in 0..2 {
+            cold_call(&mut p, "big", "a", 240.0);
+            cold_call(&mut p, "small", "a", 15.0);
+        }
+        // What a cold start at `b` is expected to cost each: its cold prediction less its
+        // warm one.
+        let cost = |f| {
+            let c = call_of(f);
+            let plan = p.plan(&c, &[at("b", false), at("b", true)], 0.5).unwrap();
+            plan.scored[0].predicted_ms - plan.scored[1].predicted_ms
+        };
+        let (big, small, other) = (cost("big"), cost("small"), cost("g"));
+        // Two loads say much of a function's own, not all (shrunk towards the place's).
+        assert!((120.0..240.0).contains(&big), "big at b: {big:.1} ms");
+        assert!((15.0..40.0).contains(&small), "small at b: {small:.1} ms");
+        // A function that never ran cold pays the place's own.
+        assert!(
+            (50.0..70.0).contains(&other),
+            "a new one at b: {other:.1} ms"
+        );
     }
 
     #[test]

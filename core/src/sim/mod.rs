@@ -284,7 +284,12 @@ struct Node {
     running: BinaryHeap<Reverse<u64>>,
     /// The same, per function (per-function concurrency).
     running_fn: HashMap<u32, BinaryHeap<Reverse<u64>>>,
+    /// Per function, when its last call ends (warm until the keepalive after it).
     warm: HashMap<u32, f64>,
+    /// Per function, when its last load ends: a call that starts while it loads waits for
+    /// it, and runs cold (as the agent's Wasm executor does: one call compiles a module,
+    /// calls that come meanwhile wait for it).
+    loaded: HashMap<u32, f64>,
     /// Per function, the average of its runs' service times, as a live member keeps it
     /// ([`ServiceAverage`]: in the order they started).
     service: HashMap<u32, ServiceAverage>,
@@ -686,6 +691,8 @@ fn prepare_ahead(w: &mut World<'_>, router: &mut SiteRouter<'_>, device: u32, no
         router.prepared.insert((f, n), now);
         let node = &mut w.nodes[n];
         node.warm.insert(f, now);
+        // It loads from now, off any call's path: a call that comes meanwhile waits for it.
+        node.loaded.insert(f, now + w.funcs[f as usize].cold_ms);
         node.dirty.push(f);
     }
 }
@@ -740,6 +747,7 @@ impl<'a> World<'a> {
             running_fn: HashMap::default(),
             log: LoadLog::default(),
             warm: HashMap::default(),
+            loaded: HashMap::default(),
             service: HashMap::default(),
             ending: BinaryHeap::new(),
             reported_at: 0.0,
@@ -887,7 +895,13 @@ impl<'a> World<'a> {
                 n.dirty.push(f);
             }
             for f in std::mem::take(&mut n.dirty) {
-                if let Some(w) = n.warm.get(&f) {
+                if n.loaded.get(&f).is_some_and(|r| *r > now) {
+                    // Still loading: warm from a report after it is loaded (the agent's
+                    // executors say warm what they have loaded).
+                    if !n.dirty.contains(&f) {
+                        n.dirty.push(f);
+                    }
+                } else if let Some(w) = n.warm.get(&f) {
                     n.reported_warm.insert(f, *w);
                 }
                 if let Some(s) = n.service.get(&f).and_then(ServiceAverage::mean) {
@@ -1085,20 +1099,26 @@ impl<'a> World<'a> {
                     };
                 }
                 let start = arrive.max(n.next_free());
-                let cold = n
+                let cold_ms = if n
                     .warm
                     .get(&c.func)
-                    .is_none_or(|last| start - last > self.s.keepalive_ms);
+                    .is_none_or(|last| start - last > self.s.keepalive_ms)
+                {
+                    f.cold_ms
+                } else {
+                    // Loading still (for a call before it, or ahead): the rest of it.
+                    n.loaded.get(&c.func).map_or(0.0, |r| (r - start).max(0.0))
+                };
+                let cold = cold_ms > 0.0;
                 let speed = n.speed;
-                let finish =
-                    start + self.service(id, c.func, speed) + if cold { f.cold_ms } else { 0.0 };
+                let finish = start + self.service(id, c.func, speed) + cold_ms;
                 match self.nodes[i].fails_during(arrive, finish) {
                     Some(at) => Attempt {
                         done: at + self.s.detect_ms,
                         failed: true,
                         refused: false,
                         cold,
-                        cold_ms: if cold { f.cold_ms } else { 0.0 },
+                        cold_ms,
                         arrive,
                         start,
                         finish,
@@ -1108,7 +1128,7 @@ impl<'a> World<'a> {
                         failed: false,
                         refused: false,
                         cold,
-                        cold_ms: if cold { f.cold_ms } else { 0.0 },
+                        cold_ms,
                         arrive,
                         start,
                         finish,
@@ -1144,6 +1164,9 @@ impl<'a> World<'a> {
                     .or_default()
                     .push(Reverse(a.finish.to_bits()));
                 n.warm.insert(c.func, a.finish);
+                if a.cold {
+                    n.loaded.insert(c.func, a.start + a.cold_ms);
+                }
                 // Calls start at a node in about the order they are committed there.
                 let ticket = n.service.entry(c.func).or_default().start();
                 n.ending.push(Reverse((
@@ -2190,6 +2213,50 @@ mod tests {
         assert_eq!(w.nodes[n].reported_service.get(&0), None);
         w.report_round(a.finish, tick);
         assert_eq!(w.nodes[n].reported_service.get(&0), Some(&a.service_ms()));
+    }
+
+    #[test]
+    fn a_call_that_comes_while_its_function_loads_waits_for_the_load_and_runs_cold() {
+        let s = scenario(10);
+        let inputs = inputs();
+        let funcs = [Func {
+            exec_ms: 50.0,
+            cold_ms: 200.0,
+        }];
+        let mut w = World::new(&s, &inputs, &funcs, 10_000.0);
+        let n = (0..w.nodes.len())
+            .find(|&i| w.nodes[i].tier == Tier::Edge && !w.nodes[i].is_down(0.0))
+            .expect("an edge up at the start");
+        let call = |device| Call {
+            t: 0.0,
+            device,
+            func: 0,
+            payload_kb: 1.0,
+        };
+        let first = w.attempt(0, &call(0), Where::Node(n), 0.0);
+        assert!(first.cold && first.cold_ms == 200.0, "{first:?}");
+        w.commit(&call(0), Where::Node(n), &first);
+        let loaded = first.start + 200.0;
+        // Its reports say it warm once it is loaded, not while it loads.
+        let tick = w.nodes[n].phase;
+        assert!(!w.nodes[n].is_down(loaded + 1.0));
+        w.report_round(first.start + 100.0, tick);
+        assert!(!w.nodes[n].reported_warm.contains_key(&0));
+        w.report_round(loaded + 1.0, tick);
+        assert!(w.nodes[n].reported_warm.contains_key(&0));
+        // A second call that starts while the first loads waits for the rest of it.
+        let second = w.attempt(1, &call(1), Where::Node(n), 20.0);
+        assert!(second.start < loaded, "{second:?}");
+        assert!(second.cold, "{second:?}");
+        assert!(
+            (second.cold_ms - (loaded - second.start)).abs() < 1e-9,
+            "{second:?} against a load done at {loaded}"
+        );
+        w.commit(&call(1), Where::Node(n), &second);
+        // One that starts once it is loaded runs warm, though the first still runs.
+        let third = w.attempt(2, &call(2), Where::Node(n), loaded + 1.0);
+        assert!(third.start < first.finish, "{third:?}");
+        assert!(!third.cold && third.cold_ms == 0.0, "{third:?}");
     }
 
     #[test]
