@@ -690,9 +690,18 @@ fn prepare_ahead(w: &mut World<'_>, router: &mut SiteRouter<'_>, device: u32, no
         }
         router.prepared.insert((f, n), now);
         let node = &mut w.nodes[n];
-        node.warm.insert(f, now);
-        // It loads from now, off any call's path: a call that comes meanwhile waits for it.
-        node.loaded.insert(f, now + w.funcs[f as usize].cold_ms);
+        let keepalive = w.s.keepalive_ms;
+        match node.warm.get_mut(&f) {
+            // Loaded, or loading for a call the reports do not show yet: it stays as it is
+            // (the agent's executor loads a module once), warm from now at the latest.
+            Some(last) if now - *last <= keepalive => *last = last.max(now),
+            _ => {
+                node.warm.insert(f, now);
+                // It loads from now, off any call's path: a call that comes meanwhile
+                // waits for it.
+                node.loaded.insert(f, now + w.funcs[f as usize].cold_ms);
+            }
+        }
         node.dirty.push(f);
     }
 }
