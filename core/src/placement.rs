@@ -1301,6 +1301,14 @@ mod tests {
         }
     }
 
+    /// A cloud 5 ms away, idle, with the function `warm` or not (the cold-start tests).
+    fn cloud_at(id: &str, warm: bool) -> PlaceInfo<'_> {
+        PlaceInfo {
+            warm,
+            ..place(id, Tier::Cloud, 5.0, 0.0)
+        }
+    }
+
     /// An answer after `took_ms`, of which `service_ms` the run, with `response_kb` back.
     fn answered(took_ms: f64, service_ms: f64, response_kb: f64, cold: bool) -> Outcome {
         Outcome::Answered {
@@ -2176,14 +2184,10 @@ mod tests {
         // The cloud was reported cold for every call; half of them ran cold there (60 ms
         // more), half ran warm (loaded by calls the router did not see).
         let mut p = Planner::new(64);
-        let at = |id, warm| PlaceInfo {
-            warm,
-            ..place(id, Tier::Cloud, 5.0, 0.0)
-        };
         for i in 0..40 {
             let f = format!("f{i}");
             let c = call_of(&f);
-            let plan = p.plan(&c, &[at("cloud", false)], 0.5).unwrap();
+            let plan = p.plan(&c, &[cloud_at("cloud", false)], 0.5).unwrap();
             let ran_cold = i % 2 == 0;
             let took = plan.scored[0].features.rtt_ms + 4.0 + if ran_cold { 60.0 } else { 0.0 };
             let answer = answered(took, 4.0, 0.0, ran_cold);
@@ -2193,7 +2197,9 @@ mod tests {
         // prediction less the warm one's.
         let g = call_of("g");
         let cost = |id| {
-            let plan = p.plan(&g, &[at(id, false), at(id, true)], 0.5).unwrap();
+            let plan = p
+                .plan(&g, &[cloud_at(id, false), cloud_at(id, true)], 0.5)
+                .unwrap();
             plan.scored[0].predicted_ms - plan.scored[1].predicted_ms
         };
         // A place with no cold starts of its own (the device, a new member) pays a whole
@@ -2214,15 +2220,9 @@ mod tests {
         // Functions load in 60 ms at two places; one of them, `big`, loads in 240 ms
         // (its image), and `small` in 15 ms; each ran cold twice at `a`.
         let mut p = Planner::new(64);
-        fn at(id: &str, warm: bool) -> PlaceInfo<'_> {
-            PlaceInfo {
-                warm,
-                ..place(id, Tier::Cloud, 5.0, 0.0)
-            }
-        }
         fn cold_call(p: &mut Planner, f: &str, id: &str, cold_ms: f64) {
             let c = call_of(f);
-            let plan = p.plan(&c, &[at(id, false)], 0.5).unwrap();
+            let plan = p.plan(&c, &[cloud_at(id, false)], 0.5).unwrap();
             let took = plan.scored[0].features.rtt_ms + 4.0 + cold_ms;
             p.learn(&c, id, &plan.scored[0], &answered(took, 4.0, 0.0, true));
         }
@@ -2242,7 +2242,9 @@ mod tests {
         // warm one.
         let cost = |f| {
             let c = call_of(f);
-            let plan = p.plan(&c, &[at("b", false), at("b", true)], 0.5).unwrap();
+            let plan = p
+                .plan(&c, &[cloud_at("b", false), cloud_at("b", true)], 0.5)
+                .unwrap();
             plan.scored[0].predicted_ms - plan.scored[1].predicted_ms
         };
         let (big, small, other) = (cost("big"), cost("small"), cost("g"));

@@ -395,6 +395,14 @@ impl Node {
         self.running_fn.get_mut(&f).map_or(0, |h| drain_until(h, t))
     }
 
+    /// When `f`'s code is ready here for a call that starts at `t`: the end of its load
+    /// (at or before `t` once loaded; after it while it loads), or `None` when it is not
+    /// loaded (never used, or unused past the keepalive) and the call would load it.
+    fn ready_at(&self, f: u32, t: f64, keepalive_ms: f64) -> Option<f64> {
+        let last = *self.warm.get(&f)?;
+        (t - last <= keepalive_ms).then(|| self.loaded.get(&f).copied().unwrap_or(0.0))
+    }
+
     fn next_free(&self) -> f64 {
         self.free
             .peek()
@@ -690,17 +698,16 @@ fn prepare_ahead(w: &mut World<'_>, router: &mut SiteRouter<'_>, device: u32, no
         }
         router.prepared.insert((f, n), now);
         let node = &mut w.nodes[n];
-        let keepalive = w.s.keepalive_ms;
-        match node.warm.get_mut(&f) {
+        if node.ready_at(f, now, w.s.keepalive_ms).is_some() {
             // Loaded, or loading for a call the reports do not show yet: it stays as it is
             // (the agent's executor loads a module once), warm from now at the latest.
-            Some(last) if now - *last <= keepalive => *last = last.max(now),
-            _ => {
-                node.warm.insert(f, now);
-                // It loads from now, off any call's path: a call that comes meanwhile
-                // waits for it.
-                node.loaded.insert(f, now + w.funcs[f as usize].cold_ms);
-            }
+            let last = node.warm.entry(f).or_insert(now);
+            *last = last.max(now);
+        } else {
+            node.warm.insert(f, now);
+            // It loads from now, off any call's path: a call that comes meanwhile waits
+            // for it.
+            node.loaded.insert(f, now + w.funcs[f as usize].cold_ms);
         }
         node.dirty.push(f);
     }
@@ -1108,16 +1115,11 @@ impl<'a> World<'a> {
                     };
                 }
                 let start = arrive.max(n.next_free());
-                let cold_ms = if n
-                    .warm
-                    .get(&c.func)
-                    .is_none_or(|last| start - last > self.s.keepalive_ms)
-                {
-                    f.cold_ms
-                } else {
-                    // Loading still (for a call before it, or ahead): the rest of it.
-                    n.loaded.get(&c.func).map_or(0.0, |r| (r - start).max(0.0))
-                };
+                // Not loaded: it loads; loading still (for a call before it, or ahead): the
+                // rest of it.
+                let cold_ms = n
+                    .ready_at(c.func, start, self.s.keepalive_ms)
+                    .map_or(f.cold_ms, |r| (r - start).max(0.0));
                 let cold = cold_ms > 0.0;
                 let speed = n.speed;
                 let finish = start + self.service(id, c.func, speed) + cold_ms;
