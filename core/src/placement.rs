@@ -784,7 +784,11 @@ impl Planner {
                 .map(|o| o * predicted_ms);
             let own = model.and_then(|m| Some((m.shortfall()?, m.shortfall_calls() as f64)));
             let mut extra_ms = match (own, shared) {
-                (Some((s, n)), Some(r)) => (n * s + RISK_PRIOR_CALLS * r) / (n + RISK_PRIOR_CALLS),
+                (Some((s, n)), Some(r)) => {
+                    // The weights first: the division is then off the prediction's path.
+                    let w = n / (n + RISK_PRIOR_CALLS);
+                    w * s + (1.0 - w) * r
+                }
                 (Some((s, _)), None) if observations >= RISK_AFTER => s,
                 (_, r) => r.unwrap_or(0.0),
             };
