@@ -392,22 +392,17 @@ impl PlaceState {
     }
 
     /// The analytic estimate at the place (or at one not known yet): its own cold-start
-    /// cost, times the function's `cold_factor` ([`Size::cold_factor`]), and the length
-    /// of its work, once it has them, the function's `prior_calls`
-    /// ([`Size::prior_calls`]), and `base` for the rest.
+    /// cost, times the function's cold-start factor, and the length of its work, once it
+    /// has them, what else is known of the function (`f`: [`Size::priors`]), and `base`
+    /// for the rest.
     #[inline]
-    fn analytic(
-        known: Option<&PlaceState>,
-        base: &Analytic,
-        prior_calls: f64,
-        cold_factor: f64,
-    ) -> Analytic {
+    fn analytic(known: Option<&PlaceState>, base: &Analytic, f: FunctionPriors) -> Analytic {
         Analytic {
-            prior_calls,
+            prior_calls: f.prior_calls,
             cold_penalty_ms: known
                 .and_then(|k| k.cold_ms)
                 .unwrap_or(base.cold_penalty_ms)
-                * cold_factor
+                * f.cold_factor
                 * known.and_then(|k| k.cold_hit).unwrap_or(1.0),
             work_ms: known.and_then(|k| k.work_ms),
             wait: known.and_then(|k| k.wait),
@@ -517,6 +512,16 @@ const OFFSET_SCALE: f64 = 0.1;
 /// own estimate are taken for noise ([`Planner::features`]).
 const REPORT_NOISE_Z: f64 = 2.0;
 
+/// What is known of a function that every place's analytic estimate takes
+/// ([`Size::priors`]).
+#[derive(Debug, Clone, Copy)]
+struct FunctionPriors {
+    /// [`Size::prior_calls`].
+    prior_calls: f64,
+    /// [`Size::cold_factor`].
+    cold_factor: f64,
+}
+
 impl Size {
     fn first(ms: f64) -> Self {
         Size {
@@ -524,6 +529,15 @@ impl Size {
             spread: 0.0,
             runs: 1,
             cold: None,
+        }
+    }
+
+    /// What a place's analytic estimate takes of the function ([`PlaceState::analytic`]),
+    /// read once per call.
+    fn priors(s: Option<&Size>) -> FunctionPriors {
+        FunctionPriors {
+            prior_calls: Size::prior_calls(s),
+            cold_factor: Size::cold_factor(s),
         }
     }
 
@@ -735,8 +749,7 @@ impl Planner {
         let noise = learnt
             .and_then(Size::spread)
             .map(|v| REPORT_NOISE_Z * (v * crate::mesh::REPORTED_SERVICE_VAR).sqrt());
-        let prior_calls = Size::prior_calls(learnt);
-        let cold_factor = Size::cold_factor(learnt);
+        let priors = Size::priors(learnt);
         let size = known.unwrap_or_else(|| self.typical_size());
         let guessed = known.is_none();
         let losses = self.loss_price();
@@ -748,7 +761,7 @@ impl Planner {
             let features = Self::features(payload_kb, size, noise, p, known);
             let found = number.and_then(|n| models.and_then(|m| m.get(n)));
             let model = found.map(|(m, _)| m);
-            let analytic = PlaceState::analytic(known, &self.analytic, prior_calls, cold_factor);
+            let analytic = PlaceState::analytic(known, &self.analytic, priors);
             let at = |f: &Features| match model {
                 Some(m) => m.predict(f, &analytic),
                 None => (analytic.estimate(f), Source::Analytic),
@@ -1181,8 +1194,7 @@ impl Planner {
         let analytic = PlaceState::analytic(
             self.places.get(number as usize),
             &self.analytic,
-            Size::prior_calls(size),
-            Size::cold_factor(size),
+            Size::priors(size),
         );
         model.observe(features, actual_ms, ran, &analytic);
     }
@@ -1222,17 +1234,12 @@ impl Planner {
     pub fn refit_due(&mut self) -> usize {
         let mut n = 0;
         for (function, models) in &mut self.models {
-            let size = self.size.get(function);
-            let (prior_calls, cold_factor) = (Size::prior_calls(size), Size::cold_factor(size));
+            let priors = Size::priors(self.size.get(function));
             for slot in &mut models.slots {
                 if slot.model.wants_refit() {
                     let known = self.places.get(slot.place as usize);
-                    slot.model.refit(&PlaceState::analytic(
-                        known,
-                        &self.analytic,
-                        prior_calls,
-                        cold_factor,
-                    ));
+                    slot.model
+                        .refit(&PlaceState::analytic(known, &self.analytic, priors));
                     n += 1;
                 }
             }
