@@ -1190,11 +1190,10 @@ impl Planner {
             None => self.models.entry(function.to_string()).or_default(),
         };
         let model = per_fn.get_or_insert(number, window);
-        let size = self.size.get(function);
         let analytic = PlaceState::analytic(
             self.places.get(number as usize),
             &self.analytic,
-            Size::priors(size),
+            Size::priors(self.size.get(function)),
         );
         model.observe(features, actual_ms, ran, &analytic);
     }
