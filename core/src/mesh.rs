@@ -116,7 +116,7 @@ impl LoadReport {
     pub fn changed_a_lot(&self, next: &LoadReport) -> bool {
         let a = self.load_per_core();
         let b = next.load_per_core();
-        (a - b).abs() >= 0.5 || self.warm != next.warm || self.quic != next.quic
+        (a - b).abs() >= EARLY_REPORT_LOAD || self.warm != next.warm || self.quic != next.quic
     }
 
     /// The changing part.
@@ -173,6 +173,10 @@ impl LoadReport {
         .unwrap_or_default()
     }
 }
+
+/// How far a member's load per core moves before it reports at once rather than at its
+/// next interval ([`LoadReport::changed_a_lot`]; the simulator's members do the same).
+pub const EARLY_REPORT_LOAD: f64 = 0.5;
 
 /// The changing part of a member's report: what it sends every interval between whole
 /// reports. A few dozen bytes when it runs few functions.

@@ -883,6 +883,69 @@ impl<'a> World<'a> {
         }
     }
 
+    /// Whether node `i`'s load per core moved by [`crate::mesh::EARLY_REPORT_LOAD`] or more
+    /// since its last report, or a function it had not reported warm is loaded now.
+    fn changed_a_lot(&mut self, i: usize, now: f64) -> bool {
+        let keepalive = self.s.keepalive_ms;
+        let n = &mut self.nodes[i];
+        let cores = f64::from(n.cores.max(1));
+        let moved = (n.outstanding(now) as f64 - f64::from(n.reported_in_flight)).abs() / cores;
+        moved >= crate::mesh::EARLY_REPORT_LOAD
+            || n.dirty.iter().any(|f| {
+                n.loaded.get(f).is_none_or(|r| *r <= now)
+                    && !n
+                        .reported_warm
+                        .get(f)
+                        .is_some_and(|last| n.reported_at - last <= keepalive)
+            })
+    }
+
+    /// Node `i` reports its load, warm functions and their service times at `now`.
+    fn report(&mut self, i: usize, now: f64) {
+        let now_ms = now as u64;
+        let in_flight = self.nodes[i].outstanding(now) as u32;
+        let n = &mut self.nodes[i];
+        n.seq += 1;
+        n.reported_at = now;
+        n.reported_in_flight = in_flight;
+        while let Some(&Reverse((end, f, took, ticket))) = n.ending.peek() {
+            if f64::from_bits(end) > now {
+                break;
+            }
+            n.ending.pop();
+            n.service
+                .entry(f)
+                .or_default()
+                .end(ticket, Some(f64::from_bits(took)));
+            n.dirty.push(f);
+        }
+        for f in std::mem::take(&mut n.dirty) {
+            if n.loaded.get(&f).is_some_and(|r| *r > now) {
+                // Still loading: warm from a report after it is loaded (the agent's
+                // executors say warm what they have loaded).
+                if !n.dirty.contains(&f) {
+                    n.dirty.push(f);
+                }
+            } else if let Some(w) = n.warm.get(&f) {
+                n.reported_warm.insert(f, *w);
+            }
+            if let Some(s) = n.service.get(&f).and_then(ServiceAverage::mean) {
+                n.reported_service.insert(f, s);
+            }
+        }
+        self.view.apply(
+            LoadReport {
+                cores: n.cores,
+                speed: n.speed as f32,
+                runtimes: vec![crate::Runtime::Wasm],
+                in_flight,
+                seq: n.seq,
+                ..LoadReport::blank(&n.id, n.tier)
+            },
+            now_ms,
+        );
+    }
+
     /// Every live node whose tick of the report interval `tick` is reports its load (and,
     /// as live members do, the warm functions and their service times, which take in a
     /// call's time once it has ended); at the interval's first tick the view ages the
@@ -891,50 +954,20 @@ impl<'a> World<'a> {
         let now_ms = now as u64;
         for k in 0..self.by_phase[tick].len() {
             let i = self.by_phase[tick][k];
-            if self.nodes[i].is_down(now) {
-                continue;
+            if !self.nodes[i].is_down(now) {
+                self.report(i, now);
             }
-            let in_flight = self.nodes[i].outstanding(now) as u32;
-            let n = &mut self.nodes[i];
-            n.seq += 1;
-            n.reported_at = now;
-            n.reported_in_flight = in_flight;
-            while let Some(&Reverse((end, f, took, ticket))) = n.ending.peek() {
-                if f64::from_bits(end) > now {
-                    break;
-                }
-                n.ending.pop();
-                n.service
-                    .entry(f)
-                    .or_default()
-                    .end(ticket, Some(f64::from_bits(took)));
-                n.dirty.push(f);
+        }
+        // And, as a live member checks between its reports, any other whose load moved a
+        // lot since its last report, or that loaded a function since, reports at once
+        // ([`crate::mesh::LoadReport::changed_a_lot`]).
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].phase != tick
+                && !self.nodes[i].is_down(now)
+                && self.changed_a_lot(i, now)
+            {
+                self.report(i, now);
             }
-            for f in std::mem::take(&mut n.dirty) {
-                if n.loaded.get(&f).is_some_and(|r| *r > now) {
-                    // Still loading: warm from a report after it is loaded (the agent's
-                    // executors say warm what they have loaded).
-                    if !n.dirty.contains(&f) {
-                        n.dirty.push(f);
-                    }
-                } else if let Some(w) = n.warm.get(&f) {
-                    n.reported_warm.insert(f, *w);
-                }
-                if let Some(s) = n.service.get(&f).and_then(ServiceAverage::mean) {
-                    n.reported_service.insert(f, s);
-                }
-            }
-            self.view.apply(
-                LoadReport {
-                    cores: n.cores,
-                    speed: n.speed as f32,
-                    runtimes: vec![crate::Runtime::Wasm],
-                    in_flight,
-                    seq: n.seq,
-                    ..LoadReport::blank(&n.id, n.tier)
-                },
-                now_ms,
-            );
         }
         if tick != 0 {
             return;
@@ -2195,6 +2228,69 @@ mod tests {
             let heard = if n.phase == tick { 250.0 } else { 0.0 };
             assert_eq!(n.reported_at, heard, "{} at tick {}", n.id, n.phase);
         }
+    }
+
+    #[test]
+    fn a_member_reports_at_once_when_it_loads_a_function_or_its_load_moves_a_lot() {
+        let mut s = scenario(10);
+        s.mtbf_s = 0.0;
+        let inputs = inputs();
+        let funcs = warm_func(400.0);
+        let mut w = World::new(&s, &inputs, &funcs, 10_000.0);
+        for tick in (1..REPORT_PHASES).chain([0]) {
+            w.report_round(0.0, tick);
+        }
+        let n = (0..w.nodes.len())
+            .find(|&i| w.nodes[i].tier == Tier::Edge && w.nodes[i].cores >= 2)
+            .expect("an edge of two cores or more");
+        let other = (w.nodes[n].phase + 1) % REPORT_PHASES;
+        let call = |device| Call {
+            t: 0.0,
+            device,
+            func: 0,
+            payload_kb: 1.0,
+        };
+        let send = |w: &mut World<'_>, device: u32, t: f64| {
+            let a = w.attempt(device as usize, &call(device), Where::Node(n), t);
+            assert!(!a.failed && !a.refused, "{a:?}");
+            w.commit(&call(device), Where::Node(n), &a);
+        };
+        // Its first call of a function loads it: the next check, at another member's
+        // tick, hears of it.
+        send(&mut w, 0, 1.0);
+        let seq = w.nodes[n].seq;
+        w.report_round(10.0, other);
+        assert_eq!(
+            w.nodes[n].seq,
+            seq + 1,
+            "a newly loaded function is reported at once"
+        );
+        assert!(w.nodes[n].reported_warm.contains_key(&0));
+        assert_eq!(w.nodes[n].reported_at, 10.0);
+        // A call more of it, under half a call per core: it waits for its own tick.
+        let cores = w.nodes[n].cores;
+        if cores > 2 {
+            send(&mut w, 1, 11.0);
+            w.report_round(20.0, other);
+            assert_eq!(
+                w.nodes[n].seq,
+                seq + 1,
+                "a small move waits for the interval"
+            );
+        }
+        // Half a call per core more than it reported: at once.
+        let reported = w.nodes[n].reported_in_flight;
+        let mut device = 2;
+        while w.nodes[n].outstanding(21.0) < reported as usize + cores.div_ceil(2) as usize {
+            send(&mut w, device, 21.0);
+            device += 1;
+        }
+        w.report_round(30.0, other);
+        assert_eq!(
+            w.nodes[n].reported_at, 30.0,
+            "a large move is reported at once"
+        );
+        assert!(w.nodes[n].reported_in_flight >= reported + cores.div_ceil(2));
     }
 
     #[test]
