@@ -403,6 +403,18 @@ impl Node {
         (t - last <= keepalive_ms).then(|| self.loaded.get(&f).copied().unwrap_or(0.0))
     }
 
+    /// Whether `f` is still loading at `now` (its reports say it warm only once loaded).
+    fn loading(&self, f: u32, now: f64) -> bool {
+        self.loaded.get(&f).is_some_and(|r| *r > now)
+    }
+
+    /// Whether its last report says `f` warm: used within the keepalive before it.
+    fn reports_warm(&self, f: u32, keepalive_ms: f64) -> bool {
+        self.reported_warm
+            .get(&f)
+            .is_some_and(|last| self.reported_at - last <= keepalive_ms)
+    }
+
     fn next_free(&self) -> f64 {
         self.free
             .peek()
@@ -891,13 +903,9 @@ impl<'a> World<'a> {
         let cores = f64::from(n.cores.max(1));
         let moved = (n.outstanding(now) as f64 - f64::from(n.reported_in_flight)).abs() / cores;
         moved >= crate::mesh::EARLY_REPORT_LOAD
-            || n.dirty.iter().any(|f| {
-                n.loaded.get(f).is_none_or(|r| *r <= now)
-                    && !n
-                        .reported_warm
-                        .get(f)
-                        .is_some_and(|last| n.reported_at - last <= keepalive)
-            })
+            || n.dirty
+                .iter()
+                .any(|&f| !n.loading(f, now) && !n.reports_warm(f, keepalive))
     }
 
     /// Node `i` reports its load, warm functions and their service times at `now`.
@@ -920,7 +928,7 @@ impl<'a> World<'a> {
             n.dirty.push(f);
         }
         for f in std::mem::take(&mut n.dirty) {
-            if n.loaded.get(&f).is_some_and(|r| *r > now) {
+            if n.loading(f, now) {
                 // Still loading: warm from a report after it is loaded (the agent's
                 // executors say warm what they have loaded).
                 if !n.dirty.contains(&f) {
@@ -1383,10 +1391,7 @@ impl Reported<u32> for Seen<'_> {
         self.node.speed as f32
     }
     fn warm(&self, f: &u32) -> bool {
-        let n = self.node;
-        n.reported_warm
-            .get(f)
-            .is_some_and(|last| n.reported_at - last <= self.keepalive)
+        self.node.reports_warm(*f, self.keepalive)
     }
     fn service_ms(&self, f: &u32) -> Option<f64> {
         self.node.reported_service.get(f).copied()
