@@ -459,9 +459,6 @@ fn unknown_size() -> f64 {
 /// A model's overruns count as risk once it has seen this many calls.
 const RISK_AFTER: usize = 8;
 
-/// How many calls a function's risk counts for against a model's own shortfall at a
-/// place ([`Planner::plan`]).
-const RISK_PRIOR_CALLS: f64 = 16.0;
 /// How long a place is taken to have held calls at every member's rate of losses before
 /// its own count (ms): a minute's worth ([`Losses::rate`]).
 const LOSS_PRIOR_MS: f64 = 60_000.0;
@@ -786,7 +783,7 @@ impl Planner {
             // being unknown, over one whose overruns the planner has measured.) Both are
             // means over calls that mostly overran by nothing and now and then by much,
             // so a model's few calls say little: its shortfall counts for the calls it
-            // was taken over, the function's risk for [`RISK_PRIOR_CALLS`]. (Taken alone
+            // was taken over, the function's risk for `predict::RISK_PRIOR_CALLS`. (Taken alone
             // from a model's eighth call, as it was, a place whose few calls happened not
             // to overrun looked the safest: on `bursty-azure` seed 5, edges that had run
             // a 1.3 s function a few times carried half the cloud's risk for it.) Before
@@ -795,13 +792,9 @@ impl Planner {
                 .filter(|m| m.seen >= RISK_AFTER as u64)
                 .and_then(|m| m.overrun)
                 .map(|o| o * predicted_ms);
-            let own = model.and_then(|m| Some((m.shortfall()?, m.shortfall_calls() as f64)));
+            let own = model.and_then(|m| Some((m.shortfall()?, m.shortfall_share())));
             let mut extra_ms = match (own, shared) {
-                (Some((s, n)), Some(r)) => {
-                    // The weights first: the division is then off the prediction's path.
-                    let w = n / (n + RISK_PRIOR_CALLS);
-                    w * s + (1.0 - w) * r
-                }
+                (Some((s, w)), Some(r)) => w * s + (1.0 - w) * r,
                 (Some((s, _)), None) if observations >= RISK_AFTER => s,
                 (_, r) => r.unwrap_or(0.0),
             };

@@ -198,6 +198,10 @@ pub struct Model {
     shortfall: Option<f64>,
     /// The calls the shortfall was taken over.
     calls: usize,
+    /// The shortfall's weight against the function's risk, `calls / (calls +`
+    /// [`RISK_PRIOR_CALLS`]`)`: kept as calls come, since every candidate of every
+    /// decision reads it (a division there was a tenth of the decision's time).
+    shortfall_share: f64,
     /// How much longer than the analytic estimate its warm calls took (less when
     /// negative): the mean over them, smoothed once there are a few. Cold calls are left
     /// out: what a cold start costs is learnt per place over every function (and by the
@@ -224,6 +228,9 @@ struct Fit {
 }
 
 const COLD: usize = 3;
+/// How many calls a function's risk counts for against a model's own shortfall at a
+/// place ([`crate::placement::Planner::plan`]).
+pub const RISK_PRIOR_CALLS: f64 = 16.0;
 /// The weight of a new observation in [`Model`]'s offset and shortfall once it has seen
 /// many (before, each is the mean over the calls so far). A call's own time varies far
 /// more than a place's offset or risk does (a function's service time alone varies by a
@@ -335,6 +342,7 @@ impl Model {
             error: None,
             shortfall: None,
             calls: 0,
+            shortfall_share: 0.0,
             offset: None,
             warm_calls: 0,
             gap: (0.0, 0.0),
@@ -393,6 +401,8 @@ impl Model {
         let rel = (predicted - actual_ms).abs() / actual_ms.max(1e-3);
         self.error = Some(smooth(self.error, rel));
         self.calls = self.calls.saturating_add(1);
+        let n = self.calls as f64;
+        self.shortfall_share = n / (n + RISK_PRIOR_CALLS);
         self.shortfall = Some(slow_mean(
             self.shortfall,
             self.calls,
@@ -577,9 +587,11 @@ impl Model {
         self.fit.is_some()
     }
 
-    /// The calls its shortfall was taken over.
-    pub fn shortfall_calls(&self) -> usize {
-        self.calls
+    /// Its shortfall's weight against the function's risk: `n / (n +`
+    /// [`RISK_PRIOR_CALLS`]`)` over the `n` calls it was taken over.
+    #[inline]
+    pub fn shortfall_share(&self) -> f64 {
+        self.shortfall_share
     }
 
     pub fn observations(&self) -> usize {
