@@ -2246,8 +2246,8 @@ mod tests {
             w.report_round(0.0, tick);
         }
         let n = (0..w.nodes.len())
-            .find(|&i| w.nodes[i].tier == Tier::Edge && w.nodes[i].cores >= 2)
-            .expect("an edge of two cores or more");
+            .find(|&i| w.nodes[i].tier == Tier::Edge && w.nodes[i].cores >= 3)
+            .expect("an edge of three cores or more");
         let other = (w.nodes[n].phase + 1) % REPORT_PHASES;
         let call = |device| Call {
             t: 0.0,
@@ -2274,15 +2274,13 @@ mod tests {
         assert_eq!(w.nodes[n].reported_at, 10.0);
         // A call more of it, under half a call per core: it waits for its own tick.
         let cores = w.nodes[n].cores;
-        if cores > 2 {
-            send(&mut w, 1, 11.0);
-            w.report_round(20.0, other);
-            assert_eq!(
-                w.nodes[n].seq,
-                seq + 1,
-                "a small move waits for the interval"
-            );
-        }
+        send(&mut w, 1, 11.0);
+        w.report_round(20.0, other);
+        assert_eq!(
+            w.nodes[n].seq,
+            seq + 1,
+            "a small move waits for the interval"
+        );
         // Half a call per core more than it reported: at once.
         let reported = w.nodes[n].reported_in_flight;
         let mut device = 2;
