@@ -36,6 +36,9 @@ pub const SERVICE_AVERAGE: u64 = 8;
 /// The variance of that average relative to one run's, w/(2 − w) for the weight w: how
 /// far a reported service time strays from the function's mean by chance.
 pub const REPORTED_SERVICE_VAR: f64 = 1.0 / (2.0 * SERVICE_AVERAGE as f64 - 1.0);
+/// How many runs a reported service time counts for: the runs whose mean varies as much
+/// as the report does, 1/[`REPORTED_SERVICE_VAR`].
+pub const REPORTED_SERVICE_RUNS: f64 = 2.0 * SERVICE_AVERAGE as f64 - 1.0;
 
 /// One member's state, as it reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

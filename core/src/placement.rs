@@ -270,6 +270,9 @@ struct PlaceState {
     slowness_var: f64,
     /// What is used of it ([`PlaceState::slow`]).
     slow: f64,
+    /// 1/`slow`, kept with it: a function's size is read from every place's report for
+    /// every decision ([`Planner::size_of`]), and a division per place is slow.
+    per_slow: f64,
     /// Extra time of a cold start there, learnt from calls that ran cold.
     cold_ms: Option<f64>,
     /// Of the calls sent there while the router believed the function cold, the share
@@ -665,25 +668,44 @@ impl Planner {
         (m + v / 2.0).exp().min(top)
     }
 
-    /// A function's size as the places that reported its service time say, when this
-    /// planner has not seen it run: the mean over them of the time each reported at its
-    /// advertised speed, corrected by how it ran other functions. A function new to this
-    /// router is often not new to the members (other routers' calls ran it), and their
-    /// reports say far better than a typical function's size how long it is.
-    #[cold]
-    fn reported_size(&self, places: &[PlaceInfo<'_>]) -> Option<f64> {
-        let (mut sum, mut n) = (0.0, 0.0);
+    /// Each place's number (`None` for one not known yet), and the function's size as
+    /// the places that report its service time say: the sum over them of each report read
+    /// at its place's advertised speed and corrected by how the place ran other
+    /// functions, and how many ([`Planner::size_of`]).
+    fn look_up(&self, places: &[PlaceInfo<'_>]) -> (Vec<Option<u32>>, f64, f64) {
+        let mut numbers = Vec::with_capacity(places.len());
+        let (mut sum, mut reports) = (0.0, 0u32);
         for p in places {
+            let number = self.place_number.get(p.key);
+            numbers.push(number);
             if let Some(s) = p.service_ms.filter(|s| s.is_finite() && *s > 0.0) {
-                let slowness = self
-                    .place_number
-                    .get(p.key)
-                    .map_or(1.0, |k| self.places[k as usize].slow());
-                sum += s * p.speed.unwrap_or(1.0).max(1e-3) / slowness;
-                n += 1.0;
+                let per_slow = number.map_or(1.0, |k| self.places[k as usize].per_slow);
+                sum += s * p.speed.unwrap_or(1.0).max(1e-3) * per_slow;
+                reports += 1;
             }
         }
-        (n > 0.0).then(|| sum / n)
+        (numbers, sum, f64::from(reports))
+    }
+
+    /// A function's size: what this planner learnt from its own calls' runs (`learnt`),
+    /// pooled with what the places report of it (`reported`: the sum and count from
+    /// [`Planner::look_up`]). A report is the average of its member's last runs of the
+    /// function, by every router's calls, and counts for
+    /// [`crate::mesh::REPORTED_SERVICE_RUNS`] runs: the runs whose mean varies as much. (A
+    /// router sees a share of a function's calls: on `bursty-azure` seed 4 one had seen a
+    /// function of about 1.3 s at the cloud run twice, sized it at 1,220 ms from those
+    /// runs alone where the cloud's report said 1,840 ms, and sent a call of it to an edge
+    /// where it was cold, predicted at 968 ms; it took 1,733 ms.) `None` when it neither
+    /// ran here nor is reported.
+    fn size_of(learnt: Option<&Size>, (sum, reports): (f64, f64)) -> Option<f64> {
+        let w = crate::mesh::REPORTED_SERVICE_RUNS;
+        match learnt {
+            Some(l) => {
+                let runs = l.runs as f64;
+                Some((runs * l.ms + w * sum) / (runs + w * reports))
+            }
+            None => (reports > 0.0).then(|| sum / reports),
+        }
     }
 
     /// The features of a call at `p`; `size`: the function's size (or a typical
@@ -740,7 +762,8 @@ impl Planner {
         let payload_kb = call.request_kb + self.response_kb.get(function).copied().unwrap_or(0.0);
         let models = self.models.get(function);
         let learnt = self.size.get(function);
-        let known = learnt.map(|s| s.ms).or_else(|| self.reported_size(places));
+        let (numbers, sum, reports) = self.look_up(places);
+        let known = Self::size_of(learnt, (sum, reports));
         // How far a reported service time strays from the function's mean by chance,
         // relative to it ([`Planner::features`]).
         let noise = learnt
@@ -751,9 +774,8 @@ impl Planner {
         let guessed = known.is_none();
         let losses = self.loss_price();
         let mut scored = Vec::with_capacity(places.len());
-        for p in places {
+        for (p, &number) in places.iter().zip(&numbers) {
             debug_assert_eq!(p.key, place_key(p.id), "the key of {}", p.id);
-            let number = self.place_number.get(p.key);
             let known = number.map(|n| &self.places[n as usize]);
             let features = Self::features(payload_kb, size, noise, p, known);
             let found = number.and_then(|n| models.and_then(|m| m.get(n)));
@@ -1090,6 +1112,7 @@ impl Planner {
                     r,
                 );
                 k.slow = k.shrunk_slowness();
+                k.per_slow = 1.0 / k.slow;
             }
             // What calls there wait behind (see `Analytic::work_ms`).
             k.work_ms = Some(k.work_ms.map_or(s, |w| w + WORK_WEIGHT * (s - w)));
@@ -1209,6 +1232,7 @@ impl Planner {
                 slowness_calls: 0,
                 slowness_var: 0.0,
                 slow: 1.0,
+                per_slow: 1.0,
                 cold_ms: None,
                 cold_hit: None,
                 full_until: f64::NEG_INFINITY,
@@ -1510,16 +1534,21 @@ mod tests {
         p.learn(c, at.id, &plan.scored[0], &ok);
     }
 
+    /// An edge of speed 1 that reports no service time.
+    fn unreported(id: &str) -> PlaceInfo<'_> {
+        PlaceInfo {
+            service_ms: None,
+            speed: Some(1.0),
+            ..place(id, Tier::Edge, 5.0, 0.0)
+        }
+    }
+
     #[test]
     fn a_reported_service_time_counts_only_as_far_as_it_strays_beyond_its_noise() {
         // "f" ran 40 times at a place of speed 1, taking 1000 ms give or take a fifth.
         let mut p = Planner::new(64);
         let c = call(1.0, no_explore());
-        let at = PlaceInfo {
-            service_ms: None,
-            speed: Some(1.0),
-            ..place("a", Tier::Edge, 5.0, 0.0)
-        };
+        let at = unreported("a");
         for i in 0..40 {
             let s = if i % 2 == 0 { 800.0 } else { 1200.0 };
             ran(&mut p, &c, at, s + 5.0, s);
@@ -1548,10 +1577,18 @@ mod tests {
             service_ms: Some(size.ms * 2.0),
             ..at
         };
-        let plan = p.plan(&c, &[lucky, slow], 0.5).unwrap();
-        assert_eq!(plan.scored[0].features.service_ms, size.ms);
-        let noise = 2.0 * size.ms * (spread / 15.0).sqrt();
-        let s = plan.scored[1].features.service_ms;
+        // Each report also weighs in the function's size, as the runs whose mean varies as
+        // much (15) against the runs this router saw: the place's own estimate is that size.
+        let runs = size.runs as f64;
+        let pooled = |report: f64| (runs * size.ms + 15.0 * report) / (runs + 15.0);
+        let plan = p.plan(&c, &[lucky], 0.5).unwrap();
+        let own = pooled(size.ms * 1.06);
+        assert!((own - size.ms * 1.06).abs() < 2.0 * own * (spread / 15.0).sqrt());
+        assert!((plan.scored[0].features.service_ms - own).abs() < 1e-6);
+        let plan = p.plan(&c, &[slow], 0.5).unwrap();
+        let own = pooled(size.ms * 2.0);
+        let noise = 2.0 * own * (spread / 15.0).sqrt();
+        let s = plan.scored[0].features.service_ms;
         assert!((s - (2.0 * size.ms - noise)).abs() < 1e-6, "{s} {noise}");
         // A function whose spread is not known yet: each place's word.
         let g = Call { function: "g", ..c };
@@ -1563,17 +1600,47 @@ mod tests {
     }
 
     #[test]
+    fn a_function_seen_run_twice_is_sized_mostly_by_what_the_members_report() {
+        // This router saw "f" run twice, 800 ms each at a place of speed 1; a cloud twice
+        // as fast reports 600 ms of it (1,200 ms at speed 1: the average of its runs for
+        // every router, worth 15 runs).
+        let mut p = Planner::new(64);
+        let c = call(1.0, no_explore());
+        let at = unreported("a");
+        for _ in 0..2 {
+            ran(&mut p, &c, at, 805.0, 800.0);
+        }
+        let edge = PlaceInfo {
+            id: "e",
+            key: place_key("e"),
+            ..at
+        };
+        let cloud = PlaceInfo {
+            service_ms: Some(600.0),
+            speed: Some(2.0),
+            ..place("k", Tier::Cloud, 40.0, 0.0)
+        };
+        // Alone, the edge it has not run at is predicted from the two runs.
+        let plan = p.plan(&c, &[edge], 0.5).unwrap();
+        assert_eq!(plan.scored[0].features.service_ms, 800.0);
+        // Beside the cloud's report, from both, the report weighing 15 to the runs'.
+        let plan = p.plan(&c, &[edge, cloud], 0.5).unwrap();
+        let runs = p.size["f"].runs as f64;
+        let pooled = (runs * 800.0 + 15.0 * 1200.0) / (runs + 15.0);
+        let s = plan.scored[0].features.service_ms;
+        assert!(
+            (s - pooled).abs() < 1e-6 && s > 1100.0,
+            "{s} against {pooled}"
+        );
+    }
+
+    #[test]
     fn a_place_is_taken_as_slower_than_its_speed_only_as_far_as_that_stands_out_of_noise() {
         // "f" runs at two places that advertise the same speed, its runs varying by up
         // to a fifth; "b" really runs it 30 % slower.
         let mut p = Planner::new(64);
         let c = call(1.0, no_explore());
-        let mk = |id| PlaceInfo {
-            service_ms: None,
-            speed: Some(1.0),
-            ..place(id, Tier::Edge, 5.0, 0.0)
-        };
-        let (a, b) = (mk("a"), mk("b"));
+        let (a, b) = (unreported("a"), unreported("b"));
         let noise = [0.8, 1.2, 0.9, 1.1, 1.0, 1.15, 0.85];
         for i in 0..400 {
             let n = noise[i % noise.len()];
