@@ -117,9 +117,9 @@ fn regression_stays_near_the_oracle_and_beats_the_static_policies_on_every_scena
     }
     let (p99, mean) = ((log_p99 / cells).exp(), (log_mean / cells).exp());
     eprintln!("over every cell (geometric mean): regression/oracle p99 {p99:.3}x mean {mean:.3}x");
-    // Deterministic for these seeds: 1.071x and 1.000x on the build where a function's size
-    // pools what members report of it with the router's own runs (`failing-edges` seed 2
-    // from 1.29x to 1.34x at p99); 1.070x and 0.999x on the build where simulated members
+    // Deterministic for these seeds: 1.068x and 0.999x on the build where a function's size
+    // pools what members report of it with the router's own runs (1.071x and 1.000x before
+    // a run's slowness was taken against that size); 1.070x and 0.999x on the build where simulated members
     // report at once when their load moves a lot, as live ones do; earlier 1.073x and
     // 0.996x, with a call lost with its
     // place counted and priced (1.076x and 0.998x before); 1.076x and 0.998x with routers

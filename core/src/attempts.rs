@@ -420,6 +420,7 @@ mod tests {
                     guessed: false,
                     extra_ms: 0.0,
                     herd_ms: 0.0,
+                    size_ms: None,
                 })
                 .collect(),
             chosen: 1,

@@ -82,6 +82,12 @@ pub struct Scored {
     /// (or shorter) than the work the place's wait is measured in ([`Planner::herd_ms`]):
     /// the models learn the call's time without it.
     pub herd_ms: f64,
+    /// The function's size the prediction was made from (its time on the reference
+    /// machine, ms: the router's own runs pooled with the members' reports,
+    /// [`Planner::size_of`]); `None` when nothing was known of it, or for a policy that
+    /// does not size functions. What the call's run there says of the place's slowness is
+    /// taken against it ([`Planner::learn`]).
+    pub size_ms: Option<f64>,
 }
 
 impl Scorable for Scored {
@@ -847,6 +853,7 @@ impl Planner {
                 guessed,
                 extra_ms,
                 herd_ms,
+                size_ms: (!guessed).then_some(size),
             });
         }
         let mut d = choose(&scored, call.deadline_ms, &call.weights, roll)?;
@@ -989,6 +996,7 @@ impl Planner {
                     Some(cold),
                     scored.guessed,
                     scored.herd_ms,
+                    scored.size_ms,
                 );
             }
             Outcome::TimedOut { after_ms } if after_ms > scored.predicted_ms => {
@@ -1034,13 +1042,15 @@ impl Planner {
             None,
             false,
             0.0,
+            None,
         );
     }
 
     /// As [`Planner::observe`], with whether the call ran cold, when its answer said,
     /// whether its features were made with a guessed size ([`Scored::guessed`]), and what
     /// the prediction added for the router's own calls ahead ([`Scored::herd_ms`]: the
-    /// models and the place's wait learn the call's time without it).
+    /// models and the place's wait learn the call's time without it), and the function's
+    /// size it was planned with ([`Scored::size_ms`]).
     #[allow(clippy::too_many_arguments)]
     fn observe_ran(
         &mut self,
@@ -1053,6 +1063,7 @@ impl Planner {
         ran_cold: Option<bool>,
         guessed: bool,
         herd_ms: f64,
+        sized: Option<f64>,
     ) {
         if !actual_ms.is_finite() || actual_ms < 0.0 {
             return;
@@ -1098,6 +1109,10 @@ impl Planner {
                         .learn(load, (waited - expected).max(0.0), WAIT_RATE);
                 }
             }
+            // Against the size the call was planned with: a router that saw a function
+            // run a few times knows its size worse than the members' reports do (see
+            // `size_of`), and a place would read slow or fast by the router's error.
+            let size = sized.unwrap_or(size);
             if size > 0.0 {
                 let r = (seen / size).clamp(0.01, 100.0);
                 k.slowness_var = slow_mean(

@@ -219,6 +219,7 @@ pub(crate) fn plan_by(
             guessed: false,
             extra_ms: 0.0,
             herd_ms: 0.0,
+            size_ms: None,
         })
         .collect();
     let (deadline, weights) = if is_time {
