@@ -1650,6 +1650,37 @@ mod tests {
     }
 
     #[test]
+    fn a_run_says_how_slow_its_place_is_against_the_size_the_call_was_planned_with() {
+        // This router saw "f" run twice at "a", 800 ms each; the cloud reports 1,200 ms of
+        // it at speed 1. A call planned with that report in view runs 1,200 ms at "e".
+        let mut p = Planner::new(64);
+        let c = call(1.0, no_explore());
+        for _ in 0..2 {
+            ran(&mut p, &c, unreported("a"), 805.0, 800.0);
+        }
+        let cloud = PlaceInfo {
+            service_ms: Some(1200.0),
+            speed: Some(1.0),
+            ..place("k", Tier::Cloud, 40.0, 0.0)
+        };
+        let plan = p.plan(&c, &[unreported("e"), cloud], 0.5).unwrap();
+        let sized = plan.scored[0].size_ms.unwrap();
+        assert!(sized > 1100.0, "{sized}");
+        let ok = Outcome::Answered {
+            took_ms: 1205.0,
+            service_ms: Some(1200.0),
+            response_kb: None,
+            cold: false,
+        };
+        p.learn(&c, "e", &plan.scored[0], &ok);
+        // "e" ran it about as the members say: a little slow against that size, not half
+        // as slow again as the router's own two runs would say (1,200 over 800 ms).
+        let e = &p.places[p.place_number.get(place_key("e")).unwrap() as usize];
+        assert!((e.slowness - 1200.0 / sized).abs() < 1e-9, "{}", e.slowness);
+        assert!(e.slowness < 1.1, "{}", e.slowness);
+    }
+
+    #[test]
     fn a_place_is_taken_as_slower_than_its_speed_only_as_far_as_that_stands_out_of_noise() {
         // "f" runs at two places that advertise the same speed, its runs varying by up
         // to a fifth; "b" really runs it 30 % slower.
