@@ -276,9 +276,6 @@ struct PlaceState {
     slowness_var: f64,
     /// What is used of it ([`PlaceState::slow`]).
     slow: f64,
-    /// 1/`slow`, kept with it: a function's size is read from every place's report for
-    /// every decision ([`Planner::size_of`]), and a division per place is slow.
-    per_slow: f64,
     /// Extra time of a cold start there, learnt from calls that ran cold.
     cold_ms: Option<f64>,
     /// Of the calls sent there while the router believed the function cold, the share
@@ -685,8 +682,8 @@ impl Planner {
             let number = self.place_number.get(p.key);
             numbers.push(number);
             if let Some(s) = p.service_ms.filter(|s| s.is_finite() && *s > 0.0) {
-                let per_slow = number.map_or(1.0, |k| self.places[k as usize].per_slow);
-                sum += s * p.speed.unwrap_or(1.0).max(1e-3) * per_slow;
+                let slowness = number.map_or(1.0, |k| self.places[k as usize].slow());
+                sum += s * p.speed.unwrap_or(1.0).max(1e-3) / slowness;
                 reports += 1;
             }
         }
@@ -1127,7 +1124,6 @@ impl Planner {
                     r,
                 );
                 k.slow = k.shrunk_slowness();
-                k.per_slow = 1.0 / k.slow;
             }
             // What calls there wait behind (see `Analytic::work_ms`).
             k.work_ms = Some(k.work_ms.map_or(s, |w| w + WORK_WEIGHT * (s - w)));
@@ -1247,7 +1243,6 @@ impl Planner {
                 slowness_calls: 0,
                 slowness_var: 0.0,
                 slow: 1.0,
-                per_slow: 1.0,
                 cold_ms: None,
                 cold_hit: None,
                 full_until: f64::NEG_INFINITY,
@@ -1625,11 +1620,7 @@ mod tests {
         for _ in 0..2 {
             ran(&mut p, &c, at, 805.0, 800.0);
         }
-        let edge = PlaceInfo {
-            id: "e",
-            key: place_key("e"),
-            ..at
-        };
+        let edge = unreported("e");
         let cloud = PlaceInfo {
             service_ms: Some(600.0),
             speed: Some(2.0),
