@@ -240,7 +240,7 @@ pub const RISK_PRIOR_CALLS: f64 = 16.0;
 /// `bursty-azure` seed 5, calls of a 1.3 s function sent to an edge took 98 ms longer
 /// than at the cloud, where their predictions said 84 ms less). A hundredth keeps that
 /// noise to a few ms; what changes quickly at a place (its load) comes in as a feature.
-const SLOW_WEIGHT: f64 = 0.01;
+pub(crate) const SLOW_WEIGHT: f64 = 0.01;
 
 /// A fit is kept only if its held-out squared error is below the prior's by at least
 /// this many standard errors of the difference ([`Model::fit_window`]): on noisy calls
