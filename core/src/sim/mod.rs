@@ -740,6 +740,11 @@ struct World<'a> {
     /// device counts its instances in use).
     device_running: Vec<BinaryHeap<Reverse<u64>>>,
     device_warm: HashMap<(u32, u32), f64>,
+    /// Per (device, function), since when the device holds it loaded: the end of the run
+    /// that loaded it, or of a load ahead. A live device-mode router counts a function
+    /// warm on its device once a run of it there is done (it has its service time); a
+    /// call that comes while the first run is under way is planned as cold.
+    device_loaded: HashMap<(u32, u32), f64>,
     device_service: HashMap<(u32, u32), f64>,
     device_site: Vec<usize>,
     /// Per device, per node its site may use (in `site_nodes` order, from `ping_at`): the
@@ -882,6 +887,7 @@ impl<'a> World<'a> {
             device_free: vec![0.0; s.devices],
             device_running: (0..s.devices).map(|_| BinaryHeap::new()).collect(),
             device_warm: HashMap::default(),
+            device_loaded: HashMap::default(),
             device_service: HashMap::default(),
             device_site,
             pings: vec![(NEVER_PINGED, 0.0, 0.0); slots],
@@ -1199,6 +1205,9 @@ impl<'a> World<'a> {
                 self.device_free[c.device as usize] = a.finish;
                 self.device_running[c.device as usize].push(Reverse(a.finish.to_bits()));
                 self.device_warm.insert((c.device, c.func), a.finish);
+                if a.cold {
+                    self.device_loaded.insert((c.device, c.func), a.finish);
+                }
                 report_service(&mut self.device_service, (c.device, c.func), a.service_ms());
             }
             Where::Node(i) => {
@@ -1349,7 +1358,11 @@ impl<'a> World<'a> {
                 warm: self
                     .device_warm
                     .get(&(c.device, c.func))
-                    .is_some_and(|last| t - last <= self.s.keepalive_ms),
+                    .is_some_and(|last| t - last <= self.s.keepalive_ms)
+                    && self
+                        .device_loaded
+                        .get(&(c.device, c.func))
+                        .is_some_and(|loaded| *loaded <= t),
                 service_ms: self.device_service.get(&(c.device, c.func)).copied(),
                 truth_ms: None,
                 own: Own::default(),
@@ -1560,6 +1573,7 @@ fn run_built(
             *free = free.max(c.t) + cold;
             let ready = *free;
             w.device_warm.insert((c.device, c.func), ready);
+            w.device_loaded.insert((c.device, c.func), ready);
         }
         let mut attempts = Attempts::new(&plan, c.t, s.timeout_ms, true);
         let mut ta = c.t;
@@ -2120,20 +2134,26 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_device_counts_its_calls_in_flight_as_its_load() {
+    /// A scenario whose devices run functions, and a call of function 0 from device 0 at 0.
+    fn on_device() -> (Scenario, Call) {
         let mut s = scenario(10);
         s.device_speed = 0.5;
-        let inputs = inputs();
-        let funcs = warm_func(400.0);
-        let mut w = World::new(&s, &inputs, &funcs, 10_000.0);
-        let mut router = SiteRouter::new(Policy::Regression.build(8));
         let c = Call {
             t: 0.0,
             device: 0,
             func: 0,
             payload_kb: 1.0,
         };
+        (s, c)
+    }
+
+    #[test]
+    fn a_device_counts_its_calls_in_flight_as_its_load() {
+        let (s, c) = on_device();
+        let inputs = inputs();
+        let funcs = warm_func(400.0);
+        let mut w = World::new(&s, &inputs, &funcs, 10_000.0);
+        let mut router = SiteRouter::new(Policy::Regression.build(8));
         let mut cands = Vec::new();
         let device_load = |cands: &[Cand]| {
             cands
@@ -2156,6 +2176,38 @@ mod tests {
             .fold(f64::INFINITY, f64::min);
         w.candidates(&c, first_ends, &mut router, &mut cands, false);
         assert_eq!(device_load(&cands), Some(1.0));
+    }
+
+    #[test]
+    fn a_device_holds_a_function_warm_once_the_run_that_loaded_it_is_done() {
+        // As a live device-mode router: warm once the function has a service time there,
+        // not while its first run (the load and the run) is under way.
+        let (s, c) = on_device();
+        let inputs = inputs();
+        let funcs = [Func {
+            exec_ms: 100.0,
+            cold_ms: 150.0,
+        }];
+        let mut w = World::new(&s, &inputs, &funcs, 10_000.0);
+        let mut router = SiteRouter::new(Policy::Regression.build(8));
+        let mut cands = Vec::new();
+        let mut device_warm = |w: &mut World<'_>, t: f64| {
+            w.candidates(&c, t, &mut router, &mut cands, false);
+            cands.iter().find(|k| k.at == Where::Device).map(|k| k.warm)
+        };
+        assert_eq!(device_warm(&mut w, 0.0), Some(false));
+        let a = w.attempt(0, &c, Where::Device, 0.0);
+        assert!(a.cold && a.finish > 150.0, "{a:?}");
+        w.commit(&c, Where::Device, &a);
+        assert_eq!(device_warm(&mut w, 10.0), Some(false), "loading");
+        assert_eq!(device_warm(&mut w, a.finish - 1.0), Some(false), "running");
+        assert_eq!(device_warm(&mut w, a.finish), Some(true), "done");
+        // A warm call after it leaves it warm while it runs.
+        let again = Call { t: a.finish, ..c };
+        let b = w.attempt(1, &again, Where::Device, a.finish);
+        assert!(!b.cold, "{b:?}");
+        w.commit(&again, Where::Device, &b);
+        assert_eq!(device_warm(&mut w, a.finish + 1.0), Some(true));
     }
 
     #[test]
