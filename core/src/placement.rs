@@ -681,24 +681,29 @@ impl Planner {
     /// What a place's analytic estimate takes of the function `s` ([`PlaceState::analytic`]),
     /// read once per call.
     fn priors(&self, s: Option<&Size>) -> FunctionPriors {
+        Self::priors_over(&self.places, &self.analytic, s)
+    }
+
+    /// [`Planner::priors`] from the parts of the planner it reads (for a caller that holds
+    /// the models mutably).
+    fn priors_over(places: &[PlaceState], base: &Analytic, s: Option<&Size>) -> FunctionPriors {
         FunctionPriors {
             prior_calls: Size::prior_calls(s),
-            cold_factor: self.cold_factor(s),
+            cold_factor: Self::cold_factor(places, base.cold_penalty_ms, s),
         }
     }
 
     /// The factor a place's cold start is taken by for the function `s`: its cold starts'
-    /// mean against what the places they were taken at load in now, on average over them
-    /// ([`Colds`]), shrunk towards 1 by one cold start's worth (a single load says half
-    /// of it).
-    fn cold_factor(&self, s: Option<&Size>) -> f64 {
+    /// mean against what the places they were taken at load in now (`base` where a place
+    /// has none), on average over them ([`Colds`]), shrunk towards 1 by one cold start's
+    /// worth (a single load says half of it).
+    fn cold_factor(places: &[PlaceState], base: f64, s: Option<&Size>) -> f64 {
         s.and_then(|s| s.cold).map_or(1.0, |c| {
-            let base = self.analytic.cold_penalty_ms;
             let places: f64 =
                 c.at.iter()
                     .filter(|(_, share)| *share > 0.0)
                     .map(|&(p, share)| {
-                        let at = self.places.get(p as usize).and_then(|k| k.cold_ms);
+                        let at = places.get(p as usize).and_then(|k| k.cold_ms);
                         share * at.unwrap_or(base)
                     })
                     .sum();
@@ -1321,9 +1326,8 @@ impl Planner {
     /// Called off the hot path (a timer in the router, between events in the simulator).
     pub fn refit_due(&mut self) -> usize {
         let mut n = 0;
-        let mut models = std::mem::take(&mut self.models);
-        for (function, models) in &mut models {
-            let priors = self.priors(self.size.get(function));
+        for (function, models) in &mut self.models {
+            let priors = Self::priors_over(&self.places, &self.analytic, self.size.get(function));
             for slot in &mut models.slots {
                 if slot.model.wants_refit() {
                     let known = self.places.get(slot.place as usize);
@@ -1333,7 +1337,6 @@ impl Planner {
                 }
             }
         }
-        self.models = models;
         n
     }
 

@@ -739,12 +739,8 @@ struct World<'a> {
     /// Per device, when each of its calls there ends (its calls in flight, as the live
     /// device counts its instances in use).
     device_running: Vec<BinaryHeap<Reverse<u64>>>,
-    device_warm: HashMap<(u32, u32), f64>,
-    /// Per (device, function), since when the device holds it loaded: the end of the run
-    /// that loaded it, or of a load ahead. A live device-mode router counts a function
-    /// warm on its device once a run of it there is done (it has its service time); a
-    /// call that comes while the first run is under way is planned as cold.
-    device_loaded: HashMap<(u32, u32), f64>,
+    /// Per (device, function), what it holds loaded ([`Held`]).
+    device_warm: HashMap<(u32, u32), Held>,
     device_service: HashMap<(u32, u32), f64>,
     device_site: Vec<usize>,
     /// Per device, per node its site may use (in `site_nodes` order, from `ping_at`): the
@@ -887,7 +883,6 @@ impl<'a> World<'a> {
             device_free: vec![0.0; s.devices],
             device_running: (0..s.devices).map(|_| BinaryHeap::new()).collect(),
             device_warm: HashMap::default(),
-            device_loaded: HashMap::default(),
             device_service: HashMap::default(),
             device_site,
             pings: vec![(NEVER_PINGED, 0.0, 0.0); slots],
@@ -1115,7 +1110,7 @@ impl<'a> World<'a> {
                 let cold = self
                     .device_warm
                     .get(&(c.device, c.func))
-                    .is_none_or(|last| start - last > self.s.keepalive_ms);
+                    .is_none_or(|h| start - h.last > self.s.keepalive_ms);
                 let finish = start
                     + self.service(id, c.func, self.s.device_speed)
                     + if cold { f.cold_ms } else { 0.0 };
@@ -1204,9 +1199,13 @@ impl<'a> World<'a> {
             Where::Device => {
                 self.device_free[c.device as usize] = a.finish;
                 self.device_running[c.device as usize].push(Reverse(a.finish.to_bits()));
-                self.device_warm.insert((c.device, c.func), a.finish);
+                let held = self.device_warm.entry((c.device, c.func)).or_insert(Held {
+                    loaded: a.finish,
+                    last: a.finish,
+                });
+                held.last = a.finish;
                 if a.cold {
-                    self.device_loaded.insert((c.device, c.func), a.finish);
+                    held.loaded = a.finish;
                 }
                 report_service(&mut self.device_service, (c.device, c.func), a.service_ms());
             }
@@ -1358,17 +1357,24 @@ impl<'a> World<'a> {
                 warm: self
                     .device_warm
                     .get(&(c.device, c.func))
-                    .is_some_and(|last| t - last <= self.s.keepalive_ms)
-                    && self
-                        .device_loaded
-                        .get(&(c.device, c.func))
-                        .is_some_and(|loaded| *loaded <= t),
+                    .is_some_and(|h| h.loaded <= t && t - h.last <= self.s.keepalive_ms),
                 service_ms: self.device_service.get(&(c.device, c.func)).copied(),
                 truth_ms: None,
                 own: Own::default(),
             });
         }
     }
+}
+
+/// A function a device holds: since when it is loaded there (the end of the run that
+/// loaded it, or of a load ahead), and when its last run there ends (its keepalive runs
+/// from then). A live device-mode router counts a function warm on its device once a run
+/// of it there is done (it has its service time): a call that comes while the first run
+/// is under way is planned as cold.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    loaded: f64,
+    last: f64,
 }
 
 /// A node as its last report shows it (what candidate building reads).
@@ -1572,8 +1578,13 @@ fn run_built(
             let free = &mut w.device_free[c.device as usize];
             *free = free.max(c.t) + cold;
             let ready = *free;
-            w.device_warm.insert((c.device, c.func), ready);
-            w.device_loaded.insert((c.device, c.func), ready);
+            w.device_warm.insert(
+                (c.device, c.func),
+                Held {
+                    loaded: ready,
+                    last: ready,
+                },
+            );
         }
         let mut attempts = Attempts::new(&plan, c.t, s.timeout_ms, true);
         let mut ta = c.t;
