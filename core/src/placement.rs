@@ -2093,9 +2093,9 @@ mod tests {
         let plan = p.plan(&c, &places, 0.05).unwrap();
         assert!(plan.scored[1].stale);
         // Explored again, at a rate that makes a visit cost what a near place's would:
-        // (best x 1.2 + 5 ms - best) / (its prediction - best) of the exploring calls.
+        // 2 ms / (its prediction - best) of the exploring calls.
         let (best, slow) = (plan.scored[0].predicted_ms, plan.scored[1].predicted_ms);
-        let rate = (best * 0.2 + 5.0) / (slow - best);
+        let rate = 2.0 / (slow - best);
         let n = explored(&p);
         assert!(
             n > 0 && (n as f64 - 1000.0 * rate).abs() <= 2.0,

@@ -63,13 +63,17 @@ impl Default for Weights {
     }
 }
 
-/// Exploration visits places predicted at most this many times the best's time…
-const EXPLORE_WITHIN: f64 = 1.2;
-/// …but never more than this much longer, ms (a long call explores only places close to
-/// the best in absolute terms: its explored calls would otherwise be the tail)…
-const EXPLORE_MAX_EXTRA_MS: f64 = 20.0;
-/// …plus this, ms.
-const EXPLORE_SLACK_MS: f64 = 5.0;
+/// Exploration visits places predicted at most this much longer than the best, ms: as
+/// good as tied with it. (It visited places up to a fifth, at most 20 ms, slower, to keep
+/// their models fresh; but what a place's prediction is made of comes fresh each interval
+/// from its reports (load, warm state, its service time for the function), and of many
+/// places predicted a little slower the one whose prediction erred lowest is the one
+/// visited, so explored calls ran slower than predicted: on `bursty-azure` seed 5, 950 calls
+/// of its 1.4 s function explored edges that ran it 6 % slower than the cloud, 7 of the 12
+/// calls that put regression's p99 past cloud-only's. Without that band, 41 of 72 cells
+/// met the bar on seeds 1-12 against 37; a place whose model went stale is still visited,
+/// see [`choose`].)
+const EXPLORE_SLACK_MS: f64 = 2.0;
 
 /// What was chosen and why.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -124,17 +128,14 @@ pub fn choose<C: Scorable>(
     let (bi, _) = feasible.or(soonest)?;
     let best = (bi, &cands[bi]);
     if roll < w.explore {
-        // Exploration: another feasible place not far behind the best (within a fifth as
-        // long again but at most 20 ms more, plus a few ms), uniformly, so that no close
-        // place's model goes stale just because it once looked slower; a place predicted
-        // far slower is not worth a call to find out (on a sparse workload that call is a
-        // large share of all, and an explored call is a call at the tail), unless what is
-        // known of it is old (it may have recovered): such a place is visited at a rate
-        // that falls with how much slower it looked, so a visit costs on average what a
-        // near place's does.
+        // Exploration: another feasible place about as fast as the best (within
+        // `EXPLORE_SLACK_MS`), uniformly, so that of places alike no model goes stale for
+        // a coin toss; a place predicted slower is not worth a call to find out (an
+        // explored call is a call at the tail), unless what is known of it is old (it may
+        // have recovered): such a place is visited at a rate that falls with how much
+        // slower it looked, so a visit costs on average what a near place's does.
         let bp = best.1.predicted_ms();
-        let extra = (bp * (EXPLORE_WITHIN - 1.0)).min(EXPLORE_MAX_EXTRA_MS);
-        let near = bp + extra + EXPLORE_SLACK_MS;
+        let near = bp + EXPLORE_SLACK_MS;
         let rate = |c: &C| -> f64 {
             if (!any_meets || meets(c)) && c.predicted_ms() <= near {
                 1.0
@@ -275,7 +276,7 @@ mod tests {
     fn exploration_visits_another_feasible_place() {
         let cands = [
             c("known", Tier::Edge, 5.0, 500),
-            c("rare", Tier::Edge, 9.0, 2),
+            c("rare", Tier::Edge, 6.5, 2),
             c("too-slow", Tier::Edge, 99.0, 0),
         ];
         let w = Weights {
@@ -289,8 +290,7 @@ mod tests {
     }
 
     #[test]
-    fn a_long_call_explores_only_places_close_in_milliseconds() {
-        // Best 1,000 ms: 1,100 is within a fifth but 100 ms more; 1,020 is 20 ms more.
+    fn exploration_visits_only_places_about_as_fast_as_the_best() {
         let w = Weights {
             explore: 0.1,
             ..Weights::default()
@@ -301,26 +301,27 @@ mod tests {
                 .filter(|d| d.explored)
                 .count()
         };
+        // Best 1,000 ms: 1,020 is within a fiftieth, but 20 ms more.
         let far = [
             c("best", Tier::Cloud, 1000.0, 500),
-            c("tenth-slower", Tier::Edge, 1100.0, 500),
+            c("slower", Tier::Edge, 1020.0, 500),
         ];
-        assert_eq!(explored(&far), 0, "100 ms more than the best: not explored");
+        assert_eq!(explored(&far), 0, "20 ms more than the best: not explored");
         let near = [
             c("best", Tier::Cloud, 1000.0, 500),
-            c("close", Tier::Edge, 1020.0, 500),
+            c("tied", Tier::Edge, 1001.5, 500),
         ];
         assert_eq!(
             explored(&near),
             1000,
-            "every exploring roll goes to the close place"
+            "every exploring roll goes to the place about as fast"
         );
-        // A short call keeps the relative allowance: 5 ms against 4 is within a fifth + 5 ms.
+        // Nor is a short call's: 9 ms against 4.
         let short = [
             c("best", Tier::Cloud, 4.0, 500),
-            c("close", Tier::Edge, 9.0, 500),
+            c("slower", Tier::Edge, 9.0, 500),
         ];
-        assert_eq!(explored(&short), 1000);
+        assert_eq!(explored(&short), 0);
     }
 
     proptest! {
