@@ -118,12 +118,11 @@ fn regression_stays_near_the_oracle_and_beats_the_static_policies_on_every_scena
     let (p99, mean) = ((log_p99 / cells).exp(), (log_mean / cells).exp());
     eprintln!("over every cell (geometric mean): regression/oracle p99 {p99:.3}x mean {mean:.3}x");
     // Deterministic for these seeds: 1.069x and 0.999x on the build where exploration
-    // visits only places about as fast as the best; 1.068x and 0.998x on the build where a function's cold
-    // starts are weighed against what its places load in now, and on the next, where the
-    // simulated device holds a function warm once its first run there is done; 1.068x and
-    // 0.999x on the
-    // build where a function's size
-    // pools what members report of it with the router's own runs (1.071x and 1.000x before
+    // visits only places about as fast as the best; 1.068x and 0.998x on the build where
+    // a function's cold starts are weighed against what its places load in now, and on
+    // the next, where the simulated device holds a function warm once its first run there
+    // is done; 1.068x and 0.999x on the build where a function's size pools what members
+    // report of it with the router's own runs (1.071x and 1.000x before
     // a run's slowness was taken against that size); 1.070x and 0.999x on the build where simulated members
     // report at once when their load moves a lot, as live ones do; earlier 1.073x and
     // 0.996x, with a call lost with its

@@ -70,9 +70,8 @@ impl Default for Weights {
 /// places predicted a little slower the one whose prediction erred lowest is the one
 /// visited, so explored calls ran slower than predicted: on `bursty-azure` seed 5, 950 calls
 /// of its 1.4 s function explored edges that ran it 6 % slower than the cloud, 7 of the 12
-/// calls that put regression's p99 past cloud-only's. Without that band, 41 of 72 cells
-/// met the bar on seeds 1-12 against 37; a place whose model went stale is still visited,
-/// see [`choose`].)
+/// calls that put regression's p99 past cloud-only's; docs/placement.md has the figures.
+/// A place whose model went stale is still visited, see [`choose`].)
 const EXPLORE_SLACK_MS: f64 = 2.0;
 
 /// What was chosen and why.
