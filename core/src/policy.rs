@@ -139,7 +139,7 @@ pub fn choose<C: Scorable>(
             if (!any_meets || meets(c)) && c.predicted_ms() <= near {
                 1.0
             } else if c.stale() {
-                ((near - bp) / (c.predicted_ms() - bp).max(1e-9)).min(1.0)
+                (EXPLORE_SLACK_MS / (c.predicted_ms() - bp).max(1e-9)).min(1.0)
             } else {
                 0.0
             }
